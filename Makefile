@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  `make demo` (audit the embedded example) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXAMPLE ?= examples/minilm-rt-r64
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# demo: numpy + safetensors only (no torch), then audit the committed example adapter.
+$(VENV)/.demo: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+demo: $(VENV)/.demo
+	$(BIN)/lorascope audit $(EXAMPLE) --top-wasteful 5 --suggest-per-layer
+
+# test: torch is pinned and installed first (an unpinned torch pulls a multi-GB CUDA build).
+$(VENV)/.test: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.test
+	$(BIN)/python -m pip install -q ruff
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(VENV)/.test
+	$(BIN)/python benchmarks/bench_audit.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,239 @@
+"""`audit`: per-layer spectra of an adapter and the rank suggestions that follow from them.
+
+Contract: one pass over the layers, one layer's factors in memory at a time, exact singular values
+from the factors (spectral.lora_singular_values), metrics from metrics.METRICS.  The report is a
+frozen value; rendering lives in audit_render.py, the JSON schema in docs/audit-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics, suggest
+from .errors import FormatError, InvalidArgumentError
+from .formats import load
+from .spectral import NonFiniteError, lora_singular_values
+from .types import Adapter, LayerInfo
+
+SCHEMA = "lorascope.audit/v1"
+EFFECTIVE_RANK_DEFINITION = "exp(H(p)), p = sigma / sum(sigma) (Roy & Vetterli 2007)"
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    thresholds: tuple[float, ...] = (0.90,)  # the first one drives the suggestions
+    rounding: suggest.Rounding = field(default_factory=suggest.Rounding)
+    min_rank: int = 1
+    progress: Callable[[int, int, str], None] | None = None  # (done, total, layer name)
+
+    def __post_init__(self) -> None:
+        if not self.thresholds:
+            raise InvalidArgumentError("at least one energy threshold is needed")
+        for tau in self.thresholds:
+            if not 0.0 < tau <= 1.0:
+                raise InvalidArgumentError(f"energy threshold must be in (0, 1], got {tau}")
+        if self.min_rank < 1:
+            raise InvalidArgumentError(f"min rank must be ≥ 1, got {self.min_rank}")
+
+    @property
+    def tau(self) -> float:
+        return self.thresholds[0]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    info: LayerInfo
+    sigma: np.ndarray  # (r,) singular values of the scaled ΔW, descending
+    metrics: dict[str, float]
+    dead: bool
+    suggested_rank: int
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def to_dict(self) -> dict[str, Any]:
+        i = self.info
+        d: dict[str, Any] = {
+            "name": i.name,
+            "kind": i.kind,
+            "rank": i.rank,
+            "shape": [i.out_features, i.in_features],
+            "scale": i.scale,
+            "dtype": i.dtype,
+            "dora": i.dora,
+            "dead": self.dead,
+            "params": i.params,
+            "suggested_rank": self.suggested_rank,
+        }
+        d.update({k: _num(v) for k, v in self.metrics.items()})
+        d["singular_values"] = [float(x) for x in self.sigma]
+        return d
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    source: dict[str, Any]  # path, format, base model, config facts
+    options: AuditOptions
+    layers: tuple[LayerReport, ...]
+    summary: dict[str, Any]
+    suggestions: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self, *, singular_values: bool = True) -> dict[str, Any]:
+        layers = [layer.to_dict() for layer in self.layers]
+        if not singular_values:
+            for d in layers:
+                d.pop("singular_values")
+        return {
+            "schema": SCHEMA,
+            "source": self.source,
+            "definitions": {
+                "effective_rank": EFFECTIVE_RANK_DEFINITION,
+                "energy_rank": "min k with sum_{i<=k} sigma_i^2 >= tau * sum sigma_i^2",
+                "stable_rank": "||dW||_F^2 / sigma_1^2",
+                "utilisation": "stable_rank / allocated rank",
+                "numerical_rank": f"#sigma_i > {metrics.NUMERICAL_RTOL:g} * sigma_1",
+                "singular_values": "of the scaled update dW = scale * B @ A",
+            },
+            "options": {
+                "thresholds": list(self.options.thresholds),
+                "rounding": str(self.options.rounding),
+                "min_rank": self.options.min_rank,
+            },
+            "summary": self.summary,
+            "suggestions": self.suggestions,
+            "notes": list(self.notes),
+            "layers": layers,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        # allow_nan=False: strict JSON only; every metric is finite by construction.
+        return json.dumps(self.to_dict(**kwargs), indent=2, allow_nan=False)
+
+    def to_dataframe(self):
+        """Per-layer table as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from .errors import MissingDependencyError
+
+            raise MissingDependencyError("to_dataframe() needs pandas: pip install pandas") from None
+        return pd.DataFrame([layer.to_dict() for layer in self.layers]).drop(columns=["singular_values"])
+
+
+def _num(v: float) -> float | int:
+    return int(v) if isinstance(v, (int, np.integer)) else float(v)
+
+
+def audit(adapter: Adapter | str | Path, options: AuditOptions | None = None, **load_options: Any) -> AuditReport:
+    """Audit an adapter (an `Adapter` or a path).  See the module docstring."""
+    options = options or AuditOptions()
+    if not isinstance(adapter, Adapter):
+        adapter = load(adapter, **load_options)
+    layers = []
+    total = len(adapter.layers)
+    for i, delta in enumerate(adapter.iter_deltas()):
+        layers.append(_audit_layer(adapter, delta, options))
+        if options.progress:
+            options.progress(i + 1, total, delta.name)
+    summary = _summary(layers, options)
+    suggestions = _suggestions(adapter, layers, options)
+    notes = list(adapter.notes)
+    if summary["n_dead"]:
+        notes.append(
+            f"{summary['n_dead']} of {summary['n_layers']} layers are dead (ΔW = 0): "
+            "an untrained adapter, or B never left its zero initialisation"
+        )
+    return AuditReport(_source(adapter), options, tuple(layers), summary, suggestions, tuple(notes))
+
+
+def _audit_layer(adapter: Adapter, delta, options: AuditOptions) -> LayerReport:
+    info = delta.info
+    try:
+        sigma = lora_singular_values(delta.down, delta.up, info.scale)  # (r,)
+    except NonFiniteError as e:
+        key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
+        raise FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path, keys=[key])
+    spec = metrics.Spectrum(sigma, info.rank)
+    values = metrics.compute(spec, options.thresholds)
+    k = int(values[metrics.energy_key(options.tau)])
+    suggested = suggest.layer_rank(k, info.rank, options.rounding, options.min_rank, spec.dead)
+    return LayerReport(info, sigma, values, spec.dead, suggested)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "median": 0.0, "p90": 0.0, "min": 0.0, "max": 0.0}
+    a = np.asarray(values, dtype=float)
+    return {
+        "mean": float(a.mean()),
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def _summary(layers: list[LayerReport], options: AuditOptions) -> dict[str, Any]:
+    live = [x for x in layers if not x.dead]
+    out: dict[str, Any] = {
+        "n_layers": len(layers),
+        "n_dead": len(layers) - len(live),
+        "allocated_ranks": sorted({x.info.rank for x in layers}),
+        "params": sum(x.info.params for x in layers),
+        "n_dora": sum(x.info.dora for x in layers),
+    }
+    for name in ("stable_rank", "effective_rank", "utilisation"):
+        out[name] = _stats([x.metrics[name] for x in live])
+    for tau in options.thresholds:
+        key = metrics.energy_key(tau)
+        out[key] = _stats([x.metrics[key] for x in live])
+    return out
+
+
+def _suggestions(adapter: Adapter, layers: list[LayerReport], options: AuditOptions) -> dict[str, Any]:
+    key = metrics.energy_key(options.tau)
+    ks = [x.metrics[key] for x in layers if not x.dead]
+    cap = max((x.info.rank for x in layers), default=options.min_rank)
+    current = sum(x.info.params for x in layers)
+    out: dict[str, Any] = {"threshold": options.tau, "rounding": str(options.rounding)}
+    for label, q in (("median", 50), ("p90", 90)):
+        r = suggest.global_rank(ks, q, options.rounding, cap, options.min_rank)
+        params = sum(x.info.params_at(r) for x in layers)
+        out[label] = {"rank": r, "params": params, "reduction": _reduction(current, params)}
+    per_layer = sum(x.info.params_at(x.suggested_rank) for x in layers)
+    out["per_layer"] = {"params": per_layer, "reduction": _reduction(current, per_layer)}
+    if layers:
+        rslora = bool(adapter.config.get("use_rslora", False))
+        out["peft_config"] = suggest.peft_patterns(
+            [x.name for x in layers], [x.suggested_rank for x in layers], [x.info.scale for x in layers], rslora
+        )
+    out["current_params"] = current
+    return out
+
+
+def _reduction(current: int, new: int) -> float:
+    return 0.0 if current == 0 else round(1.0 - new / current, 6)
+
+
+def _source(adapter: Adapter) -> dict[str, Any]:
+    cfg = adapter.config
+    src: dict[str, Any] = {"path": adapter.path, "format": adapter.format}
+    for key in ("base_model_name_or_path", "r", "lora_alpha", "use_rslora", "use_dora", "task_type"):
+        if key in cfg:
+            src[key] = cfg[key]
+    if adapter.modules_to_save:
+        src["modules_to_save"] = list(adapter.modules_to_save)
+    if adapter.metadata:
+        src["metadata"] = {k: v for k, v in adapter.metadata.items() if isinstance(v, str) and len(v) < 200}
+    if not math.isfinite(sum(x.scale for x in adapter.layers)):
+        raise FormatError("non-finite scale (alpha / r)", path=adapter.path)
+    return src

@@ -1,0 +1,1 @@
+"""The `lorascope` command: thin subcommands over the public Python API."""

@@ -1,0 +1,34 @@
+"""One output sink: text to stdout, or to a file written atomically (never over an input)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import InvalidArgumentError
+from ..formats._io import write_text_atomic
+
+
+def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    dest = Path(output).resolve()
+    for src in inputs:
+        if src and Path(src).resolve() == dest:
+            raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=output)
+    write_text_atomic(dest, text)
+
+
+def progress_printer(enabled: bool):
+    """A (done, total, name) callback drawing one updating stderr line, or None."""
+    if not enabled:
+        return None
+
+    def show(done: int, total: int, name: str) -> None:
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r  {done}/{total} {name[:60]:<60}{end}")
+        sys.stderr.flush()
+
+    return show

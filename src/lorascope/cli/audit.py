@@ -1,0 +1,71 @@
+"""`lorascope audit`: parse flags, call lorascope.audit, render."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..audit import AuditOptions, audit
+from ..audit_render import to_markdown, to_text
+from ..errors import InvalidArgumentError
+from ..suggest import Rounding
+from ._output import emit, progress_printer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="per-layer spectra and rank suggestions for an adapter")
+    p.add_argument("path", nargs="?", help="adapter directory or file")
+    p.add_argument("--peft-dir", dest="peft_dir", help="same as PATH (Gradience spelling)")
+    p.add_argument("--format", help="force the input format instead of detecting it")
+    p.add_argument("--adapter", help="adapter sub-folder name when a directory holds several")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output (schema lorascope.audit/v1)")
+    out.add_argument("--markdown", action="store_true", help="Markdown report")
+    p.add_argument("--layers", action="store_true", help="show every layer")
+    p.add_argument("--top-wasteful", type=int, default=0, metavar="N", help="show the N least-utilised layers")
+    p.add_argument(
+        "--suggest-per-layer", action="store_true", help="print a PEFT rank_pattern/alpha_pattern config"
+    )
+    p.add_argument(
+        "--threshold",
+        "--energy",
+        dest="thresholds",
+        type=float,
+        action="append",
+        metavar="TAU",
+        help="energy threshold τ for k@τ (repeatable; the first drives suggestions; default 0.90)",
+    )
+    p.add_argument("--rounding", default="multiple:4", help="'multiple:N' (default multiple:4), 'pow2' or 'none'")
+    p.add_argument("--min-rank", type=int, default=1, help="smallest rank ever suggested (default 1)")
+    p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
+    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.path or args.peft_dir
+    if not path:
+        raise InvalidArgumentError("audit needs an adapter path (PATH or --peft-dir DIR)")
+    if args.path and args.peft_dir and args.path != args.peft_dir:
+        raise InvalidArgumentError("give the adapter either as PATH or as --peft-dir, not both")
+    if args.top_wasteful < 0:
+        raise InvalidArgumentError("--top-wasteful must be ≥ 0")
+    options = AuditOptions(
+        thresholds=tuple(args.thresholds or (0.90,)),
+        rounding=Rounding.parse(args.rounding),
+        min_rank=args.min_rank,
+        progress=progress_printer(not args.quiet and sys.stderr.isatty()),
+    )
+    load_opts = {"adapter_name": args.adapter} if args.adapter else {}
+    report = audit(path, options, format=args.format, **load_opts)
+    if args.json:
+        text = report.to_json(singular_values=not args.no_singular_values) + "\n"
+    elif args.markdown:
+        text = to_markdown(report, show_layers=args.layers or not args.top_wasteful, top_wasteful=args.top_wasteful)
+    else:
+        text = to_text(
+            report, show_layers=args.layers, top_wasteful=args.top_wasteful, per_layer=args.suggest_per_layer
+        )
+    emit(text, args.output, inputs=(path,))
+    return 0

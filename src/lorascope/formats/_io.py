@@ -1,0 +1,227 @@
+"""The only module that touches tensor-file bytes.
+
+`TensorSource` is what format readers see: key names, shapes and dtypes from the header, and one
+tensor at a time as a numpy array.  Two sources exist:
+
+* `SafetensorsSource`: the `safetensors` library validates the file and reads fp16/fp32/fp64
+  tensors.  numpy has no bfloat16, and the library's numpy API refuses BF16, so BF16 tensors are
+  read from the byte offsets in the (already validated) header and widened to float32 exactly
+  (a bf16 is the top 16 bits of a float32).
+* `DictSource`: tensors already in memory (PyTorch ``adapter_model.bin``, tests).
+
+Writing: `write_safetensors` writes through a temporary file in the destination directory and
+renames it into place, so a crash never leaves a half-written adapter and the input is never
+overwritten in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError, UnsupportedError
+
+# safetensors dtype tag -> (our short name, numpy dtype or None for bf16)
+_DTYPES = {
+    "F64": ("fp64", np.float64),
+    "F32": ("fp32", np.float32),
+    "F16": ("fp16", np.float16),
+    "BF16": ("bf16", None),
+}
+_NUMPY_TO_TAG = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+class TensorSource:
+    """Read-only view of named tensors."""
+
+    path: str
+    metadata: Mapping[str, str]
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> str:
+        """Storage dtype as a short name: fp64, fp32, fp16, bf16 (anything else raises on get)."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SafetensorsSource(TensorSource):
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        header = _read_header(self.path)
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._entries = header
+        self._data_start = 8 + _header_len(self.path)
+        self._handle = _open_with_library(self.path)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key]["shape"])
+
+    def dtype(self, key: str) -> str:
+        tag = self._entries[key]["dtype"]
+        return _DTYPES[tag][0] if tag in _DTYPES else tag.lower()
+
+    def get(self, key: str) -> np.ndarray:
+        entry = self._entries[key]
+        tag = entry["dtype"]
+        if tag not in _DTYPES:
+            raise UnsupportedError(
+                f"tensor {key!r} has dtype {tag}; lorascope reads F64, F32, F16 and BF16", path=self.path
+            )
+        if tag == "BF16":
+            return self._read_bf16(key, entry)
+        return self._handle.get_tensor(key)
+
+    def _read_bf16(self, key: str, entry: dict) -> np.ndarray:
+        start, end = entry["data_offsets"]
+        count = (end - start) // 2
+        raw = np.fromfile(self.path, dtype="<u2", count=count, offset=self._data_start + start)
+        # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
+        wide = raw.astype(np.uint32) << 16  # (count,)
+        return wide.view(np.float32).reshape(entry["shape"])
+
+
+class DictSource(TensorSource):
+    def __init__(self, tensors: Mapping[str, np.ndarray], path: str = "<memory>", metadata=None):
+        self.path = path
+        self.metadata = dict(metadata or {})
+        self._t = dict(tensors)
+
+    def keys(self) -> list[str]:
+        return list(self._t)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._t[key].shape)
+
+    def dtype(self, key: str) -> str:
+        dt = np.dtype(self._t[key].dtype)
+        tag = _NUMPY_TO_TAG.get(dt)
+        return _DTYPES[tag][0] if tag else str(dt)
+
+    def get(self, key: str) -> np.ndarray:
+        arr = self._t[key]
+        if np.dtype(arr.dtype) not in _NUMPY_TO_TAG:
+            raise UnsupportedError(f"tensor {key!r} has unsupported dtype {arr.dtype}", path=self.path)
+        return arr
+
+
+def _header_len(path: str) -> int:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise FormatError("not a safetensors file (shorter than its 8-byte header length)", path=path)
+    return struct.unpack("<Q", head)[0]
+
+
+def _read_header(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise AdapterNotFoundError("file not found", path=path)
+    size = os.path.getsize(path)
+    n = _header_len(path)
+    if n > size - 8 or n > 100_000_000:
+        raise FormatError(f"not a safetensors file (header length {n} exceeds file size {size})", path=path)
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"not a safetensors file (header is not JSON: {e})", path=path) from None
+    if not isinstance(header, dict):
+        raise FormatError("not a safetensors file (header is not a JSON object)", path=path)
+    data_len = size - 8 - n
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        end = entry.get("data_offsets", [0, 0])[1] if isinstance(entry, dict) else 0
+        if end > data_len:
+            raise FormatError(
+                f"truncated safetensors file: tensor {key!r} ends at byte {end} but only {data_len} "
+                "data bytes are present",
+                path=path,
+            )
+    return header
+
+
+def _open_with_library(path: str):
+    """Let the safetensors library check offsets, overlaps and coverage; re-raise as one line."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(path, framework="np")
+    except SafetensorError as e:
+        raise FormatError(f"invalid safetensors file ({e})", path=path) from None
+
+
+def load_torch_bin(path: str) -> DictSource:
+    """A PyTorch pickle, read only through torch's safe loader (weights_only=True)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "this adapter is a PyTorch .bin file; install torch to read it safely (weights_only), "
+            "or convert it to adapter_model.safetensors",
+            path=path,
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad pickles
+        raise FormatError(f"cannot read PyTorch file safely ({type(e).__name__}: {e})", path=path) from None
+    if not isinstance(state, dict):
+        raise FormatError("PyTorch file does not hold a state dict", path=path)
+    arrays = {}
+    for key, t in state.items():
+        if t.dtype == torch.bfloat16:
+            t = t.float()  # exact widening
+        arrays[key] = t.detach().cpu().numpy()
+    return DictSource(arrays, path=path)
+
+
+def open_safetensors(path: str | Path) -> SafetensorsSource:
+    return SafetensorsSource(path)
+
+
+@contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success rename it onto `dest` (atomic on POSIX)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(dest: str | Path, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_safetensors(dest: str | Path, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
+    """Write float tensors (fp16/fp32/fp64 numpy arrays) atomically."""
+    from safetensors.numpy import save_file
+
+    clean = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    with atomic_path(dest) as tmp:
+        save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)

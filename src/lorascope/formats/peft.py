@@ -1,0 +1,242 @@
+"""Hugging Face PEFT LoRA adapters: a directory with adapter_config.json + adapter_model.safetensors.
+
+Scaling follows PEFT's `LoraLayer.update_layer`: scale = alpha/r, or alpha/√r with `use_rslora`,
+where r and alpha come from `rank_pattern` / `alpha_pattern` when a pattern key matches the module
+name the way PEFT's `get_pattern_key` matches it (first key in order with
+`re.match(rf"(.*\\.)?({key})$", module_name)`), else from `r` / `lora_alpha`.
+
+Keys understood (the adapter name may appear before `.weight`, as in `lora_A.default.weight`):
+  <module>.lora_A.weight (r, in) / (r, c_in, kh, kw)    <module>.lora_B.weight (out, r) / (out, r, 1, 1)
+  <module>.lora_embedding_A (r, num_embeddings)          <module>.lora_embedding_B (dim, r)
+  <module>.lora_magnitude_vector (DoRA)                  <module>.lora_B.bias (lora_bias)
+  weights of `modules_to_save` modules (listed, not audited)
+Anything else is an error that lists the keys.  Not handled here: other PEFT methods (LoHa/LoKr
+adapters in PEFT format are read by the LyCORIS module), and `fan_in_fan_out` needs no special
+case because it only transposes how the base weight is stored, not ΔW's spectrum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._io import TensorSource, load_torch_bin, open_safetensors
+
+CONFIG = "adapter_config.json"
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+PREFIX = "base_model.model."
+
+# role -> regex on the full key; group "m" is the module path.
+_KEY_RULES = {
+    "down": re.compile(r"^(?P<m>.+)\.lora_A(?:\.[^.]+)?\.weight$"),
+    "up": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.weight$"),
+    "emb_down": re.compile(r"^(?P<m>.+)\.lora_embedding_A(?:\.[^.]+)?$"),
+    "emb_up": re.compile(r"^(?P<m>.+)\.lora_embedding_B(?:\.[^.]+)?$"),
+    "magnitude": re.compile(r"^(?P<m>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"),
+    "bias": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.bias$"),
+}
+
+
+@dataclass(frozen=True)
+class PeftFiles:
+    config: Path
+    weights: Path
+
+
+def sniff(path: str | Path) -> bool:
+    p = Path(path)
+    if p.is_file():
+        return p.name in WEIGHTS and (p.parent / CONFIG).is_file()
+    return p.is_dir() and ((p / CONFIG).is_file() or bool(_subfolder_adapters(p)))
+
+
+def _subfolder_adapters(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and (d / CONFIG).is_file()) if p.is_dir() else []
+
+
+def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
+    """Find config + weights.  A directory holding one adapter sub-folder (PEFT saves non-default
+    adapters as `<dir>/<adapter_name>/`) is followed; several need `adapter_name`."""
+    p = Path(path)
+    if not p.exists():
+        raise AdapterNotFoundError("no such file or directory", path=p)
+    if p.is_file():
+        p = p.parent
+    if adapter_name:
+        p = p / adapter_name
+        if not (p / CONFIG).is_file():
+            raise AdapterNotFoundError(f"no adapter named {adapter_name!r} ({CONFIG} missing)", path=p)
+    elif not (p / CONFIG).is_file():
+        subs = _subfolder_adapters(p)
+        if len(subs) == 1:
+            p = subs[0]
+        elif subs:
+            names = ", ".join(s.name for s in subs)
+            raise FormatError(f"holds several adapters ({names}); choose one with --adapter NAME", path=p)
+        else:
+            raise AdapterNotFoundError(f"{CONFIG} not found", path=p)
+    for w in WEIGHTS:
+        if (p / w).is_file():
+            return PeftFiles(p / CONFIG, p / w)
+    raise AdapterNotFoundError(f"no {WEIGHTS[0]} (or {WEIGHTS[1]}) beside {CONFIG}", path=p)
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
+    except UnicodeDecodeError:
+        raise FormatError("not a UTF-8 text file", path=path) from None
+    if not isinstance(cfg, dict):
+        raise FormatError("expected a JSON object", path=path)
+    peft_type = str(cfg.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise UnsupportedError(f"peft_type {peft_type} is not a LoRA adapter", path=path)
+    r = cfg.get("r", 8)
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise FormatError(f"'r' must be a positive integer, got {r!r}", path=path)
+    alpha = cfg.get("lora_alpha", 8)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise FormatError(f"'lora_alpha' must be a number, got {alpha!r}", path=path)
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(cfg.get(key) or {}, dict):
+            raise FormatError(f"'{key}' must be a JSON object", path=path)
+    return cfg
+
+
+def pattern_value(patterns: dict[str, Any], module: str, default: Any, path: Path) -> Any:
+    """PEFT's get_pattern_key: the first key that matches the end of the module path."""
+    for key, value in patterns.items():
+        try:
+            if re.match(rf"(.*\.)?({key})$", module):
+                return value
+        except re.error as e:
+            raise FormatError(f"pattern key {key!r} is not a valid regular expression ({e})", path=path) from None
+    return default
+
+
+def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, float, float]:
+    """(configured r, alpha, scale) for one module."""
+    r = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8), path))
+    alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8), path))
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    return r, alpha, scale
+
+
+def _classify(keys: list[str], modules_to_save: list[str]) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
+    """Group keys by module: {module: {role: key}}; saved-module keys; leftovers."""
+    by_module: dict[str, dict[str, str]] = {}
+    saved, leftovers = [], []
+    for key in keys:
+        for role, rule in _KEY_RULES.items():
+            m = rule.match(key)
+            if m:
+                by_module.setdefault(m["m"], {})[role] = key
+                break
+        else:
+            parts = key.split(".")
+            if any(name in parts for name in modules_to_save):
+                saved.append(key)
+            else:
+                leftovers.append(key)
+    return by_module, saved, leftovers
+
+
+def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
+    files = locate(path, adapter_name)
+    cfg = load_config(files.config)
+    if files.weights.suffix == ".bin":
+        src: TensorSource = load_torch_bin(str(files.weights))
+    else:
+        src = open_safetensors(files.weights)
+    mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
+    by_module, saved, leftovers = _classify(src.keys(), mts)
+    layers = []
+    for full, roles in by_module.items():
+        info = _layer_info(files, cfg, src, full, roles, leftovers)
+        if info is not None:
+            layers.append(info)
+    reject_leftovers(str(files.weights), leftovers, "PEFT LoRA tensors")
+    check_outlier_shapes(str(files.weights), layers)
+    notes = []
+    if any(layer.dora for layer in layers):
+        notes.append("DoRA adapter: the low-rank direction B·A is audited; magnitude vectors are not")
+    if any("bias" in layer.extras for layer in layers):
+        notes.append("lora_bias tensors present: the bias update is not part of the spectrum")
+    saved_modules = sorted({k.rsplit(".", 1)[0].removeprefix(PREFIX) for k in saved})
+    return Adapter(
+        format="peft",
+        layers=tuple(layers),
+        loader=lambda info: _load(src, info),
+        path=str(files.config.parent),
+        config=frozen_mapping(cfg),
+        metadata=frozen_mapping(src.metadata),
+        modules_to_save=tuple(saved_modules),
+        notes=tuple(notes),
+    )
+
+
+def _layer_info(files: PeftFiles, cfg, src: TensorSource, full: str, roles: dict[str, str], leftovers) -> LayerInfo | None:
+    wpath = str(files.weights)
+    module = full.removeprefix(PREFIX)
+    if "down" in roles or "up" in roles:
+        kind, dk, uk = "linear", roles.get("down"), roles.get("up")
+    elif "emb_down" in roles or "emb_up" in roles:
+        kind, dk, uk = "embedding", roles.get("emb_down"), roles.get("emb_up")
+    else:  # a magnitude vector or bias without factors
+        leftovers.extend(roles.values())
+        return None
+    if dk is None or uk is None:
+        have = dk or uk
+        missing = "lora_A" if dk is None else "lora_B"
+        raise FormatError(f"layer {module}: {have} has no matching {missing} tensor", path=wpath, keys=[have])
+    dshape, ushape = src.shape(dk), src.shape(uk)
+    fkind, rank, out, inn = factor_dims(wpath, module, dshape, ushape, (dk, uk))
+    kind = "conv" if fkind == "conv" else kind
+    r_cfg, alpha, scale = layer_scale(cfg, module, files.config)
+    if r_cfg != rank:
+        raise FormatError(
+            f"layer {module}: tensors have rank {rank} but {CONFIG} gives r={r_cfg} for it "
+            "(r / rank_pattern)",
+            path=wpath,
+            keys=[dk, uk],
+        )
+    extras: dict[str, Any] = {"alpha": alpha, "keys": (dk, uk)}
+    if "bias" in roles:
+        extras["bias"] = roles["bias"]
+    if "magnitude" in roles:
+        mag = src.shape(roles["magnitude"])
+        if math.prod(mag) != out:
+            raise FormatError(
+                f"layer {module}: DoRA magnitude vector has {math.prod(mag)} entries, expected {out}",
+                path=wpath,
+                keys=[roles["magnitude"]],
+            )
+    weight_shape = (out, *dshape[1:]) if kind == "conv" else ((inn, out) if kind == "embedding" else ())
+    return LayerInfo(
+        name=module,
+        kind=kind,
+        rank=rank,
+        out_features=out,
+        in_features=inn,
+        scale=scale,
+        dtype=src.dtype(dk),
+        weight_shape=weight_shape,
+        dora="magnitude" in roles,
+        extras=frozen_mapping(extras),
+    )
+
+
+def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
+    dk, uk = info.extras["keys"]
+    down = src.get(dk).reshape(info.rank, -1)  # (r, in)
+    up = src.get(uk).reshape(info.out_features, info.rank)  # (out, r)
+    return LoraDelta(info, down, up)

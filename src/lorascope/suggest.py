@@ -1,0 +1,106 @@
+"""Turning per-layer energy ranks into rank suggestions.
+
+Rules (all documented in docs/metrics.md):
+* Global suggestions: the median and the 90th percentile (numpy's linear interpolation) of the
+  per-layer energy ranks k@τ, rounded *up* to an integer, then up by the rounding rule, then
+  capped at the largest allocated rank and floored at `min_rank`.
+* Per-layer suggestion: the layer's own k@τ rounded up by the rule, within [min_rank, r_layer].
+  Dead layers get `min_rank`.
+* Rounding rules: "multiple:N" (default N=4), "pow2", or "none".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class Rounding:
+    kind: str = "multiple"  # "multiple" | "pow2" | "none"
+    step: int = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Rounding:
+        text = text.strip().lower()
+        if text in ("none", "exact"):
+            return cls("none", 1)
+        if text in ("pow2", "power-of-two", "power_of_two"):
+            return cls("pow2", 1)
+        if text.startswith("multiple:"):
+            try:
+                step = int(text.split(":", 1)[1])
+            except ValueError:
+                step = 0
+            if step >= 1:
+                return cls("multiple", step)
+        raise InvalidArgumentError(f"rounding must be 'multiple:N', 'pow2' or 'none', got {text!r}")
+
+    def up(self, k: float) -> int:
+        k = max(1, math.ceil(k - 1e-9))
+        if self.kind == "pow2":
+            return 1 << (k - 1).bit_length()
+        if self.kind == "multiple":
+            return self.step * math.ceil(k / self.step)
+        return k
+
+    def __str__(self) -> str:
+        return f"multiple:{self.step}" if self.kind == "multiple" else self.kind
+
+
+def global_rank(energy_ranks: Sequence[float], q: float, rounding: Rounding, cap: int, min_rank: int) -> int:
+    """Suggested uniform rank from the q-th percentile (0..100) of per-layer energy ranks."""
+    if not len(energy_ranks):
+        return min_rank
+    value = float(np.percentile(np.asarray(energy_ranks, dtype=float), q))
+    return int(min(max(rounding.up(value), min_rank), cap))
+
+
+def layer_rank(k: int, allocated: int, rounding: Rounding, min_rank: int, dead: bool) -> int:
+    if dead:
+        return min(min_rank, allocated)
+    return int(min(max(rounding.up(k), min_rank), allocated))
+
+
+def mode_rank(ranks: Sequence[int]) -> int:
+    """Most common rank; ties go to the larger rank (the safer default)."""
+    counts = Counter(ranks)
+    best = max(counts.values())
+    return max(r for r, c in counts.items() if c == best)
+
+
+def alpha_for(scale: float, rank: int, rslora: bool) -> float:
+    """The lora_alpha that gives `scale` at `rank` (PEFT: scale = alpha/r, or alpha/√r)."""
+    alpha = scale * (math.sqrt(rank) if rslora else rank)
+    return float(round(alpha, 6))
+
+
+def peft_patterns(
+    names: Sequence[str], ranks: Sequence[int], scales: Sequence[float], rslora: bool
+) -> dict[str, object]:
+    """A PEFT config fragment: r, lora_alpha, rank_pattern and alpha_pattern that keep every layer's
+    scale.  Pattern keys are full module paths relative to the base model (no `base_model.model.`
+    prefix, which PEFT would silently ignore), so each matches exactly one module."""
+    default_r = mode_rank(ranks)
+    default_scale = Counter(scales).most_common(1)[0][0]
+    default_alpha = alpha_for(default_scale, default_r, rslora)
+    rank_pattern, alpha_pattern = {}, {}
+    for name, r, s in zip(names, ranks, scales):
+        if r != default_r:
+            rank_pattern[name] = int(r)
+        a = alpha_for(s, r, rslora)
+        if a != default_alpha:
+            alpha_pattern[name] = a
+    return {
+        "r": default_r,
+        "lora_alpha": default_alpha,
+        "use_rslora": bool(rslora),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+    }

@@ -1,0 +1,127 @@
+"""Frozen value types shared by every module: one layer's low-rank update and a whole adapter.
+
+An `Adapter` is *lazy*: it knows every layer's shapes and scale from the file header, and loads a
+layer's factors only when asked (`adapter.delta(name)`, `adapter.iter_deltas()`), so a 7B-sized
+adapter is never held in memory at once.  Adapters built in memory (`Adapter.from_deltas`) use the
+same interface.
+
+Conventions (the PEFT ones, used for every format after reading):
+  ΔW = scale · up @ down,  down: (r, in_features),  up: (out_features, r)
+Conv factors are flattened (down: (r, c_in·kh·kw), up: (c_out, r)); `weight_shape` keeps the model's
+shape.  Embedding LoRA stores ΔWᵀ in this form; singular values do not care.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+LAYER_KINDS = ("linear", "conv", "embedding")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a reader knows about one layer from the header alone (no tensor data read)."""
+
+    name: str  # module path in the model, e.g. "model.layers.0.self_attn.q_proj"
+    kind: str  # one of LAYER_KINDS
+    rank: int  # allocated rank r
+    out_features: int
+    in_features: int  # flattened for conv (c_in·kh·kw)
+    scale: float  # ΔW = scale · up @ down
+    dtype: str  # storage dtype of the factors, e.g. "bf16"
+    weight_shape: tuple[int, ...] = ()  # the model's ΔW shape; () means (out, in)
+    dora: bool = False  # a DoRA magnitude vector exists: we audit the low-rank direction only
+    extras: Mapping[str, Any] = field(default_factory=dict)  # format-specific facts, e.g. alpha
+
+    @property
+    def params(self) -> int:
+        """Trainable LoRA parameters of this layer: r·(in + out)."""
+        return self.rank * (self.in_features + self.out_features)
+
+    def params_at(self, rank: int) -> int:
+        return rank * (self.in_features + self.out_features)
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """One layer's factors, loaded.  `down`/`up` keep their storage precision (fp16, fp32, ...)."""
+
+    info: LayerInfo
+    down: np.ndarray  # (r, in)
+    up: np.ndarray  # (out, r)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def scale(self) -> float:
+        return self.info.scale
+
+    def dense(self) -> np.ndarray:
+        """ΔW as a float64 (out, in) matrix.  For tests and small layers only: O(out·in) memory."""
+        return self.info.scale * (self.up.astype(np.float64) @ self.down.astype(np.float64))
+
+
+Loader = Callable[[LayerInfo], LoraDelta]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A whole adapter: layer descriptions plus a loader that reads one layer's factors on demand."""
+
+    format: str  # "peft", "kohya", "diffusers", "lycoris", "memory"
+    layers: tuple[LayerInfo, ...]
+    loader: Loader = field(repr=False, compare=False)
+    path: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)  # e.g. the parsed adapter_config.json
+    metadata: Mapping[str, str] = field(default_factory=dict)  # safetensors header metadata
+    modules_to_save: tuple[str, ...] = ()  # fully trained modules: listed, not audited
+    notes: tuple[str, ...] = ()  # non-fatal findings of the reader, shown to the user
+
+    def __post_init__(self) -> None:
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate layer names in adapter")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def info(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def delta(self, name: str) -> LoraDelta:
+        return self.loader(self.info(name))
+
+    def iter_deltas(self) -> Iterator[LoraDelta]:
+        """Yield layers one at a time, in file order; only one layer's factors are alive at once."""
+        for layer in self.layers:
+            yield self.loader(layer)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @classmethod
+    def from_deltas(cls, deltas: list[LoraDelta], *, format: str = "memory", **kwargs: Any) -> Adapter:
+        """An in-memory adapter, e.g. the result of compress or merge."""
+        table = {d.name: d for d in deltas}
+        return cls(
+            format=format,
+            layers=tuple(d.info for d in deltas),
+            loader=lambda info: table[info.name],
+            **kwargs,
+        )
+
+
+def frozen_mapping(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
