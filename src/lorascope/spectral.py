@@ -88,9 +88,10 @@ def lora_svd(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -> LowRankSVD
     b = _f64(up)  # (m, r)
     qa, ra = np.linalg.qr(a.T)  # (n, r), (r, r)
     qb, rb = np.linalg.qr(b)  # (m, r), (r, r)
-    uc, s, vct = np.linalg.svd(rb @ ra.T)  # (r, r), (r,), (r, r)
-    u = qb @ uc  # (m, r)
-    vt = vct @ qa.T  # (r, n)
+    # full_matrices=False: when r > m or r > n the core is not square; k = min(m, n, r)
+    uc, s, vct = np.linalg.svd(rb @ ra.T, full_matrices=False)  # (r, k), (k,), (k, r)
+    u = qb @ uc  # (m, k)
+    vt = vct @ qa.T  # (k, n)
     if scale < 0:
         u = -u
     return LowRankSVD(u, s * abs(scale), vt)
