@@ -39,6 +39,8 @@ class AuditOptions:
         for tau in self.thresholds:
             if not 0.0 < tau <= 1.0:
                 raise InvalidArgumentError(f"energy threshold must be in (0, 1], got {tau}")
+        if len({metrics.energy_key(t) for t in self.thresholds}) != len(self.thresholds):
+            raise InvalidArgumentError(f"energy thresholds repeat: {list(self.thresholds)}")
         if self.min_rank < 1:
             raise InvalidArgumentError(f"min rank must be ≥ 1, got {self.min_rank}")
 

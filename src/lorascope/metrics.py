@@ -99,7 +99,8 @@ METRICS: dict[str, MetricFn] = {
 
 
 def energy_key(tau: float) -> str:
-    return f"energy_rank@{tau:g}"
+    # 12 significant digits: ":g" (6 digits) would name 0.9999999 and 1.0 both "energy_rank@1"
+    return f"energy_rank@{tau:.12g}"
 
 
 def compute(s: Spectrum, thresholds: tuple[float, ...] = (0.90,)) -> dict[str, float]:
