@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import audit
+from . import audit, compress
 from ._errors import guarded
 
-COMMANDS = (audit,)
+COMMANDS = (audit, compress)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -225,3 +225,41 @@ def write_safetensors(dest: str | Path, tensors: Mapping[str, np.ndarray], metad
     clean = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     with atomic_path(dest) as tmp:
         save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+# numpy dtype a stored short name is written from; bf16 arrives as float32 holding bf16 values.
+_TAG_OF = {"fp64": "F64", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 → bf16 bit patterns (uint16), round to nearest even (exact for bf16-valued input)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype("<u2")
+
+
+def write_safetensors_typed(dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None) -> None:
+    """Write {key: (array, short dtype)} atomically, any of fp64/fp32/fp16/bf16.
+
+    The file is built by hand (the safetensors numpy API has no bf16): 8-byte little-endian header
+    length, JSON header with sorted keys and 8-byte padding, then the raw little-endian data.
+    """
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for key in sorted(tensors):
+        arr, dtype = tensors[key]
+        if dtype not in _TAG_OF:
+            raise UnsupportedError(f"cannot write tensor {key!r} as {dtype}", path=dest)
+        if dtype == "bf16":
+            raw = bf16_bits(arr).tobytes()
+        else:
+            raw = np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")).tobytes()
+        header[key] = {"dtype": _TAG_OF[dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)

@@ -240,3 +240,108 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     down = src.get(dk).reshape(info.rank, -1)  # (r, in)
     up = src.get(uk).reshape(info.out_features, info.rank)  # (out, r)
     return LoraDelta(info, down, up)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _clean_alpha(alpha: float) -> float | int:
+    """Store near-integers as ints (16.000000000001 → 16) so configs stay readable; else exact."""
+    near = round(alpha)
+    return int(near) if abs(alpha - near) <= 1e-9 * max(1.0, abs(alpha)) else float(alpha)
+
+
+def rank_patterns(layers, rslora: bool) -> dict[str, Any]:
+    """r, lora_alpha, rank_pattern, alpha_pattern that give every layer its own rank and scale.
+
+    alpha = scale·r (scale·√r with rsLoRA).  Pattern keys are module paths without `base_model.model.`
+    (PEFT matches them with `(.*\\.)?(key)$`, so a prefixed key would silently never match)."""
+    from collections import Counter
+
+    pairs = [(layer.rank, _clean_alpha(layer.scale * (math.sqrt(layer.rank) if rslora else layer.rank))) for layer in layers]
+    if not pairs:
+        return {"rank_pattern": {}, "alpha_pattern": {}}
+    counts = Counter(pairs)
+    top = max(counts.values())
+    default_r, default_alpha = max(p for p, c in counts.items() if c == top)  # ties: larger rank
+    rank_pattern = {l.name: r for l, (r, _) in zip(layers, pairs) if r != default_r}
+    alpha_pattern = {l.name: a for l, (_, a) in zip(layers, pairs) if a != default_alpha}
+    return {"r": default_r, "lora_alpha": default_alpha, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+
+
+def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
+    if "keys" in info.extras:
+        return tuple(info.extras["keys"])
+    if info.kind == "embedding":
+        return f"{PREFIX}{info.name}.lora_embedding_A", f"{PREFIX}{info.name}.lora_embedding_B"
+    return f"{PREFIX}{info.name}.lora_A.weight", f"{PREFIX}{info.name}.lora_B.weight"
+
+
+def _factor_shapes(info: LayerInfo) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Stored shapes of lora_A / lora_B: conv A is (r, c_in, kh, kw) and B is (out, r, 1, 1)."""
+    r = info.rank
+    if info.kind == "conv" and info.weight_shape:
+        ones = (1,) * (len(info.weight_shape) - 2)
+        return (r, *info.weight_shape[1:]), (info.out_features, r, *ones)
+    return (r, info.in_features), (info.out_features, r)
+
+
+def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
+    """Tensors of a PEFT adapter on disk that are not LoRA factors (modules_to_save weights, DoRA
+    magnitudes, lora_bias): {key: (array, dtype)}, to be copied unchanged into a rewritten adapter."""
+    if adapter.format != "peft" or not adapter.path:
+        return {}
+    files = locate(adapter.path)
+    src: TensorSource = load_torch_bin(str(files.weights)) if files.weights.suffix == ".bin" else open_safetensors(files.weights)
+    used = {k for layer in adapter.layers for k in layer.extras.get("keys", ())}
+    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
+
+
+def write(
+    adapter: Adapter,
+    dest: str | Path,
+    *,
+    base_config: dict[str, Any] | None = None,
+    dtype: str | None = None,
+    extra_tensors: dict[str, tuple[Any, str]] | None = None,
+) -> Path:
+    """Write `adapter` as a PEFT directory (adapter_config.json + adapter_model.safetensors).
+
+    The directory is built under a temporary name beside `dest` and renamed into place, so `dest`
+    appears complete or not at all; an existing non-empty `dest` is refused.  `base_config` (default:
+    the adapter's own config) supplies every other key (base model, target_modules, task_type, ...);
+    r / lora_alpha / rank_pattern / alpha_pattern are recomputed so each layer keeps its rank and
+    scale.  `dtype` overrides every factor's storage dtype (default: each layer's own)."""
+    import os
+    import shutil
+    import tempfile
+
+    from ._io import write_safetensors_typed, write_text_atomic
+
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FormatError("output already exists; choose a new directory", path=dest)
+    cfg = dict(base_config if base_config is not None else adapter.config)
+    cfg.setdefault("peft_type", "LORA")
+    rslora = bool(cfg.get("use_rslora", False))
+    cfg.update(rank_patterns(adapter.layers, rslora))
+    tensors: dict[str, tuple[Any, str]] = dict(extra_tensors or {})
+    for delta in adapter.iter_deltas():
+        info = delta.info
+        dk, uk = _tensor_keys(info)
+        dshape, ushape = _factor_shapes(info)
+        out_dtype = dtype or info.dtype
+        tensors[dk] = (delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
+        tensors[uk] = (delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        write_safetensors_typed(tmp / WEIGHTS[0], tensors, metadata={"format": "pt"})
+        write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if dest.exists():
+            dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,110 @@
+"""`lorascope compress`: parse flags, call lorascope.compress_file, render the report."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..compress import DTYPES, CompressOptions, CompressReport, compress_file
+from ..errors import InvalidArgumentError
+from ..plan import RankMode
+from ._output import emit
+
+# flag dest -> (mode kind, value parser)
+_MODE_FLAGS = {
+    "rank": ("rank", int),
+    "energy": ("energy", float),
+    "from_audit": ("from_audit", str),
+    "budget_params": ("budget_params", int),
+    "budget_ratio": ("budget_ratio", float),
+    "budget_bytes": ("budget_bytes", int),
+    "sv_fro": ("sv_fro", float),
+    "sv_ratio": ("sv_ratio", float),
+    "sv_cumulative": ("sv_cumulative", float),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="write a smaller adapter: per-layer truncated SVD of ΔW")
+    p.add_argument("path", help="adapter directory or file")
+    p.add_argument("-o", "--output", help="new adapter directory (must not exist or be empty)")
+    p.add_argument("--format", help="force the input format instead of detecting it")
+    p.add_argument("--adapter", help="adapter sub-folder name when a directory holds several")
+    modes = p.add_mutually_exclusive_group(required=True)
+    modes.add_argument("--rank", type=int, metavar="N", help="uniform rank N")
+    modes.add_argument("--energy", type=float, metavar="TAU", help="per layer: smallest k keeping τ of Σσ²")
+    modes.add_argument("--from-audit", choices=("median", "p90", "per-layer"), help="the audit's suggestion")
+    modes.add_argument("--budget-params", type=int, metavar="N", help="at most N LoRA parameters in total")
+    modes.add_argument("--budget-ratio", type=float, metavar="X", help="at most X × the current parameters")
+    modes.add_argument("--budget-bytes", type=int, metavar="N", help="at most N bytes of factors")
+    modes.add_argument(
+        "--sv-fro", type=float, metavar="X", help="kohya resize_lora sv_fro (keeps X² energy, +1)"
+    )
+    modes.add_argument(
+        "--sv-ratio", type=float, metavar="X", help="kohya resize_lora sv_ratio (σ > σ₁/X, +1)"
+    )
+    modes.add_argument("--sv-cumulative", type=float, metavar="X", help="kohya sv_cumulative (Σσ ≥ X·Σσ, +1)")
+    p.add_argument("--min-rank", type=int, default=1, help="never go below this rank (default 1)")
+    p.add_argument("--max-rank", type=int, help="never go above this rank")
+    p.add_argument("--round", default="none", help="round ranks up: 'multiple:K' or 'none' (default)")
+    p.add_argument("--threshold", type=float, default=0.90, help="τ behind --from-audit (default 0.90)")
+    p.add_argument("--split", choices=("up", "sqrt"), default="up", help="where S goes (default: into up/B)")
+    p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the input's, bf16 stays bf16)")
+    p.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.compress/v1)")
+    p.add_argument("--layers", action="store_true", help="show every layer in the text report")
+    p.set_defaults(run=run)
+
+
+def _round_step(text: str) -> int:
+    text = text.strip().lower()
+    if text in ("none", "1"):
+        return 1
+    if text.startswith("multiple:") and text[9:].isdigit() and int(text[9:]) >= 1:
+        return int(text[9:])
+    raise InvalidArgumentError(f"--round must be 'multiple:K' or 'none', got {text!r}")
+
+
+def mode_from_args(args: argparse.Namespace) -> RankMode:
+    for dest, (kind, _) in _MODE_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            return RankMode(kind, value, args.min_rank, args.max_rank, _round_step(args.round), args.dtype)
+    raise InvalidArgumentError("choose a rank mode (--rank, --energy, --from-audit, --budget-*, --sv-*)")
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = mode_from_args(args)
+    options = CompressOptions(
+        split=args.split,
+        dtype=args.dtype,
+        dry_run=args.dry_run,
+        audit_threshold=args.threshold,
+        audit_rounding="multiple:4" if _round_step(args.round) == 1 else args.round,
+    )
+    load_opts = {"adapter_name": args.adapter} if args.adapter else {}
+    report = compress_file(args.path, args.output, mode, options, format=args.format, **load_opts)
+    emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
+    return 0
+
+
+def to_text(report: CompressReport, show_layers: bool = False) -> str:
+    s = report.summary()
+    dest = report.output or "(dry run, nothing written)"
+    lines = [
+        f"lorascope compress  {report.source or '<memory>'}  →  {dest}",
+        f"mode: {report.mode.kind} {report.mode.value}",
+        f"layers: {s['n_layers']} ({s['n_changed']} truncated)",
+        f"params: {s['params']:,} → {s['new_params']:,}  (−{100 * s['params_reduction']:.1f} %)",
+        f"bytes:  {s['bytes']:,} → {s['new_bytes']:,}  (−{100 * s['bytes_reduction']:.1f} %)",
+        f"kept energy: {100 * s['kept_energy']:.2f} %   "
+        f"‖ΔW−ΔW′‖_F/‖ΔW‖_F: {s['rel_frobenius_error']:.4f} "
+        f"(worst layer {s['max_layer_rel_error']:.4f})",
+    ]
+    if show_layers:
+        width = max((len(x.name) for x in report.layers), default=5)
+        lines.append(f"{'layer':<{width}}  rank → new  kept%   rel.err")
+        for x in report.layers:
+            kept = 100 * x.kept_energy
+            lines.append(f"{x.name:<{width}}  {x.rank:>4} → {x.new_rank:<4} {kept:6.2f}  {x.rel_error:.4f}")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,276 @@
+"""compress / plan_ranks: every rank mode against dense numpy, the truncation against a dense SVD,
+the report's errors against dense norms, and the PEFT writer's files (no torch needed)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import PREFIX, peft_config, random_factors, write_peft
+
+from lorascope.audit import AuditOptions, audit
+from lorascope.cli.main import main
+from lorascope.compress import CompressOptions, compress, compress_file
+from lorascope.errors import InvalidArgumentError
+from lorascope.formats import load
+from lorascope.plan import RankMode, plan_ranks
+from lorascope.suggest import Rounding
+from lorascope.types import Adapter, LayerInfo, LoraDelta
+
+# (name, out, in, r): different widths so the budget's per-rank costs differ
+SHAPES = [("a.q", 24, 16, 8), ("a.v", 12, 16, 8), ("b.up", 40, 16, 6), ("b.down", 16, 40, 6)]
+
+
+def make_adapter(rng, shapes=SHAPES, scale=2.0, dead=()) -> Adapter:
+    deltas = []
+    for i, (name, out, inn, r) in enumerate(shapes):
+        a, b = random_factors(rng, out, inn, r, decay=0.5 + 0.1 * i)
+        if name in dead:
+            b = np.zeros_like(b)
+        info = LayerInfo(name, "linear", r, out, inn, scale, "fp64")
+        deltas.append(LoraDelta(info, a, b))
+    return Adapter.from_deltas(deltas)
+
+
+def dense_s(adapter: Adapter) -> dict[str, np.ndarray]:
+    return {d.name: np.linalg.svd(d.dense(), compute_uv=False) for d in adapter.iter_deltas()}
+
+
+def truncated(dense: np.ndarray, k: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(dense, full_matrices=False)
+    return (u[:, :k] * s[:k]) @ vt[:k]
+
+
+@pytest.fixture
+def adapter(rng):
+    return make_adapter(rng)
+
+
+@pytest.fixture
+def report(adapter):
+    return audit(adapter, AuditOptions(rounding=Rounding.parse("none")))
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def test_uniform_rank_never_increases(adapter, report):
+    plan = plan_ranks(report, RankMode("rank", 7))
+    assert plan == {"a.q": 7, "a.v": 7, "b.up": 6, "b.down": 6}
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.8, 0.9, 0.99, 1.0])
+def test_energy_matches_dense(adapter, report, tau):
+    plan = plan_ranks(report, RankMode("energy", tau))
+    for name, s in dense_s(adapter).items():
+        e = np.cumsum(s**2) / np.sum(s**2)
+        want = next(i + 1 for i, v in enumerate(e) if v >= tau - 1e-12)
+        assert plan[name] == min(want, adapter.info(name).rank)
+
+
+def test_from_audit_uses_suggestions(adapter):
+    rep = audit(adapter)
+    assert set(plan_ranks(rep, RankMode("from_audit", "median")).values()) == {
+        min(rep.suggestions["median"]["rank"], 6),
+        min(rep.suggestions["median"]["rank"], 8),
+    }
+    per_layer = plan_ranks(rep, RankMode("from_audit", "per-layer"))
+    assert per_layer == {x.name: x.suggested_rank for x in rep.layers}
+
+
+def _kohya_reference(s: np.ndarray, method: str, x: float, rank: int) -> int:
+    """kohya resize_lora.py rank_resize, written out with loops on the dense spectrum."""
+    n = len(s)
+    if s[0] <= 1e-6:
+        return 1
+    if method == "sv_ratio":
+        idx = sum(1 for v in s if v > s[0] / x)
+    else:
+        vals = s**2 if method == "sv_fro" else s
+        target = x**2 if method == "sv_fro" else x
+        cum = np.cumsum(vals) / np.sum(vals)
+        idx = next((i for i, v in enumerate(cum) if v >= target), n) + 1
+    idx = max(1, min(idx, n - 1))
+    return min(idx + 1, rank)
+
+
+@pytest.mark.parametrize(
+    ("method", "x"), [("sv_fro", 0.9), ("sv_fro", 0.5), ("sv_cumulative", 0.7), ("sv_ratio", 4.0)]
+)
+def test_kohya_modes_match_reference(adapter, report, method, x):
+    plan = plan_ranks(report, RankMode(method, x))
+    for name, s in dense_s(adapter).items():
+        assert plan[name] == _kohya_reference(s, method, x, adapter.info(name).rank), name
+
+
+def test_constraints_min_max_round(adapter, report):
+    plan = plan_ranks(report, RankMode("energy", 0.5, min_rank=2, max_rank=5, round_to=4))
+    for name, k in plan.items():
+        assert 2 <= k <= min(5, adapter.info(name).rank)
+    assert all(k in (2, 4, 5, 6) or k == adapter.info(n).rank for n, k in plan.items())
+    plan = plan_ranks(report, RankMode("rank", 1, round_to=4))
+    assert plan == {"a.q": 4, "a.v": 4, "b.up": 4, "b.down": 4}
+
+
+def test_dead_layer_gets_min_rank(rng):
+    ad = make_adapter(rng, dead=("a.v",))
+    plan = plan_ranks(audit(ad), RankMode("energy", 0.9, min_rank=2))
+    assert plan["a.v"] == 2
+
+
+def _brute_force(s2: dict[str, np.ndarray], costs: dict[str, int], ranks: dict[str, int], budget: float):
+    names = list(s2)
+    best = -1.0
+    for ks in itertools.product(*[range(1, ranks[n] + 1) for n in names]):
+        if sum(k * costs[n] for k, n in zip(ks, names, strict=True)) <= budget:
+            best = max(best, sum(s2[n][:k].sum() for k, n in zip(ks, names, strict=True)))
+    return best
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_budget_params_near_optimal_and_within_budget(adapter, report, ratio):
+    plan = plan_ranks(report, RankMode("budget_ratio", ratio))
+    costs = {n: adapter.info(n).in_features + adapter.info(n).out_features for n in adapter.names}
+    ranks = {n: adapter.info(n).rank for n in adapter.names}
+    budget = ratio * adapter.params
+    assert sum(plan[n] * costs[n] for n in plan) <= budget
+    s2 = {n: s[: ranks[n]] ** 2 for n, s in dense_s(adapter).items()}
+    got = sum(s2[n][: plan[n]].sum() for n in plan)
+    best = _brute_force(s2, costs, ranks, budget)
+    max_step = max(s2[n][0] for n in s2)
+    assert best - max_step <= got <= best + 1e-9
+
+
+def test_budget_exact_when_costs_equal(rng):
+    shapes = [(f"l{i}", 16, 16, 5) for i in range(4)]
+    ad = make_adapter(rng, shapes)
+    rep = audit(ad)
+    for n_params in (4 * 32, 9 * 32, 13 * 32, 20 * 32):
+        plan = plan_ranks(rep, RankMode("budget_params", n_params))
+        s2 = {n: s[:5] ** 2 for n, s in dense_s(ad).items()}
+        got = sum(s2[n][: plan[n]].sum() for n in plan)
+        best = _brute_force(s2, dict.fromkeys(s2, 32), dict.fromkeys(s2, 5), n_params)
+        assert got == pytest.approx(best, rel=1e-12)
+
+
+def test_budget_bytes_uses_itemsize(adapter, report):
+    by_params = plan_ranks(report, RankMode("budget_params", 500))
+    by_bytes = plan_ranks(report, RankMode("budget_bytes", 500 * 2, dtype="fp16"))
+    assert by_params == by_bytes
+
+
+def test_budget_below_floor_is_an_error(report):
+    with pytest.raises(InvalidArgumentError, match="below the minimum"):
+        plan_ranks(report, RankMode("budget_params", 10))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), [("energy", 1.5), ("rank", 0), ("sv_ratio", 0.5), ("from_audit", "p50"), ("bogus", 1)]
+)
+def test_bad_modes_rejected(kind, value):
+    with pytest.raises(InvalidArgumentError):
+        RankMode(kind, value)
+
+
+# --- truncation and report ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["up", "sqrt"])
+def test_compress_equals_truncated_dense_svd(adapter, split):
+    plan = {"a.q": 3, "a.v": 8, "b.up": 2, "b.down": 1}
+    small = compress(adapter, plan, split=split)
+    for d in adapter.iter_deltas():
+        new = small.delta(d.name)
+        assert new.info.rank == plan[d.name] and new.info.scale == d.info.scale
+        want = truncated(d.dense(), plan[d.name])
+        assert np.linalg.norm(new.dense() - want) <= 1e-12 * np.linalg.norm(want)
+    assert small.delta("a.v").down is adapter.delta("a.v").down  # unchanged layers keep their factors
+
+
+def test_report_error_matches_dense(tmp_path, rng):
+    layers = {f"m.{i}.q_proj": random_factors(rng, 20, 12, 8, decay=0.7) for i in range(3)}
+    src = write_peft(tmp_path / "in", layers, config=peft_config(r=8, lora_alpha=16))
+    rep = compress_file(src, tmp_path / "out", RankMode("rank", 3))
+    out = load(tmp_path / "out")
+    num, den = 0.0, 0.0
+    for x in rep.layers:
+        a, b = layers[x.name]
+        dense = 2.0 * b @ a
+        err = np.linalg.norm(dense - out.delta(x.name).dense())
+        assert x.rel_error == pytest.approx(err / np.linalg.norm(dense), rel=1e-5)
+        assert x.kept_energy == pytest.approx(1 - (err / np.linalg.norm(dense)) ** 2, rel=1e-6)
+        num, den = num + err**2, den + np.linalg.norm(dense) ** 2
+    s = rep.summary()
+    assert s["rel_frobenius_error"] == pytest.approx(math.sqrt(num / den), rel=1e-5)
+    assert s["new_params"] == 3 * 3 * (20 + 12) and s["params_reduction"] == pytest.approx(5 / 8)
+
+
+# --- writing PEFT -------------------------------------------------------------------------------
+
+
+def _header(path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n])
+
+
+def test_peft_output_patterns_keep_scale_and_dtype(tmp_path, rng):
+    layers = {
+        f"model.layers.{i}.self_attn.q_proj": random_factors(rng, 24, 16, 8, decay=0.5 + 0.1 * i)
+        for i in range(4)
+    }
+    cfg = peft_config(r=8, lora_alpha=16, use_rslora=True)
+    extra = {f"{PREFIX}score.weight": (rng.standard_normal((2, 16)), "bf16")}
+    src = write_peft(
+        tmp_path / "in", layers, dtype="bf16", config={**cfg, "modules_to_save": ["score"]}, extra=extra
+    )
+    compress_file(src, tmp_path / "out", RankMode("energy", 0.9))
+    out_cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    header = _header(tmp_path / "out" / "adapter_model.safetensors")
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"BF16"}
+    assert f"{PREFIX}score.weight" in header
+    assert out_cfg["use_rslora"] is True and out_cfg["base_model_name_or_path"] == "tiny/test-model"
+    assert not any(k.startswith(PREFIX) for k in out_cfg["rank_pattern"])
+    orig, new = load(src), load(tmp_path / "out")
+    assert len({layer.rank for layer in new.layers}) > 1  # per-layer ranks really differ
+    for layer in new.layers:
+        assert layer.scale == pytest.approx(orig.info(layer.name).scale, rel=1e-12)  # alpha = s·√k
+        assert new.info(layer.name).dtype == "bf16"
+
+
+def test_refuses_existing_output_and_input(tmp_path, small_adapter):
+    src, _ = small_adapter
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    with pytest.raises(InvalidArgumentError, match="already exists"):
+        compress_file(src, tmp_path / "busy", RankMode("rank", 2))
+    with pytest.raises(InvalidArgumentError, match="refusing"):
+        compress_file(src, src, RankMode("rank", 2))
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
+
+
+def test_dry_run_writes_nothing(tmp_path, small_adapter):
+    src, _ = small_adapter
+    rep = compress_file(src, tmp_path / "out", RankMode("rank", 2), CompressOptions(dry_run=True))
+    assert not (tmp_path / "out").exists() and rep.output is None
+    assert set(rep.plan.values()) == {2}
+
+
+def test_cli_json(tmp_path, small_adapter, capsys):
+    src, _ = small_adapter
+    code = main(["compress", str(src), "-o", str(tmp_path / "out"), "--budget-ratio", "0.5", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "lorascope.compress/v1"
+    assert data["summary"]["new_params"] <= 0.5 * data["summary"]["params"]
+    assert load(tmp_path / "out").params == data["summary"]["new_params"]
+
+
+def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):
+    src, _ = small_adapter
+    assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--energy", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lorascope: error: --energy must be in (0, 1], got 2.0"]
