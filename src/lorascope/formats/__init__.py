@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError
 from ..types import Adapter
-from . import peft
+from . import diffusers, kohya, lycoris, peft
 
 
 def _registry(*modules: ModuleType) -> dict[str, ModuleType]:
@@ -26,7 +26,7 @@ def _registry(*modules: ModuleType) -> dict[str, ModuleType]:
     return table
 
 
-FORMATS: dict[str, ModuleType] = _registry(peft)
+FORMATS: dict[str, ModuleType] = _registry(peft, kohya, diffusers, lycoris)
 
 
 def detect(path: str | Path) -> str:

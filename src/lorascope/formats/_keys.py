@@ -1,0 +1,153 @@
+"""Key tables and helpers shared by the kohya, LyCORIS and diffusers readers.
+
+Readers are total (STYLE habit 5): `group_keys` sorts every key of a file into
+``{module: {role: key}}`` by a per-format table of suffix rules, and returns what no rule matched
+so the reader can reject it by name.  `kohya_lora_layer` builds the plain-LoRA (LoCon) layer that
+kohya sd-scripts and LyCORIS write with the same keys.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, LorascopeError
+from ..types import LayerInfo, LoraDelta, frozen_mapping
+from ._checks import factor_dims
+from ._io import TensorSource, _read_header
+
+# kohya / sd-scripts module names: the model path with dots flattened to "_", behind a component
+# prefix: lora_unet_ (UNet / DiT), lora_te_ (SD1/2 text encoder), lora_te1_/lora_te2_/lora_te3_
+# (SDXL, SD3).  Other "lora_<word>_" prefixes are accepted so new components still read.
+KOHYA_MODULE = r"(?P<m>lora_[a-z0-9]+_[A-Za-z0-9_]+)"
+
+# role -> key suffix after "<module>.", for plain LoRA/LoCon as sd-scripts and LyCORIS write it.
+KOHYA_ROLES: dict[str, str] = {
+    "down": "lora_down.weight",  # (r, in) or (r, c_in, kh, kw); (r, c_in, 1, 1) with lora_mid
+    "up": "lora_up.weight",  # (out, r) or (out, r, 1, 1)
+    "mid": "lora_mid.weight",  # LoCon Tucker core (r, r, kh, kw)
+    "alpha": "alpha",  # scalar; scale = alpha / r, missing alpha means alpha = r
+    "dora_scale": "dora_scale",  # DoRA magnitude, (out, 1, …) or (1, in, …)
+}
+
+
+def compile_rules(module: str, roles: Mapping[str, str]) -> dict[str, re.Pattern[str]]:
+    return {role: re.compile(rf"^{module}\.{re.escape(suffix)}$") for role, suffix in roles.items()}
+
+
+def group_keys(keys, rules: Mapping[str, re.Pattern[str]]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """{module: {role: key}} in file order, plus the keys no rule matched."""
+    by_module: dict[str, dict[str, str]] = {}
+    leftovers: list[str] = []
+    for key in keys:
+        for role, rule in rules.items():
+            m = rule.match(key)
+            if m:
+                by_module.setdefault(m["m"], {})[role] = key
+                break
+        else:
+            leftovers.append(key)
+    return by_module, leftovers
+
+
+def header_keys(path: str | Path) -> list[str] | None:
+    """Tensor names of a .safetensors file from its header, or None if it is not one (for sniffing)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return None
+    try:
+        header = _read_header(str(p))
+    except LorascopeError:
+        return None
+    return [k for k in header if k != "__metadata__"]
+
+
+def read_alpha(src: TensorSource, key: str, name: str) -> float:
+    """A per-module alpha: exactly one finite number."""
+    shape = src.shape(key)
+    if math.prod(shape) != 1:
+        raise FormatError(
+            f"layer {name}: {key} must be a single number (alpha), got shape {list(shape)}", path=src.path, keys=[key]
+        )
+    value = float(np.asarray(src.get(key), dtype=np.float64).reshape(()))
+    if not math.isfinite(value):
+        raise FormatError(f"layer {name}: {key} is not finite ({value})", path=src.path, keys=[key])
+    return value
+
+
+def missing_pair(src: TensorSource, name: str, roles: Mapping[str, str], need: tuple[str, ...]) -> None:
+    """Raise naming the present key and the missing role(s) of a factor set."""
+    absent = [r for r in need if r not in roles]
+    if absent:
+        have = sorted(roles.values())
+        raise FormatError(
+            f"layer {name}: missing {', '.join(absent)} tensor(s) beside {', '.join(have)}", path=src.path, keys=have
+        )
+
+
+def kohya_lora_layer(src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] = ()) -> LayerInfo:
+    """LayerInfo for a kohya/LoCon module: lora_down, lora_up, optional lora_mid/alpha/dora_scale."""
+    missing_pair(src, name, roles, ("down", "up"))
+    dk, uk = roles["down"], roles["up"]
+    dshape, ushape = src.shape(dk), src.shape(uk)
+    if "mid" in roles:
+        dshape = _tucker_down_shape(src, name, roles["mid"], dshape)
+    kind, rank, out, inn = factor_dims(src.path, name, dshape, ushape, (dk, uk))
+    alpha = read_alpha(src, roles["alpha"], name) if "alpha" in roles else float(rank)
+    if "dora_scale" in roles:
+        n = math.prod(src.shape(roles["dora_scale"]))
+        if n not in (out, dshape[1]):
+            raise FormatError(
+                f"layer {name}: dora_scale has {n} entries, expected {out} (out) or {dshape[1]} (in)",
+                path=src.path,
+                keys=[roles["dora_scale"]],
+            )
+    info_extras = {"alpha": alpha, "keys": (dk, uk), "roles": dict(roles), **dict(extras)}
+    return LayerInfo(
+        name=name,
+        kind=kind,
+        rank=rank,
+        out_features=out,
+        in_features=inn,
+        scale=alpha / rank,
+        dtype=src.dtype(dk),
+        weight_shape=(out, *dshape[1:]) if kind == "conv" else (),
+        dora="dora_scale" in roles,
+        extras=frozen_mapping(info_extras),
+    )
+
+
+def _tucker_down_shape(src: TensorSource, name: str, mk: str, dshape) -> tuple[int, ...]:
+    """With lora_mid (r, r, kh, kw) and lora_down (r, c_in, 1, 1) the effective down is (r, c_in, kh, kw)."""
+    mshape = src.shape(mk)
+    if len(mshape) != 4 or len(dshape) != 4 or mshape[1] != dshape[0] or any(k != 1 for k in dshape[2:]):
+        raise FormatError(
+            f"layer {name}: lora_mid {list(mshape)} does not fit lora_down {list(dshape)} "
+            "(expected (r, r, kh, kw) and (r, c_in, 1, 1))",
+            path=src.path,
+            keys=[mk],
+        )
+    return (mshape[0], dshape[1], *mshape[2:])
+
+
+def tucker_down(mid: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """Fold a Tucker core into the down factor: D[i, c, h, w] = Σ_j mid[i, j, h, w]·down[j, c].
+
+    mid: (r, r, kh, kw), down: (r, c_in) → (r, c_in·kh·kw) in PyTorch's (c_in, kh, kw) flattening.
+    """
+    d = np.einsum("ijhw,jc->ichw", mid.astype(np.float64), down.reshape(down.shape[0], -1).astype(np.float64))
+    return d.reshape(d.shape[0], -1)  # (r, c_in·kh·kw)
+
+
+def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
+    roles = info.extras["roles"]
+    down = src.get(roles["down"])  # (r, in) / (r, c_in, kh, kw) / (r, c_in, 1, 1)
+    if "mid" in roles:
+        down = tucker_down(src.get(roles["mid"]), down.reshape(down.shape[0], -1))  # (r, c_in·kh·kw)
+    up = src.get(roles["up"]).reshape(info.out_features, -1)  # (out, r)
+    return LoraDelta(info, down.reshape(down.shape[0], -1), up)

@@ -1,0 +1,9 @@
+"""stub"""
+
+
+def sniff(path):
+    return False
+
+
+def read(path):
+    raise NotImplementedError

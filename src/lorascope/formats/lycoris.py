@@ -1,0 +1,209 @@
+"""LyCORIS (PyPI `lycoris-lora`) LoHa and LoKr, plus LoCon layers in the same file.
+
+Every layer is returned as an *exact* low-rank product ΔW = scale · up @ down, so the audit's
+Gram core applies unchanged and no dense ΔW is ever formed:
+
+* LoHa, ΔW = s·(A1 B1) ⊙ (A2 B2) with A: (out, r), B: (r, in).  The Hadamard product of two
+  rank-r products is a rank-≤ r1·r2 product of Khatri–Rao products:
+      up   = A1 •row A2   (out, r1·r2)   up[o, (i, j)]   = A1[o, i]·A2[o, j]
+      down = B1 •col B2   (r1·r2, in)    down[(i, j), c] = B1[i, c]·B2[j, c]
+  Tucker conv (hada_t1/t2 (r, r, kh, kw), hada_w*_a (r, out), hada_w*_b (r, c_in)) first becomes
+  A = w_aᵀ, B[i, (c, h, w)] = Σ_j t[i, j, h, w]·w_b[j, c], which is exact.
+* LoKr, ΔW = s·kron(W1, W2) with W = w or w_a @ w_b (or Tucker(t2, w2_a, w2_b)).  Since
+  kron(U1 D1, U2 D2) = kron(U1, U2) @ kron(D1, D2), writing each W as U @ D (a stored full W is
+  I @ W or W @ I, whichever inner size is smaller) gives up = kron(U1, U2), down = kron(D1, D2).
+  For conv, kron(w1[..., None, None], W2) flattened equals kron(w1, W2 flattened to (o2, i2·kh·kw)).
+
+Scale: alpha / lora_dim (LyCORIS stores alpha·lora_dim/r_factor, so rs_lora needs no special
+case); no alpha means scale 1; a LoKr with both W1 and W2 stored whole has scale 1 (LyCORIS forces
+alpha = lora_dim there and lora_dim is not recoverable from the file).
+
+Ranks: `LayerInfo.rank` is the allocated lora_dim, so `params` and `utilisation = stable_rank /
+lora_dim` are per allocated dimension; `extras["max_rank"]` is the largest rank ΔW can reach
+(min(r1·r2, out, in) for LoHa, rank bound of W1 × rank bound of W2 for LoKr).  LoHa/LoKr stable and
+energy ranks can therefore exceed lora_dim, and utilisation can exceed 1.  Not handled: other
+LyCORIS algorithms (full/diff, IA3, (B)OFT, GLoRA): their keys are reported as not understood.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ._checks import reject_leftovers
+from ._io import TensorSource, open_safetensors
+from ._keys import KOHYA_ROLES, compile_rules, group_keys, header_keys, kohya_lora_layer, load_kohya_lora, missing_pair
+from ._keys import read_alpha, tucker_down
+
+# Module names are flattened paths: lora_unet_…/lora_te_… (kohya network) or lycoris_… (wrapper).
+MODULE = r"(?P<m>[A-Za-z][A-Za-z0-9_]*)"
+LOHA_ROLES = {r: r for r in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")}
+LOKR_ROLES = {r: r for r in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")}
+RULES = compile_rules(MODULE, {**KOHYA_ROLES, **LOHA_ROLES, **LOKR_ROLES})
+_COMMON = {"alpha", "dora_scale"}
+_ALGO_KEY = re.compile(r"\.(hada_|lokr_)")
+
+
+def sniff(path: str | Path) -> bool:
+    keys = header_keys(path)
+    return bool(keys) and any(_ALGO_KEY.search(k) or k.startswith("lycoris_") for k in keys)
+
+
+def read(path: str | Path) -> Adapter:
+    src = open_safetensors(path)
+    by_module, leftovers = group_keys(src.keys(), RULES)
+    layers = [_layer(src, module, roles) for module, roles in by_module.items()]
+    reject_leftovers(src.path, leftovers, "LyCORIS LoRA/LoHa/LoKr tensors")
+    algos = sorted({layer.extras["algo"] for layer in layers})
+    notes = [f"LyCORIS {'/'.join(algos)}: rank = allocated lora_dim; max_rank = r1·r2 (LoHa) or rank(W1)·rank(W2) (LoKr)"]
+    if any(layer.dora for layer in layers):
+        notes.append("DoRA (weight_decompose): the low-rank direction is audited; dora_scale vectors are not")
+    return Adapter(
+        format="lycoris",
+        layers=tuple(layers),
+        loader=lambda info: _load(src, info),
+        path=str(path),
+        metadata=frozen_mapping(src.metadata),
+        notes=tuple(notes),
+    )
+
+
+def _layer(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
+    algos = {r.split("_")[0] for r in roles if r not in _COMMON} & {"hada", "lokr"}
+    if len(algos) > 1:
+        raise FormatError(f"layer {name}: mixes LoHa and LoKr tensors", path=src.path, keys=sorted(roles.values()))
+    if not algos:
+        info = kohya_lora_layer(src, name, roles)
+        return _with(info, algo="lora", max_rank=info.rank)
+    extra = sorted(k for r, k in roles.items() if r in KOHYA_ROLES and r not in _COMMON)
+    if extra:
+        raise FormatError(f"layer {name}: LoRA tensors mixed with LyCORIS ones: {', '.join(extra)}", path=src.path, keys=extra)
+    return _loha_info(src, name, roles) if "hada" in algos else _lokr_info(src, name, roles)
+
+
+def _with(info: LayerInfo, **extras: Any) -> LayerInfo:
+    from dataclasses import replace
+
+    return replace(info, extras=frozen_mapping({**info.extras, **extras}))
+
+
+def _bad(src: TensorSource, name: str, roles: dict[str, str], what: str) -> FormatError:
+    shapes = ", ".join(f"{k} {list(src.shape(k))}" for k in sorted(roles.values()) if not k.endswith("alpha"))
+    return FormatError(f"layer {name}: {what} ({shapes})", path=src.path, keys=sorted(roles.values()))
+
+
+def _scale(src: TensorSource, name: str, roles: dict[str, str], lora_dim: int | None) -> tuple[float, float | None]:
+    alpha = read_alpha(src, roles["alpha"], name) if "alpha" in roles else None
+    if lora_dim is None or alpha is None or alpha == 0:
+        return 1.0, alpha
+    return alpha / lora_dim, alpha
+
+
+def _loha_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
+    missing_pair(src, name, roles, ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+    s = {r: src.shape(roles[r]) for r in LOHA_ROLES if r in roles}
+    tucker = "hada_t1" in s or "hada_t2" in s
+    if tucker:
+        missing_pair(src, name, roles, ("hada_t1", "hada_t2"))
+        (r1, out), (_, c_in), kernel = s["hada_w1_a"], s["hada_w1_b"], tuple(s["hada_t1"][2:])
+        ok = all(len(s[k]) == 2 for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+        ok = ok and s["hada_t1"][:2] == (r1, r1) and s["hada_w1_b"][0] == r1 and s["hada_w2_a"][1] == out
+        ok = ok and s["hada_w2_b"][1] == c_in and s["hada_t2"] == (s["hada_w2_a"][0],) * 2 + kernel
+        ok = ok and s["hada_w2_b"][0] == s["hada_w2_a"][0]
+        r2, inn, weight_shape = s["hada_w2_a"][0], c_in * math.prod(kernel), (out, c_in, *kernel)
+    else:
+        (out, r1), (r1b, inn), (out2, r2), (r2b, in2) = (s[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+        ok = all(len(v) == 2 for v in s.values()) and r1 == r1b and r2 == r2b and out == out2 and inn == in2
+        weight_shape = ()
+    if not ok:
+        raise _bad(src, name, roles, "LoHa factor shapes do not fit together")
+    scale, alpha = _scale(src, name, roles, r1)
+    extras = {"algo": "loha", "tucker": tucker, "alpha": alpha, "roles": dict(roles), "max_rank": min(r1 * r2, out, inn)}
+    extras["keys"] = (roles["hada_w1_b"], roles["hada_w1_a"])
+    return LayerInfo(name, "conv" if tucker else "linear", r1, out, inn, scale, src.dtype(roles["hada_w1_a"]),
+                     weight_shape, "dora_scale" in roles, frozen_mapping(extras))
+
+
+def _lokr_side(src: TensorSource, name: str, roles: dict[str, str], n: int) -> tuple[int, int, int | None, int]:
+    """(rows, cols flattened, lora_dim or None if stored whole, rank bound) of W1 (n=1) or W2 (n=2)."""
+    full, a, b, t = f"lokr_w{n}", f"lokr_w{n}_a", f"lokr_w{n}_b", f"lokr_t{n}"
+    if full in roles:
+        if a in roles or b in roles or t in roles:
+            raise _bad(src, name, roles, f"both {full} and its factors are present")
+        shape = src.shape(roles[full])  # (o, i) or (o, i, kh, kw)
+        rows, cols = shape[0], math.prod(shape[1:])
+        return rows, cols, None, min(rows, cols)
+    missing_pair(src, name, roles, (a, b))
+    sa, sb = src.shape(roles[a]), src.shape(roles[b])
+    if t in roles:  # Tucker: t (r, r, kh, kw), w_a (r, o), w_b (r, c_in)
+        st = src.shape(roles[t])
+        if len(st) != 4 or len(sa) != 2 or len(sb) != 2 or st[:2] != (sa[0], sb[0]):
+            raise _bad(src, name, roles, f"{t} does not fit {a}/{b}")
+        rows, cols, r = sa[1], sb[1] * math.prod(st[2:]), sa[0]
+    else:  # w_a (o, r), w_b (r, i·kh·kw)
+        if len(sa) != 2 or len(sb) != 2 or sa[1] != sb[0]:
+            raise _bad(src, name, roles, f"{a} and {b} ranks differ")
+        rows, cols, r = sa[0], sb[1], sa[1]
+    return rows, cols, r, min(r, rows, cols)
+
+
+def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
+    o1, i1, r1, k1 = _lokr_side(src, name, roles, 1)
+    o2, i2, r2, k2 = _lokr_side(src, name, roles, 2)
+    lora_dim = r1 if r1 is not None else r2
+    scale, alpha = _scale(src, name, roles, lora_dim)
+    w2_shape = src.shape(roles["lokr_w2"]) if "lokr_w2" in roles else ()
+    kernel = tuple(src.shape(roles["lokr_t2"])[2:]) if "lokr_t2" in roles else tuple(w2_shape[2:])
+    conv = bool(kernel)
+    out, inn = o1 * o2, i1 * i2
+    weight_shape = (out, inn // math.prod(kernel), *kernel) if conv else ()
+    rank = lora_dim if lora_dim is not None else _inner(o1, i1) * _inner(o2, i2)
+    extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "kron": ((o1, i1), (o2, i2))}
+    extras["keys"] = (roles.get("lokr_w1", roles.get("lokr_w1_b")), roles.get("lokr_w2", roles.get("lokr_w2_a")))
+    return LayerInfo(name, "conv" if conv else "linear", rank, out, inn, scale, src.dtype(extras["keys"][1]),
+                     weight_shape, "dora_scale" in roles, frozen_mapping(extras))
+
+
+def _inner(rows: int, cols: int) -> int:
+    return min(rows, cols)
+
+
+def _f64(src: TensorSource, key: str) -> np.ndarray:
+    return np.asarray(src.get(key), dtype=np.float64)
+
+
+def _side_factors(src: TensorSource, roles: dict[str, str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """W = U @ D for one Kronecker side; U: (rows, k), D: (k, cols)."""
+    full, a, b, t = f"lokr_w{n}", f"lokr_w{n}_a", f"lokr_w{n}_b", f"lokr_t{n}"
+    if full in roles:
+        w = _f64(src, roles[full])
+        w = w.reshape(w.shape[0], -1)  # (rows, cols)
+        rows, cols = w.shape
+        return (np.eye(rows), w) if rows <= cols else (w, np.eye(cols))
+    if t in roles:
+        return _f64(src, roles[a]).T, tucker_down(_f64(src, roles[t]), _f64(src, roles[b]))  # (o, r), (r, c·kh·kw)
+    return _f64(src, roles[a]), _f64(src, roles[b]).reshape(src.shape(roles[b])[0], -1)  # (o, r), (r, i)
+
+
+def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
+    roles, algo = info.extras["roles"], info.extras["algo"]
+    if algo == "lora":
+        return load_kohya_lora(src, info)
+    if algo == "lokr":
+        u1, d1 = _side_factors(src, roles, 1)
+        u2, d2 = _side_factors(src, roles, 2)
+        return LoraDelta(info, np.kron(d1, d2), np.kron(u1, u2))  # (k1·k2, in), (out, k1·k2)
+    a1, b1 = _f64(src, roles["hada_w1_a"]), _f64(src, roles["hada_w1_b"])
+    a2, b2 = _f64(src, roles["hada_w2_a"]), _f64(src, roles["hada_w2_b"])
+    if info.extras["tucker"]:
+        a1, b1 = a1.T, tucker_down(_f64(src, roles["hada_t1"]), b1)  # (out, r1), (r1, c·kh·kw)
+        a2, b2 = a2.T, tucker_down(_f64(src, roles["hada_t2"]), b2)
+    up = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], -1)  # (out, r1·r2) row-wise Khatri–Rao
+    down = (b1[:, None, :] * b2[None, :, :]).reshape(-1, b1.shape[1])  # (r1·r2, in) column-wise Khatri–Rao
+    return LoraDelta(info, down, up)
