@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import quantize, strict_json, write_safetensors_raw
+
 from lorascope.audit import audit
 from lorascope.cli.main import main
 from lorascope.errors import FormatError, UnknownFormatError
@@ -18,8 +18,13 @@ UNET_CONV = "lora_unet_down_blocks_0_resnets_0_conv1"
 UNET_TUCKER = "lora_unet_up_blocks_1_resnets_2_conv2"
 TE1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
 TE2 = "lora_te2_text_model_encoder_layers_0_mlp_fc1"
-SS_META = {"ss_network_dim": "4", "ss_network_alpha": "2.0", "ss_sd_model_name": "sd_xl_base_1.0.safetensors",
-           "ss_base_model_version": "sdxl_base_v1-0", "ss_network_module": "networks.lora"}
+SS_META = {
+    "ss_network_dim": "4",
+    "ss_network_alpha": "2.0",
+    "ss_sd_model_name": "sd_xl_base_1.0.safetensors",
+    "ss_base_model_version": "sdxl_base_v1-0",
+    "ss_network_module": "networks.lora",
+}
 
 
 def _sdxl_like(rng, dtype="fp16"):
@@ -43,8 +48,13 @@ def _sdxl_like(rng, dtype="fp16"):
 
     put(UNET_Q, rng.standard_normal((r, 40)), rng.standard_normal((40, r)), alpha=2.0)
     put(UNET_CONV, rng.standard_normal((r, 6, 3, 3)), rng.standard_normal((8, r, 1, 1)), alpha=1.0)
-    put(UNET_TUCKER, rng.standard_normal((r, 6, 1, 1)), rng.standard_normal((8, r, 1, 1)), alpha=8.0,
-        mid=rng.standard_normal((r, r, 3, 3)))
+    put(
+        UNET_TUCKER,
+        rng.standard_normal((r, 6, 1, 1)),
+        rng.standard_normal((8, r, 1, 1)),
+        alpha=8.0,
+        mid=rng.standard_normal((r, r, 3, 3)),
+    )
     put(TE1, rng.standard_normal((r, 32)), rng.standard_normal((32, r)))  # no alpha: scale 1
     put(TE2, rng.standard_normal((r, 24)), rng.standard_normal((48, r)), alpha=0.5)
     return t, truth
@@ -93,14 +103,30 @@ def _write(tmp_path, rng, mutate):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda t: t.pop(f"{UNET_Q}.lora_up.weight"), rf"layer {UNET_Q}: missing up tensor\(s\) beside {UNET_Q}.alpha"),
-        (lambda t: t.pop(f"{TE2}.lora_down.weight"), rf"layer {TE2}: missing down tensor\(s\) beside {TE2}.alpha"),
-        (lambda t: t.__setitem__(f"{UNET_Q}.alpha", (np.ones((2, 2)), "fp32")),
-         rf"{UNET_Q}.alpha must be a single number \(alpha\), got shape \[2, 2\]"),
-        (lambda t: t.__setitem__("lora_unet_x.hada_q", (np.ones(2), "fp32")), r"1 key\(s\) not understood as kohya"),
-        (lambda t: t.__setitem__(f"{TE1}.lora_up.weight", (np.ones((32, 3)), "fp32")), rf"layer {TE1}: rank mismatch"),
-        (lambda t: t.__setitem__(f"{UNET_TUCKER}.lora_mid.weight", (np.ones((4, 5, 3, 3)), "fp32")),
-         rf"layer {UNET_TUCKER}: lora_mid \[4, 5, 3, 3\] does not fit lora_down"),
+        (
+            lambda t: t.pop(f"{UNET_Q}.lora_up.weight"),
+            rf"layer {UNET_Q}: missing up tensor\(s\) beside {UNET_Q}.alpha",
+        ),
+        (
+            lambda t: t.pop(f"{TE2}.lora_down.weight"),
+            rf"layer {TE2}: missing down tensor\(s\) beside {TE2}.alpha",
+        ),
+        (
+            lambda t: t.__setitem__(f"{UNET_Q}.alpha", (np.ones((2, 2)), "fp32")),
+            rf"{UNET_Q}.alpha must be a single number \(alpha\), got shape \[2, 2\]",
+        ),
+        (
+            lambda t: t.__setitem__("lora_unet_x.hada_q", (np.ones(2), "fp32")),
+            r"1 key\(s\) not understood as kohya",
+        ),
+        (
+            lambda t: t.__setitem__(f"{TE1}.lora_up.weight", (np.ones((32, 3)), "fp32")),
+            rf"layer {TE1}: rank mismatch",
+        ),
+        (
+            lambda t: t.__setitem__(f"{UNET_TUCKER}.lora_mid.weight", (np.ones((4, 5, 3, 3)), "fp32")),
+            rf"layer {UNET_TUCKER}: lora_mid \[4, 5, 3, 3\] does not fit lora_down",
+        ),
     ],
 )
 def test_malformed_kohya_one_line_errors(tmp_path, rng, mutate, message):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_safetensors_raw
+
 from lorascope.audit import audit
 from lorascope.errors import FormatError
 from lorascope.formats import detect, load
@@ -51,7 +51,9 @@ def _build(tmp_path, algo, options, dim, seed):
             w = module.get_weight(module.shape)
             truth[module.lora_name] = w.double().reshape(w.shape[0], -1).numpy()  # (out, in·kh·kw)
         eye = torch.eye(48, dtype=torch.float64)
-        applied = model.fc1(eye) - torch.nn.functional.linear(eye, model.fc1.weight, model.fc1.bias)  # (in, out)
+        applied = model.fc1(eye) - torch.nn.functional.linear(
+            eye, model.fc1.weight, model.fc1.bias
+        )  # (in, out)
     np.testing.assert_allclose(applied.double().numpy().T, truth["lycoris_fc1"], rtol=1e-10, atol=1e-10)
     return path, truth
 
@@ -76,8 +78,11 @@ def test_lycoris_spectra_match_dense_svd(tmp_path, case):
 
 
 def _loha_tensors(rng, r=3, out=10, inn=7):
-    t = {f"lycoris_x.hada_w{i}_{s}": (rng.standard_normal(shape), "fp64")
-         for i in (1, 2) for s, shape in (("a", (out, r)), ("b", (r, inn)))}
+    t = {
+        f"lycoris_x.hada_w{i}_{s}": (rng.standard_normal(shape), "fp64")
+        for i in (1, 2)
+        for s, shape in (("a", (out, r)), ("b", (r, inn)))
+    }
     t["lycoris_x.alpha"] = (np.array(1.5), "fp32")
     return t
 
@@ -105,7 +110,9 @@ def test_wrong_alpha_shape_and_unknown_keys(tmp_path, rng):
     t = _loha_tensors(rng)
     t["lycoris_x.alpha"] = (np.ones(3), "fp32")
     write_safetensors_raw(tmp_path / "a.safetensors", t)
-    with pytest.raises(FormatError, match=r"lycoris_x.alpha must be a single number \(alpha\), got shape \[3\]"):
+    with pytest.raises(
+        FormatError, match=r"lycoris_x.alpha must be a single number \(alpha\), got shape \[3\]"
+    ):
         load(tmp_path / "a.safetensors")
     t = _loha_tensors(rng)
     t["lycoris_x.oft_blocks"] = (np.ones((2, 2)), "fp32")

@@ -72,7 +72,9 @@ def read_alpha(src: TensorSource, key: str, name: str) -> float:
     shape = src.shape(key)
     if math.prod(shape) != 1:
         raise FormatError(
-            f"layer {name}: {key} must be a single number (alpha), got shape {list(shape)}", path=src.path, keys=[key]
+            f"layer {name}: {key} must be a single number (alpha), got shape {list(shape)}",
+            path=src.path,
+            keys=[key],
         )
     value = float(np.asarray(src.get(key), dtype=np.float64).reshape(()))
     if not math.isfinite(value):
@@ -86,11 +88,15 @@ def missing_pair(src: TensorSource, name: str, roles: Mapping[str, str], need: t
     if absent:
         have = sorted(roles.values())
         raise FormatError(
-            f"layer {name}: missing {', '.join(absent)} tensor(s) beside {', '.join(have)}", path=src.path, keys=have
+            f"layer {name}: missing {', '.join(absent)} tensor(s) beside {', '.join(have)}",
+            path=src.path,
+            keys=have,
         )
 
 
-def kohya_lora_layer(src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] = ()) -> LayerInfo:
+def kohya_lora_layer(
+    src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] = ()
+) -> LayerInfo:
     """LayerInfo for a kohya/LoCon module: lora_down, lora_up, optional lora_mid/alpha/dora_scale."""
     missing_pair(src, name, roles, ("down", "up"))
     dk, uk = roles["down"], roles["up"]

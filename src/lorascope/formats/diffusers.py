@@ -1,9 +1,230 @@
-"""stub"""
+"""diffusers LoRA files (`save_lora_weights`): one .safetensors file (default name
+`pytorch_lora_weights.safetensors`) whose keys start with the pipeline component.
+
+Keys understood, per `<c>.<module>` with c in COMPONENTS (all naming generations diffusers writes):
+  current      <c>.<module>.lora_A.weight (r, in | r, c_in, kh, kw) / .lora_B.weight (out, r[, 1, 1])
+  older        <c>.<module>.lora.down.weight / .lora.up.weight
+  attn procs   <c>.<…>.processor.to_q_lora.down.weight / .up.weight   (module …to_q; to_out_lora → to_out.0)
+  text encoder <c>.<module>.lora_linear_layer.down.weight / .up.weight
+  optional     <c>.<module>.alpha (network_alphas), .lora_magnitude_vector (DoRA), .lora_B.bias
+Scale, per layer: the module's `.alpha` key (alpha / r) if present, else the safetensors metadata
+`lora_adapter_metadata` (JSON of the PEFT LoraConfig with keys "<c>.r", "<c>.lora_alpha",
+"<c>.rank_pattern", ...; PEFT rules incl. rsLoRA), else 1 (diffusers then loads lora_alpha = r).
+Layer names keep the component prefix ("unet.down_blocks.0…to_q") so components never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._io import TensorSource, open_safetensors, write_safetensors
+from ._keys import header_keys, missing_pair, read_alpha
+from .peft import layer_scale
+
+WEIGHTS = "pytorch_lora_weights.safetensors"
+METADATA_KEY = "lora_adapter_metadata"
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+_M = rf"(?P<m>(?:{'|'.join(COMPONENTS)})\..+?)"
+# (role, rule) in order; the first match wins.  Roles: down, up, alpha, magnitude, bias.
+RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (role, re.compile(rf"^{_M}{suffix}$"))
+    for role, suffix in (
+        ("down", r"\.lora_A(?:\.[^.]+)?\.weight"),
+        ("up", r"\.lora_B(?:\.[^.]+)?\.weight"),
+        ("bias", r"\.lora_B(?:\.[^.]+)?\.bias"),
+        ("down", r"(?:\.lora|\.lora_linear_layer|_lora)\.down\.weight"),
+        ("up", r"(?:\.lora|\.lora_linear_layer|_lora)\.up\.weight"),
+        ("alpha", r"\.alpha"),
+        ("magnitude", r"\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?"),
+    )
+)
 
 
-def sniff(path):
-    return False
+def _module_name(raw: str) -> str:
+    """Old attention-processor paths → model module paths (as diffusers' own converter does)."""
+    name = raw.replace(".processor.", ".")
+    return re.sub(r"\.to_out$", ".to_out.0", name) if raw != name else name
 
 
-def read(path):
-    raise NotImplementedError
+def _weights(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS
+    if not p.is_file():
+        raise AdapterNotFoundError(f"no diffusers LoRA file ({WEIGHTS})", path=p)
+    return p
+
+
+def sniff(path: str | Path) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        if (p / "adapter_config.json").exists() or not (p / WEIGHTS).is_file():
+            return False
+        p = p / WEIGHTS
+    keys = header_keys(p)
+    if not keys or not all(k.split(".", 1)[0] in COMPONENTS for k in keys):
+        return False
+    return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
+
+
+def group(keys: list[str], path: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    by_module: dict[str, dict[str, str]] = {}
+    leftovers = []
+    for key in keys:
+        for role, rule in RULES:
+            m = rule.match(key)
+            if m:
+                roles = by_module.setdefault(_module_name(m["m"]), {})
+                if role in roles:
+                    raise FormatError(
+                        f"two {role} tensors for one layer: {roles[role]}, {key}",
+                        path=path,
+                        keys=[roles[role], key],
+                    )
+                roles[role] = key
+                break
+        else:
+            leftovers.append(key)
+    return by_module, leftovers
+
+
+def read(path: str | Path) -> Adapter:
+    weights = _weights(path)
+    src = open_safetensors(weights)
+    configs = _component_configs(src.metadata, weights)
+    by_module, leftovers = group(src.keys(), src.path)
+    layers = [_layer(src, name, roles, configs) for name, roles in by_module.items()]
+    reject_leftovers(src.path, leftovers, "diffusers LoRA tensors")
+    check_outlier_shapes(src.path, layers)
+    notes = (
+        ["DoRA: the low-rank direction is audited; magnitude vectors are not"]
+        if any(x.dora for x in layers)
+        else []
+    )
+    return Adapter(
+        format="diffusers",
+        layers=tuple(layers),
+        loader=lambda info: _load(src, info),
+        path=str(weights),
+        config=frozen_mapping(
+            {f"{c}.{k}": v for c, cfg in configs.items() for k, v in cfg.items() if k in ("r", "lora_alpha")}
+        ),
+        metadata=frozen_mapping({k: v for k, v in src.metadata.items() if k != METADATA_KEY}),
+        notes=tuple(notes),
+    )
+
+
+def _component_configs(metadata, path: Path) -> dict[str, dict[str, Any]]:
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"metadata {METADATA_KEY} is not valid JSON ({e.msg})", path=path) from None
+    if not isinstance(flat, dict):
+        raise FormatError(f"metadata {METADATA_KEY} must be a JSON object", path=path)
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        out.setdefault(component, {})[field] = value
+    return out
+
+
+def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> LayerInfo:
+    missing_pair(src, name, roles, ("down", "up"))
+    dk, uk = roles["down"], roles["up"]
+    dshape = src.shape(dk)
+    kind, rank, out, inn = factor_dims(src.path, name, dshape, src.shape(uk), (dk, uk))
+    component, _, module = name.partition(".")
+    alpha: float | None = None
+    if "alpha" in roles:
+        alpha = read_alpha(src, roles["alpha"], name)
+        scale = alpha / rank
+    elif component in configs:
+        r_cfg, alpha, scale = layer_scale(configs[component], module, Path(src.path))
+        if r_cfg != rank:
+            raise FormatError(
+                f"layer {name}: tensors have rank {rank} but {METADATA_KEY} gives r={r_cfg}",
+                path=src.path,
+                keys=[dk, uk],
+            )
+    else:
+        scale = 1.0
+    return LayerInfo(
+        name=name,
+        kind=kind,
+        rank=rank,
+        out_features=out,
+        in_features=inn,
+        scale=scale,
+        dtype=src.dtype(dk),
+        weight_shape=(out, *dshape[1:]) if kind == "conv" else (),
+        dora="magnitude" in roles,
+        extras=frozen_mapping({"alpha": alpha, "keys": (dk, uk), "roles": dict(roles)}),
+    )
+
+
+def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
+    dk, uk = info.extras["keys"]
+    return LoraDelta(
+        info, src.get(dk).reshape(info.rank, -1), src.get(uk).reshape(info.out_features, info.rank)
+    )
+
+
+def diffusers_name(name: str, component: str) -> str:
+    return name if name.split(".", 1)[0] in COMPONENTS else f"{component}.{name}"
+
+
+def write(adapter: Adapter, dest: str | Path, *, component: str = "unet") -> None:
+    """Write a LoRA adapter as a current-naming diffusers file (lora_A/lora_B + lora_adapter_metadata).
+
+    Names without a component prefix get `component`.  Each component's metadata holds r /
+    lora_alpha for the most common (rank, alpha) and rank_pattern / alpha_pattern for the rest, with
+    alpha = scale·r, so diffusers (and lorascope) rebuild every layer's scale."""
+    if component not in COMPONENTS:
+        raise UnsupportedError(
+            f"unknown diffusers component {component!r}; choose from {', '.join(COMPONENTS)}"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    per_comp: dict[str, list[tuple[str, int, float]]] = {}
+    for delta in adapter.iter_deltas():
+        info = delta.info
+        if info.kind == "embedding" or delta.down.shape[0] != info.rank:
+            raise UnsupportedError(
+                f"layer {info.name}: only LoRA linear/conv layers convert to diffusers", path=adapter.path
+            )
+        full = diffusers_name(info.extras.get("dotted_name", info.name), component)
+        comp, _, module = full.partition(".")
+        down, up = delta.down, delta.up  # (r, in), (out, r)
+        if info.kind == "conv" and info.weight_shape:
+            down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
+            up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
+        tensors[f"{full}.lora_A.weight"], tensors[f"{full}.lora_B.weight"] = down, up
+        per_comp.setdefault(comp, []).append((module, info.rank, info.scale * info.rank))
+    meta = {}
+    for comp, rows in per_comp.items():
+        meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
+    write_safetensors(dest, tensors, {METADATA_KEY: json.dumps(meta, sort_keys=True), "format": "pt"})
+
+
+def _patterns(rows: list[tuple[str, int, float]]) -> dict[str, Any]:
+    """PEFT config fields giving each module its (rank, alpha); pattern keys are escaped exact paths."""
+    (r0, a0), _ = Counter((r, a) for _, r, a in rows).most_common(1)[0]
+    return {
+        "r": r0,
+        "lora_alpha": a0,
+        "rank_pattern": {re.escape(m): r for m, r, _ in rows if r != r0},
+        "alpha_pattern": {re.escape(m): a for m, _, a in rows if a != a0},
+        "use_rslora": False,
+        "target_modules": sorted(m for m, _, _ in rows),
+    }

@@ -29,7 +29,15 @@ from ..errors import FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, frozen_mapping
 from ._checks import check_outlier_shapes, reject_leftovers
 from ._io import open_safetensors, write_safetensors
-from ._keys import KOHYA_MODULE, KOHYA_ROLES, compile_rules, group_keys, header_keys, kohya_lora_layer, load_kohya_lora
+from ._keys import (
+    KOHYA_MODULE,
+    KOHYA_ROLES,
+    compile_rules,
+    group_keys,
+    header_keys,
+    kohya_lora_layer,
+    load_kohya_lora,
+)
 
 NAMES_KEY = "lorascope_module_names"
 RULES = compile_rules(KOHYA_MODULE, KOHYA_ROLES)
@@ -37,7 +45,12 @@ _LYCORIS_ONLY = re.compile(r"\.(hada_|lokr_)")
 
 # Component prefixes for writing: the first dotted component of a layer name → kohya prefix.
 # PEFT adapters of a single model have no component; they are written under `default_prefix`.
-WRITE_PREFIXES = {"unet": "lora_unet", "transformer": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+WRITE_PREFIXES = {
+    "unet": "lora_unet",
+    "transformer": "lora_unet",
+    "text_encoder": "lora_te1",
+    "text_encoder_2": "lora_te2",
+}
 
 
 def sniff(path: str | Path) -> bool:
@@ -124,11 +137,15 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
     for delta in adapter.iter_deltas():
         info = delta.info
         if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-            raise UnsupportedError(f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path)
+            raise UnsupportedError(
+                f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path
+            )
         dotted = info.extras.get("dotted_name", info.name)
         k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix)
         if k in names:
-            raise FormatError(f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path)
+            raise FormatError(
+                f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path
+            )
         names[k] = dotted
         down, up = delta.down, delta.up  # (r, in), (out, r)
         if info.kind == "conv":

@@ -38,13 +38,24 @@ from ..errors import FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import reject_leftovers
 from ._io import TensorSource, open_safetensors
-from ._keys import KOHYA_ROLES, compile_rules, group_keys, header_keys, kohya_lora_layer, load_kohya_lora, missing_pair
-from ._keys import read_alpha, tucker_down
+from ._keys import (
+    KOHYA_ROLES,
+    compile_rules,
+    group_keys,
+    header_keys,
+    kohya_lora_layer,
+    load_kohya_lora,
+    missing_pair,
+    read_alpha,
+    tucker_down,
+)
 
 # Module names are flattened paths: lora_unet_…/lora_te_… (kohya network) or lycoris_… (wrapper).
 MODULE = r"(?P<m>[A-Za-z][A-Za-z0-9_]*)"
 LOHA_ROLES = {r: r for r in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")}
-LOKR_ROLES = {r: r for r in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")}
+LOKR_ROLES = {
+    r: r for r in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+}
 RULES = compile_rules(MODULE, {**KOHYA_ROLES, **LOHA_ROLES, **LOKR_ROLES})
 _COMMON = {"alpha", "dora_scale"}
 _ALGO_KEY = re.compile(r"\.(hada_|lokr_)")
@@ -61,7 +72,10 @@ def read(path: str | Path) -> Adapter:
     layers = [_layer(src, module, roles) for module, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "LyCORIS LoRA/LoHa/LoKr tensors")
     algos = sorted({layer.extras["algo"] for layer in layers})
-    notes = [f"LyCORIS {'/'.join(algos)}: rank = allocated lora_dim; max_rank = r1·r2 (LoHa) or rank(W1)·rank(W2) (LoKr)"]
+    notes = [
+        f"LyCORIS {'/'.join(algos)}: rank = allocated lora_dim; "
+        "max_rank = r1·r2 (LoHa) or rank(W1)·rank(W2) (LoKr)"
+    ]
     if any(layer.dora for layer in layers):
         notes.append("DoRA (weight_decompose): the low-rank direction is audited; dora_scale vectors are not")
     return Adapter(
@@ -77,13 +91,19 @@ def read(path: str | Path) -> Adapter:
 def _layer(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
     algos = {r.split("_")[0] for r in roles if r not in _COMMON} & {"hada", "lokr"}
     if len(algos) > 1:
-        raise FormatError(f"layer {name}: mixes LoHa and LoKr tensors", path=src.path, keys=sorted(roles.values()))
+        raise FormatError(
+            f"layer {name}: mixes LoHa and LoKr tensors", path=src.path, keys=sorted(roles.values())
+        )
     if not algos:
         info = kohya_lora_layer(src, name, roles)
         return _with(info, algo="lora", max_rank=info.rank)
     extra = sorted(k for r, k in roles.items() if r in KOHYA_ROLES and r not in _COMMON)
     if extra:
-        raise FormatError(f"layer {name}: LoRA tensors mixed with LyCORIS ones: {', '.join(extra)}", path=src.path, keys=extra)
+        raise FormatError(
+            f"layer {name}: LoRA tensors mixed with LyCORIS ones: {', '.join(extra)}",
+            path=src.path,
+            keys=extra,
+        )
     return _loha_info(src, name, roles) if "hada" in algos else _lokr_info(src, name, roles)
 
 
@@ -98,7 +118,9 @@ def _bad(src: TensorSource, name: str, roles: dict[str, str], what: str) -> Form
     return FormatError(f"layer {name}: {what} ({shapes})", path=src.path, keys=sorted(roles.values()))
 
 
-def _scale(src: TensorSource, name: str, roles: dict[str, str], lora_dim: int | None) -> tuple[float, float | None]:
+def _scale(
+    src: TensorSource, name: str, roles: dict[str, str], lora_dim: int | None
+) -> tuple[float, float | None]:
     alpha = read_alpha(src, roles["alpha"], name) if "alpha" in roles else None
     if lora_dim is None or alpha is None or alpha == 0:
         return 1.0, alpha
@@ -118,19 +140,39 @@ def _loha_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
         ok = ok and s["hada_w2_b"][0] == s["hada_w2_a"][0]
         r2, inn, weight_shape = s["hada_w2_a"][0], c_in * math.prod(kernel), (out, c_in, *kernel)
     else:
-        (out, r1), (r1b, inn), (out2, r2), (r2b, in2) = (s[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+        (out, r1), (r1b, inn), (out2, r2), (r2b, in2) = (
+            s[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        )
         ok = all(len(v) == 2 for v in s.values()) and r1 == r1b and r2 == r2b and out == out2 and inn == in2
         weight_shape = ()
     if not ok:
         raise _bad(src, name, roles, "LoHa factor shapes do not fit together")
     scale, alpha = _scale(src, name, roles, r1)
-    extras = {"algo": "loha", "tucker": tucker, "alpha": alpha, "roles": dict(roles), "max_rank": min(r1 * r2, out, inn)}
+    extras = {
+        "algo": "loha",
+        "tucker": tucker,
+        "alpha": alpha,
+        "roles": dict(roles),
+        "max_rank": min(r1 * r2, out, inn),
+    }
     extras["keys"] = (roles["hada_w1_b"], roles["hada_w1_a"])
-    return LayerInfo(name, "conv" if tucker else "linear", r1, out, inn, scale, src.dtype(roles["hada_w1_a"]),
-                     weight_shape, "dora_scale" in roles, frozen_mapping(extras))
+    return LayerInfo(
+        name,
+        "conv" if tucker else "linear",
+        r1,
+        out,
+        inn,
+        scale,
+        src.dtype(roles["hada_w1_a"]),
+        weight_shape,
+        "dora_scale" in roles,
+        frozen_mapping(extras),
+    )
 
 
-def _lokr_side(src: TensorSource, name: str, roles: dict[str, str], n: int) -> tuple[int, int, int | None, int]:
+def _lokr_side(
+    src: TensorSource, name: str, roles: dict[str, str], n: int
+) -> tuple[int, int, int | None, int]:
     """(rows, cols flattened, lora_dim or None if stored whole, rank bound) of W1 (n=1) or W2 (n=2)."""
     full, a, b, t = f"lokr_w{n}", f"lokr_w{n}_a", f"lokr_w{n}_b", f"lokr_t{n}"
     if full in roles:
@@ -164,10 +206,29 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     out, inn = o1 * o2, i1 * i2
     weight_shape = (out, inn // math.prod(kernel), *kernel) if conv else ()
     rank = lora_dim if lora_dim is not None else _inner(o1, i1) * _inner(o2, i2)
-    extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "kron": ((o1, i1), (o2, i2))}
-    extras["keys"] = (roles.get("lokr_w1", roles.get("lokr_w1_b")), roles.get("lokr_w2", roles.get("lokr_w2_a")))
-    return LayerInfo(name, "conv" if conv else "linear", rank, out, inn, scale, src.dtype(extras["keys"][1]),
-                     weight_shape, "dora_scale" in roles, frozen_mapping(extras))
+    extras = {
+        "algo": "lokr",
+        "alpha": alpha,
+        "roles": dict(roles),
+        "max_rank": k1 * k2,
+        "kron": ((o1, i1), (o2, i2)),
+    }
+    extras["keys"] = (
+        roles.get("lokr_w1", roles.get("lokr_w1_b")),
+        roles.get("lokr_w2", roles.get("lokr_w2_a")),
+    )
+    return LayerInfo(
+        name,
+        "conv" if conv else "linear",
+        rank,
+        out,
+        inn,
+        scale,
+        src.dtype(extras["keys"][1]),
+        weight_shape,
+        "dora_scale" in roles,
+        frozen_mapping(extras),
+    )
 
 
 def _inner(rows: int, cols: int) -> int:
@@ -187,7 +248,9 @@ def _side_factors(src: TensorSource, roles: dict[str, str], n: int) -> tuple[np.
         rows, cols = w.shape
         return (np.eye(rows), w) if rows <= cols else (w, np.eye(cols))
     if t in roles:
-        return _f64(src, roles[a]).T, tucker_down(_f64(src, roles[t]), _f64(src, roles[b]))  # (o, r), (r, c·kh·kw)
+        return _f64(src, roles[a]).T, tucker_down(
+            _f64(src, roles[t]), _f64(src, roles[b])
+        )  # (o, r), (r, c·kh·kw)
     return _f64(src, roles[a]), _f64(src, roles[b]).reshape(src.shape(roles[b])[0], -1)  # (o, r), (r, i)
 
 
