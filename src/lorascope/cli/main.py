@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import audit, compress
+from . import audit, compress, convert
 from ._errors import guarded
 
-COMMANDS = (audit, compress)
+COMMANDS = (audit, compress, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

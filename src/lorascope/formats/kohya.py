@@ -118,11 +118,13 @@ def _notes(layers: list[LayerInfo]) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def kohya_name(name: str, default_prefix: str = "lora_unet") -> str:
-    """Dotted module path → kohya name: 'text_encoder.a.b' → 'lora_te1_a_b', 'a.b' → 'lora_unet_a_b'."""
+def kohya_name(name: str, default_prefix: str = "lora_unet", two_text_encoders: bool = False) -> str:
+    """Dotted module path → kohya name: 'text_encoder.a.b' → 'lora_te_a_b' ('lora_te1_a_b' beside a
+    text_encoder_2), 'unet.a.b' and 'a.b' (no component) → 'lora_unet_a_b'."""
     head, _, rest = name.partition(".")
     if head in WRITE_PREFIXES and rest:
-        return f"{WRITE_PREFIXES[head]}_{rest.replace('.', '_')}"
+        prefix = "lora_te" if head == "text_encoder" and not two_text_encoders else WRITE_PREFIXES[head]
+        return f"{prefix}_{rest.replace('.', '_')}"
     return f"{default_prefix}_{name.replace('.', '_')}"
 
 
@@ -134,6 +136,7 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
     """
     tensors: dict[str, np.ndarray] = {}
     names: dict[str, str] = {}
+    two_te = any(x.extras.get("dotted_name", x.name).startswith("text_encoder_2.") for x in adapter.layers)
     for delta in adapter.iter_deltas():
         info = delta.info
         if info.kind == "embedding" or delta.down.shape[0] != info.rank:
@@ -141,7 +144,7 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
                 f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path
             )
         dotted = info.extras.get("dotted_name", info.name)
-        k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix)
+        k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix, two_te)
         if k in names:
             raise FormatError(
                 f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path

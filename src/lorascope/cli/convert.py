@@ -1,0 +1,37 @@
+"""`lorascope convert SRC DST --to peft|kohya|diffusers`: parse, call lorascope.convert.convert, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..convert import TARGETS, convert
+from ._output import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="rewrite a LoRA adapter in another format (ΔW preserved exactly)")
+    p.add_argument("src", help="adapter directory or .safetensors file")
+    p.add_argument("dest", help="output: a directory for peft, a .safetensors file for kohya/diffusers")
+    p.add_argument("--to", required=True, choices=TARGETS, help="target format")
+    p.add_argument("--format", help="force the input format instead of detecting it")
+    p.add_argument(
+        "--component",
+        help="diffusers component (unet, transformer, text_encoder, ...): the prefix for names without one, "
+        "or the one to keep when converting a multi-component file to PEFT",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = convert(
+        args.src, args.dest, to=args.to, format=args.format, component=args.component, overwrite=args.force
+    )
+    if args.json:
+        emit(json.dumps(result.__dict__, sort_keys=True) + "\n")
+    else:
+        r = result
+        emit(f"wrote {r.n_layers} layers: {r.source_format} {r.source} -> {r.format} {r.dest}\n")
+    return 0

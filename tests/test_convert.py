@@ -1,0 +1,115 @@
+"""`convert`: round trips between PEFT, kohya and diffusers keep every layer's ΔW."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import peft_config, strict_json, write_peft, write_safetensors_raw
+
+from lorascope.cli.main import main
+from lorascope.convert import convert
+from lorascope.errors import InvalidArgumentError, UnsupportedError
+from lorascope.formats import detect, load
+
+UNET = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.attentions.0.proj_in",
+        "mid_block.attentions.0.transformer_blocks.0.ff.net.2"]  # fmt: skip
+CONV = "down_blocks.0.resnets.0.conv1"
+
+
+def _peft_source(tmp_path, rng, *, rslora=False):
+    """A PEFT adapter with rank/alpha patterns, a conv layer and fp16 factors."""
+    layers = {m: (rng.standard_normal((4, 24)), rng.standard_normal((16, 4))) for m in UNET}
+    layers[UNET[1]] = (rng.standard_normal((2, 24)), rng.standard_normal((16, 2)))
+    layers[CONV] = (rng.standard_normal((4, 6, 3, 3)), rng.standard_normal((8, 4, 1, 1)))
+    cfg = peft_config(r=4, lora_alpha=6, rank_pattern={"proj_in": 2}, alpha_pattern={"ff.net.2": 3},
+                      use_rslora=rslora, target_modules=["to_q", "proj_in", "net.2", "conv1"])  # fmt: skip
+    return write_peft(tmp_path / "src", layers, dtype="fp16", config=cfg)
+
+
+def _dense(adapter) -> dict[str, np.ndarray]:
+    return {x.name: x.dense() for x in adapter.iter_deltas()}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-14, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_kohya_peft_round_trip(tmp_path, rng, rslora):
+    src = _peft_source(tmp_path, rng, rslora=rslora)
+    convert(src, tmp_path / "k.safetensors", to="kohya")
+    assert detect(tmp_path / "k.safetensors") == "kohya"
+    k = load(tmp_path / "k.safetensors")
+    assert "lora_unet_down_blocks_0_resnets_0_conv1" in k.names
+    assert {n.replace("lora_unet_", "") for n in k.names} == {m.replace(".", "_") for m in [*UNET, CONV]}
+    convert(tmp_path / "k.safetensors", tmp_path / "back", to="peft")
+    _same(_dense(load(src)), _dense(load(tmp_path / "back")))
+    kd = {n.removeprefix("lora_unet_"): d for n, d in _dense(k).items()}
+    _same({m.replace(".", "_"): d for m, d in _dense(load(src)).items()}, kd)
+
+
+def test_peft_diffusers_peft_round_trip(tmp_path, rng):
+    src = _peft_source(tmp_path, rng)
+    convert(src, tmp_path / "d.safetensors", to="diffusers")
+    d = load(tmp_path / "d.safetensors")
+    assert d.format == "diffusers" and all(n.startswith("unet.") for n in d.names)
+    assert d.info(f"unet.{CONV}").kind == "conv"
+    convert(tmp_path / "d.safetensors", tmp_path / "back", to="peft")
+    _same(_dense(load(src)), _dense(load(tmp_path / "back")))
+    _same({f"unet.{m}": x for m, x in _dense(load(src)).items()}, _dense(d))
+
+
+def test_kohya_tucker_to_diffusers_via_lorascope_names(tmp_path, rng):
+    t = {
+        "lora_unet_a_conv.lora_down.weight": (rng.standard_normal((2, 3, 1, 1)), "fp32"),
+        "lora_unet_a_conv.lora_mid.weight": (rng.standard_normal((2, 2, 3, 3)), "fp32"),
+        "lora_unet_a_conv.lora_up.weight": (rng.standard_normal((5, 2, 1, 1)), "fp32"),
+        "lora_unet_a_conv.alpha": (np.array(3.0), "fp32"),
+        "lora_te_b.lora_down.weight": (rng.standard_normal((2, 7)), "fp16"),
+        "lora_te_b.lora_up.weight": (rng.standard_normal((4, 2)), "fp16"),
+    }
+    plain = tmp_path / "plain.safetensors"
+    write_safetensors_raw(plain, t)
+    with pytest.raises(UnsupportedError, match="kohya names are flattened"):
+        convert(plain, tmp_path / "x.safetensors", to="diffusers")
+    names = '{"lora_unet_a_conv": "unet.a.conv", "lora_te_b": "text_encoder.b"}'
+    write_safetensors_raw(plain, t, metadata={"lorascope_module_names": names})
+    convert(plain, tmp_path / "d.safetensors", to="diffusers")
+    d = _dense(load(tmp_path / "d.safetensors"))
+    src = _dense(load(plain))
+    _same({"unet.a.conv": src["lora_unet_a_conv"], "text_encoder.b": src["lora_te_b"]}, d)
+    with pytest.raises(InvalidArgumentError, match="several components .* --component"):
+        convert(tmp_path / "d.safetensors", tmp_path / "p", to="peft")
+    convert(tmp_path / "d.safetensors", tmp_path / "p", to="peft", component="text_encoder")
+    assert _dense(load(tmp_path / "p")).keys() == {"b"}
+
+
+def test_refuses_input_existing_output_and_lycoris(tmp_path, rng):
+    src = _peft_source(tmp_path, rng)
+    with pytest.raises(InvalidArgumentError, match="refusing to overwrite the input"):
+        convert(src, src, to="peft")
+    with pytest.raises(InvalidArgumentError, match="refusing to overwrite the input"):
+        convert(src, src / "adapter_model.safetensors", to="kohya")
+    (tmp_path / "exists.safetensors").write_bytes(b"x")
+    with pytest.raises(InvalidArgumentError, match="output already exists"):
+        convert(src, tmp_path / "exists.safetensors", to="kohya")
+    loha = {f"lycoris_x.hada_w{i}_{s}": (np.ones(shape), "fp32") for i in (1, 2)
+            for s, shape in (("a", (4, 2)), ("b", (2, 3)))}  # fmt: skip
+    write_safetensors_raw(tmp_path / "loha.safetensors", loha)
+    with pytest.raises(
+        UnsupportedError, match=r"layer lycoris_x: cannot convert \(LyCORIS loha is not a LoRA\)"
+    ):
+        convert(tmp_path / "loha.safetensors", tmp_path / "o.safetensors", to="kohya")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_cli_convert_json_and_error(tmp_path, rng, capsys):
+    src = _peft_source(tmp_path, rng)
+    assert main(["convert", str(src), str(tmp_path / "k.safetensors"), "--to", "kohya", "--json"]) == 0
+    out = strict_json(capsys.readouterr().out)
+    assert out["n_layers"] == 4 and out["format"] == "kohya" and out["source_format"] == "peft"
+    assert main(["convert", str(src), str(tmp_path / "k.safetensors"), "--to", "kohya"]) != 0
+    err = capsys.readouterr().err
+    assert "output already exists" in err and err.count("\n") <= 2
