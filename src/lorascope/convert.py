@@ -128,7 +128,7 @@ def _target_name(adapter: Adapter, info: LayerInfo, to: str, component: str | No
         if "dotted_name" not in info.extras:
             raise UnsupportedError(
                 f"layer {info.name}: kohya names are flattened (module names contain '_') and this file has "
-                f"no {kohya.NAMES_KEY} metadata to restore them; only files written by lorascope convert back",
+                f"no {kohya.NAMES_KEY} metadata to restore them (only lorascope-written kohya files have it)",
                 path=adapter.path,
             )
         name = info.extras["dotted_name"]
