@@ -274,3 +274,37 @@ def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):
     assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--energy", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lorascope: error: --energy must be in (0, 1], got 2.0"]
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e9])  # 1e9 and rank deficiency take the Householder route
+def test_truncated_svd_matches_dense_for_any_conditioning(rng, cond):
+    from lorascope.compress import truncated_svd
+
+    a = rng.standard_normal((6, 30)) * np.logspace(0, -np.log10(cond), 6)[:, None]  # (r, in)
+    b = rng.standard_normal((20, 6))  # (out, r)
+    if cond == 1e9:
+        b[:, 5] = 0.0  # rank-deficient up factor
+    dense = -1.5 * b @ a
+    for k in (1, 3, 6):
+        t = truncated_svd(a, b, -1.5, k)
+        got = (t.u * t.s) @ t.vt
+        assert np.linalg.norm(got - truncated(dense, k)) <= 1e-10 * np.linalg.norm(dense)
+
+
+def test_kohya_output_keeps_scale_and_honest_metadata(tmp_path, adapter):
+    from lorascope.formats import kohya
+
+    kohya.write(
+        adapter, tmp_path / "in.safetensors", metadata={"ss_network_dim": "8", "ss_network_alpha": "16"}
+    )
+    src = load(tmp_path / "in.safetensors")
+    rep = compress_file(src, tmp_path / "out.safetensors", RankMode("energy", 0.9))
+    out = load(tmp_path / "out.safetensors")
+    assert out.format == "kohya"
+    for d in src.iter_deltas():
+        k = rep.plan[d.name]
+        got = out.delta(d.name)
+        assert got.info.rank == k
+        assert np.linalg.norm(got.dense() - truncated(d.dense(), k)) <= 1e-6 * np.linalg.norm(d.dense())
+    dims = {x.new_rank for x in rep.layers}
+    assert out.metadata["ss_network_dim"] == (str(dims.pop()) if len(dims) == 1 else "Dynamic")
