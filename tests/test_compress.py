@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -308,3 +309,23 @@ def test_kohya_output_keeps_scale_and_honest_metadata(tmp_path, adapter):
         assert np.linalg.norm(got.dense() - truncated(d.dense(), k)) <= 1e-6 * np.linalg.norm(d.dense())
     dims = {x.new_rank for x in rep.layers}
     assert out.metadata["ss_network_dim"] == (str(dims.pop()) if len(dims) == 1 else "Dynamic")
+
+
+def test_diffusers_output_round_trips(tmp_path, adapter):
+    from lorascope.formats import diffusers
+
+    named = Adapter.from_deltas(
+        [
+            LoraDelta(replace(d.info, name=f"unet.blocks.{d.name}"), d.down, d.up)
+            for d in adapter.iter_deltas()
+        ]
+    )
+    diffusers.write(named, tmp_path / "in.safetensors")
+    src = load(tmp_path / "in.safetensors")
+    compress_file(src, tmp_path / "out.safetensors", RankMode("rank", 2))
+    out = load(tmp_path / "out.safetensors")
+    assert out.format == "diffusers"
+    for d in src.iter_deltas():
+        got = out.delta(d.name)
+        assert got.info.rank == 2 and got.info.scale == pytest.approx(d.info.scale)
+        assert np.linalg.norm(got.dense() - truncated(d.dense(), 2)) <= 1e-9 * np.linalg.norm(d.dense())
