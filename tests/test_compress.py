@@ -3,6 +3,7 @@ the report's errors against dense norms, and the PEFT writer's files (no torch n
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -277,9 +278,16 @@ def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):
     assert err == ["lorascope: error: --energy must be in (0, 1], got 2.0"]
 
 
-@pytest.mark.parametrize("cond", [1.0, 1e3, 1e9])  # 1e9 and rank deficiency take the Householder route
-def test_truncated_svd_matches_dense_for_any_conditioning(rng, cond):
-    from lorascope.compress import truncated_svd
+@pytest.mark.parametrize("route", ["gram", "cholqr2", "householder"])
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e9])  # 1e9 and rank deficiency force the Householder route
+def test_truncated_svd_matches_dense_for_any_conditioning(rng, monkeypatch, cond, route):
+    C = importlib.import_module("lorascope.compress")  # the attribute lorascope.compress is the function
+
+    if route != "gram":
+        monkeypatch.setattr(C, "_gram_truncated", lambda *args: None)
+    if route == "householder":
+        monkeypatch.setattr(C, "_cholqr2_t", lambda x: None)
+    truncated_svd = C.truncated_svd
 
     a = rng.standard_normal((6, 30)) * np.logspace(0, -np.log10(cond), 6)[:, None]  # (r, in)
     b = rng.standard_normal((20, 6))  # (out, r)

@@ -72,12 +72,47 @@ def _cholqr2_t(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.linalg.inv(r2.T) @ q1t, r2 @ r1  # (r, n), (r, r)
 
 
+# The Gram route is used only when every kept σ and the gap after σ_k are large against σ₁:
+# its absolute error in σᵢ² is O(ε·σ₁²), so ΔW_k is then exact to ~ε/_GRAM_MIN_RATIO ≈ 1e-10.
+_GRAM_MIN_RATIO = 1e-6
+
+
+def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int) -> LowRankSVD | None:
+    """Rank-k SVD of scale·b@a from the r×r Gram matrices only (no QR), or None when not accurate.
+
+    With G_A = A Aᵀ = U Λ Uᵀ and H = Λ^½ Uᵀ G_B U Λ^½ = W Σ² Wᵀ (spectral.gram_singular_values),
+    L = U Λ^½ W_k (r, k) gives  U_k Σ_k = B L  and  V_kᵀ = Σ_k⁻² Lᵀ G_B A:  two thin GEMMs per layer."""
+    ga = a @ a.T  # (r, r)
+    gb = b.T @ b  # (r, r)
+    lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
+    root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
+    h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
+    s2, w = np.linalg.eigh(0.5 * (h + h.T))  # ascending
+    s2, w = s2[::-1], w[:, ::-1]
+    top = s2[0]
+    nxt = s2[k] if k < s2.size else 0.0
+    if not (np.isfinite(top) and top > 0 and s2[k - 1] >= _GRAM_MIN_RATIO * top):
+        return None
+    if s2[k - 1] - nxt < _GRAM_MIN_RATIO * top:  # σ_k ≈ σ_k+1: let the QR route pick the subspace
+        return None
+    sig = np.sqrt(s2[:k])  # (k,) singular values of b@a
+    lk = u @ (root[:, None] * w[:, :k])  # (r, k)
+    us = b @ lk  # (m, k) = U_k Σ_k
+    vt = (lk.T @ gb @ a) / s2[:k, None]  # (k, n) = V_kᵀ
+    uk = us / sig[None, :]
+    return LowRankSVD(-uk if scale < 0 else uk, sig * abs(scale), vt)
+
+
 def truncated_svd(down: np.ndarray, up: np.ndarray, scale: float, k: int) -> LowRankSVD:
     """Rank-k truncated SVD of scale·up@down (float64), the same as
-    `spectral.lora_svd(down, up, scale).truncate(k)`, through CholeskyQR2 when the factors are well
-    conditioned (the common case) and through `lora_svd` (Householder) otherwise."""
+    `spectral.lora_svd(down, up, scale).truncate(k)`: through the Gram matrices when the kept
+    spectrum is well separated (the common case), else CholeskyQR2 when the factors are well
+    conditioned, else `lora_svd` (Householder QR)."""
     a = np.asarray(down, dtype=np.float64)  # (r, n)
     b = np.asarray(up, dtype=np.float64)  # (m, r)
+    fast = _gram_truncated(a, b, scale, k)
+    if fast is not None:
+        return fast
     r = a.shape[0]
     fa = _cholqr2_t(a) if r <= a.shape[1] else None
     fb = _cholqr2_t(b.T) if fa is not None and r <= b.shape[0] else None
