@@ -142,12 +142,24 @@ def _classify(keys: list[str], modules_to_save: list[str]) -> tuple[dict[str, di
                 by_module.setdefault(m["m"], {})[role] = key
                 break
         else:
-            parts = key.split(".")
-            if any(name in parts for name in modules_to_save):
-                saved.append(key)
+            module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
+            if module is not None:
+                saved.append(module)
             else:
                 leftovers.append(key)
     return by_module, saved, leftovers
+
+
+def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
+    """The module path of a `modules_to_save` weight, or None.  PEFT's `_set_trainable` matches a
+    module when its path ends with a listed name (`key.endswith(name)`, dotted names included), so
+    "classifier.dense" and "score" both work; the shortest matching prefix of the key is the module."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        module = ".".join(parts[:i])
+        if any(module.endswith(name) for name in modules_to_save):
+            return module
+    return None
 
 
 def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
@@ -165,13 +177,16 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
         if info is not None:
             layers.append(info)
     reject_leftovers(str(files.weights), leftovers, "PEFT LoRA tensors")
+    if not layers:
+        # an adapter with nothing to audit is an error, not "suggested r=1"
+        raise FormatError("no LoRA layers found (no lora_A/lora_B tensors)", path=files.weights)
     check_outlier_shapes(str(files.weights), layers)
     notes = []
     if any(layer.dora for layer in layers):
         notes.append("DoRA adapter: the low-rank direction B·A is audited; magnitude vectors are not")
     if any("bias" in layer.extras for layer in layers):
         notes.append("lora_bias tensors present: the bias update is not part of the spectrum")
-    saved_modules = sorted({k.rsplit(".", 1)[0].removeprefix(PREFIX) for k in saved})
+    saved_modules = sorted(set(saved))
     return Adapter(
         format="peft",
         layers=tuple(layers),
