@@ -161,3 +161,26 @@ def test_bad_adapter_metadata_json(tmp_path, rng):
     write_safetensors_raw(path, _old_style(rng), metadata={"lora_adapter_metadata": "{nope"})
     with pytest.raises(FormatError, match="lora_adapter_metadata is not valid JSON"):
         load(path)
+
+
+@pytest.mark.torch
+def test_kohya_written_by_convert_is_read_by_diffusers(tmp_path):
+    """diffusers' own kohya → diffusers converter accepts our sd-scripts names and alphas."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    from lorascope.convert import convert
+
+    path, truth = save_diffusers_lora(tmp_path)
+    convert(path, tmp_path / "k.safetensors", to="kohya")
+    sd, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(str(tmp_path / "k.safetensors"))
+    norms = []
+    for key, down in sd.items():
+        if ".down.weight" not in key:
+            continue
+        up = sd[key.replace(".down.weight", ".up.weight")].double()
+        down = down.double()
+        alpha = alphas.get(f"{key}.alpha", alphas.get(key.replace(".lora.down.weight", ".alpha")))
+        scale = alpha / down.shape[0]
+        norms.append(float(scale * (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).norm()))
+    expected = sorted(float(np.linalg.norm(x)) for x in truth.values())
+    np.testing.assert_allclose(sorted(norms), expected, rtol=1e-12)
