@@ -105,11 +105,11 @@ def _write(tmp_path, rng, mutate):
     [
         (
             lambda t: t.pop(f"{UNET_Q}.lora_up.weight"),
-            rf"layer {UNET_Q}: missing up tensor\(s\) beside {UNET_Q}.alpha",
+            rf"layer {UNET_Q}: missing lora_up.weight tensor\(s\) beside {UNET_Q}.alpha",
         ),
         (
             lambda t: t.pop(f"{TE2}.lora_down.weight"),
-            rf"layer {TE2}: missing down tensor\(s\) beside {TE2}.alpha",
+            rf"layer {TE2}: missing lora_down.weight tensor\(s\) beside {TE2}.alpha",
         ),
         (
             lambda t: t.__setitem__(f"{UNET_Q}.alpha", (np.ones((2, 2)), "fp32")),
@@ -172,3 +172,8 @@ def test_name_map_metadata_must_be_json(tmp_path, rng):
         load(path)
     write_safetensors_raw(path, t, metadata={"lorascope_module_names": json.dumps({UNET_Q: "unet.a.b"})})
     assert load(path).info(UNET_Q).extras["dotted_name"] == "unet.a.b"
+
+
+def test_zero_alpha_means_rank_as_in_sd_scripts(tmp_path, rng):
+    path = _write(tmp_path, rng, lambda t: t.__setitem__(f"{UNET_Q}.alpha", (np.array(0.0), "fp32")))
+    assert load(path).info(UNET_Q).scale == 1.0

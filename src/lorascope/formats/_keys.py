@@ -82,9 +82,11 @@ def read_alpha(src: TensorSource, key: str, name: str) -> float:
     return value
 
 
-def missing_pair(src: TensorSource, name: str, roles: Mapping[str, str], need: tuple[str, ...]) -> None:
-    """Raise naming the present key and the missing role(s) of a factor set."""
-    absent = [r for r in need if r not in roles]
+def missing_pair(
+    src: TensorSource, name: str, roles: Mapping[str, str], need: tuple[str, ...], shown: Mapping[str, str] = {}
+) -> None:
+    """Raise naming the present key(s) and the missing role(s) of a factor set (`shown`: display names)."""
+    absent = [shown.get(r, r) for r in need if r not in roles]
     if absent:
         have = sorted(roles.values())
         raise FormatError(
@@ -98,13 +100,14 @@ def kohya_lora_layer(
     src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] = ()
 ) -> LayerInfo:
     """LayerInfo for a kohya/LoCon module: lora_down, lora_up, optional lora_mid/alpha/dora_scale."""
-    missing_pair(src, name, roles, ("down", "up"))
+    missing_pair(src, name, roles, ("down", "up"), KOHYA_ROLES)
     dk, uk = roles["down"], roles["up"]
     dshape, ushape = src.shape(dk), src.shape(uk)
     if "mid" in roles:
         dshape = _tucker_down_shape(src, name, roles["mid"], dshape)
     kind, rank, out, inn = factor_dims(src.path, name, dshape, ushape, (dk, uk))
     alpha = read_alpha(src, roles["alpha"], name) if "alpha" in roles else float(rank)
+    alpha = alpha or float(rank)  # sd-scripts LoRAModule: alpha None or 0 means alpha = lora_dim
     if "dora_scale" in roles:
         n = math.prod(src.shape(roles["dora_scale"]))
         if n not in (out, dshape[1]):

@@ -141,7 +141,7 @@ def _component_configs(metadata, path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> LayerInfo:
-    missing_pair(src, name, roles, ("down", "up"))
+    missing_pair(src, name, roles, ("down", "up"), {"down": "lora_A/down", "up": "lora_B/up"})
     dk, uk = roles["down"], roles["up"]
     dshape = src.shape(dk)
     kind, rank, out, inn = factor_dims(src.path, name, dshape, src.shape(uk), (dk, uk))
@@ -151,7 +151,8 @@ def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> Laye
         alpha = read_alpha(src, roles["alpha"], name)
         scale = alpha / rank
     elif component in configs:
-        r_cfg, alpha, scale = layer_scale(configs[component], module, Path(src.path))
+        cfg = {"r": rank, "lora_alpha": 8, **configs[component]}  # PEFT's default lora_alpha is 8
+        r_cfg, alpha, scale = layer_scale(cfg, module, Path(src.path))
         if r_cfg != rank:
             raise FormatError(
                 f"layer {name}: tensors have rank {rank} but {METADATA_KEY} gives r={r_cfg}",
