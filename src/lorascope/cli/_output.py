@@ -16,9 +16,17 @@ def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> 
         return
     dest = Path(output).resolve()
     for src in inputs:
-        if src and Path(src).resolve() == dest:
+        if src and _is_input(Path(src).resolve(), dest):
             raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=output)
     write_text_atomic(dest, text)
+
+
+def _is_input(src: Path, dest: Path) -> bool:
+    """dest is the input itself, or an existing file inside an input directory (its weights, config,
+    a sub-folder adapter); a new file beside them (adapter/audit.json) is fine."""
+    if dest == src:
+        return True
+    return src.is_dir() and dest.exists() and src in dest.parents
 
 
 def progress_printer(enabled: bool):

@@ -104,12 +104,28 @@ def load_config(path: Path) -> dict[str, Any]:
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise FormatError(f"'r' must be a positive integer, got {r!r}", path=path)
     alpha = cfg.get("lora_alpha", 8)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise FormatError(f"'lora_alpha' must be a number, got {alpha!r}", path=path)
-    for key in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(cfg.get(key) or {}, dict):
+    if not _finite_number(alpha):
+        raise FormatError(f"'lora_alpha' must be a finite number, got {alpha!r}", path=path)
+    for key, ok, what in (
+        ("rank_pattern", _positive_int, "a positive integer"),
+        ("alpha_pattern", _finite_number, "a finite number"),
+    ):
+        patterns = cfg.get(key) or {}
+        if not isinstance(patterns, dict):
             raise FormatError(f"'{key}' must be a JSON object", path=path)
+        for k, v in patterns.items():
+            if not ok(v):
+                raise FormatError(f"'{key}' value for {k!r} must be {what}, got {v!r}", path=path)
     return cfg
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _finite_number(v: Any) -> bool:
+    # json.loads accepts NaN / Infinity literals: a non-finite alpha would poison every metric
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def pattern_value(patterns: dict[str, Any], module: str, default: Any, path: Path) -> Any:
