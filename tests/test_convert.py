@@ -113,3 +113,27 @@ def test_cli_convert_json_and_error(tmp_path, rng, capsys):
     assert main(["convert", str(src), str(tmp_path / "k.safetensors"), "--to", "kohya"]) != 0
     err = capsys.readouterr().err
     assert "output already exists" in err and err.count("\n") <= 2
+
+
+def test_modules_to_save_refused_for_kohya_kept_for_peft(tmp_path, rng):
+    a, b = rng.standard_normal((2, 6)), rng.standard_normal((6, 2))
+    cfg = peft_config(r=2, lora_alpha=2, modules_to_save=["score"])
+    saved = {"base_model.model.score.modules_to_save.default.weight": (np.ones((3, 6)), "fp32")}
+    src = write_peft(tmp_path / "s", {"m.q_proj": (a, b)}, config=cfg, extra=saved)
+    with pytest.raises(
+        UnsupportedError, match=r"modules_to_save \(score\) are full weights that kohya files"
+    ):
+        convert(src, tmp_path / "k.safetensors", to="kohya")
+    convert(src, tmp_path / "p", to="peft")
+    back = load(tmp_path / "p")
+    assert back.modules_to_save == ("score",)
+    _same(_dense(load(src)), _dense(back))
+
+
+def test_diffusers_output_directory_and_kohya_needs_a_file(tmp_path, rng):
+    src = _peft_source(tmp_path, rng)
+    convert(src, tmp_path / "out", to="diffusers")
+    assert detect(tmp_path / "out") == "diffusers"
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    with pytest.raises(InvalidArgumentError, match="kohya output is one file"):
+        convert(src, tmp_path / "kdir", to="kohya")

@@ -50,16 +50,33 @@ def convert(
     kohya file to one model's PEFT adapter."""
     if to not in TARGETS:
         raise InvalidArgumentError(f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
-    _check_dest(Path(src), Path(dest), overwrite)
+    dest = _dest_file(Path(dest), to)
+    _check_dest(Path(src), dest, overwrite)
     adapter = load(src, format=format)
     neutral = _neutral(adapter, to, component)
+    if adapter.modules_to_save and to != "peft":
+        raise UnsupportedError(
+            f"modules_to_save ({', '.join(adapter.modules_to_save)}) are full weights that {to} files "
+            "cannot hold",
+            path=adapter.path,
+        )
     if to == "peft":
-        peft.write(neutral, dest, base_config=_peft_config(adapter, neutral))
+        extra = peft.passthrough_tensors(adapter)  # modules_to_save weights, copied unchanged
+        peft.write(neutral, dest, base_config=_peft_config(adapter, neutral), extra_tensors=extra)
     elif to == "kohya":
         kohya.write(neutral, dest, metadata=_kohya_metadata(adapter))
     else:
         diffusers.write(neutral, dest, component=component or "unet")
     return ConvertResult(str(src), adapter.format, str(dest), to, len(neutral.layers))
+
+
+def _dest_file(dest: Path, to: str) -> Path:
+    """kohya/diffusers outputs are one .safetensors file; a diffusers directory gets the default name."""
+    if to == "peft" or dest.suffix == ".safetensors":
+        return dest
+    if to == "diffusers":
+        return dest / diffusers.WEIGHTS
+    raise InvalidArgumentError("a kohya output is one file: give a path ending in .safetensors", path=dest)
 
 
 def _check_dest(src: Path, dest: Path, overwrite: bool) -> None:
