@@ -140,6 +140,9 @@ def audit(adapter: Adapter | str | Path, options: AuditOptions | None = None, **
     options = options or AuditOptions()
     if not isinstance(adapter, Adapter):
         adapter = load(adapter, **load_options)
+    if not adapter.layers:
+        # nothing to audit: an error, never a summary of zero layers that suggests r=1
+        raise FormatError("no LoRA layers to audit", path=adapter.path)
     layers = []
     total = len(adapter.layers)
     for i, delta in enumerate(adapter.iter_deltas()):
