@@ -3,7 +3,9 @@
 Contract:
 * `compress(adapter, plan)` → an in-memory `Adapter` whose layer ℓ has ΔW′ = the rank-kℓ truncated
   SVD of scale·up@down (Eckart–Young: the best rank-k approximation in Frobenius and spectral norm),
-  computed from the factors by `spectral.lora_svd` (QR of the factors, float64; ΔW is never formed).
+  computed from the factors in float64 without forming ΔW (`truncated_svd`): from the r×r Gram
+  matrices when the kept spectrum is well separated, else CholeskyQR2, else Householder QR
+  (`spectral.lora_svd`); all three agree to ~1e-15 on the test matrices.
   Each layer keeps its effective scale s: we store up′ = U_k·S_k/s, down′ = V_kᵀ (split="up", the
   kohya / PEFT-conversion convention) or √S/√S (split="sqrt"), so a writer that writes
   alpha = s·k (or s·√k with rsLoRA) reproduces ΔW′ exactly.  Layers whose rank does not change
@@ -12,8 +14,9 @@ Contract:
 * `compress_file(src, dest, mode)` = load → audit → plan_ranks → compress → write, plus a
   `CompressReport` (kept energy and relative Frobenius error per layer and overall).
 
-Not handled: DoRA magnitude vectors and lora_bias are copied unchanged (the DoRA output then
-differs from the original by more than the truncation; a note says so); LoHa/LoKr.
+Not handled: DoRA magnitude vectors and lora_bias are copied unchanged (PEFT output only; the DoRA
+output then differs from the original by more than the truncation; a note says so); LoHa/LoKr
+output (no LyCORIS writer).
 """
 
 from __future__ import annotations
@@ -340,6 +343,8 @@ def compress_file(
         notes.append(
             "DoRA magnitude vectors are copied unchanged: outputs differ by more than the truncation"
         )
+    if adapter.format != "peft" and "bf16" in {options.dtype or x.dtype for x in adapter.layers}:
+        notes.append(f"the {adapter.format} writer stores bf16 factors as fp32 (exact, twice the bytes)")
     if not options.dry_run:
         small = compress(adapter, plan, split=options.split, dtype=options.dtype)
         writer(small, dest, source=adapter)
