@@ -10,6 +10,12 @@ fp16 factors, alpha = r/2, 986 modules.  Measures, in this process:
      one layer of each distinct shape and multiplied by how many layers have that shape (running
      all dense SVDs on 2 cores takes far longer than the audit itself).  The dense singular values
      of the timed layers are compared with the audit's (max relative error over σ ≥ 1e-3·σ₁).
+
+Measured on the 2-core dev VM with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 (both sides on one
+thread; with the default threads and other jobs on the VM, OpenBLAS thread contention made the
+r×r work 5–25× slower and run-to-run noise dominated): 986 modules, 218 MB fp16 file, audit
+0.83 s, dense baseline 591 s extrapolated (12 shapes timed), ratio ≈ 714×, max rel. error of the
+audit's σ against the fp32 dense SVD 9.3e-8.
 """
 
 from __future__ import annotations
