@@ -337,3 +337,17 @@ def test_diffusers_output_round_trips(tmp_path, adapter):
         got = out.delta(d.name)
         assert got.info.rank == 2 and got.info.scale == pytest.approx(d.info.scale)
         assert np.linalg.norm(got.dense() - truncated(d.dense(), 2)) <= 1e-9 * np.linalg.norm(d.dense())
+
+
+@pytest.mark.parametrize(
+    "mode", [RankMode("rank", 2), RankMode("budget_ratio", 0.5)]
+)  # one pass / audit pass
+def test_non_finite_factor_is_a_format_error(tmp_path, rng, mode):
+    from lorascope.errors import FormatError
+
+    a, b = random_factors(rng, 12, 10, 4)
+    a[1, 3] = np.nan
+    src = write_peft(tmp_path / "in", {"m.q_proj": (a, b)})
+    with pytest.raises(FormatError, match=r"layer m\.q_proj: tensor .*lora_A.* contains NaN or Inf"):
+        compress_file(src, tmp_path / "out", mode)
+    assert not (tmp_path / "out").exists()

@@ -21,24 +21,30 @@ output (no LyCORIS writer).
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from .audit import AuditOptions, audit
-from .errors import InvalidArgumentError, UnsupportedError
+from .errors import FormatError, InvalidArgumentError, UnsupportedError
 from .formats import load
-from .plan import ITEMSIZE, RankMode, plan_ranks
-from .spectral import LowRankSVD, lora_svd
+from .plan import (
+    LOCAL_MODES,
+    CompressReport,
+    LayerResult,  # noqa: F401  (re-exported: part of the compress API)
+    RankMode,
+    layer_rank,
+    layer_results,
+    plan_ranks,
+)
+from .spectral import LowRankSVD, gram_singular_values, lora_svd
 from .suggest import Rounding
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
-SCHEMA = "lorascope.compress/v1"
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 
 
@@ -80,13 +86,12 @@ def _cholqr2_t(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 _GRAM_MIN_RATIO = 1e-6
 
 
-def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int) -> LowRankSVD | None:
+def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int, grams=None) -> LowRankSVD | None:
     """Rank-k SVD of scale·b@a from the r×r Gram matrices only (no QR), or None when not accurate.
 
     With G_A = A Aᵀ = U Λ Uᵀ and H = Λ^½ Uᵀ G_B U Λ^½ = W Σ² Wᵀ (spectral.gram_singular_values),
     L = U Λ^½ W_k (r, k) gives  U_k Σ_k = B L  and  V_kᵀ = Σ_k⁻² Lᵀ G_B A:  two thin GEMMs per layer."""
-    ga = a @ a.T  # (r, r)
-    gb = b.T @ b  # (r, r)
+    ga, gb = grams if grams is not None else (a @ a.T, b.T @ b)  # (r, r), (r, r)
     lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
     root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
     h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
@@ -106,14 +111,14 @@ def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int) -> LowRa
     return LowRankSVD(-uk if scale < 0 else uk, sig * abs(scale), vt)
 
 
-def truncated_svd(down: np.ndarray, up: np.ndarray, scale: float, k: int) -> LowRankSVD:
+def truncated_svd(down: np.ndarray, up: np.ndarray, scale: float, k: int, grams=None) -> LowRankSVD:
     """Rank-k truncated SVD of scale·up@down (float64), the same as
     `spectral.lora_svd(down, up, scale).truncate(k)`: through the Gram matrices when the kept
     spectrum is well separated (the common case), else CholeskyQR2 when the factors are well
-    conditioned, else `lora_svd` (Householder QR)."""
+    conditioned, else `lora_svd` (Householder QR).  `grams` = (A Aᵀ, BᵀB) if already computed."""
     a = np.asarray(down, dtype=np.float64)  # (r, n)
     b = np.asarray(up, dtype=np.float64)  # (m, r)
-    fast = _gram_truncated(a, b, scale, k)
+    fast = _gram_truncated(a, b, scale, k, grams)
     if fast is not None:
         return fast
     r = a.shape[0]
@@ -130,9 +135,11 @@ def truncated_svd(down: np.ndarray, up: np.ndarray, scale: float, k: int) -> Low
     return LowRankSVD(u, s[:k] * abs(scale), vt)
 
 
-def _truncate(delta: LoraDelta, k: int, split: str, dtype: str) -> LoraDelta:
+def _truncate(delta: LoraDelta, k: int, split: str, dtype: str, f64=None) -> LoraDelta:
+    """`f64` = (A, B, A Aᵀ, BᵀB) in float64 when the caller already has them."""
     info = delta.info
-    svd = truncated_svd(delta.down, delta.up, info.scale, k)  # u (out, k), s (k,), vt (k, in)
+    down, up, *grams = f64 if f64 is not None else (delta.down, delta.up)
+    svd = truncated_svd(down, up, info.scale, k, tuple(grams) or None)  # u (out, k), s (k,), vt (k, in)
     down, up = svd.factors(split)  # (k, in), (out, k) with scale·B·A = up @ down
     if down.shape[0] < k:  # r > min(out, in): fewer than k singular values exist; pad with zeros
         down = np.vstack([down, np.zeros((k - down.shape[0], down.shape[1]))])
@@ -166,6 +173,17 @@ def compress(
             deltas.append(_same_rank(delta, out_dtype))
         else:
             deltas.append(_truncate(delta, k, split, out_dtype))
+    return _assemble(adapter, deltas)
+
+
+def _same_rank(delta: LoraDelta, dtype: str) -> LoraDelta:
+    if dtype == delta.info.dtype:
+        return delta
+    info = replace(delta.info, dtype=dtype)
+    return LoraDelta(info, round_to_dtype(delta.down, dtype), round_to_dtype(delta.up, dtype))
+
+
+def _assemble(adapter: Adapter, deltas: list[LoraDelta]) -> Adapter:
     return Adapter.from_deltas(
         deltas,
         format=adapter.format,
@@ -176,132 +194,38 @@ def compress(
     )
 
 
-def _same_rank(delta: LoraDelta, dtype: str) -> LoraDelta:
-    if dtype == delta.info.dtype:
-        return delta
-    info = replace(delta.info, dtype=dtype)
-    return LoraDelta(info, round_to_dtype(delta.down, dtype), round_to_dtype(delta.up, dtype))
-
-
-# --- report -------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class LayerResult:
-    name: str
-    rank: int
+class _Spectrum:
+    """What `layer_results` reads of an audit LayerReport, plus the rank chosen in the pass."""
+
+    info: LayerInfo
+    sigma: np.ndarray  # (r,) of the scaled ΔW
     new_rank: int
-    energy: float  # Σσᵢ² of the scaled ΔW
-    kept: float  # Σ_{i≤k} σᵢ²
-    params: int
-    new_params: int
-    itemsize: int
-    new_itemsize: int
-
-    @property
-    def kept_energy(self) -> float:
-        return 1.0 if self.energy == 0 else self.kept / self.energy
-
-    @property
-    def rel_error(self) -> float:
-        """‖ΔW − ΔW′‖_F / ‖ΔW‖_F = √(Σ_{i>k} σᵢ²) / √(Σσᵢ²) (Eckart–Young)."""
-        return 0.0 if self.energy == 0 else math.sqrt(max(self.energy - self.kept, 0.0) / self.energy)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "rank": self.rank,
-            "new_rank": self.new_rank,
-            "kept_energy": self.kept_energy,
-            "rel_frobenius_error": self.rel_error,
-            "params": self.params,
-            "new_params": self.new_params,
-            "bytes": self.params * self.itemsize,
-            "new_bytes": self.new_params * self.new_itemsize,
-        }
 
 
-@dataclass(frozen=True)
-class CompressReport:
-    source: str | None
-    output: str | None
-    mode: RankMode
-    layers: tuple[LayerResult, ...]
-    notes: tuple[str, ...] = field(default=())
-
-    def summary(self) -> dict[str, Any]:
-        energy = sum(x.energy for x in self.layers)
-        kept = sum(x.kept for x in self.layers)
-        params = sum(x.params for x in self.layers)
-        new_params = sum(x.new_params for x in self.layers)
-        nbytes = sum(x.params * x.itemsize for x in self.layers)
-        new_bytes = sum(x.new_params * x.new_itemsize for x in self.layers)
-        return {
-            "n_layers": len(self.layers),
-            "n_changed": sum(x.new_rank != x.rank for x in self.layers),
-            "kept_energy": 1.0 if energy == 0 else kept / energy,
-            # the whole adapter as one block-diagonal ΔW: √(Σ discarded / Σ energy)
-            "rel_frobenius_error": 0.0 if energy == 0 else math.sqrt(max(energy - kept, 0.0) / energy),
-            "max_layer_rel_error": max((x.rel_error for x in self.layers), default=0.0),
-            "params": params,
-            "new_params": new_params,
-            "params_reduction": 0.0 if params == 0 else 1.0 - new_params / params,
-            "bytes": nbytes,
-            "new_bytes": new_bytes,
-            "bytes_reduction": 0.0 if nbytes == 0 else 1.0 - new_bytes / nbytes,
-        }
-
-    @property
-    def plan(self) -> dict[str, int]:
-        return {x.name: x.new_rank for x in self.layers}
-
-    def to_dict(self) -> dict[str, Any]:
-        m = self.mode
-        return {
-            "schema": SCHEMA,
-            "source": self.source,
-            "output": self.output,
-            "mode": {
-                "kind": m.kind,
-                "value": m.value,
-                "min_rank": m.min_rank,
-                "max_rank": m.max_rank,
-                "round_to": m.round_to,
-            },
-            "definitions": {
-                "kept_energy": "sum_{i<=k} sigma_i^2 / sum sigma_i^2 of the scaled dW",
-                "rel_frobenius_error": "||dW - dW'||_F / ||dW||_F = sqrt(1 - kept_energy)",
-            },
-            "summary": self.summary(),
-            "notes": list(self.notes),
-            "layers": [x.to_dict() for x in self.layers],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
-
-
-def layer_results(report, plan: Mapping[str, int], dtype: str | None) -> tuple[LayerResult, ...]:
-    """Kept energy etc. from the audit's singular values (exact to ~1e-15 relative, see spectral)."""
-    out = []
-    for lr in report.layers:
-        info: LayerInfo = lr.info
-        k = int(plan.get(info.name, info.rank))
-        s2 = np.asarray(lr.sigma, dtype=np.float64) ** 2  # (r,)
-        out.append(
-            LayerResult(
-                name=info.name,
-                rank=info.rank,
-                new_rank=k,
-                energy=float(s2.sum()),
-                kept=float(s2[:k].sum()),
-                params=info.params,
-                new_params=info.params_at(k),
-                itemsize=ITEMSIZE.get(info.dtype, 4),
-                new_itemsize=ITEMSIZE.get(dtype or info.dtype, 4),
-            )
-        )
-    return tuple(out)
+def _one_pass(adapter: Adapter, mode: RankMode, options: CompressOptions):
+    """LOCAL_MODES: each layer is read once and its two Gram matrices serve both the spectrum
+    (as in audit) and the truncation.  Returns (compressed deltas, report-like with .layers)."""
+    deltas, spectra = [], []
+    for delta in adapter.iter_deltas():
+        info = delta.info
+        a = np.asarray(delta.down, dtype=np.float64)  # (r, in)
+        b = np.asarray(delta.up, dtype=np.float64)  # (out, r)
+        ga, gb = a @ a.T, b.T @ b  # (r, r), (r, r)
+        for i, g in enumerate((ga, gb)):
+            if not np.isfinite(np.trace(g)):
+                key = info.extras.get("keys", ("down", "up"))[i]
+                raise FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path)
+        sigma = gram_singular_values(ga, gb, info.scale)  # (r,)
+        k = layer_rank(sigma, info, mode)
+        spectra.append(_Spectrum(info, sigma, k))
+        if not options.dry_run:
+            dtype = options.dtype or info.dtype
+            if k == info.rank:
+                deltas.append(_same_rank(delta, dtype))
+            else:
+                deltas.append(_truncate(delta, k, options.split, dtype, (a, b, ga, gb)))
+    return deltas, SimpleNamespace(layers=tuple(spectra))
 
 
 # --- the whole pipeline -------------------------------------------------------------------------
@@ -331,13 +255,19 @@ def compress_file(
     if dest is not None:
         _check_dest(adapter, Path(dest))
     writer = None if options.dry_run else _writer(adapter)
-    audit_opts = AuditOptions(
-        thresholds=(options.audit_threshold,), rounding=Rounding.parse(options.audit_rounding)
-    )
-    report = audit(adapter, audit_opts)
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
-    plan = plan_ranks(report, mode)
+    small = None
+    if mode.kind in LOCAL_MODES:  # one pass: read, spectrum, rank, truncate per layer
+        deltas, report = _one_pass(adapter, mode, options)
+        plan = {x.info.name: x.new_rank for x in report.layers}
+        small = None if options.dry_run else _assemble(adapter, deltas)
+    else:  # the plan needs every spectrum first: audit, then a second pass
+        audit_opts = AuditOptions(
+            thresholds=(options.audit_threshold,), rounding=Rounding.parse(options.audit_rounding)
+        )
+        report = audit(adapter, audit_opts)
+        plan = plan_ranks(report, mode)
     notes = list(adapter.notes)
     if any(layer.dora for layer in adapter.layers):
         notes.append(
@@ -346,7 +276,7 @@ def compress_file(
     if adapter.format != "peft" and "bf16" in {options.dtype or x.dtype for x in adapter.layers}:
         notes.append(f"the {adapter.format} writer stores bf16 factors as fp32 (exact, twice the bytes)")
     if not options.dry_run:
-        small = compress(adapter, plan, split=options.split, dtype=options.dtype)
+        small = small or compress(adapter, plan, split=options.split, dtype=options.dtype)
         writer(small, dest, source=adapter)
     out = None if options.dry_run or dest is None else str(dest)
     return CompressReport(adapter.path, out, mode, layer_results(report, plan, options.dtype), tuple(notes))

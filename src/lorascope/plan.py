@@ -30,8 +30,11 @@ the same cost per rank (e.g. q/k/v/o of one width) or the budget is used up exac
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +43,9 @@ from .errors import InvalidArgumentError
 KOHYA_MODES = ("sv_fro", "sv_cumulative", "sv_ratio")
 MODES = ("rank", "energy", "from_audit", "budget_params", "budget_ratio", "budget_bytes", *KOHYA_MODES)
 AUDIT_CHOICES = ("median", "p90", "per-layer")
+LOCAL_MODES = ("rank", "energy", *KOHYA_MODES)  # a layer's new rank depends on its own σ only
 ITEMSIZE = {"fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2}
+SCHEMA = "lorascope.compress/v1"
 _SLACK = 1e-12  # relative slack on energy comparisons (as metrics.energy_rank)
 _KOHYA_MIN_SV = 1e-6  # kohya's MIN_SV: a layer whose σ₁ is below this is "zero" and gets rank 1
 
@@ -142,21 +147,27 @@ def plan_ranks(report, mode: RankMode) -> dict[str, int]:
     layers = report.layers
     if mode.kind.startswith("budget"):
         return _budget(layers, mode)
+    if mode.kind in LOCAL_MODES:
+        return {lr.info.name: layer_rank(lr.sigma, lr.info, mode) for lr in layers}
     out = {}
-    for lr in layers:
-        sigma, info = lr.sigma, lr.info
-        if mode.kind == "rank":
-            k = int(mode.value)
-        elif mode.kind == "energy":
-            k = energy_k(sigma, float(mode.value))
-        elif mode.kind in KOHYA_MODES:
-            k = kohya_k(sigma, mode.kind, float(mode.value), min(info.out_features, info.in_features))
-        elif mode.value == "per-layer":
-            k = lr.suggested_rank
-        else:
-            k = int(report.suggestions[mode.value]["rank"])
-        out[info.name] = _constrain(k, info.rank, mode, bool(lr.dead))
+    for lr in layers:  # from_audit
+        k = lr.suggested_rank if mode.value == "per-layer" else int(report.suggestions[mode.value]["rank"])
+        out[lr.info.name] = _constrain(k, lr.info.rank, mode, bool(lr.dead))
     return out
+
+
+def layer_rank(sigma: np.ndarray, info, mode: RankMode) -> int:
+    """New rank of one layer for a LOCAL_MODES mode, from its own spectrum σ (r,) only."""
+    if mode.kind == "rank":
+        k = int(mode.value)
+    elif mode.kind == "energy":
+        k = energy_k(sigma, float(mode.value))
+    elif mode.kind in KOHYA_MODES:
+        k = kohya_k(sigma, mode.kind, float(mode.value), min(info.out_features, info.in_features))
+    else:
+        raise InvalidArgumentError(f"mode {mode.kind} needs every layer's spectrum; use plan_ranks")
+    dead = sigma.size == 0 or not sigma[0] > 0
+    return _constrain(k, info.rank, mode, dead)
 
 
 def _cost(info, mode: RankMode) -> int:
@@ -204,3 +215,124 @@ def _budget(layers, mode: RankMode) -> dict[str, int]:
             continue
         ks[li], spent = b, spent + add
     return {i.name: int(k) for i, k in zip(infos, ks, strict=True)}
+
+
+# --- the plan's report (compress and --dry-run) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    name: str
+    rank: int
+    new_rank: int
+    energy: float  # Σσᵢ² of the scaled ΔW
+    kept: float  # Σ_{i≤k} σᵢ²
+    params: int
+    new_params: int
+    itemsize: int
+    new_itemsize: int
+
+    @property
+    def kept_energy(self) -> float:
+        return 1.0 if self.energy == 0 else self.kept / self.energy
+
+    @property
+    def rel_error(self) -> float:
+        """‖ΔW − ΔW′‖_F / ‖ΔW‖_F = √(Σ_{i>k} σᵢ²) / √(Σσᵢ²) (Eckart–Young)."""
+        return 0.0 if self.energy == 0 else math.sqrt(max(self.energy - self.kept, 0.0) / self.energy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rank": self.rank,
+            "new_rank": self.new_rank,
+            "kept_energy": self.kept_energy,
+            "rel_frobenius_error": self.rel_error,
+            "params": self.params,
+            "new_params": self.new_params,
+            "bytes": self.params * self.itemsize,
+            "new_bytes": self.new_params * self.new_itemsize,
+        }
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    source: str | None
+    output: str | None
+    mode: RankMode
+    layers: tuple[LayerResult, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def summary(self) -> dict[str, Any]:
+        energy = sum(x.energy for x in self.layers)
+        kept = sum(x.kept for x in self.layers)
+        params = sum(x.params for x in self.layers)
+        new_params = sum(x.new_params for x in self.layers)
+        nbytes = sum(x.params * x.itemsize for x in self.layers)
+        new_bytes = sum(x.new_params * x.new_itemsize for x in self.layers)
+        return {
+            "n_layers": len(self.layers),
+            "n_changed": sum(x.new_rank != x.rank for x in self.layers),
+            "kept_energy": 1.0 if energy == 0 else kept / energy,
+            # the whole adapter as one block-diagonal ΔW: √(Σ discarded / Σ energy)
+            "rel_frobenius_error": 0.0 if energy == 0 else math.sqrt(max(energy - kept, 0.0) / energy),
+            "max_layer_rel_error": max((x.rel_error for x in self.layers), default=0.0),
+            "params": params,
+            "new_params": new_params,
+            "params_reduction": 0.0 if params == 0 else 1.0 - new_params / params,
+            "bytes": nbytes,
+            "new_bytes": new_bytes,
+            "bytes_reduction": 0.0 if nbytes == 0 else 1.0 - new_bytes / nbytes,
+        }
+
+    @property
+    def plan(self) -> dict[str, int]:
+        return {x.name: x.new_rank for x in self.layers}
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.mode
+        return {
+            "schema": SCHEMA,
+            "source": self.source,
+            "output": self.output,
+            "mode": {
+                "kind": m.kind,
+                "value": m.value,
+                "min_rank": m.min_rank,
+                "max_rank": m.max_rank,
+                "round_to": m.round_to,
+            },
+            "definitions": {
+                "kept_energy": "sum_{i<=k} sigma_i^2 / sum sigma_i^2 of the scaled dW",
+                "rel_frobenius_error": "||dW - dW'||_F / ||dW||_F = sqrt(1 - kept_energy)",
+            },
+            "summary": self.summary(),
+            "notes": list(self.notes),
+            "layers": [x.to_dict() for x in self.layers],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def layer_results(report, plan: Mapping[str, int], dtype: str | None) -> tuple[LayerResult, ...]:
+    """Kept energy etc. from the audit's singular values (exact to ~1e-15 relative, see spectral)."""
+    out = []
+    for lr in report.layers:
+        info = lr.info
+        k = int(plan.get(info.name, info.rank))
+        s2 = np.asarray(lr.sigma, dtype=np.float64) ** 2  # (r,)
+        out.append(
+            LayerResult(
+                name=info.name,
+                rank=info.rank,
+                new_rank=k,
+                energy=float(s2.sum()),
+                kept=float(s2[:k].sum()),
+                params=info.params,
+                new_params=info.params_at(k),
+                itemsize=ITEMSIZE.get(info.dtype, 4),
+                new_itemsize=ITEMSIZE.get(dtype or info.dtype, 4),
+            )
+        )
+    return tuple(out)
