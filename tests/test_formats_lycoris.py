@@ -130,3 +130,18 @@ def test_lokr_mismatched_factor_ranks(tmp_path, rng):
     write_safetensors_raw(tmp_path / "k.safetensors", t)
     with pytest.raises(FormatError, match=r"lokr_w2_a and lokr_w2_b ranks differ"):
         load(tmp_path / "k.safetensors")
+
+
+def test_loha_bad_factor_dims_are_format_errors(tmp_path, rng):
+    t = _loha_tensors(rng)
+    t["lycoris_x.hada_w2_a"] = (np.ones((10, 3, 1)), "fp32")
+    write_safetensors_raw(tmp_path / "d.safetensors", t)
+    with pytest.raises(
+        FormatError, match=r"layer lycoris_x: LoHa factors must be 2-D \(.*hada_w2_a \[10, 3, 1\]"
+    ):
+        load(tmp_path / "d.safetensors")
+    t = _loha_tensors(rng)
+    t["lycoris_x.hada_w2_b"] = (np.ones((3, 8)), "fp32")
+    write_safetensors_raw(tmp_path / "s.safetensors", t)
+    with pytest.raises(FormatError, match="LoHa factor shapes do not fit together"):
+        load(tmp_path / "s.safetensors")

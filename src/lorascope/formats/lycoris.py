@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,6 @@ def _layer(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
 
 
 def _with(info: LayerInfo, **extras: Any) -> LayerInfo:
-    from dataclasses import replace
-
     return replace(info, extras=frozen_mapping({**info.extras, **extras}))
 
 
@@ -128,45 +127,37 @@ def _scale(
 
 
 def _loha_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
-    missing_pair(src, name, roles, ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+    factors = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    missing_pair(src, name, roles, factors)
     s = {r: src.shape(roles[r]) for r in LOHA_ROLES if r in roles}
+    if any(len(s[k]) != 2 for k in factors):
+        raise _bad(src, name, roles, "LoHa factors must be 2-D")
     tucker = "hada_t1" in s or "hada_t2" in s
-    if tucker:
+    if tucker:  # w_a (r, out), w_b (r, c_in), t (r, r, kh, kw)
         missing_pair(src, name, roles, ("hada_t1", "hada_t2"))
-        (r1, out), (_, c_in), kernel = s["hada_w1_a"], s["hada_w1_b"], tuple(s["hada_t1"][2:])
-        ok = all(len(s[k]) == 2 for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
-        ok = ok and s["hada_t1"][:2] == (r1, r1) and s["hada_w1_b"][0] == r1 and s["hada_w2_a"][1] == out
-        ok = ok and s["hada_w2_b"][1] == c_in and s["hada_t2"] == (s["hada_w2_a"][0],) * 2 + kernel
-        ok = ok and s["hada_w2_b"][0] == s["hada_w2_a"][0]
-        r2, inn, weight_shape = s["hada_w2_a"][0], c_in * math.prod(kernel), (out, c_in, *kernel)
-    else:
-        (out, r1), (r1b, inn), (out2, r2), (r2b, in2) = (
-            s[k] for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-        )
-        ok = all(len(v) == 2 for v in s.values()) and r1 == r1b and r2 == r2b and out == out2 and inn == in2
-        weight_shape = ()
-    if not ok:
+        (r1, out), (r1b, c_in), (r2, out2), (r2b, c_in2) = (s[k] for k in factors)
+        kernel = tuple(s["hada_t1"][2:])
+        ok = s["hada_t1"] == (r1, r1, *kernel) and s["hada_t2"] == (r2, r2, *kernel) and len(kernel) == 2
+        inn, weight_shape = c_in * math.prod(kernel), (out, c_in, *kernel)
+    else:  # w_a (out, r), w_b (r, in·kh·kw)
+        (out, r1), (r1b, inn), (out2, r2), (r2b, c_in2) = (s[k] for k in factors)
+        ok, c_in, weight_shape = True, inn, ()
+    if not (ok and r1 == r1b and r2 == r2b and out == out2 and c_in == c_in2):
         raise _bad(src, name, roles, "LoHa factor shapes do not fit together")
     scale, alpha = _scale(src, name, roles, r1)
-    extras = {
-        "algo": "loha",
-        "tucker": tucker,
-        "alpha": alpha,
-        "roles": dict(roles),
-        "max_rank": min(r1 * r2, out, inn),
-    }
-    extras["keys"] = (roles["hada_w1_b"], roles["hada_w1_a"])
+    extras = {"algo": "loha", "tucker": tucker, "alpha": alpha, "roles": dict(roles)}
+    extras.update(max_rank=min(r1 * r2, out, inn), keys=(roles["hada_w1_b"], roles["hada_w1_a"]))
     return LayerInfo(
-        name,
-        "conv" if tucker else "linear",
-        r1,
-        out,
-        inn,
-        scale,
-        src.dtype(roles["hada_w1_a"]),
-        weight_shape,
-        "dora_scale" in roles,
-        frozen_mapping(extras),
+        name=name,
+        kind="conv" if tucker else "linear",
+        rank=r1,
+        out_features=out,
+        in_features=inn,
+        scale=scale,
+        dtype=src.dtype(roles["hada_w1_a"]),
+        weight_shape=weight_shape,
+        dora="dora_scale" in roles,
+        extras=frozen_mapping(extras),
     )
 
 
@@ -178,7 +169,9 @@ def _lokr_side(
     if full in roles:
         if a in roles or b in roles or t in roles:
             raise _bad(src, name, roles, f"both {full} and its factors are present")
-        shape = src.shape(roles[full])  # (o, i) or (o, i, kh, kw)
+        shape = src.shape(roles[full])  # (o, i) or, for w2 only, (o, i, kh, kw)
+        if len(shape) not in ((2,) if n == 1 else (2, 4)):
+            raise _bad(src, name, roles, f"{full} has {len(shape)} dimensions")
         rows, cols = shape[0], math.prod(shape[1:])
         return rows, cols, None, min(rows, cols)
     missing_pair(src, name, roles, (a, b))
@@ -205,34 +198,21 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     conv = bool(kernel)
     out, inn = o1 * o2, i1 * i2
     weight_shape = (out, inn // math.prod(kernel), *kernel) if conv else ()
-    rank = lora_dim if lora_dim is not None else _inner(o1, i1) * _inner(o2, i2)
-    extras = {
-        "algo": "lokr",
-        "alpha": alpha,
-        "roles": dict(roles),
-        "max_rank": k1 * k2,
-        "kron": ((o1, i1), (o2, i2)),
-    }
-    extras["keys"] = (
-        roles.get("lokr_w1", roles.get("lokr_w1_b")),
-        roles.get("lokr_w2", roles.get("lokr_w2_a")),
-    )
+    rank = lora_dim if lora_dim is not None else min(o1, i1) * min(o2, i2)  # both whole: U·D inner size
+    keys = (roles.get("lokr_w1", roles.get("lokr_w1_b")), roles.get("lokr_w2", roles.get("lokr_w2_a")))
+    extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "keys": keys}
     return LayerInfo(
-        name,
-        "conv" if conv else "linear",
-        rank,
-        out,
-        inn,
-        scale,
-        src.dtype(extras["keys"][1]),
-        weight_shape,
-        "dora_scale" in roles,
-        frozen_mapping(extras),
+        name=name,
+        kind="conv" if conv else "linear",
+        rank=rank,
+        out_features=out,
+        in_features=inn,
+        scale=scale,
+        dtype=src.dtype(keys[1]),
+        weight_shape=weight_shape,
+        dora="dora_scale" in roles,
+        extras=frozen_mapping(extras),
     )
-
-
-def _inner(rows: int, cols: int) -> int:
-    return min(rows, cols)
 
 
 def _f64(src: TensorSource, key: str) -> np.ndarray:
