@@ -137,3 +137,15 @@ def test_diffusers_output_directory_and_kohya_needs_a_file(tmp_path, rng):
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     with pytest.raises(InvalidArgumentError, match="kohya output is one file"):
         convert(src, tmp_path / "kdir", to="kohya")
+
+
+@pytest.mark.parametrize("to", ["kohya", "diffusers"])
+def test_bf16_stays_bf16_and_exact(tmp_path, rng, to):
+    layers = {"m.q_proj": (rng.standard_normal((4, 12)), rng.standard_normal((10, 4)))}
+    src = write_peft(tmp_path / "s", layers, dtype="bf16", config=peft_config(r=4, lora_alpha=3))
+    dest = tmp_path / "o.safetensors"
+    convert(src, dest, to=to)
+    out = load(dest)
+    assert out.layers[0].dtype == "bf16"
+    assert dest.stat().st_size < (tmp_path / "s" / "adapter_model.safetensors").stat().st_size + 4096
+    np.testing.assert_array_equal(next(iter(_dense(out).values())), next(iter(_dense(load(src)).values())))

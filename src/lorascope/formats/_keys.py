@@ -83,7 +83,11 @@ def read_alpha(src: TensorSource, key: str, name: str) -> float:
 
 
 def missing_pair(
-    src: TensorSource, name: str, roles: Mapping[str, str], need: tuple[str, ...], shown: Mapping[str, str] = {}
+    src: TensorSource,
+    name: str,
+    roles: Mapping[str, str],
+    need: tuple[str, ...],
+    shown: Mapping[str, str] = {},
 ) -> None:
     """Raise naming the present key(s) and the missing role(s) of a factor set (`shown`: display names)."""
     absent = [shown.get(r, r) for r in need if r not in roles]
@@ -160,3 +164,13 @@ def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
         down = tucker_down(src.get(roles["mid"]), down.reshape(down.shape[0], -1))  # (r, c_in·kh·kw)
     up = src.get(roles["up"]).reshape(info.out_features, -1)  # (out, r)
     return LoraDelta(info, down.reshape(down.shape[0], -1), up)
+
+
+_NP_NAMES = {np.dtype(np.float64): "fp64", np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+
+
+def stored(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
+    """(array, dtype) for `write_safetensors_typed` that loses nothing: bf16 layers (read as float32
+    holding bf16 values) go back to bf16; everything else keeps its numpy dtype."""
+    own = _NP_NAMES.get(np.dtype(arr.dtype), "fp64")
+    return arr, "bf16" if dtype == "bf16" and own == "fp32" else own

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, frozen_mapping
 from ._checks import check_outlier_shapes, reject_leftovers
-from ._io import open_safetensors, write_safetensors
+from ._io import open_safetensors, write_safetensors_typed
 from ._keys import (
     KOHYA_MODULE,
     KOHYA_ROLES,
@@ -37,6 +37,7 @@ from ._keys import (
     header_keys,
     kohya_lora_layer,
     load_kohya_lora,
+    stored,
 )
 
 NAMES_KEY = "lorascope_module_names"
@@ -134,7 +135,7 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
     up/down are stored as they are and alpha = scale·r, so alpha / r reproduces the scale.  Conv
     factors get their 4-D kohya shapes back from `weight_shape`.
     """
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, tuple[np.ndarray, str]] = {}
     names: dict[str, str] = {}
     two_te = any(x.extras.get("dotted_name", x.name).startswith("text_encoder_2.") for x in adapter.layers)
     for delta in adapter.iter_deltas():
@@ -154,9 +155,9 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
         if info.kind == "conv":
             down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
             up = up.reshape(*up.shape, 1, 1)  # (out, r, 1, 1)
-        tensors[f"{k}.lora_down.weight"] = down
-        tensors[f"{k}.lora_up.weight"] = up
-        tensors[f"{k}.alpha"] = np.asarray(info.scale * info.rank, dtype=np.float64)
+        tensors[f"{k}.lora_down.weight"] = stored(down, info.dtype)
+        tensors[f"{k}.lora_up.weight"] = stored(up, info.dtype)
+        tensors[f"{k}.alpha"] = (np.asarray(info.scale * info.rank, dtype=np.float64), "fp64")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta[NAMES_KEY] = json.dumps(names)
-    write_safetensors(dest, tensors, meta)
+    write_safetensors_typed(dest, tensors, meta)
