@@ -18,6 +18,7 @@ CASES = {
     "lokr_tucker": ("lokr", {"factor": 4, "use_tucker": True}, 2),
     "lokr_both_factored": ("lokr", {"factor": 8, "decompose_both": True}, 1),
     "lokr_full_matrix": ("lokr", {"factor": 4, "full_matrix": True}, 4),
+    "locon_tucker": ("locon", {"use_tucker": True}, 4),  # lora_down/lora_mid/lora_up in a LyCORIS file
 }
 
 
@@ -48,7 +49,12 @@ def _build(tmp_path, algo, options, dim, seed):
     model.double(), net.double()  # the file holds fp32 values; float64 makes the ground truth exact
     with torch.no_grad():
         for module in net.loras:
-            w = module.get_weight(module.shape)
+            # LoCon: make_weight is unscaled and get_diff_weight scales once.
+            w = (
+                module.get_weight(module.shape)
+                if hasattr(module, "get_weight")
+                else module.get_diff_weight()[0]
+            )
             truth[module.lora_name] = w.double().reshape(w.shape[0], -1).numpy()  # (out, in·kh·kw)
         eye = torch.eye(48, dtype=torch.float64)
         applied = model.fc1(eye) - torch.nn.functional.linear(
@@ -71,7 +77,7 @@ def test_lycoris_spectra_match_dense_svd(tmp_path, case):
         k = min(len(dense), len(layer.sigma))
         assert np.all(layer.sigma[k:] <= 1e-9 * dense[0])
         np.testing.assert_allclose(layer.sigma[:k], dense[:k], rtol=1e-6, atol=1e-9 * dense[0])
-        assert layer.info.extras["algo"] == algo
+        assert layer.info.extras["algo"] == {"locon": "lora"}.get(algo, algo)
         assert layer.info.extras["max_rank"] >= np.sum(dense > 1e-8 * dense[0])
     conv = next(x for x in report.layers if x.name.endswith("conv"))
     assert conv.info.out_features == 48 and conv.info.in_features == 32 * 9
