@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import textwrap
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SHAPES = {
     "q_proj": (4096, 4096),
     "k_proj": (1024, 4096),
@@ -67,8 +69,11 @@ _DENSE = textwrap.dedent(
 )
 
 
-def measure(cmd: list[str]) -> dict:
-    res = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    env = {**os.environ, **(env or {})}
+    res = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True, env=env
+    )
     data = json.loads(res.stdout)
     if data["rc"] != 0:
         raise SystemExit(f"command failed: {' '.join(cmd)}")
@@ -111,19 +116,26 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
         )
     results = {}
-    for label, flags in (("rank16", ["--rank", "16"]), ("energy0.9", ["--energy", "0.9"])):
-        out = work / f"out-{label}"
+    # OpenBLAS threads: default, and 1 (many small r×r / thin BLAS calls; threads mostly add overhead,
+    # badly so when other processes share the cores)
+    runs = [
+        (f"{label}{tag}", flags, env)
+        for label, flags in (("rank16", ["--rank", "16"]), ("energy0.9", ["--energy", "0.9"]))
+        for tag, env in (("", None), ("/1thread", ONE_THREAD))
+    ]
+    for label, flags, env in runs:
+        out = work / "out"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         cmd = [sys.executable, "-m", "lorascope", "compress", str(adapter), "-o", str(out), "--json", *flags]
-        results[label] = r = measure(cmd)
+        results[label] = r = measure(cmd, env)
         summary = json.loads(r.pop("stdout"))["summary"]
         r.update({k: summary[k] for k in ("new_params", "kept_energy", "rel_frobenius_error")})
     results["dense_svd"] = dense_baseline(adapter, args.layers)
     d = results["dense_svd"]
-    for label in ("rank16", "energy0.9"):
+    for label, _, _ in runs:
         r = results[label]
         print(
-            f"compress {label:<10} wall {r['wall_s']:6.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
+            f"compress {label:<18} wall {r['wall_s']:6.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
             f"kept energy {r['kept_energy']:.3f}   params {r['new_params']:,}   "
             f"dense/ours time ×{d['estimated_total_s'] / r['wall_s']:.0f}"
         )
