@@ -351,3 +351,21 @@ def test_non_finite_factor_is_a_format_error(tmp_path, rng, mode):
     with pytest.raises(FormatError, match=r"layer m\.q_proj: tensor .*lora_A.* contains NaN or Inf"):
         compress_file(src, tmp_path / "out", mode)
     assert not (tmp_path / "out").exists()
+
+
+def test_fp16_overflow_is_refused(rng):
+    info = LayerInfo("big", "linear", 4, 8, 8, 1.0, "fp32")
+    a, b = random_factors(rng, 8, 8, 4)
+    ad = Adapter.from_deltas([LoraDelta(info, a * 1e3, b * 1e3)])
+    with pytest.raises(InvalidArgumentError, match="overflow fp16; use --split sqrt"):
+        compress(ad, {"big": 2}, dtype="fp16")
+    small = compress(ad, {"big": 2}, dtype="fp16", split="sqrt")  # √S/√S keeps both factors in range
+    assert np.isfinite(small.delta("big").up).all()
+
+
+def test_cli_kohya_mode_dry_run_text(small_adapter, capsys):
+    src, _ = small_adapter
+    assert main(["compress", str(src), "--sv-fro", "0.9", "--dry-run", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run, nothing written" in out and "mode: sv_fro 0.9" in out
+    assert out.count(" → ") >= 8 + 1  # one line per layer plus the header

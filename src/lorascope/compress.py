@@ -55,7 +55,8 @@ def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
         # round to nearest even on the low 16 bits, then clear them
         bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
         return bits.astype(np.uint32).view(np.float32)
-    return np.asarray(x, dtype={"fp16": np.float16, "fp32": np.float32, "fp64": np.float64}[dtype])
+    with np.errstate(over="ignore"):  # an fp16 overflow becomes inf and is reported by _checked
+        return np.asarray(x, dtype={"fp16": np.float16, "fp32": np.float32, "fp64": np.float64}[dtype])
 
 
 # CholeskyQR2 is accepted when the factor's condition number, estimated from the Cholesky diagonal,
@@ -148,7 +149,7 @@ def _truncate(delta: LoraDelta, k: int, split: str, dtype: str, f64=None) -> Lor
     new_info = replace(
         info, rank=k, dtype=dtype, extras=frozen_mapping({**info.extras, "compressed_from": info.rank})
     )
-    return LoraDelta(new_info, round_to_dtype(down, dtype), round_to_dtype(up, dtype))
+    return _checked(LoraDelta(new_info, round_to_dtype(down, dtype), round_to_dtype(up, dtype)))
 
 
 def compress(
@@ -180,7 +181,16 @@ def _same_rank(delta: LoraDelta, dtype: str) -> LoraDelta:
     if dtype == delta.info.dtype:
         return delta
     info = replace(delta.info, dtype=dtype)
-    return LoraDelta(info, round_to_dtype(delta.down, dtype), round_to_dtype(delta.up, dtype))
+    return _checked(LoraDelta(info, round_to_dtype(delta.down, dtype), round_to_dtype(delta.up, dtype)))
+
+
+def _checked(delta: LoraDelta) -> LoraDelta:
+    """fp16 tops out at 65504: refuse factors that overflowed instead of writing inf (Gradience B26)."""
+    if delta.info.dtype == "fp16" and not (np.isfinite(delta.down).all() and np.isfinite(delta.up).all()):
+        raise InvalidArgumentError(
+            f"layer {delta.name}: factors overflow fp16; use --split sqrt or --dtype fp32/bf16"
+        )
+    return delta
 
 
 def _assemble(adapter: Adapter, deltas: list[LoraDelta]) -> Adapter:
