@@ -15,7 +15,7 @@ from conftest import PREFIX, peft_config, random_factors, write_peft
 
 from lorascope.audit import AuditOptions, audit
 from lorascope.cli.main import main
-from lorascope.compress import CompressOptions, compress, compress_file
+from lorascope.compress import CompressOptions, compress, compress_file, round_to_dtype
 from lorascope.errors import InvalidArgumentError
 from lorascope.formats import load
 from lorascope.plan import RankMode, plan_ranks
@@ -369,3 +369,16 @@ def test_cli_kohya_mode_dry_run_text(small_adapter, capsys):
     out = capsys.readouterr().out
     assert "dry run, nothing written" in out and "mode: sv_fro 0.9" in out
     assert out.count(" → ") >= 8 + 1  # one line per layer plus the header
+
+
+def test_kohya_bf16_stays_bf16(tmp_path, rng):
+    from lorascope.formats import kohya
+
+    infos = [LayerInfo(f"lora_unet_l{i}", "linear", 6, 12, 10, 0.5, "bf16") for i in range(2)]
+    deltas = [
+        LoraDelta(i, *[round_to_dtype(x, "bf16") for x in random_factors(rng, 12, 10, 6)]) for i in infos
+    ]
+    kohya.write(Adapter.from_deltas(deltas), tmp_path / "in.safetensors")
+    compress_file(tmp_path / "in.safetensors", tmp_path / "out.safetensors", RankMode("rank", 2))
+    header = _header(tmp_path / "out.safetensors")
+    assert {v["dtype"] for k, v in header.items() if k.endswith("weight")} == {"BF16"}

@@ -283,8 +283,6 @@ def compress_file(
         notes.append(
             "DoRA magnitude vectors are copied unchanged: outputs differ by more than the truncation"
         )
-    if adapter.format != "peft" and "bf16" in {options.dtype or x.dtype for x in adapter.layers}:
-        notes.append(f"the {adapter.format} writer stores bf16 factors as fp32 (exact, twice the bytes)")
     if not options.dry_run:
         small = small or compress(adapter, plan, split=options.split, dtype=options.dtype)
         writer(small, dest, source=adapter)
