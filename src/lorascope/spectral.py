@@ -14,13 +14,29 @@ For ΔW = s · B A with A: (r, n) and B: (m, r) the dense m×n matrix is never f
 
 Non-finite factors are detected for free: a NaN/Inf anywhere in a row of A (column of B) makes a
 diagonal entry of its Gram matrix non-finite.
+
+Speed (benchmarks/README.md): factors stored in fp32/fp16/bf16 are widened to float64 one block of
+`_BLOCK` columns (rows) at a time and the block Grams summed, so the widened copy stays in cache and
+is never a whole (m, r) float64 array.  The Gram products run on one BLAS thread (OpenBLAS's
+thread-local setting, when numpy's OpenBLAS has it): for r×r outputs the second thread gains ~25 %
+on an idle machine but costs 5-50× when other processes load the cores (threads wait on each other).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
+
+_BLOCK = 512  # columns (rows) widened to float64 at once: r=64 → a 256 KiB block, fits in L2
+_PARALLEL_MIN = 1 << 18  # factor elements (A and B together) above which two threads pay off
 
 
 class NonFiniteError(ValueError):
@@ -37,15 +53,97 @@ def _f64(x: np.ndarray) -> np.ndarray:
 
 def lora_singular_values(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Singular values of scale·up@down, descending, float64, length r (zeros included)."""
-    a = _f64(down)  # (r, n)
-    b = _f64(up)  # (m, r)
-    ga = a @ a.T  # (r, r)  syrk
-    gb = b.T @ b  # (r, r)  syrk
+    a = np.asarray(down)  # (r, n)
+    b = np.asarray(up)  # (m, r)
+    ga, gb = factor_grams(a, b)  # (r, r), (r, r)
     if not np.isfinite(np.trace(ga)):
         raise NonFiniteError("down")
     if not np.isfinite(np.trace(gb)):
         raise NonFiniteError("up")
     return gram_singular_values(ga, gb, scale)
+
+
+def factor_grams(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A Aᵀ, BᵀB) in float64 for A (r, n), B (m, r).  Large factors: the second half of A's
+    columns and of B's rows go to a helper thread (numpy releases the GIL in copies and BLAS)."""
+    n, m = a.shape[1], b.shape[0]
+    if a.size + b.size < _PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+        return _grams(a, b, (0, n), (0, m))
+    ha, hb = n // 2, m // 2
+    helper = _helper().submit(_grams, a, b, (ha, n), (hb, m))
+    ga, gb = _grams(a, b, (0, ha), (0, hb))
+    ga2, gb2 = helper.result()
+    return ga + ga2, gb + gb2
+
+
+def _grams(a, b, cols: tuple[int, int], rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    with _one_blas_thread():
+        return _gram_rows(a, *cols), _gram_cols(b, *rows)
+
+
+def _gram_rows(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Σ_j x[:, j] x[:, j]ᵀ over lo ≤ j < hi, float64, for x (r, n): blocks (r, w) widened in cache."""
+    r = x.shape[0]
+    if x.dtype == np.float64:
+        part = x[:, lo:hi]  # (r, hi-lo) strided view, BLAS reads it in place
+        return part @ part.T  # (r, r)  syrk
+    g = np.zeros((r, r))  # (r, r)
+    buf = np.empty(r * min(max(hi - lo, 0), _BLOCK))  # flat: every block view is C-contiguous
+    for j in range(lo, hi, _BLOCK):
+        w = min(_BLOCK, hi - j)
+        blk = buf[: r * w].reshape(r, w)  # (r, w) float64
+        np.copyto(blk, x[:, j : j + w])
+        g += blk @ blk.T  # (r, r)  syrk
+    return g
+
+
+def _gram_cols(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Σ_i x[i]ᵀ x[i] over lo ≤ i < hi, float64, for x (m, r): blocks (h, r) widened in cache."""
+    r = x.shape[1]
+    if x.dtype == np.float64:
+        part = x[lo:hi]  # (hi-lo, r)
+        return part.T @ part  # (r, r)  syrk
+    g = np.zeros((r, r))  # (r, r)
+    buf = np.empty(r * min(max(hi - lo, 0), _BLOCK))
+    for i in range(lo, hi, _BLOCK):
+        h = min(_BLOCK, hi - i)
+        blk = buf[: h * r].reshape(h, r)  # (h, r) float64
+        np.copyto(blk, x[i : i + h])
+        g += blk.T @ blk  # (r, r)  syrk
+    return g
+
+
+@cache
+def _helper() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorascope-gram")
+
+
+@cache
+def _openblas_local_threads():
+    """numpy's bundled OpenBLAS `openblas_set_num_threads_local` (≥ 0.3.27), or None."""
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    for lib in sorted(libs.glob("libscipy_openblas*.so*")):
+        try:
+            fn = ctypes.CDLL(str(lib)).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Run the enclosed BLAS calls of *this* Python thread on one BLAS thread (no-op elsewhere)."""
+    fn = _openblas_local_threads()
+    if fn is None:
+        yield
+        return
+    previous = fn(1)
+    try:
+        yield
+    finally:
+        fn(previous)
 
 
 def gram_singular_values(ga: np.ndarray, gb: np.ndarray, scale: float = 1.0) -> np.ndarray:
