@@ -20,6 +20,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,11 +92,27 @@ class SafetensorsSource(TensorSource):
     def _read_bf16(self, key: str, entry: dict) -> np.ndarray:
         start, end = entry["data_offsets"]
         count = (end - start) // 2
-        raw = np.fromfile(self.path, dtype="<u2", count=count, offset=self._data_start + start)
-        # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word
-        # (one pass: the ufunc widens to uint32 while shifting, no intermediate copy).
-        wide = np.left_shift(raw, 16, dtype=np.uint32)  # (count,)
+        raw = _scratch_u2(count)  # (count,) reused per thread: no fresh pages to fault in per tensor
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start + start)
+            got = f.readinto(raw)
+        if got != 2 * count:
+            raise FormatError(f"truncated safetensors file: tensor {key!r} is cut short", path=self.path)
+        # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
+        wide = raw.astype(np.uint32)  # (count,)
+        wide <<= 16
         return wide.view(np.float32).reshape(entry["shape"])
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_u2(count: int) -> np.ndarray:
+    """A per-thread uint16 read buffer of at least `count` elements (grown, never shrunk)."""
+    buf = getattr(_SCRATCH, "u2", None)
+    if buf is None or buf.size < count:
+        buf = _SCRATCH.u2 = np.empty(count, dtype="<u2")
+    return buf[:count]
 
 
 class DictSource(TensorSource):
