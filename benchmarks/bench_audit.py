@@ -8,6 +8,8 @@ One run measures, page cache warm (the file is read once before timing):
   (b) read    a bare read of every tensor with the safetensors library into memory (torch
               framework: numpy's cannot hold bf16), in this process: the I/O floor;
       python  `python -c "import numpy"`: the interpreter + numpy start-up floor of any process;
+      import  `python -c "import lorascope.cli.main"`: what the CLI pays before reading a byte;
+      in-proc lorascope.audit(path).to_json() in this process: the audit's work without start-up;
   (c) dense   np.linalg.svd(compute_uv=False) of the dense float32 scale·B·A for one k, q and gate
               layer (forming the product included), extrapolated to the whole adapter as
               n_layers · (2·t_q + 2·t_k + 3·t_gate)  (o ≈ q, v ≈ k, up ≈ down ≈ gate in cost);
@@ -97,6 +99,18 @@ def bare_read(weights: Path, repeats: int) -> float:
     return min(times)
 
 
+def audit_in_process(adapter_dir: Path, repeats: int) -> float:
+    """Best-of time of lorascope.audit(path).to_json() in this process: the work without start-up."""
+    from lorascope import audit
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        audit(adapter_dir).to_json()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def _has_torch() -> bool:
     try:
         import torch  # noqa: F401
@@ -170,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
 
     audit = best_of([*lorascope_cmd(), "audit", str(adapter), "--json", "-q"], args.repeats)
     python = best_of([sys.executable, "-c", "import numpy"], args.repeats)
+    imports = best_of([sys.executable, "-c", "import lorascope.cli.main"], args.repeats)
+    in_process = audit_in_process(adapter, args.repeats)
     read_s = bare_read(weights, args.repeats)
     dense = dense_baseline(adapter, args.dense_repeats, n_layers)
     results = _results(adapter, weights, n_layers, audit, python, read_s, dense, args, load_before)
+    results["cli_import_process"] = imports
+    results["audit_in_process_s"] = in_process
     print(_table(results))
     out = args.out or ROOT / "bench-out" / f"bench_audit{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +240,10 @@ def _table(r: dict) -> str:
         ("lorascope audit --json (process)", a["wall_s"], f"{a['peak_rss_mb']:.0f}", 1.0),
         ("python -c 'import numpy' (process)", r["python_numpy_startup"]["wall_s"],
          f"{r['python_numpy_startup']['peak_rss_mb']:.0f}", ratio["python_numpy_startup"]),
+        ("python -c 'import lorascope.cli.main' (process)", r["cli_import_process"]["wall_s"],
+         f"{r['cli_import_process']['peak_rss_mb']:.0f}", r["cli_import_process"]["wall_s"] / a["wall_s"]),
+        ("lorascope.audit(path).to_json(), in process", r["audit_in_process_s"], "-",
+         r["audit_in_process_s"] / a["wall_s"]),
         ("bare safetensors read, all tensors", r["bare_read_s"], "-", ratio["bare_read"]),
         ("dense SVD, one q_proj (4096x4096)", d["q_proj"], "-", ratio["dense_q_layer"]),
         ("dense SVD, one gate_proj (14336x4096)", d["gate_proj"], "-", ratio["dense_gate_layer"]),
@@ -231,10 +253,10 @@ def _table(r: dict) -> str:
     lines = [
         f"adapter {r['adapter']}: {r['file_mb']} MB, {r['n_decoder_layers']} layers x 7 modules, bf16, r=64; "
         f"best of {r['repeats']}; load avg before {r['machine']['loadavg_before'][0]:.2f}",
-        f"| {'what':<46} | {'time (s)':>9} | {'peak RSS (MB)':>13} | {'x audit':>8} |",
-        f"|{'-' * 48}|{'-' * 11}|{'-' * 15}|{'-' * 10}|",
+        f"| {'what':<50} | {'time (s)':>9} | {'peak RSS (MB)':>13} | {'x audit':>8} |",
+        f"|{'-' * 52}|{'-' * 11}|{'-' * 15}|{'-' * 10}|",
     ]
-    lines += [f"| {w:<46} | {t:>9.3f} | {m:>13} | {x:>8.2f} |" for w, t, m, x in rows]
+    lines += [f"| {w:<50} | {t:>9.3f} | {m:>13} | {x:>8.2f} |" for w, t, m, x in rows]
     met = "met" if r["targets"]["met"] else "NOT met"
     errs = ", ".join(f"{m} {d[m + '_metric_rel_err']:.1e}" for m in ("k_proj", "q_proj", "gate_proj"))
     lines.append(f"metrics vs dense float32 SVD, max rel. error: {errs}")
