@@ -22,7 +22,8 @@ def reference(sigma: np.ndarray, r: int, taus) -> dict[str, float]:
     s = np.sort(np.asarray(sigma, np.float64))[::-1]
     s = s[s > 1e-9 * s[0]]  # drop the dense SVD's round-off floor (≈1e-16·σ₁)
     e = np.sum(s**2)
-    p = s / s.sum()
+    nz = s[s > 1e-6 * s[0]]  # effective rank: over the numerically non-zero part
+    p = nz / nz.sum()
     out = {
         "sigma_max": s[0],
         "frobenius": math.sqrt(e),
@@ -170,3 +171,18 @@ def test_registry_is_complete_and_pure():
     for fn in metrics.METRICS.values():
         assert math.isfinite(fn(s))
     np.testing.assert_array_equal(s.sigma, before)
+
+
+@pytest.mark.parametrize(("r", "live"), [(64, 1), (64, 4), (64, 32), (16, 1)])
+def test_rank_deficient_layer(r, live):
+    """Columns of B still zero: the Gram core's ~1e-8·σ₁ noise must not move any metric."""
+    rng = np.random.default_rng(r + live)
+    a = quantize(rng.standard_normal((r, 300)), "fp32")
+    b = quantize(rng.standard_normal((400, r)), "fp32")
+    b[:, live:] = 0.0
+    truth = dense_sigma(a, b, 1.0)
+    ref = reference(truth, r, (0.9, 1.0))
+    got = compute(Spectrum(lora_singular_values(a, b), r), (0.9, 1.0))
+    for name, value in ref.items():
+        assert abs(got[name] - value) <= REL * abs(value), (name, got[name], value)
+    assert got["numerical_rank"] == got["energy_rank@1"] == live

@@ -23,7 +23,9 @@ from .spectral import NonFiniteError, lora_singular_values
 from .types import Adapter, LayerInfo
 
 SCHEMA = "lorascope.audit/v1"
-EFFECTIVE_RANK_DEFINITION = "exp(H(p)), p = sigma / sum(sigma) (Roy & Vetterli 2007)"
+EFFECTIVE_RANK_DEFINITION = (
+    "exp(H(p)), p = sigma / sum(sigma) over sigma_i > 1e-6 * sigma_1 (Roy & Vetterli 2007)"
+)
 
 
 @dataclass(frozen=True)
