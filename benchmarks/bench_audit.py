@@ -79,8 +79,12 @@ def run_child(cmd: list[str]) -> tuple[float, float]:
 def best_of(cmd: list[str], repeats: int) -> dict[str, float | list[float]]:
     runs = [run_child(cmd) for _ in range(repeats)]
     walls = [w for w, _ in runs]
-    return {"wall_s": min(walls), "wall_median_s": float(np.median(walls)), "walls_s": walls,
-            "peak_rss_mb": max(r for _, r in runs)}
+    return {
+        "wall_s": min(walls),
+        "wall_median_s": float(np.median(walls)),
+        "walls_s": walls,
+        "peak_rss_mb": max(r for _, r in runs),
+    }
 
 
 def bare_read(weights: Path, repeats: int) -> float:
@@ -214,8 +218,12 @@ def _results(adapter, weights, n_layers, audit, python, read_s, dense, args, loa
         "n_decoder_layers": n_layers,
         "repeats": args.repeats,
         "dense_repeats": args.dense_repeats,
-        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "audit_process": audit,
         "python_numpy_startup": python,
         "bare_read_s": read_s,
@@ -227,8 +235,11 @@ def _results(adapter, weights, n_layers, audit, python, read_s, dense, args, loa
             "dense_gate_layer": dense["gate_proj"] / a,
             "dense_whole_adapter": dense["whole_adapter_estimate"] / a,
         },
-        "targets": {"wall_s": TARGET_WALL_S, "peak_rss_mb": TARGET_RSS_MB,
-                    "met": a <= TARGET_WALL_S and audit["peak_rss_mb"] <= TARGET_RSS_MB},
+        "targets": {
+            "wall_s": TARGET_WALL_S,
+            "peak_rss_mb": TARGET_RSS_MB,
+            "met": a <= TARGET_WALL_S and audit["peak_rss_mb"] <= TARGET_RSS_MB,
+        },
     }
 
 
@@ -238,17 +249,33 @@ def _table(r: dict) -> str:
     ratio = r["ratio_to_audit"]
     rows = [
         ("lorascope audit --json (process)", a["wall_s"], f"{a['peak_rss_mb']:.0f}", 1.0),
-        ("python -c 'import numpy' (process)", r["python_numpy_startup"]["wall_s"],
-         f"{r['python_numpy_startup']['peak_rss_mb']:.0f}", ratio["python_numpy_startup"]),
-        ("python -c 'import lorascope.cli.main' (process)", r["cli_import_process"]["wall_s"],
-         f"{r['cli_import_process']['peak_rss_mb']:.0f}", r["cli_import_process"]["wall_s"] / a["wall_s"]),
-        ("lorascope.audit(path).to_json(), in process", r["audit_in_process_s"], "-",
-         r["audit_in_process_s"] / a["wall_s"]),
+        (
+            "python -c 'import numpy' (process)",
+            r["python_numpy_startup"]["wall_s"],
+            f"{r['python_numpy_startup']['peak_rss_mb']:.0f}",
+            ratio["python_numpy_startup"],
+        ),
+        (
+            "python -c 'import lorascope.cli.main' (process)",
+            r["cli_import_process"]["wall_s"],
+            f"{r['cli_import_process']['peak_rss_mb']:.0f}",
+            r["cli_import_process"]["wall_s"] / a["wall_s"],
+        ),
+        (
+            "lorascope.audit(path).to_json(), in process",
+            r["audit_in_process_s"],
+            "-",
+            r["audit_in_process_s"] / a["wall_s"],
+        ),
         ("bare safetensors read, all tensors", r["bare_read_s"], "-", ratio["bare_read"]),
         ("dense SVD, one q_proj (4096x4096)", d["q_proj"], "-", ratio["dense_q_layer"]),
         ("dense SVD, one gate_proj (14336x4096)", d["gate_proj"], "-", ratio["dense_gate_layer"]),
-        (f"dense SVD, whole adapter (est., {r['n_decoder_layers']} layers)", d["whole_adapter_estimate"], "-",
-         ratio["dense_whole_adapter"]),
+        (
+            f"dense SVD, whole adapter (est., {r['n_decoder_layers']} layers)",
+            d["whole_adapter_estimate"],
+            "-",
+            ratio["dense_whole_adapter"],
+        ),
     ]
     lines = [
         f"adapter {r['adapter']}: {r['file_mb']} MB, {r['n_decoder_layers']} layers x 7 modules, bf16, r=64; "
@@ -260,8 +287,10 @@ def _table(r: dict) -> str:
     met = "met" if r["targets"]["met"] else "NOT met"
     errs = ", ".join(f"{m} {d[m + '_metric_rel_err']:.1e}" for m in ("k_proj", "q_proj", "gate_proj"))
     lines.append(f"metrics vs dense float32 SVD, max rel. error: {errs}")
-    lines.append(f"targets (<= {TARGET_WALL_S} s, <= {TARGET_RSS_MB:.0f} MB): {met}; "
-                 f"audit median {a['wall_median_s']:.3f} s")
+    lines.append(
+        f"targets (<= {TARGET_WALL_S} s, <= {TARGET_RSS_MB:.0f} MB): {met}; "
+        f"audit median {a['wall_median_s']:.3f} s"
+    )
     return "\n".join(lines)
 
 
