@@ -118,6 +118,11 @@ def _helper() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorascope-gram")
 
 
+# A forked child inherits the executor object but not its thread: start a fresh one there.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_helper.cache_clear)
+
+
 @cache
 def _openblas_local_threads():
     """numpy's bundled OpenBLAS `openblas_set_num_threads_local` (≥ 0.3.27), or None."""
