@@ -24,10 +24,8 @@ on an idle machine but costs 5-50× when other processes load the cores (threads
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -114,7 +112,9 @@ def _gram_cols(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 @cache
-def _helper() -> ThreadPoolExecutor:
+def _helper():
+    from concurrent.futures import ThreadPoolExecutor  # imported on first use: CLI start-up time
+
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorascope-gram")
 
 
@@ -126,6 +126,8 @@ if hasattr(os, "register_at_fork"):
 @cache
 def _openblas_local_threads():
     """numpy's bundled OpenBLAS `openblas_set_num_threads_local` (≥ 0.3.27), or None."""
+    import ctypes
+
     libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
     for lib in sorted(libs.glob("libscipy_openblas*.so*")):
         try:
