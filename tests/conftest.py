@@ -58,7 +58,11 @@ def write_safetensors_raw(path: Path, tensors: dict[str, tuple[np.ndarray, str]]
     chunks, offset = [], 0
     for key, (arr, dtype) in tensors.items():
         tag, data = encode(arr, dtype)
-        header[key] = {"dtype": tag, "shape": list(np.shape(arr)), "data_offsets": [offset, offset + len(data)]}
+        header[key] = {
+            "dtype": tag,
+            "shape": list(np.shape(arr)),
+            "data_offsets": [offset, offset + len(data)],
+        }
         chunks.append(data)
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()

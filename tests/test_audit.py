@@ -22,7 +22,9 @@ def known_layer(name: str, sigma, r: int, rng, out=20, inn=16, scale=1.0) -> Lor
     s[: len(sigma)] = sigma
     u, _ = np.linalg.qr(rng.standard_normal((out, r)))
     v, _ = np.linalg.qr(rng.standard_normal((inn, r)))
-    info = LayerInfo(name=name, kind="linear", rank=r, out_features=out, in_features=inn, scale=scale, dtype="fp64")
+    info = LayerInfo(
+        name=name, kind="linear", rank=r, out_features=out, in_features=inn, scale=scale, dtype="fp64"
+    )
     return LoraDelta(info, v.T.copy(), u * s / scale)
 
 
@@ -31,7 +33,16 @@ def test_report_json_schema_and_values(small_adapter):
     report = audit(path, AuditOptions(thresholds=(0.9, 0.5, 1.0)))
     d = strict_json(report.to_json())
     assert d["schema"] == "lorascope.audit/v1"
-    assert set(d) == {"schema", "source", "definitions", "options", "summary", "suggestions", "notes", "layers"}
+    assert set(d) == {
+        "schema",
+        "source",
+        "definitions",
+        "options",
+        "summary",
+        "suggestions",
+        "notes",
+        "layers",
+    }
     assert d["source"]["format"] == "peft" and d["source"]["r"] == 8 and d["source"]["lora_alpha"] == 16
     assert d["options"] == {"thresholds": [0.9, 0.5, 1.0], "rounding": "multiple:4", "min_rank": 1}
     assert "Roy & Vetterli" in d["definitions"]["effective_rank"]
@@ -39,7 +50,9 @@ def test_report_json_schema_and_values(small_adapter):
     worst = 0.0
     for layer in d["layers"]:
         a, b = layers[layer["name"]]
-        truth = np.linalg.svd(2.0 * b.astype(np.float32).astype(float) @ a.astype(np.float32).astype(float), compute_uv=False)
+        truth = np.linalg.svd(
+            2.0 * b.astype(np.float32).astype(float) @ a.astype(np.float32).astype(float), compute_uv=False
+        )
         got = np.array(layer["singular_values"])
         worst = max(worst, float(np.max(np.abs(got - truth[:8]) / truth[:8])))
         assert layer["scale"] == 2.0 and layer["rank"] == 8 and layer["shape"] == [24, 16]
@@ -68,7 +81,9 @@ def test_dead_layers_never_nan(tmp_path, rng):
         assert x["energy_rank@0.9"] == 0 and x["suggested_rank"] == 1
     assert any("2 of 4 layers are dead" in n for n in d["notes"])
     # the all-dead adapter: summaries of no live layers are zeros, not NaN
-    write_peft(tmp_path / "all", {n: (a, np.zeros_like(b)) for n, (a, b) in layers.items()}, config=peft_config(r=4))
+    write_peft(
+        tmp_path / "all", {n: (a, np.zeros_like(b)) for n, (a, b) in layers.items()}, config=peft_config(r=4)
+    )
     d = strict_json(audit(tmp_path / "all").to_json())
     assert d["summary"]["stable_rank"]["median"] == 0.0 and d["suggestions"]["median"]["rank"] == 1
 
@@ -85,7 +100,10 @@ def test_suggestions_from_known_spectra(rng):
     # median 5 -> 8; p90 of [1,3,5,5,9] = 5 + 0.6·4 = 7.4 -> 8
     assert g["median"]["rank"] == 8 and g["p90"]["rank"] == 8
     per_layer_params = sum(r * 36 for r in (4, 4, 8, 8, 12))
-    assert g["per_layer"] == {"params": per_layer_params, "reduction": round(1 - per_layer_params / (5 * 16 * 36), 6)}
+    assert g["per_layer"] == {
+        "params": per_layer_params,
+        "reduction": round(1 - per_layer_params / (5 * 16 * 36), 6),
+    }
     assert g["current_params"] == 5 * 16 * 36
     pc = g["peft_config"]
     assert pc["r"] == 8 and pc["lora_alpha"] == 4.0  # scale 0.5 kept: alpha = 0.5·8
@@ -113,7 +131,7 @@ def test_patterns_match_only_their_module_with_peft():
         from peft.utils.other import get_pattern_key
     except ImportError:
         get_pattern_key = None
-    for name, r in zip(names, [2, 4, 6, 8]):
+    for name, r in zip(names, [2, 4, 6, 8], strict=True):
         assert pattern_value(pc["rank_pattern"], name, pc["r"], "cfg") == r
         if get_pattern_key:
             assert pc["rank_pattern"].get(get_pattern_key(pc["rank_pattern"].keys(), name), pc["r"]) == r
@@ -134,13 +152,19 @@ def test_rounding_rules():
             Rounding.parse(bad)
     assert global_rank([], 50, Rounding(), 16, 2) == 2
     assert global_rank([30, 40], 50, Rounding(), 16, 1) == 16  # capped at the largest allocated rank
-    assert layer_rank(7, 6, Rounding(), 1, dead=False) == 6 and layer_rank(0, 6, Rounding(), 3, dead=True) == 3
+    assert (
+        layer_rank(7, 6, Rounding(), 1, dead=False) == 6 and layer_rank(0, 6, Rounding(), 3, dead=True) == 3
+    )
     assert mode_rank([4, 8, 8, 4]) == 8
 
 
 def test_options_validated():
-    for kw, msg in [({"thresholds": ()}, "at least one"), ({"thresholds": (0.0,)}, r"\(0, 1\]"),
-                    ({"thresholds": (0.9, 0.9)}, "repeat"), ({"min_rank": 0}, "min rank")]:  # fmt: skip
+    for kw, msg in [
+        ({"thresholds": ()}, "at least one"),
+        ({"thresholds": (0.0,)}, r"\(0, 1\]"),
+        ({"thresholds": (0.9, 0.9)}, "repeat"),
+        ({"min_rank": 0}, "min rank"),
+    ]:
         with pytest.raises(InvalidArgumentError, match=msg):
             AuditOptions(**kw)
 

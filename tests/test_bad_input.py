@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PREFIX, layer_names, peft_config, random_factors, write_peft, write_safetensors_raw
+from conftest import PREFIX, layer_names, peft_config, random_factors, write_peft
 
 from lorascope.cli.main import main
 
@@ -165,10 +165,32 @@ def unknown_keys(d, rng):
     return d, W, "not understood as PEFT LoRA tensors"
 
 
-CASES = [missing_dir, missing_config, missing_weights, malformed_json, config_not_object, bad_r, infinite_alpha,
-         bad_pattern_rank, not_lora, a_without_b, rank_mismatch, config_rank_differs, outlier_shape, nan_values,
-         inf_values, int8_dtype, fp8_dtype, truncated, garbage_weights, header_not_json, empty_adapter,
-         only_modules_to_save, several_adapters, unknown_keys]  # fmt: skip
+CASES = [
+    missing_dir,
+    missing_config,
+    missing_weights,
+    malformed_json,
+    config_not_object,
+    bad_r,
+    infinite_alpha,
+    bad_pattern_rank,
+    not_lora,
+    a_without_b,
+    rank_mismatch,
+    config_rank_differs,
+    outlier_shape,
+    nan_values,
+    inf_values,
+    int8_dtype,
+    fp8_dtype,
+    truncated,
+    garbage_weights,
+    header_not_json,
+    empty_adapter,
+    only_modules_to_save,
+    several_adapters,
+    unknown_keys,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
@@ -190,7 +212,9 @@ def test_one_line_error(tmp_path, rng, capsys, case, mode):
 
 def test_subprocess_exit_code_and_single_line(tmp_path, rng):
     path, _, _ = truncated(tmp_path / "adapter", rng)
-    p = subprocess.run([sys.executable, "-m", "lorascope", "audit", str(path), "--json"], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "lorascope", "audit", str(path), "--json"], capture_output=True, text=True
+    )
     assert p.returncode == 2
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and "truncated safetensors file" in p.stderr and W in p.stderr

@@ -22,7 +22,14 @@ def test_text_summary(small_adapter, capsys):
     out = run(capsys, path)
     assert out.startswith(f"lorascope audit: {path} (peft)")
     assert "layers: 8 (dead: 0), allocated r: 8, LoRA params: 2,560" in out
-    for word in ("stable_rank", "effective_rank", "utilisation", "energy_rank@0.9", "median  r=", "p90     r="):
+    for word in (
+        "stable_rank",
+        "effective_rank",
+        "utilisation",
+        "energy_rank@0.9",
+        "median  r=",
+        "p90     r=",
+    ):
         assert word in out
     assert "model.layers.0.self_attn.q_proj" not in out  # no per-layer table unless asked
 
@@ -33,14 +40,18 @@ def test_gradience_flag_spellings(small_adapter, capsys):
     assert "3 least-utilised layers:" in out
     assert out.count("model.layers.") >= 8 + 3
     cfg_text = out.split("paste into LoraConfig):\n", 1)[1]
-    body = "\n".join(line[2:] for line in cfg_text.splitlines() if line.startswith("  ") and not line.startswith("  note"))
+    body = "\n".join(
+        line[2:] for line in cfg_text.splitlines() if line.startswith("  ") and not line.startswith("  note")
+    )
     cfg = json.loads(body)
     assert set(cfg) == {"r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern"}
 
 
 def test_json_output_is_strict_and_complete(small_adapter, capsys):
     path, layers = small_adapter
-    d = strict_json(run(capsys, path, "--json", "--threshold", "0.8", "--energy", "0.99", "--rounding", "pow2"))
+    d = strict_json(
+        run(capsys, path, "--json", "--threshold", "0.8", "--energy", "0.99", "--rounding", "pow2")
+    )
     assert d["schema"] == "lorascope.audit/v1"
     assert d["options"]["thresholds"] == [0.8, 0.99] and d["options"]["rounding"] == "pow2"
     assert d["suggestions"]["threshold"] == 0.8

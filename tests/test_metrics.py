@@ -107,7 +107,9 @@ def test_energy_rank_with_trailing_zeros():
     s = spec([2.0, 1.0, 0.0, 0.0], r=4)
     assert energy_rank(s, 1.0) == 2
     assert metrics.numerical_rank(s) == 2
-    assert metrics.effective_rank(s) == pytest.approx(math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))))
+    assert metrics.effective_rank(s) == pytest.approx(
+        math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    )
 
 
 def test_single_direction():
@@ -164,8 +166,13 @@ def test_energy_keys_are_distinct():
 
 def test_registry_is_complete_and_pure():
     assert list(metrics.METRICS) == [
-        "sigma_max", "frobenius", "stable_rank", "effective_rank", "utilisation", "numerical_rank"
-    ]  # fmt: skip
+        "sigma_max",
+        "frobenius",
+        "stable_rank",
+        "effective_rank",
+        "utilisation",
+        "numerical_rank",
+    ]
     s = spec([3.0, 2.0, 1.0])
     before = s.sigma.copy()
     for fn in metrics.METRICS.values():

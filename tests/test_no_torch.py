@@ -17,7 +17,9 @@ print("HEAVY=" + ",".join(heavy))
 
 
 def _run(body: str) -> str:
-    p = subprocess.run([sys.executable, "-c", CHECK.format(body=body)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-c", CHECK.format(body=body)], capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -42,5 +44,7 @@ def test_audit_command_does_not_import_torch(tmp_path, rng):
 
 def test_console_entry_point(tmp_path, rng):
     write_peft(tmp_path, {"m.q": random_factors(rng, 8, 8, 2)}, config=peft_config(r=2))
-    p = subprocess.run([sys.executable, "-m", "lorascope", "audit", str(tmp_path), "--json"], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "lorascope", "audit", str(tmp_path), "--json"], capture_output=True, text=True
+    )
     assert p.returncode == 0 and json.loads(p.stdout)["summary"]["n_layers"] == 1

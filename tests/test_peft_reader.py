@@ -55,7 +55,10 @@ def test_bf16_read_without_torch_matches_torch(tmp_path, rng):
 
     a = torch.randn(4, 10, dtype=torch.bfloat16)
     b = torch.randn(6, 4, dtype=torch.bfloat16)
-    save_file({f"{PREFIX}m.lora_A.weight": a, f"{PREFIX}m.lora_B.weight": b}, str(tmp_path / "adapter_model.safetensors"))
+    save_file(
+        {f"{PREFIX}m.lora_A.weight": a, f"{PREFIX}m.lora_B.weight": b},
+        str(tmp_path / "adapter_model.safetensors"),
+    )
     (tmp_path / "adapter_config.json").write_text(json.dumps(peft_config(r=4, lora_alpha=4)))
     delta = lorascope.load(tmp_path).delta("m")
     np.testing.assert_array_equal(delta.down, a.float().numpy())
@@ -64,17 +67,26 @@ def test_bf16_read_without_torch_matches_torch(tmp_path, rng):
 
 @pytest.mark.parametrize(
     ("cfg", "scale"),
-    [({"r": 8, "lora_alpha": 16}, 2.0), ({"r": 8, "lora_alpha": 16, "use_rslora": True}, 16 / math.sqrt(8)),
-     ({"r": 8, "lora_alpha": 3.5}, 3.5 / 8), ({"r": 8}, 1.0)],
-)  # fmt: skip
+    [
+        ({"r": 8, "lora_alpha": 16}, 2.0),
+        ({"r": 8, "lora_alpha": 16, "use_rslora": True}, 16 / math.sqrt(8)),
+        ({"r": 8, "lora_alpha": 3.5}, 3.5 / 8),
+        ({"r": 8}, 1.0),
+    ],
+)
 def test_scale(tmp_path, rng, cfg, scale):
     write_peft(tmp_path, {"m.q": random_factors(rng, 6, 5, 8)}, config={"peft_type": "LORA", **cfg})
     assert lorascope.load(tmp_path).layers[0].scale == pytest.approx(scale, rel=1e-15)
 
 
 def test_rank_and_alpha_patterns_follow_peft_matching(tmp_path, rng):
-    names = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.10.self_attn.q_proj",
-             "model.layers.1.self_attn.v_proj", "model.layers.11.mlp.down_proj"]  # fmt: skip
+    names = [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.10.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj",
+        "model.layers.11.mlp.down_proj",
+    ]
     cfg = peft_config(
         r=4,
         lora_alpha=8,
@@ -101,7 +113,11 @@ def test_rank_and_alpha_patterns_follow_peft_matching(tmp_path, rng):
 
 def test_pattern_key_suffix_must_align_on_dot(tmp_path, rng):
     # "proj" does not match "q_proj": PEFT requires the key to start after a dot (or at the start)
-    write_peft(tmp_path, {"model.q_proj": random_factors(rng, 4, 4, 4)}, config=peft_config(r=4, rank_pattern={"proj": 2}))
+    write_peft(
+        tmp_path,
+        {"model.q_proj": random_factors(rng, 4, 4, 4)},
+        config=peft_config(r=4, rank_pattern={"proj": 2}),
+    )
     assert lorascope.load(tmp_path).layers[0].rank == 4
 
 
@@ -109,11 +125,22 @@ def test_embedding_and_conv(tmp_path, rng):
     a_emb, b_emb = rng.standard_normal((4, 50)), rng.standard_normal((16, 4))  # A (r, vocab), B (dim, r)
     a_conv, b_conv = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((8, 4, 1, 1))
     extra = {f"{PREFIX}conv.lora_A.weight": (a_conv, "fp32"), f"{PREFIX}conv.lora_B.weight": (b_conv, "fp32")}
-    write_peft(tmp_path, {"emb": (a_emb, b_emb)}, embedding=("emb",), extra=extra, config=peft_config(r=4, lora_alpha=4))
+    write_peft(
+        tmp_path,
+        {"emb": (a_emb, b_emb)},
+        embedding=("emb",),
+        extra=extra,
+        config=peft_config(r=4, lora_alpha=4),
+    )
     adapter = lorascope.load(tmp_path)
     emb, conv = adapter.info("emb"), adapter.info("conv")
     assert (emb.kind, emb.weight_shape, emb.in_features, emb.out_features) == ("embedding", (50, 16), 50, 16)
-    assert (conv.kind, conv.weight_shape, conv.in_features, conv.out_features) == ("conv", (8, 3, 3, 3), 27, 8)
+    assert (conv.kind, conv.weight_shape, conv.in_features, conv.out_features) == (
+        "conv",
+        (8, 3, 3, 3),
+        27,
+        8,
+    )
     d = adapter.delta("conv")
     dense = (b_conv.reshape(8, 4) @ a_conv.reshape(4, 27)).astype(np.float32).astype(np.float64)
     assert sigma_rel_err(d, np.linalg.svd(dense, compute_uv=False)) <= 1e-5  # fp32 storage
@@ -155,7 +182,10 @@ def test_adapter_in_sub_folder(tmp_path, rng):
 
 def test_adapter_name_in_keys(tmp_path, rng):
     a, b = random_factors(rng, 4, 6, 2)
-    extra = {f"{PREFIX}m.q.lora_A.default.weight": (a, "fp32"), f"{PREFIX}m.q.lora_B.default.weight": (b, "fp32")}
+    extra = {
+        f"{PREFIX}m.q.lora_A.default.weight": (a, "fp32"),
+        f"{PREFIX}m.q.lora_B.default.weight": (b, "fp32"),
+    }
     write_peft(tmp_path, {}, config=peft_config(r=2), extra=extra)
     assert lorascope.load(tmp_path).names == ("m.q",)
 
@@ -163,13 +193,17 @@ def test_adapter_name_in_keys(tmp_path, rng):
 def test_torch_bin_read_with_weights_only(tmp_path, rng):
     torch = pytest.importorskip("torch")
     a, b = random_factors(rng, 10, 8, 4)
-    state = {f"{PREFIX}m.q.lora_A.weight": torch.tensor(a, dtype=torch.bfloat16),
-             f"{PREFIX}m.q.lora_B.weight": torch.tensor(b, dtype=torch.float16)}  # fmt: skip
+    state = {
+        f"{PREFIX}m.q.lora_A.weight": torch.tensor(a, dtype=torch.bfloat16),
+        f"{PREFIX}m.q.lora_B.weight": torch.tensor(b, dtype=torch.float16),
+    }
     torch.save(state, tmp_path / "adapter_model.bin")
     (tmp_path / "adapter_config.json").write_text(json.dumps(peft_config(r=4, lora_alpha=8)))
     d = lorascope.load(tmp_path).delta("m.q")
     np.testing.assert_array_equal(d.down, state[f"{PREFIX}m.q.lora_A.weight"].float().numpy())
-    np.testing.assert_array_equal(d.up.astype(np.float32), state[f"{PREFIX}m.q.lora_B.weight"].float().numpy())
+    np.testing.assert_array_equal(
+        d.up.astype(np.float32), state[f"{PREFIX}m.q.lora_B.weight"].float().numpy()
+    )
 
 
 def test_torch_bin_with_code_is_refused(tmp_path):
@@ -276,8 +310,14 @@ def test_peft_linear_conv_embedding_patterns(tmp_path):
 @torch_only
 def test_peft_rslora_and_dora(tmp_path):
     torch, peft = _peft()
-    cfg = peft.LoraConfig(r=8, lora_alpha=4, target_modules=["q_proj", "v_proj"], use_rslora=True,
-                          use_dora=True, init_lora_weights=False)  # fmt: skip
+    cfg = peft.LoraConfig(
+        r=8,
+        lora_alpha=4,
+        target_modules=["q_proj", "v_proj"],
+        use_rslora=True,
+        use_dora=True,
+        init_lora_weights=False,
+    )
     model = peft.get_peft_model(_tiny_model(torch), cfg)
     model.save_pretrained(tmp_path)
     adapter = _check_against_peft(model, tmp_path)
@@ -288,8 +328,12 @@ def test_peft_rslora_and_dora(tmp_path):
 @torch_only
 def test_peft_sub_folder_adapters(tmp_path):
     torch, peft = _peft()
-    model = peft.get_peft_model(_tiny_model(torch), peft.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
-    model.add_adapter("second", peft.LoraConfig(r=6, lora_alpha=3, target_modules=["v_proj"], init_lora_weights=False))
+    model = peft.get_peft_model(
+        _tiny_model(torch), peft.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    )
+    model.add_adapter(
+        "second", peft.LoraConfig(r=6, lora_alpha=3, target_modules=["v_proj"], init_lora_weights=False)
+    )
     model.save_pretrained(tmp_path / "both")
     assert (tmp_path / "both" / "second" / "adapter_config.json").is_file()
     _check_against_peft(model, tmp_path / "both")
@@ -305,8 +349,9 @@ def test_peft_gpt2_fan_in_fan_out(tmp_path):
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16)
     base = transformers.GPT2Model(config)
     assert type(base.h[0].attn.c_attn).__name__ == "Conv1D"  # weight stored (in, out)
-    cfg = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
-                          init_lora_weights=False)  # fmt: skip
+    cfg = peft.LoraConfig(
+        r=4, lora_alpha=16, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_lora_weights=False
+    )
     model = peft.get_peft_model(base, cfg)
     model.save_pretrained(tmp_path)
     adapter = _check_against_peft(model, tmp_path)
@@ -316,7 +361,9 @@ def test_peft_gpt2_fan_in_fan_out(tmp_path):
 @torch_only
 def test_peft_bin_serialisation(tmp_path):
     torch, peft = _peft()
-    model = peft.get_peft_model(_tiny_model(torch), peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    model = peft.get_peft_model(
+        _tiny_model(torch), peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)
+    )
     model.save_pretrained(tmp_path, safe_serialization=False)
     assert (tmp_path / "adapter_model.bin").is_file()
     _check_against_peft(model, tmp_path)
