@@ -155,10 +155,11 @@ def _one_blas_thread() -> Iterator[None]:
 
 def gram_singular_values(ga: np.ndarray, gb: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """σ(B A)·|scale| from G_A = A Aᵀ and G_B = BᵀB, both (r, r) symmetric PSD."""
-    lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
-    root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
-    h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
-    s2 = np.linalg.eigvalsh(0.5 * (h + h.T))  # ascending
+    with _one_blas_thread():  # r×r LAPACK: a second BLAS thread only adds waiting under load
+        lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
+        root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
+        h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
+        s2 = np.linalg.eigvalsh(0.5 * (h + h.T))  # ascending
     return np.sqrt(np.clip(s2[::-1], 0.0, None)) * abs(scale)
 
 
