@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import audit, compress, convert
+from . import audit, compress, convert, monitor
 from ._errors import guarded
 
-COMMANDS = (audit, compress, convert)
+COMMANDS = (audit, compress, convert, monitor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,139 @@
+"""`monitor(path)`: replay a run log through the rule engine; `LiveMonitor`: the same rules live.
+
+    report = monitor("run.jsonl")          # last run in the file unless run_id is given
+    report.alerts, report.summary          # Alert tuples, summary dict
+    report.exit_code(fail_on="warning")    # 1 when an alert at or above that severity fired
+
+Rules and their defaults: `rules.RULES`, `rules.Thresholds`, docs/telemetry.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from ..telemetry.reader import read_log
+from ..telemetry.schema import Event
+from .rules import RULES, SEVERITY_ORDER, Alert, Thresholds, run_rules
+from .series import RunSeries, build_series
+from .summary import summarise
+
+MONITOR_SCHEMA = "lorascope.monitor/v1"
+
+
+@dataclass(frozen=True)
+class MonitorReport:
+    path: str
+    run_id: str
+    summary: dict[str, Any]
+    alerts: tuple[Alert, ...]
+    logged_alerts: tuple[dict[str, Any], ...] = ()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    torn_tail: bool = False
+    other_runs: tuple[str, ...] = ()
+
+    def worst(self) -> str | None:
+        sevs = [a.severity for a in self.alerts]
+        return max(sevs, key=SEVERITY_ORDER.__getitem__) if sevs else None
+
+    def exit_code(self, fail_on: str | None = None) -> int:
+        if fail_on is None:
+            return 0
+        if fail_on not in SEVERITY_ORDER:
+            raise InvalidArgumentError(
+                f"--fail-on must be one of {', '.join(SEVERITY_ORDER)}, got {fail_on!r}"
+            )
+        hit = any(SEVERITY_ORDER[a.severity] >= SEVERITY_ORDER[fail_on] for a in self.alerts)
+        return 1 if hit else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": MONITOR_SCHEMA,
+            "path": self.path,
+            "run_id": self.run_id,
+            "other_runs": list(self.other_runs),
+            "torn_tail": self.torn_tail,
+            "summary": self.summary,
+            "alerts": [a.to_dict() for a in self.alerts],
+            "logged_alerts": list(self.logged_alerts),
+            "thresholds": self.thresholds.__dict__,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    """NaN/Inf -> None so --json output is strict JSON."""
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str = "<memory>") -> MonitorReport:
+    t = thresholds or Thresholds()
+    return MonitorReport(
+        path=path,
+        run_id=series.run_id,
+        summary=summarise(series, t.window),
+        alerts=tuple(run_rules(series, t)),
+        logged_alerts=series.logged_alerts,
+        thresholds=t,
+    )
+
+
+def monitor(
+    path: str | Path, thresholds: Thresholds | None = None, run_id: str | None = None
+) -> MonitorReport:
+    log = read_log(path)
+    events = log.run(run_id)
+    if not events:
+        raise InvalidArgumentError("the run log holds no events", path=path)
+    report = analyse(build_series(events), thresholds, str(path))
+    others = tuple(r for r in log.run_ids if r != report.run_id)
+    return MonitorReport(**{**report.__dict__, "torn_tail": log.torn_tail, "other_runs": others})
+
+
+class LiveMonitor:
+    """Feed events as they are written; `check()` returns alerts not reported before.
+
+    Replays the full event list through the same pure rules as `monitor`; the callback calls
+    `check()` only at evaluations and spectral snapshots, so the cost stays off the step path.
+    """
+
+    def __init__(self, thresholds: Thresholds | None = None):
+        self.thresholds = thresholds or Thresholds()
+        self._events: list[Event] = []
+        self._seen: set[str] = set()
+
+    def add(self, event: Event) -> None:
+        self._events.append(event)
+
+    def check(self) -> list[Alert]:
+        fresh = []
+        for alert in run_rules(build_series(self._events), self.thresholds):
+            if alert.key not in self._seen:
+                self._seen.add(alert.key)
+                fresh.append(alert)
+        return fresh
+
+
+__all__ = [
+    "MONITOR_SCHEMA",
+    "RULES",
+    "Alert",
+    "LiveMonitor",
+    "MonitorReport",
+    "RunSeries",
+    "Thresholds",
+    "analyse",
+    "build_series",
+    "monitor",
+]
