@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import audit, compress, convert, monitor
+from . import audit, compress, convert, monitor, check
 from ._errors import guarded
 
-COMMANDS = (audit, compress, convert, monitor)
+COMMANDS = (audit, compress, convert, monitor, check)
 
 
 def build_parser() -> argparse.ArgumentParser:
