@@ -1,0 +1,221 @@
+"""`LorascopeCallback`: a transformers TrainerCallback that writes the run log while training.
+
+The only module of lorascope.telemetry that imports torch/transformers (on import of this module;
+`lorascope.telemetry.LorascopeCallback` resolves it lazily).  Events: run_start and config at train
+begin, train_step per `on_log` that carries a loss (no epoch-only duplicates, REFERENCE B14), eval
+per evaluation (split "eval", `eval_` prefix stripped, ppl added from the loss), a spectral snapshot
+every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), alerts
+from the live monitor, run_end.  Only the world-process-zero writes.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .. import __version__
+from ..metrics import Spectrum, energy_key, energy_rank, stable_rank, utilisation
+from ..monitor import LiveMonitor, Thresholds
+from ..spectral import lora_singular_values
+from .schema import from_record
+from .writer import RunWriter
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    path: str | None = None  # default: <args.output_dir>/run.jsonl
+    snapshot_every: int = 50  # optimizer steps between spectral snapshots (0 = only at the end)
+    live_monitor: bool = True
+    stop_on: str | None = None  # "warning" | "error": stop training on such a live alert
+    model_name: str | None = None
+    dataset_name: str | None = None
+    task_profile: str = "unknown"
+    allow_text: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def lora_modules(model: Any) -> list[tuple[str, Any, str]]:
+    """(name, module, adapter) for every PEFT LoRA linear layer with an active adapter."""
+    out = []
+    for name, mod in model.named_modules():
+        a = getattr(mod, "lora_A", None)
+        if a is None or not hasattr(a, "keys"):
+            continue
+        for adapter in a.keys():
+            if adapter in mod.lora_B and adapter in getattr(mod, "scaling", {}):
+                out.append((name, mod, adapter))
+    return out
+
+
+def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
+    with torch.no_grad():
+        down = mod.lora_A[adapter].weight.detach().float().cpu().numpy()  # (r, in)
+        up = mod.lora_B[adapter].weight.detach().float().cpu().numpy()  # (out, r)
+    down, up = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
+    sigma = lora_singular_values(down, up, float(mod.scaling[adapter]))  # (r,)
+    spec = Spectrum(sigma, int(down.shape[0]))
+    energy = spec.energy
+    return {
+        "name": name,
+        "rank": spec.rank,
+        "sigma_max": float(sigma[0]) if sigma.size else 0.0,
+        "stable_rank": stable_rank(spec),
+        energy_key(0.9): energy_rank(spec, 0.9),
+        "utilisation": utilisation(spec),
+        "top1_share": float(sigma[0] ** 2 / energy) if energy > 0 else 0.0,
+    }
+
+
+def _summary(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    live = [x for x in layers if x["stable_rank"] > 0]
+
+    def mean(k: str) -> float | None:
+        return float(np.mean([x[k] for x in live])) if live else None
+
+    return {
+        "n_layers": len(layers),
+        "n_dead": len(layers) - len(live),
+        "mean_stable_rank": mean("stable_rank"),
+        "mean_utilisation": mean("utilisation"),
+        "mean_top1_share": mean("top1_share"),
+    }
+
+
+def _num(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+class LorascopeCallback(TrainerCallback):
+    def __init__(self, config: CallbackConfig | None = None, **kwargs: Any):
+        self.config = config or CallbackConfig(**kwargs)
+        self.writer: RunWriter | None = None
+        self.live = LiveMonitor(self.config.thresholds) if self.config.live_monitor else None
+        self._layers: list[tuple[str, Any, str]] = []
+        self._last_snapshot: int | None = None
+
+    def _write(self, event: str, step: int | None, control=None, **payload: Any) -> None:
+        if self.writer is None:
+            return
+        rec = self.writer.write(event, step, **payload)
+        if rec is None or self.live is None or event == "alert":
+            return
+        self.live.add(from_record(rec))
+        if event in ("eval", "spectral") or (
+            event == "train_step" and not math.isfinite(_num(payload["loss"]) or 0)
+        ):
+            self._run_live(step, control)
+
+    def _run_live(self, step: int | None, control) -> None:
+        order = {"info": 0, "warning": 1, "error": 2}
+        for alert in self.live.check():
+            self.writer.alert(alert.severity, alert.code, alert.message, step, **dict(alert.context))
+            stop = self.config.stop_on
+            if control is not None and stop and order[alert.severity] >= order[stop]:
+                control.should_training_stop = True
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        path = self.config.path or f"{args.output_dir}/run.jsonl"
+        self.writer = RunWriter(path, allow_text=self.config.allow_text, process_index=0)
+        self._layers = lora_modules(model) if model is not None else []
+        versions = {"lorascope": __version__, "torch": torch.__version__, "python": platform.python_version()}
+        try:
+            import transformers
+
+            versions["transformers"] = transformers.__version__
+            import peft
+
+            versions["peft"] = peft.__version__
+        except ImportError:
+            pass
+        meta = {
+            "model": self.config.model_name,
+            "dataset": self.config.dataset_name,
+            "seed": args.seed,
+            "task_profile": self.config.task_profile,
+            "framework": "huggingface",
+            "versions": versions,
+        }
+        self._write("run_start", 0, meta=meta)
+        self._write("config", 0, lora=self._lora_config(model), training=self._training(args))
+        self._snapshot(0, control)
+
+    def _lora_config(self, model) -> dict[str, Any]:
+        cfgs = getattr(model, "peft_config", None) or {}
+        out: dict[str, Any] = {"n_lora_layers": len(self._layers)}
+        for name, cfg in cfgs.items():
+            d = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+            keep = ("r", "lora_alpha", "use_rslora", "target_modules", "lora_dropout", "bias", "peft_type")
+            out[name] = {k: d.get(k) for k in keep}
+        return out
+
+    @staticmethod
+    def _training(args) -> dict[str, Any]:
+        keys = (
+            "learning_rate",
+            "weight_decay",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "num_train_epochs",
+            "optim",
+            "lr_scheduler_type",
+            "warmup_steps",
+            "seed",
+            "logging_steps",
+            "eval_strategy",
+            "bf16",
+            "fp16",
+        )
+        return {k: getattr(args, k, None) for k in keys}
+
+    def _snapshot(self, step: int, control) -> None:
+        if not self._layers or self._last_snapshot == step:
+            return
+        self._last_snapshot = step
+        layers = [layer_stats(n, m, a) for n, m, a in self._layers]
+        self._write("spectral", step, control, layers=layers, summary=_summary(layers))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.config.snapshot_every
+        if self.writer is not None and every and state.global_step % every == 0:
+            self._snapshot(state.global_step, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:  # eval logs come through on_evaluate; epoch-only logs are dropped
+            return
+        self._write(
+            "train_step",
+            state.global_step,
+            control,
+            loss=_num(logs["loss"]),
+            lr=_num(logs.get("learning_rate")),
+            grad_norm=_num(logs.get("grad_norm")),
+            epoch=_num(logs.get("epoch")),
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        m = {k.removeprefix("eval_"): _num(v) for k, v in (metrics or {}).items()}
+        if m.get("loss") is not None and "ppl" not in m:
+            m["ppl"] = math.exp(min(m["loss"], 50.0))
+        self._write("eval", state.global_step, control, split="eval", metrics=m)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.writer is None:
+            return
+        self._snapshot(state.global_step, None)
+        status = "aborted" if control.should_training_stop and state.global_step < state.max_steps else "ok"
+        self._write("run_end", state.global_step, None, status=status, reason=None)
+        self.writer.close()
+        self.writer = None
