@@ -21,8 +21,8 @@ def ev(event, step, **data):
 def train(losses, grads=None):
     grads = grads if grads is not None else [1.0] * len(losses)
     return [
-        ev("train_step", 10 * (i + 1), loss=l, lr=1e-4, grad_norm=g)
-        for i, (l, g) in enumerate(zip(losses, grads))
+        ev("train_step", 10 * (i + 1), loss=loss, lr=1e-4, grad_norm=g)
+        for i, (loss, g) in enumerate(zip(losses, grads, strict=True))
     ]
 
 
@@ -167,8 +167,8 @@ def test_live_monitor_reports_each_alert_once():
 def _write_log(path, losses, grads, eval_losses):
     with RunWriter(path, process_index=0, run_id="run-a") as w:
         w.write("run_start", meta={"model": "m", "dataset": "d"})
-        for i, (l, g) in enumerate(zip(losses, grads)):
-            w.write("train_step", 10 * (i + 1), loss=l, lr=1e-4, grad_norm=g)
+        for i, (loss, g) in enumerate(zip(losses, grads, strict=True)):
+            w.write("train_step", 10 * (i + 1), loss=loss, lr=1e-4, grad_norm=g)
         for i, v in enumerate(eval_losses):
             w.write("eval", 100 * (i + 1), split="eval", metrics={"loss": v, "accuracy": 0.5 + 0.1 * i})
         w.write("run_end", 300, status="ok", reason=None)

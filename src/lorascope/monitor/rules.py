@@ -121,7 +121,8 @@ def loss_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
         Alert(
             "LOSS_PLATEAU",
             "info",
-            f"train loss improved {change:+.2%} over the last {t.window} logged points (< {t.loss_plateau_rel:.0%})",
+            f"train loss improved {change:+.2%} over the last {t.window} logged points "
+            f"(< {t.loss_plateau_rel:.0%})",
             _last_step(s),
             {"relative_improvement": change, "window": t.window},
         )
@@ -136,7 +137,8 @@ def grad_norm_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
         Alert(
             "GRAD_NORM_PLATEAU",
             "info",
-            f"gradient norm changed {-change:+.2%} over the last {t.window} logged points (< {t.grad_plateau_rel:.0%})",
+            f"gradient norm changed {-change:+.2%} over the last {t.window} logged points "
+            f"(< {t.grad_plateau_rel:.0%})",
             _last_step(s),
             {"relative_change": -change, "window": t.window},
         )
@@ -194,7 +196,7 @@ def memorisation_gap(s: RunSeries, t: Thresholds) -> list[Alert]:
         Alert(
             "MEMORISATION_GAP",
             "warning",
-            f"eval/train perplexity ratio {ratio:.2f} ≥ {t.gap_ratio} (eval loss {ev:.3f}, train {train:.3f})",
+            f"eval/train ppl ratio {ratio:.2f} ≥ {t.gap_ratio} (eval loss {ev:.3f}, train {train:.3f})",
             step,
             {"gap_ratio": ratio, "eval_loss": ev, "train_loss": train},
         )
@@ -226,7 +228,7 @@ def low_utilisation(s: RunSeries, t: Thresholds) -> list[Alert]:
 
 def rank1_collapse(s: RunSeries, t: Thresholds) -> list[Alert]:
     hits: list[tuple[int, str, float, float]] = []
-    for prev, cur in zip(s.spectra, s.spectra[1:]):
+    for prev, cur in zip(s.spectra, s.spectra[1:], strict=False):
         before = {lp.name: lp for lp in prev.layers if not lp.dead}
         for lp in cur.layers:
             old = before.get(lp.name)
