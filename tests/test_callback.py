@@ -98,3 +98,32 @@ def test_trainer_run_writes_a_log_monitor_reads(tmp_path):
     assert report.summary["n_evals"] == 3 and report.summary["spectral"]["n_snapshots"] == 4
     assert report.summary["final_eval_loss"] == pytest.approx(evals[-1].get("metrics")["loss"])
     assert report.summary["model"] == "tiny-bert"
+
+
+def test_live_monitor_stops_on_nan_only_when_asked(tmp_path):
+    from types import SimpleNamespace
+
+    from lorascope.telemetry import LorascopeCallback
+
+    def run(stop_on):
+        path = tmp_path / f"{stop_on}.jsonl"
+        cb = LorascopeCallback(path=str(path), stop_on=stop_on)
+        args = SimpleNamespace(output_dir=str(tmp_path), seed=0, learning_rate=1e-4)
+        state = SimpleNamespace(is_world_process_zero=True, global_step=1, max_steps=10)
+        control = SimpleNamespace(should_training_stop=False)
+        cb.on_train_begin(args, state, control, model=None)
+        cb.on_log(args, state, control, logs={"loss": 0.7, "grad_norm": 1.0, "learning_rate": 1e-4})
+        state.global_step = 2
+        cb.on_log(args, state, control, logs={"epoch": 0.1})  # epoch-only: not a train_step
+        cb.on_log(args, state, control, logs={"loss": float("nan"), "grad_norm": 1.0, "learning_rate": 1e-4})
+        cb.on_train_end(args, state, control)
+        return control.should_training_stop, read_run(path)
+
+    stopped, events = run("error")
+    assert stopped is True
+    alerts = [e for e in events if e.event == "alert"]
+    assert [a.get("code") for a in alerts] == ["NONFINITE_LOSS"] and alerts[0].step == 2
+    assert [e.get("status") for e in events if e.event == "run_end"] == ["aborted"]
+    assert sum(e.event == "train_step" for e in events) == 2
+    stopped, events = run(None)
+    assert stopped is False and any(e.get("code") == "NONFINITE_LOSS" for e in events)
