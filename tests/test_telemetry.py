@@ -116,12 +116,17 @@ def test_terminated_invalid_last_line_is_not_torn():
         ({"schema": "gradience.vnext.telemetry/v1", "ts": 1, "run_id": "r", "event": "x"}, "not a lorascope"),
         ({"schema": "lorascope.telemetry/v2", "ts": 1, "run_id": "r", "event": "x"}, "not supported"),
         ({"schema": SCHEMA, "ts": 1, "run_id": "r"}, "missing field(s) event"),
-        ({"schema": SCHEMA, "ts": 1, "run_id": "r", "event": "train_step", "step": 1.5, "loss": 1}, "step must"),
+        (
+            {"schema": SCHEMA, "ts": 1, "run_id": "r", "event": "train_step", "step": 1.5, "loss": 1},
+            "step must",
+        ),
         ([1, 2], "expected a JSON object"),
     ],
 )
 def test_invalid_records_rejected_with_line(record, message):
-    good = json.dumps({"schema": SCHEMA, "ts": 1, "run_id": "r", "event": "run_end", "step": None, "status": "ok"})
+    good = json.dumps(
+        {"schema": SCHEMA, "ts": 1, "run_id": "r", "event": "run_end", "step": None, "status": "ok"}
+    )
     text = good + "\n" + json.dumps(record) + "\n"
     with pytest.raises(FormatError, match="line 2: ") as info:
         parse_lines(text)
@@ -129,7 +134,15 @@ def test_invalid_records_rejected_with_line(record, message):
 
 
 def test_unknown_fields_and_events_are_ignored():
-    rec = {"schema": SCHEMA, "ts": 1, "run_id": "r", "event": "train_step", "step": 1, "loss": 1.0, "future": 7}
+    rec = {
+        "schema": SCHEMA,
+        "ts": 1,
+        "run_id": "r",
+        "event": "train_step",
+        "step": 1,
+        "loss": 1.0,
+        "future": 7,
+    }
     new = {"schema": SCHEMA, "ts": 2, "run_id": "r", "event": "hologram", "step": 2}
     log = parse_lines(json.dumps(rec) + "\n" + json.dumps(new) + "\n")
     assert [e.event for e in log.events] == ["train_step"]

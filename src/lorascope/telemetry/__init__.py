@@ -23,20 +23,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(
-    [
-        "EVENTS",
-        "MAX_STR_LEN",
-        "SCHEMA",
-        "CallbackConfig",
-        "Event",
-        "LorascopeCallback",
-        "RunLog",
-        "RunWriter",
-        "as_float",
-        "parse_lines",
-        "read_log",
-        "read_run",
-        "redact",
-    ]
-)
+__all__ = [
+    "EVENTS",
+    "MAX_STR_LEN",
+    "SCHEMA",
+    "CallbackConfig",
+    "Event",
+    "LorascopeCallback",
+    "RunLog",
+    "RunWriter",
+    "as_float",
+    "parse_lines",
+    "read_log",
+    "read_run",
+    "redact",
+]

@@ -68,7 +68,9 @@ def parse_lines(text: str, path: str = "<memory>") -> RunLog:
             if idx == torn_candidate:
                 torn = True
                 continue
-            raise FormatError(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})", path=path) from None
+            raise FormatError(
+                f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})", path=path
+            ) from None
         problem = validate(record)
         if problem:
             if idx == torn_candidate:

@@ -99,7 +99,9 @@ class RunWriter:
         record.update(encode_nonfinite(body))
         problem = validate(record)
         if problem:
-            raise InvalidArgumentError(f"refusing to write an invalid {event} event: {problem}", path=self.path)
+            raise InvalidArgumentError(
+                f"refusing to write an invalid {event} event: {problem}", path=self.path
+            )
         line = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_jsonable)
         self._fh.write(line + "\n")
         self._fh.flush()
