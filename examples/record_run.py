@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--n-eval", type=int, default=512)
     p.add_argument("--snapshot-every", type=int, default=50)
+    p.add_argument("--no-callback", action="store_true", help="baseline timing run without the callback")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         compute_metrics=metrics,
-        callbacks=[cb],
+        callbacks=[] if args.no_callback else [cb],
     )
     t0 = time.perf_counter()
     trainer.train()
