@@ -264,7 +264,7 @@ def compress_file(
         raise InvalidArgumentError("compress needs an output path (-o DIR) unless --dry-run")
     if dest is not None:
         _check_dest(adapter, Path(dest))
-    writer = None if options.dry_run else _writer(adapter)
+    writer = None if options.dry_run else writer_for(adapter)
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
     small = None
@@ -302,7 +302,7 @@ def _check_dest(adapter: Adapter, dest: Path) -> None:
         raise InvalidArgumentError("output already exists; choose a new directory", path=dest)
 
 
-def _writer(adapter: Adapter):
+def writer_for(adapter: Adapter):
     """The output writer for the input's format: fn(small adapter, dest, *, source)."""
     from .formats import FORMATS
 

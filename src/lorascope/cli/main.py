@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from .. import __version__
-from . import audit, compress, convert, monitor, check
+from . import audit, check, compress, convert, merge, merge_audit, monitor
 from ._errors import guarded
 
-COMMANDS = (audit, compress, convert, monitor, check)
+COMMANDS = (audit, compress, convert, merge_audit, merge, monitor, check)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,261 @@
+"""`merge_audit`: predict how two adapters will interact when merged, layer by layer.
+
+Contract: layers are matched by name (the name each reader gives, e.g. PEFT module paths); layers in
+only one adapter are listed, never silently dropped; a shared name with different shapes is an error
+(the adapters were trained on different base models).  One pass, one pair of layers in memory at a
+time, no dense ΔW except the bounded sign-conflict grid (pairwise.py).  The report is a frozen
+value: `to_dict()`/`to_json()` (schema `lorascope.merge_audit/v1`, strict JSON, no Infinity),
+`plan()` (a MergePlan for `merge`), rendering in render.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from ..errors import FormatError, InvalidArgumentError
+from ..formats import load
+from ..spectral import NonFiniteError
+from ..types import Adapter, LayerInfo
+from .pairwise import PairMetrics, PairOptions, pair_metrics
+from .plan import LayerPlan, MergePlan
+from .verdict import VERDICTS, Recommendation, Thresholds, classify, recommend
+
+SCHEMA = "lorascope.merge_audit/v1"
+
+
+@dataclass(frozen=True)
+class MergeAuditOptions:
+    pair: PairOptions = field(default_factory=PairOptions)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    weights: tuple[float, float] = (1.0, 1.0)  # the user's intended merge weights
+    progress: Callable[[int, int, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    info1: LayerInfo
+    info2: LayerInfo
+    metrics: PairMetrics
+    effective_ranks: tuple[float, float]
+    verdict: str
+    reasons: tuple[str, ...]
+    recommendation: Recommendation
+
+    @property
+    def name(self) -> str:
+        return self.info1.name
+
+    def to_dict(self, vectors: bool = False) -> dict[str, Any]:
+        p, rec = self.metrics, self.recommendation
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.info1.kind,
+            "shape": list(p.shape),
+            "ranks": [self.info1.rank, self.info2.rank],
+            "k": [p.k1, p.k2],
+            "effective_ranks": [_f(x) for x in self.effective_ranks],
+            "norms": [_f(p.norm1), _f(p.norm2)],
+            "magnitude_ratio": _f(p.magnitude_ratio),
+            "imbalance": _f(p.imbalance),
+            "cosine": _f(p.cosine),
+            "overlap": _f(p.overlap),
+            "overlap_left": _f(p.overlap_left),
+            "overlap_right": _f(p.overlap_right),
+            "chance_overlap": _f(p.chance),
+            "overlap_excess": _f(p.overlap_excess),
+            "agreement": _f(p.agreement),
+            "interference": _f(p.interference),
+            "n_conflicting": p.n_conflicting,
+            "conflict_share": _f(p.conflict_share),
+            "sign_conflict": _f(p.sign_conflict),
+            "sign_entries": p.sign_entries,
+            "sign_sampled": p.sign_sampled,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "recommendation": {
+                "method": rec.method,
+                "weights": list(rec.weights),
+                "density": _f(rec.density),
+                "trim": rec.trim,
+                "drop": rec.drop,
+                "rank": rec.rank,
+                "compress_first": {str(i): k for i, k in rec.compress_first.items()},
+                "reasons": list(rec.reasons),
+            },
+        }
+        if vectors:
+            out["principal_cosines_left"] = [_f(x) for x in p.cos_left]
+            out["principal_cosines_right"] = [_f(x) for x in p.cos_right]
+            out["singular_values"] = [[_f(x) for x in p.sigma1], [_f(x) for x in p.sigma2]]
+        return out
+
+
+@dataclass(frozen=True)
+class MergeAuditReport:
+    sources: tuple[dict[str, Any], dict[str, Any]]
+    options: MergeAuditOptions
+    layers: tuple[LayerPair, ...]
+    only: tuple[tuple[str, ...], tuple[str, ...]]  # layers only in the first / only in the second
+    summary: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def layer(self, name: str) -> LayerPair:
+        for x in self.layers:
+            if x.name == name:
+                return x
+        matches = [x for x in self.layers if name in x.name]
+        if len(matches) == 1:
+            return matches[0]
+        hint = f"{len(matches)} layers contain it" if matches else "no shared layer has that name"
+        raise InvalidArgumentError(f"layer {name!r}: {hint}")
+
+    def to_dict(self, vectors: bool = False) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "adapters": list(self.sources),
+            "thresholds": self.options.thresholds.to_dict(),
+            "options": {
+                "energy": self.options.pair.energy,
+                "conflict_projection": self.options.pair.conflict_projection,
+                "sign_density": self.options.pair.sign_density,
+                "sign_exact_max": self.options.pair.sign_exact_max,
+                "sign_sample": self.options.pair.sign_sample,
+                "weights": list(self.options.weights),
+            },
+            "summary": self.summary,
+            "only_first": list(self.only[0]),
+            "only_second": list(self.only[1]),
+            "notes": list(self.notes),
+            "layers": [x.to_dict(vectors) for x in self.layers],
+            "plan": self.plan().to_dict(),
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(**kwargs), indent=2, allow_nan=False)
+
+    def plan(self) -> MergePlan:
+        from .peft_args import peft_equivalent
+
+        w = self.options.weights
+        layers = {}
+        for x in self.layers:
+            rec = x.recommendation
+            layers[x.name] = LayerPlan(
+                method=rec.method,
+                weights=tuple(wi * mi for wi, mi in zip(w, rec.weights)),
+                density=rec.density,
+                rank=None if rec.method == "linear" else rec.rank,
+                compress_first=dict(rec.compress_first),
+            )
+        notes = [f"layer {n} is only in adapter {i + 1}: merged with its weight" for i, names in
+                 enumerate(self.only) for n in names]
+        plan = MergePlan(tuple(w), LayerPlan("linear"), layers, tuple(s["path"] or "" for s in self.sources),
+                         notes=tuple(notes))
+        return MergePlan(plan.weights, plan.default, plan.layers, plan.adapters, plan.seed,
+                         peft_equivalent(self, plan), plan.notes)
+
+
+def merge_audit(
+    first: Adapter | str | Path,
+    second: Adapter | str | Path,
+    options: MergeAuditOptions | None = None,
+    **load_options: Any,
+) -> MergeAuditReport:
+    """Pairwise metrics, verdict and recommendation for every shared layer (module docstring)."""
+    options = options or MergeAuditOptions()
+    a = first if isinstance(first, Adapter) else load(first, **load_options)
+    b = second if isinstance(second, Adapter) else load(second, **load_options)
+    if a.path is not None and a.path == b.path:
+        raise InvalidArgumentError("both adapters are the same file; give two different adapters", path=a.path)
+    in_b = set(b.names)
+    shared = [n for n in a.names if n in in_b]
+    only = (tuple(n for n in a.names if n not in in_b), tuple(n for n in b.names if n not in set(a.names)))
+    if not shared:
+        raise FormatError(
+            f"the adapters share no layer (first has {len(a.names)}, second {len(b.names)}, e.g. "
+            f"{a.names[:1]} vs {b.names[:1]}); were they trained on the same base model?",
+            path=b.path,
+        )
+    layers = []
+    for i, name in enumerate(shared):
+        layers.append(_layer(a, b, name, options))
+        if options.progress:
+            options.progress(i + 1, len(shared), name)
+    notes = list(a.notes) + list(b.notes)
+    if only[0] or only[1]:
+        notes.append(f"{len(only[0])} layers only in the first adapter, {len(only[1])} only in the second")
+    return MergeAuditReport((_source(a), _source(b)), options, tuple(layers), only, _summary(layers), tuple(notes))
+
+
+def _layer(a: Adapter, b: Adapter, name: str, options: MergeAuditOptions) -> LayerPair:
+    i1, i2 = a.info(name), b.info(name)
+    if (i1.out_features, i1.in_features) != (i2.out_features, i2.in_features):
+        raise FormatError(
+            f"layer {name}: shapes differ ({i1.out_features}×{i1.in_features} vs "
+            f"{i2.out_features}×{i2.in_features}); the adapters belong to different base models",
+            path=b.path,
+        )
+    d1, d2 = a.delta(name), b.delta(name)
+    for adapter, d in ((a, d1), (b, d2)):
+        if not (np.isfinite(d.down).all() and np.isfinite(d.up).all()):
+            raise FormatError(f"layer {name}: factors contain NaN or Inf", path=adapter.path)
+    try:
+        p = pair_metrics(d1, d2, options.pair)
+    except NonFiniteError as e:  # overflow in the Gram products of finite but huge factors
+        raise FormatError(f"layer {name}: {e}", path=a.path) from None
+    eff = (
+        metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
+        metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),
+    )
+    verdict, reasons = classify(p, options.thresholds)
+    rec = recommend(p, verdict, (i1.rank, i2.rank), eff, options.thresholds)
+    return LayerPair(i1, i2, p, eff, verdict, reasons, rec)
+
+
+def _summary(layers: list[LayerPair]) -> dict[str, Any]:
+    counts = {v: sum(x.verdict == v for x in layers) for v in VERDICTS}
+    worst = max((x.verdict for x in layers), key=VERDICTS.index)
+    weight = np.array([max(x.metrics.norm1, x.metrics.norm2) for x in layers])  # (L,)
+    weight = weight / weight.sum() if weight.sum() > 0 else np.full(len(layers), 1 / len(layers))
+
+    def wmean(key: Callable[[PairMetrics], float]) -> float:
+        return float(np.sum(weight * np.array([key(x.metrics) for x in layers])))
+
+    n1 = float(np.sqrt(sum(x.metrics.norm1**2 for x in layers)))
+    n2 = float(np.sqrt(sum(x.metrics.norm2**2 for x in layers)))
+    return {
+        "n_shared": len(layers),
+        "verdicts": counts,
+        "overall": worst,
+        "weighted_overlap_excess": wmean(lambda p: p.overlap_excess),
+        "weighted_cosine": wmean(lambda p: p.cosine),
+        "weighted_agreement": wmean(lambda p: p.agreement),
+        "total_norms": [n1, n2],
+        "weighting": "each layer by max(‖ΔW₁‖_F, ‖ΔW₂‖_F)",
+    }
+
+
+def _source(adapter: Adapter) -> dict[str, Any]:
+    cfg = adapter.config
+    src: dict[str, Any] = {"path": adapter.path, "format": adapter.format, "n_layers": len(adapter.layers)}
+    ranks = sorted({x.rank for x in adapter.layers})
+    src["ranks"] = ranks
+    for key in ("base_model_name_or_path", "r", "lora_alpha", "use_rslora"):
+        if key in cfg:
+            src[key] = cfg[key]
+    return src
+
+
+def _f(v: float | None) -> float | None:
+    """Strict-JSON number: None for missing or non-finite values (Gradience B11 wrote Infinity)."""
+    if v is None:
+        return None
+    v = float(v)
+    return v if np.isfinite(v) else None

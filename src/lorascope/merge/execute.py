@@ -1,0 +1,272 @@
+"""`merge`: N ≥ 2 LoRA adapters (any readable formats, any ranks) → one LoRA adapter, per a plan.
+
+Contract, per layer (the union of the adapters' layers, matched by name; an adapter without the
+layer contributes nothing there):
+1. compress-first: an input named in the layer's `compress_first` is truncated to that rank
+   (compress.truncated_svd) before anything else;
+2. the layer's method (methods.METHODS) with its weights and parameters: factor methods (`linear`,
+   `svd`) never form ΔW; dense methods form each ΔWᵢ (float64, out×in, one layer at a time) and
+   the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
+   spectral.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
+   for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
+3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank).
+Post-merge check: `rel_error` = ‖intended − written‖_F/‖intended‖_F where *intended* is the
+method's exact result on its inputs (after step 1) — computed from the factors for factor methods,
+densely for dense ones — and the written file is read back and compared factor by factor.
+Refused: DoRA layers (the magnitude vector does not add), mismatched shapes, a non-LoRA writer.
+`modules_to_save` tensors (e.g. classifier heads) come from the first adapter; a note says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..compress import DTYPES, round_to_dtype, truncated_svd, writer_for
+from ..errors import FormatError, InvalidArgumentError, UnsupportedError
+from ..formats import load
+from ..spectral import dense_truncated_svd
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from .methods import get_method
+from .plan import LayerPlan, MergePlan
+
+SCHEMA = "lorascope.merge/v1"
+_WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    dtype: str | None = None  # output dtype; None: the widest input dtype
+    progress: Callable[[int, int, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class MergedLayer:
+    name: str
+    method: str
+    inputs: tuple[int, ...]  # indices of the adapters that have this layer
+    ranks: tuple[int, ...]
+    rank: int  # written rank
+    weights: tuple[float, ...]
+    params: dict[str, Any]
+    rel_error: float  # written vs intended merged ΔW
+    intended_norm: float
+    compress_first: dict[int, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "method": self.method, "inputs": list(self.inputs), "ranks": list(self.ranks),
+            "rank": self.rank, "weights": list(self.weights), "params": self.params,
+            "rel_error": self.rel_error, "intended_norm": self.intended_norm,
+            "compress_first": {str(k): v for k, v in self.compress_first.items()},
+        }
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    sources: tuple[str | None, ...]
+    output: str | None
+    layers: tuple[MergedLayer, ...]
+    notes: tuple[str, ...] = ()
+    verified: bool = False  # the written file was read back and matched the computed factors
+
+    def summary(self) -> dict[str, Any]:
+        errs = [x.rel_error for x in self.layers]
+        methods: dict[str, int] = {}
+        for x in self.layers:
+            methods[x.method] = methods.get(x.method, 0) + 1
+        return {
+            "n_layers": len(self.layers),
+            "methods": methods,
+            "max_rel_error": max(errs, default=0.0),
+            "mean_rel_error": float(np.mean(errs)) if errs else 0.0,
+            "ranks": sorted({x.rank for x in self.layers}),
+            "verified": self.verified,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "sources": list(self.sources), "output": self.output,
+                "summary": self.summary(), "notes": list(self.notes), "layers": [x.to_dict() for x in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+
+def merge(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):
+    """Merge in memory → (merged Adapter, [MergedLayer]).  See the module docstring."""
+    options = options or MergeOptions()
+    _check_inputs(adapters, plan, options)
+    names = list(dict.fromkeys(n for a in adapters for n in a.names))
+    deltas, results = [], []
+    for index, name in enumerate(names):
+        delta, result = _merge_layer(adapters, name, plan, index, options)
+        deltas.append(delta)
+        results.append(result)
+        if options.progress:
+            options.progress(index + 1, len(names), name)
+    first = adapters[0]
+    merged = Adapter.from_deltas(deltas, format=first.format, config=_config(adapters), metadata=first.metadata,
+                                 modules_to_save=first.modules_to_save)
+    return merged, results
+
+
+def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions) -> None:
+    if len(adapters) < 2:
+        raise InvalidArgumentError("merge needs at least two adapters")
+    if len(plan.weights) != len(adapters):
+        raise InvalidArgumentError(f"{len(plan.weights)} weights for {len(adapters)} adapters")
+    if options.dtype is not None and options.dtype not in DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
+    for a in adapters:
+        dora = [x.name for x in a.layers if x.dora]
+        if dora:
+            raise UnsupportedError(f"DoRA layer {dora[0]}: DoRA magnitude vectors cannot be merged as LoRA",
+                                   path=a.path)
+    known = {n for a in adapters for n in a.names}
+    unknown = sorted(set(plan.layers) - known)
+    if unknown:
+        raise InvalidArgumentError(f"the plan names layers no adapter has: {unknown[:3]}")
+    for lp in [plan.default, *plan.layers.values()]:
+        bad = [i for i in lp.compress_first if i >= len(adapters)]
+        if bad:
+            raise InvalidArgumentError(f"compress_first names adapter index {bad[0]}; there are {len(adapters)}")
+
+
+def _merge_layer(adapters, name: str, plan: MergePlan, index: int, options: MergeOptions):
+    lp = plan.for_layer(name)
+    idx = tuple(i for i, a in enumerate(adapters) if name in a.names)
+    inputs = [adapters[i].delta(name) for i in idx]
+    shapes = {(d.info.out_features, d.info.in_features) for d in inputs}
+    if len(shapes) > 1:
+        raise FormatError(f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path)
+    weights = tuple(lp.weights[i] for i in idx)
+    factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs)]
+    method = get_method(lp.method)
+    params = _params(method, lp, factors)
+    if method.kind == "factor":
+        down, up = method.fn(factors, weights, **params)  # (k, in), (out, k)
+        intended = None
+    else:
+        dense = [s * (u @ d) for d, u, s in factors]  # [(out, in)] float64
+        extra = {"rng": np.random.default_rng([plan.seed, index])} if method.needs_rng else {}
+        intended = method.fn(dense, weights, **params, **extra)  # (out, in)
+        del dense
+        rank = min(lp.rank or sum(d.info.rank for d in inputs), *intended.shape)
+        svd = dense_truncated_svd(intended, None if lp.energy else rank, lp.energy, seed=plan.seed + index)
+        down, up = svd.factors("up")
+    dtype = options.dtype or _widest(d.info.dtype for d in inputs)
+    down_w, up_w = round_to_dtype(down, dtype), round_to_dtype(up, dtype)
+    if dtype == "fp16" and not (np.isfinite(down_w).all() and np.isfinite(up_w).all()):
+        raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
+    err, norm = _rel_error(factors, weights, intended, down_w, up_w)
+    first = inputs[0].info
+    info = LayerInfo(name, first.kind, down_w.shape[0], first.out_features, first.in_features, 1.0, dtype,
+                     first.weight_shape, extras=frozen_mapping({"merged_from": list(idx)}))
+    result = MergedLayer(name, lp.method, idx, tuple(d.info.rank for d in inputs), down_w.shape[0], weights,
+                         {k: v for k, v in params.items()}, err, norm, dict(lp.compress_first))
+    return LoraDelta(info, down_w, up_w), result
+
+
+def _factor(d: LoraDelta, k: int | None):
+    """(down (r, in), up (out, r), scale) in float64; truncated to rank k first when asked."""
+    if k is None or k >= d.info.rank:
+        return np.asarray(d.down, np.float64), np.asarray(d.up, np.float64), float(d.scale)
+    dn, up = truncated_svd(d.down, d.up, d.scale, k).factors("up")  # ΔW_k = up @ dn
+    return dn, up, 1.0
+
+
+def _params(method, lp: LayerPlan, factors) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "density" in method.params and lp.density is not None:
+        out["density"] = lp.density
+    if "majority" in method.params:
+        out["majority"] = lp.majority
+    if method.kind == "factor" and "rank" in method.params:
+        out["rank"] = lp.rank
+        out["energy"] = lp.energy
+    return out
+
+
+def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
+    """(‖T − up@down‖_F/‖T‖_F, ‖T‖_F), T = intended (dense) or Σ wᵢ sᵢ upᵢ downᵢ (from factors, exact)."""
+    d = np.asarray(down, np.float64)
+    u = np.asarray(up, np.float64)
+    if intended is not None:
+        norm = float(np.linalg.norm(intended))
+        diff = intended - u @ d  # (out, in)
+        return (float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))), norm
+    a = np.concatenate([f[0] for f in factors] + [d], axis=0)  # (Σr + k, in)
+    b = np.concatenate([w * s * f for (_, f, s), w in zip(factors, weights)] + [-u], axis=1)  # (out, Σr + k)
+    k = d.shape[0]
+    diff2 = float(np.sum((a @ a.T) * (b.T @ b)))
+    ta, tb = a[:-k], b[:, :-k]
+    norm2 = float(np.sum((ta @ ta.T) * (tb.T @ tb)))
+    norm = float(np.sqrt(max(norm2, 0.0)))
+    diff = float(np.sqrt(max(diff2, 0.0)))
+    return (diff / norm if norm > 0 else diff), norm
+
+
+def _widest(dtypes) -> str:
+    return max(dtypes, key=lambda t: (_WIDTH.get(t, 4), t != "bf16"))
+
+
+def _config(adapters: Sequence[Adapter]) -> dict[str, Any]:
+    """The first adapter's config with target_modules covering every adapter's."""
+    cfg = dict(adapters[0].config)
+    targets = [a.config.get("target_modules") for a in adapters if a.config.get("target_modules")]
+    if targets and all(isinstance(t, (list, tuple)) for t in targets):
+        cfg["target_modules"] = sorted({m for t in targets for m in t})
+    elif targets and all(isinstance(t, str) for t in targets) and len(set(targets)) > 1:
+        cfg["target_modules"] = "|".join(f"({t})" for t in dict.fromkeys(targets))
+    return cfg
+
+
+def merge_files(
+    paths: Sequence[str | Path | Adapter], dest: str | Path, plan: MergePlan,
+    options: MergeOptions | None = None, **load_options: Any,
+) -> MergeReport:
+    """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
+    from ..compress import _check_dest
+
+    adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
+    for a in adapters:
+        _check_dest(a, Path(dest))
+    writer = writer_for(adapters[0])
+    merged, results = merge(adapters, plan, options)
+    source = replace(adapters[0], config=merged.config)
+    writer(merged, dest, source=source)
+    notes = _notes(adapters)
+    verified = _verify(merged, dest, adapters[0].format)
+    return MergeReport(tuple(a.path for a in adapters), str(dest), tuple(results), tuple(notes), verified)
+
+
+def _notes(adapters: Sequence[Adapter]) -> list[str]:
+    notes = []
+    for i, a in enumerate(adapters[1:], start=2):
+        if a.modules_to_save and a.modules_to_save != adapters[0].modules_to_save:
+            notes.append(f"modules_to_save of adapter {i} ({', '.join(a.modules_to_save)}) are not merged: "
+                         "the output keeps adapter 1's")
+        elif a.modules_to_save:
+            notes.append(f"modules_to_save ({', '.join(a.modules_to_save)}) are copied from adapter 1, not merged")
+    return notes
+
+
+def _verify(merged: Adapter, dest, fmt: str) -> bool:
+    """Read the written adapter back: same layers, factors equal to what was computed, ΔW scale 1."""
+    back = load(dest, format=fmt)
+    if set(back.names) != set(merged.names):
+        raise FormatError("post-merge check: the written adapter lost or renamed layers", path=dest)
+    for d in back.iter_deltas():
+        want = merged.delta(d.name)
+        scale_err = abs(d.scale - 1.0)
+        same = np.array_equal(np.asarray(d.down, np.float64), np.asarray(want.down, np.float64)) and \
+            np.array_equal(np.asarray(d.up, np.float64), np.asarray(want.up, np.float64))
+        if not same or scale_err > 1e-6:
+            raise FormatError(f"post-merge check: layer {d.name} reads back different from what was computed",
+                              path=dest)
+    return True

@@ -1,0 +1,266 @@
+"""Pairwise geometry of two low-rank updates of one layer, from the factors only.
+
+For ΔW₁ = s₁·B₁A₁ and ΔW₂ = s₂·B₂A₂ (A: (r, n), B: (m, r)) every quantity below comes from four
+r×r-sized blocks of two stacked Gram matrices — one pass over each factor, never an m×n matrix:
+
+    [A₁; A₂][A₁; A₂]ᵀ = [[G_A1, C_A], [·, G_A2]]      C_A = A₁A₂ᵀ   (r₁, r₂)
+    [B₁ B₂]ᵀ[B₁ B₂]   = [[G_B1, C_B], [·, G_B2]]      C_B = B₁ᵀB₂   (r₁, r₂)
+
+* ‖ΔWᵢ‖²_F = sᵢ²·Σ(G_Ai ⊙ G_Bi);  ⟨ΔW₁, ΔW₂⟩_F = s₁s₂·Σ(C_B ⊙ C_A)  → `cosine`, `magnitude_ratio`.
+* Top-kᵢ singular vectors (kᵢ = energy rank at τ) as coefficients on the factors: Uᵢ = Bᵢ Pᵢ,
+  Vᵢᵀ = Rᵢ Aᵢ with Pᵢ = L Σ⁻¹, Rᵢ = Σ⁻² Lᵀ G_Bi (the Gram route of compress._gram_truncated), so
+  U₁ᵀU₂ = P₁ᵀ C_B P₂ and V₁ᵀV₂ = R₁ C_A R₂ᵀ.  Their singular values are the cosines of the
+  principal angles.  `overlap_left` = ‖U₁ᵀU₂‖²_F / min(k₁, k₂) (mean squared cosine, in [0, 1]);
+  for random subspaces of the same sizes in ℝᵈ its expectation is max(k₁, k₂)/d (`chance_*`).
+  `overlap` = mean of left and right; `overlap_excess` = (overlap − chance)/(1 − chance).
+* Directions: gᵢ = u₁ᵢᵀ ΔW₂ v₁ᵢ = s₂·diag(P₁ᵀ C_B C_Aᵀ R₁ᵀ) (and the same from adapter 2's side).
+  `agreement` = Σ σᵢgᵢ / Σ σᵢ|gᵢ| over both sides' top directions, in [−1, 1]: +1 when the other
+  update pushes every principal direction the same way, −1 when it pushes all of them back.
+  It is scale-free, so it is only meaningful when the projections are not negligible:
+  `interference` = (Σ σ₁ᵢ|g₁ᵢ| + Σ σ₂ⱼ|g₂ⱼ|) / (‖σ₁,≤k‖‖ΔW₂‖ + ‖σ₂,≤k‖‖ΔW₁‖) ∈ [0, 1] (Cauchy–Schwarz)
+  measures how strongly each update projects on the other's principal directions (≈1 identical
+  or opposite, ≈0 independent); agreement × interference is the cosine restricted to them.
+  A direction *conflicts* when gᵢ ≤ −`conflict_projection`·σ₁(other): the other update pushes it
+  back with at least that share of its own top singular value.
+* `sign_conflict`: TIES-style (Yadav et al. 2023) — among entries in the top `sign_density` share
+  by |value| of *both* ΔW₁ and ΔW₂, the share with opposite signs (0 identical, 1 opposite, ≈0.5
+  unrelated).  Exact when m·n ≤ `sign_exact_max`; otherwise a documented sample: a grid of
+  `sign_sample` rows × `sign_sample` columns drawn without replacement, seeded from the layer name,
+  so reruns agree; the top share is then taken within the sample.
+
+Accuracy: the Gram route is used when every kept σ² ≥ 1e-6·σ₁² and the gap after σ_k is as large;
+otherwise that layer falls back to the QR route (spectral.lora_svd) and explicit singular vectors.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..spectral import factor_grams, lora_svd
+from ..types import LoraDelta
+
+_GRAM_MIN_RATIO = 1e-6  # as compress._GRAM_MIN_RATIO: kept σ² and the gap after σ_k, against σ₁²
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    energy: float = 0.90  # τ: each side's top-k subspace keeps this share of Σσ²
+    conflict_projection: float = 0.10  # g ≤ −this·σ₁(other) makes a direction conflicting
+    sign_density: float = 0.20  # TIES top share by |value| for the sign-conflict rate
+    sign_exact_max: int = 1 << 20  # m·n up to this: all entries; above: a sampled grid
+    sign_sample: int = 512  # rows and columns of the sampled grid
+
+    def __post_init__(self) -> None:
+        if not (0 < self.energy <= 1 and 0 < self.sign_density <= 1):
+            raise InvalidArgumentError("energy and sign density must be in (0, 1]")
+        if self.sign_sample < 1 or self.sign_exact_max < 1 or self.conflict_projection < 0:
+            raise InvalidArgumentError("sign sample and exact limit must be ≥ 1, conflict projection ≥ 0")
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    """The geometry of one shared layer (ΔW scaled; '1'/'2' = first/second adapter)."""
+
+    shape: tuple[int, int]  # (m, n) of ΔW
+    norm1: float
+    norm2: float
+    sigma1: np.ndarray  # (r₁,) singular values of ΔW₁
+    sigma2: np.ndarray  # (r₂,)
+    k1: int  # energy rank of ΔW₁ at τ: the subspace compared
+    k2: int
+    cosine: float  # ⟨ΔW₁, ΔW₂⟩_F / (‖ΔW₁‖‖ΔW₂‖); 0 if either is zero
+    overlap_left: float
+    overlap_right: float
+    chance_left: float
+    chance_right: float
+    cos_left: np.ndarray  # (min(k₁, k₂),) principal-angle cosines, output side
+    cos_right: np.ndarray  # (min(k₁, k₂),) input side
+    agreement: float
+    interference: float  # how strongly each update projects on the other's principal directions, [0, 1]
+    n_conflicting: int  # over k₁ + k₂ directions
+    sign_conflict: float | None  # None when no entry is in both top shares
+    sign_entries: int  # entries looked at (m·n when exact)
+    sign_sampled: bool
+
+    @property
+    def magnitude_ratio(self) -> float | None:
+        return self.norm1 / self.norm2 if self.norm2 > 0 else None
+
+    @property
+    def imbalance(self) -> float | None:
+        """max/min of the two norms (≥ 1); None when either update is zero."""
+        lo, hi = sorted((self.norm1, self.norm2))
+        return hi / lo if lo > 0 else None
+
+    @property
+    def overlap(self) -> float:
+        return 0.5 * (self.overlap_left + self.overlap_right)
+
+    @property
+    def chance(self) -> float:
+        return 0.5 * (self.chance_left + self.chance_right)
+
+    @property
+    def overlap_excess(self) -> float:
+        return (self.overlap - self.chance) / (1.0 - self.chance) if self.chance < 1.0 else 0.0
+
+    @property
+    def conflict_share(self) -> float:
+        n = self.k1 + self.k2
+        return self.n_conflicting / n if n else 0.0
+
+
+def energy_k(sigma: np.ndarray, tau: float) -> int:
+    """Smallest k with Σ_{i≤k} σᵢ² ≥ τ·Σσ² (0 for a zero update)."""
+    e = np.cumsum(sigma.astype(np.float64) ** 2)  # (r,)
+    if e.size == 0 or not e[-1] > 0:
+        return 0
+    return int(np.searchsorted(e, tau * e[-1] * (1 - 1e-12), side="left")) + 1
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One update's top-k singular triplets as coefficients on its factors (unscaled B A)."""
+
+    sigma: np.ndarray  # (r,) singular values of B A, descending
+    p: np.ndarray  # (r, k)  U = B P
+    rt: np.ndarray  # (k, r)  Vᵀ = R A
+
+
+def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
+    lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
+    root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
+    h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
+    s2, w = np.linalg.eigh(0.5 * (h + h.T))
+    s2, w = np.clip(s2[::-1], 0.0, None), w[:, ::-1]  # descending
+    sigma = np.sqrt(s2)
+    k = energy_k(sigma, tau)
+    if k == 0:
+        return _Side(sigma, np.zeros((ga.shape[0], 0)), np.zeros((0, ga.shape[0])))
+    nxt = s2[k] if k < s2.size else 0.0
+    if s2[k - 1] < _GRAM_MIN_RATIO * s2[0] or s2[k - 1] - nxt < _GRAM_MIN_RATIO * s2[0]:
+        return None
+    lk = u @ (root[:, None] * w[:, :k])  # (r, k)  B L = U_k Σ_k
+    return _Side(sigma, lk / sigma[None, :k], (lk.T @ gb) / s2[:k, None])
+
+
+def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None) -> PairMetrics:
+    """Geometry of ΔW₁ = d1 and ΔW₂ = d2 (same layer shape), see the module docstring."""
+    opt = options or PairOptions()
+    r1 = d1.down.shape[0]
+    a = np.concatenate([d1.down, d2.down], axis=0)  # (r₁+r₂, n)
+    b = np.concatenate([d1.up, d2.up], axis=1)  # (m, r₁+r₂)
+    ga, gb = factor_grams(a, b)  # (r₁+r₂, r₁+r₂) each
+    blocks = (ga[:r1, :r1], gb[:r1, :r1]), (ga[r1:, r1:], gb[r1:, r1:])
+    ca, cb = ga[:r1, r1:], gb[:r1, r1:]  # A₁A₂ᵀ, B₁ᵀB₂  (r₁, r₂)
+    s1, s2 = d1.scale, d2.scale
+    sides = [_gram_side(gai, gbi, opt.energy) for gai, gbi in blocks]
+    if any(side is None for side in sides):  # ill-separated spectrum: explicit vectors (QR route)
+        return _explicit(d1, d2, opt, float(s1 * s2 * np.sum(cb * ca)))
+    x, y = sides
+    uu = x.p.T @ cb @ y.p  # (k₁, k₂)  U₁ᵀU₂
+    vv = x.rt @ ca @ y.rt.T  # (k₁, k₂)  V₁ᵀV₂
+    g1 = np.sign(s1) * s2 * np.einsum("ij,ji->i", x.p.T @ cb, ca.T @ x.rt.T)  # (k₁,)
+    g2 = np.sign(s2) * s1 * np.einsum("ij,ji->i", y.p.T @ cb.T, ca @ y.rt.T)  # (k₂,)
+    inner = float(s1 * s2 * np.sum(cb * ca))
+    return _assemble(d1, d2, opt, x.sigma * abs(s1), y.sigma * abs(s2), inner, uu, vv, g1, g2)
+
+
+def _explicit(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, inner: float) -> PairMetrics:
+    """The same metrics from explicit thin SVDs (QR route); O((m+n)·r·k) more work."""
+    x, y = lora_svd(d1.down, d1.up, d1.scale), lora_svd(d2.down, d2.up, d2.scale)
+    k1, k2 = energy_k(x.s, opt.energy), energy_k(y.s, opt.energy)
+    u1, v1t, u2, v2t = x.u[:, :k1], x.vt[:k1], y.u[:, :k2], y.vt[:k2]
+    uu, vv = u1.T @ u2, v1t @ v2t.T  # (k₁, k₂)
+    # gᵢ = u₁ᵢᵀ ΔW₂ v₁ᵢ with ΔW₂ = s₂ B₂ A₂ (u already carries the sign of s)
+    b2, a2 = np.asarray(d2.up, np.float64), np.asarray(d2.down, np.float64)
+    b1, a1 = np.asarray(d1.up, np.float64), np.asarray(d1.down, np.float64)
+    g1 = d2.scale * np.einsum("ij,ji->i", u1.T @ b2, a2 @ v1t.T)  # (k₁,)
+    g2 = d1.scale * np.einsum("ij,ji->i", u2.T @ b1, a1 @ v2t.T)  # (k₂,)
+    return _assemble(d1, d2, opt, _pad(x.s, d1), _pad(y.s, d2), inner, uu, vv, g1, g2)
+
+
+def _pad(s: np.ndarray, d: LoraDelta) -> np.ndarray:
+    r = d.down.shape[0]
+    return np.concatenate([s, np.zeros(r - s.size)]) if s.size < r else s
+
+
+def _assemble(d1, d2, opt, sig1, sig2, inner, uu, vv, g1, g2) -> PairMetrics:
+    k1, k2 = uu.shape
+    m, n = d1.up.shape[0], d1.down.shape[1]
+    norm1, norm2 = float(np.sqrt(np.sum(sig1**2))), float(np.sqrt(np.sum(sig2**2)))
+    kmin, kmax = min(k1, k2), max(k1, k2)
+    cos_l = np.clip(np.linalg.svd(uu, compute_uv=False), 0.0, 1.0) if kmin else np.zeros(0)
+    cos_r = np.clip(np.linalg.svd(vv, compute_uv=False), 0.0, 1.0) if kmin else np.zeros(0)
+    top1, top2 = (sig1[0] if sig1.size else 0.0), (sig2[0] if sig2.size else 0.0)
+    w1, w2 = sig1[:k1], sig2[:k2]
+    denom = float(np.sum(w1 * np.abs(g1)) + np.sum(w2 * np.abs(g2)))
+    agreement = float(np.sum(w1 * g1) + np.sum(w2 * g2)) / denom if denom > 0 else 0.0
+    full = float(np.linalg.norm(w1) * norm2 + np.linalg.norm(w2) * norm1)
+    interference = min(denom / full, 1.0) if full > 0 else 0.0
+    n_conf = int(np.sum(g1 <= -opt.conflict_projection * top2) if top2 > 0 else 0) + int(
+        np.sum(g2 <= -opt.conflict_projection * top1) if top1 > 0 else 0
+    )
+    rate, entries, sampled = sign_conflict(d1, d2, opt)
+    return PairMetrics(
+        shape=(m, n),
+        norm1=norm1,
+        norm2=norm2,
+        sigma1=sig1,
+        sigma2=sig2,
+        k1=k1,
+        k2=k2,
+        cosine=inner / (norm1 * norm2) if norm1 > 0 and norm2 > 0 else 0.0,
+        overlap_left=float(np.sum(uu**2) / kmin) if kmin else 0.0,
+        overlap_right=float(np.sum(vv**2) / kmin) if kmin else 0.0,
+        chance_left=min(kmax / m, 1.0) if kmin else 0.0,
+        chance_right=min(kmax / n, 1.0) if kmin else 0.0,
+        cos_left=cos_l,
+        cos_right=cos_r,
+        agreement=max(-1.0, min(1.0, agreement)),
+        interference=interference,
+        n_conflicting=n_conf,
+        sign_conflict=rate,
+        sign_entries=entries,
+        sign_sampled=sampled,
+    )
+
+
+def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float | None, int, bool]:
+    """(rate, entries looked at, sampled?) — see the module docstring."""
+    m, n = d1.up.shape[0], d1.down.shape[1]
+    if m * n <= opt.sign_exact_max:
+        rows, cols, sampled = slice(None), slice(None), False
+    else:
+        rng = np.random.default_rng(zlib.crc32(d1.name.encode()))
+        rows = np.sort(rng.choice(m, size=min(opt.sign_sample, m), replace=False))
+        cols = np.sort(rng.choice(n, size=min(opt.sign_sample, n), replace=False))
+        sampled = True
+    x = _entries(d1, rows, cols)  # (m′, n′)
+    y = _entries(d2, rows, cols)
+    keep = max(1, int(round(opt.sign_density * x.size)))
+    both = _top_mask(x, keep) & _top_mask(y, keep)
+    count = int(both.sum())
+    if count == 0:
+        return None, x.size, sampled
+    rate = float(np.count_nonzero(np.sign(x[both]) != np.sign(y[both]))) / count
+    return rate, x.size, sampled
+
+
+def _entries(d: LoraDelta, rows, cols) -> np.ndarray:
+    b = np.asarray(d.up[rows], dtype=np.float64)  # (m′, r)
+    a = np.asarray(d.down[:, cols], dtype=np.float64)  # (r, n′)
+    return d.scale * (b @ a)  # (m′, n′)
+
+
+def _top_mask(x: np.ndarray, keep: int) -> np.ndarray:
+    """Boolean mask of exactly `keep` entries with the largest |x| (zeros never count as kept)."""
+    flat = np.abs(x).ravel()
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argpartition(flat, flat.size - keep)[flat.size - keep :]] = True
+    mask &= flat > 0
+    return mask.reshape(x.shape)

@@ -1,0 +1,210 @@
+"""The merge plan: what `merge` executes, written by `merge-audit --plan` or by hand.
+
+File format (JSON, or YAML when the name ends in .yaml/.yml and PyYAML is installed), schema
+`lorascope.merge_plan/v1`:
+
+    schema: lorascope.merge_plan/v1
+    adapters: [path_a, path_b, ...]      # informational; `merge` takes the adapters on its command line
+    weights: [1.0, 1.0]                  # ΔW = Σ wᵢ·ΔWᵢ before method-specific steps
+    seed: 0                              # DARE's random drops
+    default: {method: linear}            # for layers not listed below
+    layers:
+      model.layers.0.self_attn.q_proj: {method: ties, density: 0.7, rank: 64, weights: [1.0, 0.5],
+                                        compress_first: {0: 12}}
+
+Per-layer keys: method (see lorascope.merge.methods.METHODS), weights (replace the global ones),
+density (kept share for ties / dare_* / magnitude_prune), rank or energy (target of the
+re-factorisation), majority ("total" | "frequency"), compress_first (adapter index → rank: that
+adapter's layer is truncated to this rank before merging).  Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError
+
+SCHEMA = "lorascope.merge_plan/v1"
+_LAYER_KEYS = {"method", "weights", "density", "rank", "energy", "majority", "compress_first"}
+_TOP_KEYS = {"schema", "adapters", "weights", "seed", "default", "layers", "peft_add_weighted_adapter", "notes"}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    method: str = "linear"
+    weights: tuple[float, ...] | None = None  # None: the plan's global weights
+    density: float | None = None
+    rank: int | None = None
+    energy: float | None = None
+    majority: str = "total"
+    compress_first: dict[int, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        if self.weights is not None:
+            out["weights"] = [round(w, 6) for w in self.weights]
+        for key in ("density", "rank", "energy"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 6) if isinstance(value, float) else value
+        if self.majority != "total":
+            out["majority"] = self.majority
+        if self.compress_first:
+            out["compress_first"] = {str(i): k for i, k in sorted(self.compress_first.items())}
+        return out
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    weights: tuple[float, ...]
+    default: LayerPlan = field(default_factory=LayerPlan)
+    layers: dict[str, LayerPlan] = field(default_factory=dict)
+    adapters: tuple[str, ...] = ()
+    seed: int = 0
+    peft: dict[str, Any] = field(default_factory=dict)  # equivalent add_weighted_adapter call
+    notes: tuple[str, ...] = ()
+
+    def for_layer(self, name: str) -> LayerPlan:
+        lp = self.layers.get(name, self.default)
+        return lp if lp.weights is not None else replace(lp, weights=self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "adapters": list(self.adapters),
+            "weights": list(self.weights),
+            "seed": self.seed,
+            "default": self.default.to_dict(),
+            "layers": {name: lp.to_dict() for name, lp in self.layers.items()},
+        }
+        if self.peft:
+            out["peft_add_weighted_adapter"] = self.peft
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def save_plan(plan: MergePlan, path: str | Path) -> None:
+    from ..formats._io import write_text_atomic
+
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        text = _yaml().safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
+    write_text_atomic(path, text)
+
+
+def load_plan(path: str | Path) -> MergePlan:
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterNotFoundError("merge plan not found", path=path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        yaml = _yaml()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise FormatError(f"not valid YAML: {str(e).splitlines()[0]}", path=path) from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"not valid JSON: {e}", path=path) from None
+    return plan_from_dict(data, path)
+
+
+def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
+    """Validate a parsed plan; every problem is a FormatError naming the file and the key."""
+
+    def bad(msg: str) -> FormatError:
+        return FormatError(f"merge plan: {msg}", path=path)
+
+    if not isinstance(data, dict):
+        raise bad("the top level must be a mapping")
+    if data.get("schema", SCHEMA) != SCHEMA:
+        raise bad(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise bad(f"unknown key(s) {sorted(unknown)}")
+    weights = _floats(data.get("weights"), "weights", bad)
+    if weights is None:
+        raise bad("'weights' is required (one number per adapter)")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise bad("'seed' must be an integer")
+    default = _layer(data.get("default", {}), "default", bad)
+    layers_raw = data.get("layers", {}) or {}
+    if not isinstance(layers_raw, dict):
+        raise bad("'layers' must map layer names to settings")
+    layers = {str(k): _layer(v, f"layers.{k}", bad) for k, v in layers_raw.items()}
+    for name, lp in [("default", default), *layers.items()]:
+        if lp.weights is not None and len(lp.weights) != len(weights):
+            raise bad(f"{name}: {len(lp.weights)} weights for {len(weights)} adapters")
+    adapters = tuple(str(a) for a in data.get("adapters", ()) or ())
+    return MergePlan(weights, default, layers, adapters, seed, dict(data.get("peft_add_weighted_adapter", {})))
+
+
+def _layer(raw: Any, where: str, bad) -> LayerPlan:
+    if not isinstance(raw, dict):
+        raise bad(f"{where} must be a mapping")
+    unknown = set(raw) - _LAYER_KEYS
+    if unknown:
+        raise bad(f"{where}: unknown key(s) {sorted(unknown)}")
+    from .methods import METHODS
+
+    method = raw.get("method", "linear")
+    if method not in METHODS:
+        raise bad(f"{where}.method {method!r} is not one of {', '.join(METHODS)}")
+    density = _number(raw.get("density"), f"{where}.density", bad, 0.0, 1.0, open_low=True)
+    energy = _number(raw.get("energy"), f"{where}.energy", bad, 0.0, 1.0, open_low=True)
+    rank = raw.get("rank")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        raise bad(f"{where}.rank must be a positive integer")
+    majority = raw.get("majority", "total")
+    if majority not in ("total", "frequency"):
+        raise bad(f"{where}.majority must be 'total' or 'frequency'")
+    first = raw.get("compress_first", {}) or {}
+    if not isinstance(first, dict) or not all(
+        str(i).isdigit() and isinstance(k, int) and not isinstance(k, bool) and k >= 1 for i, k in first.items()
+    ):
+        raise bad(f"{where}.compress_first must map adapter indices to positive ranks")
+    return LayerPlan(
+        method, _floats(raw.get("weights"), f"{where}.weights", bad), density, rank, energy, majority,
+        {int(i): int(k) for i, k in first.items()},
+    )
+
+
+def _floats(raw: Any, where: str, bad) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise bad(f"{where} must be a non-empty list of numbers")
+    out = []
+    for x in raw:
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+            raise bad(f"{where} must hold finite numbers, got {x!r}")
+        out.append(float(x))
+    return tuple(out)
+
+
+def _number(raw: Any, where: str, bad, lo: float, hi: float, open_low: bool = False) -> float | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, (int, float)) or isinstance(raw, bool):
+        raise bad(f"{where} must be a number")
+    if not (lo < raw <= hi if open_low else lo <= raw <= hi):
+        raise bad(f"{where} must be in {'(' if open_low else '['}{lo:g}, {hi:g}], got {raw}")
+    return float(raw)
+
+
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise MissingDependencyError("YAML plans need PyYAML: pip install pyyaml (or use a .json plan)") from None
+    return yaml

@@ -1,0 +1,104 @@
+"""Text views of a MergeAuditReport: the per-layer table and `explain LAYER`."""
+
+from __future__ import annotations
+
+import json
+
+from .audit import LayerPair, MergeAuditReport
+
+
+def _short(name: str, width: int) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _params(x: LayerPair) -> str:
+    rec = x.recommendation
+    parts = [rec.method]
+    if rec.density is not None:
+        parts.append(f"density {rec.density:.2f}")
+    if rec.weights != (1.0, 1.0):
+        parts.append("w ×" + "/".join(f"{w:.2f}" for w in rec.weights))
+    if rec.compress_first:
+        parts.append("compress " + ",".join(f"#{i + 1}→{k}" for i, k in rec.compress_first.items()))
+    return " ".join(parts)
+
+
+def to_text(report: MergeAuditReport, show_layers: bool = True, width: int = 44) -> str:
+    a, b = report.sources
+    s = report.summary
+    v = s["verdicts"]
+    lines = [
+        f"lorascope merge-audit  {a['path']}  ×  {b['path']}",
+        f"shared layers: {s['n_shared']}   only in first: {len(report.only[0])}   "
+        f"only in second: {len(report.only[1])}",
+        "verdicts: " + " · ".join(f"{k} {n}" for k, n in v.items()) + f"   overall: {s['overall']}",
+        f"norm-weighted: overlap above chance {s['weighted_overlap_excess']:.3f}   cosine "
+        f"{s['weighted_cosine']:+.3f}   agreement {s['weighted_agreement']:+.2f}   "
+        f"‖ΔW‖ totals {s['total_norms'][0]:.3g} / {s['total_norms'][1]:.3g}",
+    ]
+    if show_layers:
+        lines.append("")
+        head = f"{'layer':<{width}} {'r1/r2':>7} {'ratio':>6} {'cos':>6} {'overlap':>13} {'agree':>6} "
+        lines.append(head + f"{'conf':>4} {'sign':>5}  {'verdict':<11} recommendation")
+        for x in report.layers:
+            p = x.metrics
+            ratio = f"{p.magnitude_ratio:.2f}" if p.magnitude_ratio is not None else "inf"
+            sign = f"{p.sign_conflict:.2f}" if p.sign_conflict is not None else "  -"
+            lines.append(
+                f"{_short(x.name, width):<{width}} {x.info1.rank:>3}/{x.info2.rank:<3} {ratio:>6} "
+                f"{p.cosine:>+6.3f} {p.overlap:>5.3f} ({p.chance:.3f}) {p.agreement:>+6.2f} "
+                f"{p.n_conflicting:>4} {sign:>5}  {x.verdict:<11} {_params(x)}"
+            )
+        lines.append("overlap: mean cos² of the principal angles (left+right)/2, chance level in brackets; "
+                     "sign: TIES sign-conflict rate (0.5 = unrelated)")
+    for name in report.only[0][:10]:
+        lines.append(f"only in first:  {name}")
+    for name in report.only[1][:10]:
+        lines.append(f"only in second: {name}")
+    call = report.plan().peft.get("call", {})
+    lines.append("")
+    lines.append("merge as recommended:  lorascope merge-audit A B --plan plan.json && "
+                 "lorascope merge A B --plan plan.json -o merged/")
+    lines.append("closest PEFT call:     model.add_weighted_adapter(" +
+                 ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items()) + ")")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines) + "\n"
+
+
+def explain(report: MergeAuditReport, name: str) -> str:
+    x = report.layer(name)
+    p, rec = x.metrics, x.recommendation
+    ratio = f"{p.magnitude_ratio:.3f}" if p.magnitude_ratio is not None else "∞ (second is zero)"
+    sign = (
+        "no entry is in both top shares"
+        if p.sign_conflict is None
+        else f"{p.sign_conflict:.3f} over {p.sign_entries:,} entries"
+        + (" (sampled grid)" if p.sign_sampled else " (exact)")
+    )
+    lines = [
+        f"layer {x.name}  ({x.info1.kind}, ΔW {p.shape[0]}×{p.shape[1]})",
+        f"  ranks r1/r2            {x.info1.rank} / {x.info2.rank}   "
+        f"(effective {x.effective_ranks[0]:.1f} / {x.effective_ranks[1]:.1f}, k@τ {p.k1} / {p.k2})",
+        f"  ‖ΔW‖_F                 {p.norm1:.4g} / {p.norm2:.4g}   ratio first/second {ratio}",
+        f"  cosine ⟨ΔW₁,ΔW₂⟩        {p.cosine:+.4f}",
+        f"  overlap output side    {p.overlap_left:.3f}  (chance {p.chance_left:.3f})",
+        f"  overlap input side     {p.overlap_right:.3f}  (chance {p.chance_right:.3f})",
+        f"  overlap above chance   {p.overlap_excess:.3f}",
+        f"  principal cosines out  {_vec(p.cos_left)}",
+        f"  principal cosines in   {_vec(p.cos_right)}",
+        f"  agreement              {p.agreement:+.3f}   interference {p.interference:.3f}",
+        f"  conflicting directions {p.n_conflicting} of {p.k1 + p.k2}",
+        f"  sign conflict (TIES)   {sign}",
+        f"  σ first                {_vec(p.sigma1)}",
+        f"  σ second               {_vec(p.sigma2)}",
+        f"verdict: {x.verdict}",
+    ]
+    lines.extend(f"  because {r}" for r in x.reasons)
+    lines.append(f"recommendation: {_params(x)}" + (f", rank {rec.rank}" if rec.method != "linear" else ""))
+    lines.extend(f"  {r}" for r in rec.reasons)
+    return "\n".join(lines) + "\n"
+
+
+def _vec(values, n: int = 8) -> str:
+    head = " ".join(f"{v:.3g}" for v in values[:n])
+    return head + (f" … ({len(values)} values)" if len(values) > n else "")
