@@ -48,3 +48,17 @@ def test_console_entry_point(tmp_path, rng):
         [sys.executable, "-m", "lorascope", "audit", str(tmp_path), "--json"], capture_output=True, text=True
     )
     assert p.returncode == 0 and json.loads(p.stdout)["summary"]["n_layers"] == 1
+
+
+def test_merge_audit_and_merge_do_not_import_torch(tmp_path, rng):
+    for sub in ("a", "b"):
+        layers = {n: random_factors(rng, 16, 12, 4) for n in layer_names(2)}
+        write_peft(tmp_path / sub, layers, config=peft_config(r=4), dtype="bf16")
+    a, b, out = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "m")
+    body = (
+        "from lorascope.cli.main import main\n"
+        f"assert main(['merge-audit', {a!r}, {b!r}, '--json']) == 0\n"
+        f"assert main(['merge', {a!r}, {b!r}, '-o', {out!r}, '--method', 'ties', '--json']) == 0\n"
+    )
+    out_text = _run(body)
+    assert out_text.rstrip().endswith("HEAVY=")

@@ -6,6 +6,8 @@ Public API (torch is never imported here):
     plan_ranks(report, mode) -> dict      new rank per layer (RankMode: rank, energy, budget, ...)
     compress(adapter, plan) -> Adapter    per-layer truncated SVD; compress_file writes it
     convert(src, dest, to=...)            rewrite a LoRA as peft / kohya / diffusers, ΔW exact
+    merge_audit(a, b) -> MergeAuditReport pairwise interference per layer, verdicts, a merge plan
+    merge_files([a, b, ...], dest, plan)  N adapters → one LoRA adapter, checked against the exact ΔW
     check(CheckInput) -> [Finding]        pre-flight LoRA config / training-args findings
     monitor(run.jsonl) -> MonitorReport   run-log summary and rule alerts; RunWriter writes logs
     LorascopeCallback                     HF Trainer callback (lazy: imports torch on first access)
@@ -17,6 +19,7 @@ from .compress import CompressOptions, CompressReport, compress, compress_file
 from .convert import convert
 from .errors import LorascopeError
 from .formats import detect, load
+from .merge import MergeAuditReport, MergePlan, MergeReport, merge, merge_audit, merge_files
 from .monitor import MonitorReport, Thresholds, monitor
 from .plan import RankMode, plan_ranks
 from .telemetry import RunWriter, read_run
@@ -59,6 +62,12 @@ __all__ = sorted(
         "convert",
         "detect",
         "load",
+        "merge",
+        "merge_audit",
+        "merge_files",
+        "MergeAuditReport",
+        "MergePlan",
+        "MergeReport",
         "plan_ranks",
     ]
 )
