@@ -29,7 +29,11 @@ def pair(tmp_path, rng):
         "model.layers.1.mlp.up_proj": random_factors(rng, 64, 40, 4),
     }
     a = write_peft(tmp_path / "a", la, config=peft_config(r=8, lora_alpha=16))
-    b = write_peft(tmp_path / "b", lb, config=peft_config(r=8, lora_alpha=16, rank_pattern={names[3]: 4, "model.layers.1.mlp.up_proj": 4}))
+    b = write_peft(
+        tmp_path / "b",
+        lb,
+        config=peft_config(r=8, lora_alpha=16, rank_pattern={names[3]: 4, "model.layers.1.mlp.up_proj": 4}),
+    )
     return a, b, names
 
 
@@ -125,12 +129,16 @@ def test_cli_merge_audit_text_json_explain_plan(pair, tmp_path, capsys):
 def test_cli_merge_with_plan_and_method(pair, tmp_path, capsys):
     a, b, _ = pair
     run_cli(capsys, "merge-audit", a, b, "--plan", tmp_path / "p.yaml")
-    code, out, _ = run_cli(capsys, "merge", a, b, "--plan", tmp_path / "p.yaml", "-o", tmp_path / "m1", "--json")
+    code, out, _ = run_cli(
+        capsys, "merge", a, b, "--plan", tmp_path / "p.yaml", "-o", tmp_path / "m1", "--json"
+    )
     data = strict_json(out)
     assert code == 0 and data["summary"]["verified"] is True
     assert {x["method"] for x in data["layers"]} == {"ties", "dare_ties", "linear"}
     assert len(load(tmp_path / "m1").layers) == 5
-    code, out, _ = run_cli(capsys, "merge", a, b, "--method", "linear", "--weights", "1,0.5", "-o", tmp_path / "m2")
+    code, out, _ = run_cli(
+        capsys, "merge", a, b, "--method", "linear", "--weights", "1,0.5", "-o", tmp_path / "m2"
+    )
     assert code == 0 and "read back: identical" in out and "methods: linear ×5" in out
     max_err = float(out.split("max ")[1].split()[0])
     assert max_err < 1e-6  # fp32 rounding of w·s·B only

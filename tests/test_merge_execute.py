@@ -45,12 +45,14 @@ def test_svd_merge_is_the_best_rank_k_of_the_weighted_sum(tmp_path, rng):
     plan = MergePlan((1.0, 0.5), LayerPlan("svd", rank=5))
     report = merge_files([p1, p2], tmp_path / "out", plan, MergeOptions(dtype="fp64"))
     a, b, out = load(p1), load(p2), load(tmp_path / "out")
-    for name, layer in zip(a.names, report.layers):
+    for name, layer in zip(a.names, report.layers, strict=True):
         total = dense(a, name) + 0.5 * dense(b, name)
         u, s, vt = np.linalg.svd(total)
         best = (u[:, :5] * s[:5]) @ vt[:5]
         np.testing.assert_allclose(dense(out, name), best, atol=1e-10 * s[0])
-        assert layer.rel_error == pytest.approx(np.linalg.norm(total - best) / np.linalg.norm(total), rel=1e-6)
+        assert layer.rel_error == pytest.approx(
+            np.linalg.norm(total - best) / np.linalg.norm(total), rel=1e-6
+        )
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "magnitude_prune"])
@@ -60,7 +62,7 @@ def test_dense_methods_refactorise_and_report_their_error(tmp_path, rng, method)
     report = merge_files([p1, p2], tmp_path / "out", plan, MergeOptions(dtype="fp64"))
     a, b, out = load(p1), load(p2), load(tmp_path / "out")
     m = get_method(method)
-    for index, (name, layer) in enumerate(zip(a.names, report.layers)):
+    for index, (name, layer) in enumerate(zip(a.names, report.layers, strict=True)):
         extra = {"rng": np.random.default_rng([3, index])} if m.needs_rng else {}
         intended = m.fn([dense(a, name), dense(b, name)], (1.0, 1.0), density=0.6, **extra)
         got = dense(out, name)
@@ -77,7 +79,10 @@ def test_per_layer_plan_and_compress_first(tmp_path, rng):
     plan = MergePlan(
         (1.0, 1.0),
         LayerPlan("linear"),
-        {names[0]: LayerPlan("linear", weights=(0.5, 2.0), compress_first={0: 2}), names[1]: LayerPlan("svd", rank=3)},
+        {
+            names[0]: LayerPlan("linear", weights=(0.5, 2.0), compress_first={0: 2}),
+            names[1]: LayerPlan("svd", rank=3),
+        },
     )
     report = merge_files([p1, p2], tmp_path / "out", plan, MergeOptions(dtype="fp64"))
     a, b, out = load(p1), load(p2), load(tmp_path / "out")

@@ -46,7 +46,9 @@ def dense_reference(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> dict:
         "cos_right": np.linalg.svd(vv, compute_uv=False),
         "agreement": (np.sum(s1[:k1] * g1) + np.sum(s2[:k2] * g2)) / den,
         "interference": den / full,
-        "n_conflicting": int(np.sum(g1 <= -opt.conflict_projection * s2[0]) + np.sum(g2 <= -opt.conflict_projection * s1[0])),
+        "n_conflicting": int(
+            np.sum(g1 <= -opt.conflict_projection * s2[0]) + np.sum(g2 <= -opt.conflict_projection * s1[0])
+        ),
     }
 
 
@@ -54,7 +56,15 @@ def assert_matches(p, ref) -> None:
     assert (p.k1, p.k2) == ref["k"]
     for key in ("norm1", "norm2"):
         assert abs(getattr(p, key) - ref[key]) <= TOL * ref[key], key
-    for key in ("cosine", "overlap_left", "overlap_right", "chance_left", "chance_right", "agreement", "interference"):
+    for key in (
+        "cosine",
+        "overlap_left",
+        "overlap_right",
+        "chance_left",
+        "chance_right",
+        "agreement",
+        "interference",
+    ):
         assert abs(getattr(p, key) - ref[key]) <= TOL * max(1.0, abs(ref[key])), key
     np.testing.assert_allclose(p.cos_left, np.clip(ref["cos_left"], 0, 1), atol=TOL)
     np.testing.assert_allclose(p.cos_right, np.clip(ref["cos_right"], 0, 1), atol=TOL)

@@ -32,8 +32,9 @@ class Tiny(torch.nn.Module):
 
 def _adapter(base, path, r: int, alpha: int, rslora: bool, seed: int):
     torch.manual_seed(seed)
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(TARGETS), init_lora_weights=False,
-                          use_rslora=rslora)
+    cfg = peft.LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(TARGETS), init_lora_weights=False, use_rslora=rslora
+    )
     model = peft.get_peft_model(copy.deepcopy(base), cfg)
     model.save_pretrained(path)
     return model
@@ -72,7 +73,9 @@ def test_linear_merge_loaded_by_peft_is_exact(adapters, tmp_path):
         ref = copy.deepcopy(base)
         params = dict(ref.named_parameters())
         for name in TARGETS:
-            params[f"{name}.weight"].add_(torch.from_numpy(WEIGHTS[0] * d1[name] + WEIGHTS[1] * d2[name]).float())
+            params[f"{name}.weight"].add_(
+                torch.from_numpy(WEIGHTS[0] * d1[name] + WEIGHTS[1] * d2[name]).float()
+            )
         torch.testing.assert_close(merged(x), ref(x), rtol=1e-5, atol=1e-5)
 
 

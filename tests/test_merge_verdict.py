@@ -34,8 +34,8 @@ def orthogonal_to(d: LoraDelta, rng) -> LoraDelta:
     return delta(a, b, np.linalg.norm(d.dense()) / np.linalg.norm(b @ a))
 
 
-def verdict(d1, d2, t=Thresholds()):
-    return classify(pair_metrics(d1, d2), t)[0]
+def verdict(d1, d2, t=None):
+    return classify(pair_metrics(d1, d2), t or Thresholds())[0]
 
 
 def test_identical_is_redundant(base):
@@ -92,7 +92,8 @@ def test_thresholds_validated():
         Thresholds(imbalance=0.5)
 
 
-def rec_for(d1, d2, ranks=(8, 8), eff=(6.0, 6.0), t=Thresholds()):
+def rec_for(d1, d2, ranks=(8, 8), eff=(6.0, 6.0), t=None):
+    t = t or Thresholds()
     p = pair_metrics(d1, d2)
     v = classify(p, t)[0]
     return v, recommend(p, v, ranks, eff, t)

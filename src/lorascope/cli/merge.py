@@ -15,15 +15,25 @@ from ._output import emit, progress_printer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="merge N LoRA adapters (any ranks) into one, checked against the exact ΔW")
-    p.add_argument("adapters", nargs="+", metavar="ADAPTER", help="two or more adapters (directories or files)")
+    p = sub.add_parser(
+        "merge", help="merge N LoRA adapters (any ranks) into one, checked against the exact ΔW"
+    )
+    p.add_argument(
+        "adapters", nargs="+", metavar="ADAPTER", help="two or more adapters (directories or files)"
+    )
     p.add_argument("-o", "--output", required=True, help="new adapter directory (must not exist or be empty)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--plan", metavar="FILE", help="a merge plan (.json/.yaml), e.g. from `merge-audit --plan`")
+    how.add_argument(
+        "--plan", metavar="FILE", help="a merge plan (.json/.yaml), e.g. from `merge-audit --plan`"
+    )
     how.add_argument("--method", choices=tuple(METHODS), help="one method for every layer (default linear)")
     p.add_argument("--weights", help="one weight per adapter, e.g. 1,0.5 (default 1 each; not with --plan)")
-    p.add_argument("--density", type=float, help="kept share for ties / dare_* / magnitude_prune (default 0.8)")
-    p.add_argument("--rank", type=int, help="target rank where the method re-factorises (default: Σ ranks; svd: max)")
+    p.add_argument(
+        "--density", type=float, help="kept share for ties / dare_* / magnitude_prune (default 0.8)"
+    )
+    p.add_argument(
+        "--rank", type=int, help="target rank where the method re-factorises (default: Σ ranks; svd: max)"
+    )
     p.add_argument("--energy", type=float, help="instead of --rank: keep this share of Σσ² per layer")
     p.add_argument("--majority", choices=("total", "frequency"), default="total", help="TIES sign election")
     p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops (default 0)")
@@ -53,7 +63,9 @@ def plan_from_args(args: argparse.Namespace) -> MergePlan:
             raise InvalidArgumentError(f"--{extra[0]} cannot be combined with --plan; edit the plan instead")
         plan = load_plan(args.plan)
         if len(plan.weights) != n:
-            raise InvalidArgumentError(f"the plan has {len(plan.weights)} weights for {n} adapters", path=args.plan)
+            raise InvalidArgumentError(
+                f"the plan has {len(plan.weights)} weights for {n} adapters", path=args.plan
+            )
         return plan
     if args.density is not None and not 0 < args.density <= 1:
         raise InvalidArgumentError("--density must be in (0, 1]")
@@ -68,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if len(args.adapters) < 2:
         raise InvalidArgumentError("merge needs at least two adapters")
     plan = plan_from_args(args)
-    options = MergeOptions(dtype=args.dtype, progress=progress_printer(not args.quiet and sys.stderr.isatty()))
+    options = MergeOptions(
+        dtype=args.dtype, progress=progress_printer(not args.quiet and sys.stderr.isatty())
+    )
     report = merge_files(args.adapters, args.output, plan, options, format=args.format)
     emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
     return 0

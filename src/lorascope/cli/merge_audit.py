@@ -6,37 +6,65 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import InvalidArgumentError
 from ..merge.audit import MergeAuditOptions, merge_audit
 from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_text
 from ..merge.verdict import Thresholds
-from ..errors import InvalidArgumentError
 from ._output import _is_input, emit, progress_printer
 from .merge import parse_weights
 
-_THRESHOLD_FLAGS = ("overlap_low", "overlap_high", "agreement_conflict", "conflict_share", "agreement_redundant",
-                    "imbalance", "min_interference", "over_provisioned", "min_weight")
+_THRESHOLD_FLAGS = (
+    "overlap_low",
+    "overlap_high",
+    "agreement_conflict",
+    "conflict_share",
+    "agreement_redundant",
+    "imbalance",
+    "min_interference",
+    "over_provisioned",
+    "min_weight",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge-audit", help="predict how two adapters interact when merged; write a merge plan")
+    p = sub.add_parser(
+        "merge-audit", help="predict how two adapters interact when merged; write a merge plan"
+    )
     p.add_argument("first", help="first adapter (directory or file)")
     p.add_argument("second", help="second adapter")
     p.add_argument("--format", help="force the input format of both adapters")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable report (lorascope.merge_audit/v1)")
-    out.add_argument("--explain", metavar="LAYER", help="every metric of one layer (a unique part of its name)")
-    p.add_argument("--vectors", action="store_true", help="with --json: principal cosines and singular values")
+    out.add_argument(
+        "--explain", metavar="LAYER", help="every metric of one layer (a unique part of its name)"
+    )
+    p.add_argument(
+        "--vectors", action="store_true", help="with --json: principal cosines and singular values"
+    )
     p.add_argument("--summary", action="store_true", help="no per-layer table")
-    p.add_argument("--plan", metavar="FILE", help="write the recommended merge plan (.json, .yaml) for `merge`")
+    p.add_argument(
+        "--plan", metavar="FILE", help="write the recommended merge plan (.json, .yaml) for `merge`"
+    )
     p.add_argument("--weights", default="1,1", help="intended merge weights, e.g. 1,0.5 (default 1,1)")
-    p.add_argument("--energy", type=float, default=0.90, help="τ of the compared top-k subspaces (default 0.90)")
-    p.add_argument("--sign-density", type=float, default=0.20, help="TIES top share for sign conflicts (0.20)")
-    p.add_argument("--sign-sample", type=int, default=512, help="rows and columns sampled in large layers (512)")
+    p.add_argument(
+        "--energy", type=float, default=0.90, help="τ of the compared top-k subspaces (default 0.90)"
+    )
+    p.add_argument(
+        "--sign-density", type=float, default=0.20, help="TIES top share for sign conflicts (0.20)"
+    )
+    p.add_argument(
+        "--sign-sample", type=int, default=512, help="rows and columns sampled in large layers (512)"
+    )
     for name in _THRESHOLD_FLAGS:
         default = getattr(Thresholds(), name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, help=f"threshold (default {default:g})")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=default,
+            help=f"threshold (default {default:g})",
+        )
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)

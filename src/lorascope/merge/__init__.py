@@ -13,25 +13,23 @@ from .pairwise import PairMetrics, PairOptions, pair_metrics
 from .plan import LayerPlan, MergePlan, load_plan, save_plan
 from .verdict import Thresholds
 
-__all__ = sorted(
-    [
-        "LayerPlan",
-        "METHODS",
-        "MergeAuditOptions",
-        "MergeAuditReport",
-        "MergeMethod",
-        "MergeOptions",
-        "MergePlan",
-        "MergeReport",
-        "PairMetrics",
-        "PairOptions",
-        "Thresholds",
-        "get_method",
-        "load_plan",
-        "merge",
-        "merge_audit",
-        "merge_files",
-        "pair_metrics",
-        "save_plan",
-    ]
-)
+__all__ = [
+    "LayerPlan",
+    "METHODS",
+    "MergeAuditOptions",
+    "MergeAuditReport",
+    "MergeMethod",
+    "MergeOptions",
+    "MergePlan",
+    "MergeReport",
+    "PairMetrics",
+    "PairOptions",
+    "Thresholds",
+    "get_method",
+    "load_plan",
+    "merge",
+    "merge_audit",
+    "merge_files",
+    "pair_metrics",
+    "save_plan",
+]

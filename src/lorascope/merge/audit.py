@@ -149,17 +149,32 @@ class MergeAuditReport:
             rec = x.recommendation
             layers[x.name] = LayerPlan(
                 method=rec.method,
-                weights=tuple(wi * mi for wi, mi in zip(w, rec.weights)),
+                weights=tuple(wi * mi for wi, mi in zip(w, rec.weights, strict=True)),
                 density=rec.density,
                 rank=None if rec.method == "linear" else rec.rank,
                 compress_first=dict(rec.compress_first),
             )
-        notes = [f"layer {n} is only in adapter {i + 1}: merged with its weight" for i, names in
-                 enumerate(self.only) for n in names]
-        plan = MergePlan(tuple(w), LayerPlan("linear"), layers, tuple(s["path"] or "" for s in self.sources),
-                         notes=tuple(notes))
-        return MergePlan(plan.weights, plan.default, plan.layers, plan.adapters, plan.seed,
-                         peft_equivalent(self, plan), plan.notes)
+        notes = [
+            f"layer {n} is only in adapter {i + 1}: merged with its weight"
+            for i, names in enumerate(self.only)
+            for n in names
+        ]
+        plan = MergePlan(
+            tuple(w),
+            LayerPlan("linear"),
+            layers,
+            tuple(s["path"] or "" for s in self.sources),
+            notes=tuple(notes),
+        )
+        return MergePlan(
+            plan.weights,
+            plan.default,
+            plan.layers,
+            plan.adapters,
+            plan.seed,
+            peft_equivalent(self, plan),
+            plan.notes,
+        )
 
 
 def merge_audit(
@@ -173,7 +188,9 @@ def merge_audit(
     a = first if isinstance(first, Adapter) else load(first, **load_options)
     b = second if isinstance(second, Adapter) else load(second, **load_options)
     if a.path is not None and a.path == b.path:
-        raise InvalidArgumentError("both adapters are the same file; give two different adapters", path=a.path)
+        raise InvalidArgumentError(
+            "both adapters are the same file; give two different adapters", path=a.path
+        )
     in_b = set(b.names)
     shared = [n for n in a.names if n in in_b]
     only = (tuple(n for n in a.names if n not in in_b), tuple(n for n in b.names if n not in set(a.names)))
@@ -191,7 +208,9 @@ def merge_audit(
     notes = list(a.notes) + list(b.notes)
     if only[0] or only[1]:
         notes.append(f"{len(only[0])} layers only in the first adapter, {len(only[1])} only in the second")
-    return MergeAuditReport((_source(a), _source(b)), options, tuple(layers), only, _summary(layers), tuple(notes))
+    return MergeAuditReport(
+        (_source(a), _source(b)), options, tuple(layers), only, _summary(layers), tuple(notes)
+    )
 
 
 def _layer(a: Adapter, b: Adapter, name: str, options: MergeAuditOptions) -> LayerPair:

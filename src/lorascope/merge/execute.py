@@ -60,9 +60,15 @@ class MergedLayer:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "method": self.method, "inputs": list(self.inputs), "ranks": list(self.ranks),
-            "rank": self.rank, "weights": list(self.weights), "params": self.params,
-            "rel_error": self.rel_error, "intended_norm": self.intended_norm,
+            "name": self.name,
+            "method": self.method,
+            "inputs": list(self.inputs),
+            "ranks": list(self.ranks),
+            "rank": self.rank,
+            "weights": list(self.weights),
+            "params": self.params,
+            "rel_error": self.rel_error,
+            "intended_norm": self.intended_norm,
             "compress_first": {str(k): v for k, v in self.compress_first.items()},
         }
 
@@ -90,8 +96,14 @@ class MergeReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "sources": list(self.sources), "output": self.output,
-                "summary": self.summary(), "notes": list(self.notes), "layers": [x.to_dict() for x in self.layers]}
+        return {
+            "schema": SCHEMA,
+            "sources": list(self.sources),
+            "output": self.output,
+            "summary": self.summary(),
+            "notes": list(self.notes),
+            "layers": [x.to_dict() for x in self.layers],
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -110,8 +122,13 @@ def merge(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | 
         if options.progress:
             options.progress(index + 1, len(names), name)
     first = adapters[0]
-    merged = Adapter.from_deltas(deltas, format=first.format, config=_config(adapters), metadata=first.metadata,
-                                 modules_to_save=first.modules_to_save)
+    merged = Adapter.from_deltas(
+        deltas,
+        format=first.format,
+        config=_config(adapters),
+        metadata=first.metadata,
+        modules_to_save=first.modules_to_save,
+    )
     return merged, results
 
 
@@ -125,8 +142,9 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
     for a in adapters:
         dora = [x.name for x in a.layers if x.dora]
         if dora:
-            raise UnsupportedError(f"DoRA layer {dora[0]}: DoRA magnitude vectors cannot be merged as LoRA",
-                                   path=a.path)
+            raise UnsupportedError(
+                f"DoRA layer {dora[0]}: DoRA magnitude vectors cannot be merged as LoRA", path=a.path
+            )
     known = {n for a in adapters for n in a.names}
     unknown = sorted(set(plan.layers) - known)
     if unknown:
@@ -134,7 +152,9 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
     for lp in [plan.default, *plan.layers.values()]:
         bad = [i for i in lp.compress_first if i >= len(adapters)]
         if bad:
-            raise InvalidArgumentError(f"compress_first names adapter index {bad[0]}; there are {len(adapters)}")
+            raise InvalidArgumentError(
+                f"compress_first names adapter index {bad[0]}; there are {len(adapters)}"
+            )
 
 
 def _merge_layer(adapters, name: str, plan: MergePlan, index: int, options: MergeOptions):
@@ -143,9 +163,11 @@ def _merge_layer(adapters, name: str, plan: MergePlan, index: int, options: Merg
     inputs = [adapters[i].delta(name) for i in idx]
     shapes = {(d.info.out_features, d.info.in_features) for d in inputs}
     if len(shapes) > 1:
-        raise FormatError(f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path)
+        raise FormatError(
+            f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
+        )
     weights = tuple(lp.weights[i] for i in idx)
-    factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs)]
+    factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
     method = get_method(lp.method)
     params = _params(method, lp, factors)
     if method.kind == "factor":
@@ -165,10 +187,29 @@ def _merge_layer(adapters, name: str, plan: MergePlan, index: int, options: Merg
         raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
     err, norm = _rel_error(factors, weights, intended, down_w, up_w)
     first = inputs[0].info
-    info = LayerInfo(name, first.kind, down_w.shape[0], first.out_features, first.in_features, 1.0, dtype,
-                     first.weight_shape, extras=frozen_mapping({"merged_from": list(idx)}))
-    result = MergedLayer(name, lp.method, idx, tuple(d.info.rank for d in inputs), down_w.shape[0], weights,
-                         {k: v for k, v in params.items()}, err, norm, dict(lp.compress_first))
+    info = LayerInfo(
+        name,
+        first.kind,
+        down_w.shape[0],
+        first.out_features,
+        first.in_features,
+        1.0,
+        dtype,
+        first.weight_shape,
+        extras=frozen_mapping({"merged_from": list(idx)}),
+    )
+    result = MergedLayer(
+        name,
+        lp.method,
+        idx,
+        tuple(d.info.rank for d in inputs),
+        down_w.shape[0],
+        weights,
+        {k: v for k, v in params.items()},
+        err,
+        norm,
+        dict(lp.compress_first),
+    )
     return LoraDelta(info, down_w, up_w), result
 
 
@@ -201,7 +242,8 @@ def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
         diff = intended - u @ d  # (out, in)
         return (float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))), norm
     a = np.concatenate([f[0] for f in factors] + [d], axis=0)  # (Σr + k, in)
-    b = np.concatenate([w * s * f for (_, f, s), w in zip(factors, weights)] + [-u], axis=1)  # (out, Σr + k)
+    ups = [w * s * f for (_, f, s), w in zip(factors, weights, strict=True)]
+    b = np.concatenate([*ups, -u], axis=1)  # (out, Σr + k)
     k = d.shape[0]
     diff2 = float(np.sum((a @ a.T) * (b.T @ b)))
     ta, tb = a[:-k], b[:, :-k]
@@ -227,8 +269,11 @@ def _config(adapters: Sequence[Adapter]) -> dict[str, Any]:
 
 
 def merge_files(
-    paths: Sequence[str | Path | Adapter], dest: str | Path, plan: MergePlan,
-    options: MergeOptions | None = None, **load_options: Any,
+    paths: Sequence[str | Path | Adapter],
+    dest: str | Path,
+    plan: MergePlan,
+    options: MergeOptions | None = None,
+    **load_options: Any,
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
     from ..compress import _check_dest
@@ -249,10 +294,14 @@ def _notes(adapters: Sequence[Adapter]) -> list[str]:
     notes = []
     for i, a in enumerate(adapters[1:], start=2):
         if a.modules_to_save and a.modules_to_save != adapters[0].modules_to_save:
-            notes.append(f"modules_to_save of adapter {i} ({', '.join(a.modules_to_save)}) are not merged: "
-                         "the output keeps adapter 1's")
+            notes.append(
+                f"modules_to_save of adapter {i} ({', '.join(a.modules_to_save)}) are not merged: "
+                "the output keeps adapter 1's"
+            )
         elif a.modules_to_save:
-            notes.append(f"modules_to_save ({', '.join(a.modules_to_save)}) are copied from adapter 1, not merged")
+            notes.append(
+                f"modules_to_save ({', '.join(a.modules_to_save)}) are copied from adapter 1, not merged"
+            )
     return notes
 
 
@@ -264,9 +313,11 @@ def _verify(merged: Adapter, dest, fmt: str) -> bool:
     for d in back.iter_deltas():
         want = merged.delta(d.name)
         scale_err = abs(d.scale - 1.0)
-        same = np.array_equal(np.asarray(d.down, np.float64), np.asarray(want.down, np.float64)) and \
-            np.array_equal(np.asarray(d.up, np.float64), np.asarray(want.up, np.float64))
+        same = np.array_equal(
+            np.asarray(d.down, np.float64), np.asarray(want.down, np.float64)
+        ) and np.array_equal(np.asarray(d.up, np.float64), np.asarray(want.up, np.float64))
         if not same or scale_err > 1e-6:
-            raise FormatError(f"post-merge check: layer {d.name} reads back different from what was computed",
-                              path=dest)
+            raise FormatError(
+                f"post-merge check: layer {d.name} reads back different from what was computed", path=dest
+            )
     return True

@@ -30,7 +30,16 @@ from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError
 
 SCHEMA = "lorascope.merge_plan/v1"
 _LAYER_KEYS = {"method", "weights", "density", "rank", "energy", "majority", "compress_first"}
-_TOP_KEYS = {"schema", "adapters", "weights", "seed", "default", "layers", "peft_add_weighted_adapter", "notes"}
+_TOP_KEYS = {
+    "schema",
+    "adapters",
+    "weights",
+    "seed",
+    "default",
+    "layers",
+    "peft_add_weighted_adapter",
+    "notes",
+}
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,9 @@ def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
         if lp.weights is not None and len(lp.weights) != len(weights):
             raise bad(f"{name}: {len(lp.weights)} weights for {len(weights)} adapters")
     adapters = tuple(str(a) for a in data.get("adapters", ()) or ())
-    return MergePlan(weights, default, layers, adapters, seed, dict(data.get("peft_add_weighted_adapter", {})))
+    return MergePlan(
+        weights, default, layers, adapters, seed, dict(data.get("peft_add_weighted_adapter", {}))
+    )
 
 
 def _layer(raw: Any, where: str, bad) -> LayerPlan:
@@ -170,11 +181,17 @@ def _layer(raw: Any, where: str, bad) -> LayerPlan:
         raise bad(f"{where}.majority must be 'total' or 'frequency'")
     first = raw.get("compress_first", {}) or {}
     if not isinstance(first, dict) or not all(
-        str(i).isdigit() and isinstance(k, int) and not isinstance(k, bool) and k >= 1 for i, k in first.items()
+        str(i).isdigit() and isinstance(k, int) and not isinstance(k, bool) and k >= 1
+        for i, k in first.items()
     ):
         raise bad(f"{where}.compress_first must map adapter indices to positive ranks")
     return LayerPlan(
-        method, _floats(raw.get("weights"), f"{where}.weights", bad), density, rank, energy, majority,
+        method,
+        _floats(raw.get("weights"), f"{where}.weights", bad),
+        density,
+        rank,
+        energy,
+        majority,
         {int(i): int(k) for i, k in first.items()},
     )
 
@@ -206,5 +223,7 @@ def _yaml():
     try:
         import yaml
     except ImportError:
-        raise MissingDependencyError("YAML plans need PyYAML: pip install pyyaml (or use a .json plan)") from None
+        raise MissingDependencyError(
+            "YAML plans need PyYAML: pip install pyyaml (or use a .json plan)"
+        ) from None
     return yaml

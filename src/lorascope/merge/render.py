@@ -49,18 +49,25 @@ def to_text(report: MergeAuditReport, show_layers: bool = True, width: int = 44)
                 f"{p.cosine:>+6.3f} {p.overlap:>5.3f} ({p.chance:.3f}) {p.agreement:>+6.2f} "
                 f"{p.n_conflicting:>4} {sign:>5}  {x.verdict:<11} {_params(x)}"
             )
-        lines.append("overlap: mean cos² of the principal angles (left+right)/2, chance level in brackets; "
-                     "sign: TIES sign-conflict rate (0.5 = unrelated)")
+        lines.append(
+            "overlap: mean cos² of the principal angles (left+right)/2, chance level in brackets; "
+            "sign: TIES sign-conflict rate (0.5 = unrelated)"
+        )
     for name in report.only[0][:10]:
         lines.append(f"only in first:  {name}")
     for name in report.only[1][:10]:
         lines.append(f"only in second: {name}")
     call = report.plan().peft.get("call", {})
     lines.append("")
-    lines.append("merge as recommended:  lorascope merge-audit A B --plan plan.json && "
-                 "lorascope merge A B --plan plan.json -o merged/")
-    lines.append("closest PEFT call:     model.add_weighted_adapter(" +
-                 ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items()) + ")")
+    lines.append(
+        "merge as recommended:  lorascope merge-audit A B --plan plan.json && "
+        "lorascope merge A B --plan plan.json -o merged/"
+    )
+    lines.append(
+        "closest PEFT call:     model.add_weighted_adapter("
+        + ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items())
+        + ")"
+    )
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines) + "\n"
 

@@ -57,7 +57,9 @@ class Thresholds:
         if not -1 <= self.agreement_conflict < self.agreement_redundant <= 1:
             raise InvalidArgumentError("thresholds need −1 ≤ agreement_conflict < agreement_redundant ≤ 1")
         if self.imbalance < 1 or not 0 < self.min_weight <= 1 or not 0 < self.conflict_share <= 1:
-            raise InvalidArgumentError("thresholds need imbalance ≥ 1, 0 < min_weight ≤ 1, 0 < conflict_share ≤ 1")
+            raise InvalidArgumentError(
+                "thresholds need imbalance ≥ 1, 0 < min_weight ≤ 1, 0 < conflict_share ≤ 1"
+            )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -87,7 +89,9 @@ def classify(p: PairMetrics, t: Thresholds) -> tuple[str, tuple[str, ...]]:
         if agr <= t.agreement_conflict:
             why += f"the updates push them apart (agreement {agr:+.2f} ≤ {t.agreement_conflict:+.2f})"
         else:
-            why += f"{100 * share:.0f} % of the principal directions conflict (≥ {100 * t.conflict_share:.0f} %)"
+            why += (
+                f"{100 * share:.0f} % of the principal directions conflict (≥ {100 * t.conflict_share:.0f} %)"
+            )
         return "CONFLICTING", (why,)
     if imb >= t.imbalance:
         strong = "first" if p.norm1 > p.norm2 else "second"
@@ -99,7 +103,9 @@ def classify(p: PairMetrics, t: Thresholds) -> tuple[str, tuple[str, ...]]:
     return "SAFE", (f"moderate overlap ({ov:.2f} above chance) with agreement {agr:+.2f}",)
 
 
-def recommend(p: PairMetrics, verdict: str, ranks: tuple[int, int], eff_ranks, t: Thresholds) -> Recommendation:
+def recommend(
+    p: PairMetrics, verdict: str, ranks: tuple[int, int], eff_ranks, t: Thresholds
+) -> Recommendation:
     """Concrete merge parameters for one layer (see the module docstring for the formulas)."""
     ov = float(np.clip(p.overlap_excess, 0.0, 1.0))
     trim = 0.1 + 0.4 * ov
@@ -114,17 +120,20 @@ def recommend(p: PairMetrics, verdict: str, ranks: tuple[int, int], eff_ranks, t
         if p.imbalance is not None:
             damp = float(np.clip(p.imbalance**-0.5, t.min_weight, 1.0))
             weights = (damp, 1.0) if p.norm1 > p.norm2 else (1.0, damp)
-            reasons.append(f"rebalance: the stronger adapter × {damp:.2f} (gap {p.imbalance:.1f}× → "
-                           f"{p.imbalance * damp:.1f}×)")
+            reasons.append(
+                f"rebalance: the stronger adapter × {damp:.2f} (gap {p.imbalance:.1f}× → "
+                f"{p.imbalance * damp:.1f}×)"
+            )
     elif verdict == "REDUNDANT":
         method, density, rank = "ties", 1.0 - trim, max(ranks)
         reasons.append(f"TIES trim {trim:.2f}: grows with the overlap {ov:.2f}")
-        for i, (r, eff, k) in enumerate(zip(ranks, eff_ranks, (p.k1, p.k2))):
+        for i, (r, eff, k) in enumerate(zip(ranks, eff_ranks, (p.k1, p.k2), strict=True)):
             if r and eff < t.over_provisioned * r:
                 compress_first[i] = max(k, 1)
                 reasons.append(f"adapter {i + 1} uses {eff:.1f} of r={r}: compress it to {max(k, 1)} first")
     else:  # SAFE: nothing to resolve, so the exact merge; trim/drop are still reported
         method, density = "linear", None
         reasons.append("exact linear merge: no interference to resolve")
-    return Recommendation(method, weights, density, round(trim, 4), round(drop, 4), int(rank), compress_first,
-                          tuple(reasons))
+    return Recommendation(
+        method, weights, density, round(trim, 4), round(drop, 4), int(rank), compress_first, tuple(reasons)
+    )
