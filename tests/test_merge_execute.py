@@ -148,3 +148,29 @@ def test_mismatched_shapes_are_refused(tmp_path, rng):
     p2 = write_peft(tmp_path / "b", {n: random_factors(rng, 32, 16, 4)}, config=peft_config(r=4))
     with pytest.raises(FormatError, match="shapes differ"):
         merge_files([p1, p2], tmp_path / "out", MergePlan((1.0, 1.0)))
+
+
+def test_peft_and_kohya_inputs_are_matched_and_merged_exactly(tmp_path, rng):
+    from lorascope import convert
+    from lorascope.merge import merge_audit
+
+    p1, p2 = two_adapters(tmp_path, rng)
+    kohya_file = tmp_path / "b.safetensors"
+    convert(p2, kohya_file, to="kohya")
+    assert merge_audit(p1, kohya_file).summary["n_shared"] == 4
+    for order, dest in (((p1, kohya_file), tmp_path / "o1"), ((kohya_file, p1), tmp_path / "o2.safetensors")):
+        report = merge_files(list(order), dest, MergePlan((1.0, 1.0)))
+        assert report.verified and load(dest).format == load(order[0]).format
+    a, b, out = load(p1), load(p2), load(tmp_path / "o1")
+    for name in a.names:
+        want = dense(a, name) + dense(b, name)
+        assert np.linalg.norm(dense(out, name) - want) <= 1e-6 * np.linalg.norm(want)
+
+
+def test_unrelated_adapters_are_refused(tmp_path, rng):
+    from lorascope.errors import FormatError
+
+    p1, _ = two_adapters(tmp_path, rng)
+    other = write_peft(tmp_path / "c", {"x.q": random_factors(rng, 24, 16, 4)}, config=peft_config(r=4))
+    with pytest.raises(FormatError, match="shares no layer"):
+        merge_files([p1, other], tmp_path / "out", MergePlan((1.0, 1.0)))

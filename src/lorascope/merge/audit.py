@@ -1,6 +1,6 @@
 """`merge_audit`: predict how two adapters will interact when merged, layer by layer.
 
-Contract: layers are matched by name (the name each reader gives, e.g. PEFT module paths); layers in
+Contract: layers are matched by name (match.py: as read, or by kohya spelling across formats); layers in
 only one adapter are listed, never silently dropped; a shared name with different shapes is an error
 (the adapters were trained on different base models).  One pass, one pair of layers in memory at a
 time, no dense ΔW except the bounded sign-conflict grid (pairwise.py).  The report is a frozen
@@ -23,6 +23,7 @@ from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..spectral import NonFiniteError
 from ..types import Adapter, LayerInfo
+from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
 from .plan import LayerPlan, MergePlan
 from .verdict import VERDICTS, Recommendation, Thresholds, classify, recommend
@@ -191,9 +192,14 @@ def merge_audit(
         raise InvalidArgumentError(
             "both adapters are the same file; give two different adapters", path=a.path
         )
-    in_b = set(b.names)
-    shared = [n for n in a.names if n in in_b]
-    only = (tuple(n for n in a.names if n not in in_b), tuple(n for n in b.names if n not in set(a.names)))
+    ka, kb = layer_keys([a, b])
+    b_by_key = {key: name for name, key in kb.items()}
+    shared = [(n, b_by_key[k]) for n, k in ka.items() if k in b_by_key]
+    keys_a = set(ka.values())
+    only = (
+        tuple(n for n, k in ka.items() if k not in b_by_key),
+        tuple(n for n, k in kb.items() if k not in keys_a),
+    )
     if not shared:
         raise FormatError(
             f"the adapters share no layer (first has {len(a.names)}, second {len(b.names)}, e.g. "
@@ -201,10 +207,10 @@ def merge_audit(
             path=b.path,
         )
     layers = []
-    for i, name in enumerate(shared):
-        layers.append(_layer(a, b, name, options))
+    for i, (n1, n2) in enumerate(shared):
+        layers.append(_layer(a, b, (n1, n2), options))
         if options.progress:
-            options.progress(i + 1, len(shared), name)
+            options.progress(i + 1, len(shared), n1)
     notes = list(a.notes) + list(b.notes)
     if only[0] or only[1]:
         notes.append(f"{len(only[0])} layers only in the first adapter, {len(only[1])} only in the second")
@@ -213,15 +219,16 @@ def merge_audit(
     )
 
 
-def _layer(a: Adapter, b: Adapter, name: str, options: MergeAuditOptions) -> LayerPair:
-    i1, i2 = a.info(name), b.info(name)
+def _layer(a: Adapter, b: Adapter, names: tuple[str, str], options: MergeAuditOptions) -> LayerPair:
+    name = names[0]
+    i1, i2 = a.info(names[0]), b.info(names[1])
     if (i1.out_features, i1.in_features) != (i2.out_features, i2.in_features):
         raise FormatError(
             f"layer {name}: shapes differ ({i1.out_features}×{i1.in_features} vs "
             f"{i2.out_features}×{i2.in_features}); the adapters belong to different base models",
             path=b.path,
         )
-    d1, d2 = a.delta(name), b.delta(name)
+    d1, d2 = a.delta(names[0]), b.delta(names[1])
     for adapter, d in ((a, d1), (b, d2)):
         if not (np.isfinite(d.down).all() and np.isfinite(d.up).all()):
             raise FormatError(f"layer {name}: factors contain NaN or Inf", path=adapter.path)

@@ -1,7 +1,7 @@
 """`merge`: N ≥ 2 LoRA adapters (any readable formats, any ranks) → one LoRA adapter, per a plan.
 
-Contract, per layer (the union of the adapters' layers, matched by name; an adapter without the
-layer contributes nothing there):
+Contract, per layer (the union of the adapters' layers, matched by name — across formats by their
+kohya spelling, match.py; an adapter without the layer contributes nothing there):
 1. compress-first: an input named in the layer's `compress_first` is truncated to that rank
    (compress.truncated_svd) before anything else;
 2. the layer's method (methods.METHODS) with its weights and parameters: factor methods (`linear`,
@@ -32,6 +32,7 @@ from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import load
 from ..spectral import dense_truncated_svd
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from .match import layer_keys
 from .methods import get_method
 from .plan import LayerPlan, MergePlan
 
@@ -113,14 +114,14 @@ def merge(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | 
     """Merge in memory → (merged Adapter, [MergedLayer]).  See the module docstring."""
     options = options or MergeOptions()
     _check_inputs(adapters, plan, options)
-    names = list(dict.fromkeys(n for a in adapters for n in a.names))
+    groups = _groups(adapters)
     deltas, results = [], []
-    for index, name in enumerate(names):
-        delta, result = _merge_layer(adapters, name, plan, index, options)
+    for index, (name, group) in enumerate(groups.items()):
+        delta, result = _merge_layer(adapters, group, name, plan, index, options)
         deltas.append(delta)
         results.append(result)
         if options.progress:
-            options.progress(index + 1, len(names), name)
+            options.progress(index + 1, len(groups), name)
     first = adapters[0]
     merged = Adapter.from_deltas(
         deltas,
@@ -145,7 +146,7 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
             raise UnsupportedError(
                 f"DoRA layer {dora[0]}: DoRA magnitude vectors cannot be merged as LoRA", path=a.path
             )
-    known = {n for a in adapters for n in a.names}
+    known = set(adapters[0].names) | {n for a in adapters for n in a.names}
     unknown = sorted(set(plan.layers) - known)
     if unknown:
         raise InvalidArgumentError(f"the plan names layers no adapter has: {unknown[:3]}")
@@ -157,10 +158,38 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
             )
 
 
-def _merge_layer(adapters, name: str, plan: MergePlan, index: int, options: MergeOptions):
+def _groups(adapters: Sequence[Adapter]) -> dict[str, dict[int, str]]:
+    """{output layer name → {adapter index → that adapter's name for the layer}} (match.py)."""
+    by_key: dict[str, dict[int, str]] = {}
+    for i, keys in enumerate(layer_keys(adapters)):
+        for name, key in keys.items():
+            by_key.setdefault(key, {})[i] = name
+    for i, a in enumerate(adapters[1:], start=1):
+        if not any(0 in g and i in g for g in by_key.values()):
+            raise FormatError(
+                f"adapter {i + 1} shares no layer with adapter 1 ({adapters[0].path}); "
+                "were they trained on the same base model?",
+                path=a.path,
+            )
+    out: dict[str, dict[int, str]] = {}
+    for group in by_key.values():
+        i = min(group)
+        if adapters[i].format != adapters[0].format:
+            raise UnsupportedError(
+                f"layer {group[i]} is only in adapter {i + 1} ({adapters[i].format}); its name cannot be "
+                f"written into adapter 1's {adapters[0].format} format; convert the adapters to one format",
+                path=adapters[i].path,
+            )
+        out[group[i]] = group
+    return out
+
+
+def _merge_layer(
+    adapters, group: dict[int, str], name: str, plan: MergePlan, index: int, options: MergeOptions
+):
     lp = plan.for_layer(name)
-    idx = tuple(i for i, a in enumerate(adapters) if name in a.names)
-    inputs = [adapters[i].delta(name) for i in idx]
+    idx = tuple(sorted(group))
+    inputs = [adapters[i].delta(group[i]) for i in idx]
     shapes = {(d.info.out_features, d.info.in_features) for d in inputs}
     if len(shapes) > 1:
         raise FormatError(
