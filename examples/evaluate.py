@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data import load_task  # noqa: E402
+from data import TASKS, load_task  # noqa: E402
 
 MAX_LEN = 64
 EVAL_BATCH = 64
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("adapter_dir")
     ap.add_argument("--n", type=int, default=None, help="score only the first N held-out examples")
-    ap.add_argument("--task", choices=("sentiment", "source"), default=None)
+    ap.add_argument("--task", choices=TASKS, default=None)
     args = ap.parse_args(argv)
     acc = evaluate(args.adapter_dir, n=args.n, task=args.task)
     print(f"held-out accuracy: {acc:.4f}")

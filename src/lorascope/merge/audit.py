@@ -212,6 +212,13 @@ def merge_audit(
         if options.progress:
             options.progress(i + 1, len(shared), n1)
     notes = list(a.notes) + list(b.notes)
+    if a.modules_to_save or b.modules_to_save:
+        notes.append(
+            f"fully trained modules ({', '.join(sorted({*a.modules_to_save, *b.modules_to_save}))}) are not "
+            "audited and a merge keeps only the first adapter's; a head trained with one update reads "
+            "features the other update also moves, which weight-space geometry cannot see: evaluate the "
+            "merged adapter on each task (docs/merge-experiment.md)"
+        )
     if only[0] or only[1]:
         notes.append(f"{len(only[0])} layers only in the first adapter, {len(only[1])} only in the second")
     return MergeAuditReport(

@@ -100,6 +100,12 @@ def classify(p: PairMetrics, t: Thresholds) -> tuple[str, tuple[str, ...]]:
         return "REDUNDANT", (f"subspaces mostly shared ({ov:.2f} above chance) and agreeing ({agr:+.2f})",)
     if ov < t.overlap_low:
         return "SAFE", (f"subspaces nearly independent ({ov:.2f} above chance < {t.overlap_low:g})",)
+    if p.interference < t.min_interference and disagree:
+        return "SAFE", (
+            f"overlap {ov:.2f} above chance, but the updates barely project on each other's principal "
+            f"directions (interference {p.interference:.3f} < {t.min_interference:g}), so their "
+            f"disagreement (agreement {agr:+.2f}) has little weight",
+        )
     return "SAFE", (f"moderate overlap ({ov:.2f} above chance) with agreement {agr:+.2f}",)
 
 
