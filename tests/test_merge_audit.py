@@ -73,7 +73,7 @@ def test_plan_round_trip_json_and_yaml(pair, tmp_path):
     for suffix in (".json", ".yaml"):
         save_plan(plan, tmp_path / f"plan{suffix}")
         again = load_plan(tmp_path / f"plan{suffix}")
-        assert again.weights == plan.weights and again.layers == plan.layers
+        assert again.weights == plan.weights and again.to_dict()["layers"] == plan.to_dict()["layers"]
 
 
 @pytest.mark.parametrize(
@@ -166,3 +166,14 @@ def test_cli_errors_are_one_line(pair, tmp_path, capsys, argv, message):
     code, _, err = run_cli(capsys, *args)
     assert code != 0 and re.search(message, err), err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_nan_in_the_second_adapter_names_its_file_and_tensor(tmp_path, rng):
+    n = layer_names(1)[0]
+    a_factors = random_factors(rng, 24, 16, 4)
+    b_down, b_up = random_factors(rng, 24, 16, 4)
+    b_up[3, 1] = np.nan
+    a = write_peft(tmp_path / "a", {n: a_factors}, config=peft_config(r=4))
+    b = write_peft(tmp_path / "b", {n: (b_down, b_up)}, config=peft_config(r=4))
+    with pytest.raises(FormatError, match=r"/b: layer .*lora_B.weight contains NaN"):
+        merge_audit(a, b)

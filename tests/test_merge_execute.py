@@ -8,7 +8,7 @@ from conftest import layer_names, peft_config, random_factors, write_peft
 
 from lorascope.errors import InvalidArgumentError, UnsupportedError
 from lorascope.formats import load
-from lorascope.merge import LayerPlan, MergeOptions, MergePlan, merge, merge_files
+from lorascope.merge import LayerPlan, MergeOptions, MergePlan, merge_adapters, merge_files
 from lorascope.merge.methods import get_method
 
 
@@ -116,11 +116,11 @@ def test_refusals(tmp_path, rng):
     p1, p2 = two_adapters(tmp_path, rng)
     a, b = load(p1), load(p2)
     with pytest.raises(InvalidArgumentError, match="at least two"):
-        merge([a], MergePlan((1.0,)))
+        merge_adapters([a], MergePlan((1.0,)))
     with pytest.raises(InvalidArgumentError, match="3 weights for 2"):
-        merge([a, b], MergePlan((1.0, 1.0, 1.0)))
+        merge_adapters([a, b], MergePlan((1.0, 1.0, 1.0)))
     with pytest.raises(InvalidArgumentError, match="no adapter has"):
-        merge([a, b], MergePlan((1.0, 1.0), layers={"nope": LayerPlan()}))
+        merge_adapters([a, b], MergePlan((1.0, 1.0), layers={"nope": LayerPlan()}))
     with pytest.raises(InvalidArgumentError, match="output already exists|refusing"):
         merge_files([p1, p2], p1, MergePlan((1.0, 1.0)))
     (tmp_path / "full").mkdir()

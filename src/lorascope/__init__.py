@@ -8,6 +8,7 @@ Public API (torch is never imported here):
     convert(src, dest, to=...)            rewrite a LoRA as peft / kohya / diffusers, ΔW exact
     merge_audit(a, b) -> MergeAuditReport pairwise interference per layer, verdicts, a merge plan
     merge_files([a, b, ...], dest, plan)  N adapters → one LoRA adapter, checked against the exact ΔW
+                                          (merge_adapters: the same in memory; lorascope.merge: the package)
     check(CheckInput) -> [Finding]        pre-flight LoRA config / training-args findings
     monitor(run.jsonl) -> MonitorReport   run-log summary and rule alerts; RunWriter writes logs
     LorascopeCallback                     HF Trainer callback (lazy: imports torch on first access)
@@ -19,7 +20,7 @@ from .compress import CompressOptions, CompressReport, compress, compress_file
 from .convert import convert
 from .errors import LorascopeError
 from .formats import detect, load
-from .merge import MergeAuditReport, MergePlan, MergeReport, merge, merge_audit, merge_files
+from .merge import MergeAuditReport, MergePlan, MergeReport, merge_adapters, merge_audit, merge_files
 from .monitor import MonitorReport, Thresholds, monitor
 from .plan import RankMode, plan_ranks
 from .telemetry import RunWriter, read_run
@@ -62,7 +63,7 @@ __all__ = sorted(
         "convert",
         "detect",
         "load",
-        "merge",
+        "merge_adapters",
         "merge_audit",
         "merge_files",
         "MergeAuditReport",

@@ -61,52 +61,67 @@ def lora_singular_values(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -
     return gram_singular_values(ga, gb, scale)
 
 
-def factor_grams(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def factor_grams(a, b, *, split: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(A Aᵀ, BᵀB) in float64 for A (r, n), B (m, r).  Large factors: the second half of A's
-    columns and of B's rows go to a helper thread (numpy releases the GIL in copies and BLAS)."""
-    n, m = a.shape[1], b.shape[0]
-    if a.size + b.size < _PARALLEL_MIN or (os.cpu_count() or 1) < 2:
-        return _grams(a, b, (0, n), (0, m))
+    columns and of B's rows go to a helper thread (numpy releases the GIL in copies and BLAS).
+
+    `a` and `b` may also be tuples (A₁, A₂, …) and (B₁, B₂, …): the Grams of the row-stacked
+    [A₁; A₂; …] and the column-stacked [B₁ B₂ …] (merge-audit's cross Grams), computed block by
+    block without ever forming the stacked arrays."""
+    xa = a if isinstance(a, tuple) else (a,)
+    xb = b if isinstance(b, tuple) else (b,)
+    n, m = xa[0].shape[1], xb[0].shape[0]
+    size = sum(x.size for x in xa) + sum(x.size for x in xb)
+    if not split or size < _PARALLEL_MIN or (os.cpu_count() or 1) < 2:
+        return _grams(xa, xb, (0, n), (0, m))
     ha, hb = n // 2, m // 2
-    helper = _helper().submit(_grams, a, b, (ha, n), (hb, m))
-    ga, gb = _grams(a, b, (0, ha), (0, hb))
+    helper = _helper().submit(_grams, xa, xb, (ha, n), (hb, m))
+    ga, gb = _grams(xa, xb, (0, ha), (0, hb))
     ga2, gb2 = helper.result()
     return ga + ga2, gb + gb2
 
 
-def _grams(a, b, cols: tuple[int, int], rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    with _one_blas_thread():
-        return _gram_rows(a, *cols), _gram_cols(b, *rows)
+def _grams(xa, xb, cols: tuple[int, int], rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    with one_blas_thread():
+        return _gram_rows(xa, *cols), _gram_cols(xb, *rows)
 
 
-def _gram_rows(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Σ_j x[:, j] x[:, j]ᵀ over lo ≤ j < hi, float64, for x (r, n): blocks (r, w) widened in cache."""
-    r = x.shape[0]
-    if x.dtype == np.float64:
-        part = x[:, lo:hi]  # (r, hi-lo) strided view, BLAS reads it in place
+def _gram_rows(xs: tuple[np.ndarray, ...], lo: int, hi: int) -> np.ndarray:
+    """Σ_j x[:, j] x[:, j]ᵀ over lo ≤ j < hi, float64, for x = [x₁; x₂; …] (Σr, n): blocks (Σr, w)
+    widened in cache."""
+    r = sum(x.shape[0] for x in xs)
+    if len(xs) == 1 and xs[0].dtype == np.float64:
+        part = xs[0][:, lo:hi]  # (r, hi-lo) strided view, BLAS reads it in place
         return part @ part.T  # (r, r)  syrk
     g = np.zeros((r, r))  # (r, r)
     buf = np.empty(r * min(max(hi - lo, 0), _BLOCK))  # flat: every block view is C-contiguous
     for j in range(lo, hi, _BLOCK):
         w = min(_BLOCK, hi - j)
         blk = buf[: r * w].reshape(r, w)  # (r, w) float64
-        np.copyto(blk, x[:, j : j + w])
+        top = 0
+        for x in xs:
+            np.copyto(blk[top : top + x.shape[0]], x[:, j : j + w])
+            top += x.shape[0]
         g += blk @ blk.T  # (r, r)  syrk
     return g
 
 
-def _gram_cols(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """Σ_i x[i]ᵀ x[i] over lo ≤ i < hi, float64, for x (m, r): blocks (h, r) widened in cache."""
-    r = x.shape[1]
-    if x.dtype == np.float64:
-        part = x[lo:hi]  # (hi-lo, r)
+def _gram_cols(xs: tuple[np.ndarray, ...], lo: int, hi: int) -> np.ndarray:
+    """Σ_i x[i]ᵀ x[i] over lo ≤ i < hi, float64, for x = [x₁ x₂ …] (m, Σr): blocks (h, Σr) widened
+    in cache."""
+    r = sum(x.shape[1] for x in xs)
+    if len(xs) == 1 and xs[0].dtype == np.float64:
+        part = xs[0][lo:hi]  # (hi-lo, r)
         return part.T @ part  # (r, r)  syrk
     g = np.zeros((r, r))  # (r, r)
     buf = np.empty(r * min(max(hi - lo, 0), _BLOCK))
     for i in range(lo, hi, _BLOCK):
         h = min(_BLOCK, hi - i)
         blk = buf[: h * r].reshape(h, r)  # (h, r) float64
-        np.copyto(blk, x[i : i + h])
+        left = 0
+        for x in xs:
+            np.copyto(blk[:, left : left + x.shape[1]], x[i : i + h])
+            left += x.shape[1]
         g += blk.T @ blk  # (r, r)  syrk
     return g
 
@@ -140,7 +155,7 @@ def _openblas_local_threads():
 
 
 @contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> Iterator[None]:
     """Run the enclosed BLAS calls of *this* Python thread on one BLAS thread (no-op elsewhere)."""
     fn = _openblas_local_threads()
     if fn is None:
@@ -155,7 +170,7 @@ def _one_blas_thread() -> Iterator[None]:
 
 def gram_singular_values(ga: np.ndarray, gb: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """σ(B A)·|scale| from G_A = A Aᵀ and G_B = BᵀB, both (r, r) symmetric PSD."""
-    with _one_blas_thread():  # r×r LAPACK: a second BLAS thread only adds waiting under load
+    with one_blas_thread():  # r×r LAPACK: a second BLAS thread only adds waiting under load
         lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
         root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
         h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)

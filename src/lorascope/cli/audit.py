@@ -19,10 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="force the input format instead of detecting it")
     p.add_argument("--adapter", help="adapter sub-folder name when a directory holds several")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="machine-readable output (schema lorascope.audit/v1)")
+    out.add_argument(
+        "--json", action="store_true", help="machine-readable output (schema lorascope.audit/v1)"
+    )
     out.add_argument("--markdown", action="store_true", help="Markdown report")
     p.add_argument("--layers", action="store_true", help="show every layer")
-    p.add_argument("--top-wasteful", type=int, default=0, metavar="N", help="show the N least-utilised layers")
+    p.add_argument(
+        "--top-wasteful", type=int, default=0, metavar="N", help="show the N least-utilised layers"
+    )
     p.add_argument(
         "--suggest-per-layer", action="store_true", help="print a PEFT rank_pattern/alpha_pattern config"
     )
@@ -35,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TAU",
         help="energy threshold τ for k@τ (repeatable; the first drives suggestions; default 0.90)",
     )
-    p.add_argument("--rounding", default="multiple:4", help="'multiple:N' (default multiple:4), 'pow2' or 'none'")
+    p.add_argument(
+        "--rounding", default="multiple:4", help="'multiple:N' (default multiple:4), 'pow2' or 'none'"
+    )
     p.add_argument("--min-rank", type=int, default=1, help="smallest rank ever suggested (default 1)")
     p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
@@ -62,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         text = report.to_json(singular_values=not args.no_singular_values) + "\n"
     elif args.markdown:
-        text = to_markdown(report, show_layers=args.layers or not args.top_wasteful, top_wasteful=args.top_wasteful)
+        text = to_markdown(
+            report, show_layers=args.layers or not args.top_wasteful, top_wasteful=args.top_wasteful
+        )
     else:
         text = to_text(
             report, show_layers=args.layers, top_wasteful=args.top_wasteful, per_layer=args.suggest_per_layer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from ..compress import DTYPES
@@ -11,6 +10,7 @@ from ..errors import InvalidArgumentError
 from ..merge.execute import MergeOptions, MergeReport, merge_files
 from ..merge.methods import METHODS
 from ..merge.plan import LayerPlan, MergePlan, load_plan
+from ._args import parse_weights
 from ._output import emit, progress_printer
 
 
@@ -43,16 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", action="store_true", help="show every layer in the text report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
-
-
-def parse_weights(text: str, n: int) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise InvalidArgumentError(f"--weights must be comma-separated numbers, got {text!r}") from None
-    if len(values) != n or not all(math.isfinite(v) for v in values):
-        raise InvalidArgumentError(f"--weights needs {n} finite numbers (one per adapter), got {text!r}")
-    return values
 
 
 def plan_from_args(args: argparse.Namespace) -> MergePlan:

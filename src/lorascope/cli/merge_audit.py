@@ -12,8 +12,8 @@ from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_text
 from ..merge.verdict import Thresholds
+from ._args import parse_weights
 from ._output import _is_input, emit, progress_printer
-from .merge import parse_weights
 
 _THRESHOLD_FLAGS = (
     "overlap_low",
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sign-density", type=float, default=0.20, help="TIES top share for sign conflicts (0.20)"
     )
     p.add_argument(
-        "--sign-sample", type=int, default=512, help="rows and columns sampled in large layers (512)"
+        "--sign-sample", type=int, default=256, help="rows and columns sampled in large layers (256)"
     )
     for name in _THRESHOLD_FLAGS:
         default = getattr(Thresholds(), name)

@@ -7,7 +7,7 @@ peft_args.py (the closest PEFT add_weighted_adapter call), render.py (text views
 """
 
 from .audit import MergeAuditOptions, MergeAuditReport, merge_audit
-from .execute import MergeOptions, MergeReport, merge, merge_files
+from .execute import MergeOptions, MergeReport, merge_adapters, merge_files
 from .methods import METHODS, MergeMethod, get_method
 from .pairwise import PairMetrics, PairOptions, pair_metrics
 from .plan import LayerPlan, MergePlan, load_plan, save_plan
@@ -27,7 +27,7 @@ __all__ = [
     "Thresholds",
     "get_method",
     "load_plan",
-    "merge",
+    "merge_adapters",
     "merge_audit",
     "merge_files",
     "pair_metrics",

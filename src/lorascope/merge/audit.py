@@ -11,6 +11,7 @@ value: `to_dict()`/`to_json()` (schema `lorascope.merge_audit/v1`, strict JSON, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from .. import metrics
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
-from ..spectral import NonFiniteError
+from ..spectral import NonFiniteError, one_blas_thread
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
@@ -207,10 +208,11 @@ def merge_audit(
             path=b.path,
         )
     layers = []
-    for i, (n1, n2) in enumerate(shared):
-        layers.append(_layer(a, b, (n1, n2), options))
+    _check_shapes(a, b, shared)
+    for i, layer in enumerate(_layers(a, b, shared, options)):
+        layers.append(layer)
         if options.progress:
-            options.progress(i + 1, len(shared), n1)
+            options.progress(i + 1, len(shared), shared[i][0])
     notes = list(a.notes) + list(b.notes)
     if a.modules_to_save or b.modules_to_save:
         notes.append(
@@ -226,23 +228,54 @@ def merge_audit(
     )
 
 
-def _layer(a: Adapter, b: Adapter, names: tuple[str, str], options: MergeAuditOptions) -> LayerPair:
-    name = names[0]
-    i1, i2 = a.info(names[0]), b.info(names[1])
-    if (i1.out_features, i1.in_features) != (i2.out_features, i2.in_features):
-        raise FormatError(
-            f"layer {name}: shapes differ ({i1.out_features}×{i1.in_features} vs "
-            f"{i2.out_features}×{i2.in_features}); the adapters belong to different base models",
-            path=b.path,
-        )
-    d1, d2 = a.delta(names[0]), b.delta(names[1])
-    for adapter, d in ((a, d1), (b, d2)):
-        if not (np.isfinite(d.down).all() and np.isfinite(d.up).all()):
-            raise FormatError(f"layer {name}: factors contain NaN or Inf", path=adapter.path)
+def _check_shapes(a: Adapter, b: Adapter, shared: list[tuple[str, str]]) -> None:
+    for n1, n2 in shared:
+        i1, i2 = a.info(n1), b.info(n2)
+        if (i1.out_features, i1.in_features) != (i2.out_features, i2.in_features):
+            raise FormatError(
+                f"layer {n1}: shapes differ ({i1.out_features}×{i1.in_features} vs "
+                f"{i2.out_features}×{i2.in_features}); the adapters belong to different base models",
+                path=b.path,
+            )
+
+
+def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: MergeAuditOptions):
+    """Yield LayerPairs in order.  Two worker threads each take whole layers (read + bf16 widening,
+    Grams, eigensolves, sign grid) on one BLAS thread: numpy releases the GIL in all of these, so
+    both cores stay busy through the single-threaded phases too (measured 1.65 s → see
+    benchmarks/README.md for the whole-process numbers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(names: tuple[str, str]) -> LayerPair:
+        with one_blas_thread():
+            return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options, split=False)
+
+    if len(shared) < 4 or (os.cpu_count() or 1) < 2:
+        for names in shared:
+            yield _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options)
+        return
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorascope-merge-audit") as pool:
+        pending = [pool.submit(work, names) for names in shared[:4]]
+        for i in range(len(shared)):
+            result = pending[i].result()
+            if i + 4 < len(shared):  # at most four layer pairs in flight: bounded memory
+                pending.append(pool.submit(work, shared[i + 4]))
+            pending[i] = None
+            yield result
+
+
+def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions, split: bool = True) -> LayerPair:
+    i1, i2 = deltas[0].info, deltas[1].info
+    d1, d2 = deltas
     try:
-        p = pair_metrics(d1, d2, options.pair)
-    except NonFiniteError as e:  # overflow in the Gram products of finite but huge factors
-        raise FormatError(f"layer {name}: {e}", path=a.path) from None
+        p = pair_metrics(d1, d2, options.pair, split=split)
+    except NonFiniteError as e:  # NaN/Inf in a factor, or overflow in the Gram products
+        side = getattr(e, "side", 0)
+        info = (i1, i2)[side]
+        key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
+        raise FormatError(
+            f"layer {info.name}: tensor {key} contains NaN or Inf", path=(a, b)[side].path, keys=[key]
+        ) from None
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),

@@ -110,7 +110,7 @@ class MergeReport:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
 
-def merge(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):
+def merge_adapters(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):
     """Merge in memory → (merged Adapter, [MergedLayer]).  See the module docstring."""
     options = options or MergeOptions()
     _check_inputs(adapters, plan, options)
@@ -311,7 +311,7 @@ def merge_files(
     for a in adapters:
         _check_dest(a, Path(dest))
     writer = writer_for(adapters[0])
-    merged, results = merge(adapters, plan, options)
+    merged, results = merge_adapters(adapters, plan, options)
     source = replace(adapters[0], config=merged.config)
     writer(merged, dest, source=source)
     notes = _notes(adapters)

@@ -25,8 +25,10 @@ r×r-sized blocks of two stacked Gram matrices — one pass over each factor, ne
 * `sign_conflict`: TIES-style (Yadav et al. 2023) — among entries in the top `sign_density` share
   by |value| of *both* ΔW₁ and ΔW₂, the share with opposite signs (0 identical, 1 opposite, ≈0.5
   unrelated).  Exact when m·n ≤ `sign_exact_max`; otherwise a documented sample: a grid of
-  `sign_sample` rows × `sign_sample` columns drawn without replacement, seeded from the layer name,
-  so reruns agree; the top share is then taken within the sample.
+  `sign_sample` rows × `sign_sample` columns (256 × 256 = 65,536 entries; the rate's standard error
+  is then ≈ 0.01) drawn without replacement, seeded from the layer name, so reruns agree; the top
+  share is taken within the sample, whose entries are computed in float32.  "Top share" includes
+  ties at the threshold value.
 
 Accuracy: the Gram route is used when every kept σ² ≥ 1e-6·σ₁² and the gap after σ_k is as large;
 otherwise that layer falls back to the QR route (spectral.lora_svd) and explicit singular vectors.
@@ -40,10 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..spectral import factor_grams, lora_svd
+from ..spectral import NonFiniteError, factor_grams, lora_svd
 from ..types import LoraDelta
 
 _GRAM_MIN_RATIO = 1e-6  # as compress._GRAM_MIN_RATIO: kept σ² and the gap after σ_k, against σ₁²
+_CHOL_MIN_RATIO = 1e-5  # Cholesky of G_A used when its diagonal spans < 1e5 (cond(G_A) ≲ 1e10)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class PairOptions:
     conflict_projection: float = 0.10  # g ≤ −this·σ₁(other) makes a direction conflicting
     sign_density: float = 0.20  # TIES top share by |value| for the sign-conflict rate
     sign_exact_max: int = 1 << 20  # m·n up to this: all entries; above: a sampled grid
-    sign_sample: int = 512  # rows and columns of the sampled grid
+    sign_sample: int = 256  # rows and columns of the sampled grid
 
     def __post_init__(self) -> None:
         if not (0 < self.energy <= 1 and 0 < self.sign_density <= 1):
@@ -131,10 +134,25 @@ class _Side:
     rt: np.ndarray  # (k, r)  Vᵀ = R A
 
 
-def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
+def _gram_root(ga: np.ndarray) -> np.ndarray:
+    """F (r, r) with F Fᵀ = G_A: the Cholesky factor when G_A is well conditioned (one cheap
+    factorisation), else U Λ^½ from its eigendecomposition (also valid for a singular G_A)."""
+    try:
+        low = np.linalg.cholesky(ga)  # (r, r) lower
+        d = np.abs(np.diag(low))
+        if d.size and d.min() > _CHOL_MIN_RATIO * d.max():
+            return low
+    except np.linalg.LinAlgError:
+        pass
     lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
-    root = np.sqrt(np.clip(lam, 0.0, None))  # (r,)
-    h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
+    return u * np.sqrt(np.clip(lam, 0.0, None))[None, :]
+
+
+def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
+    """With A = F Q (Q = F⁻¹A has orthonormal rows), B A = (B F) Q and (BF)ᵀ(BF) = Fᵀ G_B F = W Σ² Wᵀ,
+    so U = B F W Σ⁻¹ and Vᵀ = Σ⁻² (F W)ᵀ G_B A."""
+    root = _gram_root(ga)  # (r, r)
+    h = root.T @ gb @ root  # (r, r)
     s2, w = np.linalg.eigh(0.5 * (h + h.T))
     s2, w = np.clip(s2[::-1], 0.0, None), w[:, ::-1]  # descending
     sigma = np.sqrt(s2)
@@ -144,17 +162,26 @@ def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
     nxt = s2[k] if k < s2.size else 0.0
     if s2[k - 1] < _GRAM_MIN_RATIO * s2[0] or s2[k - 1] - nxt < _GRAM_MIN_RATIO * s2[0]:
         return None
-    lk = u @ (root[:, None] * w[:, :k])  # (r, k)  B L = U_k Σ_k
+    lk = root @ w[:, :k]  # (r, k)  B L = U_k Σ_k
     return _Side(sigma, lk / sigma[None, :k], (lk.T @ gb) / s2[:k, None])
 
 
-def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None) -> PairMetrics:
-    """Geometry of ΔW₁ = d1 and ΔW₂ = d2 (same layer shape), see the module docstring."""
+def pair_metrics(
+    d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None, *, split: bool = True
+) -> PairMetrics:
+    """Geometry of ΔW₁ = d1 and ΔW₂ = d2 (same layer shape), see the module docstring.
+    split=False: no helper thread for the Gram products (the caller runs layers in parallel)."""
     opt = options or PairOptions()
     r1 = d1.down.shape[0]
-    a = np.concatenate([d1.down, d2.down], axis=0)  # (r₁+r₂, n)
-    b = np.concatenate([d1.up, d2.up], axis=1)  # (m, r₁+r₂)
-    ga, gb = factor_grams(a, b)  # (r₁+r₂, r₁+r₂) each
+    # Grams of [A₁; A₂] (r₁+r₂, n) and [B₁ B₂] (m, r₁+r₂), never stacked in memory
+    ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up), split=split)  # (r₁+r₂, r₁+r₂) each
+    # a NaN/Inf anywhere in a factor makes its Gram block's trace non-finite: no full-array scan
+    for side, sl in enumerate((slice(None, r1), slice(r1, None))):
+        for which, g in (("down", ga), ("up", gb)):
+            if not np.isfinite(np.trace(g[sl, sl])):
+                err = NonFiniteError(which)
+                err.side = side
+                raise err
     blocks = (ga[:r1, :r1], gb[:r1, :r1]), (ga[r1:, r1:], gb[r1:, r1:])
     ca, cb = ga[:r1, r1:], gb[:r1, r1:]  # A₁A₂ᵀ, B₁ᵀB₂  (r₁, r₂)
     s1, s2 = d1.scale, d2.scale
@@ -234,33 +261,34 @@ def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float
     """(rate, entries looked at, sampled?) — see the module docstring."""
     m, n = d1.up.shape[0], d1.down.shape[1]
     if m * n <= opt.sign_exact_max:
-        rows, cols, sampled = slice(None), slice(None), False
+        rows, cols, sampled, dtype = slice(None), slice(None), False, np.float64
     else:
         rng = np.random.default_rng(zlib.crc32(d1.name.encode()))
         rows = np.sort(rng.choice(m, size=min(opt.sign_sample, m), replace=False))
         cols = np.sort(rng.choice(n, size=min(opt.sign_sample, n), replace=False))
-        sampled = True
-    x = _entries(d1, rows, cols)  # (m′, n′)
-    y = _entries(d2, rows, cols)
+        # float32 is enough to rank and sign the sampled entries (16-bit factors multiply exactly)
+        sampled, dtype = True, np.float32
+    x = _entries(d1, rows, cols, dtype)  # (m′, n′)
+    y = _entries(d2, rows, cols, dtype)
     keep = max(1, int(round(opt.sign_density * x.size)))
     both = _top_mask(x, keep) & _top_mask(y, keep)
-    count = int(both.sum())
+    count = int(np.count_nonzero(both))
     if count == 0:
         return None, x.size, sampled
-    rate = float(np.count_nonzero(np.sign(x[both]) != np.sign(y[both]))) / count
+    rate = float(np.count_nonzero(both & (np.signbit(x) != np.signbit(y)))) / count
     return rate, x.size, sampled
 
 
-def _entries(d: LoraDelta, rows, cols) -> np.ndarray:
-    b = np.asarray(d.up[rows], dtype=np.float64)  # (m′, r)
-    a = np.asarray(d.down[:, cols], dtype=np.float64)  # (r, n′)
-    return d.scale * (b @ a)  # (m′, n′)
+def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
+    b = np.asarray(d.up[rows], dtype=dtype)  # (m′, r)
+    a = np.asarray(d.down[:, cols], dtype=dtype)  # (r, n′)
+    out = b @ a  # (m′, n′)
+    out *= dtype(d.scale)
+    return out
 
 
 def _top_mask(x: np.ndarray, keep: int) -> np.ndarray:
-    """Boolean mask of exactly `keep` entries with the largest |x| (zeros never count as kept)."""
-    flat = np.abs(x).ravel()
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[np.argpartition(flat, flat.size - keep)[flat.size - keep :]] = True
-    mask &= flat > 0
-    return mask.reshape(x.shape)
+    """Entries with |x| ≥ the keep-th largest |x| (ties at that value included; zeros never count)."""
+    mag = np.abs(x)
+    thr = np.partition(mag.ravel(), mag.size - keep)[mag.size - keep]
+    return (mag >= thr) & (mag > 0)
