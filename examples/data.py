@@ -83,7 +83,7 @@ def _source_frame(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     reviews = df[df.category != "plot"]
     lengths = reviews.text.str.split().str.len().to_numpy()  # (n_reviews,)
     cut = rng.choice(lengths, size=len(plots))  # (n_plots,) target word counts
-    plots["text"] = [" ".join(t.split()[: max(int(k), 3)]) for t, k in zip(plots.text, cut)]
+    plots["text"] = [" ".join(t.split()[: max(int(k), 3)]) for t, k in zip(plots.text, cut, strict=True)]
     plots["label"] = 1
     sample = reviews.sample(n=len(plots), random_state=seed + 2).copy()
     sample["label"] = 0
@@ -127,5 +127,7 @@ def load_task(task: str = "sentiment", seed: int = 0) -> Split:
 if __name__ == "__main__":
     for name in TASKS:
         s = load_task(name)
-        print(f"{name}: train {len(s.train_texts)}  test {len(s.test_texts)}  "
-              f"test positive rate {np.mean(s.test_labels):.3f}  labels {s.label_names}")
+        print(
+            f"{name}: train {len(s.train_texts)}  test {len(s.test_texts)}  "
+            f"test positive rate {np.mean(s.test_labels):.3f}  labels {s.label_names}"
+        )

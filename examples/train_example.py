@@ -72,7 +72,9 @@ def build_model(args: argparse.Namespace):
 
 
 def train(model, tok, split, args: argparse.Namespace) -> float:
-    """Plain AdamW loop, linear warm-up (10 %) then linear decay. Returns the mean loss of the last 50 steps."""
+    """Plain AdamW loop, linear warm-up (10 %) then linear decay.
+
+    Returns the mean loss of the last 50 steps."""
     import torch
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -134,7 +136,8 @@ def write_card(out: Path, args: argparse.Namespace, acc: float, n_test: int) -> 
     text = (
         f"# {out.name}\n\n"
         f"PEFT LoRA (r={args.rank}, targets {args.targets}) on MiniLM-L6 (all-MiniLM-L6-v2) for "
-        f"Rotten Tomatoes {args.task} classification, {args.steps} steps, seed {args.seed}, weights in fp16.\n"
+        f"Rotten Tomatoes {args.task} classification, {args.steps} steps, seed {args.seed}, "
+        "weights in fp16.\n"
         f"{note}"
         f"Held-out accuracy: {acc:.4f} on {n_test} examples. Made by examples/train_example.py; "
         "see docs/example.md of the lorascope repository.\n"
@@ -147,8 +150,12 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,17 +177,29 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.time() - t1
     write_card(args.out, args, acc, len(split.test_texts))
     summary = {
-        "task": args.task, "steps": args.steps, "seed": args.seed, "rank": args.rank,
+        "task": args.task,
+        "steps": args.steps,
+        "seed": args.seed,
+        "rank": args.rank,
         "lora_alpha": args.alpha if args.alpha is not None else 2 * args.rank,
-        "targets": args.targets, "batch_size": args.batch_size, "max_len": args.max_len, "lr": args.lr,
-        "train_examples": len(split.train_texts), "heldout_examples": len(split.test_texts),
-        "heldout_accuracy": round(acc, 4), "final_train_loss": round(final_loss, 4),
-        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-        "threads": args.threads, "versions": versions(),
+        "targets": args.targets,
+        "batch_size": args.batch_size,
+        "max_len": args.max_len,
+        "lr": args.lr,
+        "train_examples": len(split.train_texts),
+        "heldout_examples": len(split.test_texts),
+        "heldout_accuracy": round(acc, 4),
+        "final_train_loss": round(final_loss, 4),
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "threads": args.threads,
+        "versions": versions(),
     }
     (args.out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
-    print(f"held-out accuracy {acc:.4f}  train {train_s:.0f}s  adapter folder {size / 1e6:.2f} MB", flush=True)
+    print(
+        f"held-out accuracy {acc:.4f}  train {train_s:.0f}s  adapter folder {size / 1e6:.2f} MB", flush=True
+    )
     return 0
 
 

@@ -139,7 +139,8 @@ def test_old_namings_and_network_alphas(tmp_path, rng):
     ("mutate", "message"),
     [
         (lambda t: t.pop(f"{OLD_PROC}.to_q_lora.up.weight"),
-         r"layer unet\.down_blocks.*attn1\.to_q: missing lora_B/up tensor\(s\) beside .*to_q_lora\.down\.weight"),
+         r"layer unet\.down_blocks.*attn1\.to_q: missing lora_B/up tensor\(s\) "
+         r"beside .*to_q_lora\.down\.weight"),
         (lambda t: t.__setitem__(f"{OLD_TE}.alpha", (np.ones(2), "fp32")),
          r"q_proj\.alpha must be a single number \(alpha\), got shape \[2\]"),
         (lambda t: t.__setitem__("unet.conv_in.weight", (np.ones((2, 2)), "fp32")),

@@ -137,7 +137,9 @@ def _num(v: float) -> float | int:
     return int(v) if isinstance(v, (int, np.integer)) else float(v)
 
 
-def audit(adapter: Adapter | str | Path, options: AuditOptions | None = None, **load_options: Any) -> AuditReport:
+def audit(
+    adapter: Adapter | str | Path, options: AuditOptions | None = None, **load_options: Any
+) -> AuditReport:
     """Audit an adapter (an `Adapter` or a path).  See the module docstring."""
     options = options or AuditOptions()
     if not isinstance(adapter, Adapter):
@@ -168,7 +170,9 @@ def _audit_layer(adapter: Adapter, delta, options: AuditOptions) -> LayerReport:
         sigma = lora_singular_values(delta.down, delta.up, info.scale)  # (r,)
     except NonFiniteError as e:
         key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
-        raise FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path, keys=[key])
+        raise FormatError(
+            f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path, keys=[key]
+        ) from None
     spec = metrics.Spectrum(sigma, info.rank)
     values = metrics.compute(spec, options.thresholds)
     k = int(values[metrics.energy_key(options.tau)])
@@ -221,7 +225,10 @@ def _suggestions(adapter: Adapter, layers: list[LayerReport], options: AuditOpti
     if layers:
         rslora = bool(adapter.config.get("use_rslora", False))
         out["peft_config"] = suggest.peft_patterns(
-            [x.name for x in layers], [x.suggested_rank for x in layers], [x.info.scale for x in layers], rslora
+            [x.name for x in layers],
+            [x.suggested_rank for x in layers],
+            [x.info.scale for x in layers],
+            rslora,
         )
     out["current_params"] = current
     return out

@@ -14,7 +14,12 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
@@ -43,7 +48,9 @@ def wasteful(report: AuditReport, n: int) -> list[LayerReport]:
     return sorted(report.layers, key=lambda x: (not x.dead, x.metrics["utilisation"], x.name))[:n]
 
 
-def to_text(report: AuditReport, *, show_layers: bool = False, top_wasteful: int = 0, per_layer: bool = False) -> str:
+def to_text(
+    report: AuditReport, *, show_layers: bool = False, top_wasteful: int = 0, per_layer: bool = False
+) -> str:
     s, g = report.summary, report.suggestions
     key = metrics.energy_key(report.options.tau)
     src = report.source
@@ -51,7 +58,9 @@ def to_text(report: AuditReport, *, show_layers: bool = False, top_wasteful: int
     if src.get("base_model_name_or_path"):
         out.append(f"  base model: {src['base_model_name_or_path']}")
     ranks = ", ".join(map(str, s["allocated_ranks"]))
-    out.append(f"  layers: {s['n_layers']} (dead: {s['n_dead']}), allocated r: {ranks}, LoRA params: {s['params']:,}")
+    out.append(
+        f"  layers: {s['n_layers']} (dead: {s['n_dead']}), allocated r: {ranks}, LoRA params: {s['params']:,}"
+    )
     if src.get("modules_to_save"):
         out.append(f"  modules_to_save (not audited): {', '.join(src['modules_to_save'])}")
     out.append("")
@@ -65,7 +74,9 @@ def to_text(report: AuditReport, *, show_layers: bool = False, top_wasteful: int
         e = g[label]
         out.append(f"    {label:<7} r={e['rank']:<4} params {e['params']:,} ({e['reduction']:.0%} fewer)")
     pl = g["per_layer"]
-    out.append(f"    per-layer     params {pl['params']:,} ({pl['reduction']:.0%} fewer)  [--suggest-per-layer]")
+    out.append(
+        f"    per-layer     params {pl['params']:,} ({pl['reduction']:.0%} fewer)  [--suggest-per-layer]"
+    )
     if top_wasteful:
         out += ["", f"  {top_wasteful} least-utilised layers:"]
         out += ["  " + r for r in _table(*_layer_rows(wasteful(report, top_wasteful), key))]
@@ -85,7 +96,11 @@ def to_markdown(report: AuditReport, *, show_layers: bool = True, top_wasteful: 
     key = metrics.energy_key(report.options.tau)
     out = [f"# lorascope audit: `{report.source.get('path') or '<memory>'}`", ""]
     out += [f"- format: {report.source['format']}", f"- layers: {s['n_layers']} (dead: {s['n_dead']})"]
-    out += [f"- allocated ranks: {', '.join(map(str, s['allocated_ranks']))}", f"- LoRA parameters: {s['params']:,}", ""]
+    out += [
+        f"- allocated ranks: {', '.join(map(str, s['allocated_ranks']))}",
+        f"- LoRA parameters: {s['params']:,}",
+        "",
+    ]
     out += ["| metric | mean | median | p90 |", "|---|---:|---:|---:|"]
     for name in ("stable_rank", "effective_rank", "utilisation", key):
         st = s[name]

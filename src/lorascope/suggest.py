@@ -91,7 +91,7 @@ def peft_patterns(
     default_scale = Counter(scales).most_common(1)[0][0]
     default_alpha = alpha_for(default_scale, default_r, rslora)
     rank_pattern, alpha_pattern = {}, {}
-    for name, r, s in zip(names, ranks, scales):
+    for name, r, s in zip(names, ranks, scales, strict=True):
         if r != default_r:
             rank_pattern[name] = int(r)
         a = alpha_for(s, r, rslora)

@@ -9,7 +9,9 @@ from ..errors import FormatError, keys_preview
 from ..types import LayerInfo
 
 
-def factor_dims(path: str, name: str, down_shape, up_shape, keys: tuple[str, str]) -> tuple[str, int, int, int]:
+def factor_dims(
+    path: str, name: str, down_shape, up_shape, keys: tuple[str, str]
+) -> tuple[str, int, int, int]:
     """Validate LoRA factor shapes; return (kind, rank, out, in_flat).
 
     down: (r, in) or (r, c_in, *kernel); up: (out, r) or (out, r, 1, …) for conv.
@@ -34,7 +36,9 @@ def factor_dims(path: str, name: str, down_shape, up_shape, keys: tuple[str, str
         return "linear", r, up_shape[0], down_shape[1]
     if any(k != 1 for k in up_shape[2:]):
         raise FormatError(
-            f"layer {name}: conv {uk} must have a 1×1 kernel, got shape {list(up_shape)}", path=path, keys=keys
+            f"layer {name}: conv {uk} must have a 1×1 kernel, got shape {list(up_shape)}",
+            path=path,
+            keys=keys,
         )
     in_flat = 1
     for d in down_shape[1:]:

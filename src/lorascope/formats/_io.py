@@ -255,7 +255,9 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype("<u2")
 
 
-def write_safetensors_typed(dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None) -> None:
+def write_safetensors_typed(
+    dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None
+) -> None:
     """Write {key: (array, short dtype)} atomically, any of fp64/fp32/fp16/bf16.
 
     The file is built by hand (the safetensors numpy API has no bf16): 8-byte little-endian header
@@ -270,8 +272,14 @@ def write_safetensors_typed(dest: str | Path, tensors: Mapping[str, tuple[np.nda
         if dtype == "bf16":
             raw = bf16_bits(arr).tobytes()
         else:
-            raw = np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")).tobytes()
-        header[key] = {"dtype": _TAG_OF[dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+            raw = np.ascontiguousarray(
+                arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")
+            ).tobytes()
+        header[key] = {
+            "dtype": _TAG_OF[dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         blobs.append(raw)
         offset += len(raw)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")

@@ -135,7 +135,9 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any, path: Pat
             if re.match(rf"(.*\.)?({key})$", module):
                 return value
         except re.error as e:
-            raise FormatError(f"pattern key {key!r} is not a valid regular expression ({e})", path=path) from None
+            raise FormatError(
+                f"pattern key {key!r} is not a valid regular expression ({e})", path=path
+            ) from None
     return default
 
 
@@ -147,7 +149,9 @@ def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, floa
     return r, alpha, scale
 
 
-def _classify(keys: list[str], modules_to_save: list[str]) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
+def _classify(
+    keys: list[str], modules_to_save: list[str]
+) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
     """Group keys by module: {module: {role: key}}; saved-module keys; leftovers."""
     by_module: dict[str, dict[str, str]] = {}
     saved, leftovers = [], []
@@ -215,7 +219,9 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
     )
 
 
-def _layer_info(files: PeftFiles, cfg, src: TensorSource, full: str, roles: dict[str, str], leftovers) -> LayerInfo | None:
+def _layer_info(
+    files: PeftFiles, cfg, src: TensorSource, full: str, roles: dict[str, str], leftovers
+) -> LayerInfo | None:
     wpath = str(files.weights)
     module = full.removeprefix(PREFIX)
     if "down" in roles or "up" in roles:
@@ -289,15 +295,23 @@ def rank_patterns(layers, rslora: bool) -> dict[str, Any]:
     (PEFT matches them with `(.*\\.)?(key)$`, so a prefixed key would silently never match)."""
     from collections import Counter
 
-    pairs = [(layer.rank, _clean_alpha(layer.scale * (math.sqrt(layer.rank) if rslora else layer.rank))) for layer in layers]
+    pairs = [
+        (layer.rank, _clean_alpha(layer.scale * (math.sqrt(layer.rank) if rslora else layer.rank)))
+        for layer in layers
+    ]
     if not pairs:
         return {"rank_pattern": {}, "alpha_pattern": {}}
     counts = Counter(pairs)
     top = max(counts.values())
     default_r, default_alpha = max(p for p, c in counts.items() if c == top)  # ties: larger rank
-    rank_pattern = {l.name: r for l, (r, _) in zip(layers, pairs) if r != default_r}
-    alpha_pattern = {l.name: a for l, (_, a) in zip(layers, pairs) if a != default_alpha}
-    return {"r": default_r, "lora_alpha": default_alpha, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+    rank_pattern = {x.name: r for x, (r, _) in zip(layers, pairs, strict=True) if r != default_r}
+    alpha_pattern = {x.name: a for x, (_, a) in zip(layers, pairs, strict=True) if a != default_alpha}
+    return {
+        "r": default_r,
+        "lora_alpha": default_alpha,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+    }
 
 
 def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
@@ -323,7 +337,11 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
     if adapter.format != "peft" or not adapter.path:
         return {}
     files = locate(adapter.path)
-    src: TensorSource = load_torch_bin(str(files.weights)) if files.weights.suffix == ".bin" else open_safetensors(files.weights)
+    src: TensorSource = (
+        load_torch_bin(str(files.weights))
+        if files.weights.suffix == ".bin"
+        else open_safetensors(files.weights)
+    )
     used = {k for layer in adapter.layers for k in layer.extras.get("keys", ())}
     return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
 

@@ -19,17 +19,20 @@ def _summary_lines(report: MonitorReport) -> list[str]:
         f"run {report.run_id}  model={s.get('model') or '?'}  dataset={s.get('dataset') or '?'}  "
         f"status={s.get('status') or 'unfinished'}  last step={s.get('last_step')}",
         f"  train loss {_fmt(s['final_train_loss'])} (ppl {_fmt(s['train_ppl'])})   "
-        f"eval loss {_fmt(s['final_eval_loss'])} (ppl {_fmt(s['eval_ppl'])})   gap ratio {_fmt(s['gap_ratio'], '.3f')}",
+        f"eval loss {_fmt(s['final_eval_loss'])} (ppl {_fmt(s['eval_ppl'])})   "
+        f"gap ratio {_fmt(s['gap_ratio'], '.3f')}",
     ]
     if s.get("final_eval_accuracy") is not None:
         lines.append(
-            f"  eval accuracy {s['final_eval_accuracy']:.4f} (best {s['best_eval_accuracy']:.4f}, {s['n_evals']} evals)"
+            f"  eval accuracy {s['final_eval_accuracy']:.4f} "
+            f"(best {s['best_eval_accuracy']:.4f}, {s['n_evals']} evals)"
         )
     if sp["n_snapshots"]:
         lines.append(
             f"  spectra: {sp['n_snapshots']} snapshots of {sp['n_layers']} layers; mean stable rank "
             f"{_fmt(sp['mean_stable_rank'], '.2f')}, utilisation {_fmt(sp['mean_utilisation'], '.3f')} "
-            f"(change {_fmt(sp['utilisation_change'], '+.3f')}), top-1 share {_fmt(sp['mean_top1_share'], '.2f')}"
+            f"(change {_fmt(sp['utilisation_change'], '+.3f')}), "
+            f"top-1 share {_fmt(sp['mean_top1_share'], '.2f')}"
         )
     else:
         lines.append("  spectra: none logged (enable the callback's snapshots)")

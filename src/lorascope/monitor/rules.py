@@ -277,7 +277,8 @@ def consider_stopping(s: RunSeries, t: Thresholds) -> list[Alert]:
         Alert(
             "CONSIDER_STOPPING",
             "warning",
-            f"{len(agreeing)} plateau signals agree ({', '.join(agreeing)}): further steps are unlikely to help",
+            f"{len(agreeing)} plateau signals agree ({', '.join(agreeing)}): "
+            "further steps are unlikely to help",
             _last_step(s),
             {"signals": agreeing},
         )
