@@ -8,13 +8,13 @@ JSON or YAML (never `training_args.bin`: that is a torch pickle and is not unpic
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import AdapterNotFoundError, FormatError, InvalidArgumentError
+from .types import peft_scale
 
 TASK_PROFILES = ("easy_classification", "hard_reasoning", "generation", "unknown")
 # module-name fragments -> kind; covers Llama/Mistral, GPT-2, BERT/RoBERTa, T5, diffusers (B20).
@@ -123,7 +123,7 @@ def alpha_rule(c: CheckInput) -> list[Finding]:
         return []
     if not isinstance(alpha, (int, float)) or alpha <= 0:
         return [Finding("error", "BAD_ALPHA", f"lora_alpha = {alpha!r}", "alpha must be a positive number")]
-    scale = alpha / math.sqrt(r) if rs else alpha / r
+    scale = peft_scale(alpha, r, rs)
     kind = "alpha/√r (rsLoRA)" if rs else "alpha/r"
     out = []
     if scale > 4:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .types import peft_alpha
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ def mode_rank(ranks: Sequence[int]) -> int:
 
 def alpha_for(scale: float, rank: int, rslora: bool) -> float:
     """The lora_alpha that gives `scale` at `rank` (PEFT: scale = alpha/r, or alpha/√r)."""
-    alpha = scale * (math.sqrt(rank) if rslora else rank)
-    return float(round(alpha, 6))
+    return float(round(peft_alpha(scale, rank, rslora), 6))
 
 
 def peft_patterns(

@@ -13,6 +13,7 @@ shape.  Embedding LoRA stores ΔWᵀ in this form; singular values do not care.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -121,6 +122,16 @@ class Adapter:
             loader=lambda info: table[info.name],
             **kwargs,
         )
+
+
+def peft_scale(alpha: float, rank: int, rslora: bool) -> float:
+    """PEFT's `LoraLayer.update_layer`: scale = alpha/r, or alpha/√r with `use_rslora`."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+def peft_alpha(scale: float, rank: int, rslora: bool) -> float:
+    """The inverse of `peft_scale`: the lora_alpha that gives `scale` at `rank`."""
+    return scale * (math.sqrt(rank) if rslora else rank)
 
 
 def frozen_mapping(d: Mapping[str, Any]) -> Mapping[str, Any]:

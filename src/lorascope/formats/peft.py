@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_alpha, peft_scale
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._io import TensorSource, load_torch_bin, open_safetensors
 
@@ -145,7 +145,7 @@ def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, floa
     """(configured r, alpha, scale) for one module."""
     r = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8), path))
     alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8), path))
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    scale = peft_scale(alpha, r, bool(cfg.get("use_rslora")))
     return r, alpha, scale
 
 
@@ -295,10 +295,7 @@ def rank_patterns(layers, rslora: bool) -> dict[str, Any]:
     (PEFT matches them with `(.*\\.)?(key)$`, so a prefixed key would silently never match)."""
     from collections import Counter
 
-    pairs = [
-        (layer.rank, _clean_alpha(layer.scale * (math.sqrt(layer.rank) if rslora else layer.rank)))
-        for layer in layers
-    ]
+    pairs = [(layer.rank, _clean_alpha(peft_alpha(layer.scale, layer.rank, rslora))) for layer in layers]
     if not pairs:
         return {"rank_pattern": {}, "alpha_pattern": {}}
     counts = Counter(pairs)
