@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics, suggest
+from ._parallel import ordered_map, workers
 from .errors import FormatError, InvalidArgumentError
 from .formats import load
 from .spectral import NonFiniteError, lora_singular_values
@@ -149,10 +150,15 @@ def audit(
         raise FormatError("no LoRA layers to audit", path=adapter.path)
     layers = []
     total = len(adapter.layers)
-    for i, delta in enumerate(adapter.iter_deltas()):
-        layers.append(_audit_layer(adapter, delta, options))
+    split = workers() < 2 or total < 4  # two layers at a time, or one layer on two threads
+
+    def one(info: LayerInfo) -> LayerReport:
+        return _audit_layer(adapter, adapter.loader(info), options, split)
+
+    for i, report in enumerate(ordered_map(one, adapter.layers)):
+        layers.append(report)
         if options.progress:
-            options.progress(i + 1, total, delta.name)
+            options.progress(i + 1, total, report.name)
     summary = _summary(layers, options)
     suggestions = _suggestions(adapter, layers, options)
     notes = list(adapter.notes)
@@ -164,10 +170,10 @@ def audit(
     return AuditReport(_source(adapter), options, tuple(layers), summary, suggestions, tuple(notes))
 
 
-def _audit_layer(adapter: Adapter, delta, options: AuditOptions) -> LayerReport:
+def _audit_layer(adapter: Adapter, delta, options: AuditOptions, split: bool = True) -> LayerReport:
     info = delta.info
     try:
-        sigma = lora_singular_values(delta.down, delta.up, info.scale)  # (r,)
+        sigma = lora_singular_values(delta.down, delta.up, info.scale, split=split)  # (r,)
     except NonFiniteError as e:
         key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
         raise FormatError(

@@ -49,11 +49,14 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def lora_singular_values(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Singular values of scale·up@down, descending, float64, length r (zeros included)."""
+def lora_singular_values(
+    down: np.ndarray, up: np.ndarray, scale: float = 1.0, *, split: bool = True
+) -> np.ndarray:
+    """Singular values of scale·up@down, descending, float64, length r (zeros included).
+    split=False: no helper thread (the caller already runs layers in parallel)."""
     a = np.asarray(down)  # (r, n)
     b = np.asarray(up)  # (m, r)
-    ga, gb = factor_grams(a, b)  # (r, r), (r, r)
+    ga, gb = factor_grams(a, b, split=split)  # (r, r), (r, r)
     if not np.isfinite(np.trace(ga)):
         raise NonFiniteError("down")
     if not np.isfinite(np.trace(gb)):

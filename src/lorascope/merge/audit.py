@@ -11,7 +11,6 @@ value: `to_dict()`/`to_json()` (schema `lorascope.merge_audit/v1`, strict JSON, 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
+from .._parallel import ordered_map, workers
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
-from ..spectral import NonFiniteError, one_blas_thread
+from ..spectral import NonFiniteError
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
@@ -240,28 +240,15 @@ def _check_shapes(a: Adapter, b: Adapter, shared: list[tuple[str, str]]) -> None
 
 
 def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: MergeAuditOptions):
-    """Yield LayerPairs in order.  Two worker threads each take whole layers (read + bf16 widening,
-    Grams, eigensolves, sign grid) on one BLAS thread: numpy releases the GIL in all of these, so
-    both cores stay busy through the single-threaded phases too (measured 1.65 s → see
-    benchmarks/README.md for the whole-process numbers)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """LayerPairs in order, two layers at a time (_parallel.ordered_map): whole layers per worker
+    (read + bf16 widening, Grams, eigensolves, sign grid) keep both cores busy; within a layer the
+    Gram products then stay on the worker's thread (split=False)."""
+    split = workers() < 2 or len(shared) < 4
 
-    def work(names: tuple[str, str]) -> LayerPair:
-        with one_blas_thread():
-            return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options, split=False)
+    def one(names: tuple[str, str]) -> LayerPair:
+        return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options, split=split)
 
-    if len(shared) < 4 or (os.cpu_count() or 1) < 2:
-        for names in shared:
-            yield _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options)
-        return
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="lorascope-merge-audit") as pool:
-        pending = [pool.submit(work, names) for names in shared[:4]]
-        for i in range(len(shared)):
-            result = pending[i].result()
-            if i + 4 < len(shared):  # at most four layer pairs in flight: bounded memory
-                pending.append(pool.submit(work, shared[i + 4]))
-            pending[i] = None
-            yield result
+    return ordered_map(one, shared)
 
 
 def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions, split: bool = True) -> LayerPair:
