@@ -174,3 +174,18 @@ def test_unrelated_adapters_are_refused(tmp_path, rng):
     other = write_peft(tmp_path / "c", {"x.q": random_factors(rng, 24, 16, 4)}, config=peft_config(r=4))
     with pytest.raises(FormatError, match="shares no layer"):
         merge_files([p1, other], tmp_path / "out", MergePlan((1.0, 1.0)))
+
+
+def test_three_adapters_of_three_ranks(tmp_path, rng):
+    names = layer_names(2)
+    paths, ranks, weights = [], (8, 4, 2), (1.0, -0.5, 2.0)
+    for i, r in enumerate(ranks):
+        layers = {n: random_factors(rng, 24, 16, r, decay=0.7) for n in names}
+        paths.append(write_peft(tmp_path / f"a{i}", layers, config=peft_config(r=r, lora_alpha=2 * r)))
+    report = merge_files(paths, tmp_path / "out", MergePlan(weights, LayerPlan("linear")))
+    inputs, out = [load(p) for p in paths], load(tmp_path / "out")
+    for name in names:
+        want = sum(w * dense(a, name) for w, a in zip(weights, inputs, strict=True))
+        assert out.info(name).rank == sum(ranks)
+        assert np.linalg.norm(dense(out, name) - want) <= 1e-6 * np.linalg.norm(want)
+    assert [x.inputs for x in report.layers] == [(0, 1, 2)] * len(names)
