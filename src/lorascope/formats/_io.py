@@ -11,7 +11,8 @@ tensor at a time as a numpy array.  Two sources exist:
 
 Writing: `write_safetensors` writes through a temporary file in the destination directory and
 renames it into place, so a crash never leaves a half-written adapter and the input is never
-overwritten in place.
+overwritten in place.  `SafetensorsWriter` streams tensors one at a time (memory: one tensor) and
+produces the same bytes as `write_safetensors_typed`.
 """
 
 from __future__ import annotations
@@ -255,6 +256,15 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype("<u2")
 
 
+def _raw_bytes(key: str, arr: np.ndarray, dtype: str, dest) -> bytes:
+    """The little-endian bytes of one tensor as stored with short dtype `dtype`."""
+    if dtype not in _TAG_OF:
+        raise UnsupportedError(f"cannot write tensor {key!r} as {dtype}", path=dest)
+    if dtype == "bf16":
+        return bf16_bits(arr).tobytes()
+    return np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")).tobytes()
+
+
 def write_safetensors_typed(
     dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None
 ) -> None:
@@ -262,30 +272,81 @@ def write_safetensors_typed(
 
     The file is built by hand (the safetensors numpy API has no bf16): 8-byte little-endian header
     length, JSON header with sorted keys and 8-byte padding, then the raw little-endian data.
+    `SafetensorsWriter` writes the same bytes one tensor at a time.
     """
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
-    for key in sorted(tensors):
-        arr, dtype = tensors[key]
-        if dtype not in _TAG_OF:
-            raise UnsupportedError(f"cannot write tensor {key!r} as {dtype}", path=dest)
-        if dtype == "bf16":
-            raw = bf16_bits(arr).tobytes()
-        else:
-            raw = np.ascontiguousarray(
-                arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")
-            ).tobytes()
-        header[key] = {
-            "dtype": _TAG_OF[dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in blobs:
-            f.write(raw)
+    with SafetensorsWriter(dest) as w:
+        for key in sorted(tensors):
+            arr, dtype = tensors[key]
+            w.add(key, arr, dtype)
+        w.close(metadata)
+
+
+class SafetensorsWriter:
+    """Stream tensors into a safetensors file with the bytes of `write_safetensors_typed`.
+
+    `add(key, array, dtype)` appends one tensor's bytes to a temporary data file beside `dest`
+    (memory: one tensor); `close(metadata)` writes header + data to a second temporary file, copying
+    the tensors in sorted key order (as the one-shot writer lays them out), and renames it onto
+    `dest`.  A key added twice keeps the last array, like a dict.  Leaving a `with` block by an
+    exception (or calling `abort()`) removes both temporary files: `dest` is never half written.
+    """
+
+    _CHUNK = 1 << 24  # bytes copied per read when assembling the final file
+
+    def __init__(self, dest: str | Path):
+        self.dest = Path(dest)
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".data.tmp", dir=self.dest.parent)
+        self._data_path = tmp
+        self._data = os.fdopen(fd, "w+b")
+        self._entries: dict[str, tuple[str, list[int], int, int]] = {}  # key -> (tag, shape, start, n)
+        self._size = 0
+        self.closed = False
+
+    def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
+        raw = _raw_bytes(key, arr, dtype, self.dest)
+        self._data.write(raw)
+        self._entries[key] = (_TAG_OF[dtype], list(np.shape(arr)), self._size, len(raw))
+        self._size += len(raw)
+
+    def close(self, metadata=None) -> None:
+        """Write the final file atomically and remove the data file."""
+        header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+        offset = 0
+        for key in sorted(self._entries):
+            tag, shape, _, n = self._entries[key]
+            header[key] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        self._data.flush()
+        with atomic_path(self.dest) as tmp, open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            for key in sorted(self._entries):
+                _, _, start, n = self._entries[key]
+                self._copy(f, start, n)
+        self.abort()
+
+    def _copy(self, f, start: int, n: int) -> None:
+        self._data.seek(start)
+        while n > 0:
+            chunk = self._data.read(min(n, self._CHUNK))
+            if not chunk:
+                raise FormatError("streaming writer: temporary data file is cut short", path=self.dest)
+            f.write(chunk)
+            n -= len(chunk)
+
+    def abort(self) -> None:
+        """Drop the temporary data file (idempotent); `dest` is left untouched."""
+        if not self.closed:
+            self.closed = True
+            self._data.close()
+            if os.path.exists(self._data_path):
+                os.unlink(self._data_path)
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()

@@ -21,12 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
-from ._io import TensorSource, open_safetensors, write_safetensors_typed
+from ._io import SafetensorsWriter, TensorSource, open_safetensors
 from ._keys import header_keys, missing_pair, read_alpha, stored
 from .peft import layer_scale
 
@@ -196,27 +194,27 @@ def write(adapter: Adapter, dest: str | Path, *, component: str = "unet") -> Non
         raise UnsupportedError(
             f"unknown diffusers component {component!r}; choose from {', '.join(COMPONENTS)}"
         )
-    tensors: dict[str, tuple[np.ndarray, str]] = {}
     per_comp: dict[str, list[tuple[str, int, float]]] = {}
-    for delta in adapter.iter_deltas():
-        info = delta.info
-        if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-            raise UnsupportedError(
-                f"layer {info.name}: only LoRA linear/conv layers convert to diffusers", path=adapter.path
-            )
-        full = diffusers_name(info.extras.get("dotted_name", info.name), component)
-        comp, _, module = full.partition(".")
-        down, up = delta.down, delta.up  # (r, in), (out, r)
-        if info.kind == "conv" and info.weight_shape:
-            down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
-            up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
-        tensors[f"{full}.lora_A.weight"] = stored(down, info.dtype)
-        tensors[f"{full}.lora_B.weight"] = stored(up, info.dtype)
-        per_comp.setdefault(comp, []).append((module, info.rank, info.scale * info.rank))
-    meta = {}
-    for comp, rows in per_comp.items():
-        meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
-    write_safetensors_typed(dest, tensors, {METADATA_KEY: json.dumps(meta, sort_keys=True), "format": "pt"})
+    with SafetensorsWriter(dest) as out:
+        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+            info = delta.info
+            if info.kind == "embedding" or delta.down.shape[0] != info.rank:
+                raise UnsupportedError(
+                    f"layer {info.name}: only LoRA linear/conv layers convert to diffusers", path=adapter.path
+                )
+            full = diffusers_name(info.extras.get("dotted_name", info.name), component)
+            comp, _, module = full.partition(".")
+            down, up = delta.down, delta.up  # (r, in), (out, r)
+            if info.kind == "conv" and info.weight_shape:
+                down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
+                up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
+            out.add(f"{full}.lora_A.weight", *stored(down, info.dtype))
+            out.add(f"{full}.lora_B.weight", *stored(up, info.dtype))
+            per_comp.setdefault(comp, []).append((module, info.rank, info.scale * info.rank))
+        meta = {}
+        for comp, rows in per_comp.items():
+            meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
+        out.close({METADATA_KEY: json.dumps(meta, sort_keys=True), "format": "pt"})
 
 
 def _patterns(rows: list[tuple[str, int, float]]) -> dict[str, Any]:

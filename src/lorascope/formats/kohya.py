@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, frozen_mapping
 from ._checks import check_outlier_shapes, reject_leftovers
-from ._io import open_safetensors, write_safetensors_typed
+from ._io import SafetensorsWriter, open_safetensors
 from ._keys import (
     KOHYA_MODULE,
     KOHYA_ROLES,
@@ -135,29 +135,29 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
     up/down are stored as they are and alpha = scale·r, so alpha / r reproduces the scale.  Conv
     factors get their 4-D kohya shapes back from `weight_shape`.
     """
-    tensors: dict[str, tuple[np.ndarray, str]] = {}
     names: dict[str, str] = {}
     two_te = any(x.extras.get("dotted_name", x.name).startswith("text_encoder_2.") for x in adapter.layers)
-    for delta in adapter.iter_deltas():
-        info = delta.info
-        if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-            raise UnsupportedError(
-                f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path
-            )
-        dotted = info.extras.get("dotted_name", info.name)
-        k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix, two_te)
-        if k in names:
-            raise FormatError(
-                f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path
-            )
-        names[k] = dotted
-        down, up = delta.down, delta.up  # (r, in), (out, r)
-        if info.kind == "conv":
-            down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
-            up = up.reshape(*up.shape, 1, 1)  # (out, r, 1, 1)
-        tensors[f"{k}.lora_down.weight"] = stored(down, info.dtype)
-        tensors[f"{k}.lora_up.weight"] = stored(up, info.dtype)
-        tensors[f"{k}.alpha"] = (np.asarray(info.scale * info.rank, dtype=np.float64), "fp64")
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta[NAMES_KEY] = json.dumps(names)
-    write_safetensors_typed(dest, tensors, meta)
+    with SafetensorsWriter(dest) as out:
+        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+            info = delta.info
+            if info.kind == "embedding" or delta.down.shape[0] != info.rank:
+                raise UnsupportedError(
+                    f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path
+                )
+            dotted = info.extras.get("dotted_name", info.name)
+            k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix, two_te)
+            if k in names:
+                raise FormatError(
+                    f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path
+                )
+            names[k] = dotted
+            down, up = delta.down, delta.up  # (r, in), (out, r)
+            if info.kind == "conv":
+                down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
+                up = up.reshape(*up.shape, 1, 1)  # (out, r, 1, 1)
+            out.add(f"{k}.lora_down.weight", *stored(down, info.dtype))
+            out.add(f"{k}.lora_up.weight", *stored(up, info.dtype))
+            out.add(f"{k}.alpha", np.asarray(info.scale * info.rank, dtype=np.float64), "fp64")  # ()
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        meta[NAMES_KEY] = json.dumps(names)
+        out.close(meta)

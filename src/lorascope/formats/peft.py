@@ -362,7 +362,7 @@ def write(
     import shutil
     import tempfile
 
-    from ._io import write_safetensors_typed, write_text_atomic
+    from ._io import SafetensorsWriter, write_text_atomic
 
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -370,19 +370,21 @@ def write(
     cfg = dict(base_config if base_config is not None else adapter.config)
     cfg.setdefault("peft_type", "LORA")
     rslora = bool(cfg.get("use_rslora", False))
-    cfg.update(rank_patterns(adapter.layers, rslora))
-    tensors: dict[str, tuple[Any, str]] = dict(extra_tensors or {})
-    for delta in adapter.iter_deltas():
-        info = delta.info
-        dk, uk = _tensor_keys(info)
-        dshape, ushape = _factor_shapes(info)
-        out_dtype = dtype or info.dtype
-        tensors[dk] = (delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
-        tensors[uk] = (delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
+    cfg.update(rank_patterns(adapter.layers, rslora))  # from LayerInfo: known before any tensor
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        write_safetensors_typed(tmp / WEIGHTS[0], tensors, metadata={"format": "pt"})
+        with SafetensorsWriter(tmp / WEIGHTS[0]) as out:
+            for key, (arr, dt) in (extra_tensors or {}).items():
+                out.add(key, arr, dt)
+            for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+                info = delta.info
+                dk, uk = _tensor_keys(info)
+                dshape, ushape = _factor_shapes(info)
+                out_dtype = dtype or info.dtype
+                out.add(dk, delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
+                out.add(uk, delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
+            out.close({"format": "pt"})
         write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if dest.exists():
             dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
