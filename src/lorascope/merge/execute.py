@@ -19,6 +19,7 @@ Refused: DoRA layers (the magnitude vector does not add), mismatched shapes, a n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -112,25 +113,120 @@ class MergeReport:
 
 def merge_adapters(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):
     """Merge in memory → (merged Adapter, [MergedLayer]).  See the module docstring."""
+    lazy, done = merge_lazy(adapters, plan, options)
+    deltas = list(lazy.iter_deltas())  # every layer computed now, kept
+    merged = Adapter.from_deltas(
+        deltas,
+        format=lazy.format,
+        config=lazy.config,
+        metadata=lazy.metadata,
+        modules_to_save=lazy.modules_to_save,
+    )
+    return merged, [done[name][0] for name in lazy.names]
+
+
+def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):
+    """The merge as a lazy Adapter → (adapter, done): its loader merges a layer when asked, and
+    records `done[name] = (MergedLayer, digest of the factors' bytes)` (see `factor_digest`).
+
+    Every output LayerInfo must be known before any layer is merged (the writers compute configs and
+    metadata from `adapter.layers`).  The output rank follows from the plan and the input ranks
+    (`_planned_rank`) except where the plan uses `energy`: those layers are merged here, up front,
+    and kept in memory until they are loaded once (handed out, then dropped; a second load merges
+    again, with the same result).  Energy ranks are at most the rank a plan without `energy`
+    would write, so this never holds more than the whole merged adapter (the old bound) and holds
+    nothing for plans without `energy`."""
     options = options or MergeOptions()
     _check_inputs(adapters, plan, options)
     groups = _groups(adapters)
-    deltas, results = [], []
-    for index, (name, group) in enumerate(groups.items()):
-        delta, result = _merge_layer(adapters, group, name, plan, index, options)
-        deltas.append(delta)
-        results.append(result)
+    index_of = {name: i for i, name in enumerate(groups)}
+    done: dict[str, tuple[MergedLayer, bytes]] = {}
+
+    def compute(name: str) -> LoraDelta:
+        delta, result = _merge_layer(adapters, groups[name], name, plan, index_of[name], options)
+        done[name] = (result, factor_digest(delta.down, delta.up))
         if options.progress:
-            options.progress(index + 1, len(groups), name)
+            options.progress(len(done), len(groups), name)
+        return delta
+
+    kept: dict[str, LoraDelta] = {}
+    layers = []
+    for name, group in groups.items():
+        rank = _planned_rank(adapters, group, plan.for_layer(name))
+        if rank is None:  # `energy`: the rank is a result of the merge
+            kept[name] = compute(name)
+            layers.append(kept[name].info)
+        else:
+            idx = tuple(sorted(group))
+            layers.append(_out_info(name, idx, [adapters[i].info(group[i]) for i in idx], rank, options))
+
+    def load_layer(info: LayerInfo) -> LoraDelta:
+        delta = kept.pop(info.name, None) or compute(info.name)
+        if delta.info.rank != info.rank:  # _planned_rank disagrees with the method: a bug
+            raise FormatError(f"layer {info.name}: merged rank {delta.info.rank}, planned {info.rank}")
+        return delta
+
     first = adapters[0]
-    merged = Adapter.from_deltas(
-        deltas,
+    lazy = Adapter(
         format=first.format,
+        layers=tuple(layers),
+        loader=load_layer,
         config=_config(adapters),
         metadata=first.metadata,
         modules_to_save=first.modules_to_save,
     )
-    return merged, results
+    return lazy, done
+
+
+def _planned_rank(adapters, group: dict[int, str], lp: LayerPlan) -> int | None:
+    """The rank `_merge_layer` will write, from LayerInfo only; None when it depends on the data."""
+    infos = {i: adapters[i].info(name) for i, name in group.items()}
+    first = infos[min(infos)]
+    cap = min(first.out_features, first.in_features)
+    ranks = []  # input ranks after compress_first
+    for i, x in sorted(infos.items()):
+        k = lp.compress_first.get(i)
+        if k is not None and k < x.rank:
+            if k > cap:  # truncated_svd may return fewer than k columns here
+                return None
+            ranks.append(k)
+        else:
+            ranks.append(x.rank)
+    method = get_method(lp.method)
+    if lp.method == "linear":
+        return sum(ranks)
+    if lp.energy is not None or (method.kind == "factor" and "rank" not in method.params):
+        return None
+    if method.kind == "factor":  # svd: min(rank or max rᵢ, size of the exact SVD of the sum)
+        return min(lp.rank or max(ranks), sum(ranks), cap)
+    return min(lp.rank or sum(x.rank for x in infos.values()), cap)  # dense: as in _merge_layer
+
+
+def _out_info(name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: MergeOptions) -> LayerInfo:
+    """The output LayerInfo of a merged layer (scale 1: the factors carry every weight and scale)."""
+    first = inputs[0]
+    return LayerInfo(
+        name,
+        first.kind,
+        rank,
+        first.out_features,
+        first.in_features,
+        1.0,
+        options.dtype or _widest(x.dtype for x in inputs),
+        first.weight_shape,
+        extras=frozen_mapping({"merged_from": list(idx)}),
+    )
+
+
+def factor_digest(down: np.ndarray, up: np.ndarray) -> bytes:
+    """blake2b of the dtype and the exact bytes of down and up: what the post-merge check compares
+    with the read-back factors (bf16 is held as float32 both before writing and after reading)."""
+    h = hashlib.blake2b(digest_size=32)
+    for x in (down, up):
+        x = np.ascontiguousarray(x)
+        h.update(x.dtype.str.encode())
+        h.update(memoryview(x).cast("B"))
+    return h.digest()
 
 
 def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions) -> None:
@@ -215,18 +311,7 @@ def _merge_layer(
     if dtype == "fp16" and not (np.isfinite(down_w).all() and np.isfinite(up_w).all()):
         raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
     err, norm = _rel_error(factors, weights, intended, down_w, up_w)
-    first = inputs[0].info
-    info = LayerInfo(
-        name,
-        first.kind,
-        down_w.shape[0],
-        first.out_features,
-        first.in_features,
-        1.0,
-        dtype,
-        first.weight_shape,
-        extras=frozen_mapping({"merged_from": list(idx)}),
-    )
+    info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options)
     result = MergedLayer(
         name,
         lp.method,
@@ -311,12 +396,13 @@ def merge_files(
     for a in adapters:
         _check_dest(a, Path(dest))
     writer = writer_for(adapters[0])
-    merged, results = merge_adapters(adapters, plan, options)
+    merged, done = merge_lazy(adapters, plan, options)
     source = replace(adapters[0], config=merged.config)
-    writer(merged, dest, source=source)
+    writer(merged, dest, source=source)  # layers are merged one at a time as they are written
+    results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
-    verified = _verify(merged, dest, adapters[0].format)
-    return MergeReport(tuple(a.path for a in adapters), str(dest), tuple(results), tuple(notes), verified)
+    verified = _verify({name: done[name][1] for name in merged.names}, dest, adapters[0].format)
+    return MergeReport(tuple(a.path for a in adapters), str(dest), results, tuple(notes), verified)
 
 
 def _notes(adapters: Sequence[Adapter]) -> list[str]:
@@ -334,18 +420,15 @@ def _notes(adapters: Sequence[Adapter]) -> list[str]:
     return notes
 
 
-def _verify(merged: Adapter, dest, fmt: str) -> bool:
-    """Read the written adapter back: same layers, factors equal to what was computed, ΔW scale 1."""
+def _verify(digests: dict[str, bytes], dest, fmt: str) -> bool:
+    """Read the written adapter back: same layers, factors byte-equal to what was computed (their
+    `factor_digest` recorded while merging), ΔW scale 1."""
     back = load(dest, format=fmt)
-    if set(back.names) != set(merged.names):
+    if set(back.names) != set(digests):
         raise FormatError("post-merge check: the written adapter lost or renamed layers", path=dest)
     for d in back.iter_deltas():
-        want = merged.delta(d.name)
         scale_err = abs(d.scale - 1.0)
-        same = np.array_equal(
-            np.asarray(d.down, np.float64), np.asarray(want.down, np.float64)
-        ) and np.array_equal(np.asarray(d.up, np.float64), np.asarray(want.up, np.float64))
-        if not same or scale_err > 1e-6:
+        if factor_digest(d.down, d.up) != digests[d.name] or scale_err > 1e-6:
             raise FormatError(
                 f"post-merge check: layer {d.name} reads back different from what was computed", path=dest
             )
