@@ -12,7 +12,10 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
 3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank).
 Post-merge check: `rel_error` = ‖intended − written‖_F/‖intended‖_F where *intended* is the
 method's exact result on its inputs (after step 1) — computed from the factors for factor methods,
-densely for dense ones — and the written file is read back and compared factor by factor.
+densely for dense ones — and the written file is read back and its factors compared byte for
+byte with what was computed (through a blake2b digest per layer recorded while merging).
+Memory: `merge_files` writes a lazy adapter (`merge_lazy`) whose layers are merged as the writer
+asks for them, so a few layers are alive at once (layers of `energy` plans: see `merge_lazy`).
 Refused: DoRA layers (the magnitude vector does not add), mismatched shapes, a non-LoRA writer.
 `modules_to_save` tensors (e.g. classifier heads) come from the first adapter; a note says so.
 """
@@ -20,9 +23,8 @@ Refused: DoRA layers (the magnitude vector does not add), mismatched shapes, a n
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,8 @@ from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from .match import layer_keys
 from .methods import get_method
 from .plan import LayerPlan, MergePlan
+from .report import SCHEMA, MergedLayer, MergeReport  # noqa: F401  (SCHEMA: re-exported)
 
-SCHEMA = "lorascope.merge/v1"
 _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 
 
@@ -45,70 +47,6 @@ _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 class MergeOptions:
     dtype: str | None = None  # output dtype; None: the widest input dtype
     progress: Callable[[int, int, str], None] | None = None
-
-
-@dataclass(frozen=True)
-class MergedLayer:
-    name: str
-    method: str
-    inputs: tuple[int, ...]  # indices of the adapters that have this layer
-    ranks: tuple[int, ...]
-    rank: int  # written rank
-    weights: tuple[float, ...]
-    params: dict[str, Any]
-    rel_error: float  # written vs intended merged ΔW
-    intended_norm: float
-    compress_first: dict[int, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "method": self.method,
-            "inputs": list(self.inputs),
-            "ranks": list(self.ranks),
-            "rank": self.rank,
-            "weights": list(self.weights),
-            "params": self.params,
-            "rel_error": self.rel_error,
-            "intended_norm": self.intended_norm,
-            "compress_first": {str(k): v for k, v in self.compress_first.items()},
-        }
-
-
-@dataclass(frozen=True)
-class MergeReport:
-    sources: tuple[str | None, ...]
-    output: str | None
-    layers: tuple[MergedLayer, ...]
-    notes: tuple[str, ...] = ()
-    verified: bool = False  # the written file was read back and matched the computed factors
-
-    def summary(self) -> dict[str, Any]:
-        errs = [x.rel_error for x in self.layers]
-        methods: dict[str, int] = {}
-        for x in self.layers:
-            methods[x.method] = methods.get(x.method, 0) + 1
-        return {
-            "n_layers": len(self.layers),
-            "methods": methods,
-            "max_rel_error": max(errs, default=0.0),
-            "mean_rel_error": float(np.mean(errs)) if errs else 0.0,
-            "ranks": sorted({x.rank for x in self.layers}),
-            "verified": self.verified,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "sources": list(self.sources),
-            "output": self.output,
-            "summary": self.summary(),
-            "notes": list(self.notes),
-            "layers": [x.to_dict() for x in self.layers],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
 
 def merge_adapters(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptions | None = None):

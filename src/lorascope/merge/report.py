@@ -1,0 +1,76 @@
+"""What `merge_files` reports: one `MergedLayer` per output layer and the whole `MergeReport`
+(schema lorascope.merge/v1).  Plain frozen values; computing them is execute.py's job."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "lorascope.merge/v1"
+
+
+@dataclass(frozen=True)
+class MergedLayer:
+    name: str
+    method: str
+    inputs: tuple[int, ...]  # indices of the adapters that have this layer
+    ranks: tuple[int, ...]
+    rank: int  # written rank
+    weights: tuple[float, ...]
+    params: dict[str, Any]
+    rel_error: float  # written vs intended merged ΔW
+    intended_norm: float
+    compress_first: dict[int, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "inputs": list(self.inputs),
+            "ranks": list(self.ranks),
+            "rank": self.rank,
+            "weights": list(self.weights),
+            "params": self.params,
+            "rel_error": self.rel_error,
+            "intended_norm": self.intended_norm,
+            "compress_first": {str(k): v for k, v in self.compress_first.items()},
+        }
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    sources: tuple[str | None, ...]
+    output: str | None
+    layers: tuple[MergedLayer, ...]
+    notes: tuple[str, ...] = ()
+    verified: bool = False  # the written file was read back and matched the computed factors
+
+    def summary(self) -> dict[str, Any]:
+        errs = [x.rel_error for x in self.layers]
+        methods: dict[str, int] = {}
+        for x in self.layers:
+            methods[x.method] = methods.get(x.method, 0) + 1
+        return {
+            "n_layers": len(self.layers),
+            "methods": methods,
+            "max_rel_error": max(errs, default=0.0),
+            "mean_rel_error": float(np.mean(errs)) if errs else 0.0,
+            "ranks": sorted({x.rank for x in self.layers}),
+            "verified": self.verified,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "sources": list(self.sources),
+            "output": self.output,
+            "summary": self.summary(),
+            "notes": list(self.notes),
+            "layers": [x.to_dict() for x in self.layers],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
