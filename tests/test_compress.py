@@ -382,3 +382,17 @@ def test_kohya_bf16_stays_bf16(tmp_path, rng):
     compress_file(tmp_path / "in.safetensors", tmp_path / "out.safetensors", RankMode("rank", 2))
     header = _header(tmp_path / "out.safetensors")
     assert {v["dtype"] for k, v in header.items() if k.endswith("weight")} == {"BF16"}
+
+
+@pytest.mark.parametrize("dtype", [None, "bf16"])
+def test_lazy_compress_knows_each_layer_before_computing_it(adapter, dtype):
+    from lorascope.compress import compressed_lazy
+
+    plan = {"a.q": 3, "b.up": 6, "b.down": 2}  # b.up keeps its rank
+    lazy = compressed_lazy(adapter, plan, dtype=dtype)
+    eager = compress(adapter, plan, dtype=dtype)
+    assert lazy.layers == eager.layers
+    for got, want in zip(lazy.iter_deltas(), eager.iter_deltas(), strict=True):
+        assert got.info == want.info
+        np.testing.assert_array_equal(got.down, want.down)
+        np.testing.assert_array_equal(got.up, want.up)

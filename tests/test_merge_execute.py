@@ -189,3 +189,48 @@ def test_three_adapters_of_three_ranks(tmp_path, rng):
         assert out.info(name).rank == sum(ranks)
         assert np.linalg.norm(dense(out, name) - want) <= 1e-6 * np.linalg.norm(want)
     assert [x.inputs for x in report.layers] == [(0, 1, 2)] * len(names)
+
+
+def test_post_merge_check_catches_a_tampered_file(tmp_path, rng, monkeypatch):
+    from lorascope.errors import FormatError
+    from lorascope.formats import _io
+
+    p1, p2 = two_adapters(tmp_path, rng)
+    add = _io.SafetensorsWriter.add
+
+    def flip_one_byte(self, key, arr, dtype):
+        if key.endswith("lora_B.weight") and not getattr(self, "flipped", False):
+            self.flipped = True
+            arr = np.array(arr, copy=True)
+            arr.view(np.uint8).flat[0] ^= 1  # one bit of the first entry
+        add(self, key, arr, dtype)
+
+    monkeypatch.setattr(_io.SafetensorsWriter, "add", flip_one_byte)
+    with pytest.raises(FormatError, match="post-merge check: layer .* reads back different"):
+        merge_files([p1, p2], tmp_path / "out", MergePlan((1.0, 1.0), LayerPlan("linear")))
+
+
+@pytest.mark.parametrize(
+    "lp",
+    [
+        LayerPlan("linear", compress_first={0: 3}),
+        LayerPlan("svd"),
+        LayerPlan("svd", rank=30),
+        LayerPlan("svd", energy=0.9),
+        LayerPlan("ties", density=0.5),
+        LayerPlan("ties", density=0.5, rank=100),
+        LayerPlan("dare_linear", density=0.5, energy=0.8),
+    ],
+)
+def test_lazy_merge_knows_each_rank_before_merging(tmp_path, rng, lp):
+    from lorascope.merge.execute import merge_lazy
+
+    p1, p2 = two_adapters(tmp_path, rng)
+    plan = MergePlan((1.0, 0.5), lp)
+    lazy, done = merge_lazy([load(p1), load(p2)], plan)
+    planned = [x.rank for x in lazy.layers]
+    assert [d.info.rank for d in lazy.iter_deltas()] == planned  # the loader also checks this
+    eager, results = merge_adapters([load(p1), load(p2)], plan)
+    assert [x.rank for x in results] == planned == [x.rank for x in eager.layers]
+    for name in eager.names:
+        np.testing.assert_array_equal(lazy.delta(name).up, eager.delta(name).up)
