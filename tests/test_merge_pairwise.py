@@ -8,7 +8,8 @@ from conftest import quantize, to_bf16_bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorascope.merge.pairwise import PairOptions, energy_k, pair_metrics, sign_conflict
+from lorascope.merge.pairwise import PairOptions, pair_metrics, sign_conflict
+from lorascope.metrics import energy_k
 from lorascope.types import LayerInfo, LoraDelta
 
 TOL = 1e-6

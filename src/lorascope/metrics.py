@@ -69,14 +69,19 @@ def effective_rank(s: Spectrum) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
+def energy_k(sigma: np.ndarray, tau: float) -> int:
+    """Smallest k with Σ_{i≤k} σᵢ² ≥ τ·Σσᵢ² for descending σ ≥ 0 (0 for an all-zero σ).  The one
+    implementation behind energy_rank, compress's energy mode and merge-audit's compared subspaces."""
+    if sigma.size == 0 or not sigma[0] > 0:
+        return 0
+    cum = np.cumsum(sigma.astype(np.float64) ** 2)  # (r,)
+    return int(np.searchsorted(cum, tau * cum[-1] * (1.0 - _ENERGY_SLACK), side="left")) + 1
+
+
 def energy_rank(s: Spectrum, tau: float = 0.90) -> int:
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"energy threshold must be in (0, 1], got {tau}")
-    if s.dead:
-        return 0
-    cum = np.cumsum(s.sigma**2)  # (r,)
-    target = tau * cum[-1] * (1.0 - _ENERGY_SLACK)
-    return int(np.searchsorted(cum, target, side="left")) + 1
+    return energy_k(s.sigma, tau)
 
 
 def utilisation(s: Spectrum) -> float:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .metrics import energy_k
 
 KOHYA_MODES = ("sv_fro", "sv_cumulative", "sv_ratio")
 MODES = ("rank", "energy", "from_audit", "budget_params", "budget_ratio", "budget_bytes", *KOHYA_MODES)
@@ -46,7 +47,6 @@ AUDIT_CHOICES = ("median", "p90", "per-layer")
 LOCAL_MODES = ("rank", "energy", *KOHYA_MODES)  # a layer's new rank depends on its own σ only
 ITEMSIZE = {"fp64": 8, "fp32": 4, "fp16": 2, "bf16": 2}
 SCHEMA = "lorascope.compress/v1"
-_SLACK = 1e-12  # relative slack on energy comparisons (as metrics.energy_rank)
 _KOHYA_MIN_SV = 1e-6  # kohya's MIN_SV: a layer whose σ₁ is below this is "zero" and gets rank 1
 
 
@@ -101,14 +101,6 @@ def _check_value(kind: str, v) -> None:
 
 
 # --- per-layer rules: σ (r,) -> k ---------------------------------------------------------------
-
-
-def energy_k(sigma: np.ndarray, tau: float) -> int:
-    """Smallest k with Σ_{i≤k} σᵢ² ≥ τ·Σσᵢ² (0 for a dead layer)."""
-    if sigma.size == 0 or not sigma[0] > 0:
-        return 0
-    cum = np.cumsum(sigma.astype(np.float64) ** 2)  # (r,)
-    return int(np.searchsorted(cum, tau * cum[-1] * (1.0 - _SLACK), side="left")) + 1
 
 
 def kohya_k(sigma: np.ndarray, method: str, x: float, full_len: int) -> int:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..metrics import energy_k
 from ..spectral import NonFiniteError, factor_grams, lora_svd
 from ..types import LoraDelta
 
@@ -115,14 +116,6 @@ class PairMetrics:
     def conflict_share(self) -> float:
         n = self.k1 + self.k2
         return self.n_conflicting / n if n else 0.0
-
-
-def energy_k(sigma: np.ndarray, tau: float) -> int:
-    """Smallest k with Σ_{i≤k} σᵢ² ≥ τ·Σσ² (0 for a zero update)."""
-    e = np.cumsum(sigma.astype(np.float64) ** 2)  # (r,)
-    if e.size == 0 or not e[-1] > 0:
-        return 0
-    return int(np.searchsorted(e, tau * e[-1] * (1 - 1e-12), side="left")) + 1
 
 
 @dataclass(frozen=True)
