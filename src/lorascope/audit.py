@@ -170,15 +170,18 @@ def audit(
     return AuditReport(_source(adapter), options, tuple(layers), summary, suggestions, tuple(notes))
 
 
+def nonfinite_error(info: LayerInfo, which: str, path: str | None) -> FormatError:
+    """The one error for a factor holding NaN/Inf (`which` = "down" | "up"): file, layer, tensor key."""
+    key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
+    return FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=path, keys=[key])
+
+
 def _audit_layer(adapter: Adapter, delta, options: AuditOptions, split: bool = True) -> LayerReport:
     info = delta.info
     try:
         sigma = lora_singular_values(delta.down, delta.up, info.scale, split=split)  # (r,)
     except NonFiniteError as e:
-        key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
-        raise FormatError(
-            f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path, keys=[key]
-        ) from None
+        raise nonfinite_error(info, e.which, adapter.path) from None
     spec = metrics.Spectrum(sigma, info.rank)
     values = metrics.compute(spec, options.thresholds)
     k = int(values[metrics.energy_key(options.tau)])

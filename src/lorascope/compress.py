@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .audit import AuditOptions, audit
-from .errors import FormatError, InvalidArgumentError, UnsupportedError
+from .audit import AuditOptions, audit, nonfinite_error
+from .errors import InvalidArgumentError, UnsupportedError
 from .formats import load
 from .plan import (
     LOCAL_MODES,
@@ -245,10 +245,9 @@ def _spectra(adapter: Adapter, mode: RankMode):
         a = np.asarray(delta.down, dtype=np.float64)  # (r, in)
         b = np.asarray(delta.up, dtype=np.float64)  # (out, r)
         ga, gb = a @ a.T, b.T @ b  # (r, r), (r, r)
-        for i, g in enumerate((ga, gb)):
+        for which, g in (("down", ga), ("up", gb)):
             if not np.isfinite(np.trace(g)):
-                key = info.extras.get("keys", ("down", "up"))[i]
-                raise FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=adapter.path)
+                raise nonfinite_error(info, which, adapter.path)
         sigma = gram_singular_values(ga, gb, info.scale)  # (r,)
         spectra.append(_Spectrum(info, sigma, layer_rank(sigma, info, mode)))
     return SimpleNamespace(layers=tuple(spectra))

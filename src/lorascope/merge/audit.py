@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import metrics
 from .._parallel import ordered_map, workers
+from ..audit import nonfinite_error
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..spectral import NonFiniteError
@@ -258,11 +259,7 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions, split: bo
         p = pair_metrics(d1, d2, options.pair, split=split)
     except NonFiniteError as e:  # NaN/Inf in a factor, or overflow in the Gram products
         side = getattr(e, "side", 0)
-        info = (i1, i2)[side]
-        key = info.extras.get("keys", ("down", "up"))[0 if e.which == "down" else 1]
-        raise FormatError(
-            f"layer {info.name}: tensor {key} contains NaN or Inf", path=(a, b)[side].path, keys=[key]
-        ) from None
+        raise nonfinite_error((i1, i2)[side], e.which, (a, b)[side].path) from None
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),
