@@ -41,7 +41,7 @@ from .plan import (
     layer_results,
     plan_ranks,
 )
-from .spectral import LowRankSVD, gram_singular_values, lora_svd
+from .spectral import LowRankSVD, gram_separated, gram_singular_values, lora_svd
 from .suggest import Rounding
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
@@ -82,11 +82,6 @@ def _cholqr2_t(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.linalg.inv(r2.T) @ q1t, r2 @ r1  # (r, n), (r, r)
 
 
-# The Gram route is used only when every kept σ and the gap after σ_k are large against σ₁:
-# its absolute error in σᵢ² is O(ε·σ₁²), so ΔW_k is then exact to ~ε/_GRAM_MIN_RATIO ≈ 1e-10.
-_GRAM_MIN_RATIO = 1e-6
-
-
 def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int, grams=None) -> LowRankSVD | None:
     """Rank-k SVD of scale·b@a from the r×r Gram matrices only (no QR), or None when not accurate.
 
@@ -98,11 +93,7 @@ def _gram_truncated(a: np.ndarray, b: np.ndarray, scale: float, k: int, grams=No
     h = root[:, None] * (u.T @ gb @ u) * root[None, :]  # (r, r)
     s2, w = np.linalg.eigh(0.5 * (h + h.T))  # ascending
     s2, w = s2[::-1], w[:, ::-1]
-    top = s2[0]
-    nxt = s2[k] if k < s2.size else 0.0
-    if not (np.isfinite(top) and top > 0 and s2[k - 1] >= _GRAM_MIN_RATIO * top):
-        return None
-    if s2[k - 1] - nxt < _GRAM_MIN_RATIO * top:  # σ_k ≈ σ_k+1: let the QR route pick the subspace
+    if not gram_separated(s2, k):  # else σ_k ≈ σ_k+1 or tiny: let the QR route pick the subspace
         return None
     sig = np.sqrt(s2[:k])  # (k,) singular values of b@a
     lk = u @ (root[:, None] * w[:, :k])  # (r, k)

@@ -181,6 +181,21 @@ def gram_singular_values(ga: np.ndarray, gb: np.ndarray, scale: float = 1.0) -> 
     return np.sqrt(np.clip(s2[::-1], 0.0, None)) * abs(scale)
 
 
+# Gram-route singular *vectors* are used only when every kept σ² and the gap after σ_k are large
+# against σ₁²: the absolute error of σᵢ² is O(ε·σ₁²), so the top-k subspace (and ΔW_k) is then
+# exact to ~ε/GRAM_MIN_RATIO ≈ 1e-10.  Otherwise callers take the QR route (lora_svd).
+GRAM_MIN_RATIO = 1e-6
+
+
+def gram_separated(s2: np.ndarray, k: int) -> bool:
+    """True when the top-k of the descending eigenvalues s2 = σ² (from the Grams) may be trusted."""
+    top = s2[0]
+    nxt = s2[k] if k < s2.size else 0.0
+    if not (np.isfinite(top) and top > 0 and s2[k - 1] >= GRAM_MIN_RATIO * top):
+        return False
+    return bool(s2[k - 1] - nxt >= GRAM_MIN_RATIO * top)
+
+
 @dataclass(frozen=True)
 class LowRankSVD:
     """Thin SVD of a low-rank update: ΔW = u @ diag(s) @ vt."""

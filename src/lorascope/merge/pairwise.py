@@ -43,10 +43,9 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..metrics import energy_k
-from ..spectral import NonFiniteError, factor_grams, lora_svd
+from ..spectral import NonFiniteError, factor_grams, gram_separated, lora_svd
 from ..types import LoraDelta
 
-_GRAM_MIN_RATIO = 1e-6  # as compress._GRAM_MIN_RATIO: kept σ² and the gap after σ_k, against σ₁²
 _CHOL_MIN_RATIO = 1e-5  # Cholesky of G_A used when its diagonal spans < 1e5 (cond(G_A) ≲ 1e10)
 
 
@@ -152,8 +151,7 @@ def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
     k = energy_k(sigma, tau)
     if k == 0:
         return _Side(sigma, np.zeros((ga.shape[0], 0)), np.zeros((0, ga.shape[0])))
-    nxt = s2[k] if k < s2.size else 0.0
-    if s2[k - 1] < _GRAM_MIN_RATIO * s2[0] or s2[k - 1] - nxt < _GRAM_MIN_RATIO * s2[0]:
+    if not gram_separated(s2, k):
         return None
     lk = root @ w[:, :k]  # (r, k)  B L = U_k Σ_k
     return _Side(sigma, lk / sigma[None, :k], (lk.T @ gb) / s2[:k, None])
