@@ -14,11 +14,16 @@ def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> 
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    refuse_inputs(output, inputs)
+    write_text_atomic(Path(output).resolve(), text)
+
+
+def refuse_inputs(output: str, inputs: tuple[str, ...]) -> None:
+    """Raise if writing `output` would overwrite an input (see _is_input)."""
     dest = Path(output).resolve()
     for src in inputs:
         if src and _is_input(Path(src).resolve(), dest):
             raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=output)
-    write_text_atomic(dest, text)
 
 
 def _is_input(src: Path, dest: Path) -> bool:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ..errors import InvalidArgumentError
 from ..merge.audit import MergeAuditOptions, merge_audit
 from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_text
 from ..merge.verdict import Thresholds
 from ._args import parse_weights
-from ._output import _is_input, emit, progress_printer
+from ._output import emit, progress_printer, refuse_inputs
 
 _THRESHOLD_FLAGS = (
     "overlap_low",
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report = merge_audit(args.first, args.second, options, format=args.format)
     if args.plan:
-        _check_plan_dest(args.plan, (args.first, args.second))
+        refuse_inputs(args.plan, (args.first, args.second))
         save_plan(report.plan(), args.plan)
     if args.json:
         text = report.to_json(vectors=args.vectors) + "\n"
@@ -90,10 +88,3 @@ def run(args: argparse.Namespace) -> int:
         text = to_text(report, show_layers=not args.summary)
     emit(text, args.output, inputs=(args.first, args.second))
     return 0
-
-
-def _check_plan_dest(plan: str, inputs: tuple[str, str]) -> None:
-    dest = Path(plan).resolve()
-    for src in inputs:
-        if _is_input(Path(src).resolve(), dest):
-            raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=plan)
