@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..spectral import NonFiniteError
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
+from .peft_args import peft_equivalent
 from .plan import LayerPlan, MergePlan
 from .verdict import VERDICTS, Recommendation, Thresholds, classify, recommend
 
@@ -144,8 +145,6 @@ class MergeAuditReport:
         return json.dumps(self.to_dict(**kwargs), indent=2, allow_nan=False)
 
     def plan(self) -> MergePlan:
-        from .peft_args import peft_equivalent
-
         w = self.options.weights
         layers = {}
         for x in self.layers:
@@ -169,15 +168,7 @@ class MergeAuditReport:
             tuple(s["path"] or "" for s in self.sources),
             notes=tuple(notes),
         )
-        return MergePlan(
-            plan.weights,
-            plan.default,
-            plan.layers,
-            plan.adapters,
-            plan.seed,
-            peft_equivalent(self, plan),
-            plan.notes,
-        )
+        return replace(plan, peft=peft_equivalent(self, plan))
 
 
 def merge_audit(
