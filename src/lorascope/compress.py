@@ -269,7 +269,7 @@ def compress_file(
     if dest is None and not options.dry_run:
         raise InvalidArgumentError("compress needs an output path (-o DIR) unless --dry-run")
     if dest is not None:
-        _check_dest(adapter, Path(dest))
+        check_dest(adapter, Path(dest))
     writer = None if options.dry_run else writer_for(adapter)
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
@@ -294,7 +294,8 @@ def compress_file(
     return CompressReport(adapter.path, out, mode, layer_results(report, plan, options.dtype), tuple(notes))
 
 
-def _check_dest(adapter: Adapter, dest: Path) -> None:
+def check_dest(adapter: Adapter, dest: Path) -> None:
+    """Refuse an output that is, holds or lies inside the input, or an existing non-empty one."""
     if adapter.path is not None:
         src = Path(adapter.path).resolve()
         d = dest.resolve()

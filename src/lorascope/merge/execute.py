@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compress import DTYPES, round_to_dtype, truncated_svd, writer_for
+from ..compress import DTYPES, check_dest, round_to_dtype, truncated_svd, writer_for
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import load
 from ..spectral import dense_truncated_svd
@@ -328,11 +328,9 @@ def merge_files(
     **load_options: Any,
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
-    from ..compress import _check_dest
-
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
     for a in adapters:
-        _check_dest(a, Path(dest))
+        check_dest(a, Path(dest))
     writer = writer_for(adapters[0])
     merged, done = merge_lazy(adapters, plan, options)
     source = replace(adapters[0], config=merged.config)
