@@ -23,8 +23,14 @@ def workers() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+def parallel(n_items: int, ahead: int = 4) -> bool:
+    """Whether ordered_map(…, items of this length) runs on worker threads.  Callers use it to let
+    a single layer use both cores (spectral's split Grams) exactly when the layers run one by one."""
+    return workers() >= 2 and n_items >= ahead
+
+
 def ordered_map(fn: Callable[[T], R], items: Sequence[T], ahead: int = 4) -> Iterator[R]:
-    if workers() < 2 or len(items) < ahead:
+    if not parallel(len(items), ahead):
         for item in items:
             yield fn(item)
         return

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics, suggest
-from ._parallel import ordered_map, workers
+from ._parallel import ordered_map, parallel
 from .errors import FormatError, InvalidArgumentError
 from .formats import load
 from .spectral import NonFiniteError, lora_singular_values
@@ -150,7 +150,7 @@ def audit(
         raise FormatError("no LoRA layers to audit", path=adapter.path)
     layers = []
     total = len(adapter.layers)
-    split = workers() < 2 or total < 4  # two layers at a time, or one layer on two threads
+    split = not parallel(total)  # two layers at a time, or one layer on two threads
 
     def one(info: LayerInfo) -> LayerReport:
         return _audit_layer(adapter, adapter.loader(info), options, split)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
-from .._parallel import ordered_map, workers
+from .._parallel import ordered_map, parallel
 from ..audit import nonfinite_error
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
@@ -235,7 +235,7 @@ def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: Merg
     """LayerPairs in order, two layers at a time (_parallel.ordered_map): whole layers per worker
     (read + bf16 widening, Grams, eigensolves, sign grid) keep both cores busy; within a layer the
     Gram products then stay on the worker's thread (split=False)."""
-    split = workers() < 2 or len(shared) < 4
+    split = not parallel(len(shared))
 
     def one(names: tuple[str, str]) -> LayerPair:
         return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options, split=split)
