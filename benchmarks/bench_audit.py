@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_mistral_adapter as gen  # noqa: E402
+from _child import best_of, lorascope_cmd, warm_cache  # noqa: E402
 
 ROOT = HERE.parent
 TARGET_WALL_S, TARGET_RSS_MB = 0.5, 300.0
@@ -46,45 +45,6 @@ def ensure_adapter(path: Path, n_layers: int) -> Path:
         print(f"generating {path} ({n_layers} layers) ...", file=sys.stderr)
         gen.write_adapter(path, n_layers=n_layers)
     return path
-
-
-def warm_cache(weights: Path) -> None:
-    with open(weights, "rb") as f:
-        while f.read(1 << 24):
-            pass
-
-
-def run_child(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process; stdout discarded, must exit 0.
-
-    The RSS comes from GNU time's %M (the child's ru_maxrss, as `/usr/bin/time -v` reports it).
-    Not os.wait4 on a child forked from this process: Linux carries the parent's RSS at fork into
-    the child's ru_maxrss, so a large benchmark process would inflate the number.
-    """
-    gnu_time = Path("/usr/bin/time")
-    rss_file = ROOT / "bench-out" / ".rss"
-    full = [str(gnu_time), "-f", "%M", "-o", str(rss_file), *cmd] if gnu_time.is_file() else cmd
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}): {err.strip()}")
-    kib = int(rss_file.read_text().split()[-1]) if gnu_time.is_file() else usage.ru_maxrss
-    return wall, kib / 1024.0  # Linux: KiB
-
-
-def best_of(cmd: list[str], repeats: int) -> dict[str, float | list[float]]:
-    runs = [run_child(cmd) for _ in range(repeats)]
-    walls = [w for w, _ in runs]
-    return {
-        "wall_s": min(walls),
-        "wall_median_s": float(np.median(walls)),
-        "walls_s": walls,
-        "peak_rss_mb": max(r for _, r in runs),
-    }
 
 
 def bare_read(weights: Path, repeats: int) -> float:
@@ -158,14 +118,6 @@ def _metric_error(delta, dense_sigma: np.ndarray) -> float:
     ours = metrics.compute(metrics.Spectrum(lora_singular_values(delta.down, delta.up, delta.scale), r))
     ref = metrics.compute(metrics.Spectrum(dense_sigma[:r].astype(np.float64), r))
     return max(abs(ours[k] - ref[k]) / abs(ref[k]) for k in ref if k != "numerical_rank" and ref[k])
-
-
-def lorascope_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("lorascope")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("lorascope")
-    return [found] if found else [sys.executable, "-m", "lorascope"]
 
 
 def main(argv: list[str] | None = None) -> int:

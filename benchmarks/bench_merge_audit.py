@@ -33,11 +33,9 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,6 +44,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_mistral_adapter as gen  # noqa: E402
+from _child import ChildFailed, best_of, lorascope_cmd, warm_cache  # noqa: E402
 
 ROOT = HERE.parent
 TARGET_WALL_S = 1.5
@@ -101,64 +100,7 @@ def ensure_pair(cache: Path, n_layers: int, quick: bool) -> tuple[Path, Path]:
     return a, b
 
 
-def warm_cache(weights: Path) -> None:
-    with open(weights, "rb") as f:
-        while f.read(1 << 24):
-            pass
-
-
-# --- child processes ---------------------------------------------------------------------------
-
-
-def run_child(
-    cmd: list[str], env: dict[str, str] | None = None, timeout: float | None = None
-) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process; stdout discarded, must exit 0.
-
-    The RSS is GNU time's %M (the child's ru_maxrss, as `/usr/bin/time -v` reports it); without GNU
-    time, wait4's ru_maxrss (which can carry this process's RSS at fork: see bench_audit.py)."""
-    gnu_time = Path("/usr/bin/time")
-    with tempfile.TemporaryDirectory() as tmp:
-        rss_file = Path(tmp) / "rss"
-        full = [str(gnu_time), "-f", "%M", "-o", str(rss_file), *cmd] if gnu_time.is_file() else cmd
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        timer = threading.Timer(timeout, proc.kill) if timeout else None
-        if timer:
-            timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        if timer:
-            timer.cancel()
-            if wall >= timeout:
-                raise RuntimeError(f"{' '.join(cmd)}: killed after {timeout:.0f} s")
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({code}): {err.strip()[-2000:]}")
-        kib = int(rss_file.read_text().split()[-1]) if gnu_time.is_file() else usage.ru_maxrss
-    return wall, kib / 1024.0  # Linux: KiB
-
-
-def best_of(
-    cmd: list[str], repeats: int, env: dict[str, str] | None = None, timeout: float | None = None
-) -> dict:
-    runs = [run_child(cmd, env, timeout) for _ in range(repeats)]
-    walls = [w for w, _ in runs]
-    return {
-        "wall_s": min(walls),
-        "wall_median_s": float(np.median(walls)),
-        "walls_s": walls,
-        "peak_rss_mb": max(r for _, r in runs),
-    }
-
-
-def lorascope_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("lorascope")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("lorascope")
-    return [found] if found else [sys.executable, "-m", "lorascope"]
+# --- Gradience ----------------------------------------------------------------------------------
 
 
 def gradience_run(exe: Path, a: Path, b: Path, repeats: int, timeout: float) -> dict[str, object]:
@@ -169,7 +111,7 @@ def gradience_run(exe: Path, a: Path, b: Path, repeats: int, timeout: float) -> 
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     try:
         out = best_of(cmd, repeats, env, timeout)
-    except RuntimeError as e:
+    except ChildFailed as e:
         return {"measured": False, "reason": str(e)}
     version = subprocess.run(
         [str(exe.with_name("python")), "-c", "import gradience; print(gradience.__version__)"],
