@@ -9,7 +9,7 @@ One run measures, page cache warm (the file is read once before timing):
               framework: numpy's cannot hold bf16), in this process: the I/O floor;
       python  `python -c "import numpy"`: the interpreter + numpy start-up floor of any process;
       import  `python -c "import lorascope.cli.main"`: what the CLI pays before reading a byte;
-      in-proc lorascope.audit(path).to_json() in this process: the audit's work without start-up;
+      in-proc lorascope.audit_adapter(path).to_json() in this process: the audit's work without start-up;
   (c) dense   np.linalg.svd(compute_uv=False) of the dense float32 scale·B·A for one k, q and gate
               layer (forming the product included), extrapolated to the whole adapter as
               n_layers · (2·t_q + 2·t_k + 3·t_gate)  (o ≈ q, v ≈ k, up ≈ down ≈ gate in cost);
@@ -64,13 +64,13 @@ def bare_read(weights: Path, repeats: int) -> float:
 
 
 def audit_in_process(adapter_dir: Path, repeats: int) -> float:
-    """Best-of time of lorascope.audit(path).to_json() in this process: the work without start-up."""
-    from lorascope import audit
+    """Best-of time of lorascope.audit_adapter(path).to_json() in this process: the work without start-up."""
+    from lorascope import audit_adapter
 
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        audit(adapter_dir).to_json()
+        audit_adapter(adapter_dir).to_json()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -214,7 +214,7 @@ def _table(r: dict) -> str:
             r["cli_import_process"]["wall_s"] / a["wall_s"],
         ),
         (
-            "lorascope.audit(path).to_json(), in process",
+            "lorascope.audit_adapter(path).to_json(), in process",
             r["audit_in_process_s"],
             "-",
             r["audit_in_process_s"] / a["wall_s"],

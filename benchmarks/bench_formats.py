@@ -5,7 +5,7 @@
 Builds the file sd-scripts' networks.lora would write for SDXL with its default targets
 (Transformer2DModel blocks of the UNet, CLIPAttention/CLIPMLP of both text encoders): random
 fp16 factors, alpha = r/2, 986 modules.  Measures, in this process:
-  1. `lorascope.audit(path)`: header parse, per-layer load, exact Gram-core spectra, metrics.
+  1. `lorascope.audit_adapter(path)`: header parse, per-layer load, exact Gram-core spectra, metrics.
   2. The dense baseline: ΔW = s·up@down in float32 and `np.linalg.svd(compute_uv=False)`, timed on
      one layer of each distinct shape and multiplied by how many layers have that shape (running
      all dense SVDs on 2 cores takes far longer than the audit itself).  The dense singular values
@@ -120,13 +120,13 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--json")
     args = ap.parse_args()
-    from lorascope.audit import audit
+    from lorascope.audit import audit_adapter
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         path = Path(tmp) / "sdxl_lora.safetensors"
         mods = build(path, args.rank)
         t0 = time.perf_counter()
-        report = audit(path)
+        report = audit_adapter(path)
         audit_s = time.perf_counter() - t0
         result = {"modules": len(mods), "rank": args.rank, "file_mb": round(path.stat().st_size / 2**20, 1)}
         result["audit_seconds"] = round(audit_s, 3)

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     import transformers
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from lorascope.telemetry import LorascopeCallback
+    from lorascope.integrations.hf import LorascopeCallback
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="examples/runs/minilm-rt")

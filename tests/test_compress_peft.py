@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lorascope.compress import compress_file
-from lorascope.plan import RankMode
+from lorascope.compress.plan import RankMode
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")

@@ -7,7 +7,7 @@ import pytest
 from conftest import peft_config, strict_json, write_peft, write_safetensors_raw
 
 from lorascope.cli.main import main
-from lorascope.convert import convert
+from lorascope.convert import convert_file
 from lorascope.errors import InvalidArgumentError, UnsupportedError
 from lorascope.formats import detect, load
 
@@ -39,12 +39,12 @@ def _same(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("rslora", [False, True])
 def test_peft_kohya_peft_round_trip(tmp_path, rng, rslora):
     src = _peft_source(tmp_path, rng, rslora=rslora)
-    convert(src, tmp_path / "k.safetensors", to="kohya")
+    convert_file(src, tmp_path / "k.safetensors", to="kohya")
     assert detect(tmp_path / "k.safetensors") == "kohya"
     k = load(tmp_path / "k.safetensors")
     assert "lora_unet_down_blocks_0_resnets_0_conv1" in k.names
     assert {n.replace("lora_unet_", "") for n in k.names} == {m.replace(".", "_") for m in [*UNET, CONV]}
-    convert(tmp_path / "k.safetensors", tmp_path / "back", to="peft")
+    convert_file(tmp_path / "k.safetensors", tmp_path / "back", to="peft")
     _same(_dense(load(src)), _dense(load(tmp_path / "back")))
     kd = {n.removeprefix("lora_unet_"): d for n, d in _dense(k).items()}
     _same({m.replace(".", "_"): d for m, d in _dense(load(src)).items()}, kd)
@@ -52,11 +52,11 @@ def test_peft_kohya_peft_round_trip(tmp_path, rng, rslora):
 
 def test_peft_diffusers_peft_round_trip(tmp_path, rng):
     src = _peft_source(tmp_path, rng)
-    convert(src, tmp_path / "d.safetensors", to="diffusers")
+    convert_file(src, tmp_path / "d.safetensors", to="diffusers")
     d = load(tmp_path / "d.safetensors")
     assert d.format == "diffusers" and all(n.startswith("unet.") for n in d.names)
     assert d.info(f"unet.{CONV}").kind == "conv"
-    convert(tmp_path / "d.safetensors", tmp_path / "back", to="peft")
+    convert_file(tmp_path / "d.safetensors", tmp_path / "back", to="peft")
     _same(_dense(load(src)), _dense(load(tmp_path / "back")))
     _same({f"unet.{m}": x for m, x in _dense(load(src)).items()}, _dense(d))
 
@@ -73,35 +73,35 @@ def test_kohya_tucker_to_diffusers_via_lorascope_names(tmp_path, rng):
     plain = tmp_path / "plain.safetensors"
     write_safetensors_raw(plain, t)
     with pytest.raises(UnsupportedError, match="kohya names are flattened"):
-        convert(plain, tmp_path / "x.safetensors", to="diffusers")
+        convert_file(plain, tmp_path / "x.safetensors", to="diffusers")
     names = '{"lora_unet_a_conv": "unet.a.conv", "lora_te_b": "text_encoder.b"}'
     write_safetensors_raw(plain, t, metadata={"lorascope_module_names": names})
-    convert(plain, tmp_path / "d.safetensors", to="diffusers")
+    convert_file(plain, tmp_path / "d.safetensors", to="diffusers")
     d = _dense(load(tmp_path / "d.safetensors"))
     src = _dense(load(plain))
     _same({"unet.a.conv": src["lora_unet_a_conv"], "text_encoder.b": src["lora_te_b"]}, d)
     with pytest.raises(InvalidArgumentError, match="several components .* --component"):
-        convert(tmp_path / "d.safetensors", tmp_path / "p", to="peft")
-    convert(tmp_path / "d.safetensors", tmp_path / "p", to="peft", component="text_encoder")
+        convert_file(tmp_path / "d.safetensors", tmp_path / "p", to="peft")
+    convert_file(tmp_path / "d.safetensors", tmp_path / "p", to="peft", component="text_encoder")
     assert _dense(load(tmp_path / "p")).keys() == {"b"}
 
 
 def test_refuses_input_existing_output_and_lycoris(tmp_path, rng):
     src = _peft_source(tmp_path, rng)
     with pytest.raises(InvalidArgumentError, match="refusing to overwrite the input"):
-        convert(src, src, to="peft")
+        convert_file(src, src, to="peft")
     with pytest.raises(InvalidArgumentError, match="refusing to overwrite the input"):
-        convert(src, src / "adapter_model.safetensors", to="kohya")
+        convert_file(src, src / "adapter_model.safetensors", to="kohya")
     (tmp_path / "exists.safetensors").write_bytes(b"x")
     with pytest.raises(InvalidArgumentError, match="output already exists"):
-        convert(src, tmp_path / "exists.safetensors", to="kohya")
+        convert_file(src, tmp_path / "exists.safetensors", to="kohya")
     loha = {f"lycoris_x.hada_w{i}_{s}": (np.ones(shape), "fp32") for i in (1, 2)
             for s, shape in (("a", (4, 2)), ("b", (2, 3)))}  # fmt: skip
     write_safetensors_raw(tmp_path / "loha.safetensors", loha)
     with pytest.raises(
         UnsupportedError, match=r"layer lycoris_x: cannot convert \(LyCORIS loha is not a LoRA\)"
     ):
-        convert(tmp_path / "loha.safetensors", tmp_path / "o.safetensors", to="kohya")
+        convert_file(tmp_path / "loha.safetensors", tmp_path / "o.safetensors", to="kohya")
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -123,8 +123,8 @@ def test_modules_to_save_refused_for_kohya_kept_for_peft(tmp_path, rng):
     with pytest.raises(
         UnsupportedError, match=r"modules_to_save \(score\) are full weights that kohya files"
     ):
-        convert(src, tmp_path / "k.safetensors", to="kohya")
-    convert(src, tmp_path / "p", to="peft")
+        convert_file(src, tmp_path / "k.safetensors", to="kohya")
+    convert_file(src, tmp_path / "p", to="peft")
     back = load(tmp_path / "p")
     assert back.modules_to_save == ("score",)
     _same(_dense(load(src)), _dense(back))
@@ -132,11 +132,11 @@ def test_modules_to_save_refused_for_kohya_kept_for_peft(tmp_path, rng):
 
 def test_diffusers_output_directory_and_kohya_needs_a_file(tmp_path, rng):
     src = _peft_source(tmp_path, rng)
-    convert(src, tmp_path / "out", to="diffusers")
+    convert_file(src, tmp_path / "out", to="diffusers")
     assert detect(tmp_path / "out") == "diffusers"
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     with pytest.raises(InvalidArgumentError, match="kohya output is one file"):
-        convert(src, tmp_path / "kdir", to="kohya")
+        convert_file(src, tmp_path / "kdir", to="kohya")
 
 
 @pytest.mark.parametrize("to", ["kohya", "diffusers"])
@@ -144,7 +144,7 @@ def test_bf16_stays_bf16_and_exact(tmp_path, rng, to):
     layers = {"m.q_proj": (rng.standard_normal((4, 12)), rng.standard_normal((10, 4)))}
     src = write_peft(tmp_path / "s", layers, dtype="bf16", config=peft_config(r=4, lora_alpha=3))
     dest = tmp_path / "o.safetensors"
-    convert(src, dest, to=to)
+    convert_file(src, dest, to=to)
     out = load(dest)
     assert out.layers[0].dtype == "bf16"
     assert dest.stat().st_size < (tmp_path / "s" / "adapter_model.safetensors").stat().st_size + 4096

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import write_safetensors_raw
 
-from lorascope.audit import audit
+from lorascope.audit import audit_adapter
 from lorascope.errors import FormatError
 from lorascope.formats import detect, load
 
@@ -83,7 +83,7 @@ def save_diffusers_lora(tmp_path, seed=0):
 def test_real_diffusers_file_matches_dense_svd(tmp_path):
     path, truth = save_diffusers_lora(tmp_path)
     assert detect(path) == "diffusers" and detect(tmp_path) == "diffusers"
-    report = audit(tmp_path)
+    report = audit_adapter(tmp_path)
     assert {x.name for x in report.layers} == set(truth)
     for layer in report.layers:
         dense = np.linalg.svd(truth[layer.name], compute_uv=False)[: layer.info.rank]
@@ -169,10 +169,10 @@ def test_kohya_written_by_convert_is_read_by_diffusers(tmp_path):
     """diffusers' own kohya → diffusers converter accepts our sd-scripts names and alphas."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
-    from lorascope.convert import convert
+    from lorascope.convert import convert_file
 
     path, truth = save_diffusers_lora(tmp_path)
-    convert(path, tmp_path / "k.safetensors", to="kohya")
+    convert_file(path, tmp_path / "k.safetensors", to="kohya")
     sd, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(str(tmp_path / "k.safetensors"))
     norms = []
     for key, down in sd.items():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import quantize, strict_json, write_safetensors_raw
 
-from lorascope.audit import audit
+from lorascope.audit import audit_adapter
 from lorascope.cli.main import main
 from lorascope.errors import FormatError, UnknownFormatError
 from lorascope.formats import detect, load
@@ -71,7 +71,7 @@ def kohya_file(tmp_path, rng):
 def test_kohya_spectra_alpha_conv_tucker_match_dense(kohya_file):
     path, truth = kohya_file
     assert detect(path) == "kohya"
-    report = audit(path)
+    report = audit_adapter(path)
     assert [x.name for x in report.layers] == list(truth)
     for layer in report.layers:
         dense = np.linalg.svd(truth[layer.name], compute_uv=False)[: layer.info.rank]

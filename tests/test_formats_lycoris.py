@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import write_safetensors_raw
 
-from lorascope.audit import audit
+from lorascope.audit import audit_adapter
 from lorascope.errors import FormatError
 from lorascope.formats import detect, load
 
@@ -70,7 +70,7 @@ def test_lycoris_spectra_match_dense_svd(tmp_path, case):
     algo, options, dim = CASES[case]
     path, truth = _build(tmp_path, algo, dict(options), dim, seed=len(case))
     assert detect(path) == "lycoris"
-    report = audit(path)
+    report = audit_adapter(path)
     assert {x.name for x in report.layers} == set(truth)
     for layer in report.layers:
         dense = np.linalg.svd(truth[layer.name], compute_uv=False)

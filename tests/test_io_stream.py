@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from lorascope.compress import round_to_dtype
+from lorascope.compress.compress import round_to_dtype
 from lorascope.errors import UnsupportedError
 from lorascope.formats._io import SafetensorsWriter, bf16_bits, open_safetensors, write_safetensors_typed
 

@@ -151,7 +151,7 @@ def test_mismatched_shapes_are_refused(tmp_path, rng):
 
 
 def test_peft_and_kohya_inputs_are_matched_and_merged_exactly(tmp_path, rng):
-    from lorascope import convert
+    from lorascope import convert_file as convert
     from lorascope.merge import merge_audit
 
     p1, p2 = two_adapters(tmp_path, rng)

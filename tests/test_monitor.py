@@ -8,7 +8,7 @@ import math
 import pytest
 
 from lorascope.cli.main import main
-from lorascope.monitor import RULES, LiveMonitor, Thresholds, analyse, build_series, monitor
+from lorascope.monitor import RULES, LiveMonitor, Thresholds, analyse, build_series, monitor_run
 from lorascope.monitor.rules import window_change
 from lorascope.telemetry import RunWriter
 from lorascope.telemetry.schema import Event
@@ -177,7 +177,7 @@ def _write_log(path, losses, grads, eval_losses):
 def test_monitor_file_summary(tmp_path):
     path = tmp_path / "run.jsonl"
     _write_log(path, FALLING, DECREASING_GRADS, [1.0, 0.9, 0.8])
-    report = monitor(path)
+    report = monitor_run(path)
     s = report.summary
     assert report.run_id == "run-a" and s["status"] == "ok"
     assert s["final_train_loss"] == pytest.approx(sum(FALLING[-10:]) / 10)

@@ -374,7 +374,7 @@ def test_peft_untrained_adapter_is_dead(tmp_path):
     torch, peft = _peft()
     model = peft.get_peft_model(_tiny_model(torch), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model.save_pretrained(tmp_path)
-    report = lorascope.audit(tmp_path)
+    report = lorascope.audit_adapter(tmp_path)
     assert report.summary["n_dead"] == report.summary["n_layers"] == 6
     assert all(x.dead and x.suggested_rank == 1 for x in report.layers)
     assert "NaN" not in report.to_json()

@@ -274,7 +274,7 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def check(inp: CheckInput) -> list[Finding]:
+def check_config(inp: CheckInput) -> list[Finding]:
     if inp.task_profile not in TASK_PROFILES:
         raise InvalidArgumentError(f"task profile must be one of {', '.join(TASK_PROFILES)}")
     out: list[Finding] = []

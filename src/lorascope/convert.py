@@ -34,7 +34,7 @@ class ConvertResult:
     n_layers: int
 
 
-def convert(
+def convert_file(
     src: str | Path,
     dest: str | Path,
     *,

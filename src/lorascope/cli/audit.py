@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..audit import AuditOptions, audit
-from ..audit_render import to_markdown, to_text
+from ..audit.audit import AuditOptions, audit_adapter
+from ..audit.render import to_markdown, to_text
+from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError
-from ..suggest import Rounding
 from ._output import emit, progress_printer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="per-layer spectra and rank suggestions for an adapter")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", help="adapter directory or file")
     p.add_argument("--peft-dir", dest="peft_dir", help="same as PATH (Gradience spelling)")
     p.add_argument("--format", help="force the input format instead of detecting it")
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_printer(not args.quiet and sys.stderr.isatty()),
     )
     load_opts = {"adapter_name": args.adapter} if args.adapter else {}
-    report = audit(path, options, format=args.format, **load_opts)
+    report = audit_adapter(path, options, format=args.format, **load_opts)
     if args.json:
         text = report.to_json(singular_values=not args.no_singular_values) + "\n"
     elif args.markdown:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..check import TASK_PROFILES, CheckInput, check, load_mapping
+from ..check import TASK_PROFILES, CheckInput, check_config, load_mapping
 from ._output import emit
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="validate a LoRA config and training args before training")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="adapter_config.json (or a directory holding one)")
     p.add_argument(
         "--training-args", help="training args as JSON or YAML (TrainingArguments.to_json_string())"
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         training["learning_rate"] = args.lr
     if args.weight_decay is not None:
         training["weight_decay"] = args.weight_decay
-    findings = check(CheckInput(lora, training, args.dataset_size, args.task))
+    findings = check_config(CheckInput(lora, training, args.dataset_size, args.task))
     if args.json:
         text = json.dumps(
             {"schema": "lorascope.check/v1", "findings": [f.to_dict() for f in findings]}, indent=2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..compress import DTYPES, CompressOptions, CompressReport, compress_file
+from ..compress.compress import DTYPES, CompressOptions, compress_file
+from ..compress.plan import RankMode
+from ..compress.render import to_text
 from ..errors import InvalidArgumentError
-from ..plan import RankMode
 from ._output import emit
 
 # flag dest -> (mode kind, value parser)
@@ -23,8 +24,7 @@ _MODE_FLAGS = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compress", help="write a smaller adapter: per-layer truncated SVD of ΔW")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="adapter directory or file")
     p.add_argument("-o", "--output", help="new adapter directory (must not exist or be empty)")
     p.add_argument("--format", help="force the input format instead of detecting it")
@@ -85,26 +85,3 @@ def run(args: argparse.Namespace) -> int:
     report = compress_file(args.path, args.output, mode, options, format=args.format, **load_opts)
     emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
     return 0
-
-
-def to_text(report: CompressReport, show_layers: bool = False) -> str:
-    s = report.summary()
-    dest = report.output or "(dry run, nothing written)"
-    lines = [
-        f"lorascope compress  {report.source or '<memory>'}  →  {dest}",
-        f"mode: {report.mode.kind} {report.mode.value}",
-        f"layers: {s['n_layers']} ({s['n_changed']} truncated)",
-        f"params: {s['params']:,} → {s['new_params']:,}  (−{100 * s['params_reduction']:.1f} %)",
-        f"bytes:  {s['bytes']:,} → {s['new_bytes']:,}  (−{100 * s['bytes_reduction']:.1f} %)",
-        f"kept energy: {100 * s['kept_energy']:.2f} %   "
-        f"‖ΔW−ΔW′‖_F/‖ΔW‖_F: {s['rel_frobenius_error']:.4f} "
-        f"(worst layer {s['max_layer_rel_error']:.4f})",
-    ]
-    if show_layers:
-        width = max((len(x.name) for x in report.layers), default=5)
-        lines.append(f"{'layer':<{width}}  rank → new  kept%   rel.err")
-        for x in report.layers:
-            kept = 100 * x.kept_energy
-            lines.append(f"{x.name:<{width}}  {x.rank:>4} → {x.new_rank:<4} {kept:6.2f}  {x.rel_error:.4f}")
-    lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..convert import TARGETS, convert
+from ..convert import TARGETS, convert_file
 from ._output import emit
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="rewrite a LoRA adapter in another format (ΔW preserved exactly)")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="adapter directory or .safetensors file")
     p.add_argument("dest", help="output: a directory for peft, a .safetensors file for kohya/diffusers")
     p.add_argument("--to", required=True, choices=TARGETS, help="target format")
@@ -26,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = convert(
+    result = convert_file(
         args.src, args.dest, to=args.to, format=args.format, component=args.component, overwrite=args.force
     )
     if args.json:

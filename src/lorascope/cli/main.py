@@ -1,7 +1,7 @@
-"""Entry point: build the parser from an explicit table of subcommand modules, run one, map errors.
+"""Entry point: the parser from an explicit table of subcommands; run one; map errors to one line.
 
-Only the invoked command's module is imported (start-up time counts in every command's wall time);
-`lorascope --help` and unknown commands import them all to list them.
+Only the invoked command's module is imported (start-up time counts in every command's wall
+time): `lorascope --version` and `lorascope --help` import no command module and no numpy.
 """
 
 from __future__ import annotations
@@ -10,30 +10,32 @@ import argparse
 import sys
 from importlib import import_module
 
-from .. import __version__
+from .._version import __version__
 from ._errors import guarded
 
-# subcommand -> module under lorascope.cli, in help order
+# subcommand -> (module under lorascope.cli, one-line help), in help order
 COMMANDS = {
-    "audit": "audit",
-    "compress": "compress",
-    "convert": "convert",
-    "merge-audit": "merge_audit",
-    "merge": "merge",
-    "monitor": "monitor",
-    "check": "check",
+    "audit": ("audit", "per-layer spectra and rank suggestions for an adapter"),
+    "compress": ("compress", "write a smaller adapter: per-layer truncated SVD of ΔW"),
+    "convert": ("convert", "rewrite a LoRA adapter in another format (ΔW preserved exactly)"),
+    "merge-audit": ("merge_audit", "predict how two adapters interact when merged; write a merge plan"),
+    "merge": ("merge", "merge N LoRA adapters (any ranks) into one, checked against the exact ΔW"),
+    "monitor": ("monitor", "summarise a training run log and raise alerts"),
+    "check": ("check", "validate a LoRA config and training args before training"),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand is listed; only `only` (the invoked one) gets its module and arguments."""
     parser = argparse.ArgumentParser(
         prog="lorascope", description="Is your LoRA rank doing any work? Spectral audit of adapters."
     )
     parser.add_argument("--version", action="version", version=f"lorascope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        if only is None or name == only:
-            import_module(f".{module}", __package__).register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            import_module(f".{module}", __package__).register(p)
     return parser
 
 

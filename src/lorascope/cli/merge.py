@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..compress import DTYPES
+from ..compress.compress import DTYPES
 from ..errors import InvalidArgumentError
-from ..merge.execute import MergeOptions, MergeReport, merge_files
+from ..merge.execute import MergeOptions, merge_files
 from ..merge.methods import METHODS
 from ..merge.plan import LayerPlan, MergePlan, load_plan
+from ..merge.render import merged_text
 from ._args import parse_weights
 from ._output import emit, progress_printer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "merge", help="merge N LoRA adapters (any ranks) into one, checked against the exact ΔW"
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "adapters", nargs="+", metavar="ADAPTER", help="two or more adapters (directories or files)"
     )
@@ -74,24 +72,5 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, progress=progress_printer(not args.quiet and sys.stderr.isatty())
     )
     report = merge_files(args.adapters, args.output, plan, options, format=args.format)
-    emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
+    emit(report.to_json() + "\n" if args.json else merged_text(report, args.layers))
     return 0
-
-
-def to_text(report: MergeReport, show_layers: bool = False) -> str:
-    s = report.summary()
-    methods = ", ".join(f"{m} ×{n}" for m, n in s["methods"].items())
-    lines = [
-        f"lorascope merge  {' + '.join(str(x) for x in report.sources)}  →  {report.output}",
-        f"layers: {s['n_layers']}   methods: {methods}   ranks: {s['ranks']}",
-        f"post-merge check: ‖intended − written‖_F/‖intended‖_F  max {s['max_rel_error']:.2e}  "
-        f"mean {s['mean_rel_error']:.2e}   read back: {'identical' if s['verified'] else 'not checked'}",
-    ]
-    if show_layers:
-        width = max((len(x.name) for x in report.layers), default=5)
-        lines.append(f"{'layer':<{width}}  method           ranks → rank  rel.err")
-        for x in report.layers:
-            ranks = "+".join(str(r) for r in x.ranks)
-            lines.append(f"{x.name:<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}")
-    lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n"

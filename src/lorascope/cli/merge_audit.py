@@ -26,10 +26,7 @@ _THRESHOLD_FLAGS = (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "merge-audit", help="predict how two adapters interact when merged; write a merge plan"
-    )
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("first", help="first adapter (directory or file)")
     p.add_argument("second", help="second adapter")
     p.add_argument("--format", help="force the input format of both adapters")

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from ..errors import InvalidArgumentError
-from ..monitor import Thresholds, monitor
+from ..monitor import Thresholds, monitor_run
 from ..monitor.render import to_text
 from ._output import emit
 
@@ -21,8 +21,7 @@ _FLAGS = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("monitor", help="summarise a training run log and raise alerts")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="run log (JSONL) written by LorascopeCallback / RunWriter")
     p.add_argument("--run-id", help="which run of an appended log (default: the last)")
     p.add_argument(
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if overrides.get("window", 1) < 1 or overrides.get("eval_patience", 1) < 1:
         raise InvalidArgumentError("--window and --eval-patience must be ≥ 1")
     thresholds = dataclasses.replace(Thresholds(), **overrides)
-    report = monitor(args.path, thresholds, run_id=args.run_id)
+    report = monitor_run(args.path, thresholds, run_id=args.run_id)
     text = report.to_json() + "\n" if args.json else to_text(report, verbose=args.verbose)
     emit(text, args.output, inputs=(args.path,))
     return report.exit_code(args.fail_on)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import metrics
 from .._parallel import ordered_map, parallel
-from ..audit import nonfinite_error
+from ..audit.audit import nonfinite_error
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..spectral import NonFiniteError

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compress import DTYPES, check_dest, round_to_dtype, truncated_svd, writer_for
+from ..compress.compress import DTYPES, check_dest, round_to_dtype, truncated_svd, writer_for
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import load
 from ..spectral import dense_truncated_svd

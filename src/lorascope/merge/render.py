@@ -1,10 +1,11 @@
-"""Text views of a MergeAuditReport: the per-layer table and `explain LAYER`."""
+"""Text views: a MergeAuditReport's per-layer table and `explain LAYER`; a MergeReport (`merged_text`)."""
 
 from __future__ import annotations
 
 import json
 
 from .audit import LayerPair, MergeAuditReport
+from .report import MergeReport
 
 
 def _short(name: str, width: int) -> str:
@@ -109,3 +110,22 @@ def explain(report: MergeAuditReport, name: str) -> str:
 def _vec(values, n: int = 8) -> str:
     head = " ".join(f"{v:.3g}" for v in values[:n])
     return head + (f" … ({len(values)} values)" if len(values) > n else "")
+
+
+def merged_text(report: MergeReport, show_layers: bool = False) -> str:
+    s = report.summary()
+    methods = ", ".join(f"{m} ×{n}" for m, n in s["methods"].items())
+    lines = [
+        f"lorascope merge  {' + '.join(str(x) for x in report.sources)}  →  {report.output}",
+        f"layers: {s['n_layers']}   methods: {methods}   ranks: {s['ranks']}",
+        f"post-merge check: ‖intended − written‖_F/‖intended‖_F  max {s['max_rel_error']:.2e}  "
+        f"mean {s['mean_rel_error']:.2e}   read back: {'identical' if s['verified'] else 'not checked'}",
+    ]
+    if show_layers:
+        width = max((len(x.name) for x in report.layers), default=5)
+        lines.append(f"{'layer':<{width}}  method           ranks → rank  rel.err")
+        for x in report.layers:
+            ranks = "+".join(str(r) for r in x.ranks)
+            lines.append(f"{x.name:<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines) + "\n"

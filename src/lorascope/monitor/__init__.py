@@ -89,7 +89,7 @@ def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str =
     )
 
 
-def monitor(
+def monitor_run(
     path: str | Path, thresholds: Thresholds | None = None, run_id: str | None = None
 ) -> MonitorReport:
     log = read_log(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import metrics
+from .. import metrics
 from .audit import AuditReport, LayerReport
 
 

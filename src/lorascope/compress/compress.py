@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .audit import AuditOptions, audit, nonfinite_error
-from .errors import InvalidArgumentError, UnsupportedError
-from .formats import load
+from ..audit import AuditOptions, audit_adapter
+from ..audit.audit import nonfinite_error
+from ..audit.suggest import Rounding
+from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats import load
+from ..spectral import LowRankSVD, gram_separated, gram_singular_values, lora_svd
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from .plan import (
     LOCAL_MODES,
     CompressReport,
@@ -41,9 +45,6 @@ from .plan import (
     layer_results,
     plan_ranks,
 )
-from .spectral import LowRankSVD, gram_separated, gram_singular_values, lora_svd
-from .suggest import Rounding
-from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 
@@ -141,7 +142,7 @@ def _truncate(delta: LoraDelta, k: int, split: str, dtype: str) -> LoraDelta:
     return _checked(LoraDelta(new_info, round_to_dtype(down, dtype), round_to_dtype(up, dtype)))
 
 
-def compress(
+def compress_adapter(
     adapter: Adapter, plan: Mapping[str, int], *, split: str = "up", dtype: str | None = None
 ) -> Adapter:
     """Truncate every layer named in `plan` to its rank (layers not in `plan` are kept as they are).
@@ -280,7 +281,7 @@ def compress_file(
         audit_opts = AuditOptions(
             thresholds=(options.audit_threshold,), rounding=Rounding.parse(options.audit_rounding)
         )
-        report = audit(adapter, audit_opts)
+        report = audit_adapter(adapter, audit_opts)
         plan = plan_ranks(report, mode)
     notes = list(adapter.notes)
     if any(layer.dora for layer in adapter.layers):
@@ -309,7 +310,7 @@ def check_dest(adapter: Adapter, dest: Path) -> None:
 
 def writer_for(adapter: Adapter):
     """The output writer for the input's format: fn(small adapter, dest, *, source)."""
-    from .formats import FORMATS
+    from ..formats import FORMATS
 
     fmt = adapter.format
     if fmt == "peft":
@@ -329,7 +330,7 @@ def writer_for(adapter: Adapter):
 
 
 def _write_peft(small: Adapter, dest, *, source: Adapter) -> None:
-    from .formats import peft
+    from ..formats import peft
 
     extra = peft.passthrough_tensors(source)
     peft.write(small, dest, base_config=dict(source.config), extra_tensors=extra)
@@ -338,7 +339,7 @@ def _write_peft(small: Adapter, dest, *, source: Adapter) -> None:
 def _write_kohya(small: Adapter, dest, *, source: Adapter) -> None:
     """kohya file with per-module alpha = s·k and honest ss_network_dim / ss_network_alpha
     ("Dynamic" when ranks or alphas differ, as kohya's resize_lora.py writes)."""
-    from .formats import kohya
+    from ..formats import kohya
 
     meta = {k: v for k, v in source.metadata.items() if k != kohya.NAMES_KEY}
     ranks = {layer.rank for layer in small.layers}

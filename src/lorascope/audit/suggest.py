@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidArgumentError
-from .types import peft_alpha
+from ..errors import InvalidArgumentError
+from ..types import peft_alpha
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .. import __version__
+from .._version import __version__
 from ..metrics import Spectrum, energy_key, energy_rank, stable_rank, utilisation
 from ..monitor import LiveMonitor, Thresholds
 from ..spectral import lora_singular_values
-from .schema import from_record
-from .writer import RunWriter
+from ..telemetry.schema import from_record
+from ..telemetry.writer import RunWriter
 
 
 @dataclass(frozen=True)

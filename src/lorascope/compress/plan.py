@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError
-from .metrics import energy_k
+from ..errors import InvalidArgumentError
+from ..metrics import energy_k
 
 KOHYA_MODES = ("sv_fro", "sv_cumulative", "sv_ratio")
 MODES = ("rank", "energy", "from_audit", "budget_params", "budget_ratio", "budget_bytes", *KOHYA_MODES)

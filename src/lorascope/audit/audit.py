@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, suggest
-from ._parallel import ordered_map, parallel
-from .errors import FormatError, InvalidArgumentError
-from .formats import load
-from .spectral import NonFiniteError, lora_singular_values
-from .types import Adapter, LayerInfo
+from .. import metrics
+from .._parallel import ordered_map, parallel
+from ..errors import FormatError, InvalidArgumentError
+from ..formats import load
+from ..spectral import NonFiniteError, lora_singular_values
+from ..types import Adapter, LayerInfo
+from . import suggest
 
 SCHEMA = "lorascope.audit/v1"
 EFFECTIVE_RANK_DEFINITION = (
@@ -128,7 +129,7 @@ class AuditReport:
         try:
             import pandas as pd
         except ImportError:
-            from .errors import MissingDependencyError
+            from ..errors import MissingDependencyError
 
             raise MissingDependencyError("to_dataframe() needs pandas: pip install pandas") from None
         return pd.DataFrame([layer.to_dict() for layer in self.layers]).drop(columns=["singular_values"])
@@ -138,7 +139,7 @@ def _num(v: float) -> float | int:
     return int(v) if isinstance(v, (int, np.integer)) else float(v)
 
 
-def audit(
+def audit_adapter(
     adapter: Adapter | str | Path, options: AuditOptions | None = None, **load_options: Any
 ) -> AuditReport:
     """Audit an adapter (an `Adapter` or a path).  See the module docstring."""

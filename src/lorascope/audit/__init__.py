@@ -1,0 +1,10 @@
+"""Audit: per-layer spectra of one adapter, metrics, and the rank suggestions that follow.
+
+audit.py (the pass and the report), suggest.py (rank rounding and suggestion rules), render.py
+(text and Markdown views; JSON is `AuditReport.to_json`).
+"""
+
+from .audit import AuditOptions, AuditReport, LayerReport, audit_adapter
+from .suggest import Rounding
+
+__all__ = ["AuditOptions", "AuditReport", "LayerReport", "Rounding", "audit_adapter"]
