@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -86,19 +87,20 @@ class Adapter:
     notes: tuple[str, ...] = ()  # non-fatal findings of the reader, shown to the user
 
     def __post_init__(self) -> None:
-        names = [layer.name for layer in self.layers]
-        if len(set(names)) != len(names):
+        if len(self._index) != len(self.layers):
             raise ValueError("duplicate layer names in adapter")
+
+    @cached_property
+    def _index(self) -> dict[str, LayerInfo]:
+        """name → LayerInfo: `info` is O(1), so callers that look up every layer stay linear."""
+        return {layer.name: layer for layer in self.layers}
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
 
     def info(self, name: str) -> LayerInfo:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        return self._index[name]
 
     def delta(self, name: str) -> LoraDelta:
         return self.loader(self.info(name))
