@@ -1,4 +1,4 @@
-"""merge/methods.py against plain dense numpy references written here; spectral.dense_truncated_svd
+"""merge/methods.py against plain dense numpy references written here; merge.dense.dense_truncated_svd
 against np.linalg.svd and known spectra."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import inspect
 import numpy as np
 import pytest
 
-from lorascope import spectral
 from lorascope.errors import InvalidArgumentError
+from lorascope.merge import dense as spectral_dense
 from lorascope.merge import methods as mm
+from lorascope.merge.dense import dense_truncated_svd
 from lorascope.merge.methods import METHODS, MergeMethod, get_method, register
-from lorascope.spectral import dense_truncated_svd
 
 OUT, IN = 20, 30
 RANKS = (2, 4, 3)
@@ -263,7 +263,7 @@ def test_factor_bad_input(factors):
         mm.svd(factors, WEIGHTS, energy=1.2)
 
 
-# ---- spectral.dense_truncated_svd ----
+# ---- merge.dense.dense_truncated_svd ----
 
 
 def known_spectrum(m, n, sigma, seed=0):
@@ -295,8 +295,8 @@ def decaying():
 
 def test_dense_svd_randomized_route_is_near_optimal(decaying, monkeypatch):
     x, sigma = decaying
-    calls, real = [], spectral._randomized_svd
-    monkeypatch.setattr(spectral, "_randomized_svd", lambda *a: calls.append(a[1]) or real(*a))
+    calls, real = [], spectral_dense._randomized_svd
+    monkeypatch.setattr(spectral_dense, "_randomized_svd", lambda *a: calls.append(a[1]) or real(*a))
     k = 20
     t = dense_truncated_svd(x, k, seed=1)
     assert calls == [40]  # l = k + max(10, k), min(m, n) = 1200 > exact_max, k < 1200 // 4

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorascope.merge.pairwise import PairOptions, pair_metrics, sign_conflict
-from lorascope.metrics import energy_k
+from lorascope.spectral import energy_k
 from lorascope.types import LayerInfo, LoraDelta
 
 TOL = 1e-6

@@ -8,6 +8,7 @@ from conftest import dense_sigma, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lorascope import spectral
 from lorascope.spectral import NonFiniteError, lora_singular_values, lora_svd, stacked_svd
 
 REL = 1e-6  # the bound, for σᵢ ≥ 1e-3·σ₁
@@ -143,3 +144,28 @@ def test_stacked_svd_is_svd_of_sum():
     svd = stacked_svd(pairs)
     np.testing.assert_allclose(svd.u @ np.diag(svd.s) @ svd.vt, dense, atol=1e-10)
     np.testing.assert_allclose(svd.s[:10], np.linalg.svd(dense, compute_uv=False)[:10], rtol=1e-9, atol=1e-12)
+
+
+def truncated(dense: np.ndarray, k: int) -> np.ndarray:
+    u, s, vt = np.linalg.svd(dense, full_matrices=False)
+    return (u[:, :k] * s[:k]) @ vt[:k]
+
+
+@pytest.mark.parametrize("route", ["gram", "cholqr2", "householder"])
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e9])  # 1e9 and rank deficiency force the Householder route
+def test_truncated_svd_matches_dense_for_any_conditioning(rng, monkeypatch, cond, route):
+    if route != "gram":
+        monkeypatch.setattr(spectral.Core, "truncate", lambda *args: None)
+    if route == "householder":
+        monkeypatch.setattr(spectral, "_cholqr2_t", lambda x: None)
+    truncated_svd = spectral.truncated_svd
+
+    a = rng.standard_normal((6, 30)) * np.logspace(0, -np.log10(cond), 6)[:, None]  # (r, in)
+    b = rng.standard_normal((20, 6))  # (out, r)
+    if cond == 1e9:
+        b[:, 5] = 0.0  # rank-deficient up factor
+    dense = -1.5 * b @ a
+    for k in (1, 3, 6):
+        t = truncated_svd(a, b, -1.5, k)
+        got = (t.u * t.s) @ t.vt
+        assert np.linalg.norm(got - truncated(dense, k)) <= 1e-10 * np.linalg.norm(dense)

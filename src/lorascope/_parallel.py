@@ -1,50 +1,88 @@
-"""`ordered_map`: run a per-layer function on two worker threads, results in input order.
+"""The one thread policy of every command: workers × BLAS threads ≤ cores.
 
-Each worker runs its calls on one BLAS thread (spectral.one_blas_thread): numpy releases the GIL in
-file reads, dtype widening, BLAS and LAPACK, so two workers keep both cores busy through phases
-that are single-threaded inside one layer (eigensolves, small products, reads).  At most `ahead`
-items are in flight, so memory stays bounded by a few layers.  One worker, or fewer than `ahead`
-items: a plain loop on the calling thread (the caller's own thread settings apply).
+`ordered_map(fn, items)` runs a per-layer function on `w` worker threads, results in input order,
+while the BLAS library (numpy's OpenBLAS, or whatever `threadpoolctl` finds loaded) is held at
+`cores // w` threads.  numpy releases the GIL in file reads, dtype widening, BLAS and LAPACK, so
+worker threads that each take whole layers keep every core busy through the phases that are
+single-threaded inside one layer (eigensolves, small products, reads) without oversubscribing:
+with one BLAS thread per worker, no thread ever spins waiting for another, which is what made a
+command 5-50× slower when other processes loaded the cores (OpenBLAS's idle threads busy-wait).
+Fewer items than workers: one worker per item, and BLAS gets the remaining cores.
+
+`cores()` counts the CPUs this process may run on (its affinity mask, so `taskset` and cgroup
+cpusets are honoured), capped by `LORASCOPE_THREADS` when set.  At most `ahead` items are in
+flight, so memory stays bounded by a few layers whatever the adapter's size.  The limit is set
+with threadpoolctl (process-wide, restored on exit); environment variables such as
+OPENBLAS_NUM_THREADS, which only work before numpy is imported, are not used.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
 from typing import TypeVar
-
-from .spectral import one_blas_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def workers() -> int:
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
+def cores() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    limit = os.environ.get("LORASCOPE_THREADS", "")
+    return max(1, min(n, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, n)
 
 
-def parallel(n_items: int, ahead: int = 4) -> bool:
-    """Whether ordered_map(…, items of this length) runs on worker threads.  Callers use it to let
-    a single layer use both cores (spectral's split Grams) exactly when the layers run one by one."""
-    return workers() >= 2 and n_items >= ahead
+def plan(n_items: int) -> tuple[int, int]:
+    """(workers, BLAS threads per worker) for `n_items` independent items: workers × threads ≤ cores."""
+    c = cores()
+    workers = max(1, min(c, n_items))
+    return workers, max(1, c // workers)
 
 
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], ahead: int = 4) -> Iterator[R]:
-    if not parallel(len(items), ahead):
-        for item in items:
-            yield fn(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor  # imported on first use: CLI start-up time
+@cache
+def _controller():
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (built once: it scans the process)."""
+    import numpy  # noqa: F401  (load numpy's BLAS before looking for it)
+    from threadpoolctl import ThreadpoolController
 
-    def work(item: T) -> R:
-        with one_blas_thread():
-            return fn(item)
+    return ThreadpoolController()
 
-    with ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="lorascope-layers") as pool:
-        pending = [pool.submit(work, item) for item in items[:ahead]]
-        for i in range(len(items)):
-            result = pending[i].result()
-            if i + ahead < len(items):
-                pending.append(pool.submit(work, items[i + ahead]))
-            pending[i] = None  # type: ignore[call-overload]  (drop the finished future)
-            yield result
+
+# A forked child (multiprocessing) must rescan: its library handles are the parent's.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_controller.cache_clear)
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Hold every BLAS library of the process at `n` threads inside the block."""
+    with _controller().limit(limits=n, user_api="blas"):
+        yield
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T], ahead: int | None = None) -> Iterator[R]:
+    """fn(item) for every item under the thread policy, yielded in input order as they finish.
+
+    One worker (one core, or one item): a plain loop on the calling thread with BLAS on every core."""
+    workers, threads = plan(len(items))
+    with blas_threads(threads):
+        if workers == 1:
+            for item in items:
+                yield fn(item)
+            return
+        from concurrent.futures import ThreadPoolExecutor  # imported on first use: CLI start-up time
+
+        ahead = ahead or 2 * workers
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorascope") as pool:
+            pending = [pool.submit(fn, item) for item in items[:ahead]]
+            for i in range(len(items)):
+                result = pending[i].result()
+                if i + ahead < len(items):
+                    pending.append(pool.submit(fn, items[i + ahead]))
+                pending[i] = None  # type: ignore[call-overload]  (drop the finished future)
+                yield result

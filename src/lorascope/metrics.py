@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .spectral import energy_k
+
 NUMERICAL_RTOL = 1e-6
-# Energy comparisons allow this relative slack so that τ = 1.0 or a cumulative sum that equals
-# τ·total up to rounding does not need one more direction than it should.
-_ENERGY_SLACK = 1e-12
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,6 @@ def effective_rank(s: Spectrum) -> float:
     pos = s.sigma[s.sigma > NUMERICAL_RTOL * s.sigma[0]]
     p = pos / pos.sum()
     return float(np.exp(-np.sum(p * np.log(p))))
-
-
-def energy_k(sigma: np.ndarray, tau: float) -> int:
-    """Smallest k with Σ_{i≤k} σᵢ² ≥ τ·Σσᵢ² for descending σ ≥ 0 (0 for an all-zero σ).  The one
-    implementation behind energy_rank, compress's energy mode and merge-audit's compared subspaces."""
-    if sigma.size == 0 or not sigma[0] > 0:
-        return 0
-    cum = np.cumsum(sigma.astype(np.float64) ** 2)  # (r,)
-    return int(np.searchsorted(cum, tau * cum[-1] * (1.0 - _ENERGY_SLACK), side="left")) + 1
 
 
 def energy_rank(s: Spectrum, tau: float = 0.90) -> int:

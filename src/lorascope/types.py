@@ -85,6 +85,11 @@ class Adapter:
     metadata: Mapping[str, str] = field(default_factory=dict)  # safetensors header metadata
     modules_to_save: tuple[str, ...] = ()  # fully trained modules: listed, not audited
     notes: tuple[str, ...] = ()  # non-fatal findings of the reader, shown to the user
+    # A derived adapter computed by a pipeline (compress, merge) while it is written: `iter_deltas`
+    # yields from stream() instead of calling `loader` layer by layer.  Its `layers` then give the
+    # names, kinds and shapes; a layer's rank, scale and dtype are final in the yielded delta's
+    # `info` (writers take every per-layer fact from the delta they write).
+    stream: Callable[[], Iterator[LoraDelta]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self._index) != len(self.layers):
@@ -106,7 +111,10 @@ class Adapter:
         return self.loader(self.info(name))
 
     def iter_deltas(self) -> Iterator[LoraDelta]:
-        """Yield layers one at a time, in file order; only one layer's factors are alive at once."""
+        """Yield layers one at a time, in file order; only a few layers' factors are alive at once."""
+        if self.stream is not None:
+            yield from self.stream()
+            return
         for layer in self.layers:
             yield self.loader(layer)
 
@@ -138,3 +146,22 @@ def peft_alpha(scale: float, rank: int, rslora: bool) -> float:
 
 def frozen_mapping(d: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(d))
+
+
+DTYPES = ("fp16", "bf16", "fp32", "fp64")  # storage dtypes lorascope reads and writes
+
+
+def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round factors to a storage dtype; bf16 is kept as float32 holding bf16 values (numpy has no
+    bf16), rounded to nearest even.  fp16 overflow becomes inf (callers check and refuse it)."""
+    if dtype == "bf16":
+        bits = np.array(x, dtype=np.float32, order="C").view(np.uint32)  # a copy we may change
+        # round to nearest even on the low 16 bits, then clear them (in place: one temporary)
+        carry = bits >> 16
+        carry &= 1
+        carry += 0x7FFF
+        bits += carry
+        bits &= 0xFFFF0000
+        return bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype={"fp16": np.float16, "fp32": np.float32, "fp64": np.float64}[dtype])

@@ -1,13 +1,12 @@
 """`audit`: per-layer spectra of an adapter and the rank suggestions that follow from them.
 
-Contract: one pass over the layers, one layer's factors in memory at a time, exact singular values
-from the factors (spectral.lora_singular_values), metrics from metrics.METRICS.  The report is a
+Contract: one pass over the layers (passes.spectral_pass: parallel, a few layers in memory), exact
+singular values from each layer's spectral core, metrics from metrics.METRICS.  The report is a
 frozen value; rendering lives in audit_render.py, the JSON schema in docs/audit-schema.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
-from .._parallel import ordered_map, parallel
+from .. import jsontext, metrics
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
-from ..spectral import NonFiniteError, lora_singular_values
-from ..types import Adapter, LayerInfo
+from ..passes import spectral_pass
+from ..spectral import Core
+from ..types import Adapter, LayerInfo, LoraDelta
 from . import suggest
 
 SCHEMA = "lorascope.audit/v1"
@@ -36,6 +35,9 @@ class AuditOptions:
     rounding: suggest.Rounding = field(default_factory=suggest.Rounding)
     min_rank: int = 1
     progress: Callable[[int, int, str], None] | None = None  # (done, total, layer name)
+    # keep each layer's spectral core (with vectors) on its LayerReport, so that a truncation
+    # later (compress's budget / from-audit modes) needs no recomputation; O(r²) floats per layer
+    keep_cores: bool = False
 
     def __post_init__(self) -> None:
         if not self.thresholds:
@@ -60,6 +62,7 @@ class LayerReport:
     metrics: dict[str, float]
     dead: bool
     suggested_rank: int
+    core: Core | None = field(default=None, repr=False, compare=False)  # AuditOptions.keep_cores
 
     @property
     def name(self) -> str:
@@ -122,7 +125,7 @@ class AuditReport:
 
     def to_json(self, **kwargs: Any) -> str:
         # allow_nan=False: strict JSON only; every metric is finite by construction.
-        return json.dumps(self.to_dict(**kwargs), indent=2, allow_nan=False)
+        return jsontext.dumps(self.to_dict(**kwargs))
 
     def to_dataframe(self):
         """Per-layer table as a pandas DataFrame (needs pandas)."""
@@ -149,17 +152,11 @@ def audit_adapter(
     if not adapter.layers:
         # nothing to audit: an error, never a summary of zero layers that suggests r=1
         raise FormatError("no LoRA layers to audit", path=adapter.path)
-    layers = []
-    total = len(adapter.layers)
-    split = not parallel(total)  # two layers at a time, or one layer on two threads
 
-    def one(info: LayerInfo) -> LayerReport:
-        return _audit_layer(adapter, adapter.loader(info), options, split)
+    def one(delta: LoraDelta, core: Core) -> LayerReport:
+        return _layer_report(delta, core, options)
 
-    for i, report in enumerate(ordered_map(one, adapter.layers)):
-        layers.append(report)
-        if options.progress:
-            options.progress(i + 1, total, report.name)
+    layers = list(spectral_pass(adapter, one, vectors=options.keep_cores, progress=options.progress))
     summary = _summary(layers, options)
     suggestions = _suggestions(adapter, layers, options)
     notes = list(adapter.notes)
@@ -171,23 +168,13 @@ def audit_adapter(
     return AuditReport(_source(adapter), options, tuple(layers), summary, suggestions, tuple(notes))
 
 
-def nonfinite_error(info: LayerInfo, which: str, path: str | None) -> FormatError:
-    """The one error for a factor holding NaN/Inf (`which` = "down" | "up"): file, layer, tensor key."""
-    key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
-    return FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=path, keys=[key])
-
-
-def _audit_layer(adapter: Adapter, delta, options: AuditOptions, split: bool = True) -> LayerReport:
+def _layer_report(delta: LoraDelta, core: Core, options: AuditOptions) -> LayerReport:
     info = delta.info
-    try:
-        sigma = lora_singular_values(delta.down, delta.up, info.scale, split=split)  # (r,)
-    except NonFiniteError as e:
-        raise nonfinite_error(info, e.which, adapter.path) from None
-    spec = metrics.Spectrum(sigma, info.rank)
+    spec = metrics.Spectrum(core.sigma, info.rank)  # (r,)
     values = metrics.compute(spec, options.thresholds)
     k = int(values[metrics.energy_key(options.tau)])
     suggested = suggest.layer_rank(k, info.rank, options.rounding, options.min_rank, spec.dead)
-    return LayerReport(info, sigma, values, spec.dead, suggested)
+    return LayerReport(info, spec.sigma, values, spec.dead, suggested, core if options.keep_cores else None)
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..compress.compress import DTYPES, CompressOptions, compress_file
+from ..compress.compress import CompressOptions, compress_file
 from ..compress.plan import RankMode
 from ..compress.render import to_text
 from ..errors import InvalidArgumentError
+from ..types import DTYPES
 from ._output import emit
 
 # flag dest -> (mode kind, value parser)

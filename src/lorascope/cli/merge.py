@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..compress.compress import DTYPES
 from ..errors import InvalidArgumentError
 from ..merge.execute import MergeOptions, merge_files
 from ..merge.methods import METHODS
 from ..merge.plan import LayerPlan, MergePlan, load_plan
 from ..merge.render import merged_text
+from ..types import DTYPES
 from ._args import parse_weights
 from ._output import emit, progress_printer
 

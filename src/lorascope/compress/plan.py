@@ -30,16 +30,15 @@ the same cost per rank (e.g. q/k/v/o of one width) or the budget is used up exac
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .. import jsontext
 from ..errors import InvalidArgumentError
-from ..metrics import energy_k
+from ..spectral import energy_k
 
 KOHYA_MODES = ("sv_fro", "sv_cumulative", "sv_ratio")
 MODES = ("rank", "energy", "from_audit", "budget_params", "budget_ratio", "budget_bytes", *KOHYA_MODES)
@@ -304,27 +303,21 @@ class CompressReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return jsontext.dumps(self.to_dict())
 
 
-def layer_results(report, plan: Mapping[str, int], dtype: str | None) -> tuple[LayerResult, ...]:
-    """Kept energy etc. from the audit's singular values (exact to ~1e-15 relative, see spectral)."""
-    out = []
-    for lr in report.layers:
-        info = lr.info
-        k = int(plan.get(info.name, info.rank))
-        s2 = np.asarray(lr.sigma, dtype=np.float64) ** 2  # (r,)
-        out.append(
-            LayerResult(
-                name=info.name,
-                rank=info.rank,
-                new_rank=k,
-                energy=float(s2.sum()),
-                kept=float(s2[:k].sum()),
-                params=info.params,
-                new_params=info.params_at(k),
-                itemsize=ITEMSIZE.get(info.dtype, 4),
-                new_itemsize=ITEMSIZE.get(dtype or info.dtype, 4),
-            )
-        )
-    return tuple(out)
+def layer_result(info, sigma: np.ndarray, k: int, dtype: str | None) -> LayerResult:
+    """Kept energy etc. of one layer truncated to k, from its singular values σ (r,) (exact to
+    ~1e-15 relative, see spectral)."""
+    s2 = np.asarray(sigma, dtype=np.float64) ** 2  # (r,)
+    return LayerResult(
+        name=info.name,
+        rank=info.rank,
+        new_rank=k,
+        energy=float(s2.sum()),
+        kept=float(s2[:k].sum()),
+        params=info.params,
+        new_params=info.params_at(k),
+        itemsize=ITEMSIZE.get(info.dtype, 4),
+        new_itemsize=ITEMSIZE.get(dtype or info.dtype, 4),
+    )

@@ -136,6 +136,8 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
     factors get their 4-D kohya shapes back from `weight_shape`.
     """
     names: dict[str, str] = {}
+    ranks: set[int] = set()
+    alphas: set[float] = set()
     two_te = any(x.extras.get("dotted_name", x.name).startswith("text_encoder_2.") for x in adapter.layers)
     with SafetensorsWriter(dest) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
@@ -151,6 +153,8 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
                     f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path
                 )
             names[k] = dotted
+            ranks.add(info.rank)
+            alphas.add(round(info.scale * info.rank, 6))
             down, up = delta.down, delta.up  # (r, in), (out, r)
             if info.kind == "conv":
                 down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
@@ -159,5 +163,8 @@ def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_une
             out.add(f"{k}.lora_up.weight", *stored(up, info.dtype))
             out.add(f"{k}.alpha", np.asarray(info.scale * info.rank, dtype=np.float64), "fp64")  # ()
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+        if "ss_network_dim" in meta or "ss_network_alpha" in meta:  # honest values for what was written
+            meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
+            meta["ss_network_alpha"] = f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"
         meta[NAMES_KEY] = json.dumps(names)
         out.close(meta)

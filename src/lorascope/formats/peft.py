@@ -370,7 +370,7 @@ def write(
     cfg = dict(base_config if base_config is not None else adapter.config)
     cfg.setdefault("peft_type", "LORA")
     rslora = bool(cfg.get("use_rslora", False))
-    cfg.update(rank_patterns(adapter.layers, rslora))  # from LayerInfo: known before any tensor
+    written: list[LayerInfo] = []  # per-layer facts come from the deltas written, not adapter.layers
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
@@ -379,12 +379,14 @@ def write(
                 out.add(key, arr, dt)
             for delta in adapter.iter_deltas():  # one layer's factors alive at a time
                 info = delta.info
+                written.append(info)
                 dk, uk = _tensor_keys(info)
                 dshape, ushape = _factor_shapes(info)
                 out_dtype = dtype or info.dtype
                 out.add(dk, delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
                 out.add(uk, delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
             out.close({"format": "pt"})
+        cfg.update(rank_patterns(written, rslora))
         write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if dest.exists():
             dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably

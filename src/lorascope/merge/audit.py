@@ -10,7 +10,6 @@ value: `to_dict()`/`to_json()` (schema `lorascope.merge_audit/v1`, strict JSON, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
-from .._parallel import ordered_map, parallel
-from ..audit.audit import nonfinite_error
+from .. import jsontext, metrics
+from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
+from ..passes import nonfinite_error
 from ..spectral import NonFiniteError
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
@@ -142,7 +141,7 @@ class MergeAuditReport:
         }
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(**kwargs), indent=2, allow_nan=False)
+        return jsontext.dumps(self.to_dict(**kwargs))
 
     def plan(self) -> MergePlan:
         w = self.options.weights
@@ -232,25 +231,22 @@ def _check_shapes(a: Adapter, b: Adapter, shared: list[tuple[str, str]]) -> None
 
 
 def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: MergeAuditOptions):
-    """LayerPairs in order, two layers at a time (_parallel.ordered_map): whole layers per worker
-    (read + bf16 widening, Grams, eigensolves, sign grid) keep both cores busy; within a layer the
-    Gram products then stay on the worker's thread (split=False)."""
-    split = not parallel(len(shared))
+    """LayerPairs in order, whole layer pairs per worker under the thread policy
+    (_parallel.ordered_map): read + widening, stacked Grams, cores, sign grid."""
 
     def one(names: tuple[str, str]) -> LayerPair:
-        return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options, split=split)
+        return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options)
 
     return ordered_map(one, shared)
 
 
-def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions, split: bool = True) -> LayerPair:
+def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerPair:
     i1, i2 = deltas[0].info, deltas[1].info
     d1, d2 = deltas
     try:
-        p = pair_metrics(d1, d2, options.pair, split=split)
+        p = pair_metrics(d1, d2, options.pair)
     except NonFiniteError as e:  # NaN/Inf in a factor, or overflow in the Gram products
-        side = getattr(e, "side", 0)
-        raise nonfinite_error((i1, i2)[side], e.which, (a, b)[side].path) from None
+        raise nonfinite_error((i1, i2)[e.side], e.which, (a, b)[e.side].path) from None
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),

@@ -7,7 +7,7 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
 2. the layer's method (methods.METHODS) with its weights and parameters: factor methods (`linear`,
    `svd`) never form ΔW; dense methods form each ΔWᵢ (float64, out×in, one layer at a time) and
    the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
-   spectral.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
+   dense.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
    for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
 3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank).
 Post-merge check: `rel_error` = ‖intended − written‖_F/‖intended‖_F where *intended* is the
@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..compress.compress import DTYPES, check_dest, round_to_dtype, truncated_svd, writer_for
+from ..compress.compress import check_dest, writer_for
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import load
-from ..spectral import dense_truncated_svd
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ..spectral import truncated_svd
+from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
+from .dense import dense_truncated_svd
 from .match import layer_keys
 from .methods import get_method
 from .plan import LayerPlan, MergePlan

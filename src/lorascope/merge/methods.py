@@ -29,7 +29,7 @@ w·scale into A, we into up; same ΔW); PEFT "linear" merges A's and B's separat
 not Σ w_i ΔW_i (cross terms) unless the adapters share one subspace; "svd" = our `svd` (PEFT forms
 ΔW and runs a dense SVD; default rank max r_i as here).  PEFT "ties"/"dare_ties"/"dare_linear"/
 "magnitude_prune" apply the method to A and B separately; their "*_svd" variants apply it to ΔW like
-ours (then re-factorise: `spectral.dense_truncated_svd`).  PEFT elects signs on unweighted trimmed
+ours (then re-factorise: `dense.dense_truncated_svd`).  PEFT elects signs on unweighted trimmed
 tensors, divides by the contributor count and keeps int(density·size) entries: for equal weights w
 its ties = w × ours (normalize=True).  mergekit's ties / dare_ties (consensus "sum" = our "total",
 "count" = "frequency") divide by Σ w_i over contributors: equal to ours for positive weights.

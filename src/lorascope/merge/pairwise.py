@@ -8,7 +8,7 @@ r×r-sized blocks of two stacked Gram matrices — one pass over each factor, ne
 
 * ‖ΔWᵢ‖²_F = sᵢ²·Σ(G_Ai ⊙ G_Bi);  ⟨ΔW₁, ΔW₂⟩_F = s₁s₂·Σ(C_B ⊙ C_A)  → `cosine`, `magnitude_ratio`.
 * Top-kᵢ singular vectors (kᵢ = energy rank at τ) as coefficients on the factors: Uᵢ = Bᵢ Pᵢ,
-  Vᵢᵀ = Rᵢ Aᵢ with Pᵢ = L Σ⁻¹, Rᵢ = Σ⁻² Lᵀ G_Bi (the Gram route of compress._gram_truncated), so
+  Vᵢᵀ = Rᵢ Aᵢ with (Pᵢ, Rᵢ) = `Core.coefficients(kᵢ)` of each side's spectral core, so
   U₁ᵀU₂ = P₁ᵀ C_B P₂ and V₁ᵀV₂ = R₁ C_A R₂ᵀ.  Their singular values are the cosines of the
   principal angles.  `overlap_left` = ‖U₁ᵀU₂‖²_F / min(k₁, k₂) (mean squared cosine, in [0, 1]);
   for random subspaces of the same sizes in ℝᵈ its expectation is max(k₁, k₂)/d (`chance_*`).
@@ -42,11 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..metrics import energy_k
-from ..spectral import NonFiniteError, factor_grams, gram_separated, lora_svd
+from ..spectral import Core, check_finite, energy_k, factor_grams, gram_core, lora_svd
 from ..types import LoraDelta
-
-_CHOL_MIN_RATIO = 1e-5  # Cholesky of G_A used when its diagonal spans < 1e5 (cond(G_A) ≲ 1e10)
 
 
 @dataclass(frozen=True)
@@ -117,75 +114,33 @@ class PairMetrics:
         return self.n_conflicting / n if n else 0.0
 
 
-@dataclass(frozen=True)
-class _Side:
-    """One update's top-k singular triplets as coefficients on its factors (unscaled B A)."""
-
-    sigma: np.ndarray  # (r,) singular values of B A, descending
-    p: np.ndarray  # (r, k)  U = B P
-    rt: np.ndarray  # (k, r)  Vᵀ = R A
-
-
-def _gram_root(ga: np.ndarray) -> np.ndarray:
-    """F (r, r) with F Fᵀ = G_A: the Cholesky factor when G_A is well conditioned (one cheap
-    factorisation), else U Λ^½ from its eigendecomposition (also valid for a singular G_A)."""
-    try:
-        low = np.linalg.cholesky(ga)  # (r, r) lower
-        d = np.abs(np.diag(low))
-        if d.size and d.min() > _CHOL_MIN_RATIO * d.max():
-            return low
-    except np.linalg.LinAlgError:
-        pass
-    lam, u = np.linalg.eigh(ga)  # (r,), (r, r)
-    return u * np.sqrt(np.clip(lam, 0.0, None))[None, :]
-
-
-def _gram_side(ga: np.ndarray, gb: np.ndarray, tau: float) -> _Side | None:
-    """With A = F Q (Q = F⁻¹A has orthonormal rows), B A = (B F) Q and (BF)ᵀ(BF) = Fᵀ G_B F = W Σ² Wᵀ,
-    so U = B F W Σ⁻¹ and Vᵀ = Σ⁻² (F W)ᵀ G_B A."""
-    root = _gram_root(ga)  # (r, r)
-    h = root.T @ gb @ root  # (r, r)
-    s2, w = np.linalg.eigh(0.5 * (h + h.T))
-    s2, w = np.clip(s2[::-1], 0.0, None), w[:, ::-1]  # descending
-    sigma = np.sqrt(s2)
-    k = energy_k(sigma, tau)
-    if k == 0:
-        return _Side(sigma, np.zeros((ga.shape[0], 0)), np.zeros((0, ga.shape[0])))
-    if not gram_separated(s2, k):
-        return None
-    lk = root @ w[:, :k]  # (r, k)  B L = U_k Σ_k
-    return _Side(sigma, lk / sigma[None, :k], (lk.T @ gb) / s2[:k, None])
-
-
-def pair_metrics(
-    d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None, *, split: bool = True
-) -> PairMetrics:
+def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None) -> PairMetrics:
     """Geometry of ΔW₁ = d1 and ΔW₂ = d2 (same layer shape), see the module docstring.
-    split=False: no helper thread for the Gram products (the caller runs layers in parallel)."""
+    NonFiniteError (with `side` 0 or 1) when a factor holds NaN/Inf."""
     opt = options or PairOptions()
-    r1 = d1.down.shape[0]
-    # Grams of [A₁; A₂] (r₁+r₂, n) and [B₁ B₂] (m, r₁+r₂), never stacked in memory
-    ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up), split=split)  # (r₁+r₂, r₁+r₂) each
-    # a NaN/Inf anywhere in a factor makes its Gram block's trace non-finite: no full-array scan
-    for side, sl in enumerate((slice(None, r1), slice(r1, None))):
-        for which, g in (("down", ga), ("up", gb)):
-            if not np.isfinite(np.trace(g[sl, sl])):
-                err = NonFiniteError(which)
-                err.side = side
-                raise err
-    blocks = (ga[:r1, :r1], gb[:r1, :r1]), (ga[r1:, r1:], gb[r1:, r1:])
-    ca, cb = ga[:r1, r1:], gb[:r1, r1:]  # A₁A₂ᵀ, B₁ᵀB₂  (r₁, r₂)
+    r1, r2 = d1.down.shape[0], d2.down.shape[0]
+    # Grams of [A₁; A₂] (r₁+r₂, n) and [B₁ B₂] (m, r₁+r₂): one stacked syrk per side
+    ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up))  # (r₁+r₂, r₁+r₂) each
+    check_finite(ga, gb, (r1, r2))
     s1, s2 = d1.scale, d2.scale
-    sides = [_gram_side(gai, gbi, opt.energy) for gai, gbi in blocks]
-    if any(side is None for side in sides):  # ill-separated spectrum: explicit vectors (QR route)
-        return _explicit(d1, d2, opt, float(s1 * s2 * np.sum(cb * ca)))
-    x, y = sides
-    uu = x.p.T @ cb @ y.p  # (k₁, k₂)  U₁ᵀU₂
-    vv = x.rt @ ca @ y.rt.T  # (k₁, k₂)  V₁ᵀV₂
-    g1 = np.sign(s1) * s2 * np.einsum("ij,ji->i", x.p.T @ cb, ca.T @ x.rt.T)  # (k₁,)
-    g2 = np.sign(s2) * s1 * np.einsum("ij,ji->i", y.p.T @ cb.T, ca @ y.rt.T)  # (k₂,)
+    x = gram_core(ga[:r1, :r1], gb[:r1, :r1], s1, vectors=True)
+    y = gram_core(ga[r1:, r1:], gb[r1:, r1:], s2, vectors=True)
+    ca, cb = ga[:r1, r1:], gb[:r1, r1:]  # A₁A₂ᵀ, B₁ᵀB₂  (r₁, r₂)
     inner = float(s1 * s2 * np.sum(cb * ca))
-    return _assemble(d1, d2, opt, x.sigma * abs(s1), y.sigma * abs(s2), inner, uu, vv, g1, g2)
+    k1, k2 = energy_k(x.sigma, opt.energy), energy_k(y.sigma, opt.energy)
+    if not (_usable(x, k1) and _usable(y, k2)):  # ill-separated spectrum: explicit vectors (QR route)
+        return _explicit(d1, d2, opt, inner)
+    (p1, rt1), (p2, rt2) = x.coefficients(k1), y.coefficients(k2)  # U = B P, Vᵀ = R A (unscaled)
+    uu = p1.T @ cb @ p2  # (k₁, k₂)  U₁ᵀU₂
+    vv = rt1 @ ca @ rt2.T  # (k₁, k₂)  V₁ᵀV₂
+    g1 = np.sign(s1) * s2 * np.einsum("ij,ji->i", p1.T @ cb, ca.T @ rt1.T)  # (k₁,)
+    g2 = np.sign(s2) * s1 * np.einsum("ij,ji->i", p2.T @ cb.T, ca @ rt2.T)  # (k₂,)
+    return _assemble(d1, d2, opt, x.sigma, y.sigma, inner, uu, vv, g1, g2)
+
+
+def _usable(core: Core, k: int) -> bool:
+    """A zero side (k = 0) has nothing to resolve; otherwise the Gram-route vectors must be trusted."""
+    return k == 0 or core.separated(k)
 
 
 def _explicit(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, inner: float) -> PairMetrics:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .. import jsontext
 
 SCHEMA = "lorascope.merge/v1"
 
@@ -73,4 +74,4 @@ class MergeReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return jsontext.dumps(self.to_dict())

@@ -9,11 +9,11 @@ Rules and their defaults: `rules.RULES`, `rules.Thresholds`, docs/telemetry.md.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import jsontext
 from ..errors import InvalidArgumentError
 from ..telemetry.reader import read_log
 from ..telemetry.schema import Event
@@ -63,7 +63,7 @@ class MonitorReport:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
+        return jsontext.dumps(_finite(self.to_dict()))
 
 
 def _finite(x: Any) -> Any:
