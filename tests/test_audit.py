@@ -10,9 +10,10 @@ from conftest import bias_adapter_dir, layer_names, peft_config, random_factors,
 
 import lorascope
 from lorascope import AuditOptions, audit_adapter
-from lorascope.audit.suggest import Rounding, alpha_for, global_rank, layer_rank, mode_rank
+from lorascope.audit.suggest import alpha_for, global_rank, layer_rank, mode_rank
 from lorascope.errors import FormatError, InvalidArgumentError
 from lorascope.formats.peft import pattern_value
+from lorascope.rounding import Rounding
 from lorascope.types import Adapter, LayerInfo, LoraDelta
 
 

@@ -13,12 +13,12 @@ import pytest
 from conftest import PREFIX, peft_config, random_factors, write_peft
 
 from lorascope.audit import AuditOptions, audit_adapter
-from lorascope.audit.suggest import Rounding
 from lorascope.cli.main import main
 from lorascope.compress.compress import CompressOptions, compress_adapter, compress_file, round_to_dtype
 from lorascope.compress.plan import RankMode, plan_ranks
 from lorascope.errors import InvalidArgumentError
 from lorascope.formats import load
+from lorascope.rounding import Rounding
 from lorascope.types import Adapter, LayerInfo, LoraDelta
 
 # (name, out, in, r): different widths so the budget's per-rank costs differ
@@ -108,11 +108,13 @@ def test_kohya_modes_match_reference(adapter, report, method, x):
 
 
 def test_constraints_min_max_round(adapter, report):
-    plan = plan_ranks(report, RankMode("energy", 0.5, min_rank=2, max_rank=5, round_to=4))
+    plan = plan_ranks(
+        report, RankMode("energy", 0.5, min_rank=2, max_rank=5, rounding=Rounding.parse("multiple:4"))
+    )
     for name, k in plan.items():
         assert 2 <= k <= min(5, adapter.info(name).rank)
     assert all(k in (2, 4, 5, 6) or k == adapter.info(n).rank for n, k in plan.items())
-    plan = plan_ranks(report, RankMode("rank", 1, round_to=4))
+    plan = plan_ranks(report, RankMode("rank", 1, rounding=Rounding.parse("multiple:4")))
     assert plan == {"a.q": 4, "a.v": 4, "b.up": 4, "b.down": 4}
 
 
@@ -268,6 +270,40 @@ def test_cli_json(tmp_path, small_adapter, capsys):
     assert data["schema"] == "lorascope.compress/v1"
     assert data["summary"]["new_params"] <= 0.5 * data["summary"]["params"]
     assert load(tmp_path / "out").params == data["summary"]["new_params"]
+
+
+@pytest.mark.parametrize("rule", [None, "none", "pow2", "multiple:4", "multiple:3"])
+def test_from_audit_keeps_the_rank_audit_suggests(tmp_path, rng, capsys, rule):
+    """One rounding rule, one spelling: compress --from-audit p90 --rounding R == audit --rounding R."""
+    layers = {
+        f"model.layers.{i}.q_proj": random_factors(rng, 48, 40, 16, decay=0.75 + 0.02 * i) for i in range(6)
+    }
+    src = write_peft(tmp_path / "adapter", layers, config=peft_config(r=16, lora_alpha=16))
+    flag = [] if rule is None else ["--rounding", rule]
+    assert main(["audit", str(src), "--json", *flag]) == 0
+    want = json.loads(capsys.readouterr().out)["suggestions"]["p90"]["rank"]
+    assert main(["compress", str(src), "--from-audit", "p90", "--dry-run", "--json", *flag]) == 0
+    got = {x["new_rank"] for x in json.loads(capsys.readouterr().out)["layers"]}
+    assert got == {want}, (got, want)
+    if rule == "pow2":
+        assert want & (want - 1) == 0
+
+
+def test_budget_steps_follow_the_rounding_rule(adapter, report):
+    plan = plan_ranks(report, RankMode("budget_ratio", 0.6, rounding=Rounding.parse("pow2")))
+    assert all(
+        k & (k - 1) == 0 or k == info.rank for k, info in zip(plan.values(), adapter.layers, strict=True)
+    )
+    plan = plan_ranks(report, RankMode("budget_ratio", 0.6, rounding=Rounding.parse("multiple:3")))
+    assert all(k % 3 == 0 or k == info.rank for k, info in zip(plan.values(), adapter.layers, strict=True))
+
+
+def test_old_round_flag_still_accepted(tmp_path, small_adapter, capsys):
+    src, _ = small_adapter
+    assert (
+        main(["compress", str(src), "--energy", "0.5", "--round", "multiple:4", "--dry-run", "--json"]) == 0
+    )
+    assert {x["new_rank"] % 4 for x in json.loads(capsys.readouterr().out)["layers"]} == {0}
 
 
 def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):

@@ -4,7 +4,7 @@ audit.py (the pass and the report), suggest.py (rank rounding and suggestion rul
 (text and Markdown views; JSON is `AuditReport.to_json`).
 """
 
+from ..rounding import Rounding
 from .audit import AuditOptions, AuditReport, LayerReport, audit_adapter
-from .suggest import Rounding
 
 __all__ = ["AuditOptions", "AuditReport", "LayerReport", "Rounding", "audit_adapter"]

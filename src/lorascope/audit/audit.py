@@ -19,6 +19,7 @@ from .. import jsontext, metrics
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..passes import spectral_pass
+from ..rounding import Rounding
 from ..spectral import Core
 from ..types import Adapter, LayerInfo, LoraDelta
 from . import suggest
@@ -32,7 +33,7 @@ EFFECTIVE_RANK_DEFINITION = (
 @dataclass(frozen=True)
 class AuditOptions:
     thresholds: tuple[float, ...] = (0.90,)  # the first one drives the suggestions
-    rounding: suggest.Rounding = field(default_factory=suggest.Rounding)
+    rounding: Rounding = field(default_factory=Rounding)
     min_rank: int = 1
     progress: Callable[[int, int, str], None] | None = None  # (done, total, layer name)
     # keep each layer's spectral core (with vectors) on its LayerReport, so that a truncation

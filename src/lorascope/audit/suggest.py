@@ -6,53 +6,18 @@ Rules (all documented in docs/metrics.md):
   capped at the largest allocated rank and floored at `min_rank`.
 * Per-layer suggestion: the layer's own k@τ rounded up by the rule, within [min_rank, r_layer].
   Dead layers get `min_rank`.
-* Rounding rules: "multiple:N" (default N=4), "pow2", or "none".
+* Rounding rules (lorascope.rounding, shared with compress): "multiple:N" (default N=4), "pow2", "none".
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from ..rounding import Rounding
 from ..types import peft_alpha
-
-
-@dataclass(frozen=True)
-class Rounding:
-    kind: str = "multiple"  # "multiple" | "pow2" | "none"
-    step: int = 4
-
-    @classmethod
-    def parse(cls, text: str) -> Rounding:
-        text = text.strip().lower()
-        if text in ("none", "exact"):
-            return cls("none", 1)
-        if text in ("pow2", "power-of-two", "power_of_two"):
-            return cls("pow2", 1)
-        if text.startswith("multiple:"):
-            try:
-                step = int(text.split(":", 1)[1])
-            except ValueError:
-                step = 0
-            if step >= 1:
-                return cls("multiple", step)
-        raise InvalidArgumentError(f"rounding must be 'multiple:N', 'pow2' or 'none', got {text!r}")
-
-    def up(self, k: float) -> int:
-        k = max(1, math.ceil(k - 1e-9))
-        if self.kind == "pow2":
-            return 1 << (k - 1).bit_length()
-        if self.kind == "multiple":
-            return self.step * math.ceil(k / self.step)
-        return k
-
-    def __str__(self) -> str:
-        return f"multiple:{self.step}" if self.kind == "multiple" else self.kind
 
 
 def global_rank(energy_ranks: Sequence[float], q: float, rounding: Rounding, cap: int, min_rank: int) -> int:

@@ -8,6 +8,7 @@ from ..compress.compress import CompressOptions, compress_file
 from ..compress.plan import RankMode
 from ..compress.render import to_text
 from ..errors import InvalidArgumentError
+from ..rounding import Rounding
 from ..types import DTYPES
 from ._output import emit
 
@@ -46,7 +47,13 @@ def register(p: argparse.ArgumentParser) -> None:
     modes.add_argument("--sv-cumulative", type=float, metavar="X", help="kohya sv_cumulative (Σσ ≥ X·Σσ, +1)")
     p.add_argument("--min-rank", type=int, default=1, help="never go below this rank (default 1)")
     p.add_argument("--max-rank", type=int, help="never go above this rank")
-    p.add_argument("--round", default="none", help="round ranks up: 'multiple:K' or 'none' (default)")
+    p.add_argument(
+        "--rounding",
+        metavar="RULE",
+        help="round ranks up, as `audit --rounding`: multiple:N, pow2 or none "
+        "(default: none; with --from-audit the audit's multiple:4)",
+    )
+    p.add_argument("--round", dest="rounding", help=argparse.SUPPRESS)  # the earlier spelling
     p.add_argument("--threshold", type=float, default=0.90, help="τ behind --from-audit (default 0.90)")
     p.add_argument("--split", choices=("up", "sqrt"), default="up", help="where S goes (default: into up/B)")
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the input's, bf16 stays bf16)")
@@ -56,20 +63,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def _round_step(text: str) -> int:
-    text = text.strip().lower()
-    if text in ("none", "1"):
-        return 1
-    if text.startswith("multiple:") and text[9:].isdigit() and int(text[9:]) >= 1:
-        return int(text[9:])
-    raise InvalidArgumentError(f"--round must be 'multiple:K' or 'none', got {text!r}")
-
-
 def mode_from_args(args: argparse.Namespace) -> RankMode:
     for dest, (kind, _) in _MODE_FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
-            return RankMode(kind, value, args.min_rank, args.max_rank, _round_step(args.round), args.dtype)
+            return RankMode(kind, value, args.min_rank, args.max_rank, _rounding(args.rounding), args.dtype)
     raise InvalidArgumentError("choose a rank mode (--rank, --energy, --from-audit, --budget-*, --sv-*)")
 
 
@@ -80,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         dry_run=args.dry_run,
         audit_threshold=args.threshold,
-        audit_rounding="multiple:4" if _round_step(args.round) == 1 else args.round,
     )
     load_opts = {"adapter_name": args.adapter} if args.adapter else {}
     report = compress_file(args.path, args.output, mode, options, format=args.format, **load_opts)
     emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
     return 0
+
+
+def _rounding(text: str | None) -> Rounding | None:
+    return None if text is None else Rounding.parse(text)

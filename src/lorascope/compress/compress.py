@@ -36,7 +36,6 @@ import numpy as np
 
 from .._parallel import ordered_map
 from ..audit import AuditOptions, audit_adapter
-from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats import load
 from ..passes import spectral_pass
@@ -154,8 +153,7 @@ class CompressOptions:
     split: str = "up"  # where S goes: "up" (default) or "sqrt"
     dtype: str | None = None  # output dtype; None keeps each layer's input dtype
     dry_run: bool = False  # plan and report only, write nothing
-    audit_threshold: float = 0.90  # τ behind --from-audit suggestions
-    audit_rounding: str = "multiple:4"  # rounding behind --from-audit suggestions
+    audit_threshold: float = 0.90  # τ behind --from-audit suggestions (their rounding: mode.rule)
 
 
 def compress_file(
@@ -219,7 +217,7 @@ def _two_passes(adapter: Adapter, mode: RankMode, options: CompressOptions) -> t
     """Modes that need every spectrum: the audit's pass keeps the cores, then a truncating pass."""
     audit_opts = AuditOptions(
         thresholds=(options.audit_threshold,),
-        rounding=Rounding.parse(options.audit_rounding),
+        rounding=mode.rule,
         keep_cores=not options.dry_run,
     )
     report = audit_adapter(adapter, audit_opts)

@@ -15,14 +15,16 @@ Definitions (docs/compress.md has the long form):
 The kohya modes reproduce `networks/resize_lora.py` (classic `rank_resize`, which adds 1 to the index
 functions' result, so they keep one direction more than the threshold needs).
 
-Constraints applied after every mode, in this order: round up to a multiple of `round_to`, cap at
-`max_rank`, floor at `min_rank`, and never above the layer's current rank (a rank is never
-increased).  Dead layers (ΔW = 0) get min(min_rank, r).
+Constraints applied after every mode, in this order: round up by the rounding rule
+(lorascope.rounding, the audit's rule: multiple:N, pow2 or none; default none, and for from_audit
+the audit's default multiple:4), cap at `max_rank`, floor at `min_rank`, and never above the
+layer's current rank (a rank is never increased).  Dead layers (ΔW = 0) get min(min_rank, r).
 
 Budget rule: a layer's cost per kept direction is c_l = in_l + out_l (params) or c_l·itemsize
 (bytes), which differs across layers.  We take directions greedily by energy per unit cost
-σ²_{l,i}/c_l, largest first, in steps of `round_to` directions; since σ² is non-increasing inside a
-layer the greedy order always extends a prefix.  This is the exact optimum of the problem in which
+σ²_{l,i}/c_l, largest first, in steps from one allowed rank to the next (every direction with
+`none`, N with multiple:N, doubling with pow2); since σ² is non-increasing inside a layer the
+greedy order always extends a prefix.  This is the exact optimum of the problem in which
 the last step may be taken fractionally (the LP relaxation); the integer solution it returns keeps
 at least the optimum minus one step's energy, and it is exactly optimal whenever all layers have
 the same cost per rank (e.g. q/k/v/o of one width) or the budget is used up exactly.
@@ -38,6 +40,7 @@ import numpy as np
 
 from .. import jsontext
 from ..errors import InvalidArgumentError
+from ..rounding import EXACT, Rounding
 from ..spectral import energy_k
 
 KOHYA_MODES = ("sv_fro", "sv_cumulative", "sv_ratio")
@@ -57,7 +60,7 @@ class RankMode:
     value: float | int | str
     min_rank: int = 1
     max_rank: int | None = None
-    round_to: int = 1  # round each rank up to a multiple of this
+    rounding: Rounding | None = None  # None: the mode's default (from_audit: multiple:4, else none)
     dtype: str | None = None  # output dtype for budget_bytes (None: each layer's own)
 
     def __post_init__(self) -> None:
@@ -67,9 +70,15 @@ class RankMode:
             raise InvalidArgumentError(f"--min-rank must be ≥ 1, got {self.min_rank}")
         if self.max_rank is not None and self.max_rank < self.min_rank:
             raise InvalidArgumentError(f"--max-rank {self.max_rank} is below --min-rank {self.min_rank}")
-        if self.round_to < 1:
-            raise InvalidArgumentError(f"rounding step must be ≥ 1, got {self.round_to}")
         _check_value(self.kind, self.value)
+
+    @property
+    def rule(self) -> Rounding:
+        """The rounding rule in force: the one given, else the audit's default for from_audit (so
+        `compress --from-audit p90` keeps the rank `audit` suggests) and exact for every other mode."""
+        if self.rounding is not None:
+            return self.rounding
+        return Rounding() if self.kind == "from_audit" else EXACT
 
 
 def _check_value(kind: str, v) -> None:
@@ -123,7 +132,7 @@ def kohya_k(sigma: np.ndarray, method: str, x: float, full_len: int) -> int:
 def _constrain(k: int, rank: int, mode: RankMode, dead: bool) -> int:
     if dead:
         return min(mode.min_rank, rank)
-    k = mode.round_to * math.ceil(max(k, 1) / mode.round_to)
+    k = mode.rule.up(max(k, 1))
     if mode.max_rank is not None:
         k = min(k, mode.max_rank)
     return int(min(max(k, mode.min_rank), rank))
@@ -190,8 +199,11 @@ def _budget(layers, mode: RankMode) -> dict[str, int]:
             continue
         s2 = lr.sigma.astype(np.float64) ** 2  # (r,)
         start = ks[li]
-        # the first step rounds the floor up to the grid; later steps are whole multiples
-        edges = list(range(mode.round_to * (start // mode.round_to + 1), caps[li], mode.round_to))
+        # steps between consecutive allowed ranks; the first rounds the floor up to the grid
+        edges, e = [], mode.rule.next_above(start)
+        while e < caps[li]:
+            edges.append(e)
+            e = mode.rule.next_above(e)
         for a, b in zip([start, *edges], [*edges, caps[li]], strict=True):
             if b > a:
                 steps.append((float(s2[a:b].sum()) / ((b - a) * costs[li]), li, a, b))
@@ -291,7 +303,7 @@ class CompressReport:
                 "value": m.value,
                 "min_rank": m.min_rank,
                 "max_rank": m.max_rank,
-                "round_to": m.round_to,
+                "rounding": str(m.rule),
             },
             "definitions": {
                 "kept_energy": "sum_{i<=k} sigma_i^2 / sum sigma_i^2 of the scaled dW",
