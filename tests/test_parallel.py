@@ -1,0 +1,81 @@
+"""The thread policy: workers × BLAS threads ≤ cores, results in order, bounded work in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from lorascope import _parallel
+from lorascope._parallel import cores, ordered_map, plan
+
+
+def blas_threads_now() -> int:
+    return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("n_cores", [1, 2, 3, 8])
+@pytest.mark.parametrize("n_items", [0, 1, 2, 5, 1000])
+def test_plan_never_oversubscribes(monkeypatch, n_cores, n_items):
+    monkeypatch.setattr(_parallel, "cores", lambda: n_cores)
+    workers, threads = plan(n_items)
+    assert workers >= 1 and threads >= 1
+    assert workers * threads <= n_cores
+    assert workers <= max(1, n_items)
+    if n_items >= n_cores:
+        assert (workers, threads) == (n_cores, 1)
+
+
+def test_lorascope_threads_caps_the_cores(monkeypatch):
+    monkeypatch.setenv("LORASCOPE_THREADS", "1")
+    assert cores() == 1
+    monkeypatch.setenv("LORASCOPE_THREADS", "not a number")
+    assert cores() >= 1
+
+
+def test_results_in_order_and_blas_held_inside_workers(monkeypatch):
+    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    np.ones((4, 4)) @ np.ones((4, 4))  # BLAS loaded
+    seen: list[tuple[int, int, str]] = []
+
+    def work(i: int) -> int:
+        time.sleep(0.002 * (i % 3))  # finish out of order
+        seen.append((i, blas_threads_now(), threading.current_thread().name))
+        return i * i
+
+    assert list(ordered_map(work, list(range(12)))) == [i * i for i in range(12)]
+    assert {t for _, t, _ in seen} == {1}  # 2 workers × 1 BLAS thread
+    assert all(name.startswith("lorascope") for _, _, name in seen)
+
+
+def test_single_item_gets_every_core_for_blas(monkeypatch):
+    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    np.ones((4, 4)) @ np.ones((4, 4))
+    before = blas_threads_now()
+    assert list(ordered_map(lambda _: blas_threads_now(), [0])) == [2]  # 1 worker × 2 BLAS threads
+    assert blas_threads_now() == before  # restored
+
+
+def test_work_in_flight_is_bounded(monkeypatch):
+    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    started: list[int] = []
+    gen = ordered_map(lambda i: started.append(i) or i, list(range(100)), ahead=4)
+    assert next(gen) == 0
+    time.sleep(0.05)
+    assert len(started) <= 5  # the first result plus at most `ahead` submitted
+    gen.close()
+
+
+def test_worker_error_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+
+    def work(i: int) -> int:
+        if i == 3:
+            raise ValueError("layer 3 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="layer 3 is broken"):
+        list(ordered_map(work, list(range(10))))
