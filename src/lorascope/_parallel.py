@@ -37,10 +37,12 @@ def cores() -> int:
     return max(1, min(n, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, n)
 
 
-def plan(n_items: int) -> tuple[int, int]:
-    """(workers, BLAS threads per worker) for `n_items` independent items: workers × threads ≤ cores."""
+def plan(n_items: int, max_workers: int | None = None) -> tuple[int, int]:
+    """(workers, BLAS threads per worker) for `n_items` independent items: workers × threads ≤ cores.
+    `max_workers` caps the workers for items whose working set is large (merge's dense ΔW), which
+    then get the cores as BLAS threads instead."""
     c = cores()
-    workers = max(1, min(c, n_items))
+    workers = max(1, min(c, n_items, max_workers or c))
     return workers, max(1, c // workers)
 
 
@@ -65,11 +67,14 @@ def blas_threads(n: int) -> Iterator[None]:
         yield
 
 
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], ahead: int | None = None) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[T], R], items: Sequence[T], ahead: int | None = None, max_workers: int | None = None
+) -> Iterator[R]:
     """fn(item) for every item under the thread policy, yielded in input order as they finish.
 
-    One worker (one core, or one item): a plain loop on the calling thread with BLAS on every core."""
-    workers, threads = plan(len(items))
+    One worker (one core, one item, or max_workers=1): a plain loop on the calling thread with BLAS
+    on every core."""
+    workers, threads = plan(len(items), max_workers)
     with blas_threads(threads):
         if workers == 1:
             for item in items:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..compress.compress import check_dest, writer_for
+from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import load
 from ..spectral import truncated_svd
@@ -68,8 +69,9 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
     """The merge as a lazy Adapter → (adapter, done): its loader merges a layer when asked, and
     records `done[name] = (MergedLayer, digest of the factors' bytes)` (see `factor_digest`).
 
-    Every output LayerInfo must be known before any layer is merged (the writers compute configs and
-    metadata from `adapter.layers`).  The output rank follows from the plan and the input ranks
+    Every output LayerInfo is known before any layer is merged, so `layers` is exact; `iter_deltas`
+    merges the layers on the worker threads of the thread policy (one worker, BLAS on every core,
+    when a dense method's out×in matrices are involved).  The output rank follows from the plan and the input ranks
     (`_planned_rank`) except where the plan uses `energy`: those layers are merged here, up front,
     and kept in memory until they are loaded once (handed out, then dropped; a second load merges
     again, with the same result).  Energy ranks are at most the rank a plan without `energy`
@@ -84,8 +86,6 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
     def compute(name: str) -> LoraDelta:
         delta, result = _merge_layer(adapters, groups[name], name, plan, index_of[name], options)
         done[name] = (result, factor_digest(delta.down, delta.up))
-        if options.progress:
-            options.progress(len(done), len(groups), name)
         return delta
 
     kept: dict[str, LoraDelta] = {}
@@ -105,11 +105,21 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
             raise FormatError(f"layer {info.name}: merged rank {delta.info.rank}, planned {info.rank}")
         return delta
 
+    # dense methods hold a few out×in float64 matrices per layer: one layer at a time, BLAS on every core
+    dense = any(get_method(plan.for_layer(name).method).kind == "dense" for name in groups)
+
+    def stream():
+        for i, delta in enumerate(ordered_map(load_layer, layers, max_workers=1 if dense else None)):
+            if options.progress:
+                options.progress(i + 1, len(layers), delta.name)
+            yield delta
+
     first = adapters[0]
     lazy = Adapter(
         format=first.format,
         layers=tuple(layers),
         loader=load_layer,
+        stream=stream,
         config=_config(adapters),
         metadata=first.metadata,
         modules_to_save=first.modules_to_save,
