@@ -1,16 +1,17 @@
-"""Key tables and helpers shared by the kohya, LyCORIS and diffusers readers.
+"""Key tables and helpers shared by the format readers.
 
-Readers are total (STYLE habit 5): `group_keys` sorts every key of a file into
-``{module: {role: key}}`` by a per-format table of suffix rules, and returns what no rule matched
-so the reader can reject it by name.  `kohya_lora_layer` builds the plain-LoRA (LoCon) layer that
-kohya sd-scripts and LyCORIS write with the same keys.
+Readers are total: `group_keys` sorts every key of a file into ``{layer: {role: key}}`` by a
+per-format table of rules, refuses a key two roles claim, a role two keys claim and two spellings
+of one layer, and returns what no rule matched so the reader can reject it by name.
+`kohya_lora_layer` builds the plain-LoRA (LoCon) layer that kohya sd-scripts and LyCORIS write with
+the same keys.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +37,48 @@ KOHYA_ROLES: dict[str, str] = {
 }
 
 
-def compile_rules(module: str, roles: Mapping[str, str]) -> dict[str, re.Pattern[str]]:
-    return {role: re.compile(rf"^{module}\.{re.escape(suffix)}$") for role, suffix in roles.items()}
+Rules = tuple[tuple[str, re.Pattern[str]], ...]  # (role, rule on the whole key; group "m" = module)
 
 
-def group_keys(keys, rules: Mapping[str, re.Pattern[str]]) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """{module: {role: key}} in file order, plus the keys no rule matched."""
-    by_module: dict[str, dict[str, str]] = {}
+def compile_rules(module: str, roles: Mapping[str, str]) -> Rules:
+    return tuple((role, re.compile(rf"^{module}\.{re.escape(suffix)}$")) for role, suffix in roles.items())
+
+
+def group_keys(
+    keys: Iterable[str], rules: Rules, path: str, rename: Callable[[str], str] | None = None
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """{layer name: {role: key}} in file order, plus the keys no rule matched.
+
+    `rename` maps the module a rule captured to the layer name (default: unchanged).  Readers are
+    total, so three things are errors naming the keys: a key that rules of two roles claim, a role
+    claimed by two keys of one layer, and two module spellings that give one layer name."""
+    by_layer: dict[str, dict[str, str]] = {}
+    spelled: dict[str, tuple[str, str]] = {}  # layer name -> (module as captured, its first key)
     leftovers: list[str] = []
     for key in keys:
-        for role, rule in rules.items():
-            m = rule.match(key)
-            if m:
-                by_module.setdefault(m["m"], {})[role] = key
-                break
-        else:
+        claims = list(dict.fromkeys((role, m["m"]) for role, rule in rules if (m := rule.match(key))))
+        if not claims:
             leftovers.append(key)
-    return by_module, leftovers
+            continue
+        if len(claims) > 1:
+            (r1, m1), (r2, m2) = claims[:2]
+            raise FormatError(
+                f"key {key} is claimed twice: as {r1} of layer {m1} and as {r2} of layer {m2}",
+                path=path,
+                keys=[key],
+            )
+        role, module = claims[0]
+        name = rename(module) if rename else module
+        first_module, first_key = spelled.setdefault(name, (module, key))
+        if first_module != module:
+            both = [first_key, key]
+            raise FormatError(f"keys {first_key} and {key} both name layer {name}", path=path, keys=both)
+        roles = by_layer.setdefault(name, {})
+        if role in roles:
+            both = [roles[role], key]
+            raise FormatError(f"layer {name}: two {role} tensors, {both[0]} and {key}", path=path, keys=both)
+        roles[role] = key
+    return by_layer, leftovers
 
 
 def header_keys(path: str | Path) -> list[str] | None:

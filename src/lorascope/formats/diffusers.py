@@ -25,7 +25,7 @@ from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._io import SafetensorsWriter, TensorSource, open_safetensors
-from ._keys import header_keys, missing_pair, read_alpha, stored
+from ._keys import group_keys, header_keys, missing_pair, read_alpha, stored
 from .peft import layer_scale
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -74,32 +74,11 @@ def sniff(path: str | Path) -> bool:
     return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
 
 
-def group(keys: list[str], path: str) -> tuple[dict[str, dict[str, str]], list[str]]:
-    by_module: dict[str, dict[str, str]] = {}
-    leftovers = []
-    for key in keys:
-        for role, rule in RULES:
-            m = rule.match(key)
-            if m:
-                roles = by_module.setdefault(_module_name(m["m"]), {})
-                if role in roles:
-                    raise FormatError(
-                        f"two {role} tensors for one layer: {roles[role]}, {key}",
-                        path=path,
-                        keys=[roles[role], key],
-                    )
-                roles[role] = key
-                break
-        else:
-            leftovers.append(key)
-    return by_module, leftovers
-
-
 def read(path: str | Path) -> Adapter:
     weights = _weights(path)
     src = open_safetensors(weights)
     configs = _component_configs(src.metadata, weights)
-    by_module, leftovers = group(src.keys(), src.path)
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path, rename=_module_name)
     layers = [_layer(src, name, roles, configs) for name, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "diffusers LoRA tensors")
     check_outlier_shapes(src.path, layers)

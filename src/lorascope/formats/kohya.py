@@ -58,12 +58,12 @@ def sniff(path: str | Path) -> bool:
     keys = header_keys(path)
     if not keys or any(_LYCORIS_ONLY.search(k) for k in keys):
         return False
-    return any(RULES["down"].match(k) or RULES["up"].match(k) for k in keys)
+    return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
 
 
 def read(path: str | Path) -> Adapter:
     src = open_safetensors(path)
-    by_module, leftovers = group_keys(src.keys(), RULES)
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path)
     names = _name_map(src.metadata, str(path))
     layers = []
     for module, roles in by_module.items():

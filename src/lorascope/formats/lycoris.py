@@ -69,7 +69,7 @@ def sniff(path: str | Path) -> bool:
 
 def read(path: str | Path) -> Adapter:
     src = open_safetensors(path)
-    by_module, leftovers = group_keys(src.keys(), RULES)
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path)
     layers = [_layer(src, module, roles) for module, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "LyCORIS LoRA/LoHa/LoKr tensors")
     algos = sorted({layer.extras["algo"] for layer in layers})

@@ -28,20 +28,24 @@ from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_alpha, peft_scale
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._io import TensorSource, load_torch_bin, open_safetensors
+from ._keys import Rules, group_keys
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 
-# role -> regex on the full key; group "m" is the module path.
-_KEY_RULES = {
-    "down": re.compile(r"^(?P<m>.+)\.lora_A(?:\.[^.]+)?\.weight$"),
-    "up": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.weight$"),
-    "emb_down": re.compile(r"^(?P<m>.+)\.lora_embedding_A(?:\.[^.]+)?$"),
-    "emb_up": re.compile(r"^(?P<m>.+)\.lora_embedding_B(?:\.[^.]+)?$"),
-    "magnitude": re.compile(r"^(?P<m>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"),
-    "bias": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.bias$"),
-}
+# (role, regex on the full key); group "m" is the module path (the layer name once PREFIX is removed).
+_KEY_RULES: Rules = tuple(
+    (role, re.compile(rf"^(?P<m>.+)\.{suffix}$"))
+    for role, suffix in (
+        ("down", r"lora_A(?:\.[^.]+)?\.weight"),
+        ("up", r"lora_B(?:\.[^.]+)?\.weight"),
+        ("emb_down", r"lora_embedding_A(?:\.[^.]+)?"),
+        ("emb_up", r"lora_embedding_B(?:\.[^.]+)?"),
+        ("magnitude", r"lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?"),
+        ("bias", r"lora_B(?:\.[^.]+)?\.bias"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -150,24 +154,18 @@ def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, floa
 
 
 def _classify(
-    keys: list[str], modules_to_save: list[str]
+    keys: list[str], modules_to_save: list[str], path: str
 ) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
-    """Group keys by module: {module: {role: key}}; saved-module keys; leftovers."""
-    by_module: dict[str, dict[str, str]] = {}
+    """Group keys by layer: {layer: {role: key}}; saved-module names; leftovers."""
+    by_layer, rest = group_keys(keys, _KEY_RULES, path, rename=lambda m: m.removeprefix(PREFIX))
     saved, leftovers = [], []
-    for key in keys:
-        for role, rule in _KEY_RULES.items():
-            m = rule.match(key)
-            if m:
-                by_module.setdefault(m["m"], {})[role] = key
-                break
+    for key in rest:
+        module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
+        if module is not None:
+            saved.append(module)
         else:
-            module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
-            if module is not None:
-                saved.append(module)
-            else:
-                leftovers.append(key)
-    return by_module, saved, leftovers
+            leftovers.append(key)
+    return by_layer, saved, leftovers
 
 
 def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
@@ -190,10 +188,10 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
     else:
         src = open_safetensors(files.weights)
     mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
-    by_module, saved, leftovers = _classify(src.keys(), mts)
+    by_layer, saved, leftovers = _classify(src.keys(), mts, str(files.weights))
     layers = []
-    for full, roles in by_module.items():
-        info = _layer_info(files, cfg, src, full, roles, leftovers)
+    for module, roles in by_layer.items():
+        info = _layer_info(files, cfg, src, module, roles, leftovers)
         if info is not None:
             layers.append(info)
     reject_leftovers(str(files.weights), leftovers, "PEFT LoRA tensors")
@@ -220,10 +218,9 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
 
 
 def _layer_info(
-    files: PeftFiles, cfg, src: TensorSource, full: str, roles: dict[str, str], leftovers
+    files: PeftFiles, cfg, src: TensorSource, module: str, roles: dict[str, str], leftovers
 ) -> LayerInfo | None:
     wpath = str(files.weights)
-    module = full.removeprefix(PREFIX)
     if "down" in roles or "up" in roles:
         kind, dk, uk = "linear", roles.get("down"), roles.get("up")
     elif "emb_down" in roles or "emb_up" in roles:
