@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._io import SafetensorsWriter, TensorSource, open_safetensors
 from ._keys import group_keys, header_keys, missing_pair, read_alpha, stored
-from .peft import layer_scale
+from ._patterns import rank_patterns
+from .peft import Scaling
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"
@@ -79,7 +79,8 @@ def read(path: str | Path) -> Adapter:
     src = open_safetensors(weights)
     configs = _component_configs(src.metadata, weights)
     by_module, leftovers = group_keys(src.keys(), RULES, src.path, rename=_module_name)
-    layers = [_layer(src, name, roles, configs) for name, roles in by_module.items()]
+    scalings = {c: Scaling(cfg, weights) for c, cfg in configs.items()}  # patterns indexed once
+    layers = [_layer(src, name, roles, scalings) for name, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "diffusers LoRA tensors")
     check_outlier_shapes(src.path, layers)
     notes = (
@@ -117,7 +118,7 @@ def _component_configs(metadata, path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> LayerInfo:
+def _layer(src: TensorSource, name: str, roles: dict[str, str], scalings: dict[str, Scaling]) -> LayerInfo:
     missing_pair(src, name, roles, ("down", "up"), {"down": "lora_A/down", "up": "lora_B/up"})
     dk, uk = roles["down"], roles["up"]
     dshape = src.shape(dk)
@@ -127,9 +128,8 @@ def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> Laye
     if "alpha" in roles:
         alpha = read_alpha(src, roles["alpha"], name)
         scale = alpha / rank
-    elif component in configs:
-        cfg = {"r": rank, "lora_alpha": 8, **configs[component]}  # PEFT's default lora_alpha is 8
-        r_cfg, alpha, scale = layer_scale(cfg, module, Path(src.path))
+    elif component in scalings:
+        r_cfg, alpha, scale = scalings[component].layer(module, r_default=rank)
         if r_cfg != rank:
             raise FormatError(
                 f"layer {name}: tensors have rank {rank} but {METADATA_KEY} gives r={r_cfg}",
@@ -189,21 +189,15 @@ def write(adapter: Adapter, dest: str | Path, *, component: str = "unet") -> Non
                 up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
             out.add(f"{full}.lora_A.weight", *stored(down, info.dtype))
             out.add(f"{full}.lora_B.weight", *stored(up, info.dtype))
-            per_comp.setdefault(comp, []).append((module, info.rank, info.scale * info.rank))
+            per_comp.setdefault(comp, []).append((module, info.rank, info.scale))
         meta = {}
         for comp, rows in per_comp.items():
             meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
-        out.close({METADATA_KEY: json.dumps(meta, sort_keys=True), "format": "pt"})
+        text = json.dumps(dict(sorted(meta.items())))  # pattern keys keep their order (anchored first)
+        out.close({METADATA_KEY: text, "format": "pt"})
 
 
 def _patterns(rows: list[tuple[str, int, float]]) -> dict[str, Any]:
-    """PEFT config fields giving each module its (rank, alpha); pattern keys are escaped exact paths."""
-    (r0, a0), _ = Counter((r, a) for _, r, a in rows).most_common(1)[0]
-    return {
-        "r": r0,
-        "lora_alpha": a0,
-        "rank_pattern": {re.escape(m): r for m, r, _ in rows if r != r0},
-        "alpha_pattern": {re.escape(m): a for m, _, a in rows if a != a0},
-        "use_rslora": False,
-        "target_modules": sorted(m for m, _, _ in rows),
-    }
+    """PEFT config fields giving each (module, rank, scale) its rank and scale (PEFT rules)."""
+    targets = sorted(m for m, _, _ in rows)
+    return {**rank_patterns(rows, rslora=False), "use_rslora": False, "target_modules": targets}

@@ -20,15 +20,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_alpha, peft_scale
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._io import TensorSource, load_torch_bin, open_safetensors
 from ._keys import Rules, group_keys
+from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
 
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -132,25 +134,23 @@ def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def pattern_value(patterns: dict[str, Any], module: str, default: Any, path: Path) -> Any:
-    """PEFT's get_pattern_key: the first key that matches the end of the module path."""
-    for key, value in patterns.items():
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return value
-        except re.error as e:
-            raise FormatError(
-                f"pattern key {key!r} is not a valid regular expression ({e})", path=path
-            ) from None
-    return default
+class Scaling:
+    """One config's r / lora_alpha / rank_pattern / alpha_pattern / use_rslora → each module's
+    (r, alpha, scale).  The patterns are indexed once (`PatternIndex`): a lookup does not grow with
+    the number of pattern keys, so reading stays linear in layers."""
 
+    def __init__(self, cfg: Mapping[str, Any], path: str | Path):
+        self._r = cfg.get("r")
+        self._alpha = cfg.get("lora_alpha", 8)  # PEFT's default lora_alpha
+        self._rslora = bool(cfg.get("use_rslora"))
+        self._ranks = PatternIndex(cfg.get("rank_pattern") or {}, path)
+        self._alphas = PatternIndex(cfg.get("alpha_pattern") or {}, path)
 
-def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, float, float]:
-    """(configured r, alpha, scale) for one module."""
-    r = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8), path))
-    alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8), path))
-    scale = peft_scale(alpha, r, bool(cfg.get("use_rslora")))
-    return r, alpha, scale
+    def layer(self, module: str, r_default: int = 8) -> tuple[int, float, float]:
+        """(configured r, alpha, scale); `r_default` stands in for a missing "r" (PEFT's is 8)."""
+        r = int(self._ranks.value(module, r_default if self._r is None else self._r))
+        alpha = float(self._alphas.value(module, self._alpha))
+        return r, alpha, peft_scale(alpha, r, self._rslora)
 
 
 def _classify(
@@ -190,8 +190,9 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
     mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
     by_layer, saved, leftovers = _classify(src.keys(), mts, str(files.weights))
     layers = []
+    scaling = Scaling(cfg, files.config)
     for module, roles in by_layer.items():
-        info = _layer_info(files, cfg, src, module, roles, leftovers)
+        info = _layer_info(files, scaling, src, module, roles, leftovers)
         if info is not None:
             layers.append(info)
     reject_leftovers(str(files.weights), leftovers, "PEFT LoRA tensors")
@@ -218,7 +219,7 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
 
 
 def _layer_info(
-    files: PeftFiles, cfg, src: TensorSource, module: str, roles: dict[str, str], leftovers
+    files: PeftFiles, scaling: Scaling, src: TensorSource, module: str, roles: dict[str, str], leftovers
 ) -> LayerInfo | None:
     wpath = str(files.weights)
     if "down" in roles or "up" in roles:
@@ -235,7 +236,7 @@ def _layer_info(
     dshape, ushape = src.shape(dk), src.shape(uk)
     fkind, rank, out, inn = factor_dims(wpath, module, dshape, ushape, (dk, uk))
     kind = "conv" if fkind == "conv" else kind
-    r_cfg, alpha, scale = layer_scale(cfg, module, files.config)
+    r_cfg, alpha, scale = scaling.layer(module)
     if r_cfg != rank:
         raise FormatError(
             f"layer {module}: tensors have rank {rank} but {CONFIG} gives r={r_cfg} for it "
@@ -277,35 +278,6 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
 
 
 # --- writing ------------------------------------------------------------------------------------
-
-
-def _clean_alpha(alpha: float) -> float | int:
-    """Store near-integers as ints (16.000000000001 → 16) so configs stay readable; else exact."""
-    near = round(alpha)
-    return int(near) if abs(alpha - near) <= 1e-9 * max(1.0, abs(alpha)) else float(alpha)
-
-
-def rank_patterns(layers, rslora: bool) -> dict[str, Any]:
-    """r, lora_alpha, rank_pattern, alpha_pattern that give every layer its own rank and scale.
-
-    alpha = scale·r (scale·√r with rsLoRA).  Pattern keys are module paths without `base_model.model.`
-    (PEFT matches them with `(.*\\.)?(key)$`, so a prefixed key would silently never match)."""
-    from collections import Counter
-
-    pairs = [(layer.rank, _clean_alpha(peft_alpha(layer.scale, layer.rank, rslora))) for layer in layers]
-    if not pairs:
-        return {"rank_pattern": {}, "alpha_pattern": {}}
-    counts = Counter(pairs)
-    top = max(counts.values())
-    default_r, default_alpha = max(p for p, c in counts.items() if c == top)  # ties: larger rank
-    rank_pattern = {x.name: r for x, (r, _) in zip(layers, pairs, strict=True) if r != default_r}
-    alpha_pattern = {x.name: a for x, (_, a) in zip(layers, pairs, strict=True) if a != default_alpha}
-    return {
-        "r": default_r,
-        "lora_alpha": default_alpha,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-    }
 
 
 def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
@@ -367,7 +339,7 @@ def write(
     cfg = dict(base_config if base_config is not None else adapter.config)
     cfg.setdefault("peft_type", "LORA")
     rslora = bool(cfg.get("use_rslora", False))
-    cfg.update(rank_patterns(adapter.layers, rslora))  # from LayerInfo: known before any tensor
+    cfg.update(rank_patterns([(x.name, x.rank, x.scale) for x in adapter.layers], rslora))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
@@ -382,7 +354,8 @@ def write(
                 out.add(dk, delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
                 out.add(uk, delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
             out.close({"format": "pt"})
-        write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
+        write_text_atomic(tmp / CONFIG, text + "\n")
         if dest.exists():
             dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
         os.rename(tmp, dest)
