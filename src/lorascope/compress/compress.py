@@ -16,7 +16,7 @@ Contract:
 
 Not handled: DoRA magnitude vectors and lora_bias are copied unchanged (PEFT output only; the DoRA
 output then differs from the original by more than the truncation; a note says so); LoHa/LoKr
-output (no LyCORIS writer).
+layers (every writer holds plain LoRA / LoCon layers).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import numpy as np
 from ..audit import AuditOptions, audit_adapter
 from ..audit.audit import nonfinite_error
 from ..audit.suggest import Rounding
-from ..errors import InvalidArgumentError, UnsupportedError
-from ..formats import load
+from ..errors import InvalidArgumentError
+from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import LowRankSVD, gram_separated, gram_singular_values, lora_svd
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from .plan import (
@@ -270,8 +270,9 @@ def compress_file(
     if dest is None and not options.dry_run:
         raise InvalidArgumentError("compress needs an output path (-o DIR) unless --dry-run")
     if dest is not None:
-        check_dest(adapter, Path(dest))
-    writer = None if options.dry_run else writer_for(adapter)
+        dest = check_dest(output_path(adapter.format, dest), [adapter.path])
+    if not options.dry_run:
+        check_writable(adapter, adapter.format)  # refuse now, not after the audit
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
     if mode.kind in LOCAL_MODES:  # each layer's rank from its own spectrum: no audit needed
@@ -290,60 +291,6 @@ def compress_file(
         )
     if not options.dry_run:
         small = compressed_lazy(adapter, plan, split=options.split, dtype=options.dtype)
-        writer(small, dest, source=adapter)  # layers truncated one at a time as they are written
+        save(small, dest, format=adapter.format, source=adapter)  # layers truncated as they are written
     out = None if options.dry_run or dest is None else str(dest)
     return CompressReport(adapter.path, out, mode, layer_results(report, plan, options.dtype), tuple(notes))
-
-
-def check_dest(adapter: Adapter, dest: Path) -> None:
-    """Refuse an output that is, holds or lies inside the input, or an existing non-empty one."""
-    if adapter.path is not None:
-        src = Path(adapter.path).resolve()
-        d = dest.resolve()
-        if d == src or src in d.parents or d in src.parents:
-            raise InvalidArgumentError(
-                f"refusing to write over or inside the input {adapter.path}", path=dest
-            )
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise InvalidArgumentError("output already exists; choose a new directory", path=dest)
-
-
-def writer_for(adapter: Adapter):
-    """The output writer for the input's format: fn(small adapter, dest, *, source)."""
-    from ..formats import FORMATS
-
-    fmt = adapter.format
-    if fmt == "peft":
-        return _write_peft
-    module = FORMATS.get(fmt)
-    if module is None or not hasattr(module, "write"):
-        raise UnsupportedError(
-            f"writing {fmt} adapters is not supported yet; compress reads it but writes only PEFT, kohya "
-            "and diffusers output (use --dry-run to see the plan)",
-            path=adapter.path,
-        )
-    if any(layer.dora for layer in adapter.layers):
-        raise UnsupportedError(f"DoRA adapters can be compressed to PEFT only, not {fmt}", path=adapter.path)
-    if fmt == "kohya":
-        return _write_kohya
-    return lambda small, dest, *, source: module.write(small, dest)
-
-
-def _write_peft(small: Adapter, dest, *, source: Adapter) -> None:
-    from ..formats import peft
-
-    extra = peft.passthrough_tensors(source)
-    peft.write(small, dest, base_config=dict(source.config), extra_tensors=extra)
-
-
-def _write_kohya(small: Adapter, dest, *, source: Adapter) -> None:
-    """kohya file with per-module alpha = s·k and honest ss_network_dim / ss_network_alpha
-    ("Dynamic" when ranks or alphas differ, as kohya's resize_lora.py writes)."""
-    from ..formats import kohya
-
-    meta = {k: v for k, v in source.metadata.items() if k != kohya.NAMES_KEY}
-    ranks = {layer.rank for layer in small.layers}
-    alphas = {round(layer.scale * layer.rank, 6) for layer in small.layers}
-    meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
-    meta["ss_network_alpha"] = f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"
-    kohya.write(small, dest, metadata=meta)

@@ -11,6 +11,11 @@ Scale, per layer: the module's `.alpha` key (alpha / r) if present, else the saf
 `lora_adapter_metadata` (JSON of the PEFT LoraConfig with keys "<c>.r", "<c>.lora_alpha",
 "<c>.rank_pattern", ...; PEFT rules incl. rsLoRA), else 1 (diffusers then loads lora_alpha = r).
 Layer names keep the component prefix ("unet.down_blocks.0…to_q") so components never collide.
+
+Writing (`write`): current naming (`<c>.<module>.lora_A.weight` / `.lora_B.weight`) for plain
+LoRA / LoCon layers; a name without a component gets `unet.`.  `lora_adapter_metadata` holds, per
+component, r / lora_alpha (the most common pair), rank_pattern / alpha_pattern for the other layers
+(alpha = scale·r), use_rslora false and target_modules, written after the last layer.
 """
 
 from __future__ import annotations
@@ -20,17 +25,27 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
+from ..errors import AdapterNotFoundError, FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._contract import FormatSpec, read_options, stored_factors
 from ._io import SafetensorsWriter, TensorSource, open_safetensors
-from ._keys import group_keys, header_keys, missing_pair, read_alpha, stored
+from ._keys import (
+    COMPONENTS,
+    carried_metadata,
+    group_keys,
+    header_keys,
+    match_spelling,
+    missing_pair,
+    read_alpha,
+)
 from ._patterns import rank_patterns
 from .peft import Scaling
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
+SPEC = FormatSpec(name="diffusers", file_name=WEIGHTS)
 METADATA_KEY = "lora_adapter_metadata"
-COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+DEFAULT_COMPONENT = "unet"  # what `write` prefixes a name without a component with
 _M = rf"(?P<m>(?:{'|'.join(COMPONENTS)})\..+?)"
 # (role, rule) in order; the first match wins.  Roles: down, up, alpha, magnitude, bias.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -74,7 +89,8 @@ def sniff(path: str | Path) -> bool:
     return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
 
 
-def read(path: str | Path) -> Adapter:
+def read(path: str | Path, **options: Any) -> Adapter:
+    read_options(SPEC, options, path)
     weights = _weights(path)
     src = open_safetensors(weights)
     configs = _component_configs(src.metadata, weights)
@@ -159,42 +175,35 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     )
 
 
-def diffusers_name(name: str, component: str) -> str:
-    return name if name.split(".", 1)[0] in COMPONENTS else f"{component}.{name}"
+def model_path(info: LayerInfo) -> str | None:
+    return info.name  # "<component>.<module path>"
 
 
-def write(adapter: Adapter, dest: str | Path, *, component: str = "unet") -> None:
-    """Write a LoRA adapter as a current-naming diffusers file (lora_A/lora_B + lora_adapter_metadata).
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(info.name, info.name)
 
-    Names without a component prefix get `component`.  Each component's metadata holds r /
-    lora_alpha for the most common (rank, alpha) and rank_pattern / alpha_pattern for the rest, with
-    alpha = scale·r, so diffusers (and lorascope) rebuild every layer's scale."""
-    if component not in COMPONENTS:
-        raise UnsupportedError(
-            f"unknown diffusers component {component!r}; choose from {', '.join(COMPONENTS)}"
-        )
+
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
+    """Write the adapter's plain LoRA / LoCon layers as one current-naming diffusers file."""
     per_comp: dict[str, list[tuple[str, int, float]]] = {}
     with SafetensorsWriter(dest) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
-            if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-                raise UnsupportedError(
-                    f"layer {info.name}: only LoRA linear/conv layers convert to diffusers", path=adapter.path
-                )
-            full = diffusers_name(info.extras.get("dotted_name", info.name), component)
+            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            full = info.extras.get("dotted_name", info.name)
+            if full.split(".", 1)[0] not in COMPONENTS:
+                full = f"{DEFAULT_COMPONENT}.{full}"
             comp, _, module = full.partition(".")
-            down, up = delta.down, delta.up  # (r, in), (out, r)
-            if info.kind == "conv" and info.weight_shape:
-                down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
-                up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
-            out.add(f"{full}.lora_A.weight", *stored(down, info.dtype))
-            out.add(f"{full}.lora_B.weight", *stored(up, info.dtype))
+            out.add(f"{full}.lora_A.weight", down, info.dtype)
+            out.add(f"{full}.lora_B.weight", up, info.dtype)
             per_comp.setdefault(comp, []).append((module, info.rank, info.scale))
         meta = {}
         for comp, rows in per_comp.items():
             meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
         text = json.dumps(dict(sorted(meta.items())))  # pattern keys keep their order (anchored first)
-        out.close({METADATA_KEY: text, "format": "pt"})
+        carried = carried_metadata(source if source is not None else adapter, "diffusers")
+        out.close({**carried, METADATA_KEY: text, "format": "pt"})
+    return Path(dest)
 
 
 def _patterns(rows: list[tuple[str, int, float]]) -> dict[str, Any]:

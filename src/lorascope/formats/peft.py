@@ -28,10 +28,19 @@ from typing import Any
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._contract import FormatSpec, check_dest, read_options, stored_factors
 from ._io import TensorSource, load_torch_bin, open_safetensors
-from ._keys import Rules, group_keys
+from ._keys import Rules, group_keys, match_spelling
 from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
 
+SPEC = FormatSpec(
+    name="peft",
+    read_options={"adapter_name": str},  # the sub-folder when a directory holds several adapters
+    directory=True,
+    kinds=("linear", "conv", "embedding"),
+    components=False,
+    passthrough=True,
+)
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
@@ -180,8 +189,8 @@ def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
     return None
 
 
-def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
-    files = locate(path, adapter_name)
+def read(path: str | Path, **options: Any) -> Adapter:
+    files = locate(path, read_options(SPEC, options, path)["adapter_name"])
     cfg = load_config(files.config)
     if files.weights.suffix == ".bin":
         src: TensorSource = load_torch_bin(str(files.weights))
@@ -281,20 +290,19 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
 
 
 def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
-    if "keys" in info.extras:
-        return tuple(info.extras["keys"])
+    """The keys the layer was read with when they spell it in PEFT form (keeps `lora_A.default`
+    or a missing prefix as the source had it), else `base_model.model.<name>.lora_A.weight` …."""
+    roles = ("emb_down", "emb_up") if info.kind == "embedding" else ("down", "up")
+    keys = tuple(info.extras.get("keys", ()))
+    rules = dict(_KEY_RULES)
+    if len(keys) == 2 and all(
+        (m := rules[role].match(k)) and m["m"].removeprefix(PREFIX) == info.name
+        for role, k in zip(roles, keys, strict=True)
+    ):
+        return keys
     if info.kind == "embedding":
         return f"{PREFIX}{info.name}.lora_embedding_A", f"{PREFIX}{info.name}.lora_embedding_B"
     return f"{PREFIX}{info.name}.lora_A.weight", f"{PREFIX}{info.name}.lora_B.weight"
-
-
-def _factor_shapes(info: LayerInfo) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Stored shapes of lora_A / lora_B: conv A is (r, c_in, kh, kw) and B is (out, r, 1, 1)."""
-    r = info.rank
-    if info.kind == "conv" and info.weight_shape:
-        ones = (1,) * (len(info.weight_shape) - 2)
-        return (r, *info.weight_shape[1:]), (info.out_features, r, *ones)
-    return (r, info.in_features), (info.out_features, r)
 
 
 def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
@@ -312,48 +320,38 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
     return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
 
 
-def write(
-    adapter: Adapter,
-    dest: str | Path,
-    *,
-    base_config: dict[str, Any] | None = None,
-    dtype: str | None = None,
-    extra_tensors: dict[str, tuple[Any, str]] | None = None,
-) -> Path:
+def model_path(info: LayerInfo) -> str | None:
+    return info.name  # a module path of one model, without base_model.model.
+
+
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(info.name, info.name)
+
+
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
     """Write `adapter` as a PEFT directory (adapter_config.json + adapter_model.safetensors).
 
     The directory is built under a temporary name beside `dest` and renamed into place, so `dest`
-    appears complete or not at all; an existing non-empty `dest` is refused.  `base_config` (default:
-    the adapter's own config) supplies every other key (base model, target_modules, task_type, ...);
-    r / lora_alpha / rank_pattern / alpha_pattern are recomputed so each layer keeps its rank and
-    scale.  `dtype` overrides every factor's storage dtype (default: each layer's own)."""
+    appears complete or not at all; an existing non-empty `dest` is refused.  From a PEFT `source`
+    (default: the adapter itself) come the config (base model, target_modules, task_type,
+    use_rslora, ...) and, when it is on disk, the tensors that are not LoRA factors (DoRA
+    magnitudes, lora_bias, modules_to_save weights), copied unchanged.  From any other source: a
+    fresh config with target_modules = the layer names and its base_model_name_or_path.
+    r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
+    layer keeps the rank and scale of the delta written for it."""
     import os
     import shutil
     import tempfile
 
-    from ._io import SafetensorsWriter, write_text_atomic
+    from ._io import write_text_atomic
 
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FormatError("output already exists; choose a new directory", path=dest)
-    cfg = dict(base_config if base_config is not None else adapter.config)
-    cfg.setdefault("peft_type", "LORA")
-    rslora = bool(cfg.get("use_rslora", False))
-    cfg.update(rank_patterns([(x.name, x.rank, x.scale) for x in adapter.layers], rslora))
+    source = adapter if source is None else source
+    dest = check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        with SafetensorsWriter(tmp / WEIGHTS[0]) as out:
-            for key, (arr, dt) in (extra_tensors or {}).items():
-                out.add(key, arr, dt)
-            for delta in adapter.iter_deltas():  # one layer's factors alive at a time
-                info = delta.info
-                dk, uk = _tensor_keys(info)
-                dshape, ushape = _factor_shapes(info)
-                out_dtype = dtype or info.dtype
-                out.add(dk, delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
-                out.add(uk, delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
-            out.close({"format": "pt"})
+        rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
+        cfg = _config_for(source, rows)
         text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
         write_text_atomic(tmp / CONFIG, text + "\n")
         if dest.exists():
@@ -363,3 +361,41 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tuple[str, int, float]]:
+    """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
+    from ._io import SafetensorsWriter
+
+    carried = passthrough_tensors(source)
+    rows = []
+    with SafetensorsWriter(weights) as out:
+        for key, (arr, dt) in carried.items():
+            out.add(key, arr, dt)
+        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+            info = delta.info
+            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            if info.dora and not carried:
+                raise UnsupportedError(
+                    f"layer {info.name}: DoRA magnitude vectors are copied from a PEFT source on disk; "
+                    "this one has none",
+                    path=adapter.path,
+                )
+            dk, uk = _tensor_keys(info)
+            out.add(dk, down, info.dtype)
+            out.add(uk, up, info.dtype)
+            rows.append((info.name, info.rank, info.scale))
+        out.close({"format": "pt"})
+    return rows
+
+
+def _config_for(source: Adapter, rows: list[tuple[str, int, float]]) -> dict[str, Any]:
+    if source.format == "peft":
+        cfg = dict(source.config)
+    else:
+        cfg = {"target_modules": sorted(name for name, _, _ in rows), "use_rslora": False}
+        if source.config.get("base_model_name_or_path"):
+            cfg["base_model_name_or_path"] = source.config["base_model_name_or_path"]
+    cfg.setdefault("peft_type", "LORA")
+    cfg.update(rank_patterns(rows, bool(cfg.get("use_rslora", False))))
+    return cfg

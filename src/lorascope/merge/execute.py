@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..compress.compress import DTYPES, check_dest, round_to_dtype, truncated_svd, writer_for
+from ..compress.compress import DTYPES, round_to_dtype, truncated_svd
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
-from ..formats import load
+from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import dense_truncated_svd
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from .match import layer_keys
@@ -329,15 +329,15 @@ def merge_files(
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
-    for a in adapters:
-        check_dest(a, Path(dest))
-    writer = writer_for(adapters[0])
+    fmt = adapters[0].format
+    dest = check_dest(output_path(fmt, dest), [a.path for a in adapters])
     merged, done = merge_lazy(adapters, plan, options)
+    check_writable(merged, fmt)
     source = replace(adapters[0], config=merged.config)
-    writer(merged, dest, source=source)  # layers are merged one at a time as they are written
+    save(merged, dest, format=fmt, source=source)  # layers are merged one at a time as they are written
     results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
-    verified = _verify({name: done[name][1] for name in merged.names}, dest, adapters[0].format)
+    verified = _verify({name: done[name][1] for name in merged.names}, dest, fmt)
     return MergeReport(tuple(a.path for a in adapters), str(dest), results, tuple(notes), verified)
 
 
