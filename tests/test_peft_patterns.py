@@ -87,6 +87,24 @@ def test_writer_anchors_names_that_another_name_ends_with():
         assert (cfg["r"] if i is None else cfg["rank_pattern"][keys[i]]) == r, name
 
 
+def test_written_adapter_with_nested_names_reads_back(tmp_path):
+    rng = np.random.default_rng(0)
+    deltas = []
+    for name, r, scale in [
+        ("a.q", 2, 1.0),
+        ("b.q", 4, 1.0),
+        ("c.q", 4, 0.5),
+        ("x.a.q", 4, 1.0),
+        ("x.c.q", 4, 1.0),
+    ]:
+        info = LayerInfo(name, "linear", r, 5, 6, scale, "fp32")
+        deltas.append(LoraDelta(info, rng.standard_normal((r, 6)), rng.standard_normal((5, r))))
+    peft.write(Adapter.from_deltas(deltas), tmp_path / "o")
+    assert {(x.name, x.rank, x.scale) for x in load(tmp_path / "o").layers} == {
+        (d.name, d.info.rank, d.info.scale) for d in deltas
+    }
+
+
 def _tiny_adapter(n: int) -> Adapter:
     rng = np.random.default_rng(0)
     deltas = []

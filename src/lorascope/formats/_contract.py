@@ -20,7 +20,7 @@ adapter on disk; kohya: `ss_*` metadata).  Every per-layer fact (name, kind, ran
 shapes) comes from the delta being written (`delta.info` of `adapter.iter_deltas()`), and configs,
 headers and metadata are built after the last layer, so a derived adapter (compress, merge) may
 decide a layer's rank while computing it.  Factors are stored in `info.dtype` (bf16 arrives as
-float32 holding bf16 values) and alpha = scale·rank.
+float32 holding bf16 values; a wider array is never narrowed) and alpha = scale·rank.
 """
 
 from __future__ import annotations
@@ -105,10 +105,27 @@ def refusal(info: LayerInfo, spec: FormatSpec) -> str | None:
     return None
 
 
-def stored_factors(delta: LoraDelta, spec: FormatSpec, path: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(down, up) in their stored shapes: (r, in) / (out, r), or for conv with a known weight shape
-    (r, c_in, kh, kw) / (out, r, 1, 1).  Refuses a layer the format cannot hold and factors whose
-    shapes disagree with `delta.info` (a LoHa/LoKr layer's factors have more columns than its rank)."""
+_WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+_NP_NAMES = {np.dtype(np.float16): "fp16", np.dtype(np.float32): "fp32", np.dtype(np.float64): "fp64"}
+
+Stored = tuple[np.ndarray, str]  # (array, dtype to store it in), as SafetensorsWriter.add takes them
+
+
+def storage_dtype(arr: np.ndarray, dtype: str) -> str:
+    """The layer's dtype, unless the array is a wider float: never narrows (a LoCon Tucker layer's
+    folded down factor is exact float64 beside fp16 storage).  bf16 layers arrive as float32
+    holding bf16 values and are stored as bf16."""
+    own = _NP_NAMES.get(np.dtype(arr.dtype), "fp64")
+    if dtype == "bf16" and own == "fp32":
+        return "bf16"
+    return own if _WIDTH[own] > _WIDTH.get(dtype, 0) else dtype
+
+
+def stored_factors(delta: LoraDelta, spec: FormatSpec, path: str | None) -> tuple[Stored, Stored]:
+    """(down, dtype), (up, dtype) in their stored shapes: (r, in) / (out, r), or for conv with a known
+    weight shape (r, c_in, kh, kw) / (out, r, 1, 1).  Refuses a layer the format cannot hold and
+    factors whose shapes disagree with `delta.info` (a LoHa/LoKr layer's factors have more columns
+    than its rank)."""
     info = delta.info
     why = refusal(info, spec)
     r = info.rank
@@ -117,7 +134,8 @@ def stored_factors(delta: LoraDelta, spec: FormatSpec, path: str | None) -> tupl
         why = f"factors {list(delta.down.shape)} / {list(delta.up.shape)} do not have rank {r}"
     if why:
         raise UnsupportedError(f"layer {info.name}: cannot write it ({why})", path=path)
+    down, up = delta.down, delta.up
     if info.kind == "conv" and info.weight_shape:
         ones = (1,) * (len(info.weight_shape) - 2)
-        return delta.down.reshape(r, *info.weight_shape[1:]), delta.up.reshape(info.out_features, r, *ones)
-    return delta.down, delta.up
+        down, up = down.reshape(r, *info.weight_shape[1:]), up.reshape(info.out_features, r, *ones)
+    return (down, storage_dtype(down, info.dtype)), (up, storage_dtype(up, info.dtype))

@@ -288,8 +288,8 @@ def write_lora_keys(
             if path is not None:
                 names[k] = path
             alpha = info.scale * info.rank
-            out.add(f"{k}.lora_down.weight", down, info.dtype)
-            out.add(f"{k}.lora_up.weight", up, info.dtype)
+            out.add(f"{k}.lora_down.weight", *down)
+            out.add(f"{k}.lora_up.weight", *up)
             out.add(f"{k}.alpha", np.asarray(alpha, dtype=np.float64), "fp64")  # ()
             rows.append((info.rank, alpha))
         meta = metadata(rows)

@@ -194,8 +194,8 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
             if full.split(".", 1)[0] not in COMPONENTS:
                 full = f"{DEFAULT_COMPONENT}.{full}"
             comp, _, module = full.partition(".")
-            out.add(f"{full}.lora_A.weight", down, info.dtype)
-            out.add(f"{full}.lora_B.weight", up, info.dtype)
+            out.add(f"{full}.lora_A.weight", *down)
+            out.add(f"{full}.lora_B.weight", *up)
             per_comp.setdefault(comp, []).append((module, info.rank, info.scale))
         meta = {}
         for comp, rows in per_comp.items():

@@ -382,8 +382,8 @@ def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tup
                     path=adapter.path,
                 )
             dk, uk = _tensor_keys(info)
-            out.add(dk, down, info.dtype)
-            out.add(uk, up, info.dtype)
+            out.add(dk, *down)
+            out.add(uk, *up)
             rows.append((info.name, info.rank, info.scale))
         out.close({"format": "pt"})
     return rows
