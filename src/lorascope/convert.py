@@ -65,8 +65,7 @@ def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
     """The adapter with target-ready names and clean LayerInfos; factors still load lazily."""
     infos: list[LayerInfo] = []
     origin: dict[str, LayerInfo] = {}
-    one_model = to != adapter.format and not spec(to).components
-    if one_model:
+    if to != adapter.format and not spec(to).components:  # one model: one component at most
         component = _one_component(adapter, to, component)
     for info in adapter.layers:
         _check_convertible(adapter, info)

@@ -52,15 +52,18 @@ class FormatSpec:
 
 
 def read_options(spec: FormatSpec, options: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
-    """Every option `spec` declares (None where not given); an unknown or wrongly typed one is an error."""
+    """Every option `spec` declares (None where not given); an unknown or wrongly typed one is an
+    error.  None always means "not given", so generic callers may pass `adapter_name=None` to any format."""
     for name, value in options.items():
+        if value is None:
+            continue
         if name not in spec.read_options:
             takes = ", ".join(spec.read_options) or "none"
             raise InvalidArgumentError(
                 f"the {spec.name} format takes no read option {name!r} (its read options: {takes})", path=path
             )
         want = spec.read_options[name]
-        if value is not None and not isinstance(value, want):
+        if not isinstance(value, want):
             raise InvalidArgumentError(
                 f"read option {name!r} of the {spec.name} format must be a {want.__name__}, "
                 f"got {type(value).__name__} {value!r}",

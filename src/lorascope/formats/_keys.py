@@ -269,8 +269,8 @@ def write_lora_keys(
     """Write every layer as `<name>.lora_down.weight` / `.lora_up.weight` / `.alpha` (float64
     scalar alpha = scale·r, so alpha / r gives the scale back), streamed one layer at a time.
 
-    `spell(info)` gives the file's name for a layer; the dotted path of a renamed layer (or its
-    `dotted_name`) is recorded in NAMES_KEY.
+    `spell(info)` gives the file's name for a layer; its dotted path (a dotted name, or the
+    `dotted_name` a flat one was read with) is recorded in NAMES_KEY.
     `metadata([(rank, alpha), ...])` is called after the last layer."""
     names: dict[str, str] = {}  # file name -> dotted path, where known
     seen: dict[str, str] = {}  # file name -> layer name
@@ -284,7 +284,7 @@ def write_lora_keys(
                 both = f"layers {seen[k]} and {info.name}"
                 raise FormatError(f"{both} map to the same {spec.name} name {k}", path=adapter.path)
             seen[k] = info.name
-            path = info.extras.get("dotted_name") or (info.name if k != info.name else None)
+            path = info.extras.get("dotted_name") or (info.name if "." in info.name else None)
             if path is not None:
                 names[k] = path
             alpha = info.scale * info.rank
