@@ -183,3 +183,34 @@ def test_compress_writes_locon_layers_and_refuses_loha_before_any_work(tmp_path,
         "(LyCORIS loha is not a LoRA; writers hold plain LoRA layers)\n"
     )
     assert not dest.exists()
+
+
+def test_merge_writes_lycoris_locon_and_refuses_loha_first(tmp_path, rng, capsys):
+    from lorascope.cli.main import main
+
+    paths = []
+    for i in range(2):
+        t = {
+            "lycoris_a.lora_down.weight": (rng.standard_normal((2, 9)), "fp32"),
+            "lycoris_a.lora_up.weight": (rng.standard_normal((7, 2)), "fp32"),
+            "lycoris_a.alpha": (np.array(1.0 + i), "fp32"),
+        }
+        paths.append(tmp_path / f"l{i}.safetensors")
+        write_safetensors_raw(paths[-1], t)
+    assert main(["merge", *map(str, paths), "-o", str(tmp_path / "m.safetensors"), "-q"]) == 0, (
+        capsys.readouterr()
+    )
+    merged = load(tmp_path / "m.safetensors")
+    want = sum(load(p).delta("lycoris_a").dense() for p in paths)
+    assert merged.format == "lycoris" and merged.info("lycoris_a").rank == 4
+    np.testing.assert_allclose(merged.delta("lycoris_a").dense(), want, rtol=1e-6, atol=1e-6)
+
+    write_safetensors_raw(tmp_path / "h.safetensors", _loha_tensors(rng))
+    assert (
+        main(["merge", str(tmp_path / "h.safetensors"), str(paths[0]), "-o", str(tmp_path / "x.safetensors")])
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {tmp_path / 'h.safetensors'}: layer lycoris_x: cannot write it "
+        "(LyCORIS loha is not a LoRA; writers hold plain LoRA layers)\n"
+    )

@@ -331,8 +331,8 @@ def merge_files(
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
     fmt = adapters[0].format
     dest = check_dest(output_path(fmt, dest), [a.path for a in adapters])
+    check_writable(adapters[0], fmt)  # its layer kinds and modules_to_save go to the output
     merged, done = merge_lazy(adapters, plan, options)
-    check_writable(merged, fmt)
     source = replace(adapters[0], config=merged.config)
     save(merged, dest, format=fmt, source=source)  # layers are merged one at a time as they are written
     results = tuple(done[name][0] for name in merged.names)
