@@ -131,3 +131,43 @@ def test_20000_layer_adapter_reads_in_linear_time(tmp_path):
         x.name: (x.rank, x.scale) for x in adapter.layers
     }
     assert seconds < 3.0, f"reading 20,000 layers took {seconds:.1f} s"
+
+
+@pytest.mark.torch
+def test_real_peft_loads_written_patterns_with_every_layers_rank_and_scale(tmp_path):
+    """PEFT itself resolves the anchored keys the writer adds for names another name ends with."""
+    torch = pytest.importorskip("torch")
+    peft_lib = pytest.importorskip("peft")
+
+    class Sub(torch.nn.Module):
+        def __init__(self, inner: bool):
+            super().__init__()
+            self.q = torch.nn.Linear(6, 5)
+            if inner:
+                self.a = Sub(False)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.x = Sub(False), Sub(False), Sub(True)
+
+    rng = np.random.default_rng(0)
+    want = {"a.q": (2, 1.0), "b.q": (4, 1.0), "x.q": (4, 0.5), "x.a.q": (4, 1.0)}
+    deltas = [
+        LoraDelta(
+            LayerInfo(n, "linear", r, 5, 6, s, "fp32"),
+            rng.standard_normal((r, 6)),
+            rng.standard_normal((5, r)),
+        )
+        for n, (r, s) in want.items()
+    ]
+    source = Adapter.from_deltas(deltas, format="peft", config={"target_modules": ["q"], "peft_type": "LORA"})
+    peft.write(source, tmp_path / "o")
+    assert "^x\\.a\\.q" in json.loads((tmp_path / "o" / "adapter_config.json").read_text())["rank_pattern"]
+    model = peft_lib.PeftModel.from_pretrained(Tiny(), str(tmp_path / "o"))
+    got = {
+        name.removeprefix("base_model.model."): (m.r["default"], m.scaling["default"])
+        for name, m in model.named_modules()
+        if hasattr(m, "r") and "default" in getattr(m, "r", {})
+    }
+    assert got == want
