@@ -26,7 +26,7 @@ float32 holding bf16 values; a wider array is never narrowed) and alpha = scaleÂ
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,18 @@ from ..types import LayerInfo, LoraDelta
 
 @dataclass(frozen=True)
 class FormatSpec:
-    """What callers (convert, compress, merge) need to know about a format, declared once per module."""
+    """What callers (convert, compress, merge) need to know about a format, declared once per module.
+    Every field is required: a new format states each fact instead of inheriting a default."""
 
     name: str  # the registry name, also `Adapter.format` of what `read` returns
-    read_options: Mapping[str, type] = field(default_factory=dict)  # read(**options); None = not given
-    directory: bool = False  # the output is a directory; else one .safetensors file
-    file_name: str | None = None  # one-file formats: the name a directory destination gets
-    kinds: tuple[str, ...] = ("linear", "conv")  # layer kinds `write` can hold
-    flat_names: bool = False  # layer names are flattened paths ("lora_unet_a_b"), not dotted ones
-    components: bool = True  # names may carry a pipeline component; False: the file is one model
-    passthrough: bool = False  # `write` copies a same-format source's other tensors (DoRA magnitudes,
-    #                            lora_bias, modules_to_save weights)
+    read_options: Mapping[str, type]  # what read(**options) accepts; None always means "not given"
+    directory: bool  # the output is a directory; else one .safetensors file
+    file_name: str | None  # one-file formats: the name a directory destination gets (None: refused)
+    kinds: tuple[str, ...]  # layer kinds `write` can hold
+    flat_names: bool  # layer names are flattened paths ("lora_unet_a_b"), not dotted ones
+    components: bool  # names may carry a pipeline component; False: the file is one model
+    passthrough: bool  # `write` copies a same-format source's other tensors (DoRA magnitudes,
+    #                    lora_bias, modules_to_save weights)
 
 
 def read_options(spec: FormatSpec, options: Mapping[str, Any], path: str | Path) -> dict[str, Any]:

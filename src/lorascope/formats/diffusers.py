@@ -43,7 +43,16 @@ from ._patterns import rank_patterns
 from .peft import Scaling
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
-SPEC = FormatSpec(name="diffusers", file_name=WEIGHTS)
+SPEC = FormatSpec(
+    name="diffusers",
+    read_options={},
+    directory=False,
+    file_name=WEIGHTS,
+    kinds=("linear", "conv"),
+    flat_names=False,
+    components=True,
+    passthrough=False,
+)
 METADATA_KEY = "lora_adapter_metadata"
 DEFAULT_COMPONENT = "unet"  # what `write` prefixes a name without a component with
 _M = rf"(?P<m>(?:{'|'.join(COMPONENTS)})\..+?)"

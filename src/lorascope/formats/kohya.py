@@ -49,7 +49,16 @@ from ._keys import (
     write_lora_keys,
 )
 
-SPEC = FormatSpec(name="kohya", flat_names=True)
+SPEC = FormatSpec(
+    name="kohya",
+    read_options={},
+    directory=False,
+    file_name=None,  # a kohya file has no conventional name: the destination must end in .safetensors
+    kinds=("linear", "conv"),
+    flat_names=True,
+    components=True,  # lora_unet_ / lora_te1_ / lora_te2_ prefixes
+    passthrough=False,
+)
 RULES = compile_rules(KOHYA_MODULE, KOHYA_ROLES)
 _KOHYA_NAME = re.compile(rf"^{KOHYA_MODULE}$")
 _LYCORIS_ONLY = re.compile(r"\.(hada_|lokr_)")

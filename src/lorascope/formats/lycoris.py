@@ -63,7 +63,16 @@ from ._keys import (
     write_lora_keys,
 )
 
-SPEC = FormatSpec(name="lycoris", flat_names=True)
+SPEC = FormatSpec(
+    name="lycoris",
+    read_options={},
+    directory=False,
+    file_name=None,
+    kinds=("linear", "conv"),
+    flat_names=True,
+    components=True,
+    passthrough=False,
+)
 
 # Module names are flattened paths: lora_unet_…/lora_te_… (kohya network) or lycoris_… (wrapper).
 MODULE = r"(?P<m>[A-Za-z][A-Za-z0-9_]*)"

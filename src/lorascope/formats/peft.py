@@ -37,8 +37,10 @@ SPEC = FormatSpec(
     name="peft",
     read_options={"adapter_name": str},  # the sub-folder when a directory holds several adapters
     directory=True,
+    file_name=None,
     kinds=("linear", "conv", "embedding"),
-    components=False,
+    flat_names=False,
+    components=False,  # one model: module paths without a pipeline component
     passthrough=True,
 )
 CONFIG = "adapter_config.json"
