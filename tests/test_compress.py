@@ -316,10 +316,10 @@ def test_cli_error_is_one_line(tmp_path, small_adapter, capsys):
 def test_kohya_output_keeps_scale_and_honest_metadata(tmp_path, adapter):
     from lorascope.formats import kohya
 
-    kohya.write(
-        adapter, tmp_path / "in.safetensors", metadata={"ss_network_dim": "8", "ss_network_alpha": "16"}
-    )
+    kohya.write(adapter, tmp_path / "in.safetensors")
     src = load(tmp_path / "in.safetensors")
+    ranks = {x.rank for x in adapter.layers}
+    assert src.metadata["ss_network_dim"] == (str(ranks.pop()) if len(ranks) == 1 else "Dynamic")
     rep = compress_file(src, tmp_path / "out.safetensors", RankMode("energy", 0.9))
     out = load(tmp_path / "out.safetensors")
     assert out.format == "kohya"

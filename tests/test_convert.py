@@ -149,3 +149,57 @@ def test_bf16_stays_bf16_and_exact(tmp_path, rng, to):
     assert out.layers[0].dtype == "bf16"
     assert dest.stat().st_size < (tmp_path / "s" / "adapter_model.safetensors").stat().st_size + 4096
     np.testing.assert_array_equal(next(iter(_dense(out).values())), next(iter(_dense(load(src)).values())))
+
+
+def test_peft_lycoris_peft_round_trip(tmp_path, rng):
+    """A LyCORIS file of LoRA/LoCon layers: `lycoris_<path>` names, read back by its own reader."""
+    src = _peft_source(tmp_path, rng)
+    convert_file(src, tmp_path / "l.safetensors", to="lycoris")
+    assert detect(tmp_path / "l.safetensors") == "lycoris"
+    lyco = load(tmp_path / "l.safetensors")
+    assert set(lyco.names) == {"lycoris_" + m.replace(".", "_") for m in [*UNET, CONV]}
+    assert {x.extras["algo"] for x in lyco.layers} == {"lora"}
+    convert_file(tmp_path / "l.safetensors", tmp_path / "back", to="peft")
+    _same(_dense(load(src)), _dense(load(tmp_path / "back")))
+    convert_file(tmp_path / "l.safetensors", tmp_path / "k.safetensors", to="kohya")
+    kd = {n.removeprefix("lora_unet_"): d for n, d in _dense(load(tmp_path / "k.safetensors")).items()}
+    _same({m.replace(".", "_"): d for m, d in _dense(load(src)).items()}, kd)
+
+
+def test_flat_names_without_metadata_stay_flat(tmp_path, rng):
+    """A kohya file with no dotted names converts to LyCORIS (names kept), not to PEFT."""
+    t = {
+        "lora_unet_a_b.lora_down.weight": (rng.standard_normal((2, 7)), "fp32"),
+        "lora_unet_a_b.lora_up.weight": (rng.standard_normal((4, 2)), "fp32"),
+        "lora_unet_a_b.alpha": (np.array(1.0), "fp32"),
+    }
+    write_safetensors_raw(tmp_path / "k.safetensors", t)
+    convert_file(tmp_path / "k.safetensors", tmp_path / "l.safetensors", to="lycoris")
+    back = load(tmp_path / "l.safetensors", format="lycoris")  # sd-scripts names: detected as kohya
+    assert detect(tmp_path / "l.safetensors") == "kohya" and back.names == ("lora_unet_a_b",)
+    _same(_dense(load(tmp_path / "k.safetensors")), _dense(back))
+    with pytest.raises(UnsupportedError, match=r"layer lora_unet_a_b: kohya names are flattened"):
+        convert_file(tmp_path / "k.safetensors", tmp_path / "p", to="peft")
+
+
+def test_embedding_lora_converts_to_peft_only(tmp_path, rng):
+    layers = {"m.emb": (rng.standard_normal((2, 9)), rng.standard_normal((5, 2))),
+              "m.q_proj": (rng.standard_normal((2, 6)), rng.standard_normal((6, 2)))}  # fmt: skip
+    src = write_peft(tmp_path / "s", layers, config=peft_config(r=2, lora_alpha=4), embedding=("m.emb",))
+    convert_file(src, tmp_path / "p", to="peft")
+    back = load(tmp_path / "p")
+    assert back.info("m.emb").kind == "embedding"
+    _same(_dense(load(src)), _dense(back))
+    with pytest.raises(
+        UnsupportedError, match=r"layer m\.emb: cannot write it \(kohya files hold linear/conv"
+    ):
+        convert_file(src, tmp_path / "k.safetensors", to="kohya")
+    assert not (tmp_path / "k.safetensors").exists()
+
+
+def test_convert_component_prefix_and_unknown_component(tmp_path, rng):
+    src = _peft_source(tmp_path, rng)
+    convert_file(src, tmp_path / "k.safetensors", to="kohya", component="text_encoder")
+    assert all(n.startswith("lora_te_") for n in load(tmp_path / "k.safetensors").names)
+    with pytest.raises(InvalidArgumentError, match="unknown component 'vae'; choose from unet, transformer"):
+        convert_file(src, tmp_path / "d.safetensors", to="diffusers", component="vae")

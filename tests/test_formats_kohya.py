@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,3 +178,23 @@ def test_name_map_metadata_must_be_json(tmp_path, rng):
 def test_zero_alpha_means_rank_as_in_sd_scripts(tmp_path, rng):
     path = _write(tmp_path, rng, lambda t: t.__setitem__(f"{UNET_Q}.alpha", (np.array(0.0), "fp32")))
     assert load(path).info(UNET_Q).scale == 1.0
+
+
+def test_rewritten_kohya_metadata(kohya_file, tmp_path):
+    """ss_* facts carried, ss_network_dim/alpha recomputed, stale tensor hashes dropped."""
+    from lorascope.compress import RankMode, compress_file
+    from lorascope.formats import kohya
+
+    path, _ = kohya_file
+    src = load(path)
+    stale = replace(src, metadata={**src.metadata, "sshs_model_hash": "abc", "sshs_legacy_hash": "def"})
+    compress_file(stale, tmp_path / "c.safetensors", RankMode("rank", 2))
+    meta = load(tmp_path / "c.safetensors").metadata
+    assert meta["ss_sd_model_name"] == SS_META["ss_sd_model_name"]
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("2", "Dynamic")
+    assert not any(k.startswith("sshs_") for k in meta)
+    kohya.write(replace(src, metadata={}), tmp_path / "k.safetensors", source=stale)
+    back = load(tmp_path / "k.safetensors")
+    assert back.metadata["ss_network_dim"] == "4"
+    for d in src.iter_deltas():  # the Tucker layer's folded down factor is written as exact float64
+        np.testing.assert_allclose(back.delta(d.name).dense(), d.dense(), rtol=1e-14, atol=0, err_msg=d.name)

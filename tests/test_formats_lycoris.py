@@ -151,3 +151,66 @@ def test_loha_bad_factor_dims_are_format_errors(tmp_path, rng):
     write_safetensors_raw(tmp_path / "s.safetensors", t)
     with pytest.raises(FormatError, match="LoHa factor shapes do not fit together"):
         load(tmp_path / "s.safetensors")
+
+
+def test_compress_writes_locon_layers_and_refuses_loha_before_any_work(tmp_path, rng, capsys):
+    from lorascope.cli.main import main
+
+    t = {
+        "lycoris_a.lora_down.weight": (rng.standard_normal((4, 9)), "fp32"),
+        "lycoris_a.lora_up.weight": (rng.standard_normal((7, 4)), "fp32"),
+        "lycoris_a.alpha": (np.array(2.0), "fp32"),
+    }
+    write_safetensors_raw(tmp_path / "locon.safetensors", t)
+    assert (
+        main(["compress", str(tmp_path / "locon.safetensors"), "--rank", "2", "-o", str(tmp_path / "o")]) == 2
+    )
+    want = f"lorascope: error: {tmp_path / 'o'}: a lycoris output is one file: give a path ending in"
+    assert capsys.readouterr().err == want + " .safetensors\n"
+    out = tmp_path / "o.safetensors"
+    assert main(["compress", str(tmp_path / "locon.safetensors"), "--rank", "2", "-o", str(out)]) == 0
+    small, big = load(out), load(tmp_path / "locon.safetensors")
+    assert small.format == "lycoris" and small.info("lycoris_a").rank == 2
+    sigma = np.linalg.svd(big.delta("lycoris_a").dense(), compute_uv=False)
+    got = np.linalg.svd(small.delta("lycoris_a").dense(), compute_uv=False)
+    np.testing.assert_allclose(got[:2], sigma[:2], rtol=1e-5)
+
+    write_safetensors_raw(tmp_path / "loha.safetensors", _loha_tensors(rng))
+    dest = tmp_path / "h.safetensors"
+    assert main(["compress", str(tmp_path / "loha.safetensors"), "--rank", "2", "-o", str(dest)]) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {tmp_path / 'loha.safetensors'}: layer lycoris_x: cannot write it "
+        "(LyCORIS loha is not a LoRA; writers hold plain LoRA layers)\n"
+    )
+    assert not dest.exists()
+
+
+def test_merge_writes_lycoris_locon_and_refuses_loha_first(tmp_path, rng, capsys):
+    from lorascope.cli.main import main
+
+    paths = []
+    for i in range(2):
+        t = {
+            "lycoris_a.lora_down.weight": (rng.standard_normal((2, 9)), "fp32"),
+            "lycoris_a.lora_up.weight": (rng.standard_normal((7, 2)), "fp32"),
+            "lycoris_a.alpha": (np.array(1.0 + i), "fp32"),
+        }
+        paths.append(tmp_path / f"l{i}.safetensors")
+        write_safetensors_raw(paths[-1], t)
+    assert main(["merge", *map(str, paths), "-o", str(tmp_path / "m.safetensors"), "-q"]) == 0, (
+        capsys.readouterr()
+    )
+    merged = load(tmp_path / "m.safetensors")
+    want = sum(load(p).delta("lycoris_a").dense() for p in paths)
+    assert merged.format == "lycoris" and merged.info("lycoris_a").rank == 4
+    np.testing.assert_allclose(merged.delta("lycoris_a").dense(), want, rtol=1e-6, atol=1e-6)
+
+    write_safetensors_raw(tmp_path / "h.safetensors", _loha_tensors(rng))
+    assert (
+        main(["merge", str(tmp_path / "h.safetensors"), str(paths[0]), "-o", str(tmp_path / "x.safetensors")])
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {tmp_path / 'h.safetensors'}: layer lycoris_x: cannot write it "
+        "(LyCORIS loha is not a LoRA; writers hold plain LoRA layers)\n"
+    )

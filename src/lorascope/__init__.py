@@ -8,7 +8,7 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
     audit_adapter(adapter_or_path) -> AuditReport   per-layer spectra, metrics, rank suggestions
     plan_ranks(report, mode) -> dict            new rank per layer (RankMode: rank, energy, budget, ...)
     compress_adapter(adapter, plan) -> Adapter  per-layer truncated SVD; compress_file writes it
-    convert_file(src, dest, to=...)             rewrite a LoRA as peft / kohya / diffusers, ΔW exact
+    convert_file(src, dest, to=...)             rewrite a LoRA in another format (FORMATS), ΔW exact
     merge_audit(a, b) -> MergeAuditReport       pairwise interference per layer, verdicts, a merge plan
     merge_files([a, b, ...], dest, plan)        N adapters → one LoRA adapter, checked against the exact ΔW
                                                 (merge_adapters: the same in memory)

@@ -2,15 +2,20 @@
 
 Each layer's factors are copied unchanged (LoCon Tucker layers are folded into an exact float64
 down factor first) and its scale is carried as alpha = scale·r in the target's own convention
-(PEFT rank/alpha patterns, kohya per-module `alpha`, diffusers `lora_adapter_metadata`), so
-ΔW = scale·up@down is the same matrix on both sides up to the last bit of scale·r/r.
+(PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`, diffusers `lora_adapter_metadata`),
+so ΔW = scale·up@down is the same matrix on both sides up to the last bit of scale·r/r.
 
-Names.  PEFT paths are module paths of one model; diffusers prefixes them with the pipeline
-component ("unet.", "text_encoder.", ...); kohya flattens them ("lora_unet_down_blocks_0_…").  The
-kohya flattening cannot be undone in general (module names contain "_"), so kohya → PEFT/diffusers
-needs the dotted names that `lorascope convert` stores in the kohya file's metadata
-(`lorascope_module_names`); a kohya file without them is refused with that reason.
-Not converted (UnsupportedError naming the layer): LyCORIS LoHa/LoKr, DoRA, lora_bias, embeddings.
+Everything format-specific comes from the registry (`formats.FORMATS`): the target's `SPEC` and
+`write`, the source's `model_path`.  Names: within one format they are kept.  Across formats a
+layer goes by its dotted module path (`model_path`: PEFT paths, diffusers paths with their pipeline
+component); the target's writer spells it (kohya and LyCORIS flatten it, diffusers prefixes
+`unet.` when it has no component).  A target that is one model (`SPEC.components` false: PEFT)
+gets the paths without their component, of one component (`component` chooses it when the source
+holds several); otherwise `component` is the prefix for paths without one.  Flattened names
+cannot be undone in general (module names contain "_"): a kohya / LyCORIS file without the dotted
+names lorascope stores in its metadata converts only to another flat-named format.
+Not converted (UnsupportedError naming the layer): LyCORIS LoHa/LoKr, DoRA, lora_bias, and layer
+kinds the target does not hold (embedding LoRA outside PEFT).
 """
 
 from __future__ import annotations
@@ -19,10 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgumentError, UnsupportedError
-from .formats import diffusers, kohya, load, peft
+from .formats import COMPONENTS, FORMATS, NAMES_KEY, check_dest, check_writable, load, output_path, save, spec
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
-
-TARGETS = ("peft", "kohya", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -45,54 +48,25 @@ def convert_file(
 ) -> ConvertResult:
     """Read `src` (format detected unless given) and write it to `dest` in format `to`.
 
-    `component` chooses the diffusers component (default "unet") for names that have none, and
-    which component to keep when a multi-component diffusers file is converted to PEFT or a
-    kohya file to one model's PEFT adapter."""
-    if to not in TARGETS:
-        raise InvalidArgumentError(f"unknown target format {to!r}; choose from {', '.join(TARGETS)}")
-    dest = _dest_file(Path(dest), to)
-    _check_dest(Path(src), dest, overwrite)
+    `component` is the pipeline component (unet, text_encoder, ...) to give names without one, or
+    to keep when a multi-component adapter is converted to a one-model format (PEFT)."""
+    if component is not None and component not in COMPONENTS:
+        raise InvalidArgumentError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+    dest = check_dest(output_path(to, dest), [src], overwrite=overwrite)
     adapter = load(src, format=format)
+    check_dest(dest, [adapter.path], overwrite=overwrite)  # e.g. a PEFT directory given by its file
     neutral = _neutral(adapter, to, component)
-    if adapter.modules_to_save and to != "peft":
-        raise UnsupportedError(
-            f"modules_to_save ({', '.join(adapter.modules_to_save)}) are full weights that {to} files "
-            "cannot hold",
-            path=adapter.path,
-        )
-    if to == "peft":
-        extra = peft.passthrough_tensors(adapter)  # modules_to_save weights, copied unchanged
-        peft.write(neutral, dest, base_config=_peft_config(adapter, neutral), extra_tensors=extra)
-    elif to == "kohya":
-        kohya.write(neutral, dest, metadata=_kohya_metadata(adapter))
-    else:
-        diffusers.write(neutral, dest, component=component or "unet")
-    return ConvertResult(str(src), adapter.format, str(dest), to, len(neutral.layers))
-
-
-def _dest_file(dest: Path, to: str) -> Path:
-    """kohya/diffusers outputs are one .safetensors file; a diffusers directory gets the default name."""
-    if to == "peft" or dest.suffix == ".safetensors":
-        return dest
-    if to == "diffusers":
-        return dest / diffusers.WEIGHTS
-    raise InvalidArgumentError("a kohya output is one file: give a path ending in .safetensors", path=dest)
-
-
-def _check_dest(src: Path, dest: Path, overwrite: bool) -> None:
-    s, d = src.resolve(), dest.resolve()
-    if d == s or s in d.parents or (s.is_file() and d == s.parent):
-        raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=dest)
-    if dest.exists() and not overwrite and not (dest.is_dir() and not any(dest.iterdir())):
-        raise InvalidArgumentError("output already exists; choose a new path (or pass --force)", path=dest)
-    if dest.is_dir() and any(dest.iterdir()) and overwrite:
-        raise InvalidArgumentError("output is a non-empty directory; choose a new path", path=dest)
+    check_writable(neutral, to)
+    written = save(neutral, dest, format=to, source=adapter)
+    return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers))
 
 
 def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
     """The adapter with target-ready names and clean LayerInfos; factors still load lazily."""
     infos: list[LayerInfo] = []
     origin: dict[str, LayerInfo] = {}
+    if to != adapter.format and not spec(to).components:  # one model: one component at most
+        component = _one_component(adapter, to, component)
     for info in adapter.layers:
         _check_convertible(adapter, info)
         name = _target_name(adapter, info, to, component)
@@ -100,8 +74,8 @@ def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
             continue
         dtype = "fp64" if "mid" in info.extras.get("roles", {}) else info.dtype  # folded Tucker: fp64
         extras = {"alpha": info.scale * info.rank}
-        if to == "kohya" and adapter.format == "kohya":
-            extras["dotted_name"] = info.extras.get("dotted_name", info.name)
+        if to == adapter.format and "dotted_name" in info.extras:
+            extras["dotted_name"] = info.extras["dotted_name"]
         new = replace(info, name=name, dtype=dtype, extras=frozen_mapping(extras))
         infos.append(new)
         origin[name] = info
@@ -113,10 +87,13 @@ def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
         return LoraDelta(info, delta.down, delta.up)
 
     return Adapter(
-        format=adapter.format if to == "kohya" else "memory",
+        format=adapter.format,
         layers=tuple(infos),
         loader=loader,
         path=adapter.path,
+        config=adapter.config,
+        metadata=adapter.metadata,
+        modules_to_save=adapter.modules_to_save,
     )
 
 
@@ -126,7 +103,6 @@ def _check_convertible(adapter: Adapter, info: LayerInfo) -> None:
         f"LyCORIS {algo} is not a LoRA" if algo != "lora"
         else "DoRA magnitude vectors have no place in the target" if info.dora
         else "lora_bias has no place in the target" if "bias" in info.extras
-        else "embedding LoRA is PEFT-only" if info.kind == "embedding"
         else None
     )  # fmt: skip
     if why:
@@ -136,55 +112,36 @@ def _check_convertible(adapter: Adapter, info: LayerInfo) -> None:
 
 
 def _target_name(adapter: Adapter, info: LayerInfo, to: str, component: str | None) -> str | None:
-    """The layer's name in the target format, or None when it belongs to another component."""
-    if to == "kohya":
-        if adapter.format == "kohya":
-            return info.name
-        return info.name  # kohya.write flattens dotted names; diffusers names keep their component
-    if adapter.format == "kohya":
-        if "dotted_name" not in info.extras:
-            raise UnsupportedError(
-                f"layer {info.name}: kohya names are flattened (module names contain '_') and this file has "
-                f"no {kohya.NAMES_KEY} metadata to restore them (only lorascope-written kohya files have it)",
-                path=adapter.path,
-            )
-        name = info.extras["dotted_name"]
-    else:
-        name = info.name
-    if to == "peft":
-        return _strip_component(adapter, name, component)
-    return name
-
-
-def _strip_component(adapter: Adapter, name: str, component: str | None) -> str | None:
-    head, _, rest = name.partition(".")
-    if head not in diffusers.COMPONENTS:
-        return name
-    present = sorted({x.extras.get("dotted_name", x.name).split(".", 1)[0] for x in adapter.layers})
-    present = [c for c in present if c in diffusers.COMPONENTS]
-    if component is None and len(present) > 1:
-        raise InvalidArgumentError(
-            f"the adapter holds several components ({', '.join(present)}); a PEFT adapter is one model: "
-            "choose one with --component",
+    """The layer's name for the target's writer, or None when it belongs to another component."""
+    if to == adapter.format:
+        return info.name
+    target = spec(to)
+    path = FORMATS[adapter.format].model_path(info)
+    if path is None:
+        if target.flat_names:
+            return info.name  # flattened name → flattened name, as it is
+        raise UnsupportedError(
+            f"layer {info.name}: {adapter.format} names are flattened (module names contain '_') and this "
+            f"file has no {NAMES_KEY} metadata to restore them (only lorascope-written files have it)",
             path=adapter.path,
         )
+    head, _, rest = path.partition(".")
+    if not (head in COMPONENTS and rest):  # no pipeline component
+        return f"{component}.{path}" if component and target.components else path
+    if target.components:
+        return path
     return rest if component in (None, head) else None
 
 
-def _peft_config(adapter: Adapter, neutral: Adapter) -> dict:
-    cfg = dict(adapter.config) if adapter.format == "peft" else {"target_modules": sorted(neutral.names)}
-    cfg.pop("r", None), cfg.pop("lora_alpha", None)
-    cfg.update({"peft_type": "LORA", "use_rslora": False})
-    base = adapter.config.get("base_model_name_or_path") or adapter.metadata.get("ss_sd_model_name")
-    if base:
-        cfg["base_model_name_or_path"] = base
-    return cfg
-
-
-def _kohya_metadata(adapter: Adapter) -> dict[str, str]:
-    keep = {k: v for k, v in adapter.metadata.items() if k.startswith("ss_")}
-    ranks = {x.rank for x in adapter.layers}
-    if len(ranks) == 1:
-        keep.setdefault("ss_network_dim", str(ranks.pop()))
-    keep.setdefault("ss_network_module", "networks.lora")
-    return keep
+def _one_component(adapter: Adapter, to: str, component: str | None) -> str | None:
+    """The component a one-model target keeps: `component`, or the only one the adapter has."""
+    module = FORMATS[adapter.format]
+    paths = (module.model_path(x) for x in adapter.layers)
+    present = sorted({p.split(".", 1)[0] for p in paths if p is not None and "." in p} & set(COMPONENTS))
+    if component is None and len(present) > 1:
+        raise InvalidArgumentError(
+            f"the adapter holds several components ({', '.join(present)}); a {to} adapter is one model: "
+            "choose one with --component",
+            path=adapter.path,
+        )
+    return component

@@ -77,7 +77,7 @@ Loader = Callable[[LayerInfo], LoraDelta]
 class Adapter:
     """A whole adapter: layer descriptions plus a loader that reads one layer's factors on demand."""
 
-    format: str  # "peft", "kohya", "diffusers", "lycoris", "memory"
+    format: str  # a formats.FORMATS name ("peft", "kohya", ...), or "memory"
     layers: tuple[LayerInfo, ...]
     loader: Loader = field(repr=False, compare=False)
     path: str | None = None

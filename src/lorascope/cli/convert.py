@@ -1,18 +1,19 @@
-"""`lorascope convert SRC DST --to peft|kohya|diffusers`: parse, call lorascope.convert.convert, report."""
+"""`lorascope convert SRC DST --to FORMAT`: parse, call lorascope.convert.convert_file, report."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..convert import TARGETS, convert_file
+from ..convert import convert_file
+from ..formats import FORMATS
 from ._output import emit
 
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="adapter directory or .safetensors file")
-    p.add_argument("dest", help="output: a directory for peft, a .safetensors file for kohya/diffusers")
-    p.add_argument("--to", required=True, choices=TARGETS, help="target format")
+    p.add_argument("dest", help="output: a directory for peft, a .safetensors file for the others")
+    p.add_argument("--to", required=True, choices=list(FORMATS), help="target format")
     p.add_argument("--format", help="force the input format instead of detecting it")
     p.add_argument(
         "--component",

@@ -22,7 +22,7 @@ Contract:
 
 Not handled: DoRA magnitude vectors and lora_bias are copied unchanged (PEFT output only; the DoRA
 output then differs from the original by more than the truncation; a note says so); LoHa/LoKr
-output (a LoHa/LoKr layer compresses to a plain LoRA layer).
+layers (every writer holds plain LoRA / LoCon layers).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import numpy as np
 
 from .._parallel import ordered_map
 from ..audit import AuditOptions, audit_adapter
-from ..errors import InvalidArgumentError, UnsupportedError
-from ..formats import load
+from ..errors import InvalidArgumentError
+from ..formats import check_dest, check_writable, load, output_path, save
 from ..passes import spectral_pass
 from ..spectral import Core, truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
@@ -169,8 +169,9 @@ def compress_file(
     if dest is None and not options.dry_run:
         raise InvalidArgumentError("compress needs an output path (-o DIR) unless --dry-run")
     if dest is not None:
-        check_dest(adapter, Path(dest))
-    writer = None if options.dry_run else writer_for(adapter)
+        dest = check_dest(output_path(adapter.format, dest), [adapter.path])
+    if not options.dry_run:
+        check_writable(adapter, adapter.format)  # refuse now, not after the audit
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
     _check_args(adapter, {}, options.split, options.dtype)
@@ -178,8 +179,8 @@ def compress_file(
         results, small = _one_pass(adapter, mode, options)
     else:
         results, small = _two_passes(adapter, mode, options)
-    if writer is not None and small is not None:
-        writer(small, dest, source=adapter)  # layers computed as they are written
+    if small is not None and dest is not None:
+        save(small, dest, format=adapter.format, source=adapter)  # layers computed as they are written
     notes = list(adapter.notes)
     if any(layer.dora for layer in adapter.layers):
         notes.append(
@@ -227,54 +228,3 @@ def _two_passes(adapter: Adapter, mode: RankMode, options: CompressOptions) -> t
         return results, None
     cores = {x.name: x.core for x in report.layers if x.core is not None}
     return results, compressed_lazy(adapter, plan, split=options.split, dtype=options.dtype, cores=cores)
-
-
-def check_dest(adapter: Adapter, dest: Path) -> None:
-    """Refuse an output that is, holds or lies inside the input, or an existing non-empty one."""
-    if adapter.path is not None:
-        src = Path(adapter.path).resolve()
-        d = dest.resolve()
-        if d == src or src in d.parents or d in src.parents:
-            raise InvalidArgumentError(
-                f"refusing to write over or inside the input {adapter.path}", path=dest
-            )
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise InvalidArgumentError("output already exists; choose a new directory", path=dest)
-
-
-def writer_for(adapter: Adapter):
-    """The output writer for the input's format: fn(small adapter, dest, *, source)."""
-    from ..formats import FORMATS
-
-    fmt = adapter.format
-    if fmt == "peft":
-        return _write_peft
-    module = FORMATS.get(fmt)
-    if module is None or not hasattr(module, "write"):
-        raise UnsupportedError(
-            f"writing {fmt} adapters is not supported yet; compress reads it but writes only PEFT, kohya "
-            "and diffusers output (use --dry-run to see the plan)",
-            path=adapter.path,
-        )
-    if any(layer.dora for layer in adapter.layers):
-        raise UnsupportedError(f"DoRA adapters can be compressed to PEFT only, not {fmt}", path=adapter.path)
-    if fmt == "kohya":
-        return _write_kohya
-    return lambda small, dest, *, source: module.write(small, dest)
-
-
-def _write_peft(small: Adapter, dest, *, source: Adapter) -> None:
-    from ..formats import peft
-
-    extra = peft.passthrough_tensors(source)
-    peft.write(small, dest, base_config=dict(source.config), extra_tensors=extra)
-
-
-def _write_kohya(small: Adapter, dest, *, source: Adapter) -> None:
-    """kohya file with per-module alpha = s·k and honest ss_network_dim / ss_network_alpha
-    ("Dynamic" when ranks or alphas differ, as kohya's resize_lora.py writes)."""
-    from ..formats import kohya
-
-    meta = {k: v for k, v in source.metadata.items() if k != kohya.NAMES_KEY}
-    meta.update(ss_network_dim="", ss_network_alpha="")  # kohya.write fills both from the written layers
-    kohya.write(small, dest, metadata=meta)

@@ -1,8 +1,17 @@
-"""Adapter file formats: an explicit registry of modules with the same verbs (`sniff`, `read`).
+"""Adapter file formats: an explicit registry of modules with the same verbs and declarations.
 
-`load(path)` detects the format unless one is given.  Detection asks every registered format's
-`sniff`; exactly one must claim the path, otherwise the error says which claimed it (ambiguous)
-or that none did (unknown).
+Every module in `FORMATS` has `sniff(path)`, `read(path, **options)`, `write(adapter, dest, *,
+source=None)`, `model_path(info)`, `match_key(info)` and `SPEC` (a `FormatSpec`); `_contract.py`
+states the contract and tests/test_formats_contract.py runs one battery on every entry, so a new
+format is one module plus one line here.  Callers go through this registry only:
+
+* `load(path)` detects the format unless one is given.  Detection asks every registered format's
+  `sniff`; exactly one must claim the path, otherwise the error says which claimed it (ambiguous)
+  or that none did (unknown).
+* `save(adapter, dest, format=..., source=...)` writes through the format's `write` to
+  `output_path(format, dest)`, after `check_writable`.
+* `check_dest` (an output must not be, hold or lie inside an input, nor exist non-empty) is shared
+  by convert, compress and merge.
 """
 
 from __future__ import annotations
@@ -11,9 +20,28 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError
-from ..types import Adapter
+from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError, UnsupportedError
+from ..types import Adapter, LayerInfo
 from . import diffusers, kohya, lycoris, peft
+from ._contract import FormatSpec, check_dest, refusal
+from ._keys import COMPONENTS, NAMES_KEY, match_spelling
+
+__all__ = [
+    "COMPONENTS",
+    "FORMATS",
+    "NAMES_KEY",
+    "FormatSpec",
+    "check_dest",
+    "check_writable",
+    "detect",
+    "load",
+    "match_key",
+    "output_path",
+    "save",
+    "spec",
+]
+
+VERBS = ("sniff", "read", "write", "model_path", "match_key")
 
 
 def _registry(*modules: ModuleType) -> dict[str, ModuleType]:
@@ -22,11 +50,24 @@ def _registry(*modules: ModuleType) -> dict[str, ModuleType]:
         name = module.__name__.rsplit(".", 1)[-1]
         if name in table:
             raise ValueError(f"format {name!r} registered twice")
+        missing = [v for v in VERBS if not callable(getattr(module, v, None))]
+        if missing or not isinstance(getattr(module, "SPEC", None), FormatSpec) or module.SPEC.name != name:
+            raise ValueError(f"format module {name!r} lacks {missing or 'a SPEC named after it'}")
         table[name] = module
     return table
 
 
 FORMATS: dict[str, ModuleType] = _registry(peft, kohya, diffusers, lycoris)
+
+
+def _module(format: str) -> ModuleType:
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    return FORMATS[format]
+
+
+def spec(format: str) -> FormatSpec:
+    return _module(format).SPEC
 
 
 def detect(path: str | Path) -> str:
@@ -49,6 +90,48 @@ def load(path: str | Path, *, format: str | None = None, **options: Any) -> Adap
     """Read an adapter from disk (lazily: factors are read per layer when used)."""
     if format is None:
         format = detect(path)
-    if format not in FORMATS:
-        raise InvalidArgumentError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
-    return FORMATS[format].read(path, **options)
+    return _module(format).read(path, **options)
+
+
+def output_path(format: str, dest: str | Path) -> Path:
+    """Where `format` writes for `dest`: a directory format writes `dest` itself; a one-file format
+    writes `dest` if it ends in .safetensors, else `dest/<SPEC.file_name>` where it has one."""
+    s, dest = spec(format), Path(dest)
+    if s.directory or dest.suffix == ".safetensors":
+        return dest
+    if s.file_name:
+        return dest / s.file_name
+    raise InvalidArgumentError(
+        f"a {format} output is one file: give a path ending in .safetensors", path=dest
+    )
+
+
+def check_writable(adapter: Adapter, format: str) -> None:
+    """Refuse, before any work, an adapter that `format`'s writer cannot hold: LoHa/LoKr layers,
+    layer kinds it lacks, DoRA or modules_to_save without pass-through (the writer checks each
+    delta again as it writes it)."""
+    s = spec(format)
+    for info in adapter.layers:
+        why = refusal(info, s)
+        if why:
+            raise UnsupportedError(f"layer {info.name}: cannot write it ({why})", path=adapter.path)
+    if adapter.modules_to_save and not s.passthrough:
+        raise UnsupportedError(
+            f"modules_to_save ({', '.join(adapter.modules_to_save)}) are full weights that {format} files "
+            "cannot hold",
+            path=adapter.path,
+        )
+
+
+def save(adapter: Adapter, dest: str | Path, *, format: str, source: Adapter | None = None) -> Path:
+    """Write `adapter` in `format` to `output_path(format, dest)`; returns the path written."""
+    check_writable(adapter, format)
+    return _module(format).write(adapter, output_path(format, dest), source=source)
+
+
+def match_key(format: str, info: LayerInfo) -> str:
+    """The spelling that matches layers across formats; names of in-memory adapters (no registered
+    format) are taken as dotted module paths."""
+    if format in FORMATS:
+        return FORMATS[format].match_key(info)
+    return match_spelling(info.name, info.name)

@@ -1,25 +1,44 @@
-"""Key tables and helpers shared by the kohya, LyCORIS and diffusers readers.
+"""Key tables and helpers shared by the format readers.
 
-Readers are total (STYLE habit 5): `group_keys` sorts every key of a file into
-``{module: {role: key}}`` by a per-format table of suffix rules, and returns what no rule matched
-so the reader can reject it by name.  `kohya_lora_layer` builds the plain-LoRA (LoCon) layer that
-kohya sd-scripts and LyCORIS write with the same keys.
+Readers are total: `group_keys` sorts every key of a file into ``{layer: {role: key}}`` by a
+per-format table of rules, refuses a key two roles claim, a role two keys claim and two spellings
+of one layer, and returns what no rule matched so the reader can reject it by name.
+`kohya_lora_layer` builds the plain-LoRA (LoCon) layer that kohya sd-scripts and LyCORIS write with
+the same keys.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError, LorascopeError
-from ..types import LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import factor_dims
-from ._io import TensorSource, _read_header
+from ._contract import FormatSpec, stored_factors
+from ._io import SafetensorsWriter, TensorSource, _read_header
+
+# Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+# kohya / sd-scripts prefix of each component (SD1/2 name their one text encoder "lora_te").
+KOHYA_PREFIXES = {
+    "unet": "lora_unet",
+    "transformer": "lora_unet",
+    "text_encoder": "lora_te1",
+    "text_encoder_2": "lora_te2",
+    "text_encoder_3": "lora_te3",
+}
+
+# Metadata key of lorascope-written kohya / LyCORIS files: JSON {flattened name: dotted module path},
+# which makes the flattening ("." → "_", not invertible) reversible.
+NAMES_KEY = "lorascope_module_names"
 
 # kohya / sd-scripts module names: the model path with dots flattened to "_", behind a component
 # prefix: lora_unet_ (UNet / DiT), lora_te_ (SD1/2 text encoder), lora_te1_/lora_te2_/lora_te3_
@@ -36,23 +55,48 @@ KOHYA_ROLES: dict[str, str] = {
 }
 
 
-def compile_rules(module: str, roles: Mapping[str, str]) -> dict[str, re.Pattern[str]]:
-    return {role: re.compile(rf"^{module}\.{re.escape(suffix)}$") for role, suffix in roles.items()}
+Rules = tuple[tuple[str, re.Pattern[str]], ...]  # (role, rule on the whole key; group "m" = module)
 
 
-def group_keys(keys, rules: Mapping[str, re.Pattern[str]]) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """{module: {role: key}} in file order, plus the keys no rule matched."""
-    by_module: dict[str, dict[str, str]] = {}
+def compile_rules(module: str, roles: Mapping[str, str]) -> Rules:
+    return tuple((role, re.compile(rf"^{module}\.{re.escape(suffix)}$")) for role, suffix in roles.items())
+
+
+def group_keys(
+    keys: Iterable[str], rules: Rules, path: str, rename: Callable[[str], str] | None = None
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """{layer name: {role: key}} in file order, plus the keys no rule matched.
+
+    `rename` maps the module a rule captured to the layer name (default: unchanged).  Readers are
+    total, so three things are errors naming the keys: a key that rules of two roles claim, a role
+    claimed by two keys of one layer, and two module spellings that give one layer name."""
+    by_layer: dict[str, dict[str, str]] = {}
+    spelled: dict[str, tuple[str, str]] = {}  # layer name -> (module as captured, its first key)
     leftovers: list[str] = []
     for key in keys:
-        for role, rule in rules.items():
-            m = rule.match(key)
-            if m:
-                by_module.setdefault(m["m"], {})[role] = key
-                break
-        else:
+        claims = list(dict.fromkeys((role, m["m"]) for role, rule in rules if (m := rule.match(key))))
+        if not claims:
             leftovers.append(key)
-    return by_module, leftovers
+            continue
+        if len(claims) > 1:
+            (r1, m1), (r2, m2) = claims[:2]
+            raise FormatError(
+                f"key {key} is claimed twice: as {r1} of layer {m1} and as {r2} of layer {m2}",
+                path=path,
+                keys=[key],
+            )
+        role, module = claims[0]
+        name = rename(module) if rename else module
+        first_module, first_key = spelled.setdefault(name, (module, key))
+        if first_module != module:
+            both = [first_key, key]
+            raise FormatError(f"keys {first_key} and {key} both name layer {name}", path=path, keys=both)
+        roles = by_layer.setdefault(name, {})
+        if role in roles:
+            both = [roles[role], key]
+            raise FormatError(f"layer {name}: two {role} tensors, {both[0]} and {key}", path=path, keys=both)
+        roles[role] = key
+    return by_layer, leftovers
 
 
 def header_keys(path: str | Path) -> list[str] | None:
@@ -166,11 +210,90 @@ def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
     return LoraDelta(info, down.reshape(down.shape[0], -1), up)
 
 
-_NP_NAMES = {np.dtype(np.float64): "fp64", np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16"}
+# --- names -------------------------------------------------------------------------------------
 
 
-def stored(arr: np.ndarray, dtype: str) -> tuple[np.ndarray, str]:
-    """(array, dtype) for `write_safetensors_typed` that loses nothing: bf16 layers (read as float32
-    holding bf16 values) go back to bf16; everything else keeps its numpy dtype."""
-    own = _NP_NAMES.get(np.dtype(arr.dtype), "fp64")
-    return arr, "bf16" if dtype == "bf16" and own == "fp32" else own
+def kohya_name(path: str, two_text_encoders: bool = False) -> str:
+    """Dotted module path → kohya name: 'text_encoder.a.b' → 'lora_te_a_b' ('lora_te1_a_b' beside a
+    text_encoder_2), 'unet.a.b' and 'a.b' (no component: one model) → 'lora_unet_a_b'."""
+    head, _, rest = path.partition(".")
+    if head in KOHYA_PREFIXES and rest:
+        prefix = "lora_te" if head == "text_encoder" and not two_text_encoders else KOHYA_PREFIXES[head]
+        return f"{prefix}_{rest.replace('.', '_')}"
+    return f"lora_unet_{path.replace('.', '_')}"
+
+
+def match_spelling(path: str | None, flat: str) -> str:
+    """The cross-format match key: the kohya name of the dotted `path` if known, else the flattened
+    name itself; the first text encoder is always "lora_te1_" (SD1/2 files say "lora_te_")."""
+    key = kohya_name(path, two_text_encoders=True) if path is not None else flat
+    return "lora_te1_" + key[len("lora_te_") :] if key.startswith("lora_te_") else key
+
+
+def read_name_map(metadata: Mapping[str, str], path: str) -> dict[str, str]:
+    """NAMES_KEY of a lorascope-written file: {flattened name: dotted path} ({} when absent)."""
+    raw = metadata.get(NAMES_KEY)
+    if not raw:
+        return {}
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        raise FormatError(f"metadata {NAMES_KEY} is not valid JSON", path=path) from None
+    if not isinstance(names, dict):
+        raise FormatError(f"metadata {NAMES_KEY} must be a JSON object", path=path)
+    return {str(k): str(v) for k, v in names.items()}
+
+
+def carried_metadata(
+    source: Adapter | None, own_format: str, foreign: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """Metadata a rewritten file keeps: a same-format source's (not the name map, not the `sshs_*`
+    hashes of tensors that changed); from another format only the keys starting with `foreign`."""
+    if source is None:
+        return {}
+    if source.format == own_format:
+        return {k: str(v) for k, v in source.metadata.items() if k != NAMES_KEY and not k.startswith("sshs_")}
+    return {k: str(v) for k, v in source.metadata.items() if foreign and k.startswith(foreign)}
+
+
+# --- writing plain LoRA / LoCon with kohya keys (kohya and LyCORIS) -------------------------------
+
+
+def write_lora_keys(
+    adapter: Adapter,
+    dest: str | Path,
+    spec: FormatSpec,
+    spell: Callable[[LayerInfo], str],
+    metadata: Callable[[list[tuple[int, float]]], dict[str, str]],
+) -> Path:
+    """Write every layer as `<name>.lora_down.weight` / `.lora_up.weight` / `.alpha` (float64
+    scalar alpha = scale·r, so alpha / r gives the scale back), streamed one layer at a time.
+
+    `spell(info)` gives the file's name for a layer; its dotted path (a dotted name, or the
+    `dotted_name` a flat one was read with) is recorded in NAMES_KEY.
+    `metadata([(rank, alpha), ...])` is called after the last layer."""
+    names: dict[str, str] = {}  # file name -> dotted path, where known
+    seen: dict[str, str] = {}  # file name -> layer name
+    rows: list[tuple[int, float]] = []
+    with SafetensorsWriter(dest) as out:
+        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+            info = delta.info
+            down, up = stored_factors(delta, spec, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            k = spell(info)
+            if k in seen:
+                both = f"layers {seen[k]} and {info.name}"
+                raise FormatError(f"{both} map to the same {spec.name} name {k}", path=adapter.path)
+            seen[k] = info.name
+            path = info.extras.get("dotted_name") or (info.name if "." in info.name else None)
+            if path is not None:
+                names[k] = path
+            alpha = info.scale * info.rank
+            out.add(f"{k}.lora_down.weight", *down)
+            out.add(f"{k}.lora_up.weight", *up)
+            out.add(f"{k}.alpha", np.asarray(alpha, dtype=np.float64), "fp64")  # ()
+            rows.append((info.rank, alpha))
+        meta = metadata(rows)
+        if names:
+            meta[NAMES_KEY] = json.dumps(names)
+        out.close(meta)
+    return Path(dest)

@@ -11,26 +11,50 @@ Scale, per layer: the module's `.alpha` key (alpha / r) if present, else the saf
 `lora_adapter_metadata` (JSON of the PEFT LoraConfig with keys "<c>.r", "<c>.lora_alpha",
 "<c>.rank_pattern", ...; PEFT rules incl. rsLoRA), else 1 (diffusers then loads lora_alpha = r).
 Layer names keep the component prefix ("unet.down_blocks.0…to_q") so components never collide.
+
+Writing (`write`): current naming (`<c>.<module>.lora_A.weight` / `.lora_B.weight`) for plain
+LoRA / LoCon layers; a name without a component gets `unet.`.  `lora_adapter_metadata` holds, per
+component, r / lora_alpha (the most common pair), rank_pattern / alpha_pattern for the other layers
+(alpha = scale·r), use_rslora false and target_modules, written after the last layer.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
+from ..errors import AdapterNotFoundError, FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._contract import FormatSpec, read_options, stored_factors
 from ._io import SafetensorsWriter, TensorSource, open_safetensors
-from ._keys import header_keys, missing_pair, read_alpha, stored
-from .peft import layer_scale
+from ._keys import (
+    COMPONENTS,
+    carried_metadata,
+    group_keys,
+    header_keys,
+    match_spelling,
+    missing_pair,
+    read_alpha,
+)
+from ._patterns import rank_patterns
+from .peft import Scaling
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
+SPEC = FormatSpec(
+    name="diffusers",
+    read_options={},
+    directory=False,
+    file_name=WEIGHTS,
+    kinds=("linear", "conv"),
+    flat_names=False,
+    components=True,
+    passthrough=False,
+)
 METADATA_KEY = "lora_adapter_metadata"
-COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+DEFAULT_COMPONENT = "unet"  # what `write` prefixes a name without a component with
 _M = rf"(?P<m>(?:{'|'.join(COMPONENTS)})\..+?)"
 # (role, rule) in order; the first match wins.  Roles: down, up, alpha, magnitude, bias.
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -74,33 +98,14 @@ def sniff(path: str | Path) -> bool:
     return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
 
 
-def group(keys: list[str], path: str) -> tuple[dict[str, dict[str, str]], list[str]]:
-    by_module: dict[str, dict[str, str]] = {}
-    leftovers = []
-    for key in keys:
-        for role, rule in RULES:
-            m = rule.match(key)
-            if m:
-                roles = by_module.setdefault(_module_name(m["m"]), {})
-                if role in roles:
-                    raise FormatError(
-                        f"two {role} tensors for one layer: {roles[role]}, {key}",
-                        path=path,
-                        keys=[roles[role], key],
-                    )
-                roles[role] = key
-                break
-        else:
-            leftovers.append(key)
-    return by_module, leftovers
-
-
-def read(path: str | Path) -> Adapter:
+def read(path: str | Path, **options: Any) -> Adapter:
+    read_options(SPEC, options, path)
     weights = _weights(path)
     src = open_safetensors(weights)
     configs = _component_configs(src.metadata, weights)
-    by_module, leftovers = group(src.keys(), src.path)
-    layers = [_layer(src, name, roles, configs) for name, roles in by_module.items()]
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path, rename=_module_name)
+    scalings = {c: Scaling(cfg, weights) for c, cfg in configs.items()}  # patterns indexed once
+    layers = [_layer(src, name, roles, scalings) for name, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "diffusers LoRA tensors")
     check_outlier_shapes(src.path, layers)
     notes = (
@@ -138,7 +143,7 @@ def _component_configs(metadata, path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> LayerInfo:
+def _layer(src: TensorSource, name: str, roles: dict[str, str], scalings: dict[str, Scaling]) -> LayerInfo:
     missing_pair(src, name, roles, ("down", "up"), {"down": "lora_A/down", "up": "lora_B/up"})
     dk, uk = roles["down"], roles["up"]
     dshape = src.shape(dk)
@@ -148,9 +153,8 @@ def _layer(src: TensorSource, name: str, roles: dict[str, str], configs) -> Laye
     if "alpha" in roles:
         alpha = read_alpha(src, roles["alpha"], name)
         scale = alpha / rank
-    elif component in configs:
-        cfg = {"r": rank, "lora_alpha": 8, **configs[component]}  # PEFT's default lora_alpha is 8
-        r_cfg, alpha, scale = layer_scale(cfg, module, Path(src.path))
+    elif component in scalings:
+        r_cfg, alpha, scale = scalings[component].layer(module, r_default=rank)
         if r_cfg != rank:
             raise FormatError(
                 f"layer {name}: tensors have rank {rank} but {METADATA_KEY} gives r={r_cfg}",
@@ -180,51 +184,38 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     )
 
 
-def diffusers_name(name: str, component: str) -> str:
-    return name if name.split(".", 1)[0] in COMPONENTS else f"{component}.{name}"
+def model_path(info: LayerInfo) -> str | None:
+    return info.name  # "<component>.<module path>"
 
 
-def write(adapter: Adapter, dest: str | Path, *, component: str = "unet") -> None:
-    """Write a LoRA adapter as a current-naming diffusers file (lora_A/lora_B + lora_adapter_metadata).
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(info.name, info.name)
 
-    Names without a component prefix get `component`.  Each component's metadata holds r /
-    lora_alpha for the most common (rank, alpha) and rank_pattern / alpha_pattern for the rest, with
-    alpha = scale·r, so diffusers (and lorascope) rebuild every layer's scale."""
-    if component not in COMPONENTS:
-        raise UnsupportedError(
-            f"unknown diffusers component {component!r}; choose from {', '.join(COMPONENTS)}"
-        )
+
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
+    """Write the adapter's plain LoRA / LoCon layers as one current-naming diffusers file."""
     per_comp: dict[str, list[tuple[str, int, float]]] = {}
     with SafetensorsWriter(dest) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
-            if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-                raise UnsupportedError(
-                    f"layer {info.name}: only LoRA linear/conv layers convert to diffusers", path=adapter.path
-                )
-            full = diffusers_name(info.extras.get("dotted_name", info.name), component)
+            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            full = info.extras.get("dotted_name", info.name)
+            if full.split(".", 1)[0] not in COMPONENTS:
+                full = f"{DEFAULT_COMPONENT}.{full}"
             comp, _, module = full.partition(".")
-            down, up = delta.down, delta.up  # (r, in), (out, r)
-            if info.kind == "conv" and info.weight_shape:
-                down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
-                up = up.reshape(*up.shape, *(1,) * (len(info.weight_shape) - 2))  # (out, r, 1, 1)
-            out.add(f"{full}.lora_A.weight", *stored(down, info.dtype))
-            out.add(f"{full}.lora_B.weight", *stored(up, info.dtype))
-            per_comp.setdefault(comp, []).append((module, info.rank, info.scale * info.rank))
+            out.add(f"{full}.lora_A.weight", *down)
+            out.add(f"{full}.lora_B.weight", *up)
+            per_comp.setdefault(comp, []).append((module, info.rank, info.scale))
         meta = {}
         for comp, rows in per_comp.items():
             meta.update({f"{comp}.{k}": v for k, v in _patterns(rows).items()})
-        out.close({METADATA_KEY: json.dumps(meta, sort_keys=True), "format": "pt"})
+        text = json.dumps(dict(sorted(meta.items())))  # pattern keys keep their order (anchored first)
+        carried = carried_metadata(source if source is not None else adapter, "diffusers")
+        out.close({**carried, METADATA_KEY: text, "format": "pt"})
+    return Path(dest)
 
 
 def _patterns(rows: list[tuple[str, int, float]]) -> dict[str, Any]:
-    """PEFT config fields giving each module its (rank, alpha); pattern keys are escaped exact paths."""
-    (r0, a0), _ = Counter((r, a) for _, r, a in rows).most_common(1)[0]
-    return {
-        "r": r0,
-        "lora_alpha": a0,
-        "rank_pattern": {re.escape(m): r for m, r, _ in rows if r != r0},
-        "alpha_pattern": {re.escape(m): a for m, _, a in rows if a != a0},
-        "use_rslora": False,
-        "target_modules": sorted(m for m, _, _ in rows),
-    }
+    """PEFT config fields giving each (module, rank, scale) its rank and scale (PEFT rules)."""
+    targets = sorted(m for m, _, _ in rows)
+    return {**rank_patterns(rows, rslora=False), "use_rslora": False, "target_modules": targets}

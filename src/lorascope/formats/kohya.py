@@ -8,63 +8,74 @@ Keys (sd-scripts `networks/lora.py`, LyCORIS `locon`):
   lora_unet_<path>.dora_scale         DoRA magnitude (the low-rank direction is audited)
 Prefixes: lora_unet_, lora_te_, lora_te1_, lora_te2_, lora_te3_ (any `lora_<word>_`).  `<path>` is
 the model's module path with "." replaced by "_"; that flattening is lossy, so layer names stay in
-kohya form.  Files written by `lorascope convert` carry the dotted names in the metadata key
+kohya form.  Files lorascope writes carry the dotted names in the metadata key
 `lorascope_module_names` (JSON {kohya name: dotted name}), which makes kohya → PEFT/diffusers exact.
 
 The `ss_*` training metadata sd-scripts writes (ss_network_dim, ss_network_alpha,
 ss_sd_model_name, ss_base_model_version, ...) is kept in `Adapter.metadata`; the audit shows it.
 Files with LyCORIS LoHa/LoKr keys (hada_*, lokr_*) belong to the `lycoris` format.
+
+Writing (`write`): plain LoRA / LoCon layers, alpha = scale·r as a float64 scalar.  Dotted names
+become sd-scripts names (`unet.`/`transformer.`/no component → `lora_unet_`, `text_encoder.` →
+`lora_te_`, or `lora_te1_` when a `text_encoder_2.` layer is present → `lora_te2_`); kohya names are
+kept.  Metadata: a kohya source's metadata (not its `sshs_*` tensor hashes), or any source's `ss_*`
+keys, with `ss_network_dim` / `ss_network_alpha` recomputed from the layers written ("Dynamic"
+when they differ, as sd-scripts' resize_lora.py writes) and `ss_network_module` networks.lora by
+default.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, frozen_mapping
 from ._checks import check_outlier_shapes, reject_leftovers
-from ._io import SafetensorsWriter, open_safetensors
+from ._contract import FormatSpec, read_options
+from ._io import open_safetensors
 from ._keys import (
     KOHYA_MODULE,
     KOHYA_ROLES,
+    carried_metadata,
     compile_rules,
     group_keys,
     header_keys,
     kohya_lora_layer,
+    kohya_name,
     load_kohya_lora,
-    stored,
+    match_spelling,
+    read_name_map,
+    write_lora_keys,
 )
 
-NAMES_KEY = "lorascope_module_names"
+SPEC = FormatSpec(
+    name="kohya",
+    read_options={},
+    directory=False,
+    file_name=None,  # a kohya file has no conventional name: the destination must end in .safetensors
+    kinds=("linear", "conv"),
+    flat_names=True,
+    components=True,  # lora_unet_ / lora_te1_ / lora_te2_ prefixes
+    passthrough=False,
+)
 RULES = compile_rules(KOHYA_MODULE, KOHYA_ROLES)
+_KOHYA_NAME = re.compile(rf"^{KOHYA_MODULE}$")
 _LYCORIS_ONLY = re.compile(r"\.(hada_|lokr_)")
-
-# Component prefixes for writing: the first dotted component of a layer name → kohya prefix.
-# PEFT adapters of a single model have no component; they are written under `default_prefix`.
-WRITE_PREFIXES = {
-    "unet": "lora_unet",
-    "transformer": "lora_unet",
-    "text_encoder": "lora_te1",
-    "text_encoder_2": "lora_te2",
-}
 
 
 def sniff(path: str | Path) -> bool:
     keys = header_keys(path)
     if not keys or any(_LYCORIS_ONLY.search(k) for k in keys):
         return False
-    return any(RULES["down"].match(k) or RULES["up"].match(k) for k in keys)
+    return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
 
 
-def read(path: str | Path) -> Adapter:
+def read(path: str | Path, **options: Any) -> Adapter:
+    read_options(SPEC, options, path)
     src = open_safetensors(path)
-    by_module, leftovers = group_keys(src.keys(), RULES)
-    names = _name_map(src.metadata, str(path))
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path)
+    names = read_name_map(src.metadata, str(path))
     layers = []
     for module, roles in by_module.items():
         extras = {"dotted_name": names[module]} if module in names else {}
@@ -82,17 +93,13 @@ def read(path: str | Path) -> Adapter:
     )
 
 
-def _name_map(metadata, path: str) -> dict[str, str]:
-    raw = metadata.get(NAMES_KEY)
-    if not raw:
-        return {}
-    try:
-        names = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FormatError(f"metadata {NAMES_KEY} is not valid JSON", path=path) from None
-    if not isinstance(names, dict):
-        raise FormatError(f"metadata {NAMES_KEY} must be a JSON object", path=path)
-    return {str(k): str(v) for k, v in names.items()}
+def model_path(info: LayerInfo) -> str | None:
+    """The dotted path lorascope recorded for this layer; None for other kohya files (not invertible)."""
+    return info.extras.get("dotted_name")
+
+
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(model_path(info), info.name)
 
 
 def _config(metadata) -> dict[str, Any]:
@@ -119,52 +126,24 @@ def _notes(layers: list[LayerInfo]) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def kohya_name(name: str, default_prefix: str = "lora_unet", two_text_encoders: bool = False) -> str:
-    """Dotted module path → kohya name: 'text_encoder.a.b' → 'lora_te_a_b' ('lora_te1_a_b' beside a
-    text_encoder_2), 'unet.a.b' and 'a.b' (no component) → 'lora_unet_a_b'."""
-    head, _, rest = name.partition(".")
-    if head in WRITE_PREFIXES and rest:
-        prefix = "lora_te" if head == "text_encoder" and not two_text_encoders else WRITE_PREFIXES[head]
-        return f"{prefix}_{rest.replace('.', '_')}"
-    return f"{default_prefix}_{name.replace('.', '_')}"
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
+    """Write the adapter's plain LoRA / LoCon layers as one kohya file, ΔW preserved exactly.
 
+    Names: kohya names are kept, dotted paths become sd-scripts names (module docstring).  Which
+    prefix the first text encoder gets depends on whether a text_encoder_2 layer exists, so that
+    one fact is taken from `adapter.names` (names are fixed before any layer is computed)."""
+    two_te = any(n.startswith("text_encoder_2.") for n in adapter.names)
 
-def write(adapter: Adapter, dest: str | Path, *, default_prefix: str = "lora_unet", metadata=None) -> None:
-    """Write a LoRA adapter as a kohya file, ΔW preserved exactly.
+    def spell(info: LayerInfo) -> str:
+        return info.name if _KOHYA_NAME.match(info.name) else kohya_name(info.name, two_te)
 
-    up/down are stored as they are and alpha = scale·r, so alpha / r reproduces the scale.  Conv
-    factors get their 4-D kohya shapes back from `weight_shape`.
-    """
-    names: dict[str, str] = {}
-    ranks: set[int] = set()
-    alphas: set[float] = set()
-    two_te = any(x.extras.get("dotted_name", x.name).startswith("text_encoder_2.") for x in adapter.layers)
-    with SafetensorsWriter(dest) as out:
-        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
-            info = delta.info
-            if info.kind == "embedding" or delta.down.shape[0] != info.rank:
-                raise UnsupportedError(
-                    f"layer {info.name}: only LoRA linear/conv layers convert to kohya", path=adapter.path
-                )
-            dotted = info.extras.get("dotted_name", info.name)
-            k = info.name if adapter.format == "kohya" else kohya_name(dotted, default_prefix, two_te)
-            if k in names:
-                raise FormatError(
-                    f"layers {names[k]} and {dotted} map to the same kohya name {k}", path=adapter.path
-                )
-            names[k] = dotted
-            ranks.add(info.rank)
-            alphas.add(round(info.scale * info.rank, 6))
-            down, up = delta.down, delta.up  # (r, in), (out, r)
-            if info.kind == "conv":
-                down = down.reshape(info.rank, *info.weight_shape[1:])  # (r, c_in, kh, kw)
-                up = up.reshape(*up.shape, 1, 1)  # (out, r, 1, 1)
-            out.add(f"{k}.lora_down.weight", *stored(down, info.dtype))
-            out.add(f"{k}.lora_up.weight", *stored(up, info.dtype))
-            out.add(f"{k}.alpha", np.asarray(info.scale * info.rank, dtype=np.float64), "fp64")  # ()
-        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        if "ss_network_dim" in meta or "ss_network_alpha" in meta:  # honest values for what was written
-            meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
-            meta["ss_network_alpha"] = f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"
-        meta[NAMES_KEY] = json.dumps(names)
-        out.close(meta)
+    def metadata(rows: list[tuple[int, float]]) -> dict[str, str]:
+        meta = carried_metadata(source if source is not None else adapter, "kohya", ("ss_",))
+        ranks = {r for r, _ in rows}
+        alphas = {round(a, 6) for _, a in rows}
+        meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
+        meta["ss_network_alpha"] = f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"
+        meta.setdefault("ss_network_module", "networks.lora")
+        return meta
+
+    return write_lora_keys(adapter, dest, SPEC, spell, metadata)

@@ -23,6 +23,13 @@ lora_dim` are per allocated dimension; `extras["max_rank"]` is the largest rank 
 (min(r1·r2, out, in) for LoHa, rank bound of W1 × rank bound of W2 for LoKr).  LoHa/LoKr stable and
 energy ranks can therefore exceed lora_dim, and utilisation can exceed 1.  Not handled: other
 LyCORIS algorithms (full/diff, IA3, (B)OFT, GLoRA): their keys are reported as not understood.
+
+Writing (`write`): plain LoRA / LoCon layers only (`lora_down.weight`, `lora_up.weight`, float64
+`alpha` = scale·r), named as LyCORIS's own wrapper names modules: `lycoris_` + the dotted path with
+"." → "_" (a name that is already flat is kept).  The `lycoris_` names are what tell the file apart
+from a kohya file (same keys): a file of LoRA layers with sd-scripts names (`lora_unet_…`) is
+detected as kohya; read it with `format="lycoris"` to keep this view.  As in kohya files, the dotted
+paths are stored in the metadata key `lorascope_module_names`.  LoHa/LoKr layers are not written.
 """
 
 from __future__ import annotations
@@ -38,17 +45,33 @@ import numpy as np
 from ..errors import FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import reject_leftovers
+from ._contract import FormatSpec, read_options
 from ._io import TensorSource, open_safetensors
 from ._keys import (
     KOHYA_ROLES,
+    carried_metadata,
     compile_rules,
     group_keys,
     header_keys,
     kohya_lora_layer,
     load_kohya_lora,
+    match_spelling,
     missing_pair,
     read_alpha,
+    read_name_map,
     tucker_down,
+    write_lora_keys,
+)
+
+SPEC = FormatSpec(
+    name="lycoris",
+    read_options={},
+    directory=False,
+    file_name=None,
+    kinds=("linear", "conv"),
+    flat_names=True,
+    components=True,
+    passthrough=False,
 )
 
 # Module names are flattened paths: lora_unet_…/lora_te_… (kohya network) or lycoris_… (wrapper).
@@ -67,10 +90,12 @@ def sniff(path: str | Path) -> bool:
     return bool(keys) and any(_ALGO_KEY.search(k) or k.startswith("lycoris_") for k in keys)
 
 
-def read(path: str | Path) -> Adapter:
+def read(path: str | Path, **options: Any) -> Adapter:
+    read_options(SPEC, options, path)
     src = open_safetensors(path)
-    by_module, leftovers = group_keys(src.keys(), RULES)
-    layers = [_layer(src, module, roles) for module, roles in by_module.items()]
+    by_module, leftovers = group_keys(src.keys(), RULES, src.path)
+    names = read_name_map(src.metadata, str(path))
+    layers = [_layer(src, module, roles, names.get(module)) for module, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "LyCORIS LoRA/LoHa/LoKr tensors")
     algos = sorted({layer.extras["algo"] for layer in layers})
     notes = [
@@ -89,14 +114,35 @@ def read(path: str | Path) -> Adapter:
     )
 
 
-def _layer(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
+def model_path(info: LayerInfo) -> str | None:
+    """The dotted path lorascope recorded for this layer; None for other LyCORIS files."""
+    return info.extras.get("dotted_name")
+
+
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(model_path(info), info.name)
+
+
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
+    """Write the adapter's plain LoRA / LoCon layers as one LyCORIS file (module docstring)."""
+
+    def spell(info: LayerInfo) -> str:
+        return f"lycoris_{info.name.replace('.', '_')}" if "." in info.name else info.name
+
+    def metadata(rows: list[tuple[int, float]]) -> dict[str, str]:
+        return carried_metadata(source if source is not None else adapter, "lycoris", ("ss_",))
+
+    return write_lora_keys(adapter, dest, SPEC, spell, metadata)
+
+
+def _layer(src: TensorSource, name: str, roles: dict[str, str], dotted: str | None) -> LayerInfo:
     algos = {r.split("_")[0] for r in roles if r not in _COMMON} & {"hada", "lokr"}
     if len(algos) > 1:
         raise FormatError(
             f"layer {name}: mixes LoHa and LoKr tensors", path=src.path, keys=sorted(roles.values())
         )
     if not algos:
-        info = kohya_lora_layer(src, name, roles)
+        info = kohya_lora_layer(src, name, roles, {"dotted_name": dotted} if dotted else {})
         return _with(info, algo="lora", max_rank=info.rank)
     extra = sorted(k for r, k in roles.items() if r in KOHYA_ROLES and r not in _COMMON)
     if extra:
@@ -105,7 +151,8 @@ def _layer(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo:
             path=src.path,
             keys=extra,
         )
-    return _loha_info(src, name, roles) if "hada" in algos else _lokr_info(src, name, roles)
+    info = _loha_info(src, name, roles) if "hada" in algos else _lokr_info(src, name, roles)
+    return _with(info, dotted_name=dotted) if dotted else info
 
 
 def _with(info: LayerInfo, **extras: Any) -> LayerInfo:

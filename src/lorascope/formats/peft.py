@@ -20,28 +20,45 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_alpha, peft_scale
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._contract import FormatSpec, check_dest, read_options, stored_factors
 from ._io import TensorSource, load_torch_bin, open_safetensors
+from ._keys import Rules, group_keys, match_spelling
+from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
 
+SPEC = FormatSpec(
+    name="peft",
+    read_options={"adapter_name": str},  # the sub-folder when a directory holds several adapters
+    directory=True,
+    file_name=None,
+    kinds=("linear", "conv", "embedding"),
+    flat_names=False,
+    components=False,  # one model: module paths without a pipeline component
+    passthrough=True,
+)
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 
-# role -> regex on the full key; group "m" is the module path.
-_KEY_RULES = {
-    "down": re.compile(r"^(?P<m>.+)\.lora_A(?:\.[^.]+)?\.weight$"),
-    "up": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.weight$"),
-    "emb_down": re.compile(r"^(?P<m>.+)\.lora_embedding_A(?:\.[^.]+)?$"),
-    "emb_up": re.compile(r"^(?P<m>.+)\.lora_embedding_B(?:\.[^.]+)?$"),
-    "magnitude": re.compile(r"^(?P<m>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$"),
-    "bias": re.compile(r"^(?P<m>.+)\.lora_B(?:\.[^.]+)?\.bias$"),
-}
+# (role, regex on the full key); group "m" is the module path (the layer name once PREFIX is removed).
+_KEY_RULES: Rules = tuple(
+    (role, re.compile(rf"^(?P<m>.+)\.{suffix}$"))
+    for role, suffix in (
+        ("down", r"lora_A(?:\.[^.]+)?\.weight"),
+        ("up", r"lora_B(?:\.[^.]+)?\.weight"),
+        ("emb_down", r"lora_embedding_A(?:\.[^.]+)?"),
+        ("emb_up", r"lora_embedding_B(?:\.[^.]+)?"),
+        ("magnitude", r"lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?"),
+        ("bias", r"lora_B(?:\.[^.]+)?\.bias"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -128,46 +145,38 @@ def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def pattern_value(patterns: dict[str, Any], module: str, default: Any, path: Path) -> Any:
-    """PEFT's get_pattern_key: the first key that matches the end of the module path."""
-    for key, value in patterns.items():
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return value
-        except re.error as e:
-            raise FormatError(
-                f"pattern key {key!r} is not a valid regular expression ({e})", path=path
-            ) from None
-    return default
+class Scaling:
+    """One config's r / lora_alpha / rank_pattern / alpha_pattern / use_rslora → each module's
+    (r, alpha, scale).  The patterns are indexed once (`PatternIndex`): a lookup does not grow with
+    the number of pattern keys, so reading stays linear in layers."""
 
+    def __init__(self, cfg: Mapping[str, Any], path: str | Path):
+        self._r = cfg.get("r")
+        self._alpha = cfg.get("lora_alpha", 8)  # PEFT's default lora_alpha
+        self._rslora = bool(cfg.get("use_rslora"))
+        self._ranks = PatternIndex(cfg.get("rank_pattern") or {}, path)
+        self._alphas = PatternIndex(cfg.get("alpha_pattern") or {}, path)
 
-def layer_scale(cfg: dict[str, Any], module: str, path: Path) -> tuple[int, float, float]:
-    """(configured r, alpha, scale) for one module."""
-    r = int(pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8), path))
-    alpha = float(pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8), path))
-    scale = peft_scale(alpha, r, bool(cfg.get("use_rslora")))
-    return r, alpha, scale
+    def layer(self, module: str, r_default: int = 8) -> tuple[int, float, float]:
+        """(configured r, alpha, scale); `r_default` stands in for a missing "r" (PEFT's is 8)."""
+        r = int(self._ranks.value(module, r_default if self._r is None else self._r))
+        alpha = float(self._alphas.value(module, self._alpha))
+        return r, alpha, peft_scale(alpha, r, self._rslora)
 
 
 def _classify(
-    keys: list[str], modules_to_save: list[str]
+    keys: list[str], modules_to_save: list[str], path: str
 ) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
-    """Group keys by module: {module: {role: key}}; saved-module keys; leftovers."""
-    by_module: dict[str, dict[str, str]] = {}
+    """Group keys by layer: {layer: {role: key}}; saved-module names; leftovers."""
+    by_layer, rest = group_keys(keys, _KEY_RULES, path, rename=lambda m: m.removeprefix(PREFIX))
     saved, leftovers = [], []
-    for key in keys:
-        for role, rule in _KEY_RULES.items():
-            m = rule.match(key)
-            if m:
-                by_module.setdefault(m["m"], {})[role] = key
-                break
+    for key in rest:
+        module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
+        if module is not None:
+            saved.append(module)
         else:
-            module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
-            if module is not None:
-                saved.append(module)
-            else:
-                leftovers.append(key)
-    return by_module, saved, leftovers
+            leftovers.append(key)
+    return by_layer, saved, leftovers
 
 
 def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
@@ -182,18 +191,19 @@ def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
     return None
 
 
-def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
-    files = locate(path, adapter_name)
+def read(path: str | Path, **options: Any) -> Adapter:
+    files = locate(path, read_options(SPEC, options, path)["adapter_name"])
     cfg = load_config(files.config)
     if files.weights.suffix == ".bin":
         src: TensorSource = load_torch_bin(str(files.weights))
     else:
         src = open_safetensors(files.weights)
     mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
-    by_module, saved, leftovers = _classify(src.keys(), mts)
+    by_layer, saved, leftovers = _classify(src.keys(), mts, str(files.weights))
     layers = []
-    for full, roles in by_module.items():
-        info = _layer_info(files, cfg, src, full, roles, leftovers)
+    scaling = Scaling(cfg, files.config)
+    for module, roles in by_layer.items():
+        info = _layer_info(files, scaling, src, module, roles, leftovers)
         if info is not None:
             layers.append(info)
     reject_leftovers(str(files.weights), leftovers, "PEFT LoRA tensors")
@@ -220,10 +230,9 @@ def read(path: str | Path, *, adapter_name: str | None = None) -> Adapter:
 
 
 def _layer_info(
-    files: PeftFiles, cfg, src: TensorSource, full: str, roles: dict[str, str], leftovers
+    files: PeftFiles, scaling: Scaling, src: TensorSource, module: str, roles: dict[str, str], leftovers
 ) -> LayerInfo | None:
     wpath = str(files.weights)
-    module = full.removeprefix(PREFIX)
     if "down" in roles or "up" in roles:
         kind, dk, uk = "linear", roles.get("down"), roles.get("up")
     elif "emb_down" in roles or "emb_up" in roles:
@@ -238,7 +247,7 @@ def _layer_info(
     dshape, ushape = src.shape(dk), src.shape(uk)
     fkind, rank, out, inn = factor_dims(wpath, module, dshape, ushape, (dk, uk))
     kind = "conv" if fkind == "conv" else kind
-    r_cfg, alpha, scale = layer_scale(cfg, module, files.config)
+    r_cfg, alpha, scale = scaling.layer(module)
     if r_cfg != rank:
         raise FormatError(
             f"layer {module}: tensors have rank {rank} but {CONFIG} gives r={r_cfg} for it "
@@ -282,50 +291,20 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _clean_alpha(alpha: float) -> float | int:
-    """Store near-integers as ints (16.000000000001 → 16) so configs stay readable; else exact."""
-    near = round(alpha)
-    return int(near) if abs(alpha - near) <= 1e-9 * max(1.0, abs(alpha)) else float(alpha)
-
-
-def rank_patterns(layers, rslora: bool) -> dict[str, Any]:
-    """r, lora_alpha, rank_pattern, alpha_pattern that give every layer its own rank and scale.
-
-    alpha = scale·r (scale·√r with rsLoRA).  Pattern keys are module paths without `base_model.model.`
-    (PEFT matches them with `(.*\\.)?(key)$`, so a prefixed key would silently never match)."""
-    from collections import Counter
-
-    pairs = [(layer.rank, _clean_alpha(peft_alpha(layer.scale, layer.rank, rslora))) for layer in layers]
-    if not pairs:
-        return {"rank_pattern": {}, "alpha_pattern": {}}
-    counts = Counter(pairs)
-    top = max(counts.values())
-    default_r, default_alpha = max(p for p, c in counts.items() if c == top)  # ties: larger rank
-    rank_pattern = {x.name: r for x, (r, _) in zip(layers, pairs, strict=True) if r != default_r}
-    alpha_pattern = {x.name: a for x, (_, a) in zip(layers, pairs, strict=True) if a != default_alpha}
-    return {
-        "r": default_r,
-        "lora_alpha": default_alpha,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-    }
-
-
 def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
-    if "keys" in info.extras:
-        return tuple(info.extras["keys"])
+    """The keys the layer was read with when they spell it in PEFT form (keeps `lora_A.default`
+    or a missing prefix as the source had it), else `base_model.model.<name>.lora_A.weight` …."""
+    roles = ("emb_down", "emb_up") if info.kind == "embedding" else ("down", "up")
+    keys = tuple(info.extras.get("keys", ()))
+    rules = dict(_KEY_RULES)
+    if len(keys) == 2 and all(
+        (m := rules[role].match(k)) and m["m"].removeprefix(PREFIX) == info.name
+        for role, k in zip(roles, keys, strict=True)
+    ):
+        return keys
     if info.kind == "embedding":
         return f"{PREFIX}{info.name}.lora_embedding_A", f"{PREFIX}{info.name}.lora_embedding_B"
     return f"{PREFIX}{info.name}.lora_A.weight", f"{PREFIX}{info.name}.lora_B.weight"
-
-
-def _factor_shapes(info: LayerInfo) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Stored shapes of lora_A / lora_B: conv A is (r, c_in, kh, kw) and B is (out, r, 1, 1)."""
-    r = info.rank
-    if info.kind == "conv" and info.weight_shape:
-        ones = (1,) * (len(info.weight_shape) - 2)
-        return (r, *info.weight_shape[1:]), (info.out_features, r, *ones)
-    return (r, info.in_features), (info.out_features, r)
 
 
 def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
@@ -343,51 +322,40 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
     return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
 
 
-def write(
-    adapter: Adapter,
-    dest: str | Path,
-    *,
-    base_config: dict[str, Any] | None = None,
-    dtype: str | None = None,
-    extra_tensors: dict[str, tuple[Any, str]] | None = None,
-) -> Path:
+def model_path(info: LayerInfo) -> str | None:
+    return info.name  # a module path of one model, without base_model.model.
+
+
+def match_key(info: LayerInfo) -> str:
+    return match_spelling(info.name, info.name)
+
+
+def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
     """Write `adapter` as a PEFT directory (adapter_config.json + adapter_model.safetensors).
 
     The directory is built under a temporary name beside `dest` and renamed into place, so `dest`
-    appears complete or not at all; an existing non-empty `dest` is refused.  `base_config` (default:
-    the adapter's own config) supplies every other key (base model, target_modules, task_type, ...);
-    r / lora_alpha / rank_pattern / alpha_pattern are recomputed so each layer keeps its rank and
-    scale.  `dtype` overrides every factor's storage dtype (default: each layer's own)."""
+    appears complete or not at all; an existing non-empty `dest` is refused.  From a PEFT `source`
+    (default: the adapter itself) come the config (base model, target_modules, task_type,
+    use_rslora, ...) and, when it is on disk, the tensors that are not LoRA factors (DoRA
+    magnitudes, lora_bias, modules_to_save weights), copied unchanged.  From any other source: a
+    fresh config with target_modules = the layer names and its base_model_name_or_path.
+    r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
+    layer keeps the rank and scale of the delta written for it."""
     import os
     import shutil
     import tempfile
 
-    from ._io import SafetensorsWriter, write_text_atomic
+    from ._io import write_text_atomic
 
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise FormatError("output already exists; choose a new directory", path=dest)
-    cfg = dict(base_config if base_config is not None else adapter.config)
-    cfg.setdefault("peft_type", "LORA")
-    rslora = bool(cfg.get("use_rslora", False))
-    written: list[LayerInfo] = []  # per-layer facts come from the deltas written, not adapter.layers
+    source = adapter if source is None else source
+    dest = check_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        with SafetensorsWriter(tmp / WEIGHTS[0]) as out:
-            for key, (arr, dt) in (extra_tensors or {}).items():
-                out.add(key, arr, dt)
-            for delta in adapter.iter_deltas():  # one layer's factors alive at a time
-                info = delta.info
-                written.append(info)
-                dk, uk = _tensor_keys(info)
-                dshape, ushape = _factor_shapes(info)
-                out_dtype = dtype or info.dtype
-                out.add(dk, delta.down.reshape(dshape), out_dtype)  # (r, in) or (r, c_in, kh, kw)
-                out.add(uk, delta.up.reshape(ushape), out_dtype)  # (out, r) or (out, r, 1, 1)
-            out.close({"format": "pt"})
-        cfg.update(rank_patterns(written, rslora))
-        write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
+        cfg = _config_for(source, rows)
+        text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
+        write_text_atomic(tmp / CONFIG, text + "\n")
         if dest.exists():
             dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
         os.rename(tmp, dest)
@@ -395,3 +363,41 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tuple[str, int, float]]:
+    """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
+    from ._io import SafetensorsWriter
+
+    carried = passthrough_tensors(source)
+    rows = []
+    with SafetensorsWriter(weights) as out:
+        for key, (arr, dt) in carried.items():
+            out.add(key, arr, dt)
+        for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+            info = delta.info
+            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            if info.dora and not carried:
+                raise UnsupportedError(
+                    f"layer {info.name}: DoRA magnitude vectors are copied from a PEFT source on disk; "
+                    "this one has none",
+                    path=adapter.path,
+                )
+            dk, uk = _tensor_keys(info)
+            out.add(dk, *down)
+            out.add(uk, *up)
+            rows.append((info.name, info.rank, info.scale))
+        out.close({"format": "pt"})
+    return rows
+
+
+def _config_for(source: Adapter, rows: list[tuple[str, int, float]]) -> dict[str, Any]:
+    if source.format == "peft":
+        cfg = dict(source.config)
+    else:
+        cfg = {"target_modules": sorted(name for name, _, _ in rows), "use_rslora": False}
+        if source.config.get("base_model_name_or_path"):
+            cfg["base_model_name_or_path"] = source.config["base_model_name_or_path"]
+    cfg.setdefault("peft_type", "LORA")
+    cfg.update(rank_patterns(rows, bool(cfg.get("use_rslora", False))))
+    return cfg

@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ..compress.compress import check_dest, writer_for
 from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
-from ..formats import load
+from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
 from .dense import dense_truncated_svd
@@ -71,8 +70,8 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
 
     Every output LayerInfo is known before any layer is merged, so `layers` is exact; `iter_deltas`
     merges the layers on the worker threads of the thread policy (one worker, BLAS on every core,
-    when a dense method's out×in matrices are involved).  The output rank follows from the plan and the input ranks
-    (`_planned_rank`) except where the plan uses `energy`: those layers are merged here, up front,
+    when a dense method's out×in matrices are involved).  The output rank follows from the plan and
+    the input ranks (`_planned_rank`) except where the plan uses `energy`: those layers are merged here, up front,
     and kept in memory until they are loaded once (handed out, then dropped; a second load merges
     again, with the same result).  Energy ranks are at most the rank a plan without `energy`
     would write, so this never holds more than the whole merged adapter (the old bound) and holds
@@ -340,15 +339,15 @@ def merge_files(
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
-    for a in adapters:
-        check_dest(a, Path(dest))
-    writer = writer_for(adapters[0])
+    fmt = adapters[0].format
+    dest = check_dest(output_path(fmt, dest), [a.path for a in adapters])
+    check_writable(adapters[0], fmt)  # its layer kinds and modules_to_save go to the output
     merged, done = merge_lazy(adapters, plan, options)
     source = replace(adapters[0], config=merged.config)
-    writer(merged, dest, source=source)  # layers are merged one at a time as they are written
+    save(merged, dest, format=fmt, source=source)  # layers are merged one at a time as they are written
     results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
-    verified = _verify({name: done[name][1] for name in merged.names}, dest, adapters[0].format)
+    verified = _verify({name: done[name][1] for name in merged.names}, dest, fmt)
     return MergeReport(tuple(a.path for a in adapters), str(dest), results, tuple(notes), verified)
 
 
