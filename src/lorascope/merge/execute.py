@@ -70,12 +70,12 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
 
     Every output LayerInfo is known before any layer is merged, so `layers` is exact; `iter_deltas`
     merges the layers on the worker threads of the thread policy (one worker, BLAS on every core,
-    when a dense method's out×in matrices are involved).  The output rank follows from the plan and
-    the input ranks (`_planned_rank`) except where the plan uses `energy`: those layers are merged here, up front,
-    and kept in memory until they are loaded once (handed out, then dropped; a second load merges
-    again, with the same result).  Energy ranks are at most the rank a plan without `energy`
-    would write, so this never holds more than the whole merged adapter (the old bound) and holds
-    nothing for plans without `energy`."""
+    when a dense method's out×in matrices are involved).  The output rank follows from the plan
+    and the input ranks (`_planned_rank`) except where the plan uses `energy`: those layers are
+    merged here, up front, and kept in memory until they are loaded once (handed out, then
+    dropped; a second load merges again, with the same result).  Energy ranks are at most the rank
+    a plan without `energy` would write, so this never holds more than the whole merged adapter and
+    holds nothing for plans without `energy`."""
     options = options or MergeOptions()
     _check_inputs(adapters, plan, options)
     groups = _groups(adapters)
