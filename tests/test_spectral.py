@@ -169,3 +169,25 @@ def test_truncated_svd_matches_dense_for_any_conditioning(rng, monkeypatch, cond
         t = truncated_svd(a, b, -1.5, k)
         got = (t.u * t.s) @ t.vt
         assert np.linalg.norm(got - truncated(dense, k)) <= 1e-10 * np.linalg.norm(dense)
+
+
+@pytest.mark.parametrize("split", ["up", "sqrt"])
+@pytest.mark.parametrize("scale", [2.0, -0.5])
+@pytest.mark.parametrize("route", ["core", "qr"])
+def test_truncated_factors_place_s_and_divide(rng, monkeypatch, split, scale, route):
+    if route == "qr":
+        monkeypatch.setattr(spectral.Core, "factors", lambda *args: None)
+    a = rng.standard_normal((6, 30)) * 0.7 ** np.arange(6)[:, None]  # (r, in)
+    b = rng.standard_normal((20, 6))  # (out, r)
+    dense = scale * b @ a
+    for k in (1, 4):
+        down, up = spectral.truncated_factors(a, b, scale, k, split, divide=scale)
+        assert down.shape == (k, 30) and up.shape == (20, k)
+        np.testing.assert_allclose(scale * up @ down, truncated(dense, k), atol=1e-10 * np.abs(dense).max())
+        norms = np.linalg.norm(down, axis=1)
+        if split == "up":  # S in up: down has orthonormal rows
+            np.testing.assert_allclose(norms, 1.0, rtol=1e-10)
+        else:  # √S on each side: row norms of down = √σ
+            np.testing.assert_allclose(norms**2, np.linalg.svd(dense, compute_uv=False)[:k], rtol=1e-9)
+    with pytest.raises(ValueError, match="unknown split"):
+        spectral.truncated_factors(a, b, scale, 2, "left")

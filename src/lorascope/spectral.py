@@ -139,6 +139,26 @@ class Core:
         sig = np.sqrt(self.s2[:k])  # (k,)
         return lk / sig[None, :], (lk.T @ self.gb) / self.s2[:k, None]
 
+    def factors(self, down, up, k: int, split: str, divide: float = 1.0, work=np.float64):
+        """(down′ (k, n), up′ (m, k)) with up′ @ down′ = the rank-k truncated ΔW / `divide`, the
+        singular values placed by `split` ("up": all in up′; "sqrt": √ in each), computed as two
+        thin products with the scalings folded into the r×k coefficients (no pass over the
+        results); None when the kept spectrum is not separated (use `truncated_factors`)."""
+        if not self.separated(k):
+            return None
+        p, r = self.coefficients(k)  # (r, k), (k, r) for the unscaled B A
+        sv = np.sqrt(self.s2[:k]) * abs(self.scale)  # (k,) singular values of ΔW
+        sign = -1.0 if self.scale < 0 else 1.0
+        if split == "sqrt":
+            col, row = sign * np.sqrt(sv) / divide, np.sqrt(sv)
+        elif split == "up":
+            col, row = sign * sv / divide, np.ones(k)
+        else:
+            raise ValueError(f"unknown split {split!r}; use 'up' or 'sqrt'")
+        up_k = np.asarray(up, dtype=work) @ (p * col[None, :]).astype(work)  # (m, k)
+        down_k = (r * row[:, None]).astype(work) @ np.asarray(down, dtype=work)  # (k, n)
+        return down_k, up_k
+
     def truncate(self, down, up, k: int, work=np.float64) -> LowRankSVD | None:
         """Rank-k truncated SVD of scale·up@down from this core (two thin products in `work`
         precision), or None when the kept spectrum is not separated (use `truncated_svd`)."""
@@ -236,6 +256,29 @@ def truncated_svd(
     uc, s, vct = np.linalg.svd(rb @ ra.T)  # (r, r), (r,), (r, r)
     u = qbt.T @ uc[:, :k]  # (m, k)
     return LowRankSVD(-u if scale < 0 else u, s[:k] * abs(scale), vct[:k] @ qat)  # vt (k, n)
+
+
+def truncated_factors(
+    down: np.ndarray,
+    up: np.ndarray,
+    scale: float,
+    k: int,
+    split: str = "up",
+    divide: float = 1.0,
+    core: Core | None = None,
+    *,
+    work=np.float64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(down′ (k′, n), up′ (m, k′)) with up′ @ down′ = rank-k truncation of scale·up@down, divided by
+    `divide`, S placed by `split`; k′ = min(k, m, n, r) on the QR route.  The core route when it
+    applies (`Core.factors`), else `truncated_svd`'s CholeskyQR2 / Householder routes."""
+    if core is None or core.w is None:
+        core = layer_core(down, up, scale, vectors=True)
+    fast = core.factors(down, up, k, split, divide, work)
+    if fast is not None:
+        return fast
+    d, u = truncated_svd(down, up, scale, k, core).factors(split)  # (k′, n), (m, k′)
+    return d, u / divide
 
 
 def stacked_svd(pairs: list[tuple[np.ndarray, np.ndarray, float]]) -> LowRankSVD:

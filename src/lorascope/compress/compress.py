@@ -39,7 +39,7 @@ from ..audit import AuditOptions, audit_adapter
 from ..errors import InvalidArgumentError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..passes import spectral_pass
-from ..spectral import Core, truncated_svd
+from ..spectral import Core, truncated_factors
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
 from .plan import LOCAL_MODES, CompressReport, LayerResult, RankMode, layer_rank, layer_result, plan_ranks
 
@@ -62,13 +62,12 @@ def truncate_layer(delta: LoraDelta, k: int, split: str, dtype: str, core: Core 
         if dtype == info.dtype:
             return delta
         return _checked(LoraDelta(out, round_to_dtype(delta.down, dtype), round_to_dtype(delta.up, dtype)))
-    svd = truncated_svd(delta.down, delta.up, info.scale, k, core, work=_WORK[dtype])  # (out, k), (k, in)
-    down, up = svd.factors(split)  # (k, in), (out, k) with scale·B·A = up @ down
+    # ΔW′ = s · up′ @ down′ keeps the layer's scale s: the factors carry ΔW_k / s
+    divide = info.scale if info.scale != 0 else 1.0
+    down, up = truncated_factors(delta.down, delta.up, info.scale, k, split, divide, core, work=_WORK[dtype])
     if down.shape[0] < k:  # r > min(out, in): fewer than k singular values exist; pad with zeros
         down = np.vstack([down, np.zeros((k - down.shape[0], down.shape[1]), down.dtype)])
         up = np.hstack([up, np.zeros((up.shape[0], k - up.shape[1]), up.dtype)])
-    if info.scale != 0:
-        up /= info.scale  # keep the layer's scale: ΔW′ = s · up′ @ down′
     return _checked(LoraDelta(out, round_to_dtype(down, dtype), round_to_dtype(up, dtype)))
 
 

@@ -253,16 +253,21 @@ _TAG_OF = {"fp64": "F64", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 def bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 → bf16 bit patterns (uint16), round to nearest even (exact for bf16-valued input)."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype("<u2")
+    carry = bits >> 16  # in place from here on: one uint32 temporary
+    carry &= 1
+    carry += 0x7FFF
+    carry += bits
+    carry >>= 16
+    return carry.astype("<u2")
 
 
-def _raw_bytes(key: str, arr: np.ndarray, dtype: str, dest) -> bytes:
-    """The little-endian bytes of one tensor as stored with short dtype `dtype`."""
+def _raw(key: str, arr: np.ndarray, dtype: str, dest) -> np.ndarray:
+    """One tensor as a C-contiguous little-endian array in its stored dtype (written without a copy)."""
     if dtype not in _TAG_OF:
         raise UnsupportedError(f"cannot write tensor {key!r} as {dtype}", path=dest)
     if dtype == "bf16":
-        return bf16_bits(arr).tobytes()
-    return np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<")).tobytes()
+        return bf16_bits(arr)
+    return np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<"))
 
 
 def write_safetensors_typed(
@@ -304,10 +309,10 @@ class SafetensorsWriter:
         self.closed = False
 
     def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
-        raw = _raw_bytes(key, arr, dtype, self.dest)
-        self._data.write(raw)
-        self._entries[key] = (_TAG_OF[dtype], list(np.shape(arr)), self._size, len(raw))
-        self._size += len(raw)
+        raw = _raw(key, arr, dtype, self.dest)
+        self._data.write(memoryview(raw).cast("B"))
+        self._entries[key] = (_TAG_OF[dtype], list(np.shape(arr)), self._size, raw.nbytes)
+        self._size += raw.nbytes
 
     def close(self, metadata=None) -> None:
         """Write the final file atomically and remove the data file."""
