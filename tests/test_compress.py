@@ -409,3 +409,25 @@ def test_lazy_compress_knows_each_layer_before_computing_it(adapter, dtype):
         assert got.info == want.info
         np.testing.assert_array_equal(got.down, want.down)
         np.testing.assert_array_equal(got.up, want.up)
+
+
+@pytest.mark.parametrize("to", ["kohya", "diffusers", "lycoris"])
+def test_compress_to_another_format_in_one_pass(tmp_path, small_adapter, to):
+    """compress --to FORMAT = compress, then convert: the same ΔW′ per layer, written in FORMAT."""
+    src, _ = small_adapter
+    dest = tmp_path / f"out-{to}.safetensors"
+    assert main(["compress", str(src), "-o", str(dest), "--rank", "3", "--to", to]) == 0
+    small = compress_adapter(load(src), {name: 3 for name in load(src).names})
+    out = load(dest, format=to)
+    assert out.format == to and len(out.layers) == len(small.layers)
+    want = sorted(np.linalg.norm(d.dense()) for d in small.iter_deltas())
+    got = sorted(np.linalg.norm(d.dense()) for d in out.iter_deltas())
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert {x.rank for x in out.layers} == {3}
+
+
+def test_compress_to_an_unknown_format_is_one_line(tmp_path, small_adapter, capsys):
+    src, _ = small_adapter
+    assert main(["compress", str(src), "-o", str(tmp_path / "o"), "--rank", "2", "--to", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "onnx" in err[0] and err[0].startswith("lorascope: error:")

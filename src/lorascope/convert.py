@@ -55,14 +55,14 @@ def convert_file(
     dest = check_dest(output_path(to, dest), [src], overwrite=overwrite)
     adapter = load(src, format=format)
     check_dest(dest, [adapter.path], overwrite=overwrite)  # e.g. a PEFT directory given by its file
-    neutral = _neutral(adapter, to, component)
-    check_writable(neutral, to)
+    neutral = retarget(adapter, to, component)
     written = save(neutral, dest, format=to, source=adapter)
     return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers))
 
 
-def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
-    """The adapter with target-ready names and clean LayerInfos; factors still load lazily."""
+def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter:
+    """The adapter with the names and clean LayerInfos format `to`'s writer needs, checked writable;
+    factors still load lazily (compress --to uses it to truncate and convert in one pass)."""
     infos: list[LayerInfo] = []
     origin: dict[str, LayerInfo] = {}
     if to != adapter.format and not spec(to).components:  # one model: one component at most
@@ -86,7 +86,7 @@ def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
         delta = adapter.loader(origin[info.name])
         return LoraDelta(info, delta.down, delta.up)
 
-    return Adapter(
+    out = Adapter(
         format=adapter.format,
         layers=tuple(infos),
         loader=loader,
@@ -95,6 +95,8 @@ def _neutral(adapter: Adapter, to: str, component: str | None) -> Adapter:
         metadata=adapter.metadata,
         modules_to_save=adapter.modules_to_save,
     )
+    check_writable(out, to)
+    return out
 
 
 def _check_convertible(adapter: Adapter, info: LayerInfo) -> None:

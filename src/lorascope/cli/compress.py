@@ -57,6 +57,10 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.90, help="τ behind --from-audit (default 0.90)")
     p.add_argument("--split", choices=("up", "sqrt"), default="up", help="where S goes (default: into up/B)")
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the input's, bf16 stays bf16)")
+    p.add_argument(
+        "--to", metavar="FORMAT", help="write this format instead of the input's, as `convert` does"
+    )
+    p.add_argument("--component", help="with --to: as `convert --component`")
     p.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
     p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.compress/v1)")
     p.add_argument("--layers", action="store_true", help="show every layer in the text report")
@@ -78,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         dry_run=args.dry_run,
         audit_threshold=args.threshold,
+        to=args.to,
+        component=args.component,
     )
     load_opts = {"adapter_name": args.adapter} if args.adapter else {}
     report = compress_file(args.path, args.output, mode, options, format=args.format, **load_opts)

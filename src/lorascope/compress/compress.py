@@ -36,6 +36,7 @@ import numpy as np
 
 from .._parallel import ordered_map
 from ..audit import AuditOptions, audit_adapter
+from ..convert import retarget
 from ..errors import InvalidArgumentError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..passes import spectral_pass
@@ -153,6 +154,8 @@ class CompressOptions:
     dtype: str | None = None  # output dtype; None keeps each layer's input dtype
     dry_run: bool = False  # plan and report only, write nothing
     audit_threshold: float = 0.90  # τ behind --from-audit suggestions (their rounding: mode.rule)
+    to: str | None = None  # output format; None: the input's (another one: compress and convert at once)
+    component: str | None = None  # as convert's --component, with `to`
 
 
 def compress_file(
@@ -162,15 +165,20 @@ def compress_file(
     options: CompressOptions | None = None,
     **load_options: Any,
 ) -> CompressReport:
-    """Load `source`, plan ranks with `mode`, truncate, write to `dest` in the input's format."""
+    """Load `source`, plan ranks with `mode`, truncate, write to `dest` in the input's format (or
+    `options.to`: the layers are renamed for that format as `convert` does, in the same pass)."""
     options = options or CompressOptions()
-    adapter = source if isinstance(source, Adapter) else load(source, **load_options)
+    original = source if isinstance(source, Adapter) else load(source, **load_options)
     if dest is None and not options.dry_run:
         raise InvalidArgumentError("compress needs an output path (-o DIR) unless --dry-run")
+    fmt = options.to or original.format
     if dest is not None:
-        dest = check_dest(output_path(adapter.format, dest), [adapter.path])
-    if not options.dry_run:
-        check_writable(adapter, adapter.format)  # refuse now, not after the audit
+        dest = check_dest(output_path(fmt, dest), [original.path])
+    adapter = original
+    if fmt != original.format or options.component is not None:
+        adapter = retarget(original, fmt, options.component)  # checks that `fmt` can hold it
+    elif not options.dry_run:
+        check_writable(adapter, fmt)  # refuse now, not after the work
     if mode.kind == "budget_bytes" and mode.dtype is None and options.dtype is not None:
         mode = replace(mode, dtype=options.dtype)
     _check_args(adapter, {}, options.split, options.dtype)
@@ -179,7 +187,7 @@ def compress_file(
     else:
         results, small = _two_passes(adapter, mode, options)
     if small is not None and dest is not None:
-        save(small, dest, format=adapter.format, source=adapter)  # layers computed as they are written
+        save(small, dest, format=fmt, source=original)  # layers computed as they are written
     notes = list(adapter.notes)
     if any(layer.dora for layer in adapter.layers):
         notes.append(
