@@ -111,3 +111,58 @@ def test_a_failing_layer_leaves_no_peft_directory(tmp_path, rng):
     with pytest.raises(RuntimeError, match="layer failed"):
         peft.write(replace(src, loader=loader), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize("room", [2048, 40])  # room for the header, and too little (falls back)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_reserved_header_room_writes_in_place(tmp_path, rng, room, dtype):
+    """With `reserve`, the data file itself becomes the output: tensors in the order added, the
+    header padded with spaces into its room; a header that does not fit falls back to the copy."""
+    from safetensors import safe_open
+
+    tensors = tensors_of(rng, dtype)
+    order = ["c.alpha", "b.lora_B.weight", "a.lora_A.weight"]
+    with SafetensorsWriter(tmp_path / "s.safetensors", reserve=room) as w:
+        for key in order:
+            w.add(key, *tensors[key])
+        w.close({"format": "pt"})
+    raw = (tmp_path / "s.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    starts = {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    if room >= 2048:
+        assert n == 2048 and raw[8 : 8 + n].endswith(b" ") and sorted(starts, key=starts.get) == order
+    else:
+        assert raw == reference_bytes(tensors, {"format": "pt"})
+    with safe_open(str(tmp_path / "s.safetensors"), framework="np") as f:  # the library accepts it
+        assert sorted(f.keys()) == sorted(tensors) and f.metadata() == {"format": "pt"}
+    back = open_safetensors(tmp_path / "s.safetensors")
+    for key, (arr, _) in tensors.items():
+        np.testing.assert_array_equal(back.get(key), arr)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_reserved_room_with_a_key_added_twice_falls_back(tmp_path, rng):
+    first, last = rng.standard_normal((2, 2)), rng.standard_normal((3, 2))
+    with SafetensorsWriter(tmp_path / "s.safetensors", reserve=4096) as w:
+        w.add("x", first, "fp64")
+        w.add("x", last, "fp64")
+        w.close()
+    assert (tmp_path / "s.safetensors").read_bytes() == reference_bytes({"x": (last, "fp64")}, None)
+
+
+def test_outputs_get_the_umask_mode_not_the_temporary_one(tmp_path, small_adapter):
+    import os
+
+    from lorascope.cli.main import main
+
+    src, _ = small_adapter
+    old = os.umask(0o022)
+    try:
+        assert main(["compress", str(src), "-o", str(tmp_path / "peft"), "--rank", "2"]) == 0
+        assert main(["convert", str(src), str(tmp_path / "k.safetensors"), "--to", "kohya"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "peft").stat().st_mode & 0o777 == 0o755
+    for f in [*(tmp_path / "peft").iterdir(), tmp_path / "k.safetensors"]:
+        assert f.stat().st_mode & 0o777 == 0o644, f

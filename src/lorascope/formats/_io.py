@@ -22,8 +22,9 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,19 @@ def open_safetensors(path: str | Path) -> SafetensorsSource:
     return SafetensorsSource(path)
 
 
+@cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it the only way POSIX offers, and put it back
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a finished temporary file (0600) or directory (0700) the mode a plain open() / mkdir()
+    would have given it under the process umask, before it is renamed into place."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success rename it onto `dest` (atomic on POSIX)."""
@@ -225,6 +239,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        publish_mode(tmp)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -270,6 +285,25 @@ def _raw(key: str, arr: np.ndarray, dtype: str, dest) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.dtype(_DTYPES[_TAG_OF[dtype]][1]).newbyteorder("<"))
 
 
+def header_room(names: Iterable[str], tensors_per_layer: int = 3) -> int:
+    """A generous estimate of the header a format writer will need for layers `names` (their keys,
+    dtypes, shapes and offsets, and metadata that spells every name twice), for
+    `SafetensorsWriter(reserve=...)`; a few hundred bytes per layer, 0.2 % of a 7B-sized adapter."""
+    return 512 + sum(tensors_per_layer * (len(n) + 160) + 2 * len(n) + 64 for n in names)
+
+
+def _header_text(metadata, entries, pad_to: int) -> bytes:
+    """The JSON header for (key, (tag, shape, start, n)) entries whose data lie back to back in the
+    given order, padded with spaces to a multiple of `pad_to` bytes."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key, (tag, shape, _, n) in entries:
+        header[key] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return text + b" " * (-len(text) % pad_to)
+
+
 def write_safetensors_typed(
     dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None
 ) -> None:
@@ -287,25 +321,35 @@ def write_safetensors_typed(
 
 
 class SafetensorsWriter:
-    """Stream tensors into a safetensors file with the bytes of `write_safetensors_typed`.
+    """Stream tensors into a safetensors file, one tensor in memory at a time.
 
-    `add(key, array, dtype)` appends one tensor's bytes to a temporary data file beside `dest`
-    (memory: one tensor); `close(metadata)` writes header + data to a second temporary file, copying
-    the tensors in sorted key order (as the one-shot writer lays them out), and renames it onto
-    `dest`.  A key added twice keeps the last array, like a dict.  Leaving a `with` block by an
-    exception (or calling `abort()`) removes both temporary files: `dest` is never half written.
+    `add(key, array, dtype)` appends one tensor's bytes to a temporary file beside `dest`; `close(metadata)`
+    writes the header and renames the file onto `dest`.  Leaving a `with` block by an exception (or
+    calling `abort()`) removes the temporary file: `dest` is never half written.  A key added twice
+    keeps the last array, like a dict.
+
+    Two layouts.  Without `reserve`: the bytes of `write_safetensors_typed` (tensors in sorted key
+    order, the header padded to 8 bytes), assembled at close by copying the data into a second
+    file.  With `reserve=N` (a caller's estimate of the header size, e.g. from its layer names):
+    the data file starts with N bytes of room for the header and the tensors stay where they were
+    written, in the order added; at close the header is written into that room, padded with spaces
+    (the format allows trailing whitespace in the header), and the file itself is renamed into
+    place, so nothing is copied.  A header that outgrows the room falls back to the copy.
     """
 
     _CHUNK = 1 << 24  # bytes copied per read when assembling the final file
 
-    def __init__(self, dest: str | Path):
+    def __init__(self, dest: str | Path, reserve: int = 0):
         self.dest = Path(dest)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".data.tmp", dir=self.dest.parent)
         self._data_path = tmp
         self._data = os.fdopen(fd, "w+b")
+        self._room = -(-max(reserve, 0) // 8) * 8  # bytes held for the header (a multiple of 8)
+        if self._room:
+            self._data.write(b" " * (8 + self._room))
         self._entries: dict[str, tuple[str, list[int], int, int]] = {}  # key -> (tag, shape, start, n)
-        self._size = 0
+        self._size = 0  # data bytes written after the header room
         self.closed = False
 
     def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
@@ -316,22 +360,39 @@ class SafetensorsWriter:
 
     def close(self, metadata=None) -> None:
         """Write the final file atomically and remove the data file."""
-        header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-        offset = 0
-        for key in sorted(self._entries):
-            tag, shape, _, n = self._entries[key]
-            header[key] = {"dtype": tag, "shape": shape, "data_offsets": [offset, offset + n]}
-            offset += n
-        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        text += b" " * (-len(text) % 8)
+        if self._room and self._close_in_place(metadata):
+            return
+        text = _header_text(metadata, ((k, self._entries[k]) for k in sorted(self._entries)), pad_to=8)
         self._data.flush()
         with atomic_path(self.dest) as tmp, open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(text)))
             f.write(text)
             for key in sorted(self._entries):
                 _, _, start, n = self._entries[key]
-                self._copy(f, start, n)
+                self._copy(f, 8 + self._room + start if self._room else start, n)
         self.abort()
+
+    def _close_in_place(self, metadata) -> bool:
+        """Header into the reserved room, the file renamed onto `dest`; False when it does not fit."""
+        entries = sorted(self._entries.items(), key=lambda kv: kv[1][2])  # in file order
+        if sum(n for _, (_, _, _, n) in entries) != self._size:  # a key added twice left a hole
+            return False
+        text = _header_text(metadata, entries, pad_to=8)
+        if len(text) > self._room:
+            return False
+        text += b" " * (self._room - len(text))
+        self._data.seek(0)
+        self._data.write(struct.pack("<Q", len(text)))
+        self._data.write(text)
+        self._data.close()
+        self.closed = True
+        try:
+            publish_mode(self._data_path)
+            os.replace(self._data_path, self.dest)
+        except BaseException:
+            os.unlink(self._data_path)
+            raise
+        return True
 
     def _copy(self, f, start: int, n: int) -> None:
         self._data.seek(start)

@@ -22,7 +22,7 @@ from ..errors import FormatError, LorascopeError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import factor_dims
 from ._contract import FormatSpec, stored_factors
-from ._io import SafetensorsWriter, TensorSource, _read_header
+from ._io import SafetensorsWriter, TensorSource, _read_header, header_room
 
 # Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -275,7 +275,7 @@ def write_lora_keys(
     names: dict[str, str] = {}  # file name -> dotted path, where known
     seen: dict[str, str] = {}  # file name -> layer name
     rows: list[tuple[int, float]] = []
-    with SafetensorsWriter(dest) as out:
+    with SafetensorsWriter(dest, reserve=header_room(adapter.names)) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
             down, up = stored_factors(delta, spec, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])

@@ -29,7 +29,7 @@ from ..errors import AdapterNotFoundError, FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, read_options, stored_factors
-from ._io import SafetensorsWriter, TensorSource, open_safetensors
+from ._io import SafetensorsWriter, TensorSource, header_room, open_safetensors
 from ._keys import (
     COMPONENTS,
     carried_metadata,
@@ -195,7 +195,7 @@ def match_key(info: LayerInfo) -> str:
 def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
     """Write the adapter's plain LoRA / LoCon layers as one current-naming diffusers file."""
     per_comp: dict[str, list[tuple[str, int, float]]] = {}
-    with SafetensorsWriter(dest) as out:
+    with SafetensorsWriter(dest, reserve=header_room(adapter.names)) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
             down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])

@@ -345,7 +345,7 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     import shutil
     import tempfile
 
-    from ._io import write_text_atomic
+    from ._io import publish_mode, write_text_atomic
 
     source = adapter if source is None else source
     dest = check_dest(dest)
@@ -356,6 +356,7 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
         cfg = _config_for(source, rows)
         text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
         write_text_atomic(tmp / CONFIG, text + "\n")
+        publish_mode(tmp, directory=True)  # mkdtemp made it 0700
         if dest.exists():
             dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
         os.rename(tmp, dest)
@@ -367,11 +368,11 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
 
 def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tuple[str, int, float]]:
     """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
-    from ._io import SafetensorsWriter
+    from ._io import SafetensorsWriter, header_room
 
     carried = passthrough_tensors(source)
     rows = []
-    with SafetensorsWriter(weights) as out:
+    with SafetensorsWriter(weights, reserve=header_room([*adapter.names, *carried])) as out:
         for key, (arr, dt) in carried.items():
             out.add(key, arr, dt)
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
