@@ -173,7 +173,7 @@ def factor_digest(down: np.ndarray, up: np.ndarray) -> bytes:
     for x in (down, up):
         x = np.ascontiguousarray(x)
         h.update(x.dtype.str.encode())
-        h.update(memoryview(x).cast("B"))
+        h.update(x.data.cast("B"))  # the array's buffer as bytes
     return h.digest()
 
 
