@@ -29,12 +29,18 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
+# lint: ruff (lint + format check) and mypy (configured in pyproject.toml: src/lorascope);
+# the pins are the dev extra's.
+LINT_PATHS := src tests benchmarks examples
+
 lint: $(VENV)/.test
-	$(BIN)/python -m pip install -q ruff
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pip install -q 'ruff>=0.17' 'mypy>=2.4'
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_audit.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

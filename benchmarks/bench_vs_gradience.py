@@ -62,7 +62,10 @@ def child_env() -> dict[str, str]:
 def commands(name: str, a: Path, b: Path, out: Path, gradience: Path) -> tuple[list[str], list[str]]:
     ours = lorascope_cmd()
     if name == "audit":
-        return [*ours, "audit", str(a), "--json", "-q"], [str(gradience), "audit", "--peft-dir", str(a), "--json"]
+        return (
+            [*ours, "audit", str(a), "--json", "-q"],
+            [str(gradience), "audit", "--peft-dir", str(a), "--json"],
+        )
     if name == "compress":
         return (
             [*ours, "compress", str(a), "-o", str(out / "ours"), "--rank", "16"],
@@ -182,7 +185,9 @@ def floor(name: str, a: Path, b: Path, out: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", default=",".join(COMMANDS), help="comma-separated subset of " + ", ".join(COMMANDS))
+    p.add_argument(
+        "--only", default=",".join(COMMANDS), help="comma-separated subset of " + ", ".join(COMMANDS)
+    )
     p.add_argument("--gradience", type=Path, default=DEFAULT_GRADIENCE, help="gradience 0.11 executable")
     p.add_argument("--no-gradience", action="store_true", help="lorascope only")
     p.add_argument("--busy", action="store_true", help="also quiet vs two busy-loop processes")
@@ -239,7 +244,12 @@ def machine() -> dict:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"python": platform.python_version(), "cores": cores(), "load_before": load, "cpu": platform.processor()}
+    return {
+        "python": platform.python_version(),
+        "cores": cores(),
+        "load_before": load,
+        "cpu": platform.processor(),
+    }
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ OPENBLAS_NUM_THREADS, which only work before numpy is imported, are not used.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -84,10 +85,10 @@ def ordered_map(
 
         ahead = ahead or 2 * workers
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorascope") as pool:
-            pending = [pool.submit(fn, item) for item in items[:ahead]]
+            # futures of items i .. i+ahead-1; the finished one leaves the queue with its result
+            pending = deque(pool.submit(fn, item) for item in items[:ahead])
             for i in range(len(items)):
-                result = pending[i].result()
+                result = pending.popleft().result()
                 if i + ahead < len(items):
                     pending.append(pool.submit(fn, items[i + ahead]))
-                pending[i] = None  # type: ignore[call-overload]  (drop the finished future)
                 yield result

@@ -200,23 +200,25 @@ def compress_file(
 def _one_pass(adapter: Adapter, mode: RankMode, options: CompressOptions) -> tuple[list, Adapter | None]:
     """LOCAL_MODES: a streamed adapter whose layers are read, planned and truncated in the workers;
     `results` fills in as the stream is consumed (dry run: at once, and no adapter)."""
-    results: list[LayerResult] = []
 
-    def one(delta: LoraDelta, core: Core) -> tuple[LayerResult, LoraDelta | None]:
+    def planned(delta: LoraDelta, core: Core) -> LayerResult:
         info, sigma = delta.info, core.sigma  # (r,)
-        k = layer_rank(sigma, info, mode)
-        result = layer_result(info, sigma, k, options.dtype)
-        if options.dry_run:
-            return result, None
-        return result, truncate_layer(delta, k, options.split, options.dtype or info.dtype, core)
+        return layer_result(info, sigma, layer_rank(sigma, info, mode), options.dtype)
 
     if options.dry_run:
-        return [result for result, _ in spectral_pass(adapter, one)], None
+        return list(spectral_pass(adapter, planned)), None
+
+    def truncated(delta: LoraDelta, core: Core) -> tuple[LayerResult, LoraDelta]:
+        result = planned(delta, core)
+        dtype = options.dtype or delta.info.dtype
+        return result, truncate_layer(delta, result.new_rank, options.split, dtype, core)
+
+    results: list[LayerResult] = []
 
     def stream() -> Iterator[LoraDelta]:
-        for result, delta in spectral_pass(adapter, one, vectors=True):
+        for result, delta in spectral_pass(adapter, truncated, vectors=True):
             results.append(result)
-            yield delta  # type: ignore[misc]  (not None outside a dry run)
+            yield delta
 
     return results, replace(adapter, stream=stream)
 

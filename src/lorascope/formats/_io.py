@@ -97,7 +97,7 @@ class SafetensorsSource(TensorSource):
         raw = _scratch_u2(count)  # (count,) reused per thread: no fresh pages to fault in per tensor
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self._data_start + start)
-            got = f.readinto(raw)
+            got = f.readinto(raw.data)  # into the array's own buffer (a memoryview)
         if got != 2 * count:
             raise FormatError(f"truncated safetensors file: tensor {key!r} is cut short", path=self.path)
         # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
@@ -354,7 +354,7 @@ class SafetensorsWriter:
 
     def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
         raw = _raw(key, arr, dtype, self.dest)
-        self._data.write(memoryview(raw).cast("B"))
+        self._data.write(raw.data.cast("B"))
         self._entries[key] = (_TAG_OF[dtype], list(np.shape(arr)), self._size, raw.nbytes)
         self._size += raw.nbytes
 

@@ -145,7 +145,7 @@ def missing_pair(
 
 
 def kohya_lora_layer(
-    src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] = ()
+    src: TensorSource, name: str, roles: Mapping[str, str], extras: Mapping[str, Any] | None = None
 ) -> LayerInfo:
     """LayerInfo for a kohya/LoCon module: lora_down, lora_up, optional lora_mid/alpha/dora_scale."""
     missing_pair(src, name, roles, ("down", "up"), KOHYA_ROLES)
@@ -164,7 +164,7 @@ def kohya_lora_layer(
                 path=src.path,
                 keys=[roles["dora_scale"]],
             )
-    info_extras = {"alpha": alpha, "keys": (dk, uk), "roles": dict(roles), **dict(extras)}
+    info_extras = {"alpha": alpha, "keys": (dk, uk), "roles": dict(roles), **(extras or {})}
     return LayerInfo(
         name=name,
         kind=kind,

@@ -87,7 +87,9 @@ _ALGO_KEY = re.compile(r"\.(hada_|lokr_)")
 
 def sniff(path: str | Path) -> bool:
     keys = header_keys(path)
-    return bool(keys) and any(_ALGO_KEY.search(k) or k.startswith("lycoris_") for k in keys)
+    if not keys:
+        return False
+    return any(_ALGO_KEY.search(k) or k.startswith("lycoris_") for k in keys)
 
 
 def read(path: str | Path, **options: Any) -> Adapter:
@@ -246,7 +248,10 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     out, inn = o1 * o2, i1 * i2
     weight_shape = (out, inn // math.prod(kernel), *kernel) if conv else ()
     rank = lora_dim if lora_dim is not None else min(o1, i1) * min(o2, i2)  # both whole: U·D inner size
-    keys = (roles.get("lokr_w1", roles.get("lokr_w1_b")), roles.get("lokr_w2", roles.get("lokr_w2_a")))
+    # _lokr_side raised unless each side has its whole matrix or both of its factors
+    w1 = roles["lokr_w1"] if "lokr_w1" in roles else roles["lokr_w1_b"]
+    w2 = roles["lokr_w2"] if "lokr_w2" in roles else roles["lokr_w2_a"]
+    keys = (w1, w2)
     extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "keys": keys}
     return LayerInfo(
         name=name,

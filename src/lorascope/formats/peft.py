@@ -241,9 +241,11 @@ def _layer_info(
         leftovers.extend(roles.values())
         return None
     if dk is None or uk is None:
-        have = dk or uk
+        have = [k for k in (dk, uk) if k is not None]  # one: the branch above found a factor
         missing = "lora_A" if dk is None else "lora_B"
-        raise FormatError(f"layer {module}: {have} has no matching {missing} tensor", path=wpath, keys=[have])
+        raise FormatError(
+            f"layer {module}: {have[0]} has no matching {missing} tensor", path=wpath, keys=have
+        )
     dshape, ushape = src.shape(dk), src.shape(uk)
     fkind, rank, out, inn = factor_dims(wpath, module, dshape, ushape, (dk, uk))
     kind = "conv" if fkind == "conv" else kind

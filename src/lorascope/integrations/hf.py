@@ -103,21 +103,22 @@ class LorascopeCallback(TrainerCallback):
         self._last_snapshot: int | None = None
 
     def _write(self, event: str, step: int | None, control=None, **payload: Any) -> None:
-        if self.writer is None:
+        writer, live = self.writer, self.live
+        if writer is None:
             return
-        rec = self.writer.write(event, step, **payload)
-        if rec is None or self.live is None or event == "alert":
+        rec = writer.write(event, step, **payload)
+        if rec is None or live is None or event == "alert":
             return
-        self.live.add(from_record(rec))
+        live.add(from_record(rec))
         if event in ("eval", "spectral") or (
             event == "train_step" and not math.isfinite(_num(payload["loss"]) or 0)
         ):
-            self._run_live(step, control)
+            self._run_live(live, writer, step, control)
 
-    def _run_live(self, step: int | None, control) -> None:
+    def _run_live(self, live: LiveMonitor, writer: RunWriter, step: int | None, control) -> None:
         order = {"info": 0, "warning": 1, "error": 2}
-        for alert in self.live.check():
-            self.writer.alert(alert.severity, alert.code, alert.message, step, **dict(alert.context))
+        for alert in live.check():
+            writer.alert(alert.severity, alert.code, alert.message, step, **dict(alert.context))
             stop = self.config.stop_on
             if control is not None and stop and order[alert.severity] >= order[stop]:
                 control.should_training_stop = True
@@ -207,8 +208,9 @@ class LorascopeCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         m = {k.removeprefix("eval_"): _num(v) for k, v in (metrics or {}).items()}
-        if m.get("loss") is not None and "ppl" not in m:
-            m["ppl"] = math.exp(min(m["loss"], 50.0))
+        loss = m.get("loss")
+        if loss is not None and "ppl" not in m:
+            m["ppl"] = math.exp(min(loss, 50.0))
         self._write("eval", state.global_step, control, split="eval", metrics=m)
 
     def on_train_end(self, args, state, control, **kwargs):

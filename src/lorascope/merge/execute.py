@@ -173,7 +173,7 @@ def factor_digest(down: np.ndarray, up: np.ndarray) -> bytes:
     for x in (down, up):
         x = np.ascontiguousarray(x)
         h.update(x.dtype.str.encode())
-        h.update(memoryview(x).cast("B"))
+        h.update(x.data.cast("B"))  # the array's buffer as bytes
     return h.digest()
 
 
@@ -239,7 +239,8 @@ def _merge_layer(
         raise FormatError(
             f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
         )
-    weights = tuple(lp.weights[i] for i in idx)
+    every = plan.layer_weights(name)  # one per adapter
+    weights = tuple(every[i] for i in idx)
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
     method = get_method(lp.method)
     params = _params(method, lp, factors)
@@ -322,7 +323,7 @@ def _widest(dtypes) -> str:
 def _config(adapters: Sequence[Adapter]) -> dict[str, Any]:
     """The first adapter's config with target_modules covering every adapter's."""
     cfg = dict(adapters[0].config)
-    targets = [a.config.get("target_modules") for a in adapters if a.config.get("target_modules")]
+    targets = [t for t in (a.config.get("target_modules") for a in adapters) if t]
     if targets and all(isinstance(t, (list, tuple)) for t in targets):
         cfg["target_modules"] = sorted({m for t in targets for m in t})
     elif targets and all(isinstance(t, str) for t in targets) and len(set(targets)) > 1:

@@ -206,6 +206,8 @@ def _assemble(d1, d2, opt, sig1, sig2, inner, uu, vv, g1, g2) -> PairMetrics:
 def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float | None, int, bool]:
     """(rate, entries looked at, sampled?) — see the module docstring."""
     m, n = d1.up.shape[0], d1.down.shape[1]
+    rows: slice | np.ndarray  # every row, or the sorted sampled row indices (m′,)
+    cols: slice | np.ndarray  # (n′,)
     if m * n <= opt.sign_exact_max:
         rows, cols, sampled, dtype = slice(None), slice(None), False, np.float64
     else:

@@ -78,8 +78,14 @@ class MergePlan:
     notes: tuple[str, ...] = ()
 
     def for_layer(self, name: str) -> LayerPlan:
+        """The layer's plan, with the plan's weights when it has none of its own."""
         lp = self.layers.get(name, self.default)
         return lp if lp.weights is not None else replace(lp, weights=self.weights)
+
+    def layer_weights(self, name: str) -> tuple[float, ...]:
+        """One weight per adapter for this layer: its own, else the plan's."""
+        weights = self.layers.get(name, self.default).weights
+        return self.weights if weights is None else weights
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -84,7 +84,7 @@ def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str =
         run_id=series.run_id,
         summary=summarise(series, t.window),
         alerts=tuple(run_rules(series, t)),
-        logged_alerts=series.logged_alerts,
+        logged_alerts=tuple(dict(a) for a in series.logged_alerts),  # plain dicts: to_dict is JSON
         thresholds=t,
     )
 

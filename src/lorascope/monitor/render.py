@@ -69,9 +69,9 @@ def to_text(report: MonitorReport, verbose: bool = False) -> str:
     if verbose:
         if report.logged_alerts:
             lines.append(f"alerts logged live during training ({len(report.logged_alerts)}):")
-            for a in report.logged_alerts:
+            for rec in report.logged_alerts:
                 lines.append(
-                    f"  step {a.get('step')}: {a.get('severity')} {a.get('code')} {a.get('message')}"
+                    f"  step {rec.get('step')}: {rec.get('severity')} {rec.get('code')} {rec.get('message')}"
                 )
         lines.append("thresholds: " + ", ".join(f"{k}={v}" for k, v in report.thresholds.__dict__.items()))
         trend = report.summary["spectral"].get("utilisation_trend") or []

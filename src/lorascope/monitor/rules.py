@@ -149,8 +149,8 @@ def _eval_metric(s: RunSeries) -> tuple[str, list[tuple[int, float]], bool] | No
     """(metric, [(step, value)], higher_is_better) for the held-out split: loss, else accuracy."""
     pts = s.heldout()
     for name, higher in (("loss", False), ("accuracy", True)):
-        vals = [(p.step, p.metrics[name]) for p in pts if isinstance(p.metrics.get(name), float)]
-        vals = [(st, v) for st, v in vals if math.isfinite(v)]
+        got = [(p.step, p.metrics.get(name)) for p in pts]
+        vals = [(st, v) for st, v in got if isinstance(v, float) and math.isfinite(v)]
         if vals:
             return name, vals, higher
     return None
@@ -240,14 +240,14 @@ def rank1_collapse(s: RunSeries, t: Thresholds) -> list[Alert]:
                 hits.append((cur.step, lp.name, old.top1_share, lp.top1_share))
     if not hits:
         return []
-    step, name, old, new = hits[0]
+    step, name, share_before, share_after = hits[0]
     layers = sorted({h[1] for h in hits})
     return [
         Alert(
             "RANK1_COLLAPSE",
             "warning",
             f"top-1 energy share jumped in {len(layers)} layer(s), first {name} at step {step}: "
-            f"{old:.2f} -> {new:.2f}",
+            f"{share_before:.2f} -> {share_after:.2f}",
             step,
             {"n_layers": len(layers), "layers": layers[:10], "first_step": step},
         )

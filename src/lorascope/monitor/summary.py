@@ -52,7 +52,7 @@ def summarise(s: RunSeries, window: int = 10) -> dict[str, Any]:
     eval_loss = last_eval.get("loss")
     eval_ppl = last_eval.get("ppl") if last_eval.get("ppl") is not None else _ppl(eval_loss)
     train_ppl = _ppl(train_loss)
-    accs = [p.metrics["accuracy"] for p in held if isinstance(p.metrics.get("accuracy"), float)]
+    accs = [a for a in (p.metrics.get("accuracy") for p in held) if isinstance(a, float)]
     return {
         "run_id": s.run_id,
         "model": s.meta.get("model"),

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..errors import InvalidArgumentError
 from .schema import EVENTS, SCHEMA, SEVERITIES, encode_nonfinite, validate
@@ -73,20 +73,20 @@ class RunWriter:
         self.run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self.allow_text = allow_text
         self.max_str_len = max_str_len
-        self._fh = None
+        self._fh: TextIO | None = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
             if self._fh.tell() > 0:
-                self._repair_torn_tail()
+                self._repair_torn_tail(self._fh)
 
-    def _repair_torn_tail(self) -> None:
+    def _repair_torn_tail(self, out: TextIO) -> None:
         """If a previous run crashed mid-line, start on a fresh line so our first record parses."""
         with open(self.path, "rb") as fh:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
-                self._fh.write("\n")
-                self._fh.flush()
+                out.write("\n")
+                out.flush()
 
     def write(self, event: str, step: int | None = None, **payload: Any) -> dict[str, Any] | None:
         """Append one event; returns the record written (None when this process does not write)."""
