@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"][name] = row
             print(line(name, row), flush=True)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

@@ -61,15 +61,58 @@ def energy_k(sigma: np.ndarray, tau: float, total: float | None = None) -> int:
 
 
 def factor_grams(a, b) -> tuple[np.ndarray, np.ndarray]:
-    """(A Aᵀ, BᵀB) in float64 for A (r, n), B (m, r), each widened once and multiplied by `syrk`.
+    """(A Aᵀ, BᵀB) in float64 for A (r, n), B (m, r), by `syrk`.
 
-    `a` and `b` may be tuples (A₁, A₂, …), (B₁, B₂, …): then the Grams of the row-stacked
-    [A₁; A₂; …] and column-stacked [B₁ B₂ …], whose off-diagonal blocks are the cross Grams
-    merge-audit needs (a stacked syrk of 2r rows runs ~1.3× faster per flop than two of r)."""
-    xa = np.concatenate(a, axis=0, dtype=np.float64) if isinstance(a, tuple) else _f64(a)  # (Σr, n)
-    # side by side in the storage dtype, then widened: a widening copy into strided columns is ~2× slower
-    xb = _f64(np.concatenate(b, axis=1) if isinstance(b, tuple) else b)  # (m, Σr)
-    return xa @ xa.T, xb.T @ xb  # (Σr, Σr) each
+    Factors stored in fp32/fp16/bf16 are widened to float64 one block of columns (rows) at a time,
+    about 1 MiB, and the block Grams summed: the widened copy stays in the core's L2 cache instead
+    of going to memory and back (with two workers on two cores, ~25 % faster than widening whole
+    factors, which makes the pass memory-bound).  `a` and `b` may be tuples (A₁, A₂, …),
+    (B₁, B₂, …): the Grams of the row-stacked [A₁; A₂; …] and column-stacked [B₁ B₂ …], whose
+    off-diagonal blocks are the cross Grams merge-audit needs, computed without forming the stacks."""
+    xa = a if isinstance(a, tuple) else (a,)
+    xb = b if isinstance(b, tuple) else (b,)
+    return _gram_rows(xa), _gram_cols(xb)
+
+
+_BLOCK_BYTES = 1 << 20  # float64 block widened at once: fits the 2 MiB L2 of current x86 cores
+
+
+def _gram_rows(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Σ_j x[:, j] x[:, j]ᵀ for x = [x₁; x₂; …] (Σr, n), float64."""
+    if len(xs) == 1 and xs[0].dtype == np.float64:
+        return xs[0] @ xs[0].T  # (r, r)
+    r, n = sum(x.shape[0] for x in xs), xs[0].shape[1]
+    width = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
+    g = np.zeros((r, r))  # (r, r)
+    buf = np.empty(r * min(n, width))  # flat: every block view is C-contiguous
+    for j in range(0, n, width):
+        w = min(width, n - j)
+        blk = buf[: r * w].reshape(r, w)  # (r, w) float64
+        top = 0
+        for x in xs:
+            np.copyto(blk[top : top + x.shape[0]], x[:, j : j + w])
+            top += x.shape[0]
+        g += blk @ blk.T  # (r, r)  syrk
+    return g
+
+
+def _gram_cols(xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Σ_i x[i]ᵀ x[i] for x = [x₁ x₂ …] (m, Σr), float64."""
+    if len(xs) == 1 and xs[0].dtype == np.float64:
+        return xs[0].T @ xs[0]  # (r, r)
+    r, m = sum(x.shape[1] for x in xs), xs[0].shape[0]
+    height = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
+    g = np.zeros((r, r))  # (r, r)
+    buf = np.empty(min(m, height) * r)
+    for i in range(0, m, height):
+        h = min(height, m - i)
+        blk = buf[: h * r].reshape(h, r)  # (h, r) float64
+        left = 0
+        for x in xs:
+            np.copyto(blk[:, left : left + x.shape[1]], x[i : i + h])
+            left += x.shape[1]
+        g += blk.T @ blk  # (r, r)  syrk
+    return g
 
 
 def _f64(x: np.ndarray) -> np.ndarray:
