@@ -79,8 +79,14 @@ def commands(name: str, a: Path, b: Path, out: Path, gradience: Path) -> tuple[l
 
 
 def timed(cmd: list[str], out: Path, timeout: float) -> tuple[float, float]:
+    """One run, page cache warm: this machine's memory manager (DAMON reclaim) drops cold file
+    pages between runs, so every input is read once just before each timed run."""
     for sub in ("ours", "theirs"):
         shutil.rmtree(out / sub, ignore_errors=True)
+    for arg in cmd:
+        weights = Path(arg) / "adapter_model.safetensors"
+        if weights.is_file():
+            warm_cache(weights)
     return run_child(cmd, env=child_env(), timeout=timeout)
 
 
