@@ -54,7 +54,7 @@ def test_verdicts_only_layers_and_strict_json(pair):
 
 
 def test_zero_adapter_gives_strict_json(tmp_path, rng):
-    """Gradience B11 wrote Infinity for a zero update."""
+    """Gradience 0.11 wrote Infinity for a zero update."""
     names = layer_names(1)
     la = {n: random_factors(rng, 24, 16, 4) for n in names}
     lb = {n: (la[n][0], np.zeros_like(la[n][1])) for n in names}

@@ -56,7 +56,7 @@ def test_mildly_scaled_copy_is_redundant(base, factor):
 
 @pytest.mark.parametrize("factor", [10.0, 0.1])
 def test_scaled_copy_is_imbalanced_not_redundant(base, factor):
-    """Gradience B10: a 10× gap read 'redundant'. Magnitude is checked before redundancy."""
+    """Gradience 0.11 read a 10× gap as 'redundant'. Magnitude is checked before redundancy."""
     assert verdict(base, delta(base.down, base.up, factor)) == "IMBALANCED"
 
 
@@ -101,7 +101,7 @@ def rec_for(d1, d2, ranks=(8, 8), eff=(6.0, 6.0), t=None):
 
 @pytest.mark.parametrize("strong_first", [True, False])
 def test_rebalancing_damps_the_stronger_adapter_bounded(base, strong_first):
-    """Gradience B9 gave (0.098, 0.902) whichever side was stronger."""
+    """Gradience 0.11 gave (0.098, 0.902) whichever side was stronger."""
     big = delta(base.down, base.up, 16.0)
     v, rec = rec_for(big, base) if strong_first else rec_for(base, big)
     assert v == "IMBALANCED" and rec.method == "linear"

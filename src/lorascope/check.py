@@ -2,7 +2,7 @@
 
 Each finding has a severity (info | warning | error), a code, a message and a reason.  Rules are an
 explicit registry of pure functions `rule(CheckInput) -> list[Finding]`.  Training args come from
-JSON or YAML (never `training_args.bin`: that is a torch pickle and is not unpickled, REFERENCE B23).
+JSON or YAML (never `training_args.bin`: that is a torch pickle and is not unpickled).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .errors import AdapterNotFoundError, FormatError, InvalidArgumentError
 from .types import peft_scale
 
 TASK_PROFILES = ("easy_classification", "hard_reasoning", "generation", "unknown")
-# module-name fragments -> kind; covers Llama/Mistral, GPT-2, BERT/RoBERTa, T5, diffusers (B20).
+# module-name fragments -> kind; covers Llama/Mistral, GPT-2, BERT/RoBERTa, T5, diffusers.
 _ATTN = (
     "q_proj",
     "k_proj",

@@ -2,7 +2,7 @@
 
 The only module of lorascope.telemetry that imports torch/transformers (on import of this module;
 `lorascope.telemetry.LorascopeCallback` resolves it lazily).  Events: run_start and config at train
-begin, train_step per `on_log` that carries a loss (no epoch-only duplicates, REFERENCE B14), eval
+begin, train_step per `on_log` that carries a loss (no epoch-only duplicates), eval
 per evaluation (split "eval", `eval_` prefix stripped, ppl added from the loss), a spectral snapshot
 every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), alerts
 from the live monitor, run_end.  Only the world-process-zero writes.

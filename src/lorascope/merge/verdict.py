@@ -1,8 +1,8 @@
 """Per-layer verdicts and merge recommendations from `PairMetrics`.
 
-Verdicts, checked in this order (the first that matches wins; the order is deliberate, see
-REFERENCE §3.2 and Gradience bugs B9/B10: magnitude is checked before "redundant" and before
-"orthogonal", so a 10× gap is never reported as redundant or safe):
+Verdicts, checked in this order (the first that matches wins; the order is deliberate: Gradience
+0.11 checks low overlap and redundancy before magnitude, so it calls a 10× gap "redundant" or
+"safe"; here magnitude is checked before "redundant" and before "orthogonal"):
 
 1. IMBALANCED when either update is zero in this layer (nothing to merge on one side).
 2. CONFLICTING when the subspaces overlap (overlap_excess ≥ `overlap_low`), the updates project on

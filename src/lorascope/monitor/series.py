@@ -3,7 +3,7 @@
 Train points keep non-finite losses (the NaN rule needs them); every other consumer filters with
 `finite_losses()`.  Eval points are grouped by split; the *held-out* split used by the eval rules is
 the first of EVAL_SPLITS present ("eval" is what HF Trainer reports, so the callback's output and
-the monitor agree, unlike Gradience's, REFERENCE B14).
+the monitor agree, unlike Gradience's).
 """
 
 from __future__ import annotations

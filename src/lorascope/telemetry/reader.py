@@ -5,7 +5,7 @@ Contract:
   The last line counts as torn only when it does not end in a newline.
 * Any other line that is not valid JSON or not a valid v1 record is an error naming the line
   number (`FormatError`, one line).  Errors are reported once, not re-counted per consumer
-  (Gradience multiplied 3 bad lines into 15 issues, REFERENCE B15).
+  (Gradience multiplied 3 bad lines into 15 issues).
 * Unknown fields are ignored (kept in `Event.data`); unknown event names are skipped and counted.
 * A file appended to by several runs keeps them apart by `run_id`; consumers pick one (the last by
   default) instead of mixing events of different runs.

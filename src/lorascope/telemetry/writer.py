@@ -2,7 +2,7 @@
 
 Contract:
 * Append, never truncate: opening an existing log adds a new run (new `run_id`) after the old ones
-  (Gradience opened with "w" and lost earlier runs, REFERENCE B29).
+  (Gradience opened with "w" and lost earlier runs).
 * One JSON object per line, written with a single `write` and flushed, so a crash can tear at most
   the last line (the reader tolerates that).
 * Privacy: any string longer than `max_str_len` (256) anywhere in a payload becomes
