@@ -291,7 +291,8 @@ def _source(adapter: Adapter) -> dict[str, Any]:
 
 
 def _f(v: float | None) -> float | None:
-    """Strict-JSON number: None for missing or non-finite values (Gradience 0.11 wrote Infinity, which strict parsers reject)."""
+    """Strict-JSON number: None for missing or non-finite values (Gradience 0.11 wrote Infinity,
+    which strict parsers reject)."""
     if v is None:
         return None
     v = float(v)
