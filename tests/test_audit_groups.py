@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from conftest import dense_sigma, peft_config, quantize, random_factors, write_peft
 
+from lorascope.audit import AuditOptions, audit_adapter
 from lorascope.audit.groups import block_energy, block_of, module_type
 
 NAMES = {
@@ -109,3 +112,39 @@ def test_block_energy_shares_and_hhi():
     assert out["top"] == [{"block": "m.layers.0", "share": 0.4}]  # ties: by name
     dead = block_energy(["a.layers.0.q"], [0.0])
     assert dead["hhi"] == 0.0 and dead["blocks"][0]["share"] == 0.0
+
+
+def test_audit_by_type_and_blocks_against_numpy(tmp_path, rng):
+    mods = ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")
+    names = [f"model.layers.{i}.{m}" for i in range(3) for m in mods] + ["lm_head"]
+    layers = {n: random_factors(rng, 20, 12, 6, decay=0.3 + 0.1 * (i % 5)) for i, n in enumerate(names)}
+    write_peft(tmp_path, layers, config=peft_config(r=6, lora_alpha=12))
+    report = audit_adapter(tmp_path, AuditOptions(thresholds=(0.9, 0.99), top_blocks=2))
+    s = report.summary
+    sig = {n: dense_sigma(quantize(a, "fp32"), quantize(b, "fp32"), 2.0) for n, (a, b) in layers.items()}
+    energy = {n: float(np.sum(v**2)) for n, v in sig.items()}
+
+    def k_at(v, tau):
+        c = np.cumsum(v**2) / np.sum(v**2)
+        return int(np.searchsorted(c, tau * (1 - 1e-12)) + 1)
+
+    for kind, sel in (("attention", "self_attn"), ("mlp", "mlp."), ("other", "lm_head")):
+        group = [n for n in names if sel in n]
+        e = s["by_type"][kind]
+        assert e["n_layers"] == len(group) and e["params"] == len(group) * 6 * 32
+        stable = [energy[n] / sig[n][0] ** 2 for n in group]
+        assert e["stable_rank_mean"] == pytest.approx(np.mean(stable), rel=1e-9)
+        assert e["utilisation_mean"] == pytest.approx(np.mean(stable) / 6, rel=1e-9)
+        for tau in (0.9, 0.99):
+            ks = [k_at(sig[n], tau) for n in group]
+            assert e[f"energy_rank@{tau:g}"] == {"p50": np.percentile(ks, 50), "p90": np.percentile(ks, 90)}
+    b = s["blocks"]
+    total = sum(energy.values())
+    want = {i: sum(energy[n] for n in names if n.startswith(f"model.layers.{i}.")) / total for i in range(3)}
+    assert {x["index"]: x["share"] for x in b["blocks"]} == pytest.approx(want, rel=1e-9)
+    assert b["unassigned_share"] == pytest.approx(energy["lm_head"] / total, rel=1e-9)
+    assert b["hhi"] == pytest.approx(sum(v**2 for v in want.values()) + b["unassigned_share"] ** 2)
+    assert len(b["top"]) == 2 and b["top"][0]["share"] == pytest.approx(max(want.values()))
+    d = report.to_dict()
+    assert {x["name"]: x["module_type"] for x in d["layers"]}["model.layers.1.mlp.up_proj"] == "mlp"
+    assert {x["name"]: x["block"] for x in d["layers"]}["lm_head"] is None

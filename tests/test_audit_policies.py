@@ -1,5 +1,5 @@
-"""Rank policies (energy, erank, knee, oht): each against a reference written from its definition;
-hand-made spectra; the global table and the disagreement list."""
+"""Rank policies (energy, erank, knee, oht): each against a reference written from its definition
+in docs/metrics.md and applied to the dense numpy SVD; hand-made spectra; the CLI table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import dense_sigma, peft_config, quantize, random_factors, strict_json, write_peft
 
+from lorascope.audit import AuditOptions, audit_adapter
 from lorascope.audit.policies import POLICIES, parse, summarise
+from lorascope.cli.main import main
 from lorascope.errors import InvalidArgumentError
 from lorascope.metrics import Spectrum
 from lorascope.rounding import Rounding
@@ -113,6 +116,25 @@ def test_policies_match_references_on_random_spectra(seed):
     assert got == {name: fn(list(sigma), r, shape, tau) for name, fn in REF.items()}
 
 
+def test_audit_policies_against_dense_svd(tmp_path, rng):
+    layers = {}
+    for i in range(12):
+        r = (4, 8, 16)[i % 3]
+        layers[f"model.layers.{i}.self_attn.q_proj"] = random_factors(rng, 40, 24, r, decay=0.2 + 0.07 * i)
+    cfg = peft_config(
+        r=16,
+        lora_alpha=16,
+        rank_pattern={f"layers.{i}.self_attn.q_proj": (4, 8, 16)[i % 3] for i in range(12)},
+    )
+    write_peft(tmp_path, layers, config=cfg)
+    report = audit_adapter(tmp_path, AuditOptions(policies=tuple(POLICIES)))
+    for x in report.layers:
+        a, b = layers[x.name]
+        sigma = dense_sigma(quantize(a, "fp32"), quantize(b, "fp32"), x.info.scale)[: x.info.rank]
+        want = {n: fn(list(sigma), x.info.rank, (40, 24), 0.9) for n, fn in REF.items()}
+        assert x.policies == want, x.name
+
+
 # ---- parsing and the global table --------------------------------------------------------------
 
 
@@ -129,6 +151,10 @@ def test_parse_names_and_aliases():
         parse("energy,stable")
     with pytest.raises(InvalidArgumentError, match="given twice"):
         parse("knee,knee_elbow")
+    with pytest.raises(InvalidArgumentError):
+        AuditOptions(policies=("nope",))
+    with pytest.raises(InvalidArgumentError):
+        AuditOptions(disagree_factor=0.5)
 
 
 def test_summarise_global_and_disagreement():
@@ -145,3 +171,32 @@ def test_summarise_global_and_disagreement():
     assert out["n_disagree"] == 1 and out["disagree"] == [
         {"name": "a", "ratio": 4.0, "ks": {"energy": 2, "knee": 8}}
     ]
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+
+def test_cli_policies_json_and_text(small_adapter, capsys):
+    path, _ = small_adapter
+    assert (
+        main(["audit", str(path), "--json", "--policies", "energy,erank,knee", "--disagree-factor", "1.5"])
+        == 0
+    )
+    d = strict_json(capsys.readouterr().out)
+    assert d["options"]["policies"] == ["energy", "erank", "knee"] and d["options"]["disagree_factor"] == 1.5
+    assert set(d["policies"]["global"]) == {"energy", "erank", "knee"}
+    assert all(set(x["policies"]) == {"energy", "erank", "knee"} for x in d["layers"])
+    ratios = {x["name"]: max(x["policies"].values()) / min(x["policies"].values()) for x in d["layers"]}
+    assert {x["name"] for x in d["policies"]["disagree"]} == {n for n, v in ratios.items() if v > 1.5}
+    assert main(["audit", str(path), "--policies", "all", "--disagree-factor", "1", "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "rank policies (per-layer k; rank: rounded, capped):" in out
+    assert "layers where policies disagree by more than 1×:" in out
+    assert "k:knee" in out and "k:oht" in out
+
+
+def test_cli_policies_bad_name_is_one_line(small_adapter, capsys):
+    path, _ = small_adapter
+    assert main(["audit", str(path), "--policies", "energy,magic"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown rank policy 'magic'" in err

@@ -69,7 +69,9 @@ class BaseWeights:
 def open_base(path: str | Path) -> BaseWeights:
     p = Path(path)
     if not p.exists():
-        raise BaseModelNotFoundError("base model not found", path=p)
+        hub_id = not p.is_absolute() and len(p.parts) == 2 and not str(path).startswith(".")
+        why = " (a Hub id? lorascope reads local files only: download the model and pass its folder)"
+        raise BaseModelNotFoundError("base model not found" + (why if hub_id else ""), path=p)
     base = BaseWeights(str(p))
     if p.is_file():
         if p.suffix != ".safetensors":
