@@ -10,7 +10,7 @@ from ..audit.policies import parse as parse_policies
 from ..audit.render import View, to_markdown, to_text
 from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError
-from ._output import emit, progress_printer
+from ._output import emit, progress_printer, refuse_inputs
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -65,6 +65,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--top-blocks", type=int, default=5, metavar="N", help="blocks listed by energy share (default 5)"
     )
+    p.add_argument(
+        "--append",
+        metavar="RUN.JSONL",
+        help="also append the audit to this lorascope run log, as a spectral snapshot of its last run",
+    )
     p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -89,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         top_blocks=args.top_blocks,
     )
+    if args.append:
+        refuse_inputs(args.append, (path,))
     load_opts = {"adapter_name": args.adapter} if args.adapter else {}
     report = audit_adapter(path, options, format=args.format, **load_opts)
     if args.json:
@@ -100,4 +107,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = to_text(report, View(args.layers, args.top_wasteful, args.suggest_per_layer))
     emit(text, args.output, inputs=(path,))
+    if args.append:
+        from ..audit.log import append_to_run
+
+        run_id, n = append_to_run(report, args.append)
+        if not args.quiet:
+            print(f"lorascope: appended {n} event(s) to run {run_id} in {args.append}", file=sys.stderr)
     return 0
