@@ -45,7 +45,14 @@ def test_report_json_schema_and_values(small_adapter):
         "layers",
     }
     assert d["source"]["format"] == "peft" and d["source"]["r"] == 8 and d["source"]["lora_alpha"] == 16
-    assert d["options"] == {"thresholds": [0.9, 0.5, 1.0], "rounding": "multiple:4", "min_rank": 1}
+    assert d["options"] == {
+        "thresholds": [0.9, 0.5, 1.0],
+        "rounding": "multiple:4",
+        "min_rank": 1,
+        "policies": [],
+        "disagree_factor": 2.0,
+        "base_model": None,
+    }
     assert "Roy & Vetterli" in d["definitions"]["effective_rank"]
     assert d["summary"]["n_layers"] == 8 and d["summary"]["n_dead"] == 0
     worst = 0.0

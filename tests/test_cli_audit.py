@@ -27,8 +27,9 @@ def test_text_summary(small_adapter, capsys):
         "effective_rank",
         "utilisation",
         "energy_rank@0.9",
-        "median  r=",
-        "p90     r=",
+        "suggested rank (energy τ=0.9, rounding multiple:4):",
+        "\n  median  ",
+        "\n  p90  ",
     ):
         assert word in out
     assert "model.layers.0.self_attn.q_proj" not in out  # no per-layer table unless asked
@@ -76,9 +77,9 @@ def test_markdown(small_adapter, capsys):
     out = run(capsys, path, "--markdown")
     assert out.startswith(f"# lorascope audit: `{path}`")
     assert "| metric | mean | median | p90 |" in out and "## Layers" in out
-    assert out.count("| model.layers.") == 8
+    assert out.count("| model.layers.") == 8 + 4  # every layer, and the 4 blocks' energy shares
     top = run(capsys, path, "--markdown", "--top-wasteful", 2)
-    assert top.count("| model.layers.") == 2
+    assert top.count("| model.layers.") == 2 + 4
 
 
 def test_output_file_written_atomically(small_adapter, tmp_path, capsys):

@@ -1,15 +1,18 @@
 """`audit`: per-layer spectra of an adapter and the rank suggestions that follow from them.
 
 Contract: one pass over the layers (passes.spectral_pass: parallel, a few layers in memory), exact
-singular values from each layer's spectral core, metrics from metrics.METRICS.  The report is a
-frozen value; rendering lives in audit_render.py, the JSON schema in docs/audit-schema.md.
+singular values from each layer's spectral core, metrics from metrics.METRICS, the rank policies
+asked for (policies.py), the module-type and per-block summaries (groups.py).  With a base model,
+a second, sequential pass reads the mapped base weights one at a time (base.py) for the
+update-to-base ratios.  The report is a frozen value; rendering lives in render.py, the JSON schema
+in docs/audit-schema.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,13 @@ import numpy as np
 
 from .. import jsontext, metrics
 from ..errors import FormatError, InvalidArgumentError
-from ..formats import load
+from ..formats import FORMATS, load
 from ..passes import spectral_pass
 from ..rounding import Rounding
 from ..spectral import Core
 from ..types import Adapter, LayerInfo, LoraDelta
-from . import suggest
+from . import groups, policies, suggest
+from .base import measure, open_base, ratios
 
 SCHEMA = "lorascope.audit/v1"
 EFFECTIVE_RANK_DEFINITION = (
@@ -39,6 +43,10 @@ class AuditOptions:
     # keep each layer's spectral core (with vectors) on its LayerReport, so that a truncation
     # later (compress's budget / from-audit modes) needs no recomputation; O(r²) floats per layer
     keep_cores: bool = False
+    policies: tuple[str, ...] = ()  # rank policies to run per layer (policies.POLICIES names)
+    disagree_factor: float = 2.0  # a layer's policies disagree when max k > factor × min k
+    base_model: str | None = None  # model folder or .safetensors file: update-to-base ratios
+    top_blocks: int = 5  # blocks listed in summary.blocks.top
 
     def __post_init__(self) -> None:
         if not self.thresholds:
@@ -50,6 +58,13 @@ class AuditOptions:
             raise InvalidArgumentError(f"energy thresholds repeat: {list(self.thresholds)}")
         if self.min_rank < 1:
             raise InvalidArgumentError(f"min rank must be ≥ 1, got {self.min_rank}")
+        unknown = [p for p in self.policies if p not in policies.POLICIES]
+        if unknown or len(set(self.policies)) != len(self.policies):
+            raise InvalidArgumentError(f"rank policies must be distinct names of {list(policies.POLICIES)}")
+        if not (math.isfinite(self.disagree_factor) and self.disagree_factor >= 1.0):
+            raise InvalidArgumentError(f"disagreement factor must be ≥ 1, got {self.disagree_factor}")
+        if self.top_blocks < 0:
+            raise InvalidArgumentError(f"top blocks must be ≥ 0, got {self.top_blocks}")
 
     @property
     def tau(self) -> float:
@@ -64,10 +79,16 @@ class LayerReport:
     dead: bool
     suggested_rank: int
     core: Core | None = field(default=None, repr=False, compare=False)  # AuditOptions.keep_cores
+    policies: dict[str, int] = field(default_factory=dict)  # policy -> k (AuditOptions.policies)
+    base: dict[str, Any] | None = None  # base_key/_sigma_max/_frobenius, udr, udr_f, sdi (base model)
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def module_type(self) -> str:
+        return groups.module_type(self.info.name)
 
     def to_dict(self) -> dict[str, Any]:
         i = self.info
@@ -82,8 +103,14 @@ class LayerReport:
             "dead": self.dead,
             "params": i.params,
             "suggested_rank": self.suggested_rank,
+            "module_type": self.module_type,
+            "block": (groups.block_of(i.name) or (None,))[0],
         }
         d.update({k: _num(v) for k, v in self.metrics.items()})
+        if self.policies:
+            d["policies"] = dict(self.policies)
+        if self.base is not None:
+            d.update(self.base)
         d["singular_values"] = [float(x) for x in self.sigma]
         return d
 
@@ -96,6 +123,7 @@ class AuditReport:
     summary: dict[str, Any]
     suggestions: dict[str, Any]
     notes: tuple[str, ...] = ()
+    policies: dict[str, Any] | None = None  # policies.summarise (AuditOptions.policies)
 
     def to_dict(self, *, singular_values: bool = True) -> dict[str, Any]:
         layers = [layer.to_dict() for layer in self.layers]
@@ -117,9 +145,13 @@ class AuditReport:
                 "thresholds": list(self.options.thresholds),
                 "rounding": str(self.options.rounding),
                 "min_rank": self.options.min_rank,
+                "policies": list(self.options.policies),
+                "disagree_factor": self.options.disagree_factor,
+                "base_model": self.options.base_model,
             },
             "summary": self.summary,
             "suggestions": self.suggestions,
+            **({"policies": self.policies} if self.policies is not None else {}),
             "notes": list(self.notes),
             "layers": layers,
         }
@@ -158,15 +190,26 @@ def audit_adapter(
         return _layer_report(delta, core, options)
 
     layers = list(spectral_pass(adapter, one, vectors=options.keep_cores, progress=options.progress))
-    summary = _summary(layers, options)
-    suggestions = _suggestions(adapter, layers, options)
     notes = list(adapter.notes)
+    source = _source(adapter)
+    summary = _summary(layers, options)
+    if options.base_model is not None:
+        layers, source["base_model"], summary["udr"] = _with_base(
+            adapter, layers, options.base_model, options.progress, notes
+        )
+    suggestions = _suggestions(adapter, layers, options)
     if summary["n_dead"]:
         notes.append(
             f"{summary['n_dead']} of {summary['n_layers']} layers are dead (ΔW = 0): "
             "an untrained adapter, or B never left its zero initialisation"
         )
-    return AuditReport(_source(adapter), options, tuple(layers), summary, suggestions, tuple(notes))
+    table = None
+    if options.policies:
+        rows = [(x.name, x.info.rank, x.policies, x.dead) for x in layers]
+        table = policies.summarise(
+            rows, options.policies, options.disagree_factor, options.rounding, options.min_rank
+        )
+    return AuditReport(source, options, tuple(layers), summary, suggestions, tuple(notes), table)
 
 
 def _layer_report(delta: LoraDelta, core: Core, options: AuditOptions) -> LayerReport:
@@ -175,7 +218,57 @@ def _layer_report(delta: LoraDelta, core: Core, options: AuditOptions) -> LayerR
     values = metrics.compute(spec, options.thresholds)
     k = int(values[metrics.energy_key(options.tau)])
     suggested = suggest.layer_rank(k, info.rank, options.rounding, options.min_rank, spec.dead)
-    return LayerReport(info, spec.sigma, values, spec.dead, suggested, core if options.keep_cores else None)
+    shape = (info.out_features, info.in_features)
+    ks = policies.layer_ks(spec, shape, options.tau, options.policies)
+    core_kept = core if options.keep_cores else None
+    return LayerReport(info, spec.sigma, values, spec.dead, suggested, core_kept, ks)
+
+
+def _with_base(
+    adapter: Adapter, layers: list[LayerReport], path: str, progress: Any, notes: list[str]
+) -> tuple[list[LayerReport], dict[str, Any], dict[str, Any]]:
+    """Layers with their update-to-base ratios, the base model's source entry, the udr summary."""
+    base = open_base(path)
+    module = FORMATS.get(adapter.format)
+    names = [(module.model_path(x.info) if module else None) or x.name for x in layers]
+    norms, problems = measure([x.info for x in layers], names, base, progress)
+    if not norms:
+        first = layers[0].name
+        raise FormatError(
+            f"no weight in the base model fits any of the {len(layers)} audited layers "
+            f"(first layer {first}: {problems.get(first, 'missing')}); is it the adapter's base model?",
+            path=path,
+        )
+    out = []
+    for x in layers:
+        n = norms.get(x.name)
+        entry: dict[str, Any] = {"base_key": None, "base_sigma_max": None, "base_frobenius": None}
+        entry.update({"udr": None, "udr_f": None, "sdi": None})
+        if n is not None:
+            entry.update(base_key=n.key, base_sigma_max=n.sigma_max, base_frobenius=n.frobenius)
+            entry.update(ratios(x.metrics["sigma_max"], x.metrics["frobenius"], n))
+        out.append(replace(x, base=entry))
+    if problems:
+        head = "; ".join(f"{k} ({v})" for k, v in list(problems.items())[:3])
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        notes.append(f"{len(problems)} layers have no usable base weight: {head}{more}")
+    methods = sorted({n.method for n in norms.values()})
+    src = {"path": path, "n_matched": len(norms), "norm_method": methods}
+    src["unmatched"] = [{"name": k, "problem": v} for k, v in problems.items()]
+    return out, src, _udr_summary(out)
+
+
+def _udr_summary(layers: list[LayerReport]) -> dict[str, Any]:
+    """Over layers with a base weight: udr / udr_f / sdi statistics and the udr > 0.1, > 0.3 shares."""
+    rows = [x.base for x in layers if x.base is not None and x.base["udr"] is not None]
+    udr = [r["udr"] for r in rows]
+    out: dict[str, Any] = {"n_layers": len(rows)}
+    out["udr"] = _stats(udr)
+    out["udr_f"] = _stats([r["udr_f"] for r in rows if r["udr_f"] is not None])
+    out["sdi"] = _stats([r["sdi"] for r in rows if r["sdi"] is not None])
+    out["fraction_udr_gt_0_1"] = sum(u > 0.1 for u in udr) / len(udr) if udr else 0.0
+    out["fraction_udr_gt_0_3"] = sum(u > 0.3 for u in udr) / len(udr) if udr else 0.0
+    return out
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -202,9 +295,16 @@ def _summary(layers: list[LayerReport], options: AuditOptions) -> dict[str, Any]
     }
     for name in ("stable_rank", "effective_rank", "utilisation"):
         out[name] = _stats([x.metrics[name] for x in live])
-    for tau in options.thresholds:
-        key = metrics.energy_key(tau)
+    keys = [metrics.energy_key(tau) for tau in options.thresholds]
+    for key in keys:
         out[key] = _stats([x.metrics[key] for x in live])
+    values = {k: [x.metrics[k] for x in layers] for k in ("stable_rank", "utilisation", *keys)}
+    names = [x.name for x in layers]
+    out["by_type"] = groups.by_type(
+        names, [x.info.params for x in layers], [not x.dead for x in layers], values, keys
+    )
+    energies = [x.metrics["frobenius"] ** 2 for x in layers]
+    out["blocks"] = groups.block_energy(names, energies, options.top_blocks)
     return out
 
 

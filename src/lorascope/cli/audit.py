@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from ..audit.audit import AuditOptions, audit_adapter
-from ..audit.render import to_markdown, to_text
+from ..audit.policies import parse as parse_policies
+from ..audit.render import View, to_markdown, to_text
 from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError
-from ._output import emit, progress_printer
+from ._output import emit, progress_printer, refuse_inputs
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -42,6 +43,33 @@ def register(p: argparse.ArgumentParser) -> None:
         "--rounding", default="multiple:4", help="'multiple:N' (default multiple:4), 'pow2' or 'none'"
     )
     p.add_argument("--min-rank", type=int, default=1, help="smallest rank ever suggested (default 1)")
+    p.add_argument(
+        "--policies",
+        metavar="LIST",
+        help="rank policies per layer and globally, comma-separated: energy, erank, knee, oht, or 'all' "
+        "(Gradience names energy_threshold, entropy_effective, knee_elbow, optimal_hard_threshold work too)",
+    )
+    p.add_argument(
+        "--disagree-factor",
+        type=float,
+        default=2.0,
+        metavar="F",
+        help="list layers whose largest policy k exceeds F × their smallest (default 2)",
+    )
+    p.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="local model folder (*.safetensors, sharded or not) or one .safetensors file: adds the "
+        "update-to-base ratios udr = ‖ΔW‖₂/‖W‖₂, udr_f = ‖ΔW‖_F/‖W‖_F and sdi = log10(udr)",
+    )
+    p.add_argument(
+        "--top-blocks", type=int, default=5, metavar="N", help="blocks listed by energy share (default 5)"
+    )
+    p.add_argument(
+        "--append",
+        metavar="RUN.JSONL",
+        help="also append the audit to this lorascope run log, as a spectral snapshot of its last run",
+    )
     p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -61,18 +89,28 @@ def run(args: argparse.Namespace) -> int:
         rounding=Rounding.parse(args.rounding),
         min_rank=args.min_rank,
         progress=progress_printer(not args.quiet and sys.stderr.isatty()),
+        policies=parse_policies(args.policies) if args.policies is not None else (),
+        disagree_factor=args.disagree_factor,
+        base_model=args.base_model,
+        top_blocks=args.top_blocks,
     )
+    if args.append:
+        refuse_inputs(args.append, (path,))
     load_opts = {"adapter_name": args.adapter} if args.adapter else {}
     report = audit_adapter(path, options, format=args.format, **load_opts)
     if args.json:
         text = report.to_json(singular_values=not args.no_singular_values) + "\n"
     elif args.markdown:
-        text = to_markdown(
-            report, show_layers=args.layers or not args.top_wasteful, top_wasteful=args.top_wasteful
-        )
+        # Markdown is a document: every layer unless only the least-utilised ones are asked for
+        view = View(args.layers or not args.top_wasteful, args.top_wasteful, args.suggest_per_layer)
+        text = to_markdown(report, view)
     else:
-        text = to_text(
-            report, show_layers=args.layers, top_wasteful=args.top_wasteful, per_layer=args.suggest_per_layer
-        )
+        text = to_text(report, View(args.layers, args.top_wasteful, args.suggest_per_layer))
     emit(text, args.output, inputs=(path,))
+    if args.append:
+        from ..audit.log import append_to_run
+
+        run_id, n = append_to_run(report, args.append)
+        if not args.quiet:
+            print(f"lorascope: appended {n} event(s) to run {run_id} in {args.append}", file=sys.stderr)
     return 0
