@@ -44,6 +44,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verbose and args.json:
+        raise InvalidArgumentError(
+            "--verbose widens the text report; --json already holds every alert and threshold"
+        )
     overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
     if overrides.get("window", 1) < 1 or overrides.get("eval_patience", 1) < 1:
         raise InvalidArgumentError("--window and --eval-patience must be ≥ 1")

@@ -184,6 +184,33 @@ def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
     return MergePlan(weights, default, layers, adapters, seed, dict(peft), notes)
 
 
+def method_keys(method: str) -> frozenset[str]:
+    """The per-layer keys `method` reads.  Any other key would be ignored, so plans and `merge`'s
+    flags that give one are refused: rank/energy re-factorise (svd and the dense methods), density
+    and majority are parameters of the methods that take them."""
+    from .methods import METHODS
+
+    m = METHODS[method]
+    keys = {"method", "weights", "compress_first"}
+    if m.kind == "dense" or "rank" in m.params:
+        keys |= {"rank", "energy"}
+    keys |= {k for k in ("density", "majority") if k in m.params}
+    return frozenset(keys)
+
+
+def uses_seed(method: str) -> bool:
+    """DARE's random drops and the dense methods' randomized SVD draw from the seed."""
+    from .methods import METHODS
+
+    return METHODS[method].needs_rng or METHODS[method].kind == "dense"
+
+
+def _users(key: str) -> str:
+    from .methods import METHODS
+
+    return f"{key} is read by " + ", ".join(name for name in METHODS if key in method_keys(name))
+
+
 def _strings(raw: Any, where: str, bad) -> tuple[str, ...]:
     if raw is None:
         return ()
@@ -203,6 +230,11 @@ def _layer(raw: Any, where: str, bad) -> LayerPlan:
     method = raw.get("method", "linear")
     if not isinstance(method, str) or method not in METHODS:
         raise bad(f"{where}.method {method!r} is not one of {', '.join(METHODS)}")
+    unused = sorted(set(raw) - method_keys(method))
+    if unused:
+        raise bad(f"{where}: {', '.join(unused)} does not apply to method {method} ({_users(unused[0])})")
+    if raw.get("rank") is not None and raw.get("energy") is not None:
+        raise bad(f"{where}: give rank or energy, not both")
     density = _number(raw.get("density"), f"{where}.density", bad, 0.0, 1.0, open_low=True)
     energy = _number(raw.get("energy"), f"{where}.energy", bad, 0.0, 1.0, open_low=True)
     rank = raw.get("rank")
