@@ -22,7 +22,10 @@ _FLAGS = {
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="run log (JSONL) written by LorascopeCallback / RunWriter")
+    p.add_argument(
+        "path",
+        help="run log (JSONL) written by LorascopeCallback / RunWriter, or by Gradience's TelemetryWriter",
+    )
     p.add_argument("--run-id", help="which run of an appended log (default: the last)")
     p.add_argument(
         "--json", action="store_true", help="machine-readable output (schema lorascope.monitor/v1)"

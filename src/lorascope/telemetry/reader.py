@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import AdapterNotFoundError, FormatError
 from .gradience import GRADIENCE_SCHEMA, translate
-from .schema import EVENTS, SCHEMA, Event, envelope_problem, from_record, validate
+from .schema import EVENTS, SCHEMA, Event, envelope_problem, from_record, payload_problem
 
 SCHEMAS_READ = (SCHEMA, GRADIENCE_SCHEMA)
 
@@ -120,7 +120,7 @@ class LogScan:
                 self.n_unknown_events += 1
         events = []
         for rec in records:
-            problem = validate(rec)
+            problem = payload_problem(rec)  # translated records keep the checked envelope
             if problem:
                 raise fail(problem)
             if rec["event"] in EVENTS:

@@ -112,8 +112,11 @@ _KIND_NAMES = {
 
 def is_number(value: Any) -> bool:
     """A payload number: int or float (not bool), null, or a non-finite spelling."""
-    if value is None or isinstance(value, str):
-        return value is None or value in _NONFINITE_IN
+    kind = type(value)
+    if kind is float or kind is int or value is None:  # the common cases first: one line per step
+        return True
+    if isinstance(value, str):
+        return value in _NONFINITE_IN
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -125,19 +128,28 @@ def _fits(value: Any, kind: str) -> bool:
     return isinstance(value, {"object": dict, "list": list, "string": str}[kind])
 
 
+Fields = tuple[tuple[str, str, bool], ...]  # (key, kind, optional)
+
+
+def _parse_fields(fields: Mapping[str, str]) -> Fields:
+    return tuple((k, v.rstrip("?"), v.endswith("?")) for k, v in fields.items())
+
+
 def fields_problem(record: Mapping[str, Any], fields: Mapping[str, str], what: str) -> str | None:
     """Why `record`'s fields do not have the kinds `fields` lists, or None."""
-    for key, kind in fields.items():
-        optional = kind.endswith("?")
-        kind = kind.rstrip("?")
+    return _fields_problem(record, _parse_fields(fields), what)
+
+
+def _fields_problem(record: Mapping[str, Any], fields: Fields, what: str) -> str | None:
+    for key, kind, optional in fields:
         if key not in record:
             if optional:
                 continue
             return f"{what} lacks {key}"
         value = record[key]
-        if optional and value is None:
+        if value is None and optional:
             continue
-        if not _fits(value, kind):
+        if not (is_number(value) if kind == "number" else _fits(value, kind)):
             return f"{what} {key} must be {_KIND_NAMES[kind]}, got {_kind_of(value)}"
     return None
 
@@ -176,6 +188,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+_PAYLOAD_FIELDS = {event: _parse_fields(fields) for event, fields in PAYLOAD.items()}
+_LAYER_FIELDS = _parse_fields(LAYER_FIELDS)
+
+
 def validate(record: Any) -> str | None:
     """Why `record` is not a valid v1 record (one short phrase), or None if it is.
 
@@ -183,11 +199,16 @@ def validate(record: Any) -> str | None:
     the table of the right kind (unknown fields are not checked).  Unknown event names are valid (a
     newer writer may add events); the reader skips them.
     """
-    problem = envelope_problem(record)
-    if problem or record["event"] not in PAYLOAD:
-        return problem
+    return envelope_problem(record) or payload_problem(record)
+
+
+def payload_problem(record: dict[str, Any]) -> str | None:
+    """`validate` without the envelope, for a record whose envelope was checked."""
     event = record["event"]
-    problem = fields_problem(record, PAYLOAD[event], f"{event} event")
+    fields = _PAYLOAD_FIELDS.get(event)
+    if fields is None:
+        return None
+    problem = _fields_problem(record, fields, f"{event} event")
     if problem:
         return problem
     if event == "alert" and record["severity"] not in SEVERITIES:
@@ -196,7 +217,7 @@ def validate(record: Any) -> str | None:
         for i, layer in enumerate(record["layers"]):
             if not isinstance(layer, dict):
                 return f"spectral layers[{i}] must be an object, got {_kind_of(layer)}"
-            problem = fields_problem(layer, LAYER_FIELDS, f"spectral layers[{i}]")
+            problem = _fields_problem(layer, _LAYER_FIELDS, f"spectral layers[{i}]")
             if problem:
                 return problem
     return None
