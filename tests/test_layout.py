@@ -18,7 +18,7 @@ SRC = Path(lorascope.__file__).resolve().parent
 # Layers, bottom to top: a module may import its own layer or lower ones, never higher ones.
 # Capabilities (layer 3) may use each other's packages, never each other's private names.
 LAYERS = {
-    0: {"_version", "errors", "types", "rounding", "jsontext"},
+    0: {"_version", "errors", "types", "rounding", "jsontext", "textsafe"},
     1: {"spectral", "metrics", "_parallel"},
     2: {"formats", "passes"},
     3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor"},

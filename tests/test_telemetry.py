@@ -113,7 +113,8 @@ def test_terminated_invalid_last_line_is_not_torn():
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"schema": "gradience.vnext.telemetry/v1", "ts": 1, "run_id": "r", "event": "x"}, "not a lorascope"),
+        ({"schema": "other.telemetry/v1", "ts": 1, "run_id": "r", "event": "x"}, "not a telemetry schema"),
+        ({"schema": "gradience.vnext.telemetry/v2", "ts": 1, "run_id": "r", "event": "x"}, "not supported"),
         ({"schema": "lorascope.telemetry/v2", "ts": 1, "run_id": "r", "event": "x"}, "not supported"),
         ({"schema": SCHEMA, "ts": 1, "run_id": "r"}, "missing field(s) event"),
         (

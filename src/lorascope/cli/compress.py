@@ -54,7 +54,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "(default: none; with --from-audit the audit's multiple:4)",
     )
     p.add_argument("--round", dest="rounding", help=argparse.SUPPRESS)  # the earlier spelling
-    p.add_argument("--threshold", type=float, default=0.90, help="τ behind --from-audit (default 0.90)")
+    p.add_argument("--threshold", type=float, help="τ behind --from-audit (default 0.90; only with it)")
     p.add_argument("--split", choices=("up", "sqrt"), default="up", help="where S goes (default: into up/B)")
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the input's, bf16 stays bf16)")
     p.add_argument(
@@ -77,11 +77,15 @@ def mode_from_args(args: argparse.Namespace) -> RankMode:
 
 def run(args: argparse.Namespace) -> int:
     mode = mode_from_args(args)
+    if args.threshold is not None and mode.kind != "from_audit":
+        raise InvalidArgumentError("--threshold is the τ behind --from-audit; other modes do not read it")
+    if args.layers and args.json:
+        raise InvalidArgumentError("--layers widens the text report; --json already lists every layer")
     options = CompressOptions(
         split=args.split,
         dtype=args.dtype,
         dry_run=args.dry_run,
-        audit_threshold=args.threshold,
+        audit_threshold=0.90 if args.threshold is None else args.threshold,
         to=args.to,
         component=args.component,
     )

@@ -8,7 +8,7 @@ import sys
 from ..errors import InvalidArgumentError
 from ..merge.execute import MergeOptions, merge_files
 from ..merge.methods import METHODS
-from ..merge.plan import LayerPlan, MergePlan, load_plan
+from ..merge.plan import LayerPlan, MergePlan, load_plan, method_keys, uses_seed
 from ..merge.render import merged_text
 from ..types import DTYPES
 from ._args import parse_weights
@@ -30,11 +30,17 @@ def register(p: argparse.ArgumentParser) -> None:
         "--density", type=float, help="kept share for ties / dare_* / magnitude_prune (default 0.8)"
     )
     p.add_argument(
-        "--rank", type=int, help="target rank where the method re-factorises (default: Σ ranks; svd: max)"
+        "--rank",
+        type=int,
+        help="target rank of svd and the dense methods' re-factorisation (default: Σ ranks; svd: max)",
     )
     p.add_argument("--energy", type=float, help="instead of --rank: keep this share of Σσ² per layer")
-    p.add_argument("--majority", choices=("total", "frequency"), default="total", help="TIES sign election")
-    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random drops (default 0)")
+    p.add_argument(
+        "--majority", choices=("total", "frequency"), help="ties / dare_ties sign election (default total)"
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of DARE's drops and the dense methods' randomized SVD (default 0)"
+    )
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the widest input dtype)")
     p.add_argument("--format", help="force the input format of every adapter")
     p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.merge/v1)")
@@ -43,30 +49,55 @@ def register(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
+_PLAN_FLAGS = ("weights", "density", "rank", "energy", "majority", "seed")
+
+
 def plan_from_args(args: argparse.Namespace) -> MergePlan:
+    """The plan from --plan, or from the flags; a flag the chosen method would not read is refused."""
     n = len(args.adapters)
+    given = [f for f in _PLAN_FLAGS if getattr(args, f) is not None]
     if args.plan:
-        extra = [f for f in ("weights", "density", "rank", "energy") if getattr(args, f) is not None]
-        if extra:
-            raise InvalidArgumentError(f"--{extra[0]} cannot be combined with --plan; edit the plan instead")
+        if given:
+            raise InvalidArgumentError(f"--{given[0]} cannot be combined with --plan; edit the plan instead")
         plan = load_plan(args.plan)
         if len(plan.weights) != n:
             raise InvalidArgumentError(
                 f"the plan has {len(plan.weights)} weights for {n} adapters", path=args.plan
             )
         return plan
+    method = args.method or "linear"
+    unused = [f for f in given if f != "weights" and method not in _readers(f)]
+    if unused:
+        readers = ", ".join(_readers(unused[0]))
+        raise InvalidArgumentError(
+            f"--{unused[0]} does not apply to --method {method} (it does to {readers})"
+        )
+    if args.rank is not None and args.energy is not None:
+        raise InvalidArgumentError("give --rank or --energy, not both")
     if args.density is not None and not 0 < args.density <= 1:
         raise InvalidArgumentError("--density must be in (0, 1]")
     if args.rank is not None and args.rank < 1 or args.energy is not None and not 0 < args.energy <= 1:
         raise InvalidArgumentError("--rank must be ≥ 1 and --energy in (0, 1]")
+    if args.seed is not None and args.seed < 0:
+        raise InvalidArgumentError("--seed must be ≥ 0")
     weights = parse_weights(args.weights, n) if args.weights else (1.0,) * n
-    default = LayerPlan(args.method or "linear", None, args.density, args.rank, args.energy, args.majority)
-    return MergePlan(weights, default, seed=args.seed)
+    majority = args.majority or "total"
+    default = LayerPlan(method, None, args.density, args.rank, args.energy, majority)
+    return MergePlan(weights, default, seed=args.seed or 0)
+
+
+def _readers(flag: str) -> list[str]:
+    """The methods that read a plan flag."""
+    if flag == "seed":
+        return [m for m in METHODS if uses_seed(m)]
+    return [m for m in METHODS if flag in method_keys(m)]
 
 
 def run(args: argparse.Namespace) -> int:
     if len(args.adapters) < 2:
         raise InvalidArgumentError("merge needs at least two adapters")
+    if args.layers and args.json:
+        raise InvalidArgumentError("--layers widens the text report; --json already lists every layer")
     plan = plan_from_args(args)
     options = MergeOptions(
         dtype=args.dtype, progress=progress_printer(not args.quiet and sys.stderr.isatty())

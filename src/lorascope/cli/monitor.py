@@ -22,7 +22,10 @@ _FLAGS = {
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="run log (JSONL) written by LorascopeCallback / RunWriter")
+    p.add_argument(
+        "path",
+        help="run log (JSONL) written by LorascopeCallback / RunWriter, or by Gradience's TelemetryWriter",
+    )
     p.add_argument("--run-id", help="which run of an appended log (default: the last)")
     p.add_argument(
         "--json", action="store_true", help="machine-readable output (schema lorascope.monitor/v1)"
@@ -44,6 +47,10 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verbose and args.json:
+        raise InvalidArgumentError(
+            "--verbose widens the text report; --json already holds every alert and threshold"
+        )
     overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
     if overrides.get("window", 1) < 1 or overrides.get("eval_patience", 1) < 1:
         raise InvalidArgumentError("--window and --eval-patience must be ≥ 1")

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError
+from ..textsafe import clean
 
 SCHEMA = "lorascope.merge_plan/v1"
 _LAYER_KEYS = {"method", "weights", "density", "rank", "energy", "majority", "compress_first"}
@@ -118,19 +120,33 @@ def load_plan(path: str | Path) -> MergePlan:
     path = Path(path)
     if not path.is_file():
         raise AdapterNotFoundError("merge plan not found", path=path)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        yaml = _yaml()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"merge plan: not UTF-8 text (byte {e.start})", path=path) from None
+    return plan_from_dict(_parse(text, path), path)
+
+
+def _parse(text: str, path: Path) -> Any:
+    """JSON or YAML text -> data; every way parsing can fail is one FormatError."""
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            yaml = _yaml()
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise FormatError(f"not valid YAML: {str(e).splitlines()[0]}", path=path) from None
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise FormatError(f"not valid YAML: {str(e).splitlines()[0]}", path=path) from None
-    else:
-        try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as e:
             raise FormatError(f"not valid JSON: {e}", path=path) from None
-    return plan_from_dict(data, path)
+    except RecursionError:
+        raise FormatError("merge plan: nested too deeply to read", path=path) from None
+    except FormatError:
+        raise
+    except ValueError:  # an integer over Python's digit limit (json and yaml both call int())
+        limit = sys.get_int_max_str_digits()
+        raise FormatError(f"merge plan: holds an integer with more than {limit} digits", path=path) from None
 
 
 def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
@@ -150,20 +166,57 @@ def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
     if weights is None:
         raise bad("'weights' is required (one number per adapter)")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise bad("'seed' must be an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise bad("'seed' must be an integer ≥ 0")
     default = _layer(data.get("default", {}), "default", bad)
     layers_raw = data.get("layers", {}) or {}
     if not isinstance(layers_raw, dict):
         raise bad("'layers' must map layer names to settings")
-    layers = {str(k): _layer(v, f"layers.{k}", bad) for k, v in layers_raw.items()}
+    layers = {str(k): _layer(v, f"layers.{clean(k)}", bad) for k, v in layers_raw.items()}
     for name, lp in [("default", default), *layers.items()]:
         if lp.weights is not None and len(lp.weights) != len(weights):
             raise bad(f"{name}: {len(lp.weights)} weights for {len(weights)} adapters")
-    adapters = tuple(str(a) for a in data.get("adapters", ()) or ())
-    return MergePlan(
-        weights, default, layers, adapters, seed, dict(data.get("peft_add_weighted_adapter", {}))
-    )
+    adapters = _strings(data.get("adapters"), "adapters", bad)
+    notes = _strings(data.get("notes"), "notes", bad)
+    peft = data.get("peft_add_weighted_adapter", {}) or {}
+    if not isinstance(peft, dict):
+        raise bad("'peft_add_weighted_adapter' must be a mapping")
+    return MergePlan(weights, default, layers, adapters, seed, dict(peft), notes)
+
+
+def method_keys(method: str) -> frozenset[str]:
+    """The per-layer keys `method` reads.  Any other key would be ignored, so plans and `merge`'s
+    flags that give one are refused: rank/energy re-factorise (svd and the dense methods), density
+    and majority are parameters of the methods that take them."""
+    from .methods import METHODS
+
+    m = METHODS[method]
+    keys = {"method", "weights", "compress_first"}
+    if m.kind == "dense" or "rank" in m.params:
+        keys |= {"rank", "energy"}
+    keys |= {k for k in ("density", "majority") if k in m.params}
+    return frozenset(keys)
+
+
+def uses_seed(method: str) -> bool:
+    """DARE's random drops and the dense methods' randomized SVD draw from the seed."""
+    from .methods import METHODS
+
+    return METHODS[method].needs_rng or METHODS[method].kind == "dense"
+
+
+def _users(key: str) -> str:
+    from .methods import METHODS
+
+    return f"{key} is read by " + ", ".join(name for name in METHODS if key in method_keys(name))
+
+
+def _strings(raw: Any, where: str, bad) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise bad(f"'{where}' must be a list of strings")
+    return tuple(raw)
 
 
 def _layer(raw: Any, where: str, bad) -> LayerPlan:
@@ -175,8 +228,13 @@ def _layer(raw: Any, where: str, bad) -> LayerPlan:
     from .methods import METHODS
 
     method = raw.get("method", "linear")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise bad(f"{where}.method {method!r} is not one of {', '.join(METHODS)}")
+    unused = sorted(set(raw) - method_keys(method))
+    if unused:
+        raise bad(f"{where}: {', '.join(unused)} does not apply to method {method} ({_users(unused[0])})")
+    if raw.get("rank") is not None and raw.get("energy") is not None:
+        raise bad(f"{where}: give rank or energy, not both")
     density = _number(raw.get("density"), f"{where}.density", bad, 0.0, 1.0, open_low=True)
     energy = _number(raw.get("energy"), f"{where}.energy", bad, 0.0, 1.0, open_low=True)
     rank = raw.get("rank")
@@ -209,10 +267,28 @@ def _floats(raw: Any, where: str, bad) -> tuple[float, ...] | None:
         raise bad(f"{where} must be a non-empty list of numbers")
     out = []
     for x in raw:
-        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
-            raise bad(f"{where} must hold finite numbers, got {x!r}")
-        out.append(float(x))
+        value = _finite(x)
+        if value is None:
+            raise bad(f"{where} must hold finite numbers, got {_short(x)}")
+        out.append(value)
     return tuple(out)
+
+
+def _finite(x: Any) -> float | None:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _short(x: Any, limit: int = 40) -> str:
+    text = (
+        repr(x) if not isinstance(x, int) or x.bit_length() < 128 else f"an integer of {x.bit_length()} bits"
+    )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _number(raw: Any, where: str, bad, lo: float, hi: float, open_low: bool = False) -> float | None:

@@ -1,15 +1,27 @@
-"""Text views: a MergeAuditReport's per-layer table and `explain LAYER`; a MergeReport (`merged_text`)."""
+"""Human views: a MergeAuditReport's per-layer table (`to_text`), Markdown report (`to_markdown`) and
+`explain LAYER`; a MergeReport (`merged_text`).
+
+Layer names, paths and notes come from the adapters: every text line goes through
+`textsafe.clean` (a control character shows as ``\\x1b``, a newline cannot forge a line) and the
+Markdown through `textsafe.md_text` / `md_code`.  The JSON views (`to_json`) are exact.
+"""
 
 from __future__ import annotations
 
 import json
 
+from ..textsafe import clean, md_code, md_text
 from .audit import LayerPair, MergeAuditReport
 from .report import MergeReport
 
 
 def _short(name: str, width: int) -> str:
+    name = clean(name)
     return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _lines(lines: list[str]) -> str:
+    return "\n".join(clean(line) for line in lines) + "\n"
 
 
 def _params(x: LayerPair) -> str:
@@ -70,7 +82,7 @@ def to_text(report: MergeAuditReport, show_layers: bool = True, width: int = 44)
         + ")"
     )
     lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n"
+    return _lines(lines)
 
 
 def explain(report: MergeAuditReport, name: str) -> str:
@@ -104,7 +116,7 @@ def explain(report: MergeAuditReport, name: str) -> str:
     lines.extend(f"  because {r}" for r in x.reasons)
     lines.append(f"recommendation: {_params(x)}" + (f", rank {rec.rank}" if rec.method != "linear" else ""))
     lines.extend(f"  {r}" for r in rec.reasons)
-    return "\n".join(lines) + "\n"
+    return _lines(lines)
 
 
 def _vec(values, n: int = 8) -> str:
@@ -122,10 +134,85 @@ def merged_text(report: MergeReport, show_layers: bool = False) -> str:
         f"mean {s['mean_rel_error']:.2e}   read back: {'identical' if s['verified'] else 'not checked'}",
     ]
     if show_layers:
-        width = max((len(x.name) for x in report.layers), default=5)
+        width = max((len(clean(x.name)) for x in report.layers), default=5)
         lines.append(f"{'layer':<{width}}  method           ranks → rank  rel.err")
         for x in report.layers:
             ranks = "+".join(str(r) for r in x.ranks)
-            lines.append(f"{x.name:<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}")
+            lines.append(
+                f"{clean(x.name):<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}"
+            )
     lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n"
+    return _lines(lines)
+
+
+def to_markdown(report: MergeAuditReport, show_layers: bool = True) -> str:
+    """The merge-audit report as Markdown (what `--markdown` prints and `--output-dir` writes as
+    merge_audit.md): summary, per-layer table, layers in one adapter only, the merge commands."""
+    a, b = report.sources
+    s = report.summary
+    out = [
+        "# lorascope merge-audit",
+        "",
+        f"- first: {md_code(a['path'])}",
+        f"- second: {md_code(b['path'])}",
+        f"- shared layers: {s['n_shared']}; only in first: {len(report.only[0])}; "
+        f"only in second: {len(report.only[1])}",
+        f"- overall verdict: **{s['overall']}** ("
+        + ", ".join(f"{k} {n}" for k, n in s["verdicts"].items())
+        + ")",
+        f"- norm-weighted: overlap above chance {s['weighted_overlap_excess']:.3f}, cosine "
+        f"{s['weighted_cosine']:+.3f}, agreement {s['weighted_agreement']:+.2f}, "
+        f"‖ΔW‖ totals {s['total_norms'][0]:.3g} / {s['total_norms'][1]:.3g}",
+        "",
+        "Verdicts are about weight space, not accuracy: evaluate the merged adapter.",
+    ]
+    if show_layers and report.layers:
+        out += ["", "## Layers", "", _MD_HEAD, "|" + "---|" * 10]
+        out += [_md_row(x) for x in report.layers]
+        out += [
+            "",
+            "overlap: mean cos² of the principal angles (left+right)/2, chance level in brackets; "
+            "sign: TIES sign-conflict rate (0.5 = unrelated)",
+        ]
+    for i, which in enumerate(("first", "second")):
+        if report.only[i]:
+            out += ["", f"## Only in the {which} adapter", ""]
+            out += [f"- {md_code(n)}" for n in report.only[i]]
+    call = report.plan().peft.get("call", {})
+    args = ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items())
+    out += [
+        "",
+        "## Merge",
+        "",
+        "As recommended: `lorascope merge-audit A B --plan plan.json && "
+        "lorascope merge A B --plan plan.json -o merged/`",
+        "",
+        f"Closest PEFT call: {md_code(f'model.add_weighted_adapter({args})')}",
+    ]
+    if report.notes:
+        out += ["", "## Notes", ""] + [f"- {md_text(n)}" for n in report.notes]
+    return "\n".join(out) + "\n"
+
+
+_MD_HEAD = (
+    "| layer | r1/r2 | ratio | cos | overlap (chance) | agree | conf | sign | verdict | recommendation |"
+)
+
+
+def _md_row(x: LayerPair) -> str:
+    p = x.metrics
+    ratio = f"{p.magnitude_ratio:.2f}" if p.magnitude_ratio is not None else "inf"
+    sign = f"{p.sign_conflict:.2f}" if p.sign_conflict is not None else "-"
+    cells = (
+        md_code(x.name),
+        f"{x.info1.rank}/{x.info2.rank}",
+        ratio,
+        f"{p.cosine:+.3f}",
+        f"{p.overlap:.3f} ({p.chance:.3f})",
+        f"{p.agreement:+.2f}",
+        str(p.n_conflicting),
+        sign,
+        x.verdict,
+        md_text(_params(x)),
+    )
+    return "| " + " | ".join(cells) + " |"

@@ -1,10 +1,14 @@
-"""`monitor(path)`: replay a run log through the rule engine; `LiveMonitor`: the same rules live.
+"""`monitor_run(path)`: a run log through the rule engine; `LiveMonitor`: the same rules live.
 
-    report = monitor("run.jsonl")          # last run in the file unless run_id is given
+    report = monitor_run("run.jsonl")      # last run in the file unless run_id is given
     report.alerts, report.summary          # Alert tuples, summary dict
     report.exit_code(fail_on="warning")    # 1 when an alert at or above that severity fired
 
-Rules and their defaults: `rules.RULES`, `rules.Thresholds`, docs/telemetry.md.
+The log is read in one streaming pass: each run's events are folded into its `RunSeries` as they
+are read (memory bounded by the rules' windows, not by the file), every run of an appended file is
+kept apart, and the one asked for (the last by default) is reported.  Logs of Gradience's schema
+are read the same way (`telemetry.gradience`).  Rules and their defaults: `rules.RULES`,
+`Thresholds`, docs/telemetry.md.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import jsontext
-from ..errors import InvalidArgumentError
-from ..telemetry.reader import read_log
+from ..errors import FormatError, InvalidArgumentError
+from ..telemetry.reader import scan_log
 from ..telemetry.schema import Event
-from .rules import RULES, SEVERITY_ORDER, Alert, Thresholds, run_rules
+from .rules import RULES, SEVERITY_ORDER, Alert, run_rules
 from .series import RunSeries, build_series
 from .summary import summarise
+from .thresholds import Thresholds
 
 MONITOR_SCHEMA = "lorascope.monitor/v1"
 
@@ -78,11 +83,15 @@ def _finite(x: Any) -> Any:
 
 
 def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str = "<memory>") -> MonitorReport:
-    t = thresholds or Thresholds()
+    """The report for a built series.  The series' windows were sized by the thresholds it was
+    built with (`build_series(events, thresholds)`); other thresholds here are refused."""
+    t = series.thresholds
+    if thresholds is not None and thresholds != t:
+        raise InvalidArgumentError("the series was built with other thresholds: pass them to build_series")
     return MonitorReport(
         path=path,
         run_id=series.run_id,
-        summary=summarise(series, t.window),
+        summary=summarise(series),
         alerts=tuple(run_rules(series, t)),
         logged_alerts=tuple(dict(a) for a in series.logged_alerts),  # plain dicts: to_dict is JSON
         thresholds=t,
@@ -92,33 +101,44 @@ def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str =
 def monitor_run(
     path: str | Path, thresholds: Thresholds | None = None, run_id: str | None = None
 ) -> MonitorReport:
-    log = read_log(path)
-    events = log.run(run_id)
-    if not events:
+    """One streaming pass over the log; the report of `run_id`, or of the last run in the file."""
+    t = thresholds or Thresholds()
+    scan = scan_log(path)
+    runs: dict[str, RunSeries] = {}
+    for event in scan:
+        series = runs.get(event.run_id)
+        if series is None:
+            series = runs[event.run_id] = RunSeries(t, event.run_id)
+        series.add(event)
+    if not runs:
         raise InvalidArgumentError("the run log holds no events", path=path)
-    report = analyse(build_series(events), thresholds, str(path))
-    others = tuple(r for r in log.run_ids if r != report.run_id)
-    return MonitorReport(**{**report.__dict__, "torn_tail": log.torn_tail, "other_runs": others})
+    wanted = list(runs)[-1] if run_id is None else run_id
+    if wanted not in runs:
+        raise FormatError(f"no run {wanted!r} in the log (runs: {', '.join(runs)})", path=path)
+    report = analyse(runs[wanted], t, str(path))
+    others = tuple(r for r in runs if r != wanted)
+    return MonitorReport(**{**report.__dict__, "torn_tail": scan.torn_tail, "other_runs": others})
 
 
 class LiveMonitor:
     """Feed events as they are written; `check()` returns alerts not reported before.
 
-    Replays the full event list through the same pure rules as `monitor`; the callback calls
-    `check()` only at evaluations and spectral snapshots, so the cost stays off the step path.
+    Folds each event into one `RunSeries` (constant work per event) and runs the same pure rules as
+    `monitor_run` on it; the callback calls `check()` only at evaluations, spectral snapshots and
+    non-finite losses, so the cost stays off the step path.
     """
 
     def __init__(self, thresholds: Thresholds | None = None):
         self.thresholds = thresholds or Thresholds()
-        self._events: list[Event] = []
+        self._series = RunSeries(self.thresholds)
         self._seen: set[str] = set()
 
     def add(self, event: Event) -> None:
-        self._events.append(event)
+        self._series.add(event)
 
     def check(self) -> list[Alert]:
         fresh = []
-        for alert in run_rules(build_series(self._events), self.thresholds):
+        for alert in run_rules(self._series, self.thresholds):
             if alert.key not in self._seen:
                 self._seen.add(alert.key)
                 fresh.append(alert)
@@ -135,5 +155,5 @@ __all__ = [
     "Thresholds",
     "analyse",
     "build_series",
-    "monitor",
+    "monitor_run",
 ]

@@ -1,9 +1,15 @@
-"""Human-readable monitor report (the JSON form is `MonitorReport.to_json`)."""
+"""Human-readable monitor report (the JSON form is `MonitorReport.to_json`).
+
+Run ids, model and dataset names, alert codes and messages and their context all come from the
+log: every line is passed through `textsafe.clean`, so a control character in any of them shows
+as an escape (``\\x1b``) and a newline cannot forge a line.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from ..textsafe import clean
 from . import MonitorReport
 from .rules import SEVERITY_ORDER, Alert
 
@@ -77,4 +83,4 @@ def to_text(report: MonitorReport, verbose: bool = False) -> str:
         trend = report.summary["spectral"].get("utilisation_trend") or []
         if trend:
             lines.append("utilisation by step: " + ", ".join(f"{st}:{_fmt(u, '.3f')}" for st, u in trend))
-    return "\n".join(lines) + "\n"
+    return "\n".join(clean(line) for line in lines) + "\n"

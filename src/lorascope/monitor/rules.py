@@ -5,6 +5,8 @@ Trainer callback).  Defaults are in `Thresholds`; docs/telemetry.md explains eac
 
 Windows are counted in *logged* train points (one per `logging_steps`), not optimizer steps: a
 plateau compares the mean of the last `window` finite losses with the mean of the `window` before.
+The series (`series.RunSeries`) keeps exactly what these functions read, so a rule never needs the
+whole log; GRAD_SPIKE's running mean is taken as each point arrives, while the series is built.
 """
 
 from __future__ import annotations
@@ -15,24 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .series import RunSeries
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    window: int = 10  # logged train points per plateau window (two windows needed)
-    loss_plateau_rel: float = 0.01  # loss improved < 1 % between windows -> plateau
-    grad_plateau_rel: float = 0.05  # mean grad norm changed < 5 % between windows -> plateau
-    falling_loss_rel: float = 0.02  # train loss still falling ≥ 2 %: vetoes CONSIDER_STOPPING
-    spike_factor: float = 5.0  # grad norm > 5× the running mean of the previous points
-    spike_history: int = 5  # points of history needed before spikes are judged
-    spike_span: int = 50  # running-mean span (points)
-    eval_patience: int = 3  # evals without improvement -> eval plateau
-    eval_min_delta: float = 0.001  # relative improvement that counts
-    gap_ratio: float = 1.5  # exp(eval loss − train loss) ≥ 1.5 -> memorisation gap
-    low_util: float = 0.25  # mean utilisation (stable rank / r) below this -> low utilisation
-    low_util_min_rank: int = 8  # ...only judged for r ≥ 8 (r = 2 at 0.4 is fine)
-    collapse_jump: float = 0.25  # top-1 energy share rises by ≥ 0.25 between snapshots...
-    collapse_share: float = 0.80  # ...to ≥ 0.80 -> rank-1 collapse
+from .thresholds import Thresholds
 
 
 @dataclass(frozen=True)
@@ -62,7 +47,7 @@ Rule = Callable[[RunSeries, Thresholds], list[Alert]]
 
 
 def _last_step(s: RunSeries) -> int | None:
-    return s.train[-1].step if s.train else None
+    return s.last_train_step
 
 
 def window_change(values: list[float], window: int) -> float | None:
@@ -75,46 +60,38 @@ def window_change(values: list[float], window: int) -> float | None:
 
 
 def nonfinite_loss(s: RunSeries, t: Thresholds) -> list[Alert]:
-    bad = [p for p in s.train if p.loss is not None and not math.isfinite(p.loss)]
-    bad_g = [p for p in s.train if p.grad_norm is not None and not math.isfinite(p.grad_norm)]
-    if not bad and not bad_g:
+    n_loss, n_grad, first = s.n_nonfinite_loss, s.n_nonfinite_grad, s.first_nonfinite_step
+    if first is None:
         return []
-    first = min((bad + bad_g), key=lambda p: p.step)
-    what = "loss" if bad else "gradient norm"
+    what = "loss" if n_loss else "gradient norm"
     return [
         Alert(
             "NONFINITE_LOSS",
             "error",
-            f"{what} became NaN/Inf at step {first.step} ({len(bad)} loss, {len(bad_g)} grad-norm points)",
-            first.step,
-            {"n_loss": len(bad), "n_grad_norm": len(bad_g), "first_step": first.step},
+            f"{what} became NaN/Inf at step {first} ({n_loss} loss, {n_grad} grad-norm points)",
+            first,
+            {"n_loss": n_loss, "n_grad_norm": n_grad, "first_step": first},
         )
     ]
 
 
 def gradient_spike(s: RunSeries, t: Thresholds) -> list[Alert]:
-    pts = s.finite_grad_norms()
-    out: list[Alert] = []
-    for i in range(t.spike_history, len(pts)):
-        hist = [g for _, g in pts[max(0, i - t.spike_span) : i]]
-        mean = sum(hist) / len(hist)
-        step, g = pts[i]
-        if mean > 0 and g > t.spike_factor * mean:
-            ratio = g / mean
-            out.append(
-                Alert(
-                    "GRAD_SPIKE",
-                    "warning",
-                    f"gradient norm {g:.3g} at step {step} is {ratio:.1f}× its running mean {mean:.3g}",
-                    step,
-                    {"grad_norm": g, "running_mean": mean, "ratio": ratio},
-                )
-            )
-    return out
+    """Spikes are judged as the points arrive (`RunSeries`): each against the mean of the
+    ≤ spike_span finite grad norms before it, once spike_history of them exist."""
+    return [
+        Alert(
+            "GRAD_SPIKE",
+            "warning",
+            f"gradient norm {g:.3g} at step {step} is {g / mean:.1f}× its running mean {mean:.3g}",
+            step,
+            {"grad_norm": g, "running_mean": mean, "ratio": g / mean},
+        )
+        for step, g, mean in s.spikes
+    ]
 
 
 def loss_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
-    change = window_change(s.finite_losses(), t.window)
+    change = window_change(list(s.losses), t.window)
     if change is None or change >= t.loss_plateau_rel:
         return []
     return [
@@ -130,7 +107,7 @@ def loss_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
 
 
 def grad_norm_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
-    change = window_change([g for _, g in s.finite_grad_norms()], t.window)
+    change = window_change([g for _, g in s.grad_norms], t.window)
     if change is None or abs(change) >= t.grad_plateau_rel:
         return []
     return [
@@ -145,14 +122,14 @@ def grad_norm_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
     ]
 
 
-def _eval_metric(s: RunSeries) -> tuple[str, list[tuple[int, float]], bool] | None:
-    """(metric, [(step, value)], higher_is_better) for the held-out split: loss, else accuracy."""
-    pts = s.heldout()
-    for name, higher in (("loss", False), ("accuracy", True)):
-        got = [(p.step, p.metrics.get(name)) for p in pts]
-        vals = [(st, v) for st, v in got if isinstance(v, float) and math.isfinite(v)]
-        if vals:
-            return name, vals, higher
+def _eval_metric(s: RunSeries):
+    """(metric name, its track, higher is better) for the held-out split: loss, else accuracy."""
+    held = s.heldout()
+    if held is None:
+        return None
+    for name, track, higher in (("loss", held.loss, False), ("accuracy", held.accuracy, True)):
+        if track.n:
+            return name, track, higher
     return None
 
 
@@ -160,53 +137,56 @@ def eval_plateau(s: RunSeries, t: Thresholds) -> list[Alert]:
     found = _eval_metric(s)
     if found is None:
         return []
-    name, vals, higher = found
-    best_step, best = vals[0]
-    since = 0
-    for step, v in vals[1:]:
-        gain = (v - best) if higher else (best - v)
-        if gain > t.eval_min_delta * max(abs(best), 1e-12):
-            best_step, best, since = step, v, 0
-        else:
-            since += 1
-    if since < t.eval_patience:
+    name, track, _ = found
+    since, best, best_step = track.since_best, track.best, track.best_step
+    if since < t.eval_patience or track.last is None:
         return []
     return [
         Alert(
             "EVAL_PLATEAU",
             "warning",
             f"eval {name} has not improved for {since} evaluations (best {best:.4g} at step {best_step})",
-            vals[-1][0],
+            track.last[0],
             {"metric": name, "evals_since_best": since, "best": best, "best_step": best_step},
         )
     ]
 
 
 def memorisation_gap(s: RunSeries, t: Thresholds) -> list[Alert]:
-    losses = s.finite_losses()
-    found = _eval_metric(s)
-    if not losses or found is None or found[0] != "loss":
+    """exp(eval loss − train loss) ≥ gap_ratio; where a side has no loss, its perplexity (eval ppl /
+    train ppl, as Gradience's logs give them)."""
+    held = s.heldout()
+    train = s.train_loss()
+    if held is None:
         return []
-    train = sum(losses[-t.window :]) / len(losses[-t.window :])
-    step, ev = found[1][-1]
-    ratio = math.exp(min(ev - train, 50.0))
+    if train is not None and held.loss.last is not None:
+        step, ev = held.loss.last
+        ratio = math.exp(min(ev - train, 50.0))
+        detail = f"eval loss {ev:.3f}, train {train:.3f}"
+        context = {"gap_ratio": ratio, "eval_loss": ev, "train_loss": train}
+    else:
+        train_ppl = s.train_ppl()
+        if train_ppl is None or not train_ppl > 0 or held.last_ppl is None:
+            return []
+        step, ev_ppl = held.last_ppl
+        ratio = ev_ppl / train_ppl
+        detail = f"eval ppl {ev_ppl:.4g}, train {train_ppl:.4g}"
+        context = {"gap_ratio": ratio, "eval_ppl": ev_ppl, "train_ppl": train_ppl}
     if ratio < t.gap_ratio:
         return []
     return [
         Alert(
             "MEMORISATION_GAP",
             "warning",
-            f"eval/train ppl ratio {ratio:.2f} ≥ {t.gap_ratio} (eval loss {ev:.3f}, train {train:.3f})",
+            f"eval/train ppl ratio {ratio:.2f} ≥ {t.gap_ratio} ({detail})",
             step,
-            {"gap_ratio": ratio, "eval_loss": ev, "train_loss": train},
+            context,
         )
     ]
 
 
 def low_utilisation(s: RunSeries, t: Thresholds) -> list[Alert]:
-    if not s.spectra:
-        return []
-    snap = s.spectra[-1]
+    snap = s.spectra
     live = [lp for lp in snap.layers if not lp.dead and lp.rank >= t.low_util_min_rank]
     if not live:
         return []
@@ -220,28 +200,19 @@ def low_utilisation(s: RunSeries, t: Thresholds) -> list[Alert]:
             "info",
             f"mean utilisation {mean_util:.2f} < {t.low_util} over {len(live)} layers of rank {ranks}: "
             "a smaller r would likely do (run `lorascope audit` on the saved adapter)",
-            snap.step,
+            snap.last_step,
             {"mean_utilisation": mean_util, "n_layers": len(live), "ranks": ranks},
         )
     ]
 
 
 def rank1_collapse(s: RunSeries, t: Thresholds) -> list[Alert]:
-    hits: list[tuple[int, str, float, float]] = []
-    for prev, cur in zip(s.spectra, s.spectra[1:], strict=False):
-        before = {lp.name: lp for lp in prev.layers if not lp.dead}
-        for lp in cur.layers:
-            old = before.get(lp.name)
-            if (
-                old
-                and lp.top1_share - old.top1_share >= t.collapse_jump
-                and lp.top1_share >= t.collapse_share
-            ):
-                hits.append((cur.step, lp.name, old.top1_share, lp.top1_share))
-    if not hits:
+    """A live layer's top-1 share rose ≥ collapse_jump between consecutive snapshots to ≥
+    collapse_share (compared as each snapshot arrives, `RunSeries`)."""
+    if s.spectra.collapse is None:
         return []
-    step, name, share_before, share_after = hits[0]
-    layers = sorted({h[1] for h in hits})
+    step, name, share_before, share_after = s.spectra.collapse
+    layers = sorted(s.spectra.collapsed)
     return [
         Alert(
             "RANK1_COLLAPSE",
@@ -270,7 +241,7 @@ def consider_stopping(s: RunSeries, t: Thresholds) -> list[Alert]:
     agreeing = [name for name, rule in PLATEAU_RULES.items() if rule(s, t)]
     if len(agreeing) < 2:
         return []
-    falling = window_change(s.finite_losses(), t.window)
+    falling = window_change(list(s.losses), t.window)
     if falling is not None and falling >= t.falling_loss_rel:
         return []
     return [

@@ -1,4 +1,5 @@
-"""Training telemetry: the run-log schema, its writer and reader (no torch).
+"""Training telemetry: the run-log schema, its writer and reader (no torch); Gradience's run logs
+are read too (`gradience`).
 
 The Hugging Face callback that writes these logs while training is `lorascope.integrations.hf`
 (also `lorascope.LorascopeCallback`): it sits above telemetry and monitor and imports both.
@@ -6,12 +7,14 @@ The Hugging Face callback that writes these logs while training is `lorascope.in
 
 from __future__ import annotations
 
-from .reader import RunLog, parse_lines, read_log, read_run
+from .gradience import GRADIENCE_SCHEMA
+from .reader import RunLog, parse_lines, read_log, read_run, scan_log
 from .schema import EVENTS, SCHEMA, Event, as_float
 from .writer import MAX_STR_LEN, RunWriter, redact
 
 __all__ = [
     "EVENTS",
+    "GRADIENCE_SCHEMA",
     "MAX_STR_LEN",
     "SCHEMA",
     "Event",
@@ -22,4 +25,5 @@ __all__ = [
     "read_log",
     "read_run",
     "redact",
+    "scan_log",
 ]

@@ -1,24 +1,34 @@
-"""Read a run log back: `read_log(path)` -> RunLog, `read_run(path, run_id)` -> one run's events.
+"""Read a run log back: `scan_log(path)` streams events, `read_log(path)` -> RunLog holds them all.
 
 Contract:
+* Records of `lorascope.telemetry/v1` and of Gradience's `gradience.vnext.telemetry/v1` are read
+  (`telemetry.gradience` turns the latter into the former); a file may hold both.
 * The last line may be torn (the writer crashed mid-write): it is dropped and `torn_tail` is set.
   The last line counts as torn only when it does not end in a newline.
-* Any other line that is not valid JSON or not a valid v1 record is an error naming the line
-  number (`FormatError`, one line).  Errors are reported once, not re-counted per consumer
-  (Gradience multiplied 3 bad lines into 15 issues).
+* Any other line that is not UTF-8, not valid JSON (nested too deeply and integers over Python's
+  digit limit included) or not a valid record (a payload field of the wrong kind included: loss as
+  a string, step as a list, metrics not an object) is an error naming the line (`FormatError`, one
+  line).  A bad line is never skipped: a monitor that dropped lines could miss the NaN loss it is
+  there to report.  Errors are reported once, not re-counted per consumer.
 * Unknown fields are ignored (kept in `Event.data`); unknown event names are skipped and counted.
 * A file appended to by several runs keeps them apart by `run_id`; consumers pick one (the last by
   default) instead of mixing events of different runs.
+* `scan_log` reads one line at a time: memory does not grow with the file.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterNotFoundError, FormatError
-from .schema import EVENTS, Event, from_record, validate
+from .gradience import GRADIENCE_SCHEMA, translate
+from .schema import EVENTS, SCHEMA, Event, envelope_problem, from_record, payload_problem
+
+SCHEMAS_READ = (SCHEMA, GRADIENCE_SCHEMA)
 
 
 class RunLogNotFoundError(AdapterNotFoundError):
@@ -51,48 +61,104 @@ class RunLog:
         return tuple(e for e in self.events if e.run_id == wanted)
 
 
+class LogScan:
+    """One pass over a log's lines: iterate it for the events; `torn_tail` and `n_unknown_events`
+    are final once the iteration has ended."""
+
+    def __init__(self, lines: Iterable[tuple[int, bytes | str]], path: str):
+        self._lines = lines
+        self.path = path
+        self.torn_tail = False
+        self.n_unknown_events = 0
+
+    def __iter__(self) -> Iterator[Event]:
+        offset = 0
+        for lineno, raw in self._lines:
+            terminated = raw.endswith(b"\n") if isinstance(raw, bytes) else raw.endswith("\n")
+            try:
+                events = self._parse(lineno, raw, offset)
+            except FormatError:
+                if terminated:
+                    raise
+                self.torn_tail = True  # only the last line lacks its newline: the writer crashed
+                return
+            offset += len(raw)
+            yield from events
+
+    def _parse(self, lineno: int, raw: bytes | str, offset: int) -> list[Event]:
+        def fail(problem: str) -> FormatError:
+            return FormatError(f"line {lineno}: {problem}", path=self.path)
+
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise fail(f"not UTF-8 text (byte {offset + e.start})") from None
+        else:
+            text = raw
+        if not text.strip():
+            return []
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise fail(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise fail("not valid JSON (nested too deeply to read)") from None
+        except ValueError:  # an integer over Python's digit limit
+            raise fail(
+                f"not valid JSON (an integer with more than {sys.get_int_max_str_digits()} digits)"
+            ) from None
+        problem = envelope_problem(record, SCHEMAS_READ)
+        if problem:
+            raise fail(problem)
+        records = [record]
+        if record["schema"] == GRADIENCE_SCHEMA:
+            records, problem = translate(record)
+            if problem:
+                raise fail(problem)
+            if not records:
+                self.n_unknown_events += 1
+        events = []
+        for rec in records:
+            problem = payload_problem(rec)  # translated records keep the checked envelope
+            if problem:
+                raise fail(problem)
+            if rec["event"] in EVENTS:
+                events.append(from_record(rec, lineno))
+            else:
+                self.n_unknown_events += 1
+        return events
+
+
 def parse_lines(text: str, path: str = "<memory>") -> RunLog:
     lines = text.split("\n")
-    # text ending in "\n" yields a final "" element: everything was terminated.
-    torn_candidate = len(lines) - 1 if lines and lines[-1] != "" else None
-    events: list[Event] = []
-    torn = False
-    unknown = 0
-    for idx, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        lineno = idx + 1
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            if idx == torn_candidate:
-                torn = True
-                continue
-            raise FormatError(
-                f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})", path=path
-            ) from None
-        problem = validate(record)
-        if problem:
-            if idx == torn_candidate:
-                torn = True
-                continue
-            raise FormatError(f"line {lineno}: {problem}", path=path)
-        if record["event"] not in EVENTS:
-            unknown += 1
-            continue
-        events.append(from_record(record, lineno))
-    return RunLog(path=path, events=tuple(events), torn_tail=torn, n_unknown_events=unknown)
+    numbered = [(i + 1, line + "\n") for i, line in enumerate(lines[:-1])]
+    if lines[-1]:
+        numbered.append((len(lines), lines[-1]))  # no newline after it: may be torn
+    scan = LogScan(numbered, path)
+    events = tuple(scan)
+    return RunLog(path=path, events=events, torn_tail=scan.torn_tail, n_unknown_events=scan.n_unknown_events)
 
 
-def read_log(path: str | Path) -> RunLog:
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as fh:
+        yield from enumerate(fh, 1)
+
+
+def scan_log(path: str | Path) -> LogScan:
+    """A one-pass, constant-memory iterator over the log's events (see `LogScan`)."""
     p = Path(path)
     if not p.is_file():
         raise RunLogNotFoundError("run log not found", path=p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"not UTF-8 text (byte {exc.start})", path=p) from None
-    return parse_lines(text, str(p))
+    return LogScan(_numbered_lines(p), str(p))
+
+
+def read_log(path: str | Path) -> RunLog:
+    scan = scan_log(path)
+    events = tuple(scan)
+    return RunLog(
+        path=scan.path, events=events, torn_tail=scan.torn_tail, n_unknown_events=scan.n_unknown_events
+    )
 
 
 def read_run(path: str | Path, run_id: str | None = None) -> tuple[Event, ...]:

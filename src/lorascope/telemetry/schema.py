@@ -17,7 +17,9 @@ Events and their payload (the full table with examples is docs/telemetry.md):
 Non-finite floats are written as the strings "NaN", "Infinity", "-Infinity" so every line stays
 strict JSON (Gradience's `Infinity` literals broke strict parsers); `as_float` reads them back.
 Forward compatibility: readers ignore unknown fields and unknown event names; a different *major*
-schema id is an error.
+schema id is an error.  `validate` checks the envelope and, for the events above, that the payload
+fields listed in `PAYLOAD` have their kind (a loss given as a string, a step as a list, metrics that
+are not an object are invalid records); `telemetry.gradience` maps Gradience's schema onto this one.
 """
 
 from __future__ import annotations
@@ -28,21 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = "lorascope.telemetry/v1"
-SCHEMA_FAMILY = "lorascope.telemetry/"
 ENVELOPE = ("schema", "ts", "run_id", "event", "step")
 SEVERITIES = ("info", "warning", "error")
 END_STATUSES = ("ok", "aborted", "error")
 
-# event -> payload fields that must be present (values may be null where the table says so).
-EVENTS: dict[str, tuple[str, ...]] = {
-    "run_start": ("meta",),
-    "config": ("lora", "training"),
-    "train_step": ("loss",),
-    "eval": ("split", "metrics"),
-    "spectral": ("layers", "summary"),
-    "alert": ("severity", "code", "message"),
-    "run_end": ("status",),
-}
 
 _NONFINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _NONFINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -90,21 +81,98 @@ def as_float(value: Any) -> float | None:
     return None
 
 
-def validate(record: Any) -> str | None:
-    """Why `record` is not a valid v1 record (one short phrase), or None if it is.
+# event -> {payload field: kind}; "?" marks a field that may be absent.  Kinds: "number" is a
+# number, null or one of the non-finite spellings; "object", "list", "string" are what JSON calls
+# them; a "?" field may also be null.
+PAYLOAD: dict[str, dict[str, str]] = {
+    "run_start": {"meta": "object"},
+    "config": {"lora": "object", "training": "object"},
+    "train_step": {"loss": "number", "lr": "number?", "grad_norm": "number?", "epoch": "number?"},
+    "eval": {"split": "string", "metrics": "object"},
+    "spectral": {"layers": "list", "summary": "object"},
+    "alert": {"severity": "string", "code": "string", "message": "string", "context": "object?"},
+    "run_end": {"status": "string", "reason": "string?"},
+}
+LAYER_FIELDS = {
+    "name": "string",
+    "rank": "count?",
+    "stable_rank": "number?",
+    "utilisation": "number?",
+    "top1_share": "number?",
+    "sigma_max": "number?",
+}
+_KIND_NAMES = {
+    "number": "a number or null",
+    "count": "an integer ≥ 0",
+    "object": "an object",
+    "list": "a list",
+    "string": "a string",
+}
 
-    Unknown event names are valid (a newer writer may add events); the reader skips them.
-    """
+
+def is_number(value: Any) -> bool:
+    """A payload number: int or float (not bool), null, or a non-finite spelling."""
+    kind = type(value)
+    if kind is float or kind is int or value is None:  # the common cases first: one line per step
+        return True
+    if isinstance(value, str):
+        return value in _NONFINITE_IN
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "number":
+        return is_number(value)
+    if kind == "count":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, {"object": dict, "list": list, "string": str}[kind])
+
+
+Fields = tuple[tuple[str, str, bool], ...]  # (key, kind, optional)
+
+
+def _parse_fields(fields: Mapping[str, str]) -> Fields:
+    return tuple((k, v.rstrip("?"), v.endswith("?")) for k, v in fields.items())
+
+
+def fields_problem(record: Mapping[str, Any], fields: Mapping[str, str], what: str) -> str | None:
+    """Why `record`'s fields do not have the kinds `fields` lists, or None."""
+    return _fields_problem(record, _parse_fields(fields), what)
+
+
+def _fields_problem(record: Mapping[str, Any], fields: Fields, what: str) -> str | None:
+    for key, kind, optional in fields:
+        if key not in record:
+            if optional:
+                continue
+            return f"{what} lacks {key}"
+        value = record[key]
+        if value is None and optional:
+            continue
+        if not (is_number(value) if kind == "number" else _fits(value, kind)):
+            return f"{what} {key} must be {_KIND_NAMES[kind]}, got {_kind_of(value)}"
+    return None
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, str):
+        return "a string" if len(value) > 20 else f"the string {value!r}"
+    return {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def envelope_problem(record: Any, schemas: tuple[str, ...] = (SCHEMA,)) -> str | None:
+    """Why `record` is not a record of one of `schemas` (envelope only), or None."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     missing = [k for k in ("schema", "ts", "run_id", "event") if k not in record]
     if missing:
         return f"missing field(s) {', '.join(missing)}"
     schema = record["schema"]
-    if not isinstance(schema, str) or not schema.startswith(SCHEMA_FAMILY):
-        return f"schema {schema!r} is not a lorascope telemetry schema"
-    if schema != SCHEMA:
-        return f"schema {schema!r} is not supported (this lorascope reads {SCHEMA})"
+    if not isinstance(schema, str) or schema not in schemas:
+        family = isinstance(schema, str) and any(schema.split("/")[0] == s.split("/")[0] for s in schemas)
+        if family:
+            return f"schema {schema!r} is not supported (this lorascope reads {', '.join(schemas)})"
+        return f"schema {_short(schema)} is not a telemetry schema lorascope reads ({', '.join(schemas)})"
     if not isinstance(record["run_id"], str) or not isinstance(record["event"], str):
         return "run_id and event must be strings"
     if not isinstance(record["ts"], (int, float)) or isinstance(record["ts"], bool):
@@ -112,14 +180,54 @@ def validate(record: Any) -> str | None:
     step = record.get("step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
         return "step must be an integer or null"
-    required = EVENTS.get(record["event"])
-    if required:
-        lacking = [k for k in required if k not in record]
-        if lacking:
-            return f"{record['event']} event lacks {', '.join(lacking)}"
-    if record["event"] == "alert" and record["severity"] not in SEVERITIES:
-        return f"alert severity {record['severity']!r} is not one of {', '.join(SEVERITIES)}"
     return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+_PAYLOAD_FIELDS = {event: _parse_fields(fields) for event, fields in PAYLOAD.items()}
+_LAYER_FIELDS = _parse_fields(LAYER_FIELDS)
+
+
+def validate(record: Any) -> str | None:
+    """Why `record` is not a valid v1 record (one short phrase), or None if it is.
+
+    The envelope, then the payload of a known event: required fields present and every field of
+    the table of the right kind (unknown fields are not checked).  Unknown event names are valid (a
+    newer writer may add events); the reader skips them.
+    """
+    return envelope_problem(record) or payload_problem(record)
+
+
+def payload_problem(record: dict[str, Any]) -> str | None:
+    """`validate` without the envelope, for a record whose envelope was checked."""
+    event = record["event"]
+    fields = _PAYLOAD_FIELDS.get(event)
+    if fields is None:
+        return None
+    problem = _fields_problem(record, fields, f"{event} event")
+    if problem:
+        return problem
+    if event == "alert" and record["severity"] not in SEVERITIES:
+        return f"alert severity {_short(record['severity'])} is not one of {', '.join(SEVERITIES)}"
+    if event == "spectral":
+        for i, layer in enumerate(record["layers"]):
+            if not isinstance(layer, dict):
+                return f"spectral layers[{i}] must be an object, got {_kind_of(layer)}"
+            problem = _fields_problem(layer, _LAYER_FIELDS, f"spectral layers[{i}]")
+            if problem:
+                return problem
+    return None
+
+
+# event -> payload fields that must be present (values may be null where PAYLOAD says so).
+EVENTS: dict[str, tuple[str, ...]] = {
+    event: tuple(k for k, kind in fields.items() if not kind.endswith("?"))
+    for event, fields in PAYLOAD.items()
+}
 
 
 def from_record(record: dict[str, Any], line: int = 0) -> Event:

@@ -89,7 +89,8 @@ class RunWriter:
                 out.flush()
 
     def write(self, event: str, step: int | None = None, **payload: Any) -> dict[str, Any] | None:
-        """Append one event; returns the record written (None when this process does not write)."""
+        """Append one event; returns the record as written, read back (None when this process does not
+        write).  The record is validated as the reader will see it."""
         if event not in EVENTS:
             raise InvalidArgumentError(f"unknown telemetry event {event!r}; known: {', '.join(EVENTS)}")
         if not self.enabled or self._fh is None:
@@ -97,15 +98,16 @@ class RunWriter:
         record = {"schema": SCHEMA, "ts": time.time(), "run_id": self.run_id, "event": event, "step": step}
         body = payload if self.allow_text else redact(payload, self.max_str_len)
         record.update(encode_nonfinite(body))
-        problem = validate(record)
+        line = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_jsonable)
+        written = json.loads(line)  # what a reader will see: numpy scalars, enums, sets made JSON
+        problem = validate(written)
         if problem:
             raise InvalidArgumentError(
                 f"refusing to write an invalid {event} event: {problem}", path=self.path
             )
-        line = json.dumps(record, allow_nan=False, separators=(",", ":"), default=_jsonable)
         self._fh.write(line + "\n")
         self._fh.flush()
-        return record
+        return written
 
     def alert(self, severity: str, code: str, message: str, step: int | None = None, **context: Any):
         if severity not in SEVERITIES:
