@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
+from ..textsafe import clean
 from .audit import AuditReport, LayerReport
 
 DISAGREE_ROWS = 15  # disagreeing layers shown in text and Markdown (JSON lists all)
@@ -241,7 +242,7 @@ def to_text(report: AuditReport, view: View | None = None) -> str:
         out += ["", "  PEFT config for the per-layer suggestion (paste into LoraConfig):"]
         out += ["  " + line for line in json.dumps(cfg, indent=2).splitlines()]
     out += [f"  note: {n}" for n in report.notes]
-    return "\n".join(out) + "\n"
+    return "\n".join(clean(line) for line in out) + "\n"  # names come from files: escapes shown, not run
 
 
 def to_markdown(report: AuditReport, view: View | None = None) -> str:
@@ -267,4 +268,4 @@ def to_markdown(report: AuditReport, view: View | None = None) -> str:
         ]
     if report.notes:
         out += ["", *(f"> {n}" for n in report.notes)]
-    return "\n".join(out) + "\n"
+    return "\n".join(clean(line) for line in out) + "\n"

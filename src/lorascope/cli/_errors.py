@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable
 
 from ..errors import LorascopeError
+from ..textsafe import clean
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -27,7 +28,7 @@ def guarded(fn: Callable[[], int]) -> int:
         line = f"lorascope: error: {e}"
         if e.hint:
             line += f" (hint: {e.hint})"
-        print(line, file=sys.stderr)
+        print(clean(line), file=sys.stderr)  # one line whatever the file names hold
         return e.exit_code
     except KeyboardInterrupt:
         print("lorascope: interrupted", file=sys.stderr)
@@ -44,15 +45,17 @@ def guarded(fn: Callable[[], int]) -> int:
         if debug_enabled():
             traceback.print_exc()
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"lorascope: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(clean(f"lorascope: error: {where}{e.strerror or e}"), file=sys.stderr)
         return 2
     except Exception as e:  # a bug in lorascope: still one line unless debugging
         if debug_enabled():
             traceback.print_exc()
         else:
             print(
-                f"lorascope: internal error: {type(e).__name__}: {e} "
-                "(set LORASCOPE_DEBUG=1 for a traceback and please report it)",
+                clean(
+                    f"lorascope: internal error: {type(e).__name__}: {e} "
+                    "(set LORASCOPE_DEBUG=1 for a traceback and please report it)"
+                ),
                 file=sys.stderr,
             )
         return EXIT_INTERNAL

@@ -7,6 +7,7 @@ import json
 
 from ..convert import convert_file
 from ..formats import FORMATS
+from ..textsafe import clean
 from ._output import emit
 
 
@@ -33,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         emit(json.dumps(result.__dict__, sort_keys=True) + "\n")
     else:
         r = result
-        emit(f"wrote {r.n_layers} layers: {r.source_format} {r.source} -> {r.format} {r.dest}\n")
+        emit(clean(f"wrote {r.n_layers} layers: {r.source_format} {r.source} -> {r.format} {r.dest}") + "\n")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..textsafe import clean
 from .plan import CompressReport
 
 
@@ -25,4 +26,4 @@ def to_text(report: CompressReport, show_layers: bool = False) -> str:
             kept = 100 * x.kept_energy
             lines.append(f"{x.name:<{width}}  {x.rank:>4} → {x.new_rank:<4} {kept:6.2f}  {x.rel_error:.4f}")
     lines.extend(f"note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n"
+    return "\n".join(clean(line) for line in lines) + "\n"  # names come from files
