@@ -7,7 +7,7 @@ format is one module plus one line here.  Callers go through this registry only:
 
 * `load(path)` detects the format unless one is given.  Detection asks every registered format's
   `sniff`; exactly one must claim the path, otherwise the error says which claimed it (ambiguous)
-  or that none did (unknown).
+  or that none did (unknown); a .safetensors file whose header cannot be parsed gets that reason.
 * `save(adapter, dest, format=..., source=...)` writes through the format's `write` to
   `output_path(format, dest)`, after `check_writable`.
 * `check_dest` (an output must not be, hold or lie inside an input, nor exist non-empty) is shared
@@ -24,7 +24,7 @@ from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatEr
 from ..types import Adapter, LayerInfo
 from . import diffusers, kohya, lycoris, peft
 from ._contract import FormatSpec, check_dest, refusal
-from ._keys import COMPONENTS, NAMES_KEY, match_spelling
+from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
 
 __all__ = [
     "COMPONENTS",
@@ -79,6 +79,10 @@ def detect(path: str | Path) -> str:
         return claims[0]
     if claims:
         raise UnknownFormatError(f"ambiguous format: looks like {' and '.join(claims)}", path=p)
+    for candidate in [p] + [p / s.file_name for m in FORMATS.values() if (s := m.SPEC).file_name]:
+        corrupt = header_error(candidate)  # a .safetensors file that cannot be parsed: say why
+        if corrupt is not None:
+            raise corrupt
     raise UnknownFormatError(
         f"unknown adapter format (lorascope reads: {', '.join(FORMATS)}); a PEFT adapter is a "
         "directory with adapter_config.json and adapter_model.safetensors",

@@ -1,12 +1,14 @@
-"""The only module that touches tensor-file bytes.
+"""With `_header.py` (headers), the only module that touches tensor-file bytes.
 
 `TensorSource` is what format readers see: key names, shapes and dtypes from the header, and one
 tensor at a time as a numpy array.  Two sources exist:
 
-* `SafetensorsSource`: the `safetensors` library validates the file and reads fp16/fp32/fp64
-  tensors.  numpy has no bfloat16, and the library's numpy API refuses BF16, so BF16 tensors are
-  read from the byte offsets in the (already validated) header and widened to float32 exactly
-  (a bf16 is the top 16 bits of a float32).
+* `SafetensorsSource`: the header is parsed and every entry's fields checked (`_header.py`: types,
+  ranges, byte counts against shapes), the `safetensors` library validates the layout, and each
+  tensor is read with positional reads of its exact byte range (never through a memory map: a file
+  truncated under one kills the process with SIGBUS).  A short read is "file changed or truncated
+  while reading".  numpy has no bfloat16, so BF16 tensors are widened to float32 exactly (a bf16 is
+  the top 16 bits of a float32).
 * `DictSource`: tensors already in memory (PyTorch ``adapter_model.bin``, tests).
 
 Writing: `write_safetensors` writes through a temporary file in the destination directory and
@@ -22,6 +24,7 @@ import os
 import struct
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError, UnsupportedError
+from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ._header import check_with_library, open_fd, parse_header
 
 # safetensors dtype tag -> (our short name, numpy dtype or None for bf16)
 _DTYPES = {
@@ -62,13 +66,28 @@ class TensorSource:
 
 
 class SafetensorsSource(TensorSource):
+    """A .safetensors file whose tensors are read by positional reads of their exact byte ranges.
+
+    At open the header is parsed and every entry checked (`_check_entries`), and the safetensors
+    library validates the layout (overlaps, coverage); no tensor is then read through a memory map:
+    a file truncated under an mmap read kills the process with SIGBUS and no message, while a short
+    positional read is a one-line FormatError.  One descriptor per file serves every worker thread
+    (`os.preadv` takes the offset, so reads need no lock); it closes when the source is collected."""
+
     def __init__(self, path: str | Path):
         self.path = str(path)
-        header = _read_header(self.path)
+        fd = open_fd(self.path)
+        try:
+            self._opened = _identity(os.fstat(fd))
+            header, self._data_start = parse_header(fd, self._opened[0], self.path)
+            check_with_library(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        weakref.finalize(self, os.close, fd)
         self.metadata = header.pop("__metadata__", None) or {}
-        self._entries = header
-        self._data_start = 8 + _header_len(self.path)
-        self._handle = _open_with_library(self.path)
+        self._entries: dict[str, dict] = header
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -87,23 +106,53 @@ class SafetensorsSource(TensorSource):
             raise UnsupportedError(
                 f"tensor {key!r} has dtype {tag}; lorascope reads F64, F32, F16 and BF16", path=self.path
             )
-        if tag == "BF16":
-            return self._read_bf16(key, entry)
-        return self._handle.get_tensor(key)
-
-    def _read_bf16(self, key: str, entry: dict) -> np.ndarray:
         start, end = entry["data_offsets"]
-        count = (end - start) // 2
-        raw = _scratch_u2(count)  # (count,) reused per thread: no fresh pages to fault in per tensor
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self._data_start + start)
-            got = f.readinto(raw.data)  # into the array's own buffer (a memoryview)
-        if got != 2 * count:
-            raise FormatError(f"truncated safetensors file: tensor {key!r} is cut short", path=self.path)
-        # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
-        wide = raw.astype(np.uint32)  # (count,)
-        wide <<= 16
-        return wide.view(np.float32).reshape(entry["shape"])
+        kind = _DTYPES[tag][1]
+        if kind is None:  # BF16
+            raw = _scratch_u2((end - start) // 2)  # (count,) reused per thread: no fresh pages per tensor
+            self._read_into(key, raw, start)
+            # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
+            wide = raw.astype(np.uint32)  # (count,)
+            wide <<= 16
+            return wide.view(np.float32).reshape(entry["shape"])
+        stored = np.dtype(kind).newbyteorder("<")  # safetensors data are little-endian
+        arr = np.empty((end - start) // stored.itemsize, dtype=stored)  # (count,)
+        self._read_into(key, arr, start)
+        return arr.reshape(entry["shape"])
+
+    def _read_into(self, key: str, arr: np.ndarray, start: int) -> None:
+        """Fill the contiguous `arr` with the tensor's bytes.  A short read, or a file whose size or
+        modification time moved since it was opened, is an error, never a partly filled tensor."""
+        view = arr.data.cast("B")  # the array's own buffer: filled in place
+        got = _pread_into(self._fd, view, self._data_start + start)
+        if got != view.nbytes or _identity(os.fstat(self._fd)) != self._opened:
+            raise FormatError(
+                f"file changed or truncated while reading: tensor {key!r} got {got} of {view.nbytes} bytes",
+                path=self.path,
+                keys=[key],
+            )
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """(size, modification time): what a rewrite in place or a truncation changes."""
+    return st.st_size, st.st_mtime_ns
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read up to len(view) bytes at `offset` into `view` (several calls where the kernel returns
+    fewer bytes, e.g. above 2 GiB); the count read, short only at end of file."""
+    done, n = 0, view.nbytes
+    while done < n:
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [view[done:]], offset + done)
+        else:  # no preadv (e.g. older macOS): read, then copy
+            chunk = os.pread(fd, n - done, offset + done)
+            got = len(chunk)
+            view[done : done + got] = chunk
+        if got <= 0:
+            break
+        done += got
+    return done
 
 
 _SCRATCH = threading.local()
@@ -139,54 +188,6 @@ class DictSource(TensorSource):
         if np.dtype(arr.dtype) not in _NUMPY_TO_TAG:
             raise UnsupportedError(f"tensor {key!r} has unsupported dtype {arr.dtype}", path=self.path)
         return arr
-
-
-def _header_len(path: str) -> int:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8:
-        raise FormatError("not a safetensors file (shorter than its 8-byte header length)", path=path)
-    return struct.unpack("<Q", head)[0]
-
-
-def _read_header(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise AdapterNotFoundError("file not found", path=path)
-    size = os.path.getsize(path)
-    n = _header_len(path)
-    if n > size - 8 or n > 100_000_000:
-        raise FormatError(f"not a safetensors file (header length {n} exceeds file size {size})", path=path)
-    with open(path, "rb") as f:
-        f.seek(8)
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"not a safetensors file (header is not JSON: {e})", path=path) from None
-    if not isinstance(header, dict):
-        raise FormatError("not a safetensors file (header is not a JSON object)", path=path)
-    data_len = size - 8 - n
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        end = entry.get("data_offsets", [0, 0])[1] if isinstance(entry, dict) else 0
-        if end > data_len:
-            raise FormatError(
-                f"truncated safetensors file: tensor {key!r} ends at byte {end} but only {data_len} "
-                "data bytes are present",
-                path=path,
-            )
-    return header
-
-
-def _open_with_library(path: str):
-    """Let the safetensors library check offsets, overlaps and coverage; re-raise as one line."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        return safe_open(path, framework="np")
-    except SafetensorError as e:
-        raise FormatError(f"invalid safetensors file ({e})", path=path) from None
 
 
 def load_torch_bin(path: str) -> DictSource:

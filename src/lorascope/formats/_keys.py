@@ -20,9 +20,10 @@ import numpy as np
 
 from ..errors import FormatError, LorascopeError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
-from ._checks import factor_dims
+from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
-from ._io import SafetensorsWriter, TensorSource, _read_header, header_room
+from ._header import json_loads, read_header
+from ._io import SafetensorsWriter, TensorSource, header_room
 
 # Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -101,18 +102,37 @@ def group_keys(
 
 def header_keys(path: str | Path) -> list[str] | None:
     """Tensor names of a .safetensors file from its header, or None if it is not one (for sniffing)."""
+    header = safetensors_header(path)
+    return None if header is None else header[0]
+
+
+def safetensors_header(path: str | Path) -> tuple[list[str], dict[str, str]] | None:
+    """(tensor names, metadata) of a .safetensors file from its header, or None if it is not one."""
     p = Path(path)
     if not (p.is_file() and p.suffix == ".safetensors"):
         return None
     try:
-        header = _read_header(str(p))
+        header = read_header(str(p))
     except LorascopeError:
         return None
-    return [k for k in header if k != "__metadata__"]
+    return [k for k in header if k != "__metadata__"], dict(header.get("__metadata__") or {})
+
+
+def header_error(path: str | Path) -> LorascopeError | None:
+    """Why the .safetensors file at `path` cannot be parsed (None: its header is fine, or it is not
+    a .safetensors file): what detection reports instead of "unknown format" for a corrupt file."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return None
+    try:
+        read_header(str(p))
+    except LorascopeError as e:
+        return e
+    return None
 
 
 def read_alpha(src: TensorSource, key: str, name: str) -> float:
-    """A per-module alpha: exactly one finite number."""
+    """A per-module alpha: exactly one finite number within float32's range."""
     shape = src.shape(key)
     if math.prod(shape) != 1:
         raise FormatError(
@@ -121,8 +141,8 @@ def read_alpha(src: TensorSource, key: str, name: str) -> float:
             keys=[key],
         )
     value = float(np.asarray(src.get(key), dtype=np.float64).reshape(()))
-    if not math.isfinite(value):
-        raise FormatError(f"layer {name}: {key} is not finite ({value})", path=src.path, keys=[key])
+    if not finite_alpha(value):
+        raise FormatError(f"layer {name}: {key} must be {ALPHA_RULE}, got {value}", path=src.path, keys=[key])
     return value
 
 
@@ -235,10 +255,7 @@ def read_name_map(metadata: Mapping[str, str], path: str) -> dict[str, str]:
     raw = metadata.get(NAMES_KEY)
     if not raw:
         return {}
-    try:
-        names = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FormatError(f"metadata {NAMES_KEY} is not valid JSON", path=path) from None
+    names = json_loads(raw, path, f"metadata {NAMES_KEY} is not valid JSON ({{}})")
     if not isinstance(names, dict):
         raise FormatError(f"metadata {NAMES_KEY} must be a JSON object", path=path)
     return {str(k): str(v) for k, v in names.items()}

@@ -138,6 +138,14 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
 
 
 def _layer(src: TensorSource, name: str, roles: dict[str, str], dotted: str | None) -> LayerInfo:
+    empty = sorted(k for r, k in roles.items() if r not in _COMMON and 0 in src.shape(k))
+    if empty:  # rank 0 or an empty dimension: nothing to divide alpha by, nothing to audit
+        raise FormatError(
+            f"layer {name}: {empty[0]} has shape {list(src.shape(empty[0]))}; a factor needs rank ≥ 1 "
+            "and non-empty dimensions",
+            path=src.path,
+            keys=empty,
+        )
     algos = {r.split("_")[0] for r in roles if r not in _COMMON} & {"hada", "lokr"}
     if len(algos) > 1:
         raise FormatError(

@@ -27,8 +27,9 @@ from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
-from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
+from ._checks import ALPHA_RULE, check_outlier_shapes, factor_dims, finite_alpha, reject_leftovers
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
+from ._header import json_loads, short_repr
 from ._io import TensorSource, load_torch_bin, open_safetensors
 from ._keys import Rules, group_keys, match_spelling
 from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
@@ -107,42 +108,48 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
 
 def load_config(path: Path) -> dict[str, Any]:
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FormatError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
-    except UnicodeDecodeError:
-        raise FormatError("not a UTF-8 text file", path=path) from None
+        text = path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror}", path=path) from None
+    cfg = json_loads(text, path)
     if not isinstance(cfg, dict):
         raise FormatError("expected a JSON object", path=path)
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise UnsupportedError(f"peft_type {peft_type} is not a LoRA adapter", path=path)
+        raise UnsupportedError(f"peft_type {short_repr(peft_type)} is not a LoRA adapter", path=path)
+    check_lora_fields(cfg, path)
+    return cfg
+
+
+def check_lora_fields(cfg: Mapping[str, Any], path: str | Path, where: str = "") -> None:
+    """r, lora_alpha, rank_pattern and alpha_pattern of a LoRA config (PEFT's, or one component of
+    diffusers' `lora_adapter_metadata`, named by `where`) have the types and ranges PEFT needs."""
     r = cfg.get("r", 8)
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise FormatError(f"'r' must be a positive integer, got {r!r}", path=path)
+    if not _positive_int(r):
+        raise FormatError(f"{where}'r' must be a positive integer, got {short_repr(r)}", path=path)
     alpha = cfg.get("lora_alpha", 8)
-    if not _finite_number(alpha):
-        raise FormatError(f"'lora_alpha' must be a finite number, got {alpha!r}", path=path)
+    if not finite_alpha(alpha):
+        raise FormatError(f"{where}'lora_alpha' must be {ALPHA_RULE}, got {short_repr(alpha)}", path=path)
     for key, ok, what in (
         ("rank_pattern", _positive_int, "a positive integer"),
-        ("alpha_pattern", _finite_number, "a finite number"),
+        ("alpha_pattern", finite_alpha, ALPHA_RULE),
     ):
         patterns = cfg.get(key) or {}
         if not isinstance(patterns, dict):
-            raise FormatError(f"'{key}' must be a JSON object", path=path)
+            raise FormatError(f"{where}'{key}' must be a JSON object, got {short_repr(patterns)}", path=path)
         for k, v in patterns.items():
             if not ok(v):
-                raise FormatError(f"'{key}' value for {k!r} must be {what}, got {v!r}", path=path)
-    return cfg
+                raise FormatError(
+                    f"{where}'{key}' value for {short_repr(k)} must be {what}, got {short_repr(v)}", path=path
+                )
+    if "use_rslora" in cfg and not isinstance(cfg["use_rslora"], (bool, type(None))):
+        raise FormatError(
+            f"{where}'use_rslora' must be true or false, got {short_repr(cfg['use_rslora'])}", path=path
+        )
 
 
 def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _finite_number(v: Any) -> bool:
-    # json.loads accepts NaN / Infinity literals: a non-finite alpha would poison every metric
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Scaling:
