@@ -110,6 +110,10 @@ def test_bad_header_in_peft_directory(tmp_path, rng, capsys):
             "'use_rslora' must be true or false, got 'false'",
         ),
         ('{"peft_type": ' + "[" * 50 + "]" * 50 + "}", "is not a LoRA adapter"),
+        (
+            '{"r": 4, "lora_alpha": 8, "modules_to_save": 5}',
+            "'modules_to_save' must be a list of module names, got 5",
+        ),
     ],
 )
 def test_bad_adapter_config(tmp_path, rng, capsys, text, message):

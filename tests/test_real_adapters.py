@@ -45,8 +45,14 @@ def _truth(model, prefix=""):
             adapter = next(iter(module.lora_A))
             a = module.lora_A[adapter].weight.detach().double()
             b = module.lora_B[adapter].weight.detach().double()
-            dense = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
-            out[prefix + name] = module.scaling[adapter] * dense.numpy()
+        elif hasattr(module, "lora_embedding_A") and len(module.lora_embedding_A):
+            adapter = next(iter(module.lora_embedding_A))  # A (r, num_embeddings), B (dim, r)
+            a = module.lora_embedding_A[adapter].detach().double()
+            b = module.lora_embedding_B[adapter].detach().double()
+        else:
+            continue
+        dense = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+        out[prefix + name] = module.scaling[adapter] * dense.numpy()
     return out
 
 
@@ -125,3 +131,138 @@ def test_old_text_encoder_processor_names(tmp_path, rng):
     path = tmp_path / "te.safetensors"
     write_safetensors_raw(path, t)
     assert set(load(path).names) == {f"{base}.q_proj", f"{base}.out_proj"}
+
+
+# --- PEFT: full weights saved beside the LoRA ----------------------------------------------------
+
+LLAMA = dict(
+    vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    num_key_value_heads=2, num_labels=3, pad_token_id=0,
+)  # fmt: skip
+
+
+def _seq_cls(kind: str):
+    """A tiny transformers sequence classifier and the LoRA targets of its attention."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "llama":
+        return transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**LLAMA)), [
+            "q_proj",
+            "v_proj",
+        ]
+    if kind == "distilbert":
+        cfg = transformers.DistilBertConfig(vocab_size=64, dim=16, hidden_dim=32, n_layers=2, n_heads=2)
+        return transformers.DistilBertForSequenceClassification(cfg), ["q_lin", "v_lin"]
+    cfg = transformers.RobertaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
+    )
+    return transformers.RobertaForSequenceClassification(cfg), ["query", "value"]
+
+
+HEADS = {"llama": ["score"], "distilbert": ["classifier", "pre_classifier"], "roberta": ["classifier"]}
+
+
+@pytest.mark.parametrize("kind", HEADS)
+@pytest.mark.parametrize("modules_to_save", ["as saved", "null"])
+@pytest.mark.parametrize("serialization", ["safetensors", "bin"])
+def test_sequence_classification_head(tmp_path, capsys, kind, modules_to_save, serialization):
+    """PEFT saves a SEQ_CLS adapter's head even when its config says modules_to_save: null (older
+    PEFT wrote null; PeftModelForSequenceClassification adds classifier/score at load time): the
+    LoRA is audited, the head listed (both were refused as keys not understood)."""
+    import json
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from lorascope.cli.main import main
+
+    model, targets = _seq_cls(kind)
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, cfg)
+    out = tmp_path / "adapter"
+    peft_model.save_pretrained(str(out), safe_serialization=serialization == "safetensors")
+    if modules_to_save == "null":
+        config = json.loads((out / "adapter_config.json").read_text())
+        config["modules_to_save"] = None
+        (out / "adapter_config.json").write_text(json.dumps(config))
+    a = load(out)
+    assert list(a.modules_to_save) == HEADS[kind]
+    truth = _truth(peft_model.base_model.model)
+    assert set(a.names) == set(truth)
+    for name in a.names:
+        np.testing.assert_allclose(a.delta(name).dense(), truth[name], rtol=1e-6, atol=1e-9)
+    assert main(["audit", str(out)]) == 0
+    assert f"modules_to_save (not audited): {', '.join(HEADS[kind])}" in capsys.readouterr().out
+
+
+def test_unknown_lora_like_tensor_is_still_an_error(tmp_path):
+    """Known full weights are listed; a tensor no rule knows stays an error naming it."""
+    import json
+
+    from peft import LoraConfig, TaskType, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from lorascope.errors import FormatError
+
+    model, targets = _seq_cls("roberta")
+    get_peft_model(
+        model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=targets)
+    ).save_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config["task_type"] = "CAUSAL_LM"  # not a classification task: its head is not expected
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": None}))
+    with pytest.raises(
+        FormatError, match=r"4 key\(s\) not understood as PEFT LoRA tensors: .*classifier\.dense"
+    ):
+        load(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config | {"task_type": "SEQ_CLS"}))
+    weights = load_file(str(tmp_path / "adapter_model.safetensors"))
+    weights["base_model.model.roberta.encoder.layer.0.attention.self.query.lora_C.weight"] = weights[
+        "base_model.model.classifier.dense.weight"
+    ].clone()
+    save_file(weights, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(
+        FormatError, match=r"1 key\(s\) not understood as PEFT LoRA tensors: .*query\.lora_C\.weight$"
+    ):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("targets", "saved", "keys"),
+    [
+        (
+            ["q_proj", "v_proj", "embed_tokens"],
+            ["model.embed_tokens"],
+            ["model.embed_tokens.base_layer.weight"],
+        ),
+        (
+            ["q_proj", "v_proj"],
+            ["lm_head", "model.embed_tokens"],
+            ["lm_head.weight", "model.embed_tokens.weight"],
+        ),
+        (["q_proj", "v_proj", "lm_head"], ["lm_head"], ["lm_head.base_layer.weight"]),
+    ],
+)
+def test_saved_embedding_layers(tmp_path, targets, saved, keys):
+    """`save_pretrained(save_embedding_layers=True)` writes the embeddings' full weights beside the
+    LoRA (a targeted layer's as `….base_layer.weight`): listed, not audited (were refused)."""
+    import torch
+    import transformers
+    from peft import LoraConfig, TaskType, get_peft_model
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, target_modules=targets, init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    peft_model.save_pretrained(str(tmp_path), save_embedding_layers=True)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "pt") as f:
+        assert sorted(k for k in f.keys() if "lora_" not in k) == [f"base_model.model.{k}" for k in keys]
+    a = load(tmp_path)
+    assert list(a.modules_to_save) == saved
+    truth = _truth(peft_model.base_model.model)
+    assert set(a.names) == set(truth)
+    for name in a.names:
+        np.testing.assert_allclose(a.delta(name).dense(), truth[name], rtol=1e-6, atol=1e-9)

@@ -48,7 +48,7 @@ from ._keys import (
     safetensors_header,
 )
 from ._patterns import rank_patterns
-from .peft import Scaling, check_lora_fields
+from ._peft_config import Scaling, check_lora_fields
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 SPEC = FormatSpec(

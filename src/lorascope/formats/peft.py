@@ -9,7 +9,8 @@ Keys understood (the adapter name may appear before `.weight`, as in `lora_A.def
   <module>.lora_A.weight (r, in) / (r, c_in, kh, kw)    <module>.lora_B.weight (out, r) / (out, r, 1, 1)
   <module>.lora_embedding_A (r, num_embeddings)          <module>.lora_embedding_B (dim, r)
   <module>.lora_magnitude_vector (DoRA)                  <module>.lora_B.bias (lora_bias)
-  weights of `modules_to_save` modules (listed, not audited)
+  full weights saved beside the LoRA: `modules_to_save`, the head of a SEQ_CLS / TOKEN_CLS /
+  QUESTION_ANS task, embedding layers (`_peft_config.py`; listed as modules_to_save, not audited)
 Anything else is an error that lists the keys.  Not handled here: other PEFT methods (LoHa/LoKr
 adapters in PEFT format are read by the LyCORIS module), and `fan_in_fan_out` needs no special
 case because it only transposes how the base weight is stored, not ΔW's spectrum.
@@ -26,13 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
-from ._checks import ALPHA_RULE, check_outlier_shapes, factor_dims, finite_alpha, reject_leftovers
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
-from ._header import json_loads, short_repr
 from ._io import TensorSource, load_torch_bin, open_safetensors
 from ._keys import Rules, group_keys, match_spelling
-from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
+from ._patterns import pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
+from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fields: used by other formats)
+    Scaling,
+    check_lora_fields,
+    full_weight_module,
+    load_config,
+    saved_module_names,
+)
 
 SPEC = FormatSpec(
     name="peft",
@@ -106,96 +113,21 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
     raise AdapterNotFoundError(f"no {WEIGHTS[0]} (or {WEIGHTS[1]}) beside {CONFIG}", path=p)
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes()
-    except OSError as e:
-        raise FormatError(f"cannot read: {e.strerror}", path=path) from None
-    cfg = json_loads(text, path)
-    if not isinstance(cfg, dict):
-        raise FormatError("expected a JSON object", path=path)
-    peft_type = str(cfg.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise UnsupportedError(f"peft_type {short_repr(peft_type)} is not a LoRA adapter", path=path)
-    check_lora_fields(cfg, path)
-    return cfg
-
-
-def check_lora_fields(cfg: Mapping[str, Any], path: str | Path, where: str = "") -> None:
-    """r, lora_alpha, rank_pattern and alpha_pattern of a LoRA config (PEFT's, or one component of
-    diffusers' `lora_adapter_metadata`, named by `where`) have the types and ranges PEFT needs."""
-    r = cfg.get("r", 8)
-    if not _positive_int(r):
-        raise FormatError(f"{where}'r' must be a positive integer, got {short_repr(r)}", path=path)
-    alpha = cfg.get("lora_alpha", 8)
-    if not finite_alpha(alpha):
-        raise FormatError(f"{where}'lora_alpha' must be {ALPHA_RULE}, got {short_repr(alpha)}", path=path)
-    for key, ok, what in (
-        ("rank_pattern", _positive_int, "a positive integer"),
-        ("alpha_pattern", finite_alpha, ALPHA_RULE),
-    ):
-        patterns = cfg.get(key) or {}
-        if not isinstance(patterns, dict):
-            raise FormatError(f"{where}'{key}' must be a JSON object, got {short_repr(patterns)}", path=path)
-        for k, v in patterns.items():
-            if not ok(v):
-                raise FormatError(
-                    f"{where}'{key}' value for {short_repr(k)} must be {what}, got {short_repr(v)}", path=path
-                )
-    if "use_rslora" in cfg and not isinstance(cfg["use_rslora"], (bool, type(None))):
-        raise FormatError(
-            f"{where}'use_rslora' must be true or false, got {short_repr(cfg['use_rslora'])}", path=path
-        )
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-class Scaling:
-    """One config's r / lora_alpha / rank_pattern / alpha_pattern / use_rslora → each module's
-    (r, alpha, scale).  The patterns are indexed once (`PatternIndex`): a lookup does not grow with
-    the number of pattern keys, so reading stays linear in layers."""
-
-    def __init__(self, cfg: Mapping[str, Any], path: str | Path):
-        self._r = cfg.get("r")
-        self._alpha = cfg.get("lora_alpha", 8)  # PEFT's default lora_alpha
-        self._rslora = bool(cfg.get("use_rslora"))
-        self._ranks = PatternIndex(cfg.get("rank_pattern") or {}, path)
-        self._alphas = PatternIndex(cfg.get("alpha_pattern") or {}, path)
-
-    def layer(self, module: str, r_default: int = 8) -> tuple[int, float, float]:
-        """(configured r, alpha, scale); `r_default` stands in for a missing "r" (PEFT's is 8)."""
-        r = int(self._ranks.value(module, r_default if self._r is None else self._r))
-        alpha = float(self._alphas.value(module, self._alpha))
-        return r, alpha, peft_scale(alpha, r, self._rslora)
-
-
 def _classify(
-    keys: list[str], modules_to_save: list[str], path: str
+    keys: list[str], cfg: Mapping[str, Any], path: str
 ) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
-    """Group keys by layer: {layer: {role: key}}; saved-module names; leftovers."""
+    """Group keys by layer: {layer: {role: key}}; the modules whose full weights are saved beside
+    the LoRA (`_peft_config.full_weight_module`); leftovers (errors: not understood)."""
     by_layer, rest = group_keys(keys, _KEY_RULES, path, rename=lambda m: m.removeprefix(PREFIX))
+    names = saved_module_names(cfg)
     saved, leftovers = [], []
     for key in rest:
-        module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
+        module = full_weight_module(key.removeprefix(PREFIX), names, by_layer)
         if module is not None:
             saved.append(module)
         else:
             leftovers.append(key)
     return by_layer, saved, leftovers
-
-
-def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
-    """The module path of a `modules_to_save` weight, or None.  PEFT's `_set_trainable` matches a
-    module when its path ends with a listed name (`key.endswith(name)`, dotted names included), so
-    "classifier.dense" and "score" both work; the shortest matching prefix of the key is the module."""
-    parts = key.split(".")
-    for i in range(1, len(parts)):
-        module = ".".join(parts[:i])
-        if any(module.endswith(name) for name in modules_to_save):
-            return module
-    return None
 
 
 def read(path: str | Path, **options: Any) -> Adapter:
@@ -205,8 +137,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
         src: TensorSource = load_torch_bin(str(files.weights))
     else:
         src = open_safetensors(files.weights)
-    mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
-    by_layer, saved, leftovers = _classify(src.keys(), mts, str(files.weights))
+    by_layer, saved, leftovers = _classify(src.keys(), cfg, str(files.weights))
     layers = []
     scaling = Scaling(cfg, files.config)
     for module, roles in by_layer.items():
