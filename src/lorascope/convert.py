@@ -52,11 +52,12 @@ def convert_file(
     to keep when a multi-component adapter is converted to a one-model format (PEFT)."""
     if component is not None and component not in COMPONENTS:
         raise InvalidArgumentError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
-    dest = check_dest(output_path(to, dest), [src], overwrite=overwrite)
+    dest = check_dest(output_path(to, dest), [src], overwrite=overwrite, replace_flag="--force")
     adapter = load(src, format=format)
-    check_dest(dest, [adapter.path], overwrite=overwrite)  # e.g. a PEFT directory given by its file
+    # again against the adapter as read: a PEFT directory may have been given by its weights file
+    check_dest(dest, [adapter.path], overwrite=overwrite, replace_flag="--force")
     neutral = retarget(adapter, to, component)
-    written = save(neutral, dest, format=to, source=adapter)
+    written = save(neutral, dest, format=to, source=adapter, overwrite=overwrite)
     return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers))
 
 

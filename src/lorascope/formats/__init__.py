@@ -25,6 +25,7 @@ from ..types import Adapter, LayerInfo
 from . import diffusers, kohya, lycoris, peft
 from ._contract import FormatSpec, check_dest, refusal
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
+from ._write import check_destination, replacing
 
 __all__ = [
     "COMPONENTS",
@@ -73,7 +74,12 @@ def spec(format: str) -> FormatSpec:
 def detect(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
-        raise AdapterNotFoundError("no such file or directory", path=p)
+        why = (
+            "a symbolic link whose target is missing or loops"
+            if p.is_symlink()
+            else "no such file or directory"
+        )
+        raise AdapterNotFoundError(why, path=p)
     claims = [name for name, module in FORMATS.items() if module.sniff(p)]
     if len(claims) == 1:
         return claims[0]
@@ -99,15 +105,24 @@ def load(path: str | Path, *, format: str | None = None, **options: Any) -> Adap
 
 def output_path(format: str, dest: str | Path) -> Path:
     """Where `format` writes for `dest`: a directory format writes `dest` itself; a one-file format
-    writes `dest` if it ends in .safetensors, else `dest/<SPEC.file_name>` where it has one."""
+    writes `dest` if it ends in .safetensors, else `dest/<SPEC.file_name>` where it has one.  The
+    one rule for every command that writes an adapter (convert, compress, merge): what it writes,
+    `audit` reads back.  A path that cannot be this output is refused: a one-file format's path
+    without .safetensors and no file name to add, an existing directory where a file goes, an
+    existing file where a directory goes, a device, pipe or socket."""
     s, dest = spec(format), Path(dest)
-    if s.directory or dest.suffix == ".safetensors":
-        return dest
-    if s.file_name:
-        return dest / s.file_name
-    raise InvalidArgumentError(
-        f"a {format} output is one file: give a path ending in .safetensors", path=dest
-    )
+    if not (s.directory or dest.suffix == ".safetensors"):
+        if not s.file_name:
+            raise InvalidArgumentError(
+                f"a {format} output is one file: give a path ending in .safetensors", path=dest
+            )
+        if dest.exists() and not dest.is_dir():
+            raise InvalidArgumentError(
+                f"a {format} output is a .safetensors file or a directory to hold {s.file_name}", path=dest
+            )
+        dest = dest / s.file_name
+    check_destination(dest, directory=s.directory, overwrite=True)  # the kind of path; existence: check_dest
+    return dest
 
 
 def check_writable(adapter: Adapter, format: str) -> None:
@@ -127,10 +142,23 @@ def check_writable(adapter: Adapter, format: str) -> None:
         )
 
 
-def save(adapter: Adapter, dest: str | Path, *, format: str, source: Adapter | None = None) -> Path:
-    """Write `adapter` in `format` to `output_path(format, dest)`; returns the path written."""
+def save(
+    adapter: Adapter,
+    dest: str | Path,
+    *,
+    format: str,
+    source: Adapter | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `adapter` in `format` to `output_path(format, dest)`; returns the path written.  The
+    output is created exclusively (`_write.publish`); `overwrite` lets an existing regular file be
+    replaced (a directory output never replaces anything but an empty directory)."""
     check_writable(adapter, format)
-    return _module(format).write(adapter, output_path(format, dest), source=source)
+    path = output_path(format, dest)
+    if not overwrite:
+        return _module(format).write(adapter, path, source=source)
+    with replacing(path):
+        return _module(format).write(adapter, path, source=source)
 
 
 def match_key(format: str, info: LayerInfo) -> str:

@@ -23,7 +23,8 @@ from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
 from ._header import json_loads, read_header
-from ._io import SafetensorsWriter, TensorSource, header_room
+from ._io import TensorSource
+from ._write import SafetensorsWriter, header_room
 
 # Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")

@@ -37,7 +37,7 @@ from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, read_options, stored_factors
 from ._header import json_loads, short_repr
-from ._io import SafetensorsWriter, TensorSource, header_room, open_safetensors
+from ._io import TensorSource, open_safetensors
 from ._keys import (
     COMPONENTS,
     carried_metadata,
@@ -49,6 +49,7 @@ from ._keys import (
 )
 from ._patterns import rank_patterns
 from ._peft_config import Scaling, check_lora_fields
+from ._write import SafetensorsWriter, header_room
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 SPEC = FormatSpec(

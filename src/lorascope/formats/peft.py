@@ -104,7 +104,11 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
             p = subs[0]
         elif subs:
             names = ", ".join(s.name for s in subs)
-            raise FormatError(f"holds several adapters ({names}); choose one with --adapter NAME", path=p)
+            raise FormatError(  # every command takes a sub-folder as its path
+                f"holds several adapters ({names}); give one of them as the path ({subs[0]}) "
+                "or, in audit and compress, choose one with --adapter NAME",
+                path=p,
+            )
         else:
             raise AdapterNotFoundError(f"{CONFIG} not found", path=p)
     for w in WEIGHTS:
@@ -281,34 +285,31 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     fresh config with target_modules = the layer names and its base_model_name_or_path.
     r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
     layer keeps the rank and scale of the delta written for it."""
-    import os
     import shutil
     import tempfile
 
-    from ._io import publish_mode, write_text_atomic
+    from ._write import publish_dir, write_text_atomic, writing
 
     source = adapter if source is None else source
     dest = check_dest(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
-        cfg = _config_for(source, rows)
-        text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
-        write_text_atomic(tmp / CONFIG, text + "\n")
-        publish_mode(tmp, directory=True)  # mkdtemp made it 0700
-        if dest.exists():
-            dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
+            cfg = _config_for(source, rows)
+            text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
+            write_text_atomic(tmp / CONFIG, text + "\n")
+            publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return dest
 
 
 def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tuple[str, int, float]]:
     """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
-    from ._io import SafetensorsWriter, header_room
+    from ._write import SafetensorsWriter, header_room
 
     carried = passthrough_tensors(source)
     rows = []
