@@ -266,3 +266,80 @@ def test_saved_embedding_layers(tmp_path, targets, saved, keys):
     assert set(a.names) == set(truth)
     for name in a.names:
         np.testing.assert_allclose(a.delta(name).dense(), truth[name], rtol=1e-6, atol=1e-9)
+
+
+# --- --lora-only: the LoRA layers without the full weights beside them ---------------------------
+
+
+def test_lora_only_convert_and_compress(tmp_path, capsys):
+    """A classification adapter (head saved beside the LoRA): kohya cannot hold the head, and the
+    refusal names --lora-only; with it the LoRA converts and compresses, and a note says what was
+    left out.  PEFT output keeps the head unless --lora-only, and PEFT loads both."""
+    import json
+
+    import torch
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from safetensors import safe_open
+
+    from lorascope.cli.main import main
+
+    model, targets = _seq_cls("roberta")
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, cfg)
+    src = tmp_path / "src"
+    peft_model.save_pretrained(str(src))
+    capsys.readouterr()  # the libraries' warnings
+    kohya = tmp_path / "k.safetensors"
+    assert main(["convert", str(src), str(kohya), "--to", "kohya"]) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {src}: modules_to_save (classifier) are full weights that kohya files "
+        "cannot hold; pass --lora-only to write the LoRA layers without them\n"
+    )
+    assert main(["convert", str(src), str(kohya), "--to", "kohya", "--lora-only"]) == 0
+    assert capsys.readouterr().out.endswith(
+        "note: --lora-only: full weights not written: classifier; task_type SEQ_CLS dropped (PEFT loads that "
+        "task only with its head)\n"
+    )
+    assert len(load(kohya).names) == 4
+    assert (
+        main(["compress", str(src), "--rank", "2", "--to", "kohya", "-o", str(tmp_path / "c.safetensors")])
+        == 2
+    )
+    assert "pass --lora-only" in capsys.readouterr().err
+    argv = [
+        "compress",
+        str(src),
+        "--rank",
+        "2",
+        "--to",
+        "kohya",
+        "-o",
+        str(tmp_path / "c.safetensors"),
+        "--lora-only",
+    ]
+    assert main(argv) == 0
+    assert "--lora-only: full weights not written: classifier" in capsys.readouterr().out
+
+    def head_keys(d):
+        with safe_open(str(d / "adapter_model.safetensors"), "pt") as f:
+            return sorted(k for k in f.keys() if "classifier" in k)
+
+    for flag, want_head in (([], True), (["--lora-only"], False)):
+        out = tmp_path / f"peft{len(flag)}"
+        assert main(["compress", str(src), "--rank", "2", "-o", str(out), *flag]) == 0
+        capsys.readouterr()
+        assert bool(head_keys(out)) == want_head
+        config = json.loads((out / "adapter_config.json").read_text())
+        assert (config["modules_to_save"], config["task_type"]) == (
+            (["classifier", "score"], "SEQ_CLS") if want_head else (None, None)
+        )
+        base, _ = _seq_cls("roberta")  # the same seed: the same base weights and head
+        base.classifier.dense.weight.data += 1  # a head that differs from the trained one
+        loaded = PeftModel.from_pretrained(base, str(out))
+        head = loaded.base_model.model.classifier
+        trained = peft_model.base_model.model.classifier.modules_to_save["default"]
+        got = head.modules_to_save["default"] if want_head else head
+        assert torch.equal(got.dense.weight, trained.dense.weight) == want_head
+        assert sum(1 for n, _ in loaded.named_modules() if n.endswith("lora_A")) == 4

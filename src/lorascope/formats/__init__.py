@@ -16,15 +16,17 @@ format is one module plus one line here.  Callers go through this registry only:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError, UnsupportedError
-from ..types import Adapter, LayerInfo
+from ..types import Adapter, LayerInfo, frozen_mapping
 from . import diffusers, kohya, lycoris, peft
 from ._contract import FormatSpec, check_dest, refusal
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
+from ._peft_config import TASK_HEADS
 from ._write import check_destination, replacing
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "output_path",
     "save",
     "spec",
+    "without_full_weights",
 ]
 
 VERBS = ("sniff", "read", "write", "model_path", "match_key")
@@ -96,11 +99,32 @@ def detect(path: str | Path) -> str:
     )
 
 
-def load(path: str | Path, *, format: str | None = None, **options: Any) -> Adapter:
-    """Read an adapter from disk (lazily: factors are read per layer when used)."""
+def load(path: str | Path, *, format: str | None = None, lora_only: bool = False, **options: Any) -> Adapter:
+    """Read an adapter from disk (lazily: factors are read per layer when used).  `lora_only`:
+    the adapter without the full weights saved beside its LoRA (`without_full_weights`)."""
     if format is None:
         format = detect(path)
-    return _module(format).read(path, **options)
+    adapter = _module(format).read(path, **options)
+    return without_full_weights(adapter) if lora_only else adapter
+
+
+def without_full_weights(adapter: Adapter) -> Adapter:
+    """The adapter as its LoRA layers alone (convert / compress --lora-only): no modules_to_save
+    (writers then neither refuse nor copy them) and a note naming what is left out.  Its config
+    gets modules_to_save null, and no task_type where the task's head is part of it (PEFT loads a
+    SEQ_CLS, TOKEN_CLS or QUESTION_ANS adapter only with its head; without a task_type it loads the
+    LoRA into any model)."""
+    if not adapter.modules_to_save:
+        return adapter
+    config = dict(adapter.config)
+    note = f"--lora-only: full weights not written: {', '.join(adapter.modules_to_save)}"
+    if "modules_to_save" in config:
+        config["modules_to_save"] = None
+    task = str(config.get("task_type") or "").upper()
+    if task in TASK_HEADS:
+        config["task_type"] = None
+        note += f"; task_type {task} dropped (PEFT loads that task only with its head)"
+    return replace(adapter, modules_to_save=(), config=frozen_mapping(config), notes=(*adapter.notes, note))
 
 
 def output_path(format: str, dest: str | Path) -> Path:
@@ -137,7 +161,7 @@ def check_writable(adapter: Adapter, format: str) -> None:
     if adapter.modules_to_save and not s.passthrough:
         raise UnsupportedError(
             f"modules_to_save ({', '.join(adapter.modules_to_save)}) are full weights that {format} files "
-            "cannot hold",
+            "cannot hold; pass --lora-only to write the LoRA layers without them",
             path=adapter.path,
         )
 

@@ -252,8 +252,10 @@ def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
 
 
 def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
-    """Tensors of a PEFT adapter on disk that are not LoRA factors (modules_to_save weights, DoRA
-    magnitudes, lora_bias): {key: (array, dtype)}, to be copied unchanged into a rewritten adapter."""
+    """Tensors of a PEFT adapter on disk that are not LoRA factors (DoRA magnitudes, lora_bias, and
+    the full weights of the modules `adapter.modules_to_save` still lists: none after
+    `formats.load(..., lora_only=True)`): {key: (array, dtype)}, copied unchanged into a rewritten
+    adapter."""
     if adapter.format != "peft" or not adapter.path:
         return {}
     files = locate(adapter.path)
@@ -263,7 +265,17 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
         else open_safetensors(files.weights)
     )
     used = {k for layer in adapter.layers for k in layer.extras.get("keys", ())}
-    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
+    names, layers, kept = (
+        saved_module_names(load_config(files.config)),
+        set(adapter.names),
+        set(adapter.modules_to_save),
+    )
+
+    def copied(key: str) -> bool:
+        module = full_weight_module(key.removeprefix(PREFIX), names, layers)
+        return key not in used and (module is None or module in kept)
+
+    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if copied(k)}
 
 
 def model_path(info: LayerInfo) -> str | None:
