@@ -134,6 +134,25 @@ def test_names_metadata_nested_json(tmp_path, rng, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{", "metadata lorascope_peft_config is not valid JSON (malformed JSON at line 1 column 2: "
+         "Expecting property name enclosed in double quotes)"),
+        ('["CAUSAL_LM"]', "metadata lorascope_peft_config must be a JSON object"),
+        ('{"lora_dropout": "0.1"}',
+         "metadata lorascope_peft_config: lora_dropout has the wrong type ('0.1')"),
+        ('{"use_rslora": 1}', "metadata lorascope_peft_config: use_rslora has the wrong type (1)"),
+    ],
+)  # fmt: skip
+def test_peft_fields_metadata_is_validated(tmp_path, rng, capsys, value, message):
+    a, b = random_factors(rng, 4, 4, 2)
+    t = {"lora_unet_a.lora_down.weight": (a, "fp32"), "lora_unet_a.lora_up.weight": (b, "fp32")}
+    path = tmp_path / "k.safetensors"
+    write_safetensors_raw(path, t, metadata={"lorascope_peft_config": value})
+    assert _cli_error(capsys, ["audit", path]) == f"{path}: {message}"
+
+
 # --- 6. a .safetensors file that cannot be parsed says why, not "unknown format" ---------------
 
 

@@ -343,3 +343,81 @@ def test_lora_only_convert_and_compress(tmp_path, capsys):
         got = head.modules_to_save["default"] if want_head else head
         assert torch.equal(got.dense.weight, trained.dense.weight) == want_head
         assert sum(1 for n, _ in loaded.named_modules() if n.endswith("lora_A")) == 4
+
+
+# --- round trips keep what the target format can hold ------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["kohya", "lycoris"])
+def test_peft_config_survives_a_flat_format(tmp_path, capsys, via):
+    """PEFT → kohya / LyCORIS → PEFT lost task_type, base model, lora_dropout and bias, so PEFT then
+    loaded a plain PeftModel; the flat file carries them (lorascope_peft_config, ss_sd_model_name)
+    next to ss_network_dim / ss_network_alpha."""
+    import json
+
+    import torch
+    import transformers
+    from peft import LoraConfig, PeftModel, PeftModelForCausalLM, TaskType, get_peft_model
+    from safetensors import safe_open
+
+    from lorascope.convert import convert_file
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    cfg = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=4, lora_alpha=8, lora_dropout=0.1, bias="none",
+        init_lora_weights=False, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2},
+    )  # fmt: skip
+    peft_model = get_peft_model(model, cfg)
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny/llama"
+    src = tmp_path / "src"
+    peft_model.save_pretrained(str(src))
+    flat = tmp_path / f"{via}.safetensors"
+    convert_file(src, flat, to=via)
+    with safe_open(str(flat), "np") as f:
+        meta = f.metadata()
+    assert meta["ss_sd_model_name"] == "tiny/llama"
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("Dynamic", "8")
+    carried = json.loads(meta["lorascope_peft_config"])
+    assert (
+        carried["task_type"] == "CAUSAL_LM" and carried["lora_dropout"] == 0.1 and carried["bias"] == "none"
+    )
+    back = tmp_path / "back"
+    convert_file(flat, back, to="peft")
+    config = json.loads((back / "adapter_config.json").read_text())
+    original = json.loads((src / "adapter_config.json").read_text())
+    for key in (
+        "task_type",
+        "base_model_name_or_path",
+        "lora_dropout",
+        "bias",
+        "fan_in_fan_out",
+        "use_rslora",
+    ):
+        assert config[key] == original[key], key
+    base = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    loaded = PeftModel.from_pretrained(base, str(back))
+    assert isinstance(loaded, PeftModelForCausalLM)
+    truth = _truth(peft_model.base_model.model)
+    a, live = load(back), _truth(loaded.base_model.model)
+    for name in a.names:
+        np.testing.assert_allclose(a.delta(name).dense(), truth[name], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(live[name], truth[name], rtol=1e-6, atol=1e-9)
+
+
+def test_locon_to_kohya_names(tmp_path):
+    """A LoCon file from LyCORIS's wrapper names modules lycoris_<path>; kohya spells them
+    lora_unet_<path> (was lora_unet_lycoris_<path>)."""
+    from test_formats_lycoris import _build
+
+    from lorascope.convert import convert_file
+
+    path, truth = _build(tmp_path, "locon", {}, 4, seed=0)
+    assert set(load(path).names) == {"lycoris_fc1", "lycoris_conv"}
+    convert_file(path, tmp_path / "k.safetensors", to="kohya")
+    k = load(tmp_path / "k.safetensors")
+    assert k.format == "kohya" and set(k.names) == {"lora_unet_fc1", "lora_unet_conv"}
+    for name in ("fc1", "conv"):
+        np.testing.assert_allclose(
+            k.delta(f"lora_unet_{name}").dense(), truth[f"lycoris_{name}"], rtol=1e-6, atol=1e-9
+        )

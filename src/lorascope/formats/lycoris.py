@@ -59,6 +59,8 @@ from ._keys import (
     missing_pair,
     read_alpha,
     read_name_map,
+    read_peft_fields,
+    training_metadata,
     tucker_down,
     write_lora_keys,
 )
@@ -111,6 +113,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
         layers=tuple(layers),
         loader=lambda info: _load(src, info),
         path=str(path),
+        config=frozen_mapping(read_peft_fields(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),
         notes=tuple(notes),
     )
@@ -132,7 +135,8 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
         return f"lycoris_{info.name.replace('.', '_')}" if "." in info.name else info.name
 
     def metadata(rows: list[tuple[int, float]]) -> dict[str, str]:
-        return carried_metadata(source if source is not None else adapter, "lycoris", ("ss_",))
+        src = source if source is not None else adapter
+        return {**carried_metadata(src, "lycoris", ("ss_",)), **training_metadata(src, rows)}
 
     return write_lora_keys(adapter, dest, SPEC, spell, metadata)
 

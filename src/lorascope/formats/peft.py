@@ -31,7 +31,7 @@ from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
 from ._io import TensorSource, load_torch_bin, open_safetensors
-from ._keys import Rules, group_keys, match_spelling
+from ._keys import PEFT_FIELDS, Rules, group_keys, match_spelling
 from ._patterns import pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
 from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fields: used by other formats)
     Scaling,
@@ -348,10 +348,11 @@ def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tup
 def _config_for(source: Adapter, rows: list[tuple[str, int, float]]) -> dict[str, Any]:
     if source.format == "peft":
         cfg = dict(source.config)
-    else:
+    else:  # the layers written, and what the source knows of the PEFT config (`_keys.PEFT_FIELDS`)
         cfg = {"target_modules": sorted(name for name, _, _ in rows), "use_rslora": False}
-        if source.config.get("base_model_name_or_path"):
-            cfg["base_model_name_or_path"] = source.config["base_model_name_or_path"]
+        cfg.update({k: source.config[k] for k in PEFT_FIELDS if k in source.config})
+        if not cfg.get("base_model_name_or_path"):
+            cfg.pop("base_model_name_or_path", None)
     cfg.setdefault("peft_type", "LORA")
     cfg.update(rank_patterns(rows, bool(cfg.get("use_rslora", False))))
     return cfg
