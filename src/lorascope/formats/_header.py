@@ -17,6 +17,7 @@ import math
 import os
 import reprlib
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +55,32 @@ def open_fd(path: str) -> int:
     if not os.path.isfile(path):
         raise AdapterNotFoundError("file not found", path=path)
     try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError as e:
         raise FormatError(f"cannot open: {e.strerror}", path=path) from None
 
 
+_SEEK = threading.Lock()  # where there is no os.pread: seek + read under one lock
+
+
+def pread(fd: int, n: int, offset: int) -> bytes:
+    """Up to `n` bytes at `offset` of the open file `fd`; safe to call from several threads."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    with _SEEK:  # pragma: no cover - platforms without pread (Windows)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, n)
+
+
 def parse_header(fd: int, size: int, path: str) -> tuple[dict, int]:
     """The validated header of the open file and where its data start (8 + header length)."""
-    head = os.pread(fd, 8, 0)
+    head = pread(fd, 8, 0)
     if len(head) < 8:
         raise FormatError("not a safetensors file (shorter than its 8-byte header length)", path=path)
     n = struct.unpack("<Q", head)[0]
     if n > size - 8 or n > _MAX_HEADER:
         raise FormatError(f"not a safetensors file (header length {n} exceeds file size {size})", path=path)
-    raw = os.pread(fd, n, 8)
+    raw = pread(fd, n, 8)
     if len(raw) != n:
         raise FormatError("file changed or truncated while reading its header", path=path)
     header = json_loads(raw, path, "not a safetensors file (header is not JSON: {})")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
-from ._header import check_with_library, open_fd, parse_header
+from ._header import check_with_library, open_fd, parse_header, pread
 from ._write import (  # noqa: F401  (the writing names, importable from here too)
     SafetensorsWriter,
     atomic_path,
@@ -147,8 +147,8 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     while done < n:
         if hasattr(os, "preadv"):
             got = os.preadv(fd, [view[done:]], offset + done)
-        else:  # no preadv (e.g. older macOS): read, then copy
-            chunk = os.pread(fd, n - done, offset + done)
+        else:  # no preadv (older macOS, Windows): read, then copy
+            chunk = pread(fd, n - done, offset + done)
             got = len(chunk)
             view[done : done + got] = chunk
         if got <= 0:
