@@ -41,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         lora_only=args.lora_only,
     )
+    if not args.json:  # the JSON summary holds them under "notes"
+        emit("".join(f"note: {note}\n" for note in result.notes))
     if args.json:
         emit(json.dumps(result.__dict__, sort_keys=True) + "\n")
     else:
         r = result
         emit(f"wrote {r.n_layers} layers: {r.source_format} {r.source} -> {r.format} {r.dest}\n")
-        emit("".join(f"note: {note}\n" for note in r.notes))
     return 0
