@@ -105,10 +105,6 @@ def test_bad_header_in_peft_directory(tmp_path, rng, capsys):
             "'lora_alpha' must be a finite number within float32's range",
         ),
         (b'{"r": 4, "x": "\xff"}', "not UTF-8 text"),
-        (
-            '{"r": 4, "lora_alpha": 8, "use_rslora": "false"}',
-            "'use_rslora' must be true or false, got 'false'",
-        ),
         ('{"peft_type": ' + "[" * 50 + "]" * 50 + "}", "is not a LoRA adapter"),
         (
             '{"r": 4, "lora_alpha": 8, "modules_to_save": 5}',

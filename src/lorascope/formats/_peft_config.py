@@ -84,10 +84,6 @@ def check_lora_fields(cfg: Mapping[str, Any], path: str | Path, where: str = "")
                 raise FormatError(
                     f"{where}'{key}' value for {short_repr(k)} must be {what}, got {short_repr(v)}", path=path
                 )
-    if "use_rslora" in cfg and not isinstance(cfg["use_rslora"], (bool, type(None))):
-        raise FormatError(
-            f"{where}'use_rslora' must be true or false, got {short_repr(cfg['use_rslora'])}", path=path
-        )
 
 
 def _positive_int(v: Any) -> bool:
