@@ -35,6 +35,7 @@ class ConvertResult:
     dest: str
     format: str
     n_layers: int
+    notes: tuple[str, ...] = ()  # e.g. the full weights --lora-only left out
 
 
 def convert_file(
@@ -45,19 +46,24 @@ def convert_file(
     format: str | None = None,
     component: str | None = None,
     overwrite: bool = False,
+    lora_only: bool = False,
 ) -> ConvertResult:
     """Read `src` (format detected unless given) and write it to `dest` in format `to`.
 
     `component` is the pipeline component (unet, text_encoder, ...) to give names without one, or
-    to keep when a multi-component adapter is converted to a one-model format (PEFT)."""
+    to keep when a multi-component adapter is converted to a one-model format (PEFT).  `lora_only`
+    writes the LoRA layers without the full weights saved beside them (modules_to_save, a
+    classification head, embeddings), which only PEFT can hold; a note names them."""
     if component is not None and component not in COMPONENTS:
         raise InvalidArgumentError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
-    dest = check_dest(output_path(to, dest), [src], overwrite=overwrite)
-    adapter = load(src, format=format)
-    check_dest(dest, [adapter.path], overwrite=overwrite)  # e.g. a PEFT directory given by its file
+    dest = check_dest(output_path(to, dest), [src], overwrite=overwrite, replace_flag="--force")
+    adapter = load(src, format=format, lora_only=lora_only)
+    # again against the adapter as read: a PEFT directory may have been given by its weights file
+    check_dest(dest, [adapter.path], overwrite=overwrite, replace_flag="--force")
     neutral = retarget(adapter, to, component)
-    written = save(neutral, dest, format=to, source=adapter)
-    return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers))
+    written = save(neutral, dest, format=to, source=adapter, overwrite=overwrite)
+    notes = tuple(n for n in adapter.notes if n.startswith("--lora-only"))
+    return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers), notes)
 
 
 def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter:
@@ -94,6 +100,7 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
         config=adapter.config,
         metadata=adapter.metadata,
         modules_to_save=adapter.modules_to_save,
+        notes=adapter.notes,
     )
     check_writable(out, to)
     return out

@@ -57,6 +57,10 @@ class InvalidArgumentError(LorascopeError, ValueError):
     """A call or CLI argument is out of range or inconsistent."""
 
 
+class WriteError(LorascopeError, OSError):
+    """An output could not be written (no space left, no permission); nothing was left behind."""
+
+
 def keys_preview(keys: Iterable[str], limit: int = 5) -> str:
     """'a, b, c (+12 more)': a short list for one-line messages."""
     keys = sorted(keys)

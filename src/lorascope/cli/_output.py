@@ -1,4 +1,10 @@
-"""One output sink: text to stdout, or to a file written atomically (never over an input)."""
+"""One output sink: text to stdout, or to a file written atomically and exclusively.
+
+`-o FILE` creates FILE: an existing path is refused (a regular file, so that no report silently
+replaces another, and so that `-o /dev/stdout >> log` cannot truncate the log; a device, pipe or
+socket, which an atomic rename would have replaced by a regular file), as is any path that would
+overwrite an input.  `-o -` (or no -o) writes to stdout.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
-from ..formats._io import write_text_atomic
+from ..formats._contract import resolved
+from ..formats._write import check_destination, write_text_atomic
 
 
 def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> None:
@@ -15,14 +22,18 @@ def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> 
         sys.stdout.flush()
         return
     refuse_inputs(output, inputs)
-    write_text_atomic(Path(output).resolve(), text)
+    try:
+        check_destination(output)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{e.message} (or -o - for stdout)", path=output) from None
+    write_text_atomic(resolved(output), text)
 
 
 def refuse_inputs(output: str, inputs: tuple[str, ...]) -> None:
     """Raise if writing `output` would overwrite an input (see _is_input)."""
-    dest = Path(output).resolve()
+    dest = resolved(output)
     for src in inputs:
-        if src and _is_input(Path(src).resolve(), dest):
+        if src and _is_input(resolved(src), dest):
             raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=output)
 
 

@@ -61,6 +61,11 @@ def register(p: argparse.ArgumentParser) -> None:
         "--to", metavar="FORMAT", help="write this format instead of the input's, as `convert` does"
     )
     p.add_argument("--component", help="with --to: as `convert --component`")
+    p.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="as `convert --lora-only`: leave out the full weights beside the LoRA",
+    )
     p.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
     p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.compress/v1)")
     p.add_argument("--layers", action="store_true", help="show every layer in the text report")
@@ -89,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         to=args.to,
         component=args.component,
     )
-    load_opts = {"adapter_name": args.adapter} if args.adapter else {}
+    load_opts: dict = {"adapter_name": args.adapter} if args.adapter else {}
+    if args.lora_only:
+        load_opts["lora_only"] = True
     report = compress_file(args.path, args.output, mode, options, format=args.format, **load_opts)
     emit(report.to_json() + "\n" if args.json else to_text(report, args.layers))
     return 0

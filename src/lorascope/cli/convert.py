@@ -22,14 +22,28 @@ def register(p: argparse.ArgumentParser) -> None:
         "or the one to keep when converting a multi-component file to PEFT",
     )
     p.add_argument("--force", action="store_true", help="replace an existing output file (never the input)")
+    p.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="write the LoRA layers only, leaving out the full weights saved beside them "
+        "(modules_to_save, a classification head, embeddings)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     result = convert_file(
-        args.src, args.dest, to=args.to, format=args.format, component=args.component, overwrite=args.force
+        args.src,
+        args.dest,
+        to=args.to,
+        format=args.format,
+        component=args.component,
+        overwrite=args.force,
+        lora_only=args.lora_only,
     )
+    if not args.json:  # the JSON summary holds them under "notes"
+        emit("".join(f"note: {note}\n" for note in result.notes))
     if args.json:
         emit(json.dumps(result.__dict__, sort_keys=True) + "\n")
     else:

@@ -7,7 +7,7 @@ format is one module plus one line here.  Callers go through this registry only:
 
 * `load(path)` detects the format unless one is given.  Detection asks every registered format's
   `sniff`; exactly one must claim the path, otherwise the error says which claimed it (ambiguous)
-  or that none did (unknown).
+  or that none did (unknown); a .safetensors file whose header cannot be parsed gets that reason.
 * `save(adapter, dest, format=..., source=...)` writes through the format's `write` to
   `output_path(format, dest)`, after `check_writable`.
 * `check_dest` (an output must not be, hold or lie inside an input, nor exist non-empty) is shared
@@ -16,15 +16,18 @@ format is one module plus one line here.  Callers go through this registry only:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError, UnsupportedError
-from ..types import Adapter, LayerInfo
+from ..types import Adapter, LayerInfo, frozen_mapping
 from . import diffusers, kohya, lycoris, peft
 from ._contract import FormatSpec, check_dest, refusal
-from ._keys import COMPONENTS, NAMES_KEY, match_spelling
+from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
+from ._peft_config import TASK_HEADS
+from ._write import check_destination, replacing
 
 __all__ = [
     "COMPONENTS",
@@ -39,6 +42,7 @@ __all__ = [
     "output_path",
     "save",
     "spec",
+    "without_full_weights",
 ]
 
 VERBS = ("sniff", "read", "write", "model_path", "match_key")
@@ -73,12 +77,21 @@ def spec(format: str) -> FormatSpec:
 def detect(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
-        raise AdapterNotFoundError("no such file or directory", path=p)
+        why = (
+            "a symbolic link whose target is missing or loops"
+            if p.is_symlink()
+            else "no such file or directory"
+        )
+        raise AdapterNotFoundError(why, path=p)
     claims = [name for name, module in FORMATS.items() if module.sniff(p)]
     if len(claims) == 1:
         return claims[0]
     if claims:
         raise UnknownFormatError(f"ambiguous format: looks like {' and '.join(claims)}", path=p)
+    for candidate in [p] + [p / s.file_name for m in FORMATS.values() if (s := m.SPEC).file_name]:
+        corrupt = header_error(candidate)  # a .safetensors file that cannot be parsed: say why
+        if corrupt is not None:
+            raise corrupt
     raise UnknownFormatError(
         f"unknown adapter format (lorascope reads: {', '.join(FORMATS)}); a PEFT adapter is a "
         "directory with adapter_config.json and adapter_model.safetensors",
@@ -86,24 +99,54 @@ def detect(path: str | Path) -> str:
     )
 
 
-def load(path: str | Path, *, format: str | None = None, **options: Any) -> Adapter:
-    """Read an adapter from disk (lazily: factors are read per layer when used)."""
+def load(path: str | Path, *, format: str | None = None, lora_only: bool = False, **options: Any) -> Adapter:
+    """Read an adapter from disk (lazily: factors are read per layer when used).  `lora_only`:
+    the adapter without the full weights saved beside its LoRA (`without_full_weights`)."""
     if format is None:
         format = detect(path)
-    return _module(format).read(path, **options)
+    adapter = _module(format).read(path, **options)
+    return without_full_weights(adapter) if lora_only else adapter
+
+
+def without_full_weights(adapter: Adapter) -> Adapter:
+    """The adapter as its LoRA layers alone (convert / compress --lora-only): no modules_to_save
+    (writers then neither refuse nor copy them) and a note naming what is left out.  Its config
+    gets modules_to_save null, and no task_type where the task's head is part of it (PEFT loads a
+    SEQ_CLS, TOKEN_CLS or QUESTION_ANS adapter only with its head; without a task_type it loads the
+    LoRA into any model)."""
+    if not adapter.modules_to_save:
+        return adapter
+    config = dict(adapter.config)
+    note = f"--lora-only: full weights not written: {', '.join(adapter.modules_to_save)}"
+    if "modules_to_save" in config:
+        config["modules_to_save"] = None
+    task = str(config.get("task_type") or "").upper()
+    if task in TASK_HEADS:
+        config["task_type"] = None
+        note += f"; task_type {task} dropped (PEFT loads that task only with its head)"
+    return replace(adapter, modules_to_save=(), config=frozen_mapping(config), notes=(*adapter.notes, note))
 
 
 def output_path(format: str, dest: str | Path) -> Path:
     """Where `format` writes for `dest`: a directory format writes `dest` itself; a one-file format
-    writes `dest` if it ends in .safetensors, else `dest/<SPEC.file_name>` where it has one."""
+    writes `dest` if it ends in .safetensors, else `dest/<SPEC.file_name>` where it has one.  The
+    one rule for every command that writes an adapter (convert, compress, merge): what it writes,
+    `audit` reads back.  A path that cannot be this output is refused: a one-file format's path
+    without .safetensors and no file name to add, an existing directory where a file goes, an
+    existing file where a directory goes, a device, pipe or socket."""
     s, dest = spec(format), Path(dest)
-    if s.directory or dest.suffix == ".safetensors":
-        return dest
-    if s.file_name:
-        return dest / s.file_name
-    raise InvalidArgumentError(
-        f"a {format} output is one file: give a path ending in .safetensors", path=dest
-    )
+    if not (s.directory or dest.suffix == ".safetensors"):
+        if not s.file_name:
+            raise InvalidArgumentError(
+                f"a {format} output is one file: give a path ending in .safetensors", path=dest
+            )
+        if dest.exists() and not dest.is_dir():
+            raise InvalidArgumentError(
+                f"a {format} output is a .safetensors file or a directory to hold {s.file_name}", path=dest
+            )
+        dest = dest / s.file_name
+    check_destination(dest, directory=s.directory, overwrite=True)  # the kind of path; existence: check_dest
+    return dest
 
 
 def check_writable(adapter: Adapter, format: str) -> None:
@@ -118,15 +161,28 @@ def check_writable(adapter: Adapter, format: str) -> None:
     if adapter.modules_to_save and not s.passthrough:
         raise UnsupportedError(
             f"modules_to_save ({', '.join(adapter.modules_to_save)}) are full weights that {format} files "
-            "cannot hold",
+            "cannot hold; pass --lora-only to write the LoRA layers without them",
             path=adapter.path,
         )
 
 
-def save(adapter: Adapter, dest: str | Path, *, format: str, source: Adapter | None = None) -> Path:
-    """Write `adapter` in `format` to `output_path(format, dest)`; returns the path written."""
+def save(
+    adapter: Adapter,
+    dest: str | Path,
+    *,
+    format: str,
+    source: Adapter | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `adapter` in `format` to `output_path(format, dest)`; returns the path written.  The
+    output is created exclusively (`_write.publish`); `overwrite` lets an existing regular file be
+    replaced (a directory output never replaces anything but an empty directory)."""
     check_writable(adapter, format)
-    return _module(format).write(adapter, output_path(format, dest), source=source)
+    path = output_path(format, dest)
+    if not overwrite:
+        return _module(format).write(adapter, path, source=source)
+    with replacing(path):
+        return _module(format).write(adapter, path, source=source)
 
 
 def match_key(format: str, info: LayerInfo) -> str:

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
+from typing import Any
 
 from ..errors import FormatError, keys_preview
 from ..types import LayerInfo
+
+# A LoRA scale multiplies the layer's output in the model's dtype: beyond float32's range it is inf
+# there (and its square overflows the float64 spectra), so alpha is held to that range.
+MAX_ALPHA = 3.4028234663852886e38  # the largest float32
+ALPHA_RULE = "a finite number within float32's range (|alpha| ≤ 3.4e38)"
+
+
+def finite_alpha(v: Any) -> bool:
+    """A number a LoRA scale can be made of.  json.loads accepts NaN / Infinity literals and
+    integers too large for a float, which would poison every metric or overflow later."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        x = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(x) and abs(x) <= MAX_ALPHA
 
 
 def factor_dims(
@@ -25,6 +44,13 @@ def factor_dims(
             keys=keys,
         )
     r, r_up = down_shape[0], up_shape[1]
+    if 0 in (*down_shape, *up_shape):
+        raise FormatError(
+            f"layer {name}: {dk} has shape {list(down_shape)} and {uk} has shape {list(up_shape)}; "
+            "a LoRA factor needs rank ≥ 1 and non-empty dimensions",
+            path=path,
+            keys=keys,
+        )
     if r != r_up:
         raise FormatError(
             f"layer {name}: rank mismatch, {dk} has r={r} (shape {list(down_shape)}) but {uk} has "

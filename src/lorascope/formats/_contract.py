@@ -25,6 +25,7 @@ float32 holding bf16 values; a wider array is never narrowed) and alpha = scaleÂ
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..types import LayerInfo, LoraDelta
+from ._write import check_destination
 
 
 @dataclass(frozen=True)
@@ -74,27 +76,50 @@ def read_options(spec: FormatSpec, options: Mapping[str, Any], path: str | Path)
 
 
 def check_dest(
-    dest: str | Path, inputs: Iterable[str | Path | None] = (), *, overwrite: bool = False
+    dest: str | Path,
+    inputs: Iterable[str | Path | None] = (),
+    *,
+    overwrite: bool = False,
+    replace_flag: str | None = None,
 ) -> Path:
-    """Refuse an output that is, holds or lies inside an input, or an existing non-empty one.
+    """Refuse an output that is, holds or lies inside an input, an existing non-empty directory,
+    anything existing that is neither a regular file nor a directory (a device, pipe or socket),
+    and an existing file unless `overwrite` (never a directory, never an input).
 
-    `overwrite` lets an existing file be replaced (never a non-empty directory, never an input).
-    Returns `dest` as a Path."""
+    `replace_flag` names the option that sets `overwrite` (convert's "--force") so that the error
+    for an existing file says how to replace it.  Returns `dest` as a Path."""
     dest = Path(dest)
-    d = dest.resolve()
+    d = resolved(dest)
     for src in inputs:
         if src is None:
             continue
-        s = Path(src).resolve()
+        s = resolved(src)
         if d == s or s in d.parents or d in s.parents:
             raise InvalidArgumentError(f"refusing to overwrite the input {src}", path=dest)
     if dest.is_dir() and any(dest.iterdir()):
+        again = f"; {replace_flag} replaces a file, never a directory" if replace_flag and overwrite else ""
         raise InvalidArgumentError(
-            "output already exists and is a non-empty directory; choose a new path", path=dest
+            f"output already exists and is a non-empty directory{again}; choose a new path", path=dest
         )
-    if dest.exists() and not dest.is_dir() and not overwrite:
-        raise InvalidArgumentError("output already exists; choose a new path", path=dest)
+    try:
+        check_destination(dest, directory=dest.is_dir(), overwrite=overwrite)
+    except InvalidArgumentError as e:
+        if replace_flag and e.message == "output already exists; choose a new path":
+            raise InvalidArgumentError(
+                f"output already exists; choose a new path or pass {replace_flag} to replace it", path=dest
+            ) from None
+        raise
     return dest
+
+
+def resolved(path: str | Path) -> Path:
+    """`Path.resolve()`, with a symlink loop as one InvalidArgumentError naming the path (Python
+    3.11 raises RuntimeError for a loop; later versions may raise OSError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        why = "symlink loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP else e
+        raise InvalidArgumentError(f"cannot resolve the path ({why})", path=path) from None
 
 
 def refusal(info: LayerInfo, spec: FormatSpec) -> str | None:

@@ -20,9 +20,11 @@ import numpy as np
 
 from ..errors import FormatError, LorascopeError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
-from ._checks import factor_dims
+from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
-from ._io import SafetensorsWriter, TensorSource, _read_header, header_room
+from ._header import json_loads, read_header, short_repr
+from ._io import TensorSource
+from ._write import SafetensorsWriter, header_room
 
 # Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -101,18 +103,37 @@ def group_keys(
 
 def header_keys(path: str | Path) -> list[str] | None:
     """Tensor names of a .safetensors file from its header, or None if it is not one (for sniffing)."""
+    header = safetensors_header(path)
+    return None if header is None else header[0]
+
+
+def safetensors_header(path: str | Path) -> tuple[list[str], dict[str, str]] | None:
+    """(tensor names, metadata) of a .safetensors file from its header, or None if it is not one."""
     p = Path(path)
     if not (p.is_file() and p.suffix == ".safetensors"):
         return None
     try:
-        header = _read_header(str(p))
+        header = read_header(str(p))
     except LorascopeError:
         return None
-    return [k for k in header if k != "__metadata__"]
+    return [k for k in header if k != "__metadata__"], dict(header.get("__metadata__") or {})
+
+
+def header_error(path: str | Path) -> LorascopeError | None:
+    """Why the .safetensors file at `path` cannot be parsed (None: its header is fine, or it is not
+    a .safetensors file): what detection reports instead of "unknown format" for a corrupt file."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return None
+    try:
+        read_header(str(p))
+    except LorascopeError as e:
+        return e
+    return None
 
 
 def read_alpha(src: TensorSource, key: str, name: str) -> float:
-    """A per-module alpha: exactly one finite number."""
+    """A per-module alpha: exactly one finite number within float32's range."""
     shape = src.shape(key)
     if math.prod(shape) != 1:
         raise FormatError(
@@ -121,8 +142,8 @@ def read_alpha(src: TensorSource, key: str, name: str) -> float:
             keys=[key],
         )
     value = float(np.asarray(src.get(key), dtype=np.float64).reshape(()))
-    if not math.isfinite(value):
-        raise FormatError(f"layer {name}: {key} is not finite ({value})", path=src.path, keys=[key])
+    if not finite_alpha(value):
+        raise FormatError(f"layer {name}: {key} must be {ALPHA_RULE}, got {value}", path=src.path, keys=[key])
     return value
 
 
@@ -235,10 +256,7 @@ def read_name_map(metadata: Mapping[str, str], path: str) -> dict[str, str]:
     raw = metadata.get(NAMES_KEY)
     if not raw:
         return {}
-    try:
-        names = json.loads(raw)
-    except json.JSONDecodeError:
-        raise FormatError(f"metadata {NAMES_KEY} is not valid JSON", path=path) from None
+    names = json_loads(raw, path, f"metadata {NAMES_KEY} is not valid JSON ({{}})")
     if not isinstance(names, dict):
         raise FormatError(f"metadata {NAMES_KEY} must be a JSON object", path=path)
     return {str(k): str(v) for k, v in names.items()}
@@ -248,12 +266,72 @@ def carried_metadata(
     source: Adapter | None, own_format: str, foreign: tuple[str, ...] = ()
 ) -> dict[str, str]:
     """Metadata a rewritten file keeps: a same-format source's (not the name map, not the `sshs_*`
-    hashes of tensors that changed); from another format only the keys starting with `foreign`."""
+    hashes of tensors that changed, not PEFT_KEY, which `training_metadata` writes afresh); from
+    another format only the keys starting with `foreign`."""
     if source is None:
         return {}
     if source.format == own_format:
-        return {k: str(v) for k, v in source.metadata.items() if k != NAMES_KEY and not k.startswith("sshs_")}
+        dropped = (NAMES_KEY, PEFT_KEY)
+        return {
+            k: str(v) for k, v in source.metadata.items() if k not in dropped and not k.startswith("sshs_")
+        }
     return {k: str(v) for k, v in source.metadata.items() if foreign and k.startswith(foreign)}
+
+
+# Metadata key of lorascope-written kohya / LyCORIS files: JSON of the PEFT config fields that
+# describe the whole adapter, so that PEFT → kohya → PEFT keeps them (PEFT picks the model class
+# from task_type).  Field -> the JSON types it may have.
+PEFT_KEY = "lorascope_peft_config"
+PEFT_FIELDS: dict[str, tuple[type, ...]] = {
+    "task_type": (str, type(None)),
+    "base_model_name_or_path": (str, type(None)),
+    "revision": (str, type(None)),
+    "lora_dropout": (int, float),
+    "bias": (str,),
+    "fan_in_fan_out": (bool,),
+    "use_rslora": (bool,),
+}
+
+
+def training_metadata(source: Adapter, rows: list[tuple[int, float]]) -> dict[str, str]:
+    """What a kohya / LyCORIS file says about the layers `rows` [(rank, alpha)] and where they come
+    from: ss_network_dim / ss_network_alpha recomputed ("Dynamic" when they differ, as sd-scripts'
+    resize_lora.py writes), ss_sd_model_name from the source's base model where the source's own
+    metadata lacks it, and PEFT_KEY with the source's PEFT_FIELDS."""
+    ranks = {r for r, _ in rows}
+    alphas = {round(a, 6) for _, a in rows}
+    meta = {
+        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "Dynamic",
+        "ss_network_alpha": f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic",
+    }
+    base = source.config.get("base_model_name_or_path")
+    if base and not source.metadata.get("ss_sd_model_name"):
+        meta["ss_sd_model_name"] = str(base)
+    fields = {k: source.config[k] for k in PEFT_FIELDS if k in source.config}
+    if fields:
+        meta[PEFT_KEY] = json.dumps(fields, sort_keys=True)
+    return meta
+
+
+def read_peft_fields(metadata: Mapping[str, str], path: str) -> dict[str, Any]:
+    """PEFT_KEY of a lorascope-written file as config fields ({} when absent; unknown fields,
+    from a later version, are skipped)."""
+    raw = metadata.get(PEFT_KEY)
+    if not raw:
+        return {}
+    fields = json_loads(raw, path, f"metadata {PEFT_KEY} is not valid JSON ({{}})")
+    if not isinstance(fields, dict):
+        raise FormatError(f"metadata {PEFT_KEY} must be a JSON object", path=path)
+    out = {}
+    for key, kinds in PEFT_FIELDS.items():
+        if key in fields:
+            value = fields[key]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise FormatError(
+                    f"metadata {PEFT_KEY}: {key} has the wrong type ({short_repr(value)})", path=path
+                )
+            out[key] = value
+    return out
 
 
 # --- writing plain LoRA / LoCon with kohya keys (kohya and LyCORIS) -------------------------------

@@ -13,7 +13,9 @@ layers × keys regex calls: quadratic for an adapter whose 20,000 layers each ha
   S with ``.`` written at the group's positions is looked up; equal strings ⇔ a match.
 * Any other key is tried with its own regex (compiled once, when first needed), in key order, only
   while its index is below the best simple match: the first key in order wins, as in PEFT.  An
-  invalid regex is an error when PEFT would reach it, not before.
+  invalid regex, or one whose matching could backtrack without bound (`_regex.backtracking_risk`:
+  nested repeats, a repeated alternation whose branches can start alike, more than a few unbounded
+  repeats, over 1000 characters), is an error naming the key when PEFT would reach it, not before.
 * A module name holding a newline (where ``.`` and ``$`` behave differently) is matched with PEFT's
   regex for every key.
 
@@ -34,6 +36,8 @@ from typing import Any
 
 from ..errors import FormatError
 from ..types import peft_alpha
+from ._header import short_repr
+from ._regex import backtracking_risk
 
 _SIMPLE = re.compile(r"[A-Za-z0-9_.\-]*")
 
@@ -92,16 +96,16 @@ class PatternIndex:
         return best if best < len(self.keys) else None
 
     def _regex(self, i: int) -> re.Pattern[str]:
-        rx = self._compiled.get(i)
-        if rx is None:
+        if i not in self._compiled:
             key = self.keys[i]
             try:
-                rx = self._compiled[i] = re.compile(rf"(.*\.)?({key})$")
-            except re.error as e:
-                raise FormatError(
-                    f"pattern key {key!r} is not a valid regular expression ({e})", path=self._path
-                ) from None
-        return rx
+                why = backtracking_risk(key)
+                self._compiled[i] = re.compile(rf"(.*\.)?({key})$")
+            except (re.error, RecursionError, OverflowError) as e:
+                why = f"is not a valid regular expression ({e})"
+            if why:
+                raise FormatError(f"pattern key {short_repr(key)} {why}", path=self._path)
+        return self._compiled[i]
 
 
 def pattern_value(patterns: Mapping[str, Any], module: str, default: Any, path: str | Path) -> Any:

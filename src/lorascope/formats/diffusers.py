@@ -1,16 +1,23 @@
-"""diffusers LoRA files (`save_lora_weights`): one .safetensors file (default name
-`pytorch_lora_weights.safetensors`) whose keys start with the pipeline component.
+"""diffusers LoRA files: one .safetensors file (default name `pytorch_lora_weights.safetensors`).
 
-Keys understood, per `<c>.<module>` with c in COMPONENTS (all naming generations diffusers writes):
-  current      <c>.<module>.lora_A.weight (r, in | r, c_in, kh, kw) / .lora_B.weight (out, r[, 1, 1])
-  older        <c>.<module>.lora.down.weight / .lora.up.weight
-  attn procs   <c>.<…>.processor.to_q_lora.down.weight / .up.weight   (module …to_q; to_out_lora → to_out.0)
-  text encoder <c>.<module>.lora_linear_layer.down.weight / .up.weight
-  optional     <c>.<module>.alpha (network_alphas), .lora_magnitude_vector (DoRA), .lora_B.bias
+Two layouts.  A pipeline file (`save_lora_weights`) starts every key with the pipeline component
+c in COMPONENTS; one model's file (`ModelMixin.save_lora_adapter`, and the older UNet
+`save_attn_procs`) has no component.  Detection claims a file without components only when its
+keys are all diffusers LoRA keys and it carries `lora_adapter_metadata` or the older spellings
+(a bare PEFT `adapter_model.safetensors` has neither).
+
+Keys understood, per `<c>.<module>` (or `<module>`), all naming generations diffusers writes:
+  current      <module>.lora_A.weight (r, in | r, c_in, kh, kw) / .lora_B.weight (out, r[, 1, 1])
+  older        <module>.lora.down.weight / .lora.up.weight
+  attn procs   <…>.processor.to_q_lora.down.weight / .up.weight   (module …to_q; to_out_lora →
+               to_out.0; in a text encoder to_q_lora … to_out_lora → q_proj … out_proj)
+  text encoder <module>.lora_linear_layer.down.weight / .up.weight
+  optional     <module>.alpha (network_alphas), .lora_magnitude_vector (DoRA), .lora_B.bias
 Scale, per layer: the module's `.alpha` key (alpha / r) if present, else the safetensors metadata
-`lora_adapter_metadata` (JSON of the PEFT LoraConfig with keys "<c>.r", "<c>.lora_alpha",
-"<c>.rank_pattern", ...; PEFT rules incl. rsLoRA), else 1 (diffusers then loads lora_alpha = r).
-Layer names keep the component prefix ("unet.down_blocks.0…to_q") so components never collide.
+`lora_adapter_metadata` (JSON of the PEFT LoraConfig, its keys prefixed "<c>." in a pipeline file;
+PEFT rules incl. rsLoRA, validated as a PEFT config is), else 1 (diffusers then loads
+lora_alpha = r).  Layer names keep the component prefix ("unet.down_blocks.0…to_q") so components
+never collide; one model's layers are named by their module paths.
 
 Writing (`write`): current naming (`<c>.<module>.lora_A.weight` / `.lora_B.weight`) for plain
 LoRA / LoCon layers; a name without a component gets `unet.`.  `lora_adapter_metadata` holds, per
@@ -29,18 +36,20 @@ from ..errors import AdapterNotFoundError, FormatError
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, read_options, stored_factors
-from ._io import SafetensorsWriter, TensorSource, header_room, open_safetensors
+from ._header import json_loads, short_repr
+from ._io import TensorSource, open_safetensors
 from ._keys import (
     COMPONENTS,
     carried_metadata,
     group_keys,
-    header_keys,
     match_spelling,
     missing_pair,
     read_alpha,
+    safetensors_header,
 )
 from ._patterns import rank_patterns
-from .peft import Scaling
+from ._peft_config import Scaling, check_lora_fields
+from ._write import SafetensorsWriter, header_room
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 SPEC = FormatSpec(
@@ -55,26 +64,47 @@ SPEC = FormatSpec(
 )
 METADATA_KEY = "lora_adapter_metadata"
 DEFAULT_COMPONENT = "unet"  # what `write` prefixes a name without a component with
-_M = rf"(?P<m>(?:{'|'.join(COMPONENTS)})\..+?)"
-# (role, rule) in order; the first match wins.  Roles: down, up, alpha, magnitude, bias.
-RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (role, re.compile(rf"^{_M}{suffix}$"))
-    for role, suffix in (
-        ("down", r"\.lora_A(?:\.[^.]+)?\.weight"),
-        ("up", r"\.lora_B(?:\.[^.]+)?\.weight"),
-        ("bias", r"\.lora_B(?:\.[^.]+)?\.bias"),
-        ("down", r"(?:\.lora|\.lora_linear_layer|_lora)\.down\.weight"),
-        ("up", r"(?:\.lora|\.lora_linear_layer|_lora)\.up\.weight"),
-        ("alpha", r"\.alpha"),
-        ("magnitude", r"\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?"),
-    )
+_SUFFIXES = (  # (role, key suffix after the module) in order; the first match wins
+    ("down", r"\.lora_A(?:\.[^.]+)?\.weight"),
+    ("up", r"\.lora_B(?:\.[^.]+)?\.weight"),
+    ("bias", r"\.lora_B(?:\.[^.]+)?\.bias"),
+    ("down", r"(?:\.lora|\.lora_linear_layer)\.down\.weight"),
+    ("up", r"(?:\.lora|\.lora_linear_layer)\.up\.weight"),
+    ("alpha", r"\.alpha"),
+    ("magnitude", r"\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?"),
 )
+# Attention-processor keys ("…processor.to_q_lora.down.weight"): the module is captured with its
+# "_lora" so that `_module_name` knows to map it (to_q_lora → to_q, to_out_lora → to_out.0).
+_PROC_SUFFIXES = (("down", r"\.down\.weight"), ("up", r"\.up\.weight"))
+
+
+def _rules(module: str, proc_module: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((role, re.compile(rf"^{module}{suffix}$")) for role, suffix in _SUFFIXES) + tuple(
+        (role, re.compile(rf"^{proc_module}{suffix}$")) for role, suffix in _PROC_SUFFIXES
+    )
+
+
+_C = "|".join(COMPONENTS)
+# Pipeline files (`save_lora_weights`): "<component>.<module>…".
+RULES = _rules(rf"(?P<m>(?:{_C})\..+?)", rf"(?P<m>(?:{_C})\..+?_lora)")
+# One model's files (`save_lora_adapter`, the older `save_attn_procs`): "<module>…", no component.
+MODEL_RULES = _rules(r"(?P<m>[^.].*?)", r"(?P<m>[^.].*?_lora)")
+_OLD_SPELLING = re.compile(r"(?:_lora|\.lora|\.lora_linear_layer)\.(?:down|up)\.weight$")
+_TEXT_ATTN = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
 
 def _module_name(raw: str) -> str:
-    """Old attention-processor paths → model module paths (as diffusers' own converter does)."""
-    name = raw.replace(".processor.", ".")
-    return re.sub(r"\.to_out$", ".to_out.0", name) if raw != name else name
+    """Attention-processor paths → model module paths, as diffusers' own converters map them:
+    "….processor.to_q_lora" → "….to_q", "to_out_lora" → "to_out.0" in a UNet / transformer, and
+    in a text encoder (whose attention modules are q_proj … out_proj) "to_q_lora" → "q_proj"."""
+    if not raw.endswith("_lora"):
+        return raw
+    head, _, leaf = raw[: -len("_lora")].replace(".processor.", ".").rpartition(".")
+    if raw.split(".", 1)[0].startswith("text_encoder"):
+        leaf = _TEXT_ATTN.get(leaf, leaf)
+    elif leaf == "to_out":
+        leaf = "to_out.0"
+    return f"{head}.{leaf}" if head else leaf
 
 
 def _weights(path: str | Path) -> Path:
@@ -86,26 +116,47 @@ def _weights(path: str | Path) -> Path:
     return p
 
 
+def _pipeline(keys: list[str]) -> bool:
+    """Every key starts with a pipeline component: a `save_lora_weights` file."""
+    return all(k.split(".", 1)[0] in COMPONENTS for k in keys)
+
+
 def sniff(path: str | Path) -> bool:
+    """A pipeline file (every key behind a component) with LoRA keys; or one model's file whose keys
+    are all diffusers LoRA keys and which either spells them the older way (`to_q_lora.down`,
+    `lora_linear_layer.down`, `lora.down`) or carries `lora_adapter_metadata` (PEFT naming)."""
     p = Path(path)
     if p.is_dir():
         if (p / "adapter_config.json").exists() or not (p / WEIGHTS).is_file():
             return False
         p = p / WEIGHTS
-    keys = header_keys(p)
-    if not keys or not all(k.split(".", 1)[0] in COMPONENTS for k in keys):
+    header = safetensors_header(p)
+    if header is None:
         return False
-    return any(rule.match(k) for role, rule in RULES if role in ("down", "up") for k in keys)
+    keys, metadata = header
+    factor_rules = [
+        (role, rule) for role, rule in (RULES if _pipeline(keys) else MODEL_RULES) if role in ("down", "up")
+    ]
+    if not any(rule.match(k) for _, rule in factor_rules for k in keys):
+        return False
+    if _pipeline(keys):
+        return True
+    understood = all(any(rule.match(k) for _, rule in MODEL_RULES) for k in keys)
+    own = METADATA_KEY in metadata or any(_OLD_SPELLING.search(k) for k in keys)
+    return understood and own and not any(k.startswith("base_model.model.") for k in keys)
 
 
 def read(path: str | Path, **options: Any) -> Adapter:
     read_options(SPEC, options, path)
     weights = _weights(path)
     src = open_safetensors(weights)
-    configs = _component_configs(src.metadata, weights)
-    by_module, leftovers = group_keys(src.keys(), RULES, src.path, rename=_module_name)
+    keys = src.keys()
+    pipeline = _pipeline(keys)
+    configs = _component_configs(src.metadata, weights, pipeline)
+    rules = RULES if pipeline else MODEL_RULES
+    by_module, leftovers = group_keys(keys, rules, src.path, rename=_module_name)
     scalings = {c: Scaling(cfg, weights) for c, cfg in configs.items()}  # patterns indexed once
-    layers = [_layer(src, name, roles, scalings) for name, roles in by_module.items()]
+    layers = [_layer(src, name, roles, scalings, pipeline) for name, roles in by_module.items()]
     reject_leftovers(src.path, leftovers, "diffusers LoRA tensors")
     check_outlier_shapes(src.path, layers)
     notes = (
@@ -119,36 +170,55 @@ def read(path: str | Path, **options: Any) -> Adapter:
         loader=lambda info: _load(src, info),
         path=str(weights),
         config=frozen_mapping(
-            {f"{c}.{k}": v for c, cfg in configs.items() for k, v in cfg.items() if k in ("r", "lora_alpha")}
+            {
+                f"{c}.{k}" if c else k: v
+                for c, cfg in configs.items()
+                for k, v in cfg.items()
+                if k in ("r", "lora_alpha")
+            }
         ),
         metadata=frozen_mapping({k: v for k, v in src.metadata.items() if k != METADATA_KEY}),
         notes=tuple(notes),
     )
 
 
-def _component_configs(metadata, path: Path) -> dict[str, dict[str, Any]]:
+def _component_configs(metadata, path: Path, pipeline: bool) -> dict[str, dict[str, Any]]:
+    """`lora_adapter_metadata` as {component: PEFT LoraConfig fields}, each validated as PEFT's
+    config is.  A pipeline file prefixes every field with its component ("unet.r"); one model's
+    file holds the config itself (component "")."""
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return {}
-    try:
-        flat = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise FormatError(f"metadata {METADATA_KEY} is not valid JSON ({e.msg})", path=path) from None
+    flat = json_loads(raw, path, f"metadata {METADATA_KEY} is not valid JSON ({{}})")
     if not isinstance(flat, dict):
         raise FormatError(f"metadata {METADATA_KEY} must be a JSON object", path=path)
     out: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        component, _, field = key.partition(".")
-        out.setdefault(component, {})[field] = value
+    if pipeline:
+        for key, value in flat.items():
+            component, _, field = key.partition(".")
+            if component not in COMPONENTS or not field:
+                raise FormatError(
+                    f"metadata {METADATA_KEY}: key {short_repr(key)} does not start with a pipeline "
+                    f"component ({', '.join(COMPONENTS)})",
+                    path=path,
+                )
+            out.setdefault(component, {})[field] = value
+    else:
+        out[""] = flat
+    for component, cfg in out.items():
+        where = f"metadata {METADATA_KEY}{' ' + component if component else ''}: "
+        check_lora_fields(cfg, path, where)
     return out
 
 
-def _layer(src: TensorSource, name: str, roles: dict[str, str], scalings: dict[str, Scaling]) -> LayerInfo:
+def _layer(
+    src: TensorSource, name: str, roles: dict[str, str], scalings: dict[str, Scaling], pipeline: bool
+) -> LayerInfo:
     missing_pair(src, name, roles, ("down", "up"), {"down": "lora_A/down", "up": "lora_B/up"})
     dk, uk = roles["down"], roles["up"]
     dshape = src.shape(dk)
     kind, rank, out, inn = factor_dims(src.path, name, dshape, src.shape(uk), (dk, uk))
-    component, _, module = name.partition(".")
+    component, _, module = name.partition(".") if pipeline else ("", "", name)
     alpha: float | None = None
     if "alpha" in roles:
         alpha = read_alpha(src, roles["alpha"], name)

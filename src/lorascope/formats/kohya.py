@@ -18,10 +18,12 @@ Files with LyCORIS LoHa/LoKr keys (hada_*, lokr_*) belong to the `lycoris` forma
 Writing (`write`): plain LoRA / LoCon layers, alpha = scale·r as a float64 scalar.  Dotted names
 become sd-scripts names (`unet.`/`transformer.`/no component → `lora_unet_`, `text_encoder.` →
 `lora_te_`, or `lora_te1_` when a `text_encoder_2.` layer is present → `lora_te2_`); kohya names are
-kept.  Metadata: a kohya source's metadata (not its `sshs_*` tensor hashes), or any source's `ss_*`
-keys, with `ss_network_dim` / `ss_network_alpha` recomputed from the layers written ("Dynamic"
-when they differ, as sd-scripts' resize_lora.py writes) and `ss_network_module` networks.lora by
-default.
+kept; LyCORIS wrapper names `lycoris_<path>` become `lora_unet_<path>`.  Metadata: a kohya source's
+metadata (not its `sshs_*` tensor hashes), or any source's `ss_*` keys, then
+`_keys.training_metadata`: ss_network_dim / ss_network_alpha recomputed from the layers written
+("Dynamic" when they differ, as sd-scripts' resize_lora.py writes), ss_sd_model_name from the
+source's base model, `lorascope_peft_config` (the source's whole-adapter PEFT fields, read back
+into the config and written into a PEFT conversion); ss_network_module networks.lora by default.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from ._keys import (
     load_kohya_lora,
     match_spelling,
     read_name_map,
+    read_peft_fields,
+    training_metadata,
     write_lora_keys,
 )
 
@@ -87,7 +91,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
         layers=tuple(layers),
         loader=lambda info: load_kohya_lora(src, info),
         path=str(path),
-        config=frozen_mapping(_config(src.metadata)),
+        config=frozen_mapping(_config(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),
         notes=_notes(layers),
     )
@@ -102,16 +106,17 @@ def match_key(info: LayerInfo) -> str:
     return match_spelling(model_path(info), info.name)
 
 
-def _config(metadata) -> dict[str, Any]:
-    """The sd-scripts training facts worth showing next to the spectra."""
-    cfg: dict[str, Any] = {}
+def _config(metadata, path: str) -> dict[str, Any]:
+    """The sd-scripts training facts worth showing next to the spectra, and the PEFT config fields
+    a lorascope-written file carries (`_keys.PEFT_KEY`)."""
+    cfg: dict[str, Any] = read_peft_fields(metadata, path)
     for key, out in (("ss_network_dim", "r"), ("ss_network_alpha", "lora_alpha")):
         try:
             cfg[out] = float(metadata[key]) if "." in metadata[key] else int(metadata[key])
         except (KeyError, ValueError):
             pass
     for key in ("ss_sd_model_name", "ss_base_model_version"):
-        if metadata.get(key):
+        if metadata.get(key) and not cfg.get("base_model_name_or_path"):
             cfg["base_model_name_or_path"] = metadata[key]
             break
     return cfg
@@ -135,14 +140,15 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     two_te = any(n.startswith("text_encoder_2.") for n in adapter.names)
 
     def spell(info: LayerInfo) -> str:
-        return info.name if _KOHYA_NAME.match(info.name) else kohya_name(info.name, two_te)
+        if _KOHYA_NAME.match(info.name):
+            return info.name
+        if info.name.startswith("lycoris_"):  # LyCORIS's wrapper prefix: one model, kohya's lora_unet_
+            return "lora_unet_" + info.name[len("lycoris_") :]
+        return kohya_name(info.name, two_te)
 
     def metadata(rows: list[tuple[int, float]]) -> dict[str, str]:
-        meta = carried_metadata(source if source is not None else adapter, "kohya", ("ss_",))
-        ranks = {r for r, _ in rows}
-        alphas = {round(a, 6) for _, a in rows}
-        meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
-        meta["ss_network_alpha"] = f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic"
+        src = source if source is not None else adapter
+        meta = {**carried_metadata(src, "kohya", ("ss_",)), **training_metadata(src, rows)}
         meta.setdefault("ss_network_module", "networks.lora")
         return meta
 

@@ -59,6 +59,8 @@ from ._keys import (
     missing_pair,
     read_alpha,
     read_name_map,
+    read_peft_fields,
+    training_metadata,
     tucker_down,
     write_lora_keys,
 )
@@ -111,6 +113,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
         layers=tuple(layers),
         loader=lambda info: _load(src, info),
         path=str(path),
+        config=frozen_mapping(read_peft_fields(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),
         notes=tuple(notes),
     )
@@ -132,12 +135,21 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
         return f"lycoris_{info.name.replace('.', '_')}" if "." in info.name else info.name
 
     def metadata(rows: list[tuple[int, float]]) -> dict[str, str]:
-        return carried_metadata(source if source is not None else adapter, "lycoris", ("ss_",))
+        src = source if source is not None else adapter
+        return {**carried_metadata(src, "lycoris", ("ss_",)), **training_metadata(src, rows)}
 
     return write_lora_keys(adapter, dest, SPEC, spell, metadata)
 
 
 def _layer(src: TensorSource, name: str, roles: dict[str, str], dotted: str | None) -> LayerInfo:
+    empty = sorted(k for r, k in roles.items() if r not in _COMMON and 0 in src.shape(k))
+    if empty:  # rank 0 or an empty dimension: nothing to divide alpha by, nothing to audit
+        raise FormatError(
+            f"layer {name}: {empty[0]} has shape {list(src.shape(empty[0]))}; a factor needs rank ≥ 1 "
+            "and non-empty dimensions",
+            path=src.path,
+            keys=empty,
+        )
     algos = {r.split("_")[0] for r in roles if r not in _COMMON} & {"hada", "lokr"}
     if len(algos) > 1:
         raise FormatError(

@@ -9,7 +9,8 @@ Keys understood (the adapter name may appear before `.weight`, as in `lora_A.def
   <module>.lora_A.weight (r, in) / (r, c_in, kh, kw)    <module>.lora_B.weight (out, r) / (out, r, 1, 1)
   <module>.lora_embedding_A (r, num_embeddings)          <module>.lora_embedding_B (dim, r)
   <module>.lora_magnitude_vector (DoRA)                  <module>.lora_B.bias (lora_bias)
-  weights of `modules_to_save` modules (listed, not audited)
+  full weights saved beside the LoRA: `modules_to_save`, the head of a SEQ_CLS / TOKEN_CLS /
+  QUESTION_ANS task, embedding layers (`_peft_config.py`; listed as modules_to_save, not audited)
 Anything else is an error that lists the keys.  Not handled here: other PEFT methods (LoHa/LoKr
 adapters in PEFT format are read by the LyCORIS module), and `fan_in_fan_out` needs no special
 case because it only transposes how the base weight is stored, not ΔW's spectrum.
@@ -26,12 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping, peft_scale
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
 from ._io import TensorSource, load_torch_bin, open_safetensors
-from ._keys import Rules, group_keys, match_spelling
-from ._patterns import PatternIndex, pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
+from ._keys import PEFT_FIELDS, Rules, group_keys, match_spelling
+from ._patterns import pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
+from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fields: used by other formats)
+    Scaling,
+    check_lora_fields,
+    full_weight_module,
+    load_config,
+    saved_module_names,
+)
 
 SPEC = FormatSpec(
     name="peft",
@@ -96,7 +104,11 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
             p = subs[0]
         elif subs:
             names = ", ".join(s.name for s in subs)
-            raise FormatError(f"holds several adapters ({names}); choose one with --adapter NAME", path=p)
+            raise FormatError(  # every command takes a sub-folder as its path
+                f"holds several adapters ({names}); give one of them as the path ({subs[0]}) "
+                "or, in audit and compress, choose one with --adapter NAME",
+                path=p,
+            )
         else:
             raise AdapterNotFoundError(f"{CONFIG} not found", path=p)
     for w in WEIGHTS:
@@ -105,90 +117,21 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
     raise AdapterNotFoundError(f"no {WEIGHTS[0]} (or {WEIGHTS[1]}) beside {CONFIG}", path=p)
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FormatError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path=path) from None
-    except UnicodeDecodeError:
-        raise FormatError("not a UTF-8 text file", path=path) from None
-    if not isinstance(cfg, dict):
-        raise FormatError("expected a JSON object", path=path)
-    peft_type = str(cfg.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise UnsupportedError(f"peft_type {peft_type} is not a LoRA adapter", path=path)
-    r = cfg.get("r", 8)
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise FormatError(f"'r' must be a positive integer, got {r!r}", path=path)
-    alpha = cfg.get("lora_alpha", 8)
-    if not _finite_number(alpha):
-        raise FormatError(f"'lora_alpha' must be a finite number, got {alpha!r}", path=path)
-    for key, ok, what in (
-        ("rank_pattern", _positive_int, "a positive integer"),
-        ("alpha_pattern", _finite_number, "a finite number"),
-    ):
-        patterns = cfg.get(key) or {}
-        if not isinstance(patterns, dict):
-            raise FormatError(f"'{key}' must be a JSON object", path=path)
-        for k, v in patterns.items():
-            if not ok(v):
-                raise FormatError(f"'{key}' value for {k!r} must be {what}, got {v!r}", path=path)
-    return cfg
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _finite_number(v: Any) -> bool:
-    # json.loads accepts NaN / Infinity literals: a non-finite alpha would poison every metric
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-class Scaling:
-    """One config's r / lora_alpha / rank_pattern / alpha_pattern / use_rslora → each module's
-    (r, alpha, scale).  The patterns are indexed once (`PatternIndex`): a lookup does not grow with
-    the number of pattern keys, so reading stays linear in layers."""
-
-    def __init__(self, cfg: Mapping[str, Any], path: str | Path):
-        self._r = cfg.get("r")
-        self._alpha = cfg.get("lora_alpha", 8)  # PEFT's default lora_alpha
-        self._rslora = bool(cfg.get("use_rslora"))
-        self._ranks = PatternIndex(cfg.get("rank_pattern") or {}, path)
-        self._alphas = PatternIndex(cfg.get("alpha_pattern") or {}, path)
-
-    def layer(self, module: str, r_default: int = 8) -> tuple[int, float, float]:
-        """(configured r, alpha, scale); `r_default` stands in for a missing "r" (PEFT's is 8)."""
-        r = int(self._ranks.value(module, r_default if self._r is None else self._r))
-        alpha = float(self._alphas.value(module, self._alpha))
-        return r, alpha, peft_scale(alpha, r, self._rslora)
-
-
 def _classify(
-    keys: list[str], modules_to_save: list[str], path: str
+    keys: list[str], cfg: Mapping[str, Any], path: str
 ) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
-    """Group keys by layer: {layer: {role: key}}; saved-module names; leftovers."""
+    """Group keys by layer: {layer: {role: key}}; the modules whose full weights are saved beside
+    the LoRA (`_peft_config.full_weight_module`); leftovers (errors: not understood)."""
     by_layer, rest = group_keys(keys, _KEY_RULES, path, rename=lambda m: m.removeprefix(PREFIX))
+    names = saved_module_names(cfg)
     saved, leftovers = [], []
     for key in rest:
-        module = _saved_module(key.removeprefix(PREFIX), modules_to_save)
+        module = full_weight_module(key.removeprefix(PREFIX), names, by_layer)
         if module is not None:
             saved.append(module)
         else:
             leftovers.append(key)
     return by_layer, saved, leftovers
-
-
-def _saved_module(key: str, modules_to_save: list[str]) -> str | None:
-    """The module path of a `modules_to_save` weight, or None.  PEFT's `_set_trainable` matches a
-    module when its path ends with a listed name (`key.endswith(name)`, dotted names included), so
-    "classifier.dense" and "score" both work; the shortest matching prefix of the key is the module."""
-    parts = key.split(".")
-    for i in range(1, len(parts)):
-        module = ".".join(parts[:i])
-        if any(module.endswith(name) for name in modules_to_save):
-            return module
-    return None
 
 
 def read(path: str | Path, **options: Any) -> Adapter:
@@ -198,8 +141,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
         src: TensorSource = load_torch_bin(str(files.weights))
     else:
         src = open_safetensors(files.weights)
-    mts = [str(m) for m in (cfg.get("modules_to_save") or [])]
-    by_layer, saved, leftovers = _classify(src.keys(), mts, str(files.weights))
+    by_layer, saved, leftovers = _classify(src.keys(), cfg, str(files.weights))
     layers = []
     scaling = Scaling(cfg, files.config)
     for module, roles in by_layer.items():
@@ -310,8 +252,10 @@ def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
 
 
 def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
-    """Tensors of a PEFT adapter on disk that are not LoRA factors (modules_to_save weights, DoRA
-    magnitudes, lora_bias): {key: (array, dtype)}, to be copied unchanged into a rewritten adapter."""
+    """Tensors of a PEFT adapter on disk that are not LoRA factors (DoRA magnitudes, lora_bias, and
+    the full weights of the modules `adapter.modules_to_save` still lists: none after
+    `formats.load(..., lora_only=True)`): {key: (array, dtype)}, copied unchanged into a rewritten
+    adapter."""
     if adapter.format != "peft" or not adapter.path:
         return {}
     files = locate(adapter.path)
@@ -321,7 +265,17 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
         else open_safetensors(files.weights)
     )
     used = {k for layer in adapter.layers for k in layer.extras.get("keys", ())}
-    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if k not in used}
+    names, layers, kept = (
+        saved_module_names(load_config(files.config)),
+        set(adapter.names),
+        set(adapter.modules_to_save),
+    )
+
+    def copied(key: str) -> bool:
+        module = full_weight_module(key.removeprefix(PREFIX), names, layers)
+        return key not in used and (module is None or module in kept)
+
+    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if copied(k)}
 
 
 def model_path(info: LayerInfo) -> str | None:
@@ -343,34 +297,31 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     fresh config with target_modules = the layer names and its base_model_name_or_path.
     r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
     layer keeps the rank and scale of the delta written for it."""
-    import os
     import shutil
     import tempfile
 
-    from ._io import publish_mode, write_text_atomic
+    from ._write import publish_dir, write_text_atomic, writing
 
     source = adapter if source is None else source
     dest = check_dest(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
-        cfg = _config_for(source, rows)
-        text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
-        write_text_atomic(tmp / CONFIG, text + "\n")
-        publish_mode(tmp, directory=True)  # mkdtemp made it 0700
-        if dest.exists():
-            dest.rmdir()  # empty (checked above); os.rename cannot replace a directory portably
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
+            cfg = _config_for(source, rows)
+            text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
+            write_text_atomic(tmp / CONFIG, text + "\n")
+            publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return dest
 
 
 def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tuple[str, int, float]]:
     """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
-    from ._io import SafetensorsWriter, header_room
+    from ._write import SafetensorsWriter, header_room
 
     carried = passthrough_tensors(source)
     rows = []
@@ -397,10 +348,11 @@ def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tup
 def _config_for(source: Adapter, rows: list[tuple[str, int, float]]) -> dict[str, Any]:
     if source.format == "peft":
         cfg = dict(source.config)
-    else:
+    else:  # the layers written, and what the source knows of the PEFT config (`_keys.PEFT_FIELDS`)
         cfg = {"target_modules": sorted(name for name, _, _ in rows), "use_rslora": False}
-        if source.config.get("base_model_name_or_path"):
-            cfg["base_model_name_or_path"] = source.config["base_model_name_or_path"]
+        cfg.update({k: source.config[k] for k in PEFT_FIELDS if k in source.config})
+        if not cfg.get("base_model_name_or_path"):
+            cfg.pop("base_model_name_or_path", None)
     cfg.setdefault("peft_type", "LORA")
     cfg.update(rank_patterns(rows, bool(cfg.get("use_rslora", False))))
     return cfg
