@@ -263,7 +263,7 @@ def to_markdown(report: AuditReport, view: View | None = None) -> str:
             "## PEFT config for the per-layer suggestion",
             "",
             "```json",
-            json.dumps(cfg, indent=2),
+            *json.dumps(cfg, indent=2).splitlines(),
             "```",
         ]
     if report.notes:
