@@ -14,6 +14,7 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
                                                 (merge_adapters: the same in memory)
     check_config(CheckInput) -> [Finding]       pre-flight LoRA config / training-args findings
     monitor_run(run.jsonl) -> MonitorReport     run-log summary and rule alerts; RunWriter writes logs
+    run_study(sources, out) -> StudyResult      audit many adapters into journals and tables (StudyOptions)
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
 """
 
@@ -55,6 +56,9 @@ _API = {
     "monitor_run": ".monitor",
     "RunWriter": ".telemetry",
     "read_run": ".telemetry",
+    "StudyOptions": ".study",
+    "StudyResult": ".study",
+    "run_study": ".study",
     "LorascopeCallback": ".integrations.hf",
 }
 
@@ -89,6 +93,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .integrations.hf import LorascopeCallback
     from .merge import MergeAuditReport, MergePlan, MergeReport, merge_adapters, merge_audit, merge_files
     from .monitor import MonitorReport, Thresholds, monitor_run
+    from .study import StudyOptions, StudyResult, run_study
     from .telemetry import RunWriter, read_run
     from .types import Adapter, LayerInfo, LoraDelta
 
@@ -110,6 +115,8 @@ __all__ = [
     "MonitorReport",
     "RankMode",
     "RunWriter",
+    "StudyOptions",
+    "StudyResult",
     "Thresholds",
     "__version__",
     "audit_adapter",
@@ -125,4 +132,5 @@ __all__ = [
     "monitor_run",
     "plan_ranks",
     "read_run",
+    "run_study",
 ]

@@ -1,0 +1,76 @@
+"""`lorascope study`: parse flags, call lorascope.study.run_study, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InvalidArgumentError
+from ..study import StudyOptions, run_study
+from ..study.render import to_text
+from ..study.sources import parse_size
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="adapter folders (searched recursively), adapter files, .txt/.list files of SOURCEs, "
+        "or Hugging Face repo ids (ORG/NAME[@REV] or hf:ORG/NAME: cache first, download when online)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="study folder: journals and tables")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel audits (default: every core)")
+    p.add_argument("--resume", action="store_true", help="continue a study in DIR; skip what is done")
+    p.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="process pool (default) or Ray tasks"
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="BYTES",
+        help="adapters whose config + weights exceed this fail as 'too large' (e.g. 500M, 2G)",
+    )
+    p.add_argument("--hub-cache", metavar="DIR", help="huggingface_hub cache folder (default: its own)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any adapter failed")
+    p.add_argument("--json", action="store_true", help="print study.json instead of the summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+
+    def show(done: int, failed: int, source: str) -> None:
+        sys.stderr.write(f"\r  {done} audited, {failed} failed")
+        sys.stderr.flush()
+
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        max_size = parse_size(args.max_size) if args.max_size is not None else None
+    except ValueError as e:
+        raise InvalidArgumentError(f"--max-size: {e}") from None
+    options = StudyOptions(
+        workers=args.workers,
+        executor=args.executor,
+        resume=args.resume,
+        max_size=max_size,
+        hub_cache=args.hub_cache,
+        progress=_progress(not args.quiet and sys.stderr.isatty()),
+    )
+    result = run_study(args.sources, args.out, options)
+    if options.progress is not None:
+        sys.stderr.write("\n")
+    if args.json:
+        sys.stdout.write(result.out.joinpath("study.json").read_text(encoding="utf-8"))
+    else:
+        sys.stdout.write(to_text(result.tables, str(result.out), result.seconds))
+    if result.n_failed:
+        print(
+            f"lorascope: {result.n_failed} adapter(s) failed; reasons in {result.out / 'failures.jsonl'}",
+            file=sys.stderr,
+        )
+    return 1 if args.strict and result.n_failed else 0

@@ -1,0 +1,212 @@
+"""The study's tables (study.json), computed from the journals alone: order-free and deterministic.
+
+Unit of analysis: the adapter, as in Gradience's Study 14.  An adapter's utilisation is the mean of
+stable rank / r over its live layers; its energy fraction is the median over live layers of
+k@0.9 / r.  Dead adapters (every layer ΔW = 0) are counted and listed, and left out of every
+utilisation statistic.  Records are sorted by source and values sorted before any sum, so a study
+that was resumed, or run on another executor, gives byte-identical tables.
+
+Statistics: numpy linear-interpolated percentiles; std is the population std (ddof 0); Pearson and
+Spearman (average ranks for ties) r(nominal rank, utilisation) with 95 % percentile bootstrap
+intervals (`BOOTSTRAP` resamples of adapters, fixed seed; resamples with a constant column are
+skipped).  Layer-level figures come from layers.csv for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import FAILURES, read_layer_columns, read_records
+
+SCHEMA = "lorascope.study/v1"
+BOOTSTRAP = 1000
+SEED = 0
+EXTREMES = 5  # most / least utilised adapters listed
+HIGH_UTILISATION = 0.34  # Study 14: "10 % above 0.34"
+
+# Gradience 0.11 "Study 14": 114 PEFT adapters from the Hub, 22 base architectures, 10,302 layers.
+REFERENCE: dict[str, Any] = {
+    "name": "Gradience Study 14",
+    "n_adapters": 114,
+    "n_architectures": 22,
+    "n_layers": 10302,
+    "utilisation": {"mean": 0.164, "median": 0.148, "std": 0.118, "p75": 0.183, "max": 0.62},
+    "share_above_0.34": 0.10,
+    "by_rank": {4: (3, 0.395, 0.345), 8: (18, 0.187, 0.163), 16: (26, 0.150, 0.147),
+                32: (11, 0.088, 0.078), 64: (12, 0.198, 0.072), 128: (2, 0.019, 0.019)},
+    "pearson": -0.173,
+    "by_module_type": {"attention": 0.155, "mlp": 0.162},
+    "energy_fraction@0.9": {"median": 0.50, "p90": 0.75},
+}  # fmt: skip
+
+
+def build(out: Path) -> dict[str, Any]:
+    records = sorted(read_records(out), key=lambda r: r["source"])
+    failures = sorted(read_records(out, FAILURES), key=lambda r: r["source"])
+    live = [r for r in records if not r["dead"]]
+    util = np.array(sorted(r["utilisation"]["mean"] for r in live), dtype=float)
+    return {
+        "schema": SCHEMA,
+        "counts": _counts(records, failures),
+        "utilisation": _stats(util, share_above=HIGH_UTILISATION),
+        "by_rank": _by_rank(live),
+        "correlation": _correlation(live),
+        "by_module_type": _by_module_type(live),
+        "by_architecture": _by_key(live, "architecture"),
+        "by_base_model": _by_key(live, "base_model"),
+        "compression": _compression(live),
+        "layers": _layers(out),
+        "dead": {"n": len(records) - len(live), "sources": [r["source"] for r in records if r["dead"]]},
+        "most_utilised": _extremes(live, reverse=True),
+        "least_utilised": _extremes(live, reverse=False),
+        "reference": {**REFERENCE, "by_rank": {str(k): v for k, v in REFERENCE["by_rank"].items()}},
+    }
+
+
+def _counts(records: list[dict], failures: list[dict]) -> dict[str, Any]:
+    return {
+        "sources": len(records) + len(failures),
+        "adapters": len(records),
+        "failed": len(failures),
+        "layers": sum(r["n_layers"] for r in records),
+        "dead_layers": sum(r["n_dead_layers"] for r in records),
+        "architectures": len({r["architecture"] for r in records}),
+        "formats": dict(sorted(Counter(r["format"] for r in records).items())),
+        "failure_kinds": dict(sorted(Counter(f["kind"] for f in failures).items())),
+    }
+
+
+def _stats(values: np.ndarray, share_above: float | None = None) -> dict[str, Any]:
+    v = np.sort(np.asarray(values, dtype=float))
+    if v.size == 0:
+        return {"n": 0}
+    out: dict[str, Any] = {
+        "n": int(v.size),
+        "mean": math.fsum(v) / v.size,
+        "median": float(np.median(v)),
+        "std": float(np.sqrt(math.fsum((v - math.fsum(v) / v.size) ** 2) / v.size)),
+        "p75": float(np.percentile(v, 75)),
+        "p90": float(np.percentile(v, 90)),
+        "min": float(v[0]),
+        "max": float(v[-1]),
+    }
+    if share_above is not None:
+        out[f"share_above_{share_above:g}"] = float(np.count_nonzero(v > share_above) / v.size)
+    return out
+
+
+def _mean_median(values: list[float]) -> dict[str, Any]:
+    v = np.sort(np.asarray(values, dtype=float))
+    if v.size == 0:
+        return {"n": 0, "mean": None, "median": None}
+    return {"n": int(v.size), "mean": math.fsum(v) / v.size, "median": float(np.median(v))}
+
+
+def _by_rank(live: list[dict]) -> list[dict[str, Any]]:
+    groups: dict[int, list[float]] = defaultdict(list)
+    for r in live:
+        groups[r["nominal_rank"]].append(r["utilisation"]["mean"])
+    return [{"rank": k, **_mean_median(groups[k])} for k in sorted(groups)]
+
+
+def _by_key(live: list[dict], key: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    layers: Counter[str] = Counter()
+    for r in live:
+        name = r.get(key) or "unknown"
+        groups[name].append(r["utilisation"]["mean"])
+        layers[name] += r["n_layers"]
+    rows = [{key: k, "layers": layers[k], **_mean_median(v)} for k, v in groups.items()]
+    return sorted(rows, key=lambda row: (-row["n"], row[key]))
+
+
+def _by_module_type(live: list[dict]) -> dict[str, Any]:
+    """Per type: adapters having it, its layers, and mean / median over those adapters of their
+    mean utilisation of that type's live layers."""
+    out = {}
+    for kind in ("attention", "mlp", "other"):
+        vals, n_layers = [], 0
+        for r in live:
+            t = r["module_types"].get(kind)
+            if t is not None:
+                n_layers += t["n_layers"]
+                if t["utilisation_mean"] is not None:
+                    vals.append(t["utilisation_mean"])
+        if n_layers:
+            out[kind] = {"layers": n_layers, **_mean_median(vals)}
+    return out
+
+
+def _compression(live: list[dict]) -> dict[str, Any]:
+    out = {}
+    for key in ("energy_fraction@0.9", "energy_fraction@0.99"):
+        med = np.array(sorted(r[key]["median"] for r in live), dtype=float)
+        out[key] = {k: v for k, v in _stats(med).items() if k in ("n", "mean", "median", "p75", "p90")}
+    return out
+
+
+def _layers(out: Path) -> dict[str, Any]:
+    """Per-layer view over live layers: utilisation and k@0.9 / r."""
+    util, frac = [], []
+    for dead, u, rank, k90 in read_layer_columns(out, ("dead", "utilisation", "rank", "energy_rank@0.9")):
+        if dead != "True":
+            util.append(float(u))
+            frac.append(int(k90) / int(rank))
+    return {"utilisation": _stats(np.array(util)), "energy_fraction@0.9": _stats(np.array(frac))}
+
+
+def _extremes(live: list[dict], reverse: bool) -> list[dict[str, Any]]:
+    key = (
+        (lambda r: (-r["utilisation"]["mean"], r["source"]))
+        if reverse
+        else (lambda r: (r["utilisation"]["mean"], r["source"]))
+    )
+    return [
+        {"source": r["source"], "utilisation": r["utilisation"]["mean"], "nominal_rank": r["nominal_rank"],
+         "architecture": r["architecture"]}
+        for r in sorted(live, key=key)[:EXTREMES]
+    ]  # fmt: skip
+
+
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given their average rank (Spearman's convention)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size, dtype=float)
+    ranks[order] = np.arange(1, x.size + 1)
+    values, inverse = np.unique(x, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / np.bincount(inverse))[inverse]
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / den if den > 0 else math.nan
+
+
+def _correlation(live: list[dict]) -> dict[str, Any]:
+    x = np.array([float(r["nominal_rank"]) for r in live])  # (n,) sorted by source
+    y = np.array([r["utilisation"]["mean"] for r in live])  # (n,)
+    out: dict[str, Any] = {"n": int(x.size), "bootstrap": BOOTSTRAP, "seed": SEED, "ci": 0.95}
+    fns = {"pearson": _pearson, "spearman": lambda a, b: _pearson(_rankdata(a), _rankdata(b))}
+    rng = np.random.default_rng(SEED)
+    samples = rng.integers(0, max(x.size, 1), size=(BOOTSTRAP, x.size)) if x.size >= 3 else None
+    for name, fn in fns.items():
+        r = fn(x, y) if x.size >= 3 else math.nan
+        entry: dict[str, Any] = {"r": _finite(r), "ci95": None}
+        if samples is not None and math.isfinite(r):
+            boot = np.array([fn(x[i], y[i]) for i in samples])
+            boot = boot[np.isfinite(boot)]
+            if boot.size:
+                entry["ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+        out[name] = entry
+    return out
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None

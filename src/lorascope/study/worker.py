@@ -1,0 +1,194 @@
+"""One job, in a worker: resolve the source, audit it, reduce the report to one record and rows.
+
+`audit_one(job)` never raises for a bad adapter: every error becomes a failure with a kind (too
+large, not found, not cached, download failed, unknown format, no LoRA layers, unsupported,
+unreadable, out of memory, internal error) and a one-line reason.  The same function runs in a
+process pool and as a Ray task, so both executors give identical records (the BLAS thread count is
+part of the job).
+
+The record (one line of adapters.jsonl) holds what the tables need: nominal rank (the most common
+layer rank; ties go to the larger), the distinct ranks, layers, parameters, per module type the
+layer count and mean utilisation of live layers, the utilisation mean / median over live layers,
+the energy-rank fractions k@τ / r (median, p90 over live layers, numpy linear percentiles), dead
+layers, the architecture family (from layer names) and times.  Rows (layers.csv) are one per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    AdapterNotFoundError,
+    FormatError,
+    LorascopeError,
+    UnknownFormatError,
+    UnsupportedError,
+)
+from ..textsafe import clean
+from .arch import architecture
+from .sources import Job, adapter_bytes
+
+THRESHOLDS = (0.9, 0.99)  # energy thresholds of every study; the first is the headline one
+LAYER_COLUMNS = (
+    "source", "layer", "module_type", "kind", "rank", "out_features", "in_features", "params",
+    "scale", "dtype", "dead", "sigma_max", "frobenius", "stable_rank", "effective_rank",
+    "utilisation", "numerical_rank", "energy_rank@0.9", "energy_rank@0.99",
+)  # fmt: skip
+MAX_REASON = 300  # characters of a failure reason
+
+
+class StudyFailure(LorascopeError):
+    """A job that cannot be audited for a reason the study names itself (too large, not cached)."""
+
+    def __init__(self, kind: str, message: str, *, path: str | None = None):
+        self.kind = kind
+        super().__init__(message, path=path)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: str
+    record: dict[str, Any] | None = None  # adapters.jsonl line, when audited
+    rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)  # layers.csv rows
+    failure: dict[str, Any] | None = None  # failures.jsonl line, when not
+
+
+def audit_one(job: Job) -> Outcome:
+    """Audit one job (module docstring); never raises for a bad input."""
+    os.environ["LORASCOPE_THREADS"] = str(job.threads)  # read per call by lorascope._parallel
+    t0 = time.perf_counter()
+    try:
+        path, nbytes = _resolve(job)
+        t1 = time.perf_counter()
+        from ..audit import AuditOptions, audit_adapter
+
+        report = audit_adapter(path, AuditOptions(thresholds=THRESHOLDS))
+        t2 = time.perf_counter()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001  (any failure is recorded, never fatal)
+        return Outcome(job.source, failure=failure(job.source, e))
+    record, rows = reduce_report(job.source, report, nbytes)
+    record["time"] = {"resolve_s": round(t1 - t0, 6), "audit_s": round(t2 - t1, 6)}
+    if job.repo_id is not None:
+        record["resolved"] = str(path)
+    return Outcome(job.source, record, rows)
+
+
+def failure(source: str, e: BaseException) -> dict[str, Any]:
+    return {"source": source, "kind": failure_kind(e), "reason": one_line(e)}
+
+
+def one_line(e: BaseException | str) -> str:
+    text = e if isinstance(e, str) else (str(e) or type(e).__name__)
+    if isinstance(e, MemoryError):
+        text = "out of memory"
+    elif isinstance(e, OSError) and not isinstance(e, LorascopeError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    text = clean(text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def failure_kind(e: BaseException) -> str:
+    if isinstance(e, StudyFailure):
+        return e.kind
+    if isinstance(e, (AdapterNotFoundError, FileNotFoundError)):
+        return "not found"
+    if isinstance(e, UnknownFormatError):
+        return "unknown format"
+    if isinstance(e, FormatError):
+        return "no LoRA layers" if "no LoRA layers" in str(e) else "unreadable"
+    if isinstance(e, UnsupportedError):
+        return "unsupported"
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    if isinstance(e, (OSError, ValueError)):
+        return "unreadable"
+    return "internal error"
+
+
+def _resolve(job: Job) -> tuple[Path, int]:
+    """(local path, bytes read) of the job's adapter; too large or missing is a StudyFailure."""
+    if job.repo_id is not None:
+        from .hub import resolve_repo
+
+        path = resolve_repo(job.repo_id, job.revision, job.max_size, job.hub_cache)
+    else:
+        path = Path(job.source)
+        if not (path.exists() or path.is_symlink()):
+            raise StudyFailure("not found", "no such file or directory", path=job.source)
+    nbytes = adapter_bytes(path)
+    if job.max_size is not None and nbytes > job.max_size:
+        raise StudyFailure("too large", f"{nbytes} bytes > --max-size {job.max_size}", path=job.source)
+    return path, nbytes
+
+
+def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any], tuple[tuple, ...]]:
+    """The adapters.jsonl record and the layers.csv rows of one AuditReport."""
+    k90, k99 = (f"energy_rank@{t:.12g}" for t in THRESHOLDS)
+    rows: list[tuple[Any, ...]] = []
+    util: list[float] = []
+    types: dict[str, list[Any]] = {}  # module type -> [n layers, live utilisations]
+    fractions: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    for x in report.layers:
+        i, m, kind = x.info, x.metrics, x.module_type
+        rows.append(
+            (source, i.name, kind, i.kind, i.rank, i.out_features, i.in_features, i.params, i.scale,
+             i.dtype, x.dead, m["sigma_max"], m["frobenius"], m["stable_rank"], m["effective_rank"],
+             m["utilisation"], int(m["numerical_rank"]), int(m[k90]), int(m[k99]))
+        )  # fmt: skip
+        slot = types.setdefault(kind, [0, []])
+        slot[0] += 1
+        if not x.dead:
+            util.append(m["utilisation"])
+            slot[1].append(m["utilisation"])
+            for t, key in zip(THRESHOLDS, (k90, k99), strict=True):
+                fractions[t].append(m[key] / i.rank)
+    ranks = Counter(x.info.rank for x in report.layers)
+    record: dict[str, Any] = {
+        "source": source,
+        "format": report.source.get("format"),
+        "base_model": _base_model(report.source),
+        "architecture": architecture([x.name for x in report.layers]),
+        "nominal_rank": max(ranks, key=lambda r: (ranks[r], r)),
+        "nominal_ranks": sorted(ranks),
+        "n_layers": len(report.layers),
+        "n_dead_layers": len(report.layers) - len(util),
+        "dead": not util,
+        "params": int(sum(x.info.params for x in report.layers)),
+        "bytes": nbytes,
+        "utilisation": _summary(util),
+        "module_types": {k: {"n_layers": n, "utilisation_mean": _mean(v)} for k, (n, v) in types.items()},
+    }
+    for t in THRESHOLDS:
+        record[f"energy_fraction@{t:g}"] = _summary(fractions[t], "p90")
+    return record, tuple(rows)
+
+
+def _base_model(source: dict[str, Any]) -> str | None:
+    value = source.get("base_model_name_or_path")
+    if not isinstance(value, str) or not value:
+        meta = source.get("metadata") or {}
+        value = meta.get("ss_sd_model_name") or meta.get("base_model") or None
+    return clean(value)[:200] if isinstance(value, str) else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def _summary(values: list[float], second: str = "median") -> dict[str, float | None]:
+    import numpy as np
+
+    if not values:
+        return {"mean": None, second: None} if second == "median" else {"median": None, second: None}
+    a = np.sort(np.asarray(values, dtype=float))
+    if second == "median":
+        return {"mean": _mean(values), "median": float(np.median(a))}
+    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
