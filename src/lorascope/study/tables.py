@@ -126,7 +126,7 @@ def _by_key(live: list[dict], key: str) -> list[dict[str, Any]]:
 
 
 def _by_module_type(live: list[dict]) -> dict[str, Any]:
-    """Per type: adapters having it, its layers, and mean / median over those adapters of their
+    """Per type, over live adapters: adapters having it, its layers, and mean / median over those adapters of their
     mean utilisation of that type's live layers."""
     out = {}
     for kind in ("attention", "mlp", "other"):

@@ -1,0 +1,243 @@
+"""`lorascope study`: tables from hand-built adapters with known spectra, bad input among good,
+sources (folders, lists, links, the Hugging Face cache), the CLI's refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import peft_config, write_peft, write_safetensors_raw
+
+from lorascope import convert_file
+from lorascope.cli.main import main
+from lorascope.study import StudyOptions, run_study
+from lorascope.study.sources import Job, discover, parse_size
+from lorascope.study.tables import _rankdata
+
+SCALE = 2.0  # lora_alpha 2r
+
+
+def exact_factors(sigma, r: int, rng):
+    """A (r, in), B (out, r) whose scaled ΔW = SCALE·B·A has the singular values `sigma`."""
+    out, inn = max(12, r), max(10, r)
+    s = np.zeros(r)
+    s[: len(sigma)] = sigma
+    u, _ = np.linalg.qr(rng.standard_normal((out, r)))  # (out, r) orthonormal columns
+    v, _ = np.linalg.qr(rng.standard_normal((inn, r)))  # (in, r)
+    return v.T.copy(), u * s / SCALE  # A (r, in), B (out, r)
+
+
+def known_adapter(path: Path, layers: dict[str, list[float]], r: int, rng) -> Path:
+    factors = {name: exact_factors(sigma, r, rng) for name, sigma in layers.items()}
+    return write_peft(path, factors, dtype="fp64", config=peft_config(r=r, lora_alpha=SCALE * r))
+
+
+def dense_utilisation(path: Path) -> dict[str, tuple[float, float, int]]:
+    """Ground truth from dense float64 SVDs: layer -> (utilisation, k@0.9 / r, r)."""
+    from safetensors.numpy import load_file
+
+    t = load_file(str(path / "adapter_model.safetensors"))
+    out = {}
+    for key in t:
+        if ".lora_A." in key:
+            a, b = t[key], t[key.replace("lora_A", "lora_B")]
+            s = np.linalg.svd(SCALE * b @ a, compute_uv=False)  # (min(out, in),)
+            r = a.shape[0]
+            if s[0] == 0:
+                out[key] = (0.0, 0.0, r)
+                continue
+            e = np.cumsum(s**2) / np.sum(s**2)
+            k90 = int(np.searchsorted(e, 0.9 - 1e-12) + 1)
+            out[key] = (float(np.sum(s**2) / s[0] ** 2 / r), k90 / r, r)
+    return out
+
+
+@pytest.fixture
+def corpus(tmp_path, rng):
+    """Four adapters with known spectra under one folder: r=4, two r=8, and a dead r=16."""
+    root = tmp_path / "corpus"
+    q, v, down = (f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"))
+    known_adapter(root / "a", {q: [1, 1], v: [1, 1]}, 4, rng)  # util 0.5, 0.5
+    known_adapter(root / "b", {q: [1], down: [1, 1, 1, 1]}, 8, rng)  # util 1/8, 1/2
+    known_adapter(root / "c", {q: [2, 1]}, 8, rng)  # util (5/4)/8
+    known_adapter(root / "sub" / "dead", {q: [0.0]}, 16, rng)
+    return root
+
+
+def test_tables_from_known_spectra(corpus, tmp_path):
+    result = run_study([str(corpus)], tmp_path / "out", StudyOptions(workers=2))
+    t = result.tables
+    assert (result.n_adapters, result.n_failed) == (4, 0)
+    assert t["counts"]["adapters"] == 4 and t["counts"]["layers"] == 6 and t["dead"]["n"] == 1
+    assert t["dead"]["sources"] == [str(corpus / "sub" / "dead")]
+    per = {}  # adapter -> (dense layer utilisations, energy fractions) from dense numpy SVD
+    for name in "abc":
+        truth = dense_utilisation(corpus / name)
+        per[name] = ([u for u, _, _ in truth.values()], [f for _, f, _ in truth.values()])
+    means = {k: float(np.mean(u)) for k, (u, _) in per.items()}
+    assert means["a"] == pytest.approx(0.5) and means["c"] == pytest.approx(5 / 32)
+    u = t["utilisation"]
+    values = np.array(sorted(means.values()))
+    assert u["n"] == 3 and u["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert u["median"] == pytest.approx(np.median(values)) and u["std"] == pytest.approx(values.std())
+    assert u["p90"] == pytest.approx(np.percentile(values, 90))
+    bc = pytest.approx((means["b"] + means["c"]) / 2)
+    assert t["by_rank"] == [
+        {"rank": 4, "n": 1, "mean": pytest.approx(0.5), "median": pytest.approx(0.5)},
+        {"rank": 8, "n": 2, "mean": bc, "median": bc},
+    ]
+    x, y = np.array([4.0, 8.0, 8.0]), np.array([means[k] for k in "abc"])
+    assert t["correlation"]["pearson"]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    ranks_x, ranks_y = np.array([1, 2.5, 2.5]), np.argsort(np.argsort(y)) + 1.0
+    assert t["correlation"]["spearman"]["r"] == pytest.approx(np.corrcoef(ranks_x, ranks_y)[0, 1])
+    lo, hi = t["correlation"]["pearson"]["ci95"]
+    assert -1 - 1e-9 <= lo <= hi <= 1 + 1e-9
+    types = t["by_module_type"]
+    assert types["attention"]["n"] == 3 and types["attention"]["layers"] == 4  # live adapters only
+    assert types["attention"]["mean"] == pytest.approx((0.5 + 1 / 8 + 5 / 32) / 3)
+    assert types["mlp"] == {"layers": 1, "n": 1, "mean": pytest.approx(0.5), "median": pytest.approx(0.5)}
+    fr = np.array(sorted(float(np.median(f)) for _, f in per.values()))
+    assert t["compression"]["energy_fraction@0.9"]["median"] == pytest.approx(np.median(fr))
+    assert t["compression"]["energy_fraction@0.9"]["p90"] == pytest.approx(np.percentile(fr, 90))
+    assert t["by_architecture"][0]["architecture"] == "llama-like"
+    assert [r["source"] for r in t["most_utilised"]][0] == str(corpus / "a")
+    assert [r["source"] for r in t["least_utilised"]][0] == str(corpus / "c")
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert "| 8 | 2 |" in md and "Gradience Study 14" in md
+    assert json.loads((tmp_path / "out" / "study.json").read_text()) == json.loads(json.dumps(t))
+
+
+def test_records_and_layer_rows(corpus, tmp_path):
+    run_study([str(corpus)], tmp_path / "out", StudyOptions(workers=1))
+    records = {json.loads(x)["source"]: json.loads(x) for x in open(tmp_path / "out" / "adapters.jsonl")}
+    b = records[str(corpus / "b")]
+    assert b["nominal_rank"] == 8 and b["nominal_ranks"] == [8] and b["n_layers"] == 2
+    assert b["format"] == "peft" and b["base_model"] == "tiny/test-model" and not b["dead"]
+    assert b["params"] == 2 * 8 * (12 + 10)
+    assert b["module_types"]["mlp"]["utilisation_mean"] == pytest.approx(0.5)
+    assert set(b["time"]) == {"resolve_s", "audit_s"}
+    lines = (tmp_path / "out" / "layers.csv").read_text().splitlines()
+    assert lines[0].startswith("source,layer,module_type") and len(lines) == 1 + 6
+
+
+def test_rankdata_average_ties():
+    assert list(_rankdata(np.array([3.0, 1.0, 3.0, 2.0]))) == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_broken_adapters_are_failures_not_stops(corpus, tmp_path, capsys, rng):
+    bad = tmp_path / "corpus" / "bad"
+    bad.mkdir()
+    good = (corpus / "a" / "adapter_model.safetensors").read_bytes()
+    (bad / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (bad / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    write_safetensors_raw(bad / "no_lora.safetensors", {"model.embed.weight": (np.ones((4, 4)), "fp32")})
+    (bad / "badconfig").mkdir()
+    (bad / "badconfig" / "adapter_config.json").write_text("{not json")
+    (bad / "badconfig" / "adapter_model.safetensors").write_bytes(good)
+    known_adapter(bad / "big", {"model.layers.0.self_attn.q_proj": [1] * 64}, 64, rng)
+    size = sum(f.stat().st_size for f in (bad / "big").iterdir())
+    out = tmp_path / "out"
+    argv = ["study", str(corpus), str(tmp_path / "missing"), "--out", str(out), "--max-size", str(size - 1)]
+    assert main([*argv, "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "6 adapter(s) failed" in err
+    fails = {Path(f["source"]).name: f for f in map(json.loads, open(out / "failures.jsonl"))}
+    assert fails["big"]["kind"] == "too large"
+    assert fails["missing"]["kind"] == "not found"
+    assert fails["no_lora.safetensors"]["kind"] in ("no LoRA layers", "unknown format")
+    assert {fails[n]["kind"] for n in ("truncated.safetensors", "garbage.safetensors", "badconfig")} <= {
+        "unreadable",
+        "unknown format",
+    }
+    assert all("\n" not in f["reason"] and f["reason"] for f in fails.values())
+    assert json.loads((out / "study.json").read_text())["counts"]["failed"] == 6
+    strict = tmp_path / "strict"
+    assert main(["study", str(bad / "truncated.safetensors"), "--out", str(strict), "--strict", "-q"]) == 1
+
+
+def test_sources_lists_links_duplicates_and_exclusions(corpus, tmp_path):
+    (corpus / ".hidden").mkdir()
+    known_adapter(corpus / ".hidden" / "x", {"q": [1]}, 2, np.random.default_rng(0))
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "to_a").symlink_to(corpus / "a", target_is_directory=True)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n\ncorpus/b\n{corpus / 'c'}\nlist.txt\norg/repo@v1\nhf:org/other\n")
+    jobs = list(discover([str(links), str(corpus), str(listing)], exclude=corpus / "sub"))
+    sources = [j.source for j in jobs]
+    assert sources[0] == str(links / "to_a")  # the link is taken; corpus/a is then a duplicate
+    assert str(corpus / "a") not in sources and str(corpus / "sub" / "dead") not in sources
+    assert sources[1:3] == [str(corpus / "b"), str(corpus / "c")]
+    assert not any(".hidden" in s for s in sources)
+    assert jobs[-2] == Job("hf:org/repo@v1", repo_id="org/repo", revision="v1")
+    assert jobs[-1] == Job("hf:org/other", repo_id="org/other")
+    assert len(sources) == 5
+
+
+def test_parse_size():
+    assert parse_size("500000") == 500000 and parse_size("2K") == 2048 and parse_size("1.5GiB") == 3 << 29
+    for bad in ("", "-1", "1X", "0"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_cli_refusals(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["study", str(corpus / "a"), "--out", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["study", str(corpus / "a"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lorascope: error: ") and "--resume" in err and err.count("\n") == 1
+    assert main(["study", str(corpus), "--out", str(tmp_path / "o2"), "--max-size", "lots"]) == 2
+    assert "--max-size" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["study", str(empty), "--out", str(tmp_path / "o3")]) == 2
+    assert "no adapter found" in capsys.readouterr().err
+    assert main(["study", str(corpus), "--out", str(tmp_path / "o4"), "--workers", "0"]) == 2
+
+
+def _hub_cache(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40) -> Path:
+    """huggingface_hub's documented cache layout: blobs named by content hash, snapshots/<commit>/
+    holding symbolic links to them, refs/main naming the commit."""
+    import hashlib
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "blobs").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+def test_hub_repo_ids_from_the_cache_offline(corpus, tmp_path, monkeypatch):
+    hf = pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    files = {n: (corpus / "b" / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+    snap = _hub_cache(cache, "org/peft-b", files)
+    convert_file(corpus / "c", tmp_path / "c.safetensors", to="kohya")
+    kohya = (tmp_path / "c.safetensors").read_bytes()
+    _hub_cache(cache, "org/only-weights", {"adapter_model.safetensors": kohya}, "b" * 40)
+    assert {r.repo_id for r in hf.scan_cache_dir(cache).repos} == {"org/peft-b", "org/only-weights"}
+    options = StudyOptions(workers=2, hub_cache=str(cache))
+    sources = ["org/peft-b", "hf:org/peft-b@" + "a" * 40, "hf:org/only-weights", "org/not-cached"]
+    result = run_study(sources, tmp_path / "out", options)
+    records = {json.loads(x)["source"]: json.loads(x) for x in open(tmp_path / "out" / "adapters.jsonl")}
+    assert records["hf:org/peft-b"]["resolved"] == str(snap)
+    assert records["hf:org/peft-b"]["nominal_rank"] == 8 and records["hf:org/peft-b"]["n_layers"] == 2
+    assert records["hf:org/peft-b@" + "a" * 40]["utilisation"] == records["hf:org/peft-b"]["utilisation"]
+    assert records["hf:org/only-weights"]["resolved"].endswith("adapter_model.safetensors")
+    assert records["hf:org/only-weights"]["format"] == "kohya"
+    (fail,) = map(json.loads, open(tmp_path / "out" / "failures.jsonl"))
+    assert fail["source"] == "hf:org/not-cached" and fail["kind"] == "not cached"
+    assert result.n_adapters == 3 and math.isfinite(result.tables["utilisation"]["mean"])
