@@ -66,7 +66,6 @@ def minilm_name(spec: dict) -> str:
 
 def train_minilm(spec: dict, dest: Path) -> None:
     import torch
-
     from peft import LoraConfig, TaskType, get_peft_model
 
     torch.manual_seed(spec["seed"])
@@ -94,9 +93,8 @@ def tiny_llama_dir() -> Path:
 def train_llama(spec: dict, dest: Path, texts: tuple[str, ...]) -> None:
     """Causal-LM loss on review snippets; 16 texts of ≤ 32 tokens per step."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(spec["seed"])
     folder = tiny_llama_dir()

@@ -1,0 +1,137 @@
+"""`lorascope study` execution: resume after a kill ends with the same tables, a worker that dies
+is isolated and recorded, and the Ray executor gives the local executor's results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_study import known_adapter
+
+from lorascope.study import StudyOptions, run_study
+from lorascope.study.executors import run_jobs
+from lorascope.study.sources import Job
+from lorascope.study.worker import audit_one
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def crashing_task(job: Job):
+    """audit_one, except that a source named *crash* kills its worker process outright."""
+    if "crash" in Path(job.source).name:
+        os._exit(3)
+    return audit_one(job)
+
+
+@pytest.fixture
+def many(tmp_path):
+    """24 small adapters, ranks 2..16, random decaying spectra, plus a broken file."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "many"
+    for i in range(24):
+        r = (2, 4, 8, 16)[i % 4]
+        sigma = list(rng.uniform(0.2, 1.0) ** np.arange(r))
+        names = {
+            f"model.layers.{j}.{m}": sigma for j in range(2) for m in ("self_attn.q_proj", "mlp.up_proj")
+        }
+        known_adapter(root / f"ad{i:02d}", names, r, rng)
+    (root / "broken.safetensors").write_bytes(b"\x00" * 100)
+    return root
+
+
+def _without_time(out: Path) -> dict[str, dict]:
+    records = {}
+    for line in open(out / "adapters.jsonl"):
+        rec = json.loads(line)
+        rec.pop("time")
+        records[rec["source"]] = rec
+    return records
+
+
+def _same_study(a: Path, b: Path) -> None:
+    assert (a / "study.json").read_bytes() == (b / "study.json").read_bytes()
+    assert (a / "study.md").read_bytes() == (b / "study.md").read_bytes()
+    assert _without_time(a) == _without_time(b)
+    rows = [sorted((d / "layers.csv").read_text().splitlines()) for d in (a, b)]
+    assert rows[0] == rows[1]
+    fails = [sorted((d / "failures.jsonl").read_text().splitlines()) for d in (a, b)]
+    assert fails[0] == fails[1]
+
+
+def test_resume_repairs_a_journal_cut_mid_line(many, tmp_path):
+    ref = tmp_path / "ref"
+    run_study([str(many)], ref, StudyOptions(workers=2))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    lines = (ref / "adapters.jsonl").read_text().splitlines(keepends=True)
+    kept = lines[:10]
+    (cut / "adapters.jsonl").write_text("".join(kept) + lines[10][:40])  # a record cut by the kill
+    keep_sources = {json.loads(x)["source"] for x in lines[:11]}  # rows of one more, never recorded
+    layer_lines = (ref / "layers.csv").read_text().splitlines(keepends=True)
+    rows = [x for x in layer_lines[1:] if x.split(",")[0] in keep_sources]
+    (cut / "layers.csv").write_text(layer_lines[0] + "".join(rows) + rows[-1][:25])
+    (cut / "failures.jsonl").write_text("")
+    result = run_study([str(many)], cut, StudyOptions(workers=2, resume=True))
+    assert result.n_skipped == 10 and result.n_adapters == 24 and result.n_failed == 1
+    _same_study(ref, cut)
+
+
+def test_resume_after_sigkill(many, tmp_path):
+    ref = tmp_path / "ref"
+    run_study([str(many)], ref, StudyOptions(workers=1))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "lorascope", "study", str(many), "--out", str(out), "--workers", "1", "-q"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    journal = out / "adapters.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its worker processes, at once
+    proc.wait()
+    done = journal.read_text().count("\n")
+    if (out / "study.json").exists():
+        pytest.skip("the study finished before it could be killed")
+    assert 3 <= done < 24
+    result = run_study([str(many)], out, StudyOptions(workers=1, resume=True))
+    assert result.n_skipped >= 3 and result.n_adapters + result.n_failed == 25
+    _same_study(ref, out)
+
+
+def test_a_worker_that_dies_is_isolated_and_recorded(many, tmp_path):
+    sources = sorted(str(p) for p in many.iterdir() if p.is_dir())[:6]
+    crash = tmp_path / "crash"
+    crash.symlink_to(many / "ad00", target_is_directory=True)
+    jobs = [Job(s) for s in sources[:3]] + [Job(str(crash))] + [Job(s) for s in sources[3:]]
+    outcomes = {o.source: o for o in run_jobs(jobs, 2, "local", task=crashing_task)}
+    assert set(outcomes) == {j.source for j in jobs}
+    failure = outcomes[str(crash)].failure
+    assert failure is not None and failure["kind"] == "worker crashed"
+    assert all(outcomes[s].record is not None for s in sources)
+
+
+def test_ray_executor_matches_local(many, tmp_path):
+    ray = pytest.importorskip("ray")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_study([str(many)], local, StudyOptions(workers=2))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(SRC)}},
+    )
+    try:
+        result = run_study([str(many)], remote, StudyOptions(workers=2, executor="ray"))
+    finally:
+        ray.shutdown()
+    assert result.n_adapters == 24 and result.n_failed == 1
+    _same_study(local, remote)
