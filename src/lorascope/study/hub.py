@@ -2,10 +2,10 @@
 
 `resolve_repo(repo_id, revision, max_size, cache_dir)` returns the local folder or file to audit:
 1. the cache first (`snapshot_download(local_files_only=True)`): works offline for cached repos;
-2. otherwise, unless the Hub is offline (HF_HUB_OFFLINE), a dry run lists the files the download
-   would fetch, limited to `ALLOW` (the adapter config and safetensors weights: no pickles, no
-   tokenizers, no model cards); more than `max_size` bytes in all is a "too large" failure before
-   anything is downloaded; then the download itself.
+2. otherwise, unless the Hub is offline (HF_HUB_OFFLINE), the repository's file list (with sizes)
+   gives the files the download would fetch, limited to `ALLOW` (the adapter config and safetensors
+   weights: no pickles, no tokenizers, no model cards); more than `max_size` bytes in all is a
+   "too large" failure before anything is downloaded; then the download itself.
 The folder is the adapter when it holds adapter_config.json, else its one .safetensors file; a
 repository with several weights files and no PEFT config is refused (ambiguous).
 """
@@ -13,6 +13,7 @@ repository with several weights files and no PEFT config is refused (ambiguous).
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,12 @@ def _download(hf, repo_id: str, max_size: int | None, kwargs: dict, source: str)
         )
     try:
         if max_size is not None:
-            files = hf.snapshot_download(repo_id, dry_run=True, **kwargs)
-            total = sum(int(getattr(f, "file_size", 0) or 0) for f in files)
+            info = hf.HfApi().model_info(repo_id, revision=kwargs["revision"], files_metadata=True)
+            total = sum(
+                int(s.size or 0)
+                for s in info.siblings or ()
+                if any(fnmatch(s.rfilename, pattern) for pattern in ALLOW)
+            )
             if total > max_size:
                 raise StudyFailure("too large", f"{total} bytes > --max-size {max_size}", path=source)
         return str(hf.snapshot_download(repo_id, **kwargs))

@@ -126,8 +126,8 @@ def _by_key(live: list[dict], key: str) -> list[dict[str, Any]]:
 
 
 def _by_module_type(live: list[dict]) -> dict[str, Any]:
-    """Per type, over live adapters: adapters having it, its layers, and mean / median over those adapters of their
-    mean utilisation of that type's live layers."""
+    """Per type, over live adapters: adapters having it, its layers, and mean / median over those
+    adapters of their mean utilisation of that type's live layers."""
     out = {}
     for kind in ("attention", "mlp", "other"):
         vals, n_layers = [], 0
