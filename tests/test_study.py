@@ -241,3 +241,17 @@ def test_hub_repo_ids_from_the_cache_offline(corpus, tmp_path, monkeypatch):
     (fail,) = map(json.loads, open(tmp_path / "out" / "failures.jsonl"))
     assert fail["source"] == "hf:org/not-cached" and fail["kind"] == "not cached"
     assert result.n_adapters == 3 and math.isfinite(result.tables["utilisation"]["mean"])
+
+
+def test_bootstrap_rows_match_one_at_a_time():
+    from lorascope.study.tables import _pearson, _rows_pearson, _rows_ranks
+
+    rng = np.random.default_rng(3)
+    x = rng.choice([2.0, 4.0, 8.0, 16.0], size=40)
+    y = rng.uniform(size=40).round(1)  # ties in both
+    (ux, cx), (uy, cy) = (np.unique(v, return_inverse=True) for v in (x, y))
+    idx = rng.integers(0, 40, size=(7, 40))
+    loop = [_pearson(_rankdata(x[i]), _rankdata(y[i])) for i in idx]
+    rows = _rows_pearson(_rows_ranks(cx[idx], ux.size), _rows_ranks(cy[idx], uy.size))
+    assert np.allclose(rows, loop, rtol=1e-12, atol=1e-12)
+    assert np.allclose(_rows_pearson(x[idx], y[idx]), [_pearson(x[i], y[i]) for i in idx])

