@@ -2,9 +2,11 @@
 
     python benchmarks/bench_study.py --sizes 50 200 --json benchmarks/results/study.json
 
-1. Corpora of N synthetic PEFT adapters (fp16, MiniLM-L6-shaped: 6 blocks × query/key/value,
-   384×384, nominal ranks cycling 2..128, random factors with a per-adapter spectral decay).
-   Variants, not trained adapters: this part measures the machinery, not the spectra.
+1. Corpora of N synthetic PEFT adapters (fp16, random factors with a per-adapter spectral decay):
+   "mixed" takes MiniLM-L6-shaped (18 layers of 384×384, r 2..128), T5-large-shaped (144 q/v
+   layers of 1024×1024, r 8..32) and Llama-7B-shaped (64 q/v layers of 4096×4096, r 8/16)
+   adapters in turn; "minilm" only the smallest.  Variants, not trained adapters: this part
+   measures the machinery, not the spectra.
 2. The single-adapter audit time of every adapter: `audit_adapter` in this process, one after
    the other, one BLAS thread, after a warm-up (the page cache is warm for both measurements).
 3. The study itself as users run it (`python -m lorascope study DIR --out OUT --workers W -q`),
@@ -66,11 +68,35 @@ def minilm_names() -> list[str]:
     return [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "key", "value")]
 
 
-def make_corpus(root: Path, n: int, seed: int = 0) -> list[Path]:
+def t5_names() -> list[str]:
+    """T5-large q/v: 24 encoder self-attention, 24 decoder self- and 24 cross-attention blocks."""
+    enc = [f"encoder.block.{i}.layer.0.SelfAttention.{m}" for i in range(24) for m in "qv"]
+    dec = [f"decoder.block.{i}.layer.{j}.{a}.{m}" for i in range(24) for j, a in
+           ((0, "SelfAttention"), (1, "EncDecAttention")) for m in "qv"]  # fmt: skip
+    return enc + dec
+
+
+def llama_names() -> list[str]:
+    return [f"model.layers.{i}.self_attn.{m}" for i in range(32) for m in ("q_proj", "v_proj")]
+
+
+# (family, layer names, (out, in), ranks cycled): one adapter of each family in turn
+FAMILIES = (
+    ("minilm", minilm_names(), (384, 384), RANKS),
+    ("t5-large-qv", t5_names(), (1024, 1024), (8, 16, 32)),
+    ("llama7b-qv", llama_names(), (4096, 4096), (8, 16)),
+)
+
+
+def make_corpus(root: Path, n: int, mix: bool, seed: int = 0) -> list[Path]:
+    """n adapters; `mix`: MiniLM-, T5-large- and Llama-7B-shaped in turn, else MiniLM-shaped only."""
     rng = np.random.default_rng(seed)
+    families = FAMILIES if mix else FAMILIES[:1]
     paths = [root / f"a{i:05d}" for i in range(n)]
     for i, p in enumerate(paths):
-        write_adapter(p, minilm_names(), (384, 384), RANKS[i % len(RANKS)], rng, np.float16)
+        _, names, shape, ranks = families[i % len(families)]
+        r = ranks[(i // len(families)) % len(ranks)]
+        write_adapter(p, names, shape, r, rng, np.float16)
     return paths
 
 
@@ -84,15 +110,21 @@ def single_times(paths: list[Path]) -> list[float]:
     return times
 
 
-def tree_rss_mb(proc) -> tuple[float, float]:
+def tree_rss_mb(proc) -> tuple[float, float, float]:
+    """(driver, workers summed, driver + workers) resident MB now."""
     import psutil
 
     try:
         driver = proc.memory_info().rss
-        kids = sum(c.memory_info().rss for c in proc.children(recursive=True))
+        kids = 0
+        for child in proc.children(recursive=True):
+            try:
+                kids += child.memory_info().rss
+            except psutil.Error:  # a worker that just exited
+                pass
     except psutil.Error:
-        return 0.0, 0.0
-    return driver / 2**20, (driver + kids) / 2**20
+        return 0.0, 0.0, 0.0
+    return driver / 2**20, kids / 2**20, (driver + kids) / 2**20
 
 
 def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
@@ -111,15 +143,14 @@ def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
         "--workers",
         str(workers),
     ]
-    peak = [0.0, 0.0]
+    peak = [0.0, 0.0, 0.0]
     t0 = time.perf_counter()
     popen = subprocess.Popen([*cmd, "-q"], env=env, stdout=subprocess.DEVNULL)
     proc = psutil.Process(popen.pid)
 
     def sample() -> None:
         while popen.poll() is None:
-            d, t = tree_rss_mb(proc)
-            peak[0], peak[1] = max(peak[0], d), max(peak[1], t)
+            peak[:] = [max(p, v) for p, v in zip(peak, tree_rss_mb(proc), strict=True)]
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
@@ -173,29 +204,25 @@ def hub_projection(tmp: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--corpus", choices=("mixed", "minilm"), nargs="+", default=["mixed", "minilm"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     results: dict[str, object] = {"workers": args.workers, "cpu_count": os.cpu_count(), "corpora": []}
     tmp = Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
-        for n in args.sizes:
-            paths = make_corpus(tmp / f"c{n}", n)
-            single = single_times(paths)
-            study = run_study(tmp / f"c{n}", tmp / f"out{n}", args.workers)
-            ideal = sum(single) / args.workers
-            row = {
-                "n": n,
-                "sum_single_s": sum(single),
-                "ideal_s": ideal,
-                **study,
-                "ratio": study["wall_s"] / ideal,
-            }
-            print(
-                json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
-                flush=True,
-            )
-            results["corpora"].append(row)  # type: ignore[union-attr]
+        for kind in args.corpus:
+            for n in args.sizes:
+                corpus = tmp / f"{kind}{n}"
+                single = single_times(make_corpus(corpus, n, kind == "mixed"))
+                study = run_study(corpus, tmp / f"out-{kind}{n}", args.workers)
+                shutil.rmtree(corpus)
+                ideal = sum(single) / args.workers
+                row = {"corpus": kind, "n": n, "sum_single_s": sum(single), "ideal_s": ideal, **study}
+                row["ratio"] = study["wall_s"] / ideal
+                shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+                print(json.dumps(shown), flush=True)
+                results["corpora"].append(row)  # type: ignore[union-attr]
         results["hub_projection"] = hub_projection(tmp)
         print(json.dumps(results["hub_projection"]), flush=True)
     finally:
