@@ -164,7 +164,8 @@ def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
     return {
         "wall_s": wall,
         "peak_driver_mb": peak[0],
-        "peak_tree_mb": peak[1],
+        "peak_workers_mb": peak[1],
+        "peak_tree_mb": peak[2],
         "sum_audit_s_in_workers": sum(audit_s),
     }
 
