@@ -134,6 +134,10 @@ def test_broken_adapters_are_failures_not_stops(corpus, tmp_path, capsys, rng):
     good = (corpus / "a" / "adapter_model.safetensors").read_bytes()
     (bad / "truncated.safetensors").write_bytes(good[: len(good) // 2])
     (bad / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    header = json.dumps(
+        {"x.lora_A.weight": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 4 * 10**10]}}
+    )
+    (bad / "evil\x1b[31m\nhuge.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
     write_safetensors_raw(bad / "no_lora.safetensors", {"model.embed.weight": (np.ones((4, 4)), "fp32")})
     (bad / "badconfig").mkdir()
     (bad / "badconfig" / "adapter_config.json").write_text("{not json")
@@ -144,7 +148,7 @@ def test_broken_adapters_are_failures_not_stops(corpus, tmp_path, capsys, rng):
     argv = ["study", str(corpus), str(tmp_path / "missing"), "--out", str(out), "--max-size", str(size - 1)]
     assert main([*argv, "--workers", "2"]) == 0
     err = capsys.readouterr().err
-    assert "6 adapter(s) failed" in err
+    assert "7 adapter(s) failed" in err
     fails = {Path(f["source"]).name: f for f in map(json.loads, open(out / "failures.jsonl"))}
     assert fails["big"]["kind"] == "too large"
     assert fails["missing"]["kind"] == "not found"
@@ -153,8 +157,9 @@ def test_broken_adapters_are_failures_not_stops(corpus, tmp_path, capsys, rng):
         "unreadable",
         "unknown format",
     }
-    assert all("\n" not in f["reason"] and f["reason"] for f in fails.values())
-    assert json.loads((out / "study.json").read_text())["counts"]["failed"] == 6
+    assert fails["evil\x1b[31m\nhuge.safetensors"]["kind"] in ("unreadable", "unknown format")
+    assert all(f["reason"] and "\n" not in f["reason"] and "\x1b" not in f["reason"] for f in fails.values())
+    assert json.loads((out / "study.json").read_text())["counts"]["failed"] == 7
     strict = tmp_path / "strict"
     assert main(["study", str(bad / "truncated.safetensors"), "--out", str(strict), "--strict", "-q"]) == 1
 
