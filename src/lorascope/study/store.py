@@ -69,6 +69,18 @@ class Store:
         for f in (self._layers, self._adapters, self._failures):
             f.close()
 
+    def discard_if_empty(self) -> None:
+        """After a study that found nothing: remove the journals (header only) and the folder if
+        that leaves it empty, so the same --out can be used again."""
+        if self.done:
+            return
+        for name in JOURNALS:
+            (self.out / name).unlink(missing_ok=True)
+        try:
+            self.out.rmdir()
+        except OSError:  # not empty: it held something before this study
+            pass
+
     def _repair(self) -> None:
         ok = _cut_journal(self.out / ADAPTERS)
         failed = _cut_journal(self.out / FAILURES)

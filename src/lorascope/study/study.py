@@ -86,6 +86,7 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
     finally:
         store.close()
     if store.n_ok + store.n_failed == 0:
+        store.discard_if_empty()
         raise InvalidArgumentError(
             "no adapter found in "
             + ", ".join(sources)

@@ -62,6 +62,7 @@ class Outcome:
 
 def audit_one(job: Job) -> Outcome:
     """Audit one job (module docstring); never raises for a bad input."""
+    before = os.environ.get("LORASCOPE_THREADS")
     os.environ["LORASCOPE_THREADS"] = str(job.threads)  # read per call by lorascope._parallel
     t0 = time.perf_counter()
     try:
@@ -73,6 +74,11 @@ def audit_one(job: Job) -> Outcome:
         raise
     except BaseException as e:  # noqa: BLE001  (any failure is recorded, never fatal)
         return Outcome(job.source, failure=failure(job.source, e))
+    finally:
+        if before is None:
+            os.environ.pop("LORASCOPE_THREADS", None)
+        else:
+            os.environ["LORASCOPE_THREADS"] = before
     record, rows = reduce_report(job.source, report, nbytes)
     record["time"] = {"resolve_s": round(t1 - t0, 6), "audit_s": round(t2 - t1, 6)}
     if job.repo_id is not None:
