@@ -260,3 +260,25 @@ def test_bootstrap_rows_match_one_at_a_time():
     rows = _rows_pearson(_rows_ranks(cx[idx], ux.size), _rows_ranks(cy[idx], uy.size))
     assert np.allclose(rows, loop, rtol=1e-12, atol=1e-12)
     assert np.allclose(_rows_pearson(x[idx], y[idx]), [_pearson(x[i], y[i]) for i in idx])
+
+
+@pytest.mark.parametrize(
+    "name, family",
+    [
+        ("base_model.model.encoder.block.0.layer.0.SelfAttention.q", "t5"),
+        ("bert.encoder.layer.0.attention.self.query", "bert"),
+        ("model.layers.3.self_attn.q_proj", "llama-like"),
+        ("transformer.h.0.attn.c_attn", "gpt2"),
+        ("gpt_neox.layers.0.attention.query_key_value", "gpt-neox"),
+        ("model.layers.0.block_sparse_moe.experts.0.w1", "mixtral-moe"),
+        ("text_model.encoder.layers.0.self_attn.q_proj", "clip-text"),
+        ("lora_unet_down_blocks_0_attentions_0_proj_in", "kohya-sd-unet"),
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "diffusers-unet"),
+        ("transformer.transformer_blocks.0.attn.to_q", "diffusers-transformer"),
+        ("some.custom.layer", "other"),
+    ],
+)
+def test_architecture_family_from_layer_names(name, family):
+    from lorascope.study.arch import architecture
+
+    assert architecture([name]) == family
