@@ -50,7 +50,7 @@ def minilm_grid() -> list[dict]:
         grid.append(dict(task="source", rank=r, steps=60 if r <= 16 else 40, seed=1, targets=ALL, alpha=1.0))
     for r in (4, 8, 32, 64):
         grid.append(dict(task="sentiment", rank=r, steps=40, seed=3, targets=ALL, alpha=2.0))
-    return grid
+    return sorted(grid, key=lambda s: s["steps"])  # stable: the cheapest first, every rank early
 
 
 def llama_grid() -> list[dict]:
