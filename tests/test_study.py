@@ -282,3 +282,16 @@ def test_architecture_family_from_layer_names(name, family):
     from lorascope.study.arch import architecture
 
     assert architecture([name]) == family
+
+
+def test_layers_parquet_matches_the_csv(corpus, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    run_study([str(corpus)], tmp_path / "out", StudyOptions(workers=1))
+    table = pq.read_table(tmp_path / "out" / "layers.parquet")
+    lines = (tmp_path / "out" / "layers.csv").read_text().splitlines()
+    assert table.num_rows == len(lines) - 1 and table.column_names == lines[0].split(",")
+    assert sorted(table.column("utilisation").to_pylist()) == sorted(
+        float(x.split(",")[15]) for x in lines[1:]
+    )
+    assert main(["study", str(corpus / "a"), "--out", str(tmp_path / "o2"), "--no-parquet", "-q"]) == 0
+    assert not (tmp_path / "o2" / "layers.parquet").exists() and (tmp_path / "o2" / "layers.csv").exists()

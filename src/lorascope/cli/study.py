@@ -31,6 +31,9 @@ def register(p: argparse.ArgumentParser) -> None:
         help="adapters whose config + weights exceed this fail as 'too large' (e.g. 500M, 2G)",
     )
     p.add_argument("--hub-cache", metavar="DIR", help="huggingface_hub cache folder (default: its own)")
+    p.add_argument(
+        "--no-parquet", action="store_true", help="no layers.parquet (layers.csv holds the same rows)"
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when any adapter failed")
     p.add_argument("--json", action="store_true", help="print study.json instead of the summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_size=max_size,
         hub_cache=args.hub_cache,
+        parquet=not args.no_parquet,
         progress=_progress(not args.quiet and sys.stderr.isatty()),
     )
     result = run_study(args.sources, args.out, options)

@@ -32,6 +32,9 @@ class StudyOptions:
     resume: bool = False
     max_size: int | None = None  # bytes of config + weights per adapter
     hub_cache: str | None = None  # huggingface_hub cache folder (None: its default)
+    # layers.parquet beside layers.csv when pyarrow is installed; its conversion's memory grows
+    # with the table (pyarrow's CSV reader), unlike the rest of a study
+    parquet: bool = True
     progress: Callable[[int, int, str], None] | None = None  # (done, failed, source)
 
     def __post_init__(self) -> None:
@@ -95,7 +98,8 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
     table = tables.build(out)
     _publish(out / "study.json", json.dumps(table, indent=2, allow_nan=False) + "\n")
     _publish(out / "study.md", render.to_markdown(table))
-    _parquet(out)
+    if options.parquet:
+        _parquet(out)
     return StudyResult(out, table, store.n_ok, store.n_failed, skipped, round(time.perf_counter() - t0, 3))
 
 
