@@ -101,7 +101,7 @@ def test_resume_after_sigkill(many, tmp_path):
     done = journal.read_text().count("\n")
     if (out / "study.json").exists():
         pytest.skip("the study finished before it could be killed")
-    assert 3 <= done < 24
+    assert 3 <= done <= 24  # 24: killed while the tables were being written
     result = run_study([str(many)], out, StudyOptions(workers=1, resume=True))
     assert result.n_skipped >= 3 and result.n_adapters + result.n_failed == 25
     _same_study(ref, out)
