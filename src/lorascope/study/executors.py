@@ -97,7 +97,7 @@ def _ray(jobs: Iterator[Job], workers: int, task: Task) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError("--executor ray needs Ray: pip install 'lorascope[ray]'") from None
+        raise MissingDependencyError("--executor ray needs Ray: pip install 'lorascope[study]'") from None
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         cpus = None if address else workers  # a cluster brings its own CPUs
