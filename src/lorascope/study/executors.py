@@ -28,7 +28,7 @@ from multiprocessing import get_context
 
 from ..errors import MissingDependencyError
 from .sources import Job
-from .worker import Outcome, audit_one
+from .worker import Outcome, audit_one, failure
 
 EXECUTORS = ("local", "ray")
 Task = Callable[[Job], Outcome]
@@ -72,6 +72,8 @@ def _local(jobs: Iterator[Job], workers: int, task: Task) -> Iterator[Outcome]:
                         pending[fut] = job  # keep it with the other suspects
                         broken = True
                         break
+                    except Exception as e:  # noqa: BLE001  (e.g. a result that cannot be sent back)
+                        outcome = Outcome(job.source, failure=failure(job.source, e))
                     yield outcome
                     for nxt in islice(jobs, 1):
                         pending[pool.submit(task, nxt)] = nxt
