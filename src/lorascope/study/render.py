@@ -78,6 +78,12 @@ def to_markdown(t: dict[str, Any]) -> str:
         for r in t["by_architecture"]
     ]
     lines += _table(["family", "adapters", "layers", "mean", "median"], rows)
+    lines += ["", "## By base model (from the adapter's config or metadata)", ""]
+    rows = [
+        [md_code(r["base_model"]), str(r["n"]), str(r["layers"]), _f(r["mean"]), _f(r["median"])]
+        for r in t["by_base_model"]
+    ]
+    lines += _table(["base model", "adapters", "layers", "mean", "median"], rows)
     lines += _compression_section(t)
     for title, key in (("Most utilised", "most_utilised"), ("Least utilised", "least_utilised")):
         lines += ["", f"## {title}", ""]
