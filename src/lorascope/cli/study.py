@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(result.out.joinpath("study.json").read_text(encoding="utf-8"))
     else:
-        sys.stdout.write(to_text(result.tables, str(result.out), result.seconds))
+        sys.stdout.write(to_text(result.tables, str(result.out), result.seconds, result.n_skipped))
     if result.n_failed:
         print(
             f"lorascope: {result.n_failed} adapter(s) failed; reasons in {result.out / 'failures.jsonl'}",

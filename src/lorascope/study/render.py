@@ -121,10 +121,11 @@ def _compression_section(t: dict[str, Any]) -> list[str]:
     return lines
 
 
-def to_text(t: dict[str, Any], out: str, seconds: float) -> str:
+def to_text(t: dict[str, Any], out: str, seconds: float, skipped: int = 0) -> str:
     c, u = t["counts"], t["utilisation"]
+    before = f", {skipped} done before (--resume)" if skipped else ""
     line = (
-        f"studied {c['adapters']} adapters ({c['layers']} layers) in {seconds:.1f} s; "
+        f"studied {c['adapters']} adapters ({c['layers']} layers) in {seconds:.1f} s{before}; "
         f"{c['failed']} failed, {t['dead']['n']} dead"
     )
     if u.get("n"):
