@@ -239,6 +239,8 @@ def _merge_layer(
         raise FormatError(
             f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
         )
+    for i, d in zip(idx, inputs, strict=True):
+        _check_finite(adapters[i], i, d)
     every = plan.layer_weights(name)  # one per adapter
     weights = tuple(every[i] for i in idx)
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
@@ -274,6 +276,24 @@ def _merge_layer(
         dict(lp.compress_first),
     )
     return LoraDelta(info, down_w, up_w), result
+
+
+def adapter_label(adapter: Adapter, i: int) -> str:
+    """How merge messages name an input: "adapter 2 (path/b)", counted from 1."""
+    return f"adapter {i + 1} ({adapter.path})" if adapter.path else f"adapter {i + 1}"
+
+
+def _check_finite(adapter: Adapter, i: int, d: LoraDelta) -> None:
+    """One line naming the adapter, its file, the layer and the tensor key for NaN/Inf factors."""
+    keys = d.info.extras.get("keys", ("down", "up"))
+    for which, x in ((0, d.down), (1, d.up)):
+        if not np.isfinite(x).all():
+            raise FormatError(
+                f"{adapter_label(adapter, i)}: layer {d.name}: tensor {keys[which]} contains NaN or Inf",
+                keys=[keys[which]],
+            )
+    if not np.isfinite(d.scale):
+        raise FormatError(f"{adapter_label(adapter, i)}: layer {d.name}: its scale is not finite")
 
 
 def _factor(d: LoraDelta, k: int | None):

@@ -79,11 +79,13 @@ def _check_weights(weights: Sequence[float], n: int) -> np.ndarray:
 
 def _check_factors(factors: Sequence[Factor], weights: Sequence[float]) -> np.ndarray:
     w = _check_weights(weights, len(factors))
-    for i, (d, u, s) in enumerate(factors):
+    for i, (d, u, s) in enumerate(factors):  # counted from 1 in messages, as users count
         if np.ndim(d) != 2 or np.ndim(u) != 2 or np.shape(d)[0] != np.shape(u)[1]:
-            raise InvalidArgumentError(f"adapter {i}: down {np.shape(d)} and up {np.shape(u)} ranks differ")
+            raise InvalidArgumentError(
+                f"adapter {i + 1}: down {np.shape(d)} and up {np.shape(u)} ranks differ"
+            )
         if not np.isfinite(s) or not (np.all(np.isfinite(d)) and np.all(np.isfinite(u))):
-            raise InvalidArgumentError(f"adapter {i}: factors or scale contain NaN or Inf")
+            raise InvalidArgumentError(f"adapter {i + 1}: factors or scale contain NaN or Inf")
     shapes = {(np.shape(u)[0], np.shape(d)[1]) for d, u, _ in factors}
     if len(shapes) > 1:
         raise InvalidArgumentError(f"adapters disagree on the layer shape (out, in): {sorted(shapes)}")
