@@ -3,10 +3,10 @@
 Per layer, on the worker threads of the thread policy (`_parallel.ordered_map`): read the factors
 (`adapter.loader`), build the layer's spectral core once (`structured.delta_core`: float64 Grams,
 finiteness check, eigen-core; LoKr / LoHa layers from their two sides), then hand (delta, core)
-to the caller's `then` *in the worker*, so whatever the caller derives from the layer (metrics, a truncation) runs in parallel too and the
-core is never recomputed.  Results come back in layer order; a few layers are in flight at once,
-so memory does not grow with the adapter.  merge-audit has its own pass over *pairs* of layers
-(merge/audit.py) built on the same core.
+to the caller's `then` *in the worker*, so whatever the caller derives from the layer (metrics, a
+truncation) runs in parallel too and the core is never recomputed.  Results come back in layer
+order; a few layers are in flight at once, so memory does not grow with the adapter.  merge-audit
+has its own pass over *pairs* of layers (merge/audit.py) built on the same core.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from .structured import delta_core
 from .types import Adapter, LayerInfo, LoraDelta
 
 R = TypeVar("R")
+# The largest σ₁ the commands accept: their energies Σσ² and sums over layers stay far below the
+# float64 maximum (1.8e308).  The spectrum itself is exact for finite factors of any size.
+SIGMA_LIMIT = 1e150
 Progress = Callable[[int, int, str], None]  # (layers done, total, layer name)
 
 
@@ -53,6 +56,12 @@ def spectral_pass(
             raise nonfinite_error(info, e.which, adapter.path, side) from None
         except SpectrumOverflowError as e:
             raise FormatError(f"layer {info.name}: {e}", path=adapter.path) from None
+        if core.s2.size and core.sigma[0] > SIGMA_LIMIT:
+            raise FormatError(
+                f"layer {info.name}: σ₁ = {core.sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
+                "and their sums would overflow float64",
+                path=adapter.path,
+            )
         return then(delta, core)
 
     total = len(adapter.layers)

@@ -58,8 +58,9 @@ def energy_k(sigma: np.ndarray, tau: float, total: float | None = None) -> int:
     merge-audit's compared subspaces and the merge re-factorisation."""
     if sigma.size == 0 or not sigma[0] > 0:
         return 0
-    cum = np.cumsum(np.asarray(sigma, dtype=np.float64) ** 2)  # (r,)
-    target = tau * (cum[-1] if total is None else total) * (1.0 - _ENERGY_SLACK)
+    top = float(sigma[0])  # σ/σ₁: the squares stay finite for any finite σ
+    cum = np.cumsum((np.asarray(sigma, dtype=np.float64) / top) ** 2)  # (r,)
+    target = tau * (cum[-1] if total is None else total / top / top) * (1.0 - _ENERGY_SLACK)
     return int(np.searchsorted(cum, target, side="left")) + 1
 
 
@@ -259,10 +260,8 @@ def gram_core(
     root = _gram_root(ga)  # (r, r)
     h = root.T @ gb @ root  # (r, r)
     h = 0.5 * (h + h.T)
-    if vectors:
-        s2, w = np.linalg.eigh(h)  # ascending
-        return Core(root, gb, np.clip(s2[::-1], 0.0, None), w[:, ::-1], scale, shift, form)
-    return Core(root, gb, np.clip(np.linalg.eigvalsh(h)[::-1], 0.0, None), None, scale, shift, form)
+    s2, w = np.linalg.eigh(h) if vectors else (np.linalg.eigvalsh(h), None)  # ascending
+    return Core(root, gb, np.clip(s2[::-1], 0.0, None), None if w is None else w[:, ::-1], scale, shift, form)
 
 
 def layer_core(down: np.ndarray, up: np.ndarray, scale: float = 1.0, *, vectors: bool = False) -> Core:
@@ -271,7 +270,8 @@ def layer_core(down: np.ndarray, up: np.ndarray, scale: float = 1.0, *, vectors:
     r, m, n = down.shape[0], up.shape[0], down.shape[1]
     if r > min(m, n):
         return product_core(*_scaled_product(down, up), scale, vectors=vectors, length=r)
-    ga, gb = factor_grams(down, up)  # (r, r), (r, r)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # `_normalised` redoes those
+        ga, gb = factor_grams(down, up)  # (r, r), (r, r)
     (ga, sa), (gb, sb) = _normalised(ga, down, "down", rows=True), _normalised(gb, up, "up", rows=False)
     return checked_core(gram_core(ga, gb, scale, vectors=vectors, shift=(sa, sb)))
 
@@ -323,10 +323,11 @@ def _scaled_product(down: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, int]:
     return np.ldexp(_f64(up), -eb) @ np.ldexp(_f64(down), -ea), ea + eb  # (m, r)@(r, n)
 
 
-def product_core(p: np.ndarray, e: int, scale: float = 1.0, *, vectors: bool = False, length: int = 0) -> Core:
-    """The min(m, n)-sized core of ΔW = scale·2^e·P from P (m, n) itself: P's row Gram with
-    B = I_m (form "rows") when m ≤ n, else its column Gram with A = I_n ("cols").  Its σ² are
-    padded with zeros to `length` (the rank r, as an r×r core would give)."""
+def product_core(
+    p: np.ndarray, e: int, scale: float = 1.0, *, vectors: bool = False, length: int = 0
+) -> Core:
+    """The min(m, n)-sized core of ΔW = scale·2^e·P from P (m, n): P's row Gram, B = I_m ("rows")
+    if m ≤ n, else its column Gram, A = I_n ("cols"); σ² padded with zeros to `length` (the rank r)."""
     m, n = p.shape
     if not np.isfinite(p).all():
         raise SpectrumOverflowError("the product of the factors overflows float64")
@@ -336,8 +337,8 @@ def product_core(p: np.ndarray, e: int, scale: float = 1.0, *, vectors: bool = F
     else:
         gb, sb = _normalised(p.T @ p, p, "up", rows=False)  # (n, n)
         core = gram_core(np.eye(n), gb, scale, vectors=vectors, shift=(0, sb + e), form="cols")
-    pad = np.zeros(max(length - core.s2.size, 0))
-    return checked_core(replace(core, s2=np.concatenate([core.s2, pad])) if pad.size else core)
+    pad = np.zeros(max(length - core.s2.size, 0))  # as an r×r core would give
+    return checked_core(replace(core, s2=np.concatenate([core.s2, pad])))
 
 
 def lora_singular_values(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -> np.ndarray:

@@ -94,14 +94,14 @@ class StructuredDelta(LoraDelta):
         object.__setattr__(self, "sides", tuple((u, d) for u, d in sides))
 
     @cached_property
-    def down(self) -> np.ndarray:  # type: ignore[override]
+    def down(self) -> np.ndarray:
         (_, d1), (_, d2) = self.sides
         if self.op == "kron":
             return np.kron(d1, d2)  # (k1·k2, i1·i2)
         return (d1[:, None, :] * d2[None, :, :]).reshape(-1, d1.shape[1])  # (r1·r2, in) Khatri–Rao
 
     @cached_property
-    def up(self) -> np.ndarray:  # type: ignore[override]
+    def up(self) -> np.ndarray:
         (u1, _), (u2, _) = self.sides
         if self.op == "kron":
             return np.kron(u1, u2)  # (o1·o2, k1·k2)

@@ -265,7 +265,8 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     w1 = roles["lokr_w1"] if "lokr_w1" in roles else roles["lokr_w1_b"]
     w2 = roles["lokr_w2"] if "lokr_w2" in roles else roles["lokr_w2_a"]
     keys = (w1, w2)
-    extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "keys": keys}
+    extras: dict[str, Any] = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2}
+    extras["keys"] = keys
     extras["side_keys"] = tuple(_side_keys(roles, n) for n in (1, 2))  # (U key, D key) per side
     return LayerInfo(
         name=name,

@@ -22,7 +22,7 @@ from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..passes import nonfinite_error
-from ..spectral import NonFiniteError
+from ..spectral import NonFiniteError, SpectrumOverflowError
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
@@ -245,8 +245,10 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
     d1, d2 = deltas
     try:
         p = pair_metrics(d1, d2, options.pair)
-    except NonFiniteError as e:  # NaN/Inf in a factor, or overflow in the Gram products
+    except NonFiniteError as e:  # NaN/Inf in a factor
         raise nonfinite_error((i1, i2)[e.side], e.which, (a, b)[e.side].path) from None
+    except SpectrumOverflowError as e:  # finite factors, but ΔW itself beyond float64
+        raise FormatError(f"layers {i1.name} / {i2.name}: {e}", path=a.path) from None
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),

@@ -123,7 +123,6 @@ def stacked_svd(pairs: list[tuple[np.ndarray, np.ndarray, float]]) -> LowRankSVD
     return lora_svd(downs, ups, 1.0)
 
 
-
 def linear(factors: Sequence[Factor], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Exact Σ w_i·scale_i·up_i@down_i by concatenating the factors (rank Σ r_i, nothing truncated)."""
     w = _check_factors(factors, weights)
