@@ -35,6 +35,7 @@ from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
+from .checks import MAX_ERROR, check_finite_input, checked_error, rel_error
 from .dense import dense_truncated_svd
 from .match import layer_keys
 from .methods import get_method
@@ -47,6 +48,8 @@ _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 @dataclass(frozen=True)
 class MergeOptions:
     dtype: str | None = None  # output dtype; None: the widest input dtype
+    # a layer whose post-merge error exceeds this is flagged (MergeReport.over_max_error); None: never
+    max_error: float | None = MAX_ERROR
     progress: Callable[[int, int, str], None] | None = None
 
 
@@ -182,6 +185,8 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
         raise InvalidArgumentError("merge needs at least two adapters")
     if len(plan.weights) != len(adapters):
         raise InvalidArgumentError(f"{len(plan.weights)} weights for {len(adapters)} adapters")
+    if options.max_error is not None and not 0 <= options.max_error < float("inf"):
+        raise InvalidArgumentError(f"max_error must be a number ≥ 0, got {options.max_error}")
     if options.dtype is not None and options.dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
     for a in adapters:
@@ -198,7 +203,8 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
         bad = [i for i in lp.compress_first if i >= len(adapters)]
         if bad:
             raise InvalidArgumentError(
-                f"compress_first names adapter index {bad[0]}; there are {len(adapters)}"
+                f"the plan truncates adapter index {bad[0]} (adapter {bad[0] + 1}) before merging; "
+                f"there are {len(adapters)} adapters"
             )
 
 
@@ -240,7 +246,7 @@ def _merge_layer(
             f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
         )
     for i, d in zip(idx, inputs, strict=True):
-        _check_finite(adapters[i], i, d)
+        check_finite_input(adapters[i], i, d)
     every = plan.layer_weights(name)  # one per adapter
     weights = tuple(every[i] for i in idx)
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
@@ -261,7 +267,7 @@ def _merge_layer(
     down_w, up_w = round_to_dtype(down, dtype), round_to_dtype(up, dtype)
     if dtype == "fp16" and not (np.isfinite(down_w).all() and np.isfinite(up_w).all()):
         raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
-    err, norm = _rel_error(factors, weights, intended, down_w, up_w)
+    err, norm = checked_error(name, *rel_error(factors, weights, intended, down_w, up_w))
     info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options)
     result = MergedLayer(
         name,
@@ -276,24 +282,6 @@ def _merge_layer(
         dict(lp.compress_first),
     )
     return LoraDelta(info, down_w, up_w), result
-
-
-def adapter_label(adapter: Adapter, i: int) -> str:
-    """How merge messages name an input: "adapter 2 (path/b)", counted from 1."""
-    return f"adapter {i + 1} ({adapter.path})" if adapter.path else f"adapter {i + 1}"
-
-
-def _check_finite(adapter: Adapter, i: int, d: LoraDelta) -> None:
-    """One line naming the adapter, its file, the layer and the tensor key for NaN/Inf factors."""
-    keys = d.info.extras.get("keys", ("down", "up"))
-    for which, x in ((0, d.down), (1, d.up)):
-        if not np.isfinite(x).all():
-            raise FormatError(
-                f"{adapter_label(adapter, i)}: layer {d.name}: tensor {keys[which]} contains NaN or Inf",
-                keys=[keys[which]],
-            )
-    if not np.isfinite(d.scale):
-        raise FormatError(f"{adapter_label(adapter, i)}: layer {d.name}: its scale is not finite")
 
 
 def _factor(d: LoraDelta, k: int | None):
@@ -314,26 +302,6 @@ def _params(method, lp: LayerPlan, factors) -> dict[str, Any]:
         out["rank"] = lp.rank
         out["energy"] = lp.energy
     return out
-
-
-def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
-    """(‖T − up@down‖_F/‖T‖_F, ‖T‖_F), T = intended (dense) or Σ wᵢ sᵢ upᵢ downᵢ (from factors, exact)."""
-    d = np.asarray(down, np.float64)
-    u = np.asarray(up, np.float64)
-    if intended is not None:
-        norm = float(np.linalg.norm(intended))
-        diff = intended - u @ d  # (out, in)
-        return (float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))), norm
-    a = np.concatenate([f[0] for f in factors] + [d], axis=0)  # (Σr + k, in)
-    ups = [w * s * f for (_, f, s), w in zip(factors, weights, strict=True)]
-    b = np.concatenate([*ups, -u], axis=1)  # (out, Σr + k)
-    k = d.shape[0]
-    diff2 = float(np.sum((a @ a.T) * (b.T @ b)))
-    ta, tb = a[:-k], b[:, :-k]
-    norm2 = float(np.sum((ta @ ta.T) * (tb.T @ tb)))
-    norm = float(np.sqrt(max(norm2, 0.0)))
-    diff = float(np.sqrt(max(diff2, 0.0)))
-    return (diff / norm if norm > 0 else diff), norm
 
 
 def _widest(dtypes) -> str:
@@ -359,6 +327,7 @@ def merge_files(
     **load_options: Any,
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
+    options = options or MergeOptions()
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
     fmt = adapters[0].format
     dest = check_dest(output_path(fmt, dest), [a.path for a in adapters])
@@ -369,7 +338,8 @@ def merge_files(
     results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
     verified = _verify({name: done[name][1] for name in merged.names}, dest, fmt)
-    return MergeReport(tuple(a.path for a in adapters), str(dest), results, tuple(notes), verified)
+    sources = tuple(a.path for a in adapters)
+    return MergeReport(sources, str(dest), results, tuple(notes), verified, options.max_error)
 
 
 def _notes(adapters: Sequence[Adapter]) -> list[str]:

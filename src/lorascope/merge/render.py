@@ -141,6 +141,15 @@ def merged_text(report: MergeReport, show_layers: bool = False) -> str:
             lines.append(
                 f"{clean(x.name):<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}"
             )
+    over = report.over_max_error
+    if over:
+        worst = max((x for x in report.layers if x.name in set(over)), key=lambda x: x.rel_error)
+        lines.append(
+            f"LOSSY: {len(over)} of {s['n_layers']} layers lost more than {report.max_error:g} of the update "
+            f"their method intended (worst {worst.name}: {worst.rel_error:.3g}, {worst.method} at rank "
+            f"{worst.rank}); the adapter was written, but it is not that merge: raise the rank (or "
+            "use linear), or accept it with a larger --max-error"
+        )
     lines.extend(f"note: {n}" for n in report.notes)
     return _lines(lines)
 
