@@ -48,8 +48,11 @@ def _weights_sha256(path: str | None) -> str | None:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode("utf-8", "surrogatepass") + b"\0")
+        one = hashlib.sha256()
         with open(f, "rb") as stream:
-            h.update(hashlib.file_digest(stream, "sha256").digest())
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                one.update(block)
+        h.update(one.digest())
     return h.hexdigest()
 
 
