@@ -205,6 +205,26 @@ def test_peft_weights(tmp_path, capsys, command, mutation, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("command", ["audit", "compress", "convert", "merge-audit", "merge"])
+def test_peft_fp64_values(tmp_path, capsys, command, seed):
+    """float64 factors holding 1e200 (finite: exact, or σ₁ beyond the energy limit), NaN, Inf or 0."""
+    r = random.Random(f"{command}-f64-{seed}")
+    rng = np.random.default_rng(seed)
+    layers = {n: random_factors(rng, 12, 10, 4) for n in layer_names(3)}
+    bad = write_peft(tmp_path / "bad", layers, dtype="fp64", config=peft_config(r=4, lora_alpha=8))
+    other = good_peft(tmp_path / "other", rng)
+    tensor_values(bad / "adapter_model.safetensors", r)
+    argv = {
+        "audit": ["audit", str(bad), "--json", "-q"],
+        "compress": ["compress", str(bad), "-o", str(tmp_path / "out"), "--rank", "2"],
+        "convert": ["convert", str(bad), str(tmp_path / "out.safetensors"), "--to", "kohya"],
+        "merge-audit": ["merge-audit", str(other), str(bad), "--json", "-q"],
+        "merge": ["merge", str(other), str(bad), "-o", str(tmp_path / "out"), "-q"],
+    }[command]
+    check_contract(*run(argv, capsys), blamed="bad")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("mutation", ["config", "non-utf8", "flip", "truncate"])
 @pytest.mark.parametrize("command", ["audit", "check"])
 def test_peft_config(tmp_path, capsys, command, mutation, seed):
@@ -240,7 +260,7 @@ def test_merge_plan(tmp_path, capsys, mutation, seed):
     capsys.readouterr()
     if mutation == "field":
         data = json.loads(plan.read_text())
-        key = r.choice(["weights", "seed", "default", "layers", "schema"])
+        key = r.choice(["weights", "seed", "default", "layers", "schema", "fingerprints"])
         data[key] = r.choice([*HOSTILE_VALUES, "@NESTED@", {"method": r.choice(HOSTILE_VALUES)}])
         plan.write_text(dumps(data))
     else:

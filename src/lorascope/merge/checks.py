@@ -31,7 +31,13 @@ def check_finite_input(adapter: Adapter, i: int, d: LoraDelta) -> None:
 
 
 def rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
-    """(‖T − up@down‖_F/‖T‖_F, ‖T‖_F), T = intended (dense) or Σ wᵢ sᵢ upᵢ downᵢ (from factors, exact)."""
+    """(‖T − up@down‖_F/‖T‖_F, ‖T‖_F), T = intended (dense) or Σ wᵢ sᵢ upᵢ downᵢ (from factors, exact).
+    Overflow gives inf/NaN here, silently: `checked_error` turns it into one error line."""
+    with np.errstate(all="ignore"):
+        return _rel_error(factors, weights, intended, down, up)
+
+
+def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
     d = np.asarray(down, np.float64)
     u = np.asarray(up, np.float64)
     if intended is not None:
@@ -50,11 +56,12 @@ def rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
     return (diff / norm if norm > 0 else diff), norm
 
 
-def checked_error(name: str, err: float, norm: float) -> tuple[float, float]:
-    """(err, norm), or InvalidArgumentError when either is not a finite number: never a NaN figure."""
+def checked_error(name: str, sources: str, err: float, norm: float) -> tuple[float, float]:
+    """(err, norm), or InvalidArgumentError when either is not a finite number: never a NaN figure.
+    `sources`: the layer's inputs as `adapter_label`s."""
     if not (np.isfinite(err) and np.isfinite(norm)):
         raise InvalidArgumentError(
-            f"layer {name}: the merged update or its post-merge error is not finite (float64 overflow: "
-            "the adapters' updates are too large to merge in float64)"
+            f"layer {name} of {sources}: the merged update or its post-merge error is not finite "
+            "(float64 overflow: these updates are too large to merge in float64)"
         )
     return err, norm

@@ -9,7 +9,9 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
    the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
    dense.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
    for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
-3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank).
+3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank), except
+   `linear`: the common scale c = |w₁s₁| is folded out (layer scale c, upᵢ·wᵢsᵢ/c), so inputs with
+   wᵢsᵢ = ±c keep their stored factors exactly, whatever their dtype (`_folded`).
 Post-merge check: `rel_error` = ‖intended − written‖_F/‖intended‖_F where *intended* is the
 method's exact result on its inputs (after step 1) — computed from the factors for factor methods,
 densely for dense ones — and the written file is read back and its factors compared byte for
@@ -35,7 +37,7 @@ from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
-from .checks import MAX_ERROR, check_finite_input, checked_error, rel_error
+from .checks import MAX_ERROR, adapter_label, check_finite_input, checked_error, rel_error
 from .dense import dense_truncated_svd
 from .match import layer_keys
 from .methods import get_method
@@ -153,8 +155,11 @@ def _planned_rank(adapters, group: dict[int, str], lp: LayerPlan) -> int | None:
     return min(lp.rank or sum(x.rank for x in infos.values()), cap)  # dense: as in _merge_layer
 
 
-def _out_info(name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: MergeOptions) -> LayerInfo:
-    """The output LayerInfo of a merged layer (scale 1: the factors carry every weight and scale)."""
+def _out_info(
+    name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: MergeOptions, scale: float = 1.0
+) -> LayerInfo:
+    """The output LayerInfo of a merged layer: scale 1 (the factors carry every weight and scale),
+    or the common scale a linear merge folds out of its factors (`_folded`)."""
     first = inputs[0]
     return LayerInfo(
         name,
@@ -162,7 +167,7 @@ def _out_info(name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: M
         rank,
         first.out_features,
         first.in_features,
-        1.0,
+        scale,
         options.dtype or _widest(x.dtype for x in inputs),
         first.weight_shape,
         extras=frozen_mapping({"merged_from": list(idx)}),
@@ -252,7 +257,12 @@ def _merge_layer(
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
     method = get_method(lp.method)
     params = _params(method, lp, factors)
-    if method.kind == "factor":
+    scale = 1.0  # the written layer's scale: ΔW = scale·up@down
+    if lp.method == "linear":  # c = |wᵢsᵢ| of the first non-zero input becomes the layer's scale
+        scale, multipliers = _folded(factors, weights)
+        down, up = method.fn([(d, u, 1.0) for d, u, _ in factors], multipliers)  # (Σr, in), (out, Σr)
+        intended = None
+    elif method.kind == "factor":
         down, up = method.fn(factors, weights, **params)  # (k, in), (out, k)
         intended = None
     else:
@@ -267,8 +277,10 @@ def _merge_layer(
     down_w, up_w = round_to_dtype(down, dtype), round_to_dtype(up, dtype)
     if dtype == "fp16" and not (np.isfinite(down_w).all() and np.isfinite(up_w).all()):
         raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
-    err, norm = checked_error(name, *rel_error(factors, weights, intended, down_w, up_w))
-    info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options)
+    written_up = np.asarray(up_w, np.float64) * scale  # (out, k): what the file's ΔW multiplies out to
+    sources = " and ".join(adapter_label(adapters[i], i) for i in idx)
+    err, norm = checked_error(name, sources, *rel_error(factors, weights, intended, down_w, written_up))
+    info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options, scale)
     result = MergedLayer(
         name,
         lp.method,
@@ -280,8 +292,20 @@ def _merge_layer(
         err,
         norm,
         dict(lp.compress_first),
+        scale,
     )
     return LoraDelta(info, down_w, up_w), result
+
+
+def _folded(factors, weights) -> tuple[float, tuple[float, ...]]:
+    """(c, (wᵢsᵢ/c)ᵢ) with c = |wᵢsᵢ| of the first input where it is non-zero (1.0 if none).
+
+    The linear merge writes upᵢ·(wᵢsᵢ/c) and the layer scale c: an input whose wᵢsᵢ = ±c keeps
+    its stored factors bit for bit (x/x = 1 exactly), so a bf16 layer weighted 0.3 is not rounded
+    to bf16 a second time; ΔW = c·Σ upᵢ(wᵢsᵢ/c)downᵢ = Σ wᵢ·ΔWᵢ."""
+    products = [w * s for (_, _, s), w in zip(factors, weights, strict=True)]
+    c = next((abs(x) for x in products if x != 0 and np.isfinite(x)), 1.0)
+    return c, tuple(x / c for x in products)
 
 
 def _factor(d: LoraDelta, k: int | None):
@@ -337,7 +361,7 @@ def merge_files(
     save(merged, dest, format=fmt, source=source)  # layers are merged one at a time as they are written
     results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
-    verified = _verify({name: done[name][1] for name in merged.names}, dest, fmt)
+    verified = _verify({name: (done[name][1], done[name][0].scale) for name in merged.names}, dest, fmt)
     sources = tuple(a.path for a in adapters)
     return MergeReport(sources, str(dest), results, tuple(notes), verified, options.max_error)
 
@@ -357,15 +381,15 @@ def _notes(adapters: Sequence[Adapter]) -> list[str]:
     return notes
 
 
-def _verify(digests: dict[str, bytes], dest, fmt: str) -> bool:
+def _verify(digests: dict[str, tuple[bytes, float]], dest, fmt: str) -> bool:
     """Read the written adapter back: same layers, factors byte-equal to what was computed (their
-    `factor_digest` recorded while merging), ΔW scale 1."""
+    `factor_digest` recorded while merging), each layer's scale the one merged (to 1e-6 relative)."""
     back = load(dest, format=fmt)
     if set(back.names) != set(digests):
         raise FormatError("post-merge check: the written adapter lost or renamed layers", path=dest)
     for d in back.iter_deltas():
-        scale_err = abs(d.scale - 1.0)
-        if factor_digest(d.down, d.up) != digests[d.name] or scale_err > 1e-6:
+        digest, scale = digests[d.name]
+        if factor_digest(d.down, d.up) != digest or abs(d.scale - scale) > 1e-6 * abs(scale):
             raise FormatError(
                 f"post-merge check: layer {d.name} reads back different from what was computed", path=dest
             )

@@ -70,8 +70,10 @@ def to_text(report: MergeAuditReport, show_layers: bool = True, width: int = 44)
         lines.append(f"only in first:  {name}")
     for name in report.only[1][:10]:
         lines.append(f"only in second: {name}")
-    call = report.plan().peft.get("call", {})
+    plan = report.plan()
+    call = plan.peft.get("call", {})
     lines.append("")
+    lines.extend(note for note in plan.notes if note.startswith("lossy:"))
     lines.append(
         "merge as recommended:  lorascope merge-audit A B --plan plan.json && "
         "lorascope merge A B --plan plan.json -o merged/"
@@ -187,7 +189,8 @@ def to_markdown(report: MergeAuditReport, show_layers: bool = True) -> str:
         if report.only[i]:
             out += ["", f"## Only in the {which} adapter", ""]
             out += [f"- {md_code(n)}" for n in report.only[i]]
-    call = report.plan().peft.get("call", {})
+    plan = report.plan()
+    call = plan.peft.get("call", {})
     args = ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items())
     out += [
         "",
@@ -196,6 +199,7 @@ def to_markdown(report: MergeAuditReport, show_layers: bool = True) -> str:
         "As recommended: `lorascope merge-audit A B --plan plan.json && "
         "lorascope merge A B --plan plan.json -o merged/`",
         "",
+        *[f"**{md_text(n)}**\n" for n in plan.notes if n.startswith("lossy:")],
         f"Closest PEFT call: {md_code(f'model.add_weighted_adapter({args})')}",
     ]
     if report.notes:

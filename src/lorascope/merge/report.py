@@ -25,6 +25,7 @@ class MergedLayer:
     rel_error: float  # written vs intended merged ΔW
     intended_norm: float
     compress_first: dict[int, int] = field(default_factory=dict)
+    scale: float = 1.0  # the written layer's scale (linear merges fold c = |w₁s₁| out of the factors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class MergedLayer:
             "rel_error": self.rel_error,
             "intended_norm": self.intended_norm,
             "compress_first": {str(k): v for k, v in self.compress_first.items()},
+            "scale": self.scale,
         }
 
 
