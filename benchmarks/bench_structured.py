@@ -11,8 +11,9 @@ Cases (all built here, seeded):
   ΔW is of order 1, but each Gram over- or underflows.
 
 Each case runs `audit_adapter` in a fresh process (`--src` picks the lorascope source tree, e.g.
-another checkout, to compare) and reports wall time, the process's peak RSS and σ₁; a run past
-`--timeout` is reported as such.  The truth column is σ₁ from a dense float64 SVD where it fits.
+another checkout, to compare) and reports its wall time (imports excluded), the process's peak
+RSS and σ₁; a run past `--timeout` is reported as such.  `truth_sigma1` is σ₁ from a dense
+float64 SVD (from the sides for LoKr).
 """
 
 from __future__ import annotations
@@ -119,12 +120,15 @@ def main() -> None:
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"))
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--threads", help="LORASCOPE_THREADS for the child (e.g. 1 on a shared, busy machine)")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (path, truth) in build(Path(tmp)).items():
             size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
             env = {"PYTHONPATH": args.src, "PATH": "/usr/bin:/bin"}
+            if args.threads:
+                env["LORASCOPE_THREADS"] = args.threads
             try:
                 run = subprocess.run(
                     [sys.executable, "-c", CHILD, str(path)],
