@@ -247,9 +247,11 @@ def _merge_layer(
     inputs = [adapters[i].delta(group[i]) for i in idx]
     shapes = {(d.info.out_features, d.info.in_features) for d in inputs}
     if len(shapes) > 1:
-        raise FormatError(
-            f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
+        each = ", ".join(
+            f"{adapter_label(adapters[i], i)} {d.info.out_features}×{d.info.in_features}"
+            for i, d in zip(idx, inputs, strict=True)
         )
+        raise FormatError(f"layer {name}: shapes differ across adapters: {each}")
     for i, d in zip(idx, inputs, strict=True):
         check_finite_input(adapters[i], i, d)
     every = plan.layer_weights(name)  # one per adapter
