@@ -82,6 +82,21 @@ def test_overflowing_merge_is_an_error_not_a_nan_figure(tmp_path, capsys):
     assert (code, out, len(err)) == (2, "", 1) and "not finite" in err[0] and "nan" not in err[0].lower()
 
 
+def test_huge_finite_factors_merge_exactly(tmp_path, capsys):
+    """1e200 (down) with 1e-200 (up): ΔW of order 1, merged and checked without overflow."""
+    rng = np.random.default_rng(3)
+    layers = {n: (rng.standard_normal((4, 10)) * 1e200, rng.standard_normal((12, 4)) * 1e-200) for n in NAMES}
+    a = write_peft(tmp_path / "a", layers, dtype="fp64", config=peft_config(r=4, lora_alpha=8))
+    b = adapter(tmp_path / "b", 1, dtype="fp64")
+    code, out, _ = run(capsys, "merge", a, b, "--weights", "1,0.5", "-o", tmp_path / "m", "--json", "-q")
+    assert code == 0 and json.loads(out)["summary"]["max_rel_error"] < 1e-12
+    for n in NAMES:
+        want = stored(a, n) + 0.5 * stored(b, n)
+        np.testing.assert_allclose(
+            stored(tmp_path / "m", n), want, rtol=1e-12, atol=1e-12 * np.abs(want).max()
+        )
+
+
 # ---- --max-error ------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
     a = np.concatenate([f[0] for f in factors] + [d], axis=0)  # (Σr + k, in)
     ups = [w * s * f for (_, f, s), w in zip(factors, weights, strict=True)]
     b = np.concatenate([*ups, -u], axis=1)  # (out, Σr + k)
+    a, b = _balanced(a, b)
     k = d.shape[0]
     diff2 = float(np.sum((a @ a.T) * (b.T @ b)))
     ta, tb = a[:-k], b[:, :-k]
@@ -54,6 +55,16 @@ def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
     norm = float(np.sqrt(max(norm2, 0.0)))
     diff = float(np.sqrt(max(diff2, 0.0)))
     return (diff / norm if norm > 0 else diff), norm
+
+
+def _balanced(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a·2^-e, b·2^e) per rank-one term (row i of a, column i of b): the same products aᵢbᵢ, with
+    both sides of similar magnitude, so factors like 1e200 (down) and 1e-200 (up) do not overflow
+    the Grams below (powers of two: exact)."""
+    ea = np.frexp(np.max(np.abs(a), axis=1, initial=0.0))[1]  # (R,)
+    eb = np.frexp(np.max(np.abs(b), axis=0, initial=0.0))[1]  # (R,)
+    e = (ea - eb) // 2
+    return np.ldexp(a, -e[:, None]), np.ldexp(b, e[None, :])
 
 
 def checked_error(name: str, sources: str, err: float, norm: float) -> tuple[float, float]:
