@@ -181,3 +181,22 @@ def test_merge_audit_pair_is_scale_invariant_for_huge_factors(rng):
     huge = pair_metrics(delta(a1 * 1e200, b1 * 1e-200), delta(a2 * 2.0**-600, b2 * 2.0**600))
     assert huge.overlap == pytest.approx(plain.overlap, rel=1e-9)
     np.testing.assert_allclose(huge.sigma1, plain.sigma1, rtol=1e-9)
+
+
+def test_merge_audit_of_rank_above_matrix_size_is_exact_and_small(tmp_path, rng):
+    """r = 3000 on 6×5 layers: merge-audit works on the min(m, n)-sized equivalent, same geometry."""
+    from lorascope.merge import merge_audit
+    from lorascope.structured import compact
+
+    big = {"m.q_proj": (rng.standard_normal((3000, 5)) / 50, rng.standard_normal((6, 3000)) / 50)}
+    small = {"m.q_proj": (rng.standard_normal((3, 5)), rng.standard_normal((6, 3)))}
+    a = write_peft(tmp_path / "a", big, config=peft_config(r=3000, lora_alpha=3000))
+    b = write_peft(tmp_path / "b", small, config=peft_config(r=3, lora_alpha=3))
+    delta = load(a).delta("m.q_proj")
+    c = compact(delta)
+    assert c.down.shape == (5, 5) and c.up.shape == (6, 5)
+    np.testing.assert_allclose(c.dense(), delta.dense(), rtol=1e-12, atol=1e-12)
+    x = merge_audit(a, b).layers[0].metrics
+    y = pair_metrics(c, load(b).delta("m.q_proj"))
+    assert x.overlap == pytest.approx(y.overlap, rel=1e-9)
+    np.testing.assert_allclose(x.sigma1[:5], dense_sv(delta.dense(), 5), rtol=1e-9)

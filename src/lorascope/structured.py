@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from .spectral import Core, NonFiniteError, checked_core, layer_core, product_core
+from .types import LoraDelta
 
 
 def kron_core(sides, scale: float = 1.0) -> Core:
@@ -57,3 +58,28 @@ def delta_core(delta, *, vectors: bool = False) -> Core:
     if inner > min(info.out_features, info.in_features):
         return product_core(delta.product(), 0, info.scale, vectors=vectors, length=inner)
     return layer_core(delta.down, delta.up, info.scale, vectors=vectors)
+
+
+def compact(delta):
+    """An exact equivalent of a loaded layer (`types.LoraDelta`) whose inner size is at most
+    min(m, n): the layer itself when its rank (a LoKr / LoHa: k₁k₂, r₁r₂) is no larger, else
+    (down, up) = (the unscaled product (m, n), I_m) when m ≤ n, or (I_n, the product) — what a
+    caller that stacks factors (merge-audit's pair Grams) needs so that an r = 6000 layer on a
+    2×2 matrix costs a 2×2 problem.  NonFiniteError ("down" / "up") for NaN/Inf factors."""
+    info = delta.info
+    m, n = info.out_features, info.in_features
+    sides = getattr(delta, "sides", None)
+    if sides is not None:
+        inner = math.prod(u.shape[1] for u, _ in sides)
+        parts = [("up", u) for u, _ in sides] + [("down", d) for _, d in sides]
+    else:
+        inner, parts = delta.down.shape[0], [("down", delta.down), ("up", delta.up)]
+    if inner <= min(m, n):
+        return delta
+    for which, x in parts:
+        if not np.isfinite(x).all():
+            raise NonFiniteError(which)
+    p = delta.product()  # (m, n) float64
+    if m <= n:
+        return LoraDelta(info, p, np.eye(m))
+    return LoraDelta(info, np.eye(n), p)

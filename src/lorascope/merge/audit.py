@@ -23,6 +23,7 @@ from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
 from ..passes import SIGMA_LIMIT, nonfinite_error
 from ..spectral import NonFiniteError, SpectrumOverflowError
+from ..structured import compact
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
@@ -243,7 +244,14 @@ def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: Merg
     (_parallel.ordered_map): read + widening, stacked Grams, cores, sign grid."""
 
     def one(names: tuple[str, str]) -> LayerPair:
-        return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options)
+        deltas = []
+        for x, name in zip((a, b), names, strict=True):
+            delta = x.delta(name)
+            try:  # a rank above min(m, n) (or a LoKr / LoHa): an exact min(m, n)-sized equivalent
+                deltas.append(compact(delta))
+            except NonFiniteError as e:
+                raise nonfinite_error(delta.info, e.which, x.path) from None
+        return _layer(a, b, (deltas[0], deltas[1]), options)
 
     return ordered_map(one, shared)
 
