@@ -300,14 +300,14 @@ def _normalised(g: np.ndarray, x: np.ndarray, which: str, *, rows: bool) -> tupl
     """(Ĝ, s): Ĝ = Gram of 2^-s·x with trace in [¼, 1), exact (powers of two).  A Gram whose
     accumulation over- or underflowed (|x| ≳ 1e154) is rebuilt from 2^-e·x; NaN/Inf → NonFiniteError."""
     t, e = float(np.trace(g)), 0
-    if not (np.isfinite(t) and _TRACE_RANGE[0] < t < _TRACE_RANGE[1]):  # also t = 0: underflow?
+    if t == 0 and not np.any(x):  # a zero factor (an untrained B): nothing to rescale
+        return g, 0
+    if not (np.isfinite(t) and _TRACE_RANGE[0] < t < _TRACE_RANGE[1]):  # also t = 0: underflow
         e = _peak(x, which)
         y = np.ldexp(_f64(x), -e)  # (r, n) or (m, r), max |y| < 1
         g = y @ y.T if rows else y.T @ y  # (r, r)
         t = float(np.trace(g))
-    if t == 0:
-        return g, e
-    s = math.frexp(t)[1] // 2
+    s = math.frexp(t)[1] // 2  # 0 for t = 0 (all entries underflowed: nothing left to scale)
     return np.ldexp(g, -2 * s), e + s
 
 
