@@ -203,3 +203,20 @@ def test_convert_component_prefix_and_unknown_component(tmp_path, rng):
     assert all(n.startswith("lora_te_") for n in load(tmp_path / "k.safetensors").names)
     with pytest.raises(InvalidArgumentError, match="unknown component 'vae'; choose from unet, transformer"):
         convert_file(src, tmp_path / "d.safetensors", to="diffusers", component="vae")
+
+
+@pytest.mark.parametrize(("bad", "key"), [(np.nan, "lora_A"), (np.inf, "lora_B"), (-np.inf, "lora_A")])
+@pytest.mark.parametrize("to", ["kohya", "peft"])
+def test_nonfinite_factors_are_refused_and_nothing_is_written(tmp_path, rng, capsys, bad, key, to):
+    layers = {
+        n: (rng.standard_normal((4, 10)), rng.standard_normal((12, 4))) for n in ("m.q_proj", "m.v_proj")
+    }
+    layers["m.v_proj"][0 if key == "lora_A" else 1][1, 2] = bad
+    src = write_peft(tmp_path / "src", layers, config=peft_config(r=4))
+    out = tmp_path / ("out.safetensors" if to == "kohya" else "out")
+    assert main(["convert", str(src), str(out), "--to", to]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(src) in err[0] and "layer m.v_proj" in err[0]
+    assert f"base_model.model.m.v_proj.{key}.weight contains NaN or Inf" in err[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -19,7 +19,7 @@ SRC = Path(lorascope.__file__).resolve().parent
 # Capabilities (layer 3) may use each other's packages, never each other's private names.
 LAYERS = {
     0: {"_version", "errors", "types", "rounding", "jsontext", "textsafe"},
-    1: {"spectral", "metrics", "_parallel"},
+    1: {"spectral", "structured", "metrics", "_parallel"},
     2: {"formats", "passes"},
     3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study"},
     4: {"integrations"},

@@ -134,8 +134,12 @@ def test_cli_merge_with_plan_and_method(pair, tmp_path, capsys):
         capsys, "merge", a, b, "--plan", tmp_path / "p.yaml", "-o", tmp_path / "m1", "--json"
     )
     data = strict_json(out)
-    assert code == 0 and data["summary"]["verified"] is True
+    assert data["summary"]["verified"] is True
     assert {x["method"] for x in data["layers"]} == {"ties", "dare_ties", "linear"}
+    # the re-factorised ties / dare_ties layers lose more than 5 %: flagged, exit 1, still written
+    lossy = [x["name"] for x in data["layers"] if x["rel_error"] > 0.05]
+    assert code == 1 and lossy and data["summary"]["over_max_error"] == lossy
+    assert {x["method"] for x in data["layers"] if x["name"] in lossy} <= {"ties", "dare_ties"}
     assert len(load(tmp_path / "m1").layers) == 5
     code, out, _ = run_cli(
         capsys, "merge", a, b, "--method", "linear", "--weights", "1,0.5", "-o", tmp_path / "m2"

@@ -251,9 +251,9 @@ def test_factor_bad_input(factors):
     d, u, s = factors[0]
     with pytest.raises(InvalidArgumentError, match=r"layer shape \(out, in\)"):
         mm.linear([factors[0], (d[:, :5], u, s)], [1, 1])
-    with pytest.raises(InvalidArgumentError, match="adapter 0: down"):
+    with pytest.raises(InvalidArgumentError, match="adapter 1: down"):
         mm.linear([(d, u[:, :1], s)], [1])
-    with pytest.raises(InvalidArgumentError, match="adapter 0: factors or scale contain NaN"):
+    with pytest.raises(InvalidArgumentError, match="adapter 1: factors or scale contain NaN"):
         mm.svd([(d, u, float("nan"))], [1])
     with pytest.raises(InvalidArgumentError, match="rank must be an integer ≥ 1, got 0"):
         mm.svd(factors, WEIGHTS, rank=0)

@@ -58,7 +58,8 @@ def test_merge_audit_and_merge_do_not_import_torch(tmp_path, rng):
     body = (
         "from lorascope.cli.main import main\n"
         f"assert main(['merge-audit', {a!r}, {b!r}, '--json']) == 0\n"
-        f"assert main(['merge', {a!r}, {b!r}, '-o', {out!r}, '--method', 'ties', '--json']) == 0\n"
+        f"assert main(['merge', {a!r}, {b!r}, '-o', {out!r}, '--method', 'ties', '--json',\n"
+        "              '--max-error', '1']) == 0\n"
     )
     out_text = _run(body)
     assert out_text.rstrip().endswith("HEAVY=")

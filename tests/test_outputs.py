@@ -306,7 +306,7 @@ def test_several_adapters_hint_works_for_every_command(tmp_path, rng, capsys):
         )
     want = (
         f"{d}: holds several adapters (one, two); give one of them as the path ({d / 'one'}) "
-        "or, in audit and compress, choose one with --adapter NAME"
+        "or its name with --adapter NAME where the command has that option"
     )
     assert _cli_error(capsys, ["convert", d, tmp_path / "k.safetensors", "--to", "kohya"]) == want
     assert _cli_error(capsys, ["merge", d, d / "two", "-o", tmp_path / "m"]) == want

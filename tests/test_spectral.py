@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorascope import spectral
-from lorascope.spectral import NonFiniteError, lora_singular_values, lora_svd, stacked_svd
+from lorascope.merge.methods import stacked_svd
+from lorascope.spectral import NonFiniteError, lora_singular_values, lora_svd
 
 REL = 1e-6  # the bound, for σᵢ ≥ 1e-3·σ₁
 

@@ -15,7 +15,8 @@ holds several); otherwise `component` is the prefix for paths without one.  Flat
 cannot be undone in general (module names contain "_"): a kohya / LyCORIS file without the dotted
 names lorascope stores in its metadata converts only to another flat-named format.
 Not converted (UnsupportedError naming the layer): LyCORIS LoHa/LoKr, DoRA, lora_bias, and layer
-kinds the target does not hold (embedding LoRA outside PEFT).
+kinds the target does not hold (embedding LoRA outside PEFT).  A factor holding NaN/Inf is refused
+(FormatError naming the file, the layer and the tensor key) and nothing is written.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .errors import InvalidArgumentError, UnsupportedError
 from .formats import COMPONENTS, FORMATS, NAMES_KEY, check_dest, check_writable, load, output_path, save, spec
+from .passes import nonfinite_error
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
 
@@ -90,6 +94,9 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
 
     def loader(info: LayerInfo) -> LoraDelta:
         delta = adapter.loader(origin[info.name])
+        for which, x in (("down", delta.down), ("up", delta.up)):
+            if not np.isfinite(x).all():  # copied unchanged, NaN/Inf would be too: refused instead
+                raise nonfinite_error(origin[info.name], which, adapter.path)
         return LoraDelta(info, delta.down, delta.up)
 
     out = Adapter(

@@ -38,6 +38,11 @@ class Spectrum:
         return float(np.sum(self.sigma**2))
 
     @property
+    def relative_energy(self) -> float:
+        """Σ(σᵢ/σ₁)² = ‖ΔW‖_F²/σ₁², finite for any finite σ (σ₁² itself may exceed float64)."""
+        return 0.0 if self.dead else float(np.sum((self.sigma / self.sigma[0]) ** 2))
+
+    @property
     def dead(self) -> bool:
         return self.sigma.size == 0 or not self.sigma[0] > 0.0
 
@@ -47,13 +52,13 @@ def sigma_max(s: Spectrum) -> float:
 
 
 def frobenius(s: Spectrum) -> float:
-    return float(np.sqrt(s.energy))
+    return float(s.sigma[0] * np.sqrt(s.relative_energy)) if not s.dead else 0.0
 
 
 def stable_rank(s: Spectrum) -> float:
     if s.dead:
         return 0.0
-    return s.energy / float(s.sigma[0]) ** 2
+    return s.relative_energy
 
 
 def effective_rank(s: Spectrum) -> float:
@@ -63,7 +68,7 @@ def effective_rank(s: Spectrum) -> float:
     # ~1e-8·σ₁ noise, and each such value adds ≈ p·ln(1/p) to H: 63 of them (a rank-1 update
     # stored at r = 64) moved exp(H) by 4e-6 relative.  Dropping true values below 1e-6·σ₁
     # changes exp(H) by at most r·1.5e-5 relative, and trained adapters have none there.
-    pos = s.sigma[s.sigma > NUMERICAL_RTOL * s.sigma[0]]
+    pos = s.sigma[s.sigma > NUMERICAL_RTOL * s.sigma[0]] / s.sigma[0]  # in (rtol, 1]: no overflow
     p = pos / pos.sum()
     return float(np.exp(-np.sum(p * np.log(p))))
 

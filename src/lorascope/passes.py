@@ -1,12 +1,12 @@
 """`spectral_pass`: the one pass over an adapter's layers that audit, compress and the callback share.
 
 Per layer, on the worker threads of the thread policy (`_parallel.ordered_map`): read the factors
-(`adapter.loader`), build the layer's spectral core once (`spectral.layer_core`: float64 Grams,
-finiteness check, eigen-core), then hand (delta, core) to the caller's `then` *in the worker*, so
-whatever the caller derives from the layer (metrics, a truncation) runs in parallel too and the
-core is never recomputed.  Results come back in layer order; a few layers are in flight at once,
-so memory does not grow with the adapter.  merge-audit has its own pass over *pairs* of layers
-(merge/audit.py) built on the same core.
+(`adapter.loader`), build the layer's spectral core once (`structured.delta_core`: float64 Grams,
+finiteness check, eigen-core; LoKr / LoHa layers from their two sides), then hand (delta, core)
+to the caller's `then` *in the worker*, so whatever the caller derives from the layer (metrics, a
+truncation) runs in parallel too and the core is never recomputed.  Results come back in layer
+order; a few layers are in flight at once, so memory does not grow with the adapter.  merge-audit
+has its own pass over *pairs* of layers (merge/audit.py) built on the same core.
 """
 
 from __future__ import annotations
@@ -16,16 +16,24 @@ from typing import TypeVar
 
 from ._parallel import ordered_map
 from .errors import FormatError
-from .spectral import Core, NonFiniteError, layer_core
+from .spectral import Core, NonFiniteError, SpectrumOverflowError
+from .structured import delta_core
 from .types import Adapter, LayerInfo, LoraDelta
 
 R = TypeVar("R")
+# The largest σ₁ the commands accept: their energies Σσ² and sums over layers stay far below the
+# float64 maximum (1.8e308).  The spectrum itself is exact for finite factors of any size.
+SIGMA_LIMIT = 1e150
 Progress = Callable[[int, int, str], None]  # (layers done, total, layer name)
 
 
-def nonfinite_error(info: LayerInfo, which: str, path: str | None) -> FormatError:
-    """The one error for a factor holding NaN/Inf (`which` = "down" | "up"): file, layer, tensor key."""
-    key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
+def nonfinite_error(info: LayerInfo, which: str, path: str | None, side: int | None = None) -> FormatError:
+    """The one error for a factor holding NaN/Inf (`which` = "down" | "up"): file, layer, tensor key.
+    `side`: for a LoKr / LoHa layer, which of its two sides (the reader's `side_keys`)."""
+    if side is not None and "side_keys" in info.extras:
+        key = info.extras["side_keys"][side][0 if which == "up" else 1]
+    else:
+        key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
     return FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=path, keys=[key])
 
 
@@ -42,9 +50,18 @@ def spectral_pass(
     def one(info: LayerInfo) -> R:
         delta = adapter.loader(info)
         try:
-            core = layer_core(delta.down, delta.up, info.scale, vectors=vectors)
+            core = delta_core(delta, vectors=vectors)
         except NonFiniteError as e:
-            raise nonfinite_error(info, e.which, adapter.path) from None
+            side = e.side if hasattr(delta, "sides") else None
+            raise nonfinite_error(info, e.which, adapter.path, side) from None
+        except SpectrumOverflowError as e:
+            raise FormatError(f"layer {info.name}: {e}", path=adapter.path) from None
+        if core.s2.size and core.sigma[0] > SIGMA_LIMIT:
+            raise FormatError(
+                f"layer {info.name}: σ₁ = {core.sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
+                "and their sums would overflow float64",
+                path=adapter.path,
+            )
         return then(delta, core)
 
     total = len(adapter.layers)

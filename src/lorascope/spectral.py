@@ -23,13 +23,16 @@ their error, ≤ r·2⁻²⁴·‖B‖‖P‖ per entry, is ≪ the 2⁻⁹ (bf1
 Gram-route singular *vectors* are trusted when every kept σ² and the gap after σ_k are
 ≥ `GRAM_MIN_RATIO`·σ₁² (`Core.separated`): the top-k subspace is then exact to ~ε/1e-6 ≈ 1e-10.
 Otherwise `truncated_svd` takes CholeskyQR2 (well-conditioned factors), else Householder QR.
-Non-finite factors are detected for free: a NaN/Inf in a row of A (column of B) makes a diagonal
-entry of its Gram matrix non-finite.
+
+Range: each Gram is scaled by an exact power of two to trace ~1 (`_normalised`, `Core.shift`), so
+finite factors of any size (1e200) give their exact spectrum; NaN/Inf makes a Gram diagonal
+non-finite and is refused.  Size: r > min(m, n) takes the product's min(m, n) core (`product_core`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,8 +58,9 @@ def energy_k(sigma: np.ndarray, tau: float, total: float | None = None) -> int:
     merge-audit's compared subspaces and the merge re-factorisation."""
     if sigma.size == 0 or not sigma[0] > 0:
         return 0
-    cum = np.cumsum(np.asarray(sigma, dtype=np.float64) ** 2)  # (r,)
-    target = tau * (cum[-1] if total is None else total) * (1.0 - _ENERGY_SLACK)
+    top = float(sigma[0])  # σ/σ₁: the squares stay finite for any finite σ
+    cum = np.cumsum((np.asarray(sigma, dtype=np.float64) / top) ** 2)  # (r,)
+    target = tau * (cum[-1] if total is None else total / top / top) * (1.0 - _ENERGY_SLACK)
     return int(np.searchsorted(cum, target, side="left")) + 1
 
 
@@ -161,11 +165,17 @@ class Core:
     s2: np.ndarray  # (r,) σ(B A)², descending, ≥ 0
     w: np.ndarray | None  # (r, r) eigenvectors of Fᵀ G_B F in s2 order; None: values only
     scale: float
+    # the Grams are those of 2^-sa·A and 2^-sb·B (`_normalised`): σ(ΔW) = √s2·|scale|·2^(sa+sb)
+    shift: tuple[int, int] = (0, 0)
+    # what the core's "A" and "B" are (`layer_core`): "factors": down and up; "rows": the m×n
+    # product up@down and I_m (r > m ≤ n); "cols": I_n and the product (r > n < m); "values":
+    # no vectors at all (a Kronecker spectrum, `kron_core`)
+    form: str = "factors"
 
     @property
     def sigma(self) -> np.ndarray:
         """(r,) singular values of the scaled ΔW, descending, float64."""
-        return np.sqrt(self.s2) * abs(self.scale)
+        return np.sqrt(self.s2) * _ldexp(abs(self.scale), sum(self.shift))
 
     def separated(self, k: int) -> bool:
         """Whether the Gram-route top-k singular vectors may be trusted (module docstring)."""
@@ -178,9 +188,21 @@ class Core:
     def coefficients(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(P (r, k), R (k, r)) with U_k = B P and V_kᵀ = R A for the *unscaled* B A (needs w, σ_k > 0)."""
         assert self.w is not None, "core built without vectors"
-        lk = self.root @ self.w[:, :k]  # (r, k)   B lk = U_k Σ_k
+        lk = self.root @ self.w[:, :k]  # (r, k)   B̂ lk = U_k Σ̂_k for the normalised B̂ = 2^-sb·B
         sig = np.sqrt(self.s2[:k])  # (k,)
-        return lk / sig[None, :], (lk.T @ self.gb) / self.s2[:k, None]
+        sa, sb = self.shift
+        p, r = lk / sig[None, :], (lk.T @ self.gb) / self.s2[:k, None]
+        return (np.ldexp(p, -sb), np.ldexp(r, -sa)) if sa or sb else (p, r)
+
+    def _vectors(self, down, up, p: np.ndarray, r: np.ndarray, work) -> tuple[np.ndarray, np.ndarray]:
+        """(U (m, k), Vᵀ (k, n)) = (B·p, r·A) for the core's form (see `form`), as thin products."""
+        dn, u = np.asarray(down, dtype=work), np.asarray(up, dtype=work)  # (r0, n), (m, r0)
+        p, r = p.astype(work), r.astype(work)
+        if self.form == "rows":  # A = up@down (m, n), B = I_m
+            return p, (r @ u) @ dn
+        if self.form == "cols":  # A = I_n, B = up@down (m, n)
+            return u @ (dn @ p), r
+        return u @ p, r @ dn
 
     def factors(self, down, up, k: int, split: str, divide: float = 1.0, work=np.float64):
         """(down′ (k, n), up′ (m, k)) with up′ @ down′ = the rank-k truncated ΔW / `divide`, the
@@ -190,7 +212,7 @@ class Core:
         if not self.separated(k):
             return None
         p, r = self.coefficients(k)  # (r, k), (k, r) for the unscaled B A
-        sv = np.sqrt(self.s2[:k]) * abs(self.scale)  # (k,) singular values of ΔW
+        sv = self.sigma[:k]  # (k,) singular values of ΔW
         sign = -1.0 if self.scale < 0 else 1.0
         if split == "sqrt":
             col, row = sign * np.sqrt(sv) / divide, np.sqrt(sv)
@@ -198,8 +220,7 @@ class Core:
             col, row = sign * sv / divide, np.ones(k)
         else:
             raise ValueError(f"unknown split {split!r}; use 'up' or 'sqrt'")
-        up_k = np.asarray(up, dtype=work) @ (p * col[None, :]).astype(work)  # (m, k)
-        down_k = (r * row[:, None]).astype(work) @ np.asarray(down, dtype=work)  # (k, n)
+        up_k, down_k = self._vectors(down, up, p * col[None, :], r * row[:, None], work)  # (m, k), (k, n)
         return down_k, up_k
 
     def truncate(self, down, up, k: int, work=np.float64) -> LowRankSVD | None:
@@ -208,9 +229,8 @@ class Core:
         if not self.separated(k):
             return None
         p, r = self.coefficients(k)  # (r, k), (k, r)
-        u = np.asarray(up, dtype=work) @ p.astype(work)  # (m, k)
-        vt = r.astype(work) @ np.asarray(down, dtype=work)  # (k, n)
-        return LowRankSVD(-u if self.scale < 0 else u, np.sqrt(self.s2[:k]) * abs(self.scale), vt)
+        u, vt = self._vectors(down, up, p, r, work)  # (m, k), (k, n)
+        return LowRankSVD(-u if self.scale < 0 else u, self.sigma[:k], vt)
 
 
 def _gram_root(ga: np.ndarray) -> np.ndarray:
@@ -227,22 +247,98 @@ def _gram_root(ga: np.ndarray) -> np.ndarray:
     return u * np.sqrt(np.clip(lam, 0.0, None))[None, :]
 
 
-def gram_core(ga: np.ndarray, gb: np.ndarray, scale: float = 1.0, *, vectors: bool = False) -> Core:
+def gram_core(
+    ga: np.ndarray,
+    gb: np.ndarray,
+    scale: float = 1.0,
+    *,
+    vectors: bool = False,
+    shift: tuple[int, int] = (0, 0),
+    form: str = "factors",
+) -> Core:
     """The core from G_A = A Aᵀ and G_B = BᵀB (both (r, r) symmetric PSD)."""
     root = _gram_root(ga)  # (r, r)
     h = root.T @ gb @ root  # (r, r)
     h = 0.5 * (h + h.T)
-    if vectors:
-        s2, w = np.linalg.eigh(h)  # ascending
-        return Core(root, gb, np.clip(s2[::-1], 0.0, None), w[:, ::-1], scale)
-    return Core(root, gb, np.clip(np.linalg.eigvalsh(h)[::-1], 0.0, None), None, scale)
+    s2, w = np.linalg.eigh(h) if vectors else (np.linalg.eigvalsh(h), None)  # ascending
+    return Core(root, gb, np.clip(s2[::-1], 0.0, None), None if w is None else w[:, ::-1], scale, shift, form)
 
 
 def layer_core(down: np.ndarray, up: np.ndarray, scale: float = 1.0, *, vectors: bool = False) -> Core:
-    """Grams of one layer's factors, checked for NaN/Inf, and their core."""
-    ga, gb = factor_grams(down, up)  # (r, r), (r, r)
-    check_finite(ga, gb)
-    return gram_core(ga, gb, scale, vectors=vectors)
+    """Grams of one layer's factors, checked for NaN/Inf, and their core: r×r, or min(m, n)-sized
+    from the m×n product when the rank r exceeds min(m, n) (`product_core`)."""
+    r, m, n = down.shape[0], up.shape[0], down.shape[1]
+    if r > min(m, n):
+        return product_core(*_scaled_product(down, up), scale, vectors=vectors, length=r)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # `_normalised` redoes those
+        ga, gb = factor_grams(down, up)  # (r, r), (r, r)
+    (ga, sa), (gb, sb) = _normalised(ga, down, "down", rows=True), _normalised(gb, up, "up", rows=False)
+    return checked_core(gram_core(ga, gb, scale, vectors=vectors, shift=(sa, sb)))
+
+
+class SpectrumOverflowError(ValueError):
+    """Finite factors whose product ΔW has singular values beyond float64 (> 1.8e308)."""
+
+
+_TRACE_RANGE = (2.0**-900, 2.0**900)  # a Gram trace outside this may have lost digits to under/overflow
+
+
+def _ldexp(x: float, e: int) -> float:  # x·2^e, inf on overflow (math.ldexp raises instead)
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(x, e))
+
+
+def _peak(x: np.ndarray, which: str) -> int:
+    """The binary exponent e of max|x| (max|x| < 2^e), 0 for a zero x; NonFiniteError on NaN/Inf."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if not np.isfinite(peak):
+        raise NonFiniteError(which)
+    return math.frexp(peak)[1]
+
+
+def _normalised(g: np.ndarray, x: np.ndarray, which: str, *, rows: bool) -> tuple[np.ndarray, int]:
+    """(Ĝ, s): Ĝ = Gram of 2^-s·x with trace in [¼, 1), exact (powers of two).  A Gram whose
+    accumulation over- or underflowed (|x| ≳ 1e154) is rebuilt from 2^-e·x; NaN/Inf → NonFiniteError."""
+    t, e = float(np.trace(g)), 0
+    if t == 0 and not np.any(x):  # a zero factor (an untrained B): nothing to rescale
+        return g, 0
+    if not (np.isfinite(t) and _TRACE_RANGE[0] < t < _TRACE_RANGE[1]):  # also t = 0: underflow
+        e = _peak(x, which)
+        y = np.ldexp(_f64(x), -e)  # (r, n) or (m, r), max |y| < 1
+        g = y @ y.T if rows else y.T @ y  # (r, r)
+        t = float(np.trace(g))
+    s = math.frexp(t)[1] // 2  # 0 for t = 0 (all entries underflowed: nothing left to scale)
+    return np.ldexp(g, -2 * s), e + s
+
+
+def checked_core(core: Core) -> Core:  # the core, or SpectrumOverflowError when σ₁ > float64 max
+    if core.s2.size and not np.isfinite(core.sigma[0]):
+        raise SpectrumOverflowError("the singular values of ΔW overflow float64")
+    return core
+
+
+def _scaled_product(down: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, int]:
+    """(P, e) with up@down = 2^e·P, P (m, n) float64 formed from factors scaled to max |x| < 1."""
+    ea, eb = _peak(down, "down"), _peak(up, "up")
+    return np.ldexp(_f64(up), -eb) @ np.ldexp(_f64(down), -ea), ea + eb  # (m, r)@(r, n)
+
+
+def product_core(
+    p: np.ndarray, e: int, scale: float = 1.0, *, vectors: bool = False, length: int = 0
+) -> Core:
+    """The min(m, n)-sized core of ΔW = scale·2^e·P from P (m, n): P's row Gram, B = I_m ("rows")
+    if m ≤ n, else its column Gram, A = I_n ("cols"); σ² padded with zeros to `length` (the rank r)."""
+    m, n = p.shape
+    if not np.isfinite(p).all():
+        raise SpectrumOverflowError("the product of the factors overflows float64")
+    if m <= n:
+        ga, sa = _normalised(p @ p.T, p, "down", rows=True)  # (m, m)
+        core = gram_core(ga, np.eye(m), scale, vectors=vectors, shift=(sa + e, 0), form="rows")
+    else:
+        gb, sb = _normalised(p.T @ p, p, "up", rows=False)  # (n, n)
+        core = gram_core(np.eye(n), gb, scale, vectors=vectors, shift=(0, sb + e), form="cols")
+    pad = np.zeros(max(length - core.s2.size, 0))  # as an r×r core would give
+    return checked_core(replace(core, s2=np.concatenate([core.s2, pad])))
 
 
 def lora_singular_values(down: np.ndarray, up: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -322,10 +418,3 @@ def truncated_factors(
         return fast
     d, u = truncated_svd(down, up, scale, k, core).factors(split)  # (k′, n), (m, k′)
     return d, u / divide
-
-
-def stacked_svd(pairs: list[tuple[np.ndarray, np.ndarray, float]]) -> LowRankSVD:
-    """Exact thin SVD of Σᵢ scaleᵢ·upᵢ@downᵢ by concatenating the scaled factors (rank Σ rᵢ)."""
-    downs = np.concatenate([_f64(d) for d, _, _ in pairs], axis=0)  # (Σr, n)
-    ups = np.concatenate([_f64(u) * s for _, u, s in pairs], axis=1)  # (m, Σr)
-    return lora_svd(downs, ups, 1.0)

@@ -67,7 +67,50 @@ class LoraDelta:
 
     def dense(self) -> np.ndarray:
         """ΔW as a float64 (out, in) matrix.  For tests and small layers only: O(out·in) memory."""
-        return self.info.scale * (self.up.astype(np.float64) @ self.down.astype(np.float64))
+        return self.info.scale * self.product()
+
+    def product(self) -> np.ndarray:
+        """The unscaled up @ down (out, in) in float64."""
+        return self.up.astype(np.float64) @ self.down.astype(np.float64)
+
+
+class StructuredDelta(LoraDelta):
+    """A layer whose ΔW = scale·op(W₁, W₂) with each side Wᵢ = Uᵢ @ Dᵢ given by small factors:
+    op = "kron" (LyCORIS LoKr, W₁ ⊗ W₂) or "hadamard" (LoHa, W₁ ⊙ W₂).
+
+    `down` and `up` are the equivalent plain factors (kron: kron(D₁, D₂), kron(U₁, U₂); hadamard:
+    the Khatri–Rao products), built only when first asked for: the spectral core reads `sides`
+    (spectral.delta_core), so an audit never forms them, and `product()` forms U·D at the cost
+    of the sides, not of the (possibly much wider) plain factors."""
+
+    op: str
+    sides: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # ((U₁, D₁), (U₂, D₂))
+
+    def __init__(self, info: LayerInfo, op: str, sides) -> None:
+        if op not in ("kron", "hadamard"):
+            raise ValueError(f"unknown structure {op!r}")
+        object.__setattr__(self, "info", info)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "sides", tuple((u, d) for u, d in sides))
+
+    @cached_property
+    def down(self) -> np.ndarray:
+        (_, d1), (_, d2) = self.sides
+        if self.op == "kron":
+            return np.kron(d1, d2)  # (k1·k2, i1·i2)
+        return (d1[:, None, :] * d2[None, :, :]).reshape(-1, d1.shape[1])  # (r1·r2, in) Khatri–Rao
+
+    @cached_property
+    def up(self) -> np.ndarray:
+        (u1, _), (u2, _) = self.sides
+        if self.op == "kron":
+            return np.kron(u1, u2)  # (o1·o2, k1·k2)
+        return (u1[:, :, None] * u2[:, None, :]).reshape(u1.shape[0], -1)  # (out, r1·r2) Khatri–Rao
+
+    def product(self) -> np.ndarray:
+        """The unscaled up @ down (out, in) in float64, from the sides."""
+        w1, w2 = (np.asarray(u, np.float64) @ np.asarray(d, np.float64) for u, d in self.sides)
+        return np.kron(w1, w2) if self.op == "kron" else w1 * w2
 
 
 Loader = Callable[[LayerInfo], LoraDelta]

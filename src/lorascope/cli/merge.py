@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from ..errors import InvalidArgumentError
+from ..formats import load
+from ..merge.checks import MAX_ERROR
 from ..merge.execute import MergeOptions, merge_files
+from ..merge.fingerprint import check_plan_inputs
 from ..merge.methods import METHODS
 from ..merge.plan import LayerPlan, MergePlan, load_plan, method_keys, uses_seed
 from ..merge.render import merged_text
@@ -42,6 +46,18 @@ def register(p: argparse.ArgumentParser) -> None:
         "--seed", type=int, help="seed of DARE's drops and the dense methods' randomized SVD (default 0)"
     )
     p.add_argument("--dtype", choices=DTYPES, help="output dtype (default: the widest input dtype)")
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=MAX_ERROR,
+        help=f"exit 1 (the adapter is still written) when a layer's post-merge error "
+        f"‖intended − written‖_F/‖intended‖_F exceeds this (default {MAX_ERROR:g})",
+    )
+    p.add_argument(
+        "--ignore-fingerprints",
+        action="store_true",
+        help="merge with --plan even when the plan was written for other adapters or another order",
+    )
     p.add_argument("--format", help="force the input format of every adapter")
     p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.merge/v1)")
     p.add_argument("--layers", action="store_true", help="show every layer in the text report")
@@ -98,10 +114,22 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("merge needs at least two adapters")
     if args.layers and args.json:
         raise InvalidArgumentError("--layers widens the text report; --json already lists every layer")
+    if args.ignore_fingerprints and not args.plan:
+        raise InvalidArgumentError("--ignore-fingerprints applies to --plan")
+    if not 0 <= args.max_error < float("inf"):
+        raise InvalidArgumentError(f"--max-error must be a number ≥ 0, got {args.max_error}")
     plan = plan_from_args(args)
     options = MergeOptions(
-        dtype=args.dtype, progress=progress_printer(not args.quiet and sys.stderr.isatty())
+        dtype=args.dtype,
+        max_error=args.max_error,
+        progress=progress_printer(not args.quiet and sys.stderr.isatty()),
     )
-    report = merge_files(args.adapters, args.output, plan, options, format=args.format)
+    adapters = [load(p, format=args.format) for p in args.adapters]
+    note = None
+    if args.plan and not args.ignore_fingerprints:
+        note = check_plan_inputs(plan.fingerprints, adapters, args.plan)
+    report = merge_files(adapters, args.output, plan, options)
+    if note:
+        report = replace(report, notes=(*report.notes, note))
     emit(report.to_json() + "\n" if args.json else merged_text(report, args.layers))
-    return 0
+    return 1 if report.over_max_error else 0

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..formats import load
 from ..merge.audit import MergeAuditOptions, merge_audit
+from ..merge.fingerprint import fingerprint
 from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_markdown, to_text
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     report = merge_audit(first, second, options, format=args.format)
     if args.plan:
         refuse_inputs(args.plan, inputs)
-        save_plan(report.plan(), args.plan)
+        prints = tuple(fingerprint(load(path, format=args.format)) for path in inputs)
+        save_plan(replace(report.plan(), fingerprints=prints), args.plan)
     if args.output_dir:
         out_dir = Path(args.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, LayerInfo, LoraDelta, StructuredDelta, frozen_mapping
 from ._checks import reject_leftovers
 from ._contract import FormatSpec, read_options
 from ._io import TensorSource, open_safetensors
@@ -208,6 +208,7 @@ def _loha_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     scale, alpha = _scale(src, name, roles, r1)
     extras = {"algo": "loha", "tucker": tucker, "alpha": alpha, "roles": dict(roles)}
     extras.update(max_rank=min(r1 * r2, out, inn), keys=(roles["hada_w1_b"], roles["hada_w1_a"]))
+    extras["side_keys"] = tuple((roles[f"hada_w{n}_a"], roles[f"hada_w{n}_b"]) for n in (1, 2))
     return LayerInfo(
         name=name,
         kind="conv" if tucker else "linear",
@@ -264,7 +265,9 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
     w1 = roles["lokr_w1"] if "lokr_w1" in roles else roles["lokr_w1_b"]
     w2 = roles["lokr_w2"] if "lokr_w2" in roles else roles["lokr_w2_a"]
     keys = (w1, w2)
-    extras = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2, "keys": keys}
+    extras: dict[str, Any] = {"algo": "lokr", "alpha": alpha, "roles": dict(roles), "max_rank": k1 * k2}
+    extras["keys"] = keys
+    extras["side_keys"] = tuple(_side_keys(roles, n) for n in (1, 2))  # (U key, D key) per side
     return LayerInfo(
         name=name,
         kind="conv" if conv else "linear",
@@ -277,6 +280,14 @@ def _lokr_info(src: TensorSource, name: str, roles: dict[str, str]) -> LayerInfo
         dora="dora_scale" in roles,
         extras=frozen_mapping(extras),
     )
+
+
+def _side_keys(roles: dict[str, str], n: int) -> tuple[str, str]:
+    """The keys holding U and D of one Kronecker side (`_side_factors`); the Tucker core counts as D."""
+    full = roles.get(f"lokr_w{n}")
+    if full is not None:
+        return full, full
+    return roles[f"lokr_w{n}_a"], roles.get(f"lokr_t{n}", roles[f"lokr_w{n}_b"])
 
 
 def _f64(src: TensorSource, key: str) -> np.ndarray:
@@ -305,12 +316,10 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     if algo == "lokr":
         u1, d1 = _side_factors(src, roles, 1)
         u2, d2 = _side_factors(src, roles, 2)
-        return LoraDelta(info, np.kron(d1, d2), np.kron(u1, u2))  # (k1·k2, in), (out, k1·k2)
+        return StructuredDelta(info, "kron", ((u1, d1), (u2, d2)))  # plain factors: inner k1·k2
     a1, b1 = _f64(src, roles["hada_w1_a"]), _f64(src, roles["hada_w1_b"])
     a2, b2 = _f64(src, roles["hada_w2_a"]), _f64(src, roles["hada_w2_b"])
     if info.extras["tucker"]:
         a1, b1 = a1.T, tucker_down(_f64(src, roles["hada_t1"]), b1)  # (out, r1), (r1, c·kh·kw)
         a2, b2 = a2.T, tucker_down(_f64(src, roles["hada_t2"]), b2)
-    up = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], -1)  # (out, r1·r2) row-wise Khatri–Rao
-    down = (b1[:, None, :] * b2[None, :, :]).reshape(-1, b1.shape[1])  # (r1·r2, in) column-wise Khatri–Rao
-    return LoraDelta(info, down, up)
+    return StructuredDelta(info, "hadamard", ((a1, b1), (a2, b2)))  # plain factors: Khatri–Rao, r1·r2

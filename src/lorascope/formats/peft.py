@@ -106,7 +106,7 @@ def locate(path: str | Path, adapter_name: str | None = None) -> PeftFiles:
             names = ", ".join(s.name for s in subs)
             raise FormatError(  # every command takes a sub-folder as its path
                 f"holds several adapters ({names}); give one of them as the path ({subs[0]}) "
-                "or, in audit and compress, choose one with --adapter NAME",
+                "or its name with --adapter NAME where the command has that option",
                 path=p,
             )
         else:

@@ -21,8 +21,9 @@ from .. import jsontext, metrics
 from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
-from ..passes import nonfinite_error
-from ..spectral import NonFiniteError
+from ..passes import SIGMA_LIMIT, nonfinite_error
+from ..spectral import NonFiniteError, SpectrumOverflowError
+from ..structured import compact
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
 from .pairwise import PairMetrics, PairOptions, pair_metrics
@@ -160,6 +161,14 @@ class MergeAuditReport:
             for i, names in enumerate(self.only)
             for n in names
         ]
+        lossy = sorted({lp.method for lp in layers.values() if lp.method != "linear"})
+        if lossy:
+            n = sum(lp.method != "linear" for lp in layers.values())
+            notes.append(
+                f"lossy: {n} layers use {'/'.join(lossy)}, whose sparsified ΔW is re-factorised at the "
+                "plan's rank and loses part of the merge; merge reports each layer's loss and exits 1 "
+                "above --max-error (raise a layer's rank, or set its method to linear, to keep more)"
+            )
         plan = MergePlan(
             tuple(w),
             LayerPlan("linear"),
@@ -235,7 +244,14 @@ def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: Merg
     (_parallel.ordered_map): read + widening, stacked Grams, cores, sign grid."""
 
     def one(names: tuple[str, str]) -> LayerPair:
-        return _layer(a, b, (a.delta(names[0]), b.delta(names[1])), options)
+        deltas = []
+        for x, name in zip((a, b), names, strict=True):
+            delta = x.delta(name)
+            try:  # a rank above min(m, n) (or a LoKr / LoHa): an exact min(m, n)-sized equivalent
+                deltas.append(compact(delta))
+            except NonFiniteError as e:
+                raise nonfinite_error(delta.info, e.which, x.path) from None
+        return _layer(a, b, (deltas[0], deltas[1]), options)
 
     return ordered_map(one, shared)
 
@@ -244,9 +260,20 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
     i1, i2 = deltas[0].info, deltas[1].info
     d1, d2 = deltas
     try:
-        p = pair_metrics(d1, d2, options.pair)
-    except NonFiniteError as e:  # NaN/Inf in a factor, or overflow in the Gram products
+        with np.errstate(over="ignore", invalid="ignore"):  # σ₁ beyond SIGMA_LIMIT is refused below
+            p = pair_metrics(d1, d2, options.pair)
+    except NonFiniteError as e:  # NaN/Inf in a factor
         raise nonfinite_error((i1, i2)[e.side], e.which, (a, b)[e.side].path) from None
+    except SpectrumOverflowError as e:  # finite factors, but ΔW itself beyond float64
+        raise FormatError(f"layers {i1.name} / {i2.name}: {e}", path=a.path) from None
+    for side, sigma in enumerate((p.sigma1, p.sigma2)):  # energies σ² must stay finite (passes.py)
+        if sigma.size and sigma[0] > SIGMA_LIMIT:
+            info, path = (i1, i2)[side], (a, b)[side].path
+            raise FormatError(
+                f"layer {info.name}: σ₁ = {sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
+                "would overflow float64",
+                path=path,
+            )
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),

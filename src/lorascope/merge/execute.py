@@ -9,7 +9,9 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
    the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
    dense.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
    for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
-3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank).
+3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank), except
+   `linear`: the common scale c = |w₁s₁| is folded out (layer scale c, upᵢ·wᵢsᵢ/c), so inputs with
+   wᵢsᵢ = ±c keep their stored factors exactly, whatever their dtype (`_folded`).
 Post-merge check: `rel_error` = ‖intended − written‖_F/‖intended‖_F where *intended* is the
 method's exact result on its inputs (after step 1) — computed from the factors for factor methods,
 densely for dense ones — and the written file is read back and its factors compared byte for
@@ -35,6 +37,7 @@ from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
+from .checks import MAX_ERROR, adapter_label, check_finite_input, checked_error, rel_error
 from .dense import dense_truncated_svd
 from .match import layer_keys
 from .methods import get_method
@@ -47,6 +50,8 @@ _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 @dataclass(frozen=True)
 class MergeOptions:
     dtype: str | None = None  # output dtype; None: the widest input dtype
+    # a layer whose post-merge error exceeds this is flagged (MergeReport.over_max_error); None: never
+    max_error: float | None = MAX_ERROR
     progress: Callable[[int, int, str], None] | None = None
 
 
@@ -150,8 +155,11 @@ def _planned_rank(adapters, group: dict[int, str], lp: LayerPlan) -> int | None:
     return min(lp.rank or sum(x.rank for x in infos.values()), cap)  # dense: as in _merge_layer
 
 
-def _out_info(name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: MergeOptions) -> LayerInfo:
-    """The output LayerInfo of a merged layer (scale 1: the factors carry every weight and scale)."""
+def _out_info(
+    name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: MergeOptions, scale: float = 1.0
+) -> LayerInfo:
+    """The output LayerInfo of a merged layer: scale 1 (the factors carry every weight and scale),
+    or the common scale a linear merge folds out of its factors (`_folded`)."""
     first = inputs[0]
     return LayerInfo(
         name,
@@ -159,7 +167,7 @@ def _out_info(name: str, idx, inputs: Sequence[LayerInfo], rank: int, options: M
         rank,
         first.out_features,
         first.in_features,
-        1.0,
+        scale,
         options.dtype or _widest(x.dtype for x in inputs),
         first.weight_shape,
         extras=frozen_mapping({"merged_from": list(idx)}),
@@ -182,6 +190,8 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
         raise InvalidArgumentError("merge needs at least two adapters")
     if len(plan.weights) != len(adapters):
         raise InvalidArgumentError(f"{len(plan.weights)} weights for {len(adapters)} adapters")
+    if options.max_error is not None and not 0 <= options.max_error < float("inf"):
+        raise InvalidArgumentError(f"max_error must be a number ≥ 0, got {options.max_error}")
     if options.dtype is not None and options.dtype not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {options.dtype!r}")
     for a in adapters:
@@ -198,7 +208,8 @@ def _check_inputs(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOp
         bad = [i for i in lp.compress_first if i >= len(adapters)]
         if bad:
             raise InvalidArgumentError(
-                f"compress_first names adapter index {bad[0]}; there are {len(adapters)}"
+                f"the plan truncates adapter index {bad[0]} (adapter {bad[0] + 1}) before merging; "
+                f"there are {len(adapters)} adapters"
             )
 
 
@@ -236,15 +247,24 @@ def _merge_layer(
     inputs = [adapters[i].delta(group[i]) for i in idx]
     shapes = {(d.info.out_features, d.info.in_features) for d in inputs}
     if len(shapes) > 1:
-        raise FormatError(
-            f"layer {name}: shapes differ across adapters {sorted(shapes)}", path=adapters[idx[0]].path
+        each = ", ".join(
+            f"{adapter_label(adapters[i], i)} {d.info.out_features}×{d.info.in_features}"
+            for i, d in zip(idx, inputs, strict=True)
         )
+        raise FormatError(f"layer {name}: shapes differ across adapters: {each}")
+    for i, d in zip(idx, inputs, strict=True):
+        check_finite_input(adapters[i], i, d)
     every = plan.layer_weights(name)  # one per adapter
     weights = tuple(every[i] for i in idx)
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
     method = get_method(lp.method)
     params = _params(method, lp, factors)
-    if method.kind == "factor":
+    scale = 1.0  # the written layer's scale: ΔW = scale·up@down
+    if lp.method == "linear":  # c = |wᵢsᵢ| of the first non-zero input becomes the layer's scale
+        scale, multipliers = _folded(factors, weights)
+        down, up = method.fn([(d, u, 1.0) for d, u, _ in factors], multipliers)  # (Σr, in), (out, Σr)
+        intended = None
+    elif method.kind == "factor":
         down, up = method.fn(factors, weights, **params)  # (k, in), (out, k)
         intended = None
     else:
@@ -259,8 +279,10 @@ def _merge_layer(
     down_w, up_w = round_to_dtype(down, dtype), round_to_dtype(up, dtype)
     if dtype == "fp16" and not (np.isfinite(down_w).all() and np.isfinite(up_w).all()):
         raise InvalidArgumentError(f"layer {name}: merged factors overflow fp16; use --dtype fp32 or bf16")
-    err, norm = _rel_error(factors, weights, intended, down_w, up_w)
-    info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options)
+    written_up = np.asarray(up_w, np.float64) * scale  # (out, k): what the file's ΔW multiplies out to
+    sources = " and ".join(adapter_label(adapters[i], i) for i in idx)
+    err, norm = checked_error(name, sources, *rel_error(factors, weights, intended, down_w, written_up))
+    info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options, scale)
     result = MergedLayer(
         name,
         lp.method,
@@ -272,8 +294,20 @@ def _merge_layer(
         err,
         norm,
         dict(lp.compress_first),
+        scale,
     )
     return LoraDelta(info, down_w, up_w), result
+
+
+def _folded(factors, weights) -> tuple[float, tuple[float, ...]]:
+    """(c, (wᵢsᵢ/c)ᵢ) with c = |wᵢsᵢ| of the first input where it is non-zero (1.0 if none).
+
+    The linear merge writes upᵢ·(wᵢsᵢ/c) and the layer scale c: an input whose wᵢsᵢ = ±c keeps
+    its stored factors bit for bit (x/x = 1 exactly), so a bf16 layer weighted 0.3 is not rounded
+    to bf16 a second time; ΔW = c·Σ upᵢ(wᵢsᵢ/c)downᵢ = Σ wᵢ·ΔWᵢ."""
+    products = [w * s for (_, _, s), w in zip(factors, weights, strict=True)]
+    c = next((abs(x) for x in products if x != 0 and np.isfinite(x)), 1.0)
+    return c, tuple(x / c for x in products)
 
 
 def _factor(d: LoraDelta, k: int | None):
@@ -294,26 +328,6 @@ def _params(method, lp: LayerPlan, factors) -> dict[str, Any]:
         out["rank"] = lp.rank
         out["energy"] = lp.energy
     return out
-
-
-def _rel_error(factors, weights, intended, down, up) -> tuple[float, float]:
-    """(‖T − up@down‖_F/‖T‖_F, ‖T‖_F), T = intended (dense) or Σ wᵢ sᵢ upᵢ downᵢ (from factors, exact)."""
-    d = np.asarray(down, np.float64)
-    u = np.asarray(up, np.float64)
-    if intended is not None:
-        norm = float(np.linalg.norm(intended))
-        diff = intended - u @ d  # (out, in)
-        return (float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))), norm
-    a = np.concatenate([f[0] for f in factors] + [d], axis=0)  # (Σr + k, in)
-    ups = [w * s * f for (_, f, s), w in zip(factors, weights, strict=True)]
-    b = np.concatenate([*ups, -u], axis=1)  # (out, Σr + k)
-    k = d.shape[0]
-    diff2 = float(np.sum((a @ a.T) * (b.T @ b)))
-    ta, tb = a[:-k], b[:, :-k]
-    norm2 = float(np.sum((ta @ ta.T) * (tb.T @ tb)))
-    norm = float(np.sqrt(max(norm2, 0.0)))
-    diff = float(np.sqrt(max(diff2, 0.0)))
-    return (diff / norm if norm > 0 else diff), norm
 
 
 def _widest(dtypes) -> str:
@@ -339,6 +353,7 @@ def merge_files(
     **load_options: Any,
 ) -> MergeReport:
     """Load, merge, write to `dest` in the first adapter's format, read back and verify."""
+    options = options or MergeOptions()
     adapters = [p if isinstance(p, Adapter) else load(p, **load_options) for p in paths]
     fmt = adapters[0].format
     dest = check_dest(output_path(fmt, dest), [a.path for a in adapters])
@@ -348,8 +363,9 @@ def merge_files(
     save(merged, dest, format=fmt, source=source)  # layers are merged one at a time as they are written
     results = tuple(done[name][0] for name in merged.names)
     notes = _notes(adapters)
-    verified = _verify({name: done[name][1] for name in merged.names}, dest, fmt)
-    return MergeReport(tuple(a.path for a in adapters), str(dest), results, tuple(notes), verified)
+    verified = _verify({name: (done[name][1], done[name][0].scale) for name in merged.names}, dest, fmt)
+    sources = tuple(a.path for a in adapters)
+    return MergeReport(sources, str(dest), results, tuple(notes), verified, options.max_error)
 
 
 def _notes(adapters: Sequence[Adapter]) -> list[str]:
@@ -367,15 +383,15 @@ def _notes(adapters: Sequence[Adapter]) -> list[str]:
     return notes
 
 
-def _verify(digests: dict[str, bytes], dest, fmt: str) -> bool:
+def _verify(digests: dict[str, tuple[bytes, float]], dest, fmt: str) -> bool:
     """Read the written adapter back: same layers, factors byte-equal to what was computed (their
-    `factor_digest` recorded while merging), ΔW scale 1."""
+    `factor_digest` recorded while merging), each layer's scale the one merged (to 1e-6 relative)."""
     back = load(dest, format=fmt)
     if set(back.names) != set(digests):
         raise FormatError("post-merge check: the written adapter lost or renamed layers", path=dest)
     for d in back.iter_deltas():
-        scale_err = abs(d.scale - 1.0)
-        if factor_digest(d.down, d.up) != digests[d.name] or scale_err > 1e-6:
+        digest, scale = digests[d.name]
+        if factor_digest(d.down, d.up) != digest or abs(d.scale - scale) > 1e-6 * abs(scale):
             raise FormatError(
                 f"post-merge check: layer {d.name} reads back different from what was computed", path=dest
             )

@@ -7,7 +7,7 @@ Factor methods (kind "factor") take `factors` = [(down_i (r_i, in), up_i (out, r
 ΔW_i = scale_i·up_i@down_i, never form ΔW, and return (down (k, in), up (out, k)) in float64:
 * `linear`: exact Σ w_i ΔW_i by concatenation: down = [down_1; …; down_n], up = [w_1 s_1 up_1, …];
   k = Σ r_i, no cross terms, nothing truncated.
-* `svd`: the same sum, its exact thin SVD from the stacked factors (`spectral.stacked_svd`), truncated
+* `svd`: the same sum, its exact thin SVD from the stacked factors (`stacked_svd`), truncated
   to `rank` (default max r_i) or to the smallest k keeping `energy` of Σσ² (both: the smaller k);
   S goes into up (`LowRankSVD.factors("up")`).
 
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..metrics import Spectrum, energy_rank
-from ..spectral import stacked_svd
+from ..spectral import LowRankSVD, lora_svd
 
 Factor = tuple[np.ndarray, np.ndarray, float]  # (down (r, in), up (out, r), scale)
 KINDS = ("factor", "dense")
@@ -79,11 +79,13 @@ def _check_weights(weights: Sequence[float], n: int) -> np.ndarray:
 
 def _check_factors(factors: Sequence[Factor], weights: Sequence[float]) -> np.ndarray:
     w = _check_weights(weights, len(factors))
-    for i, (d, u, s) in enumerate(factors):
+    for i, (d, u, s) in enumerate(factors):  # counted from 1 in messages, as users count
         if np.ndim(d) != 2 or np.ndim(u) != 2 or np.shape(d)[0] != np.shape(u)[1]:
-            raise InvalidArgumentError(f"adapter {i}: down {np.shape(d)} and up {np.shape(u)} ranks differ")
+            raise InvalidArgumentError(
+                f"adapter {i + 1}: down {np.shape(d)} and up {np.shape(u)} ranks differ"
+            )
         if not np.isfinite(s) or not (np.all(np.isfinite(d)) and np.all(np.isfinite(u))):
-            raise InvalidArgumentError(f"adapter {i}: factors or scale contain NaN or Inf")
+            raise InvalidArgumentError(f"adapter {i + 1}: factors or scale contain NaN or Inf")
     shapes = {(np.shape(u)[0], np.shape(d)[1]) for d, u, _ in factors}
     if len(shapes) > 1:
         raise InvalidArgumentError(f"adapters disagree on the layer shape (out, in): {sorted(shapes)}")
@@ -112,6 +114,13 @@ def _check_rng(rng: object) -> None:
 
 
 # ---- factor methods ----
+
+
+def stacked_svd(pairs: list[tuple[np.ndarray, np.ndarray, float]]) -> LowRankSVD:
+    """Exact thin SVD of Σᵢ scaleᵢ·upᵢ@downᵢ by concatenating the scaled factors (rank Σ rᵢ)."""
+    downs = np.concatenate([np.asarray(d, dtype=np.float64) for d, _, _ in pairs], axis=0)  # (Σr, n)
+    ups = np.concatenate([np.asarray(u, dtype=np.float64) * s for _, u, s in pairs], axis=1)  # (m, Σr)
+    return lora_svd(downs, ups, 1.0)
 
 
 def linear(factors: Sequence[Factor], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

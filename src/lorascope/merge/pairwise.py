@@ -36,13 +36,23 @@ otherwise that layer falls back to the QR route (spectral.lora_svd) and explicit
 
 from __future__ import annotations
 
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..spectral import Core, check_finite, energy_k, factor_grams, gram_core, lora_svd
+from ..spectral import (
+    Core,
+    NonFiniteError,
+    SpectrumOverflowError,
+    check_finite,
+    energy_k,
+    factor_grams,
+    gram_core,
+    lora_svd,
+)
 from ..types import LoraDelta
 
 
@@ -120,8 +130,14 @@ def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = Non
     opt = options or PairOptions()
     r1, r2 = d1.down.shape[0], d2.down.shape[0]
     # Grams of [A₁; A₂] (r₁+r₂, n) and [B₁ B₂] (m, r₁+r₂): one stacked syrk per side
-    ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up))  # (r₁+r₂, r₁+r₂) each
-    check_finite(ga, gb, (r1, r2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up))  # (r₁+r₂, r₁+r₂) each
+    try:
+        check_finite(ga, gb, (r1, r2))
+    except NonFiniteError:  # a NaN/Inf, or finite factors whose Gram overflowed (~1e155 and up)
+        if _rescaled(d1, 0) is d1 and _rescaled(d2, 1) is d2:
+            raise
+        return pair_metrics(_rescaled(d1, 0), _rescaled(d2, 1), opt)
     s1, s2 = d1.scale, d2.scale
     x = gram_core(ga[:r1, :r1], gb[:r1, :r1], s1, vectors=True)
     y = gram_core(ga[r1:, r1:], gb[r1:, r1:], s2, vectors=True)
@@ -136,6 +152,30 @@ def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = Non
     g1 = np.sign(s1) * s2 * np.einsum("ij,ji->i", p1.T @ cb, ca.T @ rt1.T)  # (k₁,)
     g2 = np.sign(s2) * s1 * np.einsum("ij,ji->i", p2.T @ cb.T, ca @ rt2.T)  # (k₂,)
     return _assemble(d1, d2, opt, x.sigma, y.sigma, inner, uu, vv, g1, g2)
+
+
+def _rescaled(d: LoraDelta, side: int) -> LoraDelta:
+    """d with each factor divided by a power of two near its max |x| and the scale multiplied back
+    (exact); d itself when nothing is that large.  NonFiniteError for a NaN/Inf factor,
+    SpectrumOverflowError when the folded scale leaves float64."""
+    exps = []
+    for which, x in (("down", d.down), ("up", d.up)):
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if not np.isfinite(peak):
+            raise NonFiniteError(which, side)
+        exps.append(math.frexp(peak)[1] if peak > 2.0**500 or 0 < peak < 2.0**-500 else 0)
+    if not any(exps):
+        return d
+    with np.errstate(over="ignore"):
+        scale = float(np.ldexp(d.scale, sum(exps)))
+    if not np.isfinite(scale):
+        raise SpectrumOverflowError("the singular values of ΔW overflow float64")
+    info = replace(d.info, scale=scale)
+    return LoraDelta(info, np.ldexp(_f64(d.down), -exps[0]), np.ldexp(_f64(d.up), -exps[1]))
+
+
+def _f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
 
 
 def _usable(core: Core, k: int) -> bool:

@@ -16,6 +16,8 @@ Per-layer keys: method (see lorascope.merge.methods.METHODS), weights (replace t
 density (kept share for ties / dare_* / magnitude_prune), rank or energy (target of the
 re-factorisation), majority ("total" | "frequency"), compress_first (adapter index → rank: that
 adapter's layer is truncated to this rank before merging).  Unknown keys are errors, never ignored.
+`fingerprints` (one per adapter, merge/fingerprint.py): what the plan was computed from; `merge`
+refuses the plan for other adapters or another order.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _TOP_KEYS = {
     "layers",
     "peft_add_weighted_adapter",
     "notes",
+    "fingerprints",
 }
 
 
@@ -78,6 +81,7 @@ class MergePlan:
     seed: int = 0
     peft: dict[str, Any] = field(default_factory=dict)  # equivalent add_weighted_adapter call
     notes: tuple[str, ...] = ()
+    fingerprints: tuple[dict[str, Any], ...] = ()  # of the adapters, in order (merge/fingerprint.py)
 
     def for_layer(self, name: str) -> LayerPlan:
         """The layer's plan, with the plan's weights when it has none of its own."""
@@ -102,6 +106,8 @@ class MergePlan:
             out["peft_add_weighted_adapter"] = self.peft
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.fingerprints:
+            out["fingerprints"] = [dict(x) for x in self.fingerprints]
         return out
 
 
@@ -181,7 +187,22 @@ def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
     peft = data.get("peft_add_weighted_adapter", {}) or {}
     if not isinstance(peft, dict):
         raise bad("'peft_add_weighted_adapter' must be a mapping")
-    return MergePlan(weights, default, layers, adapters, seed, dict(peft), notes)
+    prints = _fingerprints(data.get("fingerprints"), len(weights), bad)
+    return MergePlan(weights, default, layers, adapters, seed, dict(peft), notes, prints)
+
+
+def _fingerprints(raw: Any, n: int, bad) -> tuple[dict[str, Any], ...]:
+    """One mapping per adapter with the keys of merge/fingerprint.py (strings, integers or null)."""
+    from .fingerprint import KEYS
+
+    if raw is None:
+        return ()
+    ok = isinstance(raw, list) and len(raw) == n
+    ok = ok and all(isinstance(x, dict) and set(x) <= set(KEYS) for x in raw)
+    ok = ok and all(v is None or isinstance(v, str) or type(v) is int for x in raw for v in x.values())
+    if not ok:
+        raise bad(f"'fingerprints' must be a list of {n} mappings with keys {', '.join(KEYS)}")
+    return tuple(dict(x) for x in raw)
 
 
 def method_keys(method: str) -> frozenset[str]:

@@ -70,8 +70,10 @@ def to_text(report: MergeAuditReport, show_layers: bool = True, width: int = 44)
         lines.append(f"only in first:  {name}")
     for name in report.only[1][:10]:
         lines.append(f"only in second: {name}")
-    call = report.plan().peft.get("call", {})
+    plan = report.plan()
+    call = plan.peft.get("call", {})
     lines.append("")
+    lines.extend(note for note in plan.notes if note.startswith("lossy:"))
     lines.append(
         "merge as recommended:  lorascope merge-audit A B --plan plan.json && "
         "lorascope merge A B --plan plan.json -o merged/"
@@ -141,6 +143,15 @@ def merged_text(report: MergeReport, show_layers: bool = False) -> str:
             lines.append(
                 f"{clean(x.name):<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}"
             )
+    over = report.over_max_error
+    if over:
+        worst = max((x for x in report.layers if x.name in set(over)), key=lambda x: x.rel_error)
+        lines.append(
+            f"LOSSY: {len(over)} of {s['n_layers']} layers lost more than {report.max_error:g} of the update "
+            f"their method intended (worst {worst.name}: {worst.rel_error:.3g}, {worst.method} at rank "
+            f"{worst.rank}); the adapter was written, but it is not that merge: raise the rank (or "
+            "use linear), or accept it with a larger --max-error"
+        )
     lines.extend(f"note: {n}" for n in report.notes)
     return _lines(lines)
 
@@ -178,7 +189,8 @@ def to_markdown(report: MergeAuditReport, show_layers: bool = True) -> str:
         if report.only[i]:
             out += ["", f"## Only in the {which} adapter", ""]
             out += [f"- {md_code(n)}" for n in report.only[i]]
-    call = report.plan().peft.get("call", {})
+    plan = report.plan()
+    call = plan.peft.get("call", {})
     args = ", ".join(f"{k}={json.dumps(v)}" for k, v in call.items())
     out += [
         "",
@@ -187,6 +199,7 @@ def to_markdown(report: MergeAuditReport, show_layers: bool = True) -> str:
         "As recommended: `lorascope merge-audit A B --plan plan.json && "
         "lorascope merge A B --plan plan.json -o merged/`",
         "",
+        *[f"**{md_text(n)}**\n" for n in plan.notes if n.startswith("lossy:")],
         f"Closest PEFT call: {md_code(f'model.add_weighted_adapter({args})')}",
     ]
     if report.notes:

@@ -25,6 +25,7 @@ class MergedLayer:
     rel_error: float  # written vs intended merged ΔW
     intended_norm: float
     compress_first: dict[int, int] = field(default_factory=dict)
+    scale: float = 1.0  # the written layer's scale (linear merges fold c = |w₁s₁| out of the factors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +39,7 @@ class MergedLayer:
             "rel_error": self.rel_error,
             "intended_norm": self.intended_norm,
             "compress_first": {str(k): v for k, v in self.compress_first.items()},
+            "scale": self.scale,
         }
 
 
@@ -48,6 +50,14 @@ class MergeReport:
     layers: tuple[MergedLayer, ...]
     notes: tuple[str, ...] = ()
     verified: bool = False  # the written file was read back and matched the computed factors
+    max_error: float | None = None  # layers whose rel_error exceeds this are flagged; None: not checked
+
+    @property
+    def over_max_error(self) -> tuple[str, ...]:
+        """Layers that lost more than `max_error` of the update their method intended."""
+        if self.max_error is None:
+            return ()
+        return tuple(x.name for x in self.layers if not x.rel_error <= self.max_error)
 
     def summary(self) -> dict[str, Any]:
         errs = [x.rel_error for x in self.layers]
@@ -61,6 +71,8 @@ class MergeReport:
             "mean_rel_error": float(np.mean(errs)) if errs else 0.0,
             "ranks": sorted({x.rank for x in self.layers}),
             "verified": self.verified,
+            "max_error": self.max_error,
+            "over_max_error": list(self.over_max_error),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ Recommendations (all parameters bounded, all formulas here and in docs/merge.md)
   CONFLICTING → dare_ties; IMBALANCED → linear with rebalanced weights.  trim and drop are
   reported for every layer, whatever the method.
 * rank (for methods that re-factorise): REDUNDANT → max(rᵢ), otherwise Σ rᵢ (capped at min(m, n)).
+  Such a recommendation says it is lossy (`LOSSY_REASON`), and so do the plan's notes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from ..errors import InvalidArgumentError
 from .pairwise import PairMetrics
 
 VERDICTS = ("SAFE", "REDUNDANT", "IMBALANCED", "CONFLICTING")  # ascending severity
+LOSSY_REASON = (
+    "lossy: {method} sparsifies ΔW, which makes it full-rank; re-factorised at rank {rank} the merged "
+    "layer keeps only part of it (merge reports each layer's loss and exits 1 above --max-error)"
+)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ def recommend(
     else:  # SAFE: nothing to resolve, so the exact merge; trim/drop are still reported
         method, density = "linear", None
         reasons.append("exact linear merge: no interference to resolve")
+    if method != "linear":
+        reasons.append(LOSSY_REASON.format(method=method, rank=rank))
     return Recommendation(
         method, weights, density, round(trim, 4), round(drop, 4), int(rank), compress_first, tuple(reasons)
     )
