@@ -295,3 +295,43 @@ def test_layers_parquet_matches_the_csv(corpus, tmp_path):
     )
     assert main(["study", str(corpus / "a"), "--out", str(tmp_path / "o2"), "--no-parquet", "-q"]) == 0
     assert not (tmp_path / "o2" / "layers.parquet").exists() and (tmp_path / "o2" / "layers.csv").exists()
+
+
+def test_hub_download_is_size_checked_before_any_byte(corpus, tmp_path, monkeypatch):
+    """Online path, with huggingface_hub replaced by a fake that records what is asked of it."""
+    import sys
+    import types
+
+    from lorascope.study.hub import ALLOW, resolve_repo
+    from lorascope.study.worker import StudyFailure
+
+    calls = []
+    sizes = {"adapter_config.json": 600, "adapter_model.safetensors": 5000, "pytorch_model.bin": 10**9}
+
+    def snapshot_download(repo_id, *, local_files_only=False, **kwargs):
+        calls.append(("snapshot", local_files_only, tuple(kwargs["allow_patterns"])))
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        return str(corpus / "b")
+
+    def model_info(self, repo_id, revision=None, files_metadata=False):
+        calls.append(("info", files_metadata))
+        siblings = [types.SimpleNamespace(rfilename=n, size=s) for n, s in sizes.items()]
+        return types.SimpleNamespace(siblings=siblings)
+
+    fake = types.SimpleNamespace(
+        snapshot_download=snapshot_download, HfApi=type("HfApi", (), {"model_info": model_info})
+    )
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(StudyFailure) as err:
+        resolve_repo("org/big", None, 5599, None)  # config + weights = 5600 bytes; the .bin is never counted
+    assert err.value.kind == "too large" and "5600 bytes" in str(err.value)
+    assert [c[0] for c in calls] == ["snapshot", "info"]  # no download after the size check
+    calls.clear()
+    assert resolve_repo("org/ok", None, 5600, None) == corpus / "b"
+    assert calls[-1] == ("snapshot", False, tuple(ALLOW))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StudyFailure) as err:
+        resolve_repo("org/ok", None, None, None)
+    assert err.value.kind == "not cached"
