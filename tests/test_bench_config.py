@@ -29,7 +29,10 @@ BASE = {"model": {"name": "minilm"}, "task": {"source": "rotten_tomatoes"}}
         ({"train": {"lr": "fast"}}, "key train.lr: must be a number in (0, 1], got 'fast'"),
         ({"lora": {"target_modules": []}}, "key lora.target_modules: must be a non-empty list of strings"),
         ({"compression": {"variants": ["uniform", "per_layer"]}}, "unknown variant 'uniform'"),
-        ({"compression": {"rounding": "pow3"}}, "key compression.rounding: must be 'none', 'pow2' or 'multiple:N'"),
+        (
+            {"compression": {"rounding": "pow3"}},
+            "key compression.rounding: must be 'none', 'pow2' or 'multiple:N'",
+        ),
         ({"policy": {"pass_rate_min": 1.5}}, "key policy.pass_rate_min: must be a number in [0, 1]"),
         ({"seeds": [1, 1]}, "key seeds: must be a non-empty list of distinct integers"),
         ({"task": {"source": "file"}}, "key task.path: source 'file' needs a CSV, JSONL or Parquet path"),
@@ -52,8 +55,12 @@ def test_yaml_and_defaults(tmp_path):
     path = write(tmp_path, "model:\n  name: minilm\ntask:\n  source: file\n  path: data.csv\n", "b.yaml")
     cfg = load_config(path)
     assert cfg["task"]["path"] == str(tmp_path / "data.csv")  # relative to the config file
-    assert cfg["policy"] == {"pass_rate_min": 0.67, "worst_delta_min": -0.025, "tolerance": -0.025,
-                             "probe_min_accuracy": 0.7}
+    assert cfg["policy"] == {
+        "pass_rate_min": 0.67,
+        "worst_delta_min": -0.025,
+        "tolerance": -0.025,
+        "probe_min_accuracy": 0.7,
+    }
     assert cfg.seeds == [42, 123, 456] and cfg["lora"]["alpha"] == 128.0
 
 

@@ -51,7 +51,9 @@ def test_aggregate_hand_computed():
     assert a["pass_count"] == 2 and a["fail_count"] == 1 and a["pass_rate"] == pytest.approx(2 / 3)
     assert a["delta_worst"] == pytest.approx(-0.03) and a["delta_best"] == pytest.approx(-0.01)
     assert a["delta_mean"] == pytest.approx((-0.01 - 0.03 - 0.01) / 3)
-    assert a["accuracy_std"] == pytest.approx(math.sqrt(((0.79 - 0.8033333) ** 2 * 2 + (0.83 - 0.8033333) ** 2) / 2), rel=1e-4)
+    assert a["accuracy_std"] == pytest.approx(
+        math.sqrt(((0.79 - 0.8033333) ** 2 * 2 + (0.83 - 0.8033333) ** 2) / 2), rel=1e-4
+    )
     # a: pass rate 0.667 < 0.67 and worst −0.03 < −0.025 → not compliant; b is
     ca, cb = agg["policy_compliance"]["a"], agg["policy_compliance"]["b"]
     assert not ca["policy_compliant"] and not ca["meets_pass_rate"] and not ca["meets_worst_delta"]
@@ -77,7 +79,12 @@ def test_policy_overrides_change_compliance():
 
 @pytest.mark.parametrize(
     ("n", "steps", "level"),
-    [(1, 1000, "screening"), (2, 1000, "screening_plus"), (3, 499, "screening_plus"), (3, 500, "certifiable")],
+    [
+        (1, 1000, "screening"),
+        (2, 1000, "screening_plus"),
+        (3, 499, "screening_plus"),
+        (3, 500, "certifiable"),
+    ],
 )
 def test_validation_level(n, steps, level):
     assert validation_level(n, steps)["level"] == level
@@ -100,8 +107,13 @@ def test_identical_plans_train_once():
         "truncate": {"x": 8, "y": 8},
     }
     uses, skipped = training_groups(plans, probe_r=16, max_candidates=None)
-    assert uses == {"uniform_median": "uniform_median", "uniform_p90": "uniform_median",
-                    "per_layer": "per_layer", "energy": "per_layer", "budget": "probe"}
+    assert uses == {
+        "uniform_median": "uniform_median",
+        "uniform_p90": "uniform_median",
+        "per_layer": "per_layer",
+        "energy": "per_layer",
+        "budget": "probe",
+    }
     assert skipped == []
     uses, skipped = training_groups(plans, probe_r=16, max_candidates=1)
     assert skipped == ["per_layer", "energy"] and uses["uniform_p90"] == "uniform_median"

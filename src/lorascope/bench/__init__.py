@@ -11,8 +11,16 @@ render.py (Markdown), progress.py (stderr).  Importing this package imports no t
 from .aggregate import aggregate, validation_level, verdict
 from .config import BenchConfig, load_config, with_overrides
 
-__all__ = ["BenchConfig", "BenchOptions", "aggregate", "load_config", "run_bench", "validation_level", "verdict",
-           "with_overrides"]
+__all__ = [
+    "BenchConfig",
+    "BenchOptions",
+    "aggregate",
+    "load_config",
+    "run_bench",
+    "validation_level",
+    "verdict",
+    "with_overrides",
+]
 
 
 def __getattr__(name: str):

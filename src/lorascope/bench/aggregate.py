@@ -45,7 +45,13 @@ def validation_level(n_seeds: int, steps: int) -> dict[str, Any]:
         why = f"{n_seeds} seeds, {steps} steps; certifiable needs ≥ 3 seeds and ≥ 500 steps"
     else:
         level, why = "screening", f"{n_seeds} seed: no estimate of seed-to-seed variation"
-    return {"level": level, "rationale": why, "is_multiseed": n_seeds > 1, "n_seeds": n_seeds, "max_steps": steps}
+    return {
+        "level": level,
+        "rationale": why,
+        "is_multiseed": n_seeds > 1,
+        "n_seeds": n_seeds,
+        "max_steps": steps,
+    }
 
 
 def safety_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +102,9 @@ def _variant(rows: list[dict[str, Any]], policy: Mapping[str, Any]) -> tuple[dic
     return result, compliance
 
 
-def aggregate(seed_docs: Sequence[Mapping[str, Any]], policy: Mapping[str, Any], steps: int) -> dict[str, Any]:
+def aggregate(
+    seed_docs: Sequence[Mapping[str, Any]], policy: Mapping[str, Any], steps: int
+) -> dict[str, Any]:
     """The combined document from every seed's bench.json (see the module docstring)."""
     ok = [d for d in seed_docs if d["status"] == "ok"]
     variants: list[str] = []

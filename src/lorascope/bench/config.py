@@ -207,7 +207,9 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
 
             doc = yaml.safe_load(text)
     except ImportError:
-        raise InvalidArgumentError("YAML configs need pyyaml (pip install pyyaml); or use JSON", path=path)
+        raise InvalidArgumentError(
+            "YAML configs need pyyaml (pip install pyyaml); or use JSON", path=path
+        ) from None
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: say where, in one line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InvalidArgumentError(f"not valid YAML/JSON: {first}", path=path) from None
@@ -293,7 +295,11 @@ def load_config(path: str | Path | None, *, preset: str | None = None) -> BenchC
 
 
 def with_overrides(
-    cfg: BenchConfig, *, seeds: list[int] | None = None, smoke: bool = False, max_candidates: int | None = None
+    cfg: BenchConfig,
+    *,
+    seeds: list[int] | None = None,
+    smoke: bool = False,
+    max_candidates: int | None = None,
 ) -> BenchConfig:
     """Command-line overrides.  --smoke: a tiny random BERT (the config's tokenizer), 24 steps, r=8,
     at most 512 training and 256 held-out examples, two seeds unless --seeds is given; a quick end to
@@ -304,11 +310,15 @@ def with_overrides(
             raise InvalidArgumentError("--smoke runs classification configs only (a random BERT)")
         raw["model"]["random_init"] = raw["model"]["random_init"] or dict(SMOKE_MODEL)
         raw["train"].update(steps=min(raw["train"]["steps"], 24), eval_interval=0, max_length=32)
-        raw["lora"].update(probe_r=min(raw["lora"]["probe_r"], 8), alpha=float(2 * min(raw["lora"]["probe_r"], 8)))
+        raw["lora"].update(
+            probe_r=min(raw["lora"]["probe_r"], 8), alpha=float(2 * min(raw["lora"]["probe_r"], 8))
+        )
         raw["task"]["max_train"] = min(raw["task"]["max_train"] or 512, 512)
         raw["task"]["max_eval"] = min(raw["task"]["max_eval"] or 256, 256)
         raw["compression"]["tune_steps"] = 4
-        raw["policy"]["probe_min_accuracy"] = 0.0  # a random BERT in 24 steps: check the pipeline, not quality
+        raw["policy"]["probe_min_accuracy"] = (
+            0.0  # a random BERT in 24 steps: check the pipeline, not quality
+        )
         raw["seeds"] = raw["seeds"][:2]
     if seeds is not None:
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:

@@ -85,7 +85,9 @@ def _columns(rows: list[dict[str, Any]], path: str, text_col: str, label_col: st
     for i, row in enumerate(rows):
         text, target = row.get(text_col), row.get(label_col)
         if not isinstance(text, str) or target is None or target == "":
-            raise FormatError(f"row {i + 1}: empty or non-text {text_col!r} or empty {label_col!r}", path=path)
+            raise FormatError(
+                f"row {i + 1}: empty or non-text {text_col!r} or empty {label_col!r}", path=path
+            )
         texts.append(text)
         targets.append(target)
     return texts, targets
@@ -128,7 +130,7 @@ def _from_rows(cfg: dict[str, Any]) -> tuple[list, list, list, list, str]:
 
 def _datasets(cfg: dict[str, Any]) -> tuple[list, list | None, str]:
     try:
-        import datasets
+        import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError("task.source 'datasets' needs the datasets package") from None
     name = cfg["dataset"]
@@ -138,7 +140,9 @@ def _datasets(cfg: dict[str, Any]) -> tuple[list, list | None, str]:
         raise InvalidArgumentError(f"task.dataset {name!r} does not load offline: {e}") from None
     for key in ("train_split", "test_split"):
         if cfg[key] not in ds:
-            raise InvalidArgumentError(f"task.{key} {cfg[key]!r} is not a split of {name}; splits: {list(ds)}")
+            raise InvalidArgumentError(
+                f"task.{key} {cfg[key]!r} is not a split of {name}; splits: {list(ds)}"
+            )
     return list(ds[cfg["train_split"]]), list(ds[cfg["test_split"]]), name
 
 
@@ -149,7 +153,9 @@ def load_task_data(cfg: dict[str, Any]) -> TaskData:
 
         s = load_task(cfg["rt_task"], seed=cfg["split_seed"])
         names: tuple[str, ...] = s.label_names
-        tx, ty, ex, ey = list(s.train_texts), list(s.train_labels), list(s.test_texts), list(s.test_labels)
+        tx, ex = list(s.train_texts), list(s.test_texts)
+        ty: list[Any] = list(s.train_labels)
+        ey: list[Any] = list(s.test_labels)
     else:
         tx, ty, ex, ey, where = _from_rows(cfg)
         if cfg["kind"] == "classification":

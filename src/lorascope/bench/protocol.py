@@ -48,8 +48,9 @@ class BenchOptions:
 
 def _git_commit() -> str | None:
     try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                           text=True, timeout=5)
+        p = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return p.stdout.strip() or None if p.returncode == 0 else None
@@ -73,23 +74,42 @@ def environment(cfg: BenchConfig, device: str) -> dict[str, Any]:
     }
 
 
-def prepare_out(cfg: BenchConfig, opts: BenchOptions) -> None:
-    """A new bench needs an empty (or new) --out; --resume needs the same config as the one it resumes."""
+def check_out(cfg: BenchConfig, opts: BenchOptions) -> bool:
+    """A new bench needs an empty (or new) --out; --resume needs the same config as the one it
+    resumes.  Returns whether --out already holds this bench."""
     marker = opts.out / "bench_config.json"
     if marker.is_file():
         if not opts.resume:
-            raise InvalidArgumentError("already holds a bench; pass --resume to continue it or choose another --out",
-                                       path=opts.out)
+            raise InvalidArgumentError(
+                "already holds a bench; pass --resume to continue it or choose another --out", path=opts.out
+            )
         stored = read_json(marker)
         if stored.get("config_hash") != config_hash(cfg.raw):
-            raise InvalidArgumentError("holds a bench run with another config (or other --seeds/--smoke); "
-                                       "resume with the same arguments or choose another --out", path=opts.out)
-        return
+            raise InvalidArgumentError(
+                "holds a bench run with another config (or other --seeds/--smoke); "
+                "resume with the same arguments or choose another --out",
+                path=opts.out,
+            )
+        return True
     if opts.out.exists() and (not opts.out.is_dir() or any(opts.out.iterdir())):
         raise InvalidArgumentError("exists and is not an empty folder; choose another --out", path=opts.out)
+    return False
+
+
+def prepare_out(cfg: BenchConfig, opts: BenchOptions) -> None:
+    if check_out(cfg, opts):
+        return
+    marker = opts.out / "bench_config.json"
     opts.out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"schema": "lorascope.bench_config/v1", "config_hash": config_hash(cfg.raw),
-                        "source": cfg.source, "config": cfg.raw})
+    write_json(
+        marker,
+        {
+            "schema": "lorascope.bench_config/v1",
+            "config_hash": config_hash(cfg.raw),
+            "source": cfg.source,
+            "config": cfg.raw,
+        },
+    )
 
 
 class Bench:
@@ -106,11 +126,13 @@ class Bench:
         from .train import Runtime
 
         start = time.perf_counter()
-        prepare_out(self.cfg, self.opts)
+        check_out(self.cfg, self.opts)  # refuse a used --out before any work
         self.progress.note(f"loading task data and tokenizer ({self.cfg.source})")
         data = load_task_data(self.cfg["task"])
         self.rt = Runtime(self.cfg.raw, data, self.opts.device)
+        self.rt.check_model()  # a model folder without a usable config fails now, before --out exists
         self.env = environment(self.cfg, self.opts.device)
+        prepare_out(self.cfg, self.opts)
         docs = [self.run_seed(seed) for seed in self.cfg.seeds]
         steps = self.cfg["train"]["steps"]
         agg = aggregate(docs, self.cfg["policy"], steps)
@@ -181,22 +203,33 @@ class Bench:
         audit_rec = self._stage(store, "audit", lambda work: self._audit(store, work))
         doc["probe"].update(audit_rec["probe_facts"])
         plans = audit_rec["plans"]
-        uses, skipped = training_groups(plans, self.cfg["lora"]["probe_r"], self.cfg["compression"]["max_candidates"])
+        uses, skipped = training_groups(
+            plans, self.cfg["lora"]["probe_r"], self.cfg["compression"]["max_candidates"]
+        )
         records: dict[str, dict[str, Any]] = {"probe": probe_rec}
-        for variant, owner in uses.items():
+        for owner in dict.fromkeys(uses.values()):  # distinct trainings, in variant order
             if owner not in records:
-                plan = plans[owner]
                 records[owner] = self._stage(
-                    store, owner, lambda work, p=plan: self._train_eval(
-                        work, seed, self.rt.peft_model(seed, p), steps, f"{owner} seed {seed}")
+                    store, owner, self._retrain(seed, plans[owner], f"{owner} seed {seed}")
                 )
         for control in (c for c in CONTROLS if c in plans):
-            records[control] = self._stage(store, control, lambda work, c=control: self._control(store, work, seed, c, plans[c]))
+            records[control] = self._stage(
+                store, control, self._control_fn(store, seed, control, plans[control])
+            )
             uses[control] = control
         doc["compressed"] = self._compressed(plans, uses, records, audit_rec["layer_sizes"], probe_rec)
         for v in skipped:
             doc["compressed"][v] = {"status": "skipped", "reason": "--max-candidates", "accuracy": None}
         return self._finish_seed(store, doc)
+
+    def _retrain(self, seed: int, plan: dict[str, int], name: str) -> Callable[[Path], dict[str, Any]]:
+        steps = self.cfg["train"]["steps"]
+        return lambda work: self._train_eval(work, seed, self.rt.peft_model(seed, plan), steps, name)
+
+    def _control_fn(
+        self, store: Store, seed: int, name: str, plan: dict[str, int]
+    ) -> Callable[[Path], dict[str, Any]]:
+        return lambda work: self._control(store, work, seed, name, plan)
 
     def _audit(self, store: Store, work: Path) -> dict[str, Any]:
         from ..audit import audit_adapter
@@ -218,22 +251,35 @@ class Bench:
             "energy_threshold": float(comp["energy"]),
         }
         sizes = {x.name: x.info.in_features + x.info.out_features for x in report.layers}
-        return {"plans": plans, "probe_facts": facts, "layer_sizes": sizes, "audit_s": time.perf_counter() - t0}
+        return {
+            "plans": plans,
+            "probe_facts": facts,
+            "layer_sizes": sizes,
+            "audit_s": time.perf_counter() - t0,
+        }
 
-    def _control(self, store: Store, work: Path, seed: int, name: str, plan: dict[str, int]) -> dict[str, Any]:
+    def _control(
+        self, store: Store, work: Path, seed: int, name: str, plan: dict[str, int]
+    ) -> dict[str, Any]:
         """truncate: the probe's ΔW SVD-truncated to `plan` (lorascope compress), evaluated as is;
         truncate_tune: that truncated adapter tuned for tune_steps more steps (same seed)."""
         from ..compress import compress_adapter
         from ..formats import load, save
 
-        source = store.root / "truncate" / "adapter" if name == "truncate_tune" and store.done("truncate") else None
+        source = (
+            store.root / "truncate" / "adapter"
+            if name == "truncate_tune" and store.done("truncate")
+            else None
+        )
         if source is None:
             probe = load(store.root / "probe" / "adapter")
             source = work / "truncated"
             save(compress_adapter(probe, plan), source, format="peft", source=probe)
         tune = name == "truncate_tune"
         model = self.rt.load_adapter(seed, source, trainable=tune)
-        steps = (self.cfg["compression"]["tune_steps"] or max(1, self.cfg["train"]["steps"] // 5)) if tune else 0
+        steps = (
+            (self.cfg["compression"]["tune_steps"] or max(1, self.cfg["train"]["steps"] // 5)) if tune else 0
+        )
         rec = self._train_eval(work, seed, model, steps, f"{name} seed {seed}")
         shutil.rmtree(work / "truncated", ignore_errors=True)
         return rec
@@ -261,7 +307,7 @@ class Bench:
             "summary": {"notes": []},
             "param_counting": {
                 "params": "LoRA factor parameters r·(in+out), summed over LoRA layers (the headline)",
-                "trainable_params": "every trainable parameter: LoRA factors plus saved heads (modules_to_save)",
+                "trainable_params": "LoRA factors plus saved heads (modules_to_save): all trainable",
             },
             "safety_policy": dict(c["policy"]),
         }

@@ -33,7 +33,8 @@ def seed_md(doc: Mapping[str, Any]) -> str:
     ]
     if doc["compressed"]:
         lines += [
-            "| variant | rank | LoRA params | accuracy | Δ vs probe | fewer LoRA params | fewer trainable | verdict |",
+            "| variant | rank | LoRA params | accuracy | Δ vs probe | fewer LoRA params | fewer trainable "
+            "| verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in doc["compressed"].items():
@@ -64,8 +65,11 @@ def aggregate_md(agg: Mapping[str, Any]) -> str:
     ]
     base = agg["probe_baseline"]
     if base:
-        lines += [f"probe accuracy: {_acc(base['accuracy_mean'])} ± {base['accuracy_std']:.4f} "
-                  f"(min {_acc(base['accuracy_min'])}, max {_acc(base['accuracy_max'])})", ""]
+        lines += [
+            f"probe accuracy: {_acc(base['accuracy_mean'])} ± {base['accuracy_std']:.4f} "
+            f"(min {_acc(base['accuracy_min'])}, max {_acc(base['accuracy_max'])})",
+            "",
+        ]
     lines += [
         "| variant | mean rank | accuracy mean ± std | Δ mean | Δ worst | pass rate | fewer LoRA params "
         "| fewer trainable | compliant |",
@@ -74,7 +78,8 @@ def aggregate_md(agg: Mapping[str, Any]) -> str:
     for name, r in agg["variant_results"].items():
         c = agg["policy_compliance"][name]
         lines.append(
-            f"| {md_text(name)} | {r['rank_mean']:.1f} | {_acc(r['accuracy_mean'])} ± {r['accuracy_std']:.4f} | "
+            f"| {md_text(name)} | {r['rank_mean']:.1f} | "
+            f"{_acc(r['accuracy_mean'])} ± {r['accuracy_std']:.4f} | "
             f"{_delta(r['delta_mean'])} | {_delta(r['delta_worst'])} | {r['pass_count']}/{r['n_seeds']} | "
             f"{_pct(r['param_reduction_mean'])} | {_pct(r['param_reduction_trainable_mean'])} | "
             f"{'yes' if c['policy_compliant'] else 'no'} |"
@@ -83,7 +88,8 @@ def aggregate_md(agg: Mapping[str, Any]) -> str:
     lines.append("")
     if best:
         lines.append(
-            f"best compliant compression: **{md_text(best['variant'])}**, {_pct(best['param_reduction'])} fewer "
+            f"best compliant compression: **{md_text(best['variant'])}**, "
+            f"{_pct(best['param_reduction'])} fewer "
             f"LoRA factor parameters ({_pct(best['param_reduction_trainable'])} of all trainable), "
             f"worst-seed Δ {_delta(best['delta_worst'])}"
         )
@@ -91,6 +97,9 @@ def aggregate_md(agg: Mapping[str, Any]) -> str:
         lines.append("no variant is policy-compliant")
     t = agg.get("timing")
     if t:
-        lines += ["", f"wall time {t['wall_s']:.0f} s: training {t['train_s']:.0f} s, evaluation {t['eval_s']:.0f} s, "
-                  f"other {t['overhead_s']:.0f} s ({_pct(t['overhead_share'])})"]
+        lines += [
+            "",
+            f"wall time {t['wall_s']:.0f} s: training {t['train_s']:.0f} s, evaluation {t['eval_s']:.0f} s, "
+            f"other {t['overhead_s']:.0f} s ({_pct(t['overhead_share'])})",
+        ]
     return "\n".join(lines) + "\n"

