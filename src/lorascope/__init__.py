@@ -15,6 +15,8 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
     check_config(CheckInput) -> [Finding]       pre-flight LoRA config / training-args findings
     monitor_run(run.jsonl) -> MonitorReport     run-log summary and rule alerts; RunWriter writes logs
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
+    run_bench(load_bench_config(path), BenchOptions(out=...)) -> dict
+                                                probe → audit → retrain → evaluate over seeds (torch)
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ _API = {
     "RunWriter": ".telemetry",
     "read_run": ".telemetry",
     "LorascopeCallback": ".integrations.hf",
+    "BenchOptions": ".bench",
+    "load_bench_config": ".bench",
+    "run_bench": ".bench",
 }
 
 
@@ -74,6 +79,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .audit import AuditOptions, AuditReport, audit_adapter
+    from .bench import BenchOptions, load_bench_config, run_bench
     from .check import CheckInput, check_config
     from .compress import (
         CompressOptions,
@@ -97,6 +103,7 @@ __all__ = [
     "Adapter",
     "AuditOptions",
     "AuditReport",
+    "BenchOptions",
     "CheckInput",
     "CompressOptions",
     "CompressReport",
@@ -119,10 +126,12 @@ __all__ = [
     "convert_file",
     "detect",
     "load",
+    "load_bench_config",
     "merge_adapters",
     "merge_audit",
     "merge_files",
     "monitor_run",
     "plan_ranks",
     "read_run",
+    "run_bench",
 ]

@@ -8,13 +8,23 @@ store.py (crash-safe stages), protocol.py (the run), aggregate.py (verdicts, pol
 render.py (Markdown), progress.py (stderr).  Importing this package imports no torch.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .aggregate import aggregate, validation_level, verdict
 from .config import BenchConfig, load_config, with_overrides
+
+load_bench_config = load_config  # the public name (lorascope.load_bench_config)
+
+if TYPE_CHECKING:
+    from .protocol import BenchOptions
 
 __all__ = [
     "BenchConfig",
     "BenchOptions",
     "aggregate",
+    "load_bench_config",
     "load_config",
     "run_bench",
     "validation_level",
@@ -23,7 +33,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in ("BenchOptions", "Bench"):
         from . import protocol
 
@@ -31,7 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def run_bench(cfg: BenchConfig, opts) -> dict:
+def run_bench(cfg: BenchConfig, opts: BenchOptions) -> dict[str, Any]:
     """Run the whole bench (see protocol.py); returns the aggregate document."""
     from .protocol import Bench
 

@@ -24,7 +24,7 @@ MINILM_RT: dict[str, Any] = {
     },
     "train": {
         "steps": 120,
-        "lr": 2e-3,
+        "lr": 1e-3,
         "batch_size": 16,
         "max_length": 32,
         "eval_interval": 0,
