@@ -266,3 +266,20 @@ def test_generation_task_end_to_end(tmp_path):
     assert doc["status"] == "ok" and doc["probe"]["n_eval"] == 8
     assert json.loads((out / "seed_1" / "probe" / "eval.json").read_text())["metric"] == "exact_match"
     assert set(doc["compressed"]) == {"uniform_median", "truncate"}
+
+
+def test_variant_alpha_keeps_the_probe_scale_or_alpha():
+    from lorascope.bench.train import Runtime
+
+    rt = Runtime.__new__(Runtime)  # lora_config needs only the config
+    rt.generation = False
+    base = {"probe_r": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": ["q"], "rslora": False}
+    rt.cfg = {"lora": {**base, "variant_alpha": "keep_scale"}}
+    c = rt.lora_config({"a": 4, "b": 4, "c": 8})  # scale 32/16 = 2 in every layer
+    assert (c.r, c.lora_alpha, c.rank_pattern, c.alpha_pattern) == (4, 8.0, {"c": 8}, {"c": 16.0})
+    rt.cfg = {"lora": {**base, "variant_alpha": "keep_alpha"}}
+    c = rt.lora_config({"a": 4, "b": 4, "c": 8})
+    assert (c.r, c.lora_alpha, c.alpha_pattern) == (4, 32.0, {})
+    rt.cfg = {"lora": {**base, "rslora": True, "variant_alpha": "keep_scale"}}
+    c = rt.lora_config({"a": 4, "b": 4, "c": 16})  # scale 32/√16 = 8: alpha 8·√4, 8·√16
+    assert (c.lora_alpha, c.alpha_pattern) == (16.0, {"c": 32.0})

@@ -147,6 +147,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[Any], str | None]]]] = {
         "dropout": (0.05, _num(0.0, 0.9)),
         "target_modules": (["query", "key", "value"], _str_list),
         "rslora": (False, _bool),
+        # how a variant at rank k sets lora_alpha: keep_scale (alpha/r, or alpha/√r with rsLoRA, equal
+        # to the probe's in every layer) or keep_alpha (the probe's lora_alpha, so the scale grows as k
+        # shrinks)
+        "variant_alpha": ("keep_scale", _str("keep_scale", "keep_alpha")),
     },
     "compression": {
         "variants": (list(VARIANTS), _variants),

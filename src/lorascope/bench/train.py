@@ -204,15 +204,20 @@ class Runtime:
         root = math.sqrt if lcfg["rslora"] else (lambda x: x)
         scale = lcfg["alpha"] / root(lcfg["probe_r"])
         default_r = Counter(plan.values()).most_common(1)[0][0] if plan else lcfg["probe_r"]
+        if lcfg["variant_alpha"] == "keep_alpha":
+            alpha, pattern = lcfg["alpha"], {}
+        else:  # keep_scale: alpha_k = scale · k (or scale · √k), the probe's scale in every layer
+            alpha = scale * root(default_r)
+            pattern = {k: scale * root(v) for k, v in plan.items() if v != default_r}
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM if self.generation else TaskType.SEQ_CLS,
             r=default_r,
-            lora_alpha=scale * root(default_r),
+            lora_alpha=alpha,
             lora_dropout=lcfg["dropout"],
             target_modules=list(lcfg["target_modules"]),
             use_rslora=lcfg["rslora"],
             rank_pattern={k: v for k, v in plan.items() if v != default_r},
-            alpha_pattern={k: scale * root(v) for k, v in plan.items() if v != default_r},
+            alpha_pattern=pattern,
         )
 
     def peft_model(self, seed: int, plan: Mapping[str, int]):
