@@ -122,4 +122,5 @@ def test_identical_plans_train_once():
 def test_plan_summary_counts_lora_factors():
     s = plan_summary({"x": 4, "y": 8, "z": 8}, {"x": 10, "y": 20, "z": 30})
     assert s["rank"] == 8 and s["rank_pattern"] == {"x": 4} and not s["uniform"]
+    assert s["rank_mean"] == pytest.approx(20 / 3)
     assert s["lora_params"] == 4 * 10 + 8 * 20 + 8 * 30

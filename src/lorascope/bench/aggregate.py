@@ -87,7 +87,8 @@ def _variant(rows: list[dict[str, Any]], policy: Mapping[str, Any]) -> tuple[dic
         "param_reduction_mean": red["mean"],
         "param_reduction_std": red["std"],
         "param_reduction_trainable_mean": red_all["mean"],
-        "rank_mean": sum(r["rank"] for r in rows) / len(rows),
+        # the mean over seeds of each plan's mean rank over layers (documents without it: `rank`)
+        "rank_mean": sum(r.get("rank_mean", r["rank"]) for r in rows) / len(rows),
     }
     meets_rate = pass_rate >= policy["pass_rate_min"] - 1e-12
     meets_worst = delta["min"] >= policy["worst_delta_min"] - 1e-12

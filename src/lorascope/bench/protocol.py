@@ -322,6 +322,7 @@ class Bench:
                 "rank": summary["rank"],
                 "rank_min": summary["rank_min"],
                 "rank_max": summary["rank_max"],
+                "rank_mean": summary["rank_mean"],
                 "rank_pattern": summary["rank_pattern"],
                 "params": rec["lora_params"],
                 "trainable_params": rec["trainable_params"],

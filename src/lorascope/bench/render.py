@@ -71,8 +71,8 @@ def aggregate_md(agg: Mapping[str, Any]) -> str:
             "",
         ]
     lines += [
-        "| variant | mean rank | accuracy mean ± std | Δ mean | Δ worst | pass rate | fewer LoRA params "
-        "| fewer trainable | compliant |",
+        "| variant | mean rank (layers, seeds) | accuracy mean ± std | Δ mean | Δ worst | pass rate "
+        "| fewer LoRA params | fewer trainable | compliant |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in agg["variant_results"].items():

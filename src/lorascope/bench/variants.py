@@ -105,6 +105,7 @@ def plan_summary(plan: Mapping[str, int], layer_sizes: Mapping[str, int]) -> dic
         "rank": common,
         "rank_min": min(ranks, default=0),
         "rank_max": max(ranks, default=0),
+        "rank_mean": sum(ranks) / len(ranks) if ranks else 0.0,  # over layers
         "uniform": len(set(ranks)) <= 1,
         "rank_pattern": {n: k for n, k in sorted(plan.items()) if k != common},
         "lora_params": sum(k * layer_sizes[n] for n, k in plan.items()),
