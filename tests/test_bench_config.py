@@ -74,8 +74,10 @@ def test_bad_yaml_is_one_line(tmp_path, capsys):
 def test_missing_config_and_preset_rules(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "config file not found" in capsys.readouterr().err
-    assert main(["bench", "--out", str(tmp_path / "o")]) == 2
-    assert "give a CONFIG file or --preset" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "nope.yaml"), "--preset", "minilm-rt", "--out", "o"]) == 2
+    assert "give a CONFIG file or --preset, not both" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path / "o"), "--print-config"]) == 0  # the embedded default
+    assert json.loads(capsys.readouterr().out)["task"]["source"] == "rotten_tomatoes"
 
 
 def test_presets_validate_and_print(capsys):

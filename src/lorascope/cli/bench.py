@@ -25,7 +25,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="bench config, YAML or JSON (or use --preset)")
+    p.add_argument("config", nargs="?", help="bench config, YAML or JSON (default: --preset minilm-rt)")
     p.add_argument("--preset", choices=PRESET_NAMES, help="a shipped config (minilm-rt runs offline on CPU)")
     p.add_argument("--out", required=True, type=Path, help="output folder (new, or the one to --resume)")
     p.add_argument(
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is not None and args.preset is not None:
         raise InvalidArgumentError("give a CONFIG file or --preset, not both")
-    cfg = load_config(args.config, preset=args.preset)
+    preset = args.preset if args.config is not None or args.preset else "minilm-rt"  # the embedded default
+    cfg = load_config(args.config, preset=preset)
     cfg = with_overrides(cfg, seeds=args.seeds, smoke=args.smoke, max_candidates=args.max_candidates)
     if args.print_config:
         emit(json.dumps(cfg.raw, indent=2) + "\n")
