@@ -103,7 +103,10 @@ def _split(texts: list, targets: list, fraction: float, seed: int) -> tuple[list
 
 
 def _encode_labels(train: list, test: list, where: str) -> tuple[tuple[str, ...], list[int], list[int]]:
-    names = sorted({str(v) for v in train}, key=lambda s: (len(s), s) if s.lstrip("-").isdigit() else (0, s))
+    def order(s: str) -> tuple[int, int, str]:  # integer labels by value (0, 1, ..., 10), then text
+        return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
+
+    names = sorted({str(v) for v in train}, key=order)
     if len(names) < 2:
         raise FormatError("classification needs at least two distinct labels in training data", path=where)
     index = {n: i for i, n in enumerate(names)}
