@@ -77,6 +77,13 @@ def test_policy_overrides_change_compliance():
     assert aggregate(docs, looser, steps=100)["best_compression"]["variant"] == "a"
 
 
+def test_a_plan_that_compresses_nothing_is_never_best():
+    docs = [seed_doc(s, 0.80, {"same": (0.80, 0.0, 16)}) for s in (1, 2, 3)]
+    agg = aggregate(docs, POLICY, steps=500)
+    assert agg["policy_compliance"]["same"]["policy_compliant"]
+    assert agg["best_compression"] is None and not agg["any_compliant"]
+
+
 @pytest.mark.parametrize(
     ("n", "steps", "level"),
     [

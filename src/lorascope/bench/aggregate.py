@@ -9,7 +9,7 @@ Definitions (Gradience's key names where it has them):
   std              sample standard deviation (n − 1); 0.0 for a single seed
   param_reduction  1 − variant LoRA factor params / probe LoRA factor params: the headline count.
                    param_reduction_trainable counts every trainable parameter (heads included).
-  best_compression the compliant variant with the largest mean param_reduction (ties: higher
+  best_compression the compliant variant with the largest mean param_reduction > 0 (ties: higher
                    mean accuracy, then name)
   validation level screening (1 seed), screening_plus (≥ 2 seeds), certifiable (≥ 3 seeds and
                    ≥ 500 training steps)
@@ -117,7 +117,10 @@ def aggregate(
         if rows:
             results[v], compliance[v] = _variant(rows, policy)
     probe = stats([d["probe"]["accuracy"] for d in ok]) if ok else None
-    compliant = [v for v in results if compliance[v]["policy_compliant"]]
+    # a plan that kept the probe's ranks compresses nothing: compliant, but never "best compression"
+    compliant = [
+        v for v in results if compliance[v]["policy_compliant"] and results[v]["param_reduction_mean"] > 0
+    ]
     best = max(
         compliant,
         key=lambda v: (results[v]["param_reduction_mean"], results[v]["accuracy_mean"], v),

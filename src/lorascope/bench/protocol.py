@@ -338,7 +338,9 @@ class Bench:
         return out
 
     def _finish_seed(self, store: Store, doc: dict[str, Any]) -> dict[str, Any]:
-        ok = [v for v, r in doc["compressed"].items() if r.get("verdict") == "PASS"]
+        ok = [
+            v for v, r in doc["compressed"].items() if r.get("verdict") == "PASS" and r["param_reduction"] > 0
+        ]
         best = max(ok, key=lambda v: doc["compressed"][v]["param_reduction"], default=None)
         doc["summary"].update({"recommendations_validated": bool(ok), "best_compression": best})
         write_json(store.root / "bench.json", doc)
