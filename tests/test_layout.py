@@ -22,7 +22,7 @@ LAYERS = {
     1: {"spectral", "structured", "metrics", "_parallel"},
     2: {"formats", "passes"},
     3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study"},
-    4: {"integrations"},
+    4: {"integrations", "bench"},
     5: {"cli", "__main__", "__init__"},
 }
 LAYER_OF = {name: level for level, names in LAYERS.items() for name in names}

@@ -16,6 +16,8 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
     monitor_run(run.jsonl) -> MonitorReport     run-log summary and rule alerts; RunWriter writes logs
     run_study(sources, out) -> StudyResult      audit many adapters into journals and tables (StudyOptions)
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
+    run_bench(load_bench_config(path), BenchOptions(out=...)) -> dict
+                                                probe → audit → retrain → evaluate over seeds (torch)
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ _API = {
     "StudyResult": ".study",
     "run_study": ".study",
     "LorascopeCallback": ".integrations.hf",
+    "BenchOptions": ".bench",
+    "load_bench_config": ".bench",
+    "run_bench": ".bench",
 }
 
 
@@ -78,6 +83,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .audit import AuditOptions, AuditReport, audit_adapter
+    from .bench import BenchOptions, load_bench_config, run_bench
     from .check import CheckInput, check_config
     from .compress import (
         CompressOptions,
@@ -102,6 +108,7 @@ __all__ = [
     "Adapter",
     "AuditOptions",
     "AuditReport",
+    "BenchOptions",
     "CheckInput",
     "CompressOptions",
     "CompressReport",
@@ -126,11 +133,13 @@ __all__ = [
     "convert_file",
     "detect",
     "load",
+    "load_bench_config",
     "merge_adapters",
     "merge_audit",
     "merge_files",
     "monitor_run",
     "plan_ranks",
     "read_run",
+    "run_bench",
     "run_study",
 ]

@@ -23,6 +23,7 @@ COMMANDS = {
     "monitor": ("monitor", "summarise a training run log and raise alerts"),
     "check": ("check", "validate a LoRA config and training args before training"),
     "study": ("study", "audit many adapters (folders, lists, Hub repos) into one dataset and tables"),
+    "bench": ("bench", "retrain at the audited ranks over seeds; verdicts under a safety policy"),
 }
 
 

@@ -1,0 +1,63 @@
+"""Crash-safe stages: a stage's folder exists iff the stage finished.
+
+`Store.run(name, fn)` returns the stage's record.  A finished stage (its folder holds stage.json) is
+never run again: its record is read back.  Otherwise `fn(work)` runs in `.NAME.partial/`, its record
+is written there as stage.json, and the folder is renamed to NAME in one `os.replace` (atomic on one
+file system), so `kill -9` at any moment leaves either a finished stage or a partial folder that the
+next run removes and redoes.  Top-level files (bench.json, ...) are written through a temporary and
+a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import jsontext
+from ..formats._write import write_text_atomic
+
+RECORD = "stage.json"
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    write_text_atomic(path, jsontext.dumps(doc))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+        self.ran: list[str] = []  # stages run (not read back) by this process
+
+    def done(self, name: str) -> bool:
+        return (self.root / name / RECORD).is_file()
+
+    def record(self, name: str) -> dict[str, Any]:
+        return read_json(self.root / name / RECORD)
+
+    def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        final = self.root / name
+        if self.done(name):
+            return self.record(name)
+        if final.exists():  # only a crash between our rename steps could leave this; redo it
+            shutil.rmtree(final)
+        work = self.root / f".{name}.partial"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        record = fn(work)
+        write_json(work / RECORD, record)
+        os.replace(work, final)
+        self.ran.append(name)
+        return record
+
+    def clean_partials(self) -> None:
+        for p in self.root.glob(".*.partial"):
+            shutil.rmtree(p, ignore_errors=True)

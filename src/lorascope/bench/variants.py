@@ -1,0 +1,112 @@
+"""Candidate rank plans from the probe's audit: {variant: {module path: rank}}, no torch.
+
+uniform_median / uniform_p90  the audit's global suggestion (energy rank at τ, median / p90 over
+                              layers, rounded up by the configured rule): one rank everywhere
+per_layer                     the audit's per-layer suggestion (a PEFT rank_pattern)
+energy                        compress's planner, mode energy τ (smallest k keeping τ of Σσ²)
+budget                        compress's planner, mode budget_ratio x (best energy for x of the params)
+truncate / truncate_tune      the controls: the probe itself SVD-truncated to `control_plan`'s ranks
+                              (and then briefly tuned); they are never retrained from scratch
+
+Every rank is capped at the probe's and, with `allowed_ranks`, snapped up to the smallest allowed
+rank ≥ it (the largest allowed one when none is).  `training_groups` groups variants whose plans are
+identical, so each distinct plan is trained once; a plan equal to the probe's is the probe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..audit import AuditOptions, AuditReport
+from ..compress import RankMode, plan_ranks
+from ..rounding import Rounding
+from .config import CONTROLS, RETRAINED
+
+Plan = dict[str, int]
+
+
+def audit_options(compression: Mapping[str, Any]) -> AuditOptions:
+    return AuditOptions(
+        thresholds=(float(compression["energy"]),), rounding=Rounding.parse(compression["rounding"])
+    )
+
+
+def snap(k: int, allowed: Sequence[int] | None, cap: int) -> int:
+    k = max(1, min(int(k), cap))
+    if not allowed:
+        return k
+    usable = [a for a in allowed if a <= cap] or [cap]
+    i = bisect.bisect_left(usable, k)
+    return usable[i] if i < len(usable) else usable[-1]
+
+
+def plans_from_audit(report: AuditReport, compression: Mapping[str, Any], probe_r: int) -> dict[str, Plan]:
+    """Every configured variant's plan (controls get `control_plan`'s)."""
+    rule = Rounding.parse(compression["rounding"])
+    names = [layer.name for layer in report.layers]
+    raw: dict[str, Mapping[str, int]] = {
+        "uniform_median": dict.fromkeys(names, int(report.suggestions["median"]["rank"])),
+        "uniform_p90": dict.fromkeys(names, int(report.suggestions["p90"]["rank"])),
+        "per_layer": {layer.name: int(layer.suggested_rank) for layer in report.layers},
+        "energy": plan_ranks(report, RankMode("energy", float(compression["energy"]), rounding=rule)),
+        "budget": plan_ranks(
+            report, RankMode("budget_ratio", float(compression["budget_ratio"]), rounding=rule)
+        ),
+    }
+    allowed = compression["allowed_ranks"]
+    snapped = {v: {n: snap(k, allowed, probe_r) for n, k in plan.items()} for v, plan in raw.items()}
+    out: dict[str, Plan] = {}
+    for variant in compression["variants"]:
+        source = compression["control_plan"] if variant in CONTROLS else variant
+        out[variant] = dict(snapped[source])
+    return out
+
+
+def plan_key(plan: Mapping[str, int]) -> str:
+    text = json.dumps(sorted(plan.items()), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def training_groups(
+    plans: Mapping[str, Plan], probe_r: int, max_candidates: int | None
+) -> tuple[dict[str, str], list[str]]:
+    """({retrained variant: the variant whose training it uses, or "probe"}, variants skipped by
+    max_candidates).  The first variant (in config order) with a plan trains it."""
+    owner_of: dict[str, str] = {}
+    uses: dict[str, str] = {}
+    skipped: list[str] = []
+    for variant, plan in plans.items():
+        if variant not in RETRAINED:
+            continue
+        if all(k == probe_r for k in plan.values()):
+            uses[variant] = "probe"
+            continue
+        key = plan_key(plan)
+        if key not in owner_of:
+            if max_candidates is not None and len(owner_of) >= max_candidates:
+                skipped.append(variant)
+                continue
+            owner_of[key] = variant
+        uses[variant] = owner_of[key]
+    return uses, skipped
+
+
+def plan_summary(plan: Mapping[str, int], layer_sizes: Mapping[str, int]) -> dict[str, Any]:
+    """rank (the most common one, Gradience's single number), min/max, the PEFT rank_pattern, and the
+    LoRA factor parameters r·(in+out) summed over layers."""
+    ranks = list(plan.values())
+    common = Counter(ranks).most_common(1)[0][0] if ranks else 0
+    return {
+        "rank": common,
+        "rank_min": min(ranks, default=0),
+        "rank_max": max(ranks, default=0),
+        "rank_mean": sum(ranks) / len(ranks) if ranks else 0.0,  # over layers
+        "uniform": len(set(ranks)) <= 1,
+        "rank_pattern": {n: k for n, k in sorted(plan.items()) if k != common},
+        "lora_params": sum(k * layer_sizes[n] for n, k in plan.items()),
+    }
