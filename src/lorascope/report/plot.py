@@ -1,0 +1,101 @@
+"""Plots as inline SVG, drawn with matplotlib (object API only: no pyplot, no global figure state).
+
+Why matplotlib and SVG: the page must open offline, print, and stay small.  An SVG is text inside
+the HTML (no script, no network, no canvas to size), scales to any window width, prints as
+vectors, and matplotlib draws every chart the report needs (log axes, heatmaps, box plots) with
+one well-kept dependency.  Text stays text (`svg.fonttype = none`: a few bytes per label instead of
+glyph outlines); the output is deterministic (fixed hash salt, no date).
+
+Readable without colour: every series also differs by marker or line style (the STYLE tables), and
+every figure has a table of its numbers under it.  Colours are the Okabe–Ito palette (distinct
+under the common colour-vision deficiencies).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from ..errors import MissingDependencyError
+from .html import esc
+
+# Okabe & Ito (2008), "Color Universal Design"
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+# module type -> (colour, line style, marker)
+MODULE_STYLE = {
+    "attention": ("#0072B2", "-", "o"),
+    "mlp": ("#D55E00", "--", "s"),
+    "other": ("#009E73", ":", "^"),
+}
+# merge verdict -> (colour, marker); the worst verdicts get the heaviest markers
+VERDICT_STYLE = {
+    "SAFE": ("#009E73", "o"),
+    "REDUNDANT": ("#0072B2", "s"),
+    "IMBALANCED": ("#E69F00", "^"),
+    "CONFLICTING": ("#D55E00", "X"),
+}
+SEVERITY_STYLE = {"info": ("#56B4E9", ":"), "warning": ("#E69F00", "--"), "error": ("#D55E00", "-")}
+
+_RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "lorascope",
+    "font.size": 9,
+    "font.family": "sans-serif",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(
+            "lorascope report draws its plots with matplotlib, which is not installed "
+            "(pip install 'lorascope[report]')"
+        ) from None
+    return matplotlib
+
+
+def new_figure(width: float = 8.0, height: float = 3.6, nrows: int = 1, ncols: int = 1, **kw: Any) -> Any:
+    """(figure, axes): a Figure not registered with pyplot (no global state, garbage-collected)."""
+    mpl = _matplotlib()
+    from matplotlib.figure import Figure
+
+    with mpl.rc_context(_RC):
+        fig = Figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=True, **kw)
+    return fig, axes
+
+
+_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
+_SIZE = re.compile(r'<svg([^>]*?) width="[^"]*" height="[^"]*"')
+
+
+def to_svg(fig: Any, label: str, css_class: str = "") -> str:
+    """The figure as an inline <svg>: no XML prolog, no fixed size (CSS scales it), a <title>
+    for screen readers, role=img."""
+    mpl = _matplotlib()
+    buf = io.StringIO()
+    with mpl.rc_context(_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    svg = _HEAD.sub("", buf.getvalue(), count=1)
+    svg = _SIZE.sub(r"<svg\1", svg, count=1)
+    cls = f' class="{css_class}"' if css_class else ""
+    svg = svg.replace("<svg", f'<svg role="img" aria-label="{esc(label)}"{cls}', 1)
+    head_end = svg.index(">") + 1
+    return svg[:head_end] + f"<title>{esc(label)}</title>" + svg[head_end:]
+
+
+def titled_groups(svg: str, titles: dict[str, str]) -> str:
+    """Give the <g id=ID> groups matplotlib wrote for artists with gid=ID a <title> (a tooltip on
+    hover, a name for screen readers)."""
+
+    def add(m: re.Match[str]) -> str:
+        gid = m.group(1)
+        return f'{m.group(0)}<title>{esc(titles[gid])}</title>' if gid in titles else m.group(0)
+
+    return re.sub(r'<g id="([^"]+)">', add, svg)
