@@ -16,7 +16,9 @@ from typing import Any
 from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
-from .plot import MODULE_STYLE, new_figure, titled_groups, to_svg
+from .plot import MODULE_STYLE, log_axis, new_figure, safe, titled_groups, to_svg
+
+ANNOTATE_MAX = 150  # heatmap cells written on up to this many cells (beyond, the table has them)
 
 
 def build(path: str, doc: Any) -> Built:
@@ -81,7 +83,7 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     )
     if not with_sv:
         return '<p class="missing">No singular values in this audit (written with --no-singular-values).</p>'
-    fig, ax = new_figure(8.0, 3.8)
+    fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11})
     titles = {}
     for i, x in enumerate(with_sv):
         colour, style, _ = MODULE_STYLE.get(x["type"], MODULE_STYLE["other"])
@@ -93,7 +95,7 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     for t, (colour, style, _) in MODULE_STYLE.items():
         if any(x["type"] == t for x in with_sv):
             ax.plot([], [], color=colour, ls=style, label=t)
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_xlabel("index i of σᵢ")
     ax.set_ylabel("σᵢ / σ₁")
     ax.legend(title="module type", loc="lower left")
@@ -129,21 +131,26 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
         i, j = row[x["block"]], col[_module(x)]
         util[i][j], kmat[i][j] = x["utilisation"], x["k"]
     height = min(2.0 + 0.16 * len(blocks), 12.0)
-    fig, axes = new_figure(8.0, height, 1, 2)
-    annotate = len(blocks) * len(modules) <= 400
-    labels = [b if b is not None else "(no block)" for b in blocks]
-    for ax, mat, name, fmt in ((axes[0], util, "utilisation", "{:.2f}"), (axes[1], kmat, f"k@{tau:g}", "{:.0f}")):
+    labels = [safe(b) if b is not None else "(no block)" for b in blocks]
+    # fixed margins sized from the longest labels (≈0.06 inch per character at these font sizes)
+    left = min(0.4, (0.3 + 0.05 * max(map(len, labels))) / 8.0)
+    bottom = min(0.5, (0.3 + 0.04 * max(map(len, modules))) / height)
+    fig, axes = new_figure(8.0, height, 1, 2, margins={"left": left, "bottom": bottom, "top": 1 - 0.35 / height})
+    annotate = len(blocks) * len(modules) <= ANNOTATE_MAX
+    for ax, mat, name, form in ((axes[0], util, "utilisation", "{:.2f}"), (axes[1], kmat, f"k@{tau:g}", "{:.0f}")):
         img = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
         fig.colorbar(img, ax=ax, shrink=0.8)
         ax.set_title(name)
-        ax.set_xticks(range(len(modules)), modules, rotation=40, ha="right", fontsize=7)
+        ax.set_xticks(range(len(modules)), [safe(m) for m in modules], rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(len(blocks)), labels if ax is axes[0] else [""] * len(blocks), fontsize=6)
         ax.grid(False)
-        if annotate:
+        if annotate:  # the numbers on the cells: readable without colour (the table has them all)
+            lo, hi = img.get_clim()
             for i, r in enumerate(mat):
                 for j, v in enumerate(r):
                     if not math.isnan(v):
-                        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=5, color="w")
+                        dark = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
+                        ax.text(j, i, form.format(v), ha="center", va="center", fontsize=6, color="k" if dark else "w")
     svg = to_svg(fig, f"Utilisation and energy rank k@{tau:g} by block and module", "heatmap")
     rows = [[x["block"], _module(x), x["rank"], x["utilisation"], x["k"]] for x in layers]
     caption = (

@@ -17,7 +17,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import read_json
-from .plot import PALETTE, new_figure, to_svg
+from .plot import PALETTE, log_axis, new_figure, safe, to_svg
 
 DEFAULT_WORST_DELTA = -0.025  # the bench's default policy: no seed may lose more than 2.5 points
 MARKERS = "osD^vP*Xhp<>"
@@ -100,9 +100,9 @@ def _plot(seeds: list[dict[str, Any]]) -> str:
             colour, marker = style[v["variant"]]
             filled = (v["verdict"] or "").upper() == "PASS"
             ax.plot([v["params"]], [v["accuracy"]], marker, ms=7, color=colour,
-                    mfc=colour if filled else "none", label=v["variant"])
-        ax.set_xscale("log")
-        ax.set_title(f"seed {s['seed']}")
+                    mfc=colour if filled else "none", label=safe(v["variant"]))
+        log_axis(ax, "x")
+        ax.set_title(safe(f"seed {s['seed']}"))
         ax.set_xlabel("LoRA parameters")
     for ax in flat[len(seeds):]:
         ax.set_visible(False)

@@ -16,7 +16,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import doc_in
-from .plot import new_figure, to_svg
+from .plot import log_axis, new_figure, to_svg
 
 DEFAULT_FACTOR = 2.0
 
@@ -57,7 +57,7 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
         ax.step(xs, [x["r"] for x in layers], where="mid", color="#000000", lw=1.2, label="LoRA rank r")
     ax.bar([], [], color="#D55E00", hatch="///", label=f"starved (GID > {factor:g}·r)")
     ax.bar([], [], color="#0072B2", label="GID")
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_xlabel("layer")
     ax.set_ylabel("GID / rank")
     ax.legend(fontsize=7)

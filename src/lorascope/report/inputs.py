@@ -37,6 +37,8 @@ def read_json(path: str) -> Any:
 
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=refuse)
+    except FormatError:
+        raise
     except UnicodeDecodeError as e:
         raise FormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
     except json.JSONDecodeError as e:

@@ -14,7 +14,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import Raw, esc, figure, table
 from .inputs import doc_in
-from .plot import VERDICT_STYLE, new_figure, to_svg
+from .plot import VERDICT_STYLE, log_axis, new_figure, to_svg
 
 
 def _layer(x: Doc) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def _hline(ax: Any, y: float | None, label: str) -> None:
 
 def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
     t = (lambda k: thresholds.num(k, optional=True)) if thresholds else (lambda k: None)
-    fig, axes = new_figure(8.0, 6.4, 3, 1, sharex=True)
+    fig, axes = new_figure(8.0, 6.4, 3, 1, margins={"hspace": 0.12, "bottom": 0.08, "top": 0.96}, sharex=True)
     xs = list(range(len(layers)))
     chance = [x["chance"] for x in layers]
     if all(c is not None for c in chance):
@@ -79,7 +79,7 @@ def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
     _hline(axes[1], t("agreement_conflict"), "agreement_conflict")
     _hline(axes[2], t("imbalance"), "imbalance")
     axes[1].axhline(0.0, color="#000000", lw=0.5)
-    axes[2].set_yscale("log")
+    log_axis(axes[2])
     axes[2].set_xlabel("shared layer (file order of the first adapter)")
     axes[0].legend(loc="upper right", fontsize=7, ncols=3)
     svg = to_svg(fig, "Per-layer overlap, agreement and imbalance, by verdict", "merge")

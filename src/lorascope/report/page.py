@@ -29,7 +29,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:v
 margin:0 auto;max-width:1100px;padding:1rem}
 h1{font-size:1.6rem;margin:.2rem 0}h2{font-size:1.3rem;border-bottom:2px solid var(--accent);padding-bottom:.2rem}
 .meta,.missing,figcaption{color:var(--muted)}
-nav ol{display:flex;flex-wrap:wrap;gap:.3rem 1.2rem;padding-left:1.2rem}
+nav ol{padding-left:0}nav li{display:inline-block;margin:0 1.4rem .2rem 0}
 code,.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
 .facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(12rem,1fr));gap:.4rem;margin:.5rem 0}
 .facts div{border:1px solid var(--line);border-radius:4px;padding:.3rem .5rem}

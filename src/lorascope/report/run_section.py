@@ -16,7 +16,7 @@ from typing import Any
 
 from .base import Built, SectionKind
 from .html import figure, table
-from .plot import SEVERITY_STYLE, new_figure, to_svg
+from .plot import SEVERITY_STYLE, new_figure, safe, to_svg
 
 CAP = 1000  # points kept per series
 
@@ -128,7 +128,7 @@ def _series(points: list[list[Any]], col: int) -> tuple[list[Any], list[Any]]:
 
 
 def _plot(data: dict[str, Any]) -> str:
-    fig, axes = new_figure(8.0, 5.6, 2, 2, sharex=True)
+    fig, axes = new_figure(8.0, 5.6, 2, 2, margins={"top": 0.94, "bottom": 0.09}, sharex=True)
     (loss_ax, acc_ax), (grad_ax, spec_ax) = axes
     loss_ax.plot(*_series(data["train"], 1), "-", color="#0072B2", lw=1, label="train loss")
     markers = iter("os^Dv")
@@ -136,10 +136,10 @@ def _plot(data: dict[str, Any]) -> str:
         m = next(markers, "o")
         xs, ys = _series(pts, 1)
         if xs:
-            loss_ax.plot(xs, ys, m + "--", color="#D55E00", ms=4, lw=1, label=f"{split} loss")
+            loss_ax.plot(xs, ys, m + "--", color="#D55E00", ms=4, lw=1, label=safe(f"{split} loss"))
         xs, ys = _series(pts, 2)
         if xs:
-            acc_ax.plot(xs, ys, m + "-", color="#009E73", ms=4, lw=1, label=f"{split} accuracy")
+            acc_ax.plot(xs, ys, m + "-", color="#009E73", ms=4, lw=1, label=safe(f"{split} accuracy"))
     grad_ax.plot(*_series(data["train"], 2), "-", color="#CC79A7", lw=1, label="grad norm")
     spec_ax.plot(*_series(data["spectral"], 1), "o-", color="#0072B2", ms=4, label="mean utilisation")
     spec_ax.plot(*_series(data["spectral"], 2), "s--", color="#E69F00", ms=4, label="mean top-1 share")

@@ -20,7 +20,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import read_json
-from .plot import new_figure, to_svg
+from .plot import log_axis, new_figure, to_svg
 
 UTIL_KEYS = ("utilisation_mean", "utilization_mean", "mean_utilisation", "utilisation")
 RANK_KEYS = ("nominal_rank", "rank", "r", "nominal_ranks")
@@ -86,7 +86,7 @@ def build(path: str, doc: Any) -> Built:
 def _plots(points: list[dict[str, Any]]) -> str:
     tiers = sorted({x["rank"] for x in points})
     by_tier = {t: [x["utilisation"] for x in points if x["rank"] == t] for t in tiers}
-    fig, (hist, box, scat) = new_figure(8.0, 3.0, 1, 3)
+    fig, (hist, box, scat) = new_figure(8.0, 3.0, 1, 3, margins={"wspace": 0.4, "bottom": 0.17})
     hist.hist([x["utilisation"] for x in points], bins=20, color="#0072B2", edgecolor="#000000", lw=0.5)
     hist.set_xlabel("utilisation (mean per adapter)")
     hist.set_ylabel("adapters")
@@ -94,7 +94,7 @@ def _plots(points: list[dict[str, Any]]) -> str:
     box.set_xlabel("nominal rank")
     box.set_ylabel("utilisation")
     scat.plot([x["rank"] for x in points], [x["utilisation"] for x in points], "o", ms=4, alpha=0.6, color="#D55E00")
-    scat.set_xscale("log", base=2)
+    log_axis(scat, "x", base=2)
     scat.set_xlabel("nominal rank (log₂)")
     svg = to_svg(fig, "Utilisation histogram, by rank tier, and against rank", "study")
     rows = [[f"{t:g}", len(v), statistics.fmean(v), statistics.median(v)] for t, v in by_tier.items()]
