@@ -42,13 +42,31 @@ class Browser:
             os.dup2(high_r, 3)
             os.dup2(high_w, 4)
 
-        args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-                "--disable-extensions", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--mute-audio", f"--user-data-dir={self.profile.name}",
-                "--remote-debugging-pipe", "about:blank"]
+        args = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--mute-audio",
+            f"--user-data-dir={self.profile.name}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         # close_fds=False: Python's own descriptors are not inheritable (PEP 446); only 3 and 4 pass
-        self.proc = subprocess.Popen(args, close_fds=False, preexec_fn=pipes_at_3_and_4,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args,
+            close_fds=False,
+            preexec_fn=pipes_at_3_and_4,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for fd in (to_browser_r, from_browser_w, high_r, high_w):
             os.close(fd)
         self._buf = b""
@@ -97,13 +115,21 @@ class Browser:
     # -- page -------------------------------------------------------------------------------
     def open_page(self, width: int = 1200, height: int = 900) -> None:
         target = self.send("Target.createTarget", session=False, url="about:blank")["targetId"]
-        self.session = self.send("Target.attachToTarget", session=False, targetId=target, flatten=True)["sessionId"]
+        self.session = self.send("Target.attachToTarget", session=False, targetId=target, flatten=True)[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         self.resize(width, height)
 
     def resize(self, width: int, height: int) -> None:
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def navigate(self, url: str) -> None:
         self.events.clear()
@@ -117,7 +143,9 @@ class Browser:
         return result["result"].get("value")
 
     def screenshot(self) -> bytes:
-        return base64.b64decode(self.send("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"])
+        return base64.b64decode(
+            self.send("Page.captureScreenshot", format="png", captureBeyondViewport=False)["data"]
+        )
 
     def pdf(self) -> bytes:
         return base64.b64decode(self.send("Page.printToPDF")["data"])
@@ -136,7 +164,11 @@ class Browser:
         return out
 
     def requests(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
 
     def close(self) -> None:
         try:

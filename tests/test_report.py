@@ -38,8 +38,12 @@ def report_cli(capsys, *argv) -> tuple[int, str, str]:
 @pytest.fixture
 def two_adapters(tmp_path, rng):
     names = layer_names(3)
-    a = write_peft(tmp_path / "a", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8))
-    b = write_peft(tmp_path / "b", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8))
+    a = write_peft(
+        tmp_path / "a", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8)
+    )
+    b = write_peft(
+        tmp_path / "b", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8)
+    )
     return a, b
 
 
@@ -47,8 +51,15 @@ def test_every_kind_of_input_becomes_its_section(tmp_path, capsys, two_adapters)
     a, b = two_adapters
     assert main(["audit", str(a), "--json", "-o", str(tmp_path / "audit.json")]) == 0
     assert main(["merge-audit", str(a), str(b), "--json", "-q", "-o", str(tmp_path / "ma.json")]) == 0
-    inputs = [a, tmp_path / "audit.json", tmp_path / "ma.json", run_log(tmp_path / "run.jsonl"),
-              bench_dir(tmp_path / "bench"), study_dir(tmp_path / "study"), gid_json(tmp_path / "gid.json")]
+    inputs = [
+        a,
+        tmp_path / "audit.json",
+        tmp_path / "ma.json",
+        run_log(tmp_path / "run.jsonl"),
+        bench_dir(tmp_path / "bench"),
+        study_dir(tmp_path / "study"),
+        gid_json(tmp_path / "gid.json"),
+    ]
     out = tmp_path / "report.html"
     code, _, err = report_cli(capsys, *inputs, "-o", out, "--title", "All <kinds>")
     assert code == 0, err
@@ -114,9 +125,14 @@ def test_run_log_series_alerts_and_thinning(tmp_path, monkeypatch):
 
 
 def test_bench_study_gid_sections_read_what_they_plot(tmp_path):
-    page = build_report([str(bench_dir(tmp_path / "b")), str(study_dir(tmp_path / "s")), str(gid_json(tmp_path / "g.json"))]).html
+    page = build_report(
+        [str(bench_dir(tmp_path / "b")), str(study_dir(tmp_path / "s")), str(gid_json(tmp_path / "g.json"))]
+    ).html
     bench, study, gid = (embedded(page)[i] for i in (1, 2, 3))
-    assert sorted(bench["seeds"]) == ["seed_123", "seed_42"] and bench["aggregate"]["validation_level"] == "screening_plus"
+    assert (
+        sorted(bench["seeds"]) == ["seed_123", "seed_42"]
+        and bench["aggregate"]["validation_level"] == "screening_plus"
+    )
     assert "<td>uniform_p90</td>" in page and "<td>FAIL</td>" in page
     assert len(study["adapters"]) == 25
     assert "1 adapter line(s) without a utilisation or rank are not plotted" in page
@@ -130,7 +146,11 @@ def _write(path, text):
 
 
 BAD_JSON = [
-    ("bad.json", "{", "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    (
+        "bad.json",
+        "{",
+        "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)",
+    ),
     ("nan.json", '{"schema": "lorascope.audit/v1", "x": NaN}', "not strict JSON (NaN is not a JSON number)"),
     ("other.json", '{"schema": "x/v1"}', "not a report lorascope reads (schema 'x/v1'; expected one of"),
     ("list.json", "[1]", "not a report lorascope reads (no schema field; expected one of"),
@@ -150,7 +170,10 @@ def test_wrongly_typed_key_is_named(tmp_path, capsys):
     doc["layers"][2]["utilisation"] = "high"
     f = _write(tmp_path / "a.json", json.dumps(doc))
     code, _, err = report_cli(capsys, f, "-o", tmp_path / "r.html")
-    assert (code, err) == (2, f"lorascope: error: {f}: layers[2].utilisation: expected a number, got the string 'high'\n")
+    assert (code, err) == (
+        2,
+        f"lorascope: error: {f}: layers[2].utilisation: expected a number, got the string 'high'\n",
+    )
 
 
 def test_errors_are_those_of_the_reading_command(tmp_path, capsys):

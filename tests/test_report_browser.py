@@ -21,7 +21,9 @@ from lorascope.cli.main import main
 EXE = find_browser()
 if EXE is None:
     if os.environ.get("LORASCOPE_REQUIRE_BROWSER"):
-        raise RuntimeError("LORASCOPE_REQUIRE_BROWSER is set but no chromium was found (apt-get install chromium)")
+        raise RuntimeError(
+            "LORASCOPE_REQUIRE_BROWSER is set but no chromium was found (apt-get install chromium)"
+        )
     pytest.skip("no headless chromium (apt-get install chromium)", allow_module_level=True)
 
 KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid"]
@@ -31,16 +33,26 @@ KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid"]
 def pages(tmp_path_factory):
     """(page with every kind of section, a 224-layer adapter's page)."""
     tmp = tmp_path_factory.mktemp("report")
-    from conftest import layer_names, peft_config, random_factors, write_peft
     import numpy as np
+    from conftest import layer_names, peft_config, random_factors, write_peft
 
     rng = np.random.default_rng(0)
     names = layer_names(3)
-    a = write_peft(tmp / "a", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8))
-    b = write_peft(tmp / "b", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8))
+    a = write_peft(
+        tmp / "a", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8)
+    )
+    b = write_peft(
+        tmp / "b", {n: random_factors(rng, 24, 16, 8, decay=0.7) for n in names}, config=peft_config(r=8)
+    )
     assert main(["merge-audit", str(a), str(b), "--json", "-q", "-o", str(tmp / "ma.json")]) == 0
-    inputs = [a, tmp / "ma.json", run_log(tmp / "run.jsonl"), bench_dir(tmp / "bench"), study_dir(tmp / "study"),
-              gid_json(tmp / "gid.json")]
+    inputs = [
+        a,
+        tmp / "ma.json",
+        run_log(tmp / "run.jsonl"),
+        bench_dir(tmp / "bench"),
+        study_dir(tmp / "study"),
+        gid_json(tmp / "gid.json"),
+    ]
     assert main(["report", *map(str, inputs), "-o", str(tmp / "all.html")]) == 0
     (tmp / "big.json").write_text(json.dumps(audit_doc(n_blocks=32, r=64)))
     assert main(["report", str(tmp / "big.json"), "-o", str(tmp / "big.html")]) == 0
@@ -66,7 +78,9 @@ def test_loads_without_errors_or_requests_and_shows_every_section(browser, pages
     assert browser.problems() == []
     # the page itself; matplotlib's heatmap images are data: URLs inside the SVG, not requests out
     assert [u for u in browser.requests() if u != url and not u.startswith("data:")] == []
-    assert browser.evaluate("[...document.querySelectorAll('section.input')].map(s => s.dataset.kind)") == KINDS
+    assert (
+        browser.evaluate("[...document.querySelectorAll('section.input')].map(s => s.dataset.kind)") == KINDS
+    )
     sizes = browser.evaluate(
         "[...document.querySelectorAll('figure.plot svg')].map(s => {const r = s.getBoundingClientRect();"
         " return [r.width, r.height]})"
@@ -98,13 +112,17 @@ def test_224_layer_page_is_interactive_within_a_second(browser, pages):
     nav = browser.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")
     assert 0 < nav["domInteractive"] <= 1000, nav
     assert browser.evaluate("document.querySelectorAll('.spectra g[id^=sv]').length") == 224
-    assert browser.evaluate("document.querySelector('g#sv5 > title').textContent").startswith("model.layers.0.")
+    assert browser.evaluate("document.querySelector('g#sv5 > title').textContent").startswith(
+        "model.layers.0."
+    )
 
 
 def test_narrow_window_has_no_horizontal_scroll(browser, pages):
     _open(browser, pages[0], width=360)
     assert browser.evaluate("document.documentElement.scrollWidth") <= 360
-    widths = browser.evaluate("[...document.querySelectorAll('figure.plot svg')].map(s => s.getBoundingClientRect().width)")
+    widths = browser.evaluate(
+        "[...document.querySelectorAll('figure.plot svg')].map(s => s.getBoundingClientRect().width)"
+    )
     assert all(0 < w <= 360 for w in widths)
 
 

@@ -16,7 +16,9 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="adapter, audit JSON, merge-audit JSON, run.jsonl, bench directory, study directory or gid.json",
     )
-    p.add_argument("-o", "--output", required=True, help="the HTML file to write (atomically; never replaced)")
+    p.add_argument(
+        "-o", "--output", required=True, help="the HTML file to write (atomically; never replaced)"
+    )
     p.add_argument("--title", default="lorascope report", help="page title (default: 'lorascope report')")
     p.set_defaults(run=run)
 

@@ -41,17 +41,17 @@ def build(path: str, doc: Any) -> Built:
 def _layer(x: Doc, key: str) -> dict[str, Any]:
     """The fields the plots read, type-checked (the error names layers[i].field)."""
     return {
-        "name": x.str("name"),
-        "rank": x.int("rank"),
+        "name": x.text("name"),
+        "rank": x.integer("rank"),
         "dead": bool(x.raw("dead", False)),
-        "type": x.str("module_type", optional=True) or "other",
-        "block": x.str("block", optional=True),
+        "type": x.text("module_type", optional=True) or "other",
+        "block": x.text("block", optional=True),
         "utilisation": x.num("utilisation"),
         "stable_rank": x.num("stable_rank"),
         "effective_rank": x.num("effective_rank", optional=True),
         "sigma_max": x.num("sigma_max", optional=True),
-        "k": x.int(key),
-        "suggested": x.int("suggested_rank"),
+        "k": x.integer(key),
+        "suggested": x.integer("suggested_rank"),
         "sv": x.nums("singular_values", optional=True),
     }
 
@@ -63,14 +63,14 @@ def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list
     p90 = sugg.obj("p90", optional=True) if sugg else None
     source = d.obj("source", optional=True)
     return [
-        ("format", source.str("format", optional=True) if source else None),
+        ("format", source.text("format", optional=True) if source else None),
         ("layers", len(layers)),
         ("dead layers", sum(x["dead"] for x in layers)),
         ("allocated ranks", ", ".join(str(r) for r in sorted({x["rank"] for x in layers}))),
-        ("parameters", summary.int("params", optional=True)),
+        ("parameters", summary.integer("params", optional=True)),
         ("utilisation (mean)", util.num("mean", optional=True) if util else None),
         (f"{key} (median)", k.num("median", optional=True) if k else None),
-        ("suggested rank (p90)", p90.int("rank", optional=True) if p90 else None),
+        ("suggested rank (p90)", p90.integer("rank", optional=True) if p90 else None),
         ("parameter reduction at p90", p90.num("reduction", optional=True) if p90 else None),
     ]
 
@@ -101,7 +101,15 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     ax.legend(title="module type", loc="lower left")
     svg = titled_groups(to_svg(fig, "Normalised singular-value spectra", "spectra"), titles)
     rows = [
-        [x["name"], x["type"], x["rank"], x["sigma_max"], x["stable_rank"], x["effective_rank"], x["utilisation"]]
+        [
+            x["name"],
+            x["type"],
+            x["rank"],
+            x["sigma_max"],
+            x["stable_rank"],
+            x["effective_rank"],
+            x["utilisation"],
+        ]
         for x in with_sv
     ]
     head = ["layer", "module type", "r", "σ₁", "stable rank", "effective rank", "utilisation"]
@@ -135,9 +143,14 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
     # fixed margins sized from the longest labels (≈0.06 inch per character at these font sizes)
     left = min(0.4, (0.3 + 0.05 * max(map(len, labels))) / 8.0)
     bottom = min(0.5, (0.3 + 0.04 * max(map(len, modules))) / height)
-    fig, axes = new_figure(8.0, height, 1, 2, margins={"left": left, "bottom": bottom, "top": 1 - 0.35 / height})
+    fig, axes = new_figure(
+        8.0, height, 1, 2, margins={"left": left, "bottom": bottom, "top": 1 - 0.35 / height}
+    )
     annotate = len(blocks) * len(modules) <= ANNOTATE_MAX
-    for ax, mat, name, form in ((axes[0], util, "utilisation", "{:.2f}"), (axes[1], kmat, f"k@{tau:g}", "{:.0f}")):
+    for ax, mat, name, form in (
+        (axes[0], util, "utilisation", "{:.2f}"),
+        (axes[1], kmat, f"k@{tau:g}", "{:.0f}"),
+    ):
         img = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
         fig.colorbar(img, ax=ax, shrink=0.8)
         ax.set_title(name)
@@ -150,14 +163,27 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
                 for j, v in enumerate(r):
                     if not math.isnan(v):
                         dark = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
-                        ax.text(j, i, form.format(v), ha="center", va="center", fontsize=6, color="k" if dark else "w")
+                        ax.text(
+                            j,
+                            i,
+                            form.format(v),
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="k" if dark else "w",
+                        )
     svg = to_svg(fig, f"Utilisation and energy rank k@{tau:g} by block and module", "heatmap")
     rows = [[x["block"], _module(x), x["rank"], x["utilisation"], x["k"]] for x in layers]
     caption = (
         f"Utilisation (stable rank / r) and energy rank k@{tau:g} (smallest k holding {tau:g} of Σσ²), "
         "by block (rows) and module (columns); blank cells: no such layer"
     )
-    tab = table(["block", "module", "r", "utilisation", f"k@{tau:g}"], rows, "Utilisation and energy rank", collapsed=True)
+    tab = table(
+        ["block", "module", "r", "utilisation", f"k@{tau:g}"],
+        rows,
+        "Utilisation and energy rank",
+        collapsed=True,
+    )
     return figure(svg, caption, tab)
 
 
@@ -173,7 +199,9 @@ def _ranks(layers: list[dict[str, Any]], tau: float) -> str:
     ax.legend(loc="upper right", fontsize=7)
     svg = to_svg(fig, "Allocated and suggested rank per layer", "ranks")
     rows = [[i, x["name"], x["rank"], x["k"], x["suggested"]] for i, x in enumerate(layers)]
-    tab = table(["#", "layer", "allocated r", f"k@{tau:g}", "suggested"], rows, "Ranks per layer", collapsed=True)
+    tab = table(
+        ["#", "layer", "allocated r", f"k@{tau:g}", "suggested"], rows, "Ranks per layer", collapsed=True
+    )
     caption = "Allocated rank (line), energy rank (×) and the suggested rank after rounding (●) per layer"
     return figure(svg, caption, tab)
 

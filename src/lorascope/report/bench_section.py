@@ -43,7 +43,7 @@ def _seed(label: str, raw: Any, path: str) -> dict[str, Any]:
     worst = policy.num("worst_delta_min", optional=True) if policy else None
     variants = []
     compressed = d.obj("compressed", optional=True)
-    for name, value in (compressed.data.items() if compressed else []):
+    for name, value in compressed.data.items() if compressed else []:
         v = Doc(value, path, f"compressed.{name}")
         variants.append(
             {
@@ -53,14 +53,17 @@ def _seed(label: str, raw: Any, path: str) -> dict[str, Any]:
                 "accuracy": v.num("accuracy", optional=True),
                 "delta": v.num("delta_vs_probe", optional=True),
                 "reduction": v.num("param_reduction", optional=True),
-                "verdict": v.str("verdict", optional=True),
+                "verdict": v.text("verdict", optional=True),
             }
         )
     seed = d.raw("seed", label)
     return {
         "seed": str(seed),
-        "probe": {"rank": probe.raw("rank"), "params": probe.num("params", optional=True),
-                  "accuracy": probe.num("accuracy", optional=True)},
+        "probe": {
+            "rank": probe.raw("rank"),
+            "params": probe.num("params", optional=True),
+            "accuracy": probe.num("accuracy", optional=True),
+        },
         "worst_delta_min": DEFAULT_WORST_DELTA if worst is None else worst,
         "variants": variants,
     }
@@ -71,22 +74,35 @@ def build(path: str, doc: Any) -> Built:
     seeds = [_seed(label, raw, path) for label, raw in raw_seeds]
     data = {"seeds": {s: raw for s, raw in raw_seeds}, "aggregate": agg}
     body = [_plot(seeds)] if seeds else ['<p class="missing">No per-seed bench.json found.</p>']
-    facts: list[tuple[str, Any]] = [("seeds", len(seeds)), ("variants", len({v["variant"] for s in seeds for v in s["variants"]}))]
+    facts: list[tuple[str, Any]] = [
+        ("seeds", len(seeds)),
+        ("variants", len({v["variant"] for s in seeds for v in s["variants"]})),
+    ]
     if agg is not None:
         a = Doc(agg, path)
-        facts += [(k.replace("_", " "), a.raw(k)) for k in ("validation_level", "policy_compliance", "best_compliant")
-                  if isinstance(a.raw(k), (str, int, float, bool))]
+        facts += [
+            (k.replace("_", " "), a.raw(k))
+            for k in ("validation_level", "policy_compliance", "best_compliant")
+            if isinstance(a.raw(k), (str, int, float, bool))
+        ]
         body.append(_aggregate(a))
     return Built(data=data, facts=facts, body="".join(body))
 
 
 def _plot(seeds: list[dict[str, Any]]) -> str:
     n = min(len(seeds), 6)
-    fig, axes = new_figure(8.0, 3.0 if n <= 2 else 5.6, 1 if n <= 2 else 2, min(n, 2) if n <= 2 else 3, sharey=True, squeeze=False)
+    fig, axes = new_figure(
+        8.0,
+        3.0 if n <= 2 else 5.6,
+        1 if n <= 2 else 2,
+        min(n, 2) if n <= 2 else 3,
+        sharey=True,
+        squeeze=False,
+    )
     names = sorted({v["variant"] for s in seeds for v in s["variants"]})
     style = {name: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, name in enumerate(names)}
     flat = [ax for row in axes for ax in row]
-    for ax, s in zip(flat, seeds):
+    for ax, s in zip(flat, seeds, strict=False):
         probe = s["probe"]
         if probe["accuracy"] is not None:
             floor = probe["accuracy"] + s["worst_delta_min"]
@@ -99,25 +115,43 @@ def _plot(seeds: list[dict[str, Any]]) -> str:
                 continue
             colour, marker = style[v["variant"]]
             filled = (v["verdict"] or "").upper() == "PASS"
-            ax.plot([v["params"]], [v["accuracy"]], marker, ms=7, color=colour,
-                    mfc=colour if filled else "none", label=safe(v["variant"]))
+            ax.plot(
+                [v["params"]],
+                [v["accuracy"]],
+                marker,
+                ms=7,
+                color=colour,
+                mfc=colour if filled else "none",
+                label=safe(v["variant"]),
+            )
         log_axis(ax, "x")
         ax.set_title(safe(f"seed {s['seed']}"))
         ax.set_xlabel("LoRA parameters")
-    for ax in flat[len(seeds):]:
+    for ax in flat[len(seeds) :]:
         ax.set_visible(False)
     flat[0].set_ylabel("accuracy")
     handles, labels = flat[0].get_legend_handles_labels()
     flat[0].legend(handles, labels, fontsize=6, loc="lower right")
     svg = to_svg(fig, "Accuracy against parameters per variant and seed", "bench")
     rows = [
-        [s["seed"], v["variant"], v["rank"] if isinstance(v["rank"], int) else str(v["rank"]), v["params"],
-         v["accuracy"], v["delta"], v["reduction"], v["verdict"]]
-        for s in seeds for v in s["variants"]
+        [
+            s["seed"],
+            v["variant"],
+            v["rank"] if isinstance(v["rank"], int) else str(v["rank"]),
+            v["params"],
+            v["accuracy"],
+            v["delta"],
+            v["reduction"],
+            v["verdict"],
+        ]
+        for s in seeds
+        for v in s["variants"]
     ]
     head = ["seed", "variant", "rank", "params", "accuracy", "Δ vs probe", "param reduction", "verdict"]
-    caption = ("Accuracy against LoRA parameters (log) per variant, one panel per seed; star: the probe; "
-               "band: probe accuracy down to the policy's worst allowed Δ; filled marker: PASS")
+    caption = (
+        "Accuracy against LoRA parameters (log) per variant, one panel per seed; star: the probe; "
+        "band: probe accuracy down to the policy's worst allowed Δ; filled marker: PASS"
+    )
     if len(seeds) > 6:
         caption += f" (first 6 of {len(seeds)} seeds plotted; the table has all)"
     return figure(svg, caption, table(head, rows, "Variants per seed"))
@@ -130,10 +164,12 @@ def _aggregate(a: Doc) -> str:
         return ""
     cols: list[str] = []
     for v in block.data.values():
-        for k, x in (v.items() if isinstance(v, dict) else []):
+        for k, x in v.items() if isinstance(v, dict) else []:
             if isinstance(x, (str, int, float, bool)) and k not in cols:
                 cols.append(k)
-    rows = [[name, *[(v.get(c) if isinstance(v, dict) else None) for c in cols]] for name, v in block.data.items()]
+    rows = [
+        [name, *[(v.get(c) if isinstance(v, dict) else None) for c in cols]] for name, v in block.data.items()
+    ]
     return table(["variant", *cols], rows, "Across seeds (bench_aggregate.json)")
 
 

@@ -26,7 +26,9 @@ def describe(value: Any) -> str:
         return f"the string {value[:40]!r}"
     if isinstance(value, (int, float)):
         return f"the number {value!r}"
-    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "an object"
+    return "a list" if isinstance(value, list) else type(value).__name__
 
 
 class Doc:
@@ -34,7 +36,9 @@ class Doc:
 
     def __init__(self, data: Any, path: str, where: str = ""):
         if not isinstance(data, dict):
-            raise FormatError(f"{where or 'the document'}: expected an object, got {describe(data)}", path=path)
+            raise FormatError(
+                f"{where or 'the document'}: expected an object, got {describe(data)}", path=path
+            )
         self.data = data
         self.path = path
         self.where = where
@@ -68,7 +72,7 @@ class Doc:
             raise self.fail(key, "a number", value)
         return float(value)
 
-    def int(self, key: str, optional: bool = False) -> int | None:
+    def integer(self, key: str, optional: bool = False) -> int | None:
         value = self._get(key, optional)
         if value is None and optional:
             return None
@@ -76,7 +80,7 @@ class Doc:
             raise self.fail(key, "an integer", value)
         return value
 
-    def str(self, key: str, optional: bool = False) -> str | None:
+    def text(self, key: str, optional: bool = False) -> str | None:
         value = self._get(key, optional)
         if value is None and optional:
             return None

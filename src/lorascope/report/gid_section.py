@@ -34,7 +34,7 @@ def build(path: str, doc: Any) -> Built:
         r = x.num(rk) if rk else top_r
         flag = x.raw("starved")
         starved = flag if isinstance(flag, bool) else (r is not None and gid is not None and gid > factor * r)
-        layers.append({"name": x.str("name"), "gid": gid, "r": r, "starved": starved})
+        layers.append({"name": x.text("name"), "gid": gid, "r": r, "starved": starved})
     facts: list[tuple[str, Any]] = [
         ("layers", len(layers)),
         ("starved layers", sum(x["starved"] for x in layers)),
@@ -50,7 +50,7 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
     xs = list(range(len(layers)))
     colours = ["#D55E00" if x["starved"] else "#0072B2" for x in layers]
     bars = ax.bar(xs, [x["gid"] for x in layers], color=colours, edgecolor="#000000", lw=0.3)
-    for bar, x in zip(bars, layers):
+    for bar, x in zip(bars, layers, strict=True):
         if x["starved"]:
             bar.set_hatch("///")
     if any(x["r"] is not None for x in layers):
@@ -62,10 +62,30 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
     ax.set_ylabel("GID / rank")
     ax.legend(fontsize=7)
     svg = to_svg(fig, "GID per layer against the LoRA rank", "gid")
-    rows = [[i, x["name"], x["gid"], x["r"], (x["gid"] / x["r"]) if x["r"] else None, "starved" if x["starved"] else ""]
-            for i, x in enumerate(layers)]
+    rows = [
+        [
+            i,
+            x["name"],
+            x["gid"],
+            x["r"],
+            (x["gid"] / x["r"]) if x["r"] else None,
+            "starved" if x["starved"] else "",
+        ]
+        for i, x in enumerate(layers)
+    ]
     tab = table(["#", "layer", "GID", "r", "GID / r", ""], rows, "GID per layer", collapsed=len(rows) > 40)
-    return figure(svg, "Gradient intrinsic dimension (bars, log scale) per layer against the LoRA rank (line); hatched: starved", tab)
+    return figure(
+        svg,
+        "Gradient intrinsic dimension (bars, log scale) per layer against the LoRA rank (line); "
+        "hatched: starved",
+        tab,
+    )
 
 
-SECTION = SectionKind(name="gid", title="Gradient intrinsic dimension (GID)", schemas=("lorascope.gid",), files=("gid.json",), build=build)
+SECTION = SectionKind(
+    name="gid",
+    title="Gradient intrinsic dimension (GID)",
+    schemas=("lorascope.gid",),
+    files=("gid.json",),
+    build=build,
+)

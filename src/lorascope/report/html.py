@@ -48,7 +48,9 @@ def table(
     for row in rows:
         cells = [c.html if isinstance(c, Raw) else fmt(c) for c in row]
         kinds = ["num" if isinstance(c, (int, float)) and not isinstance(c, bool) else "" for c in row]
-        tds = "".join(f'<td class="{k}">{c}</td>' if k else f"<td>{c}</td>" for c, k in zip(cells, kinds))
+        tds = "".join(
+            f'<td class="{k}">{c}</td>' if k else f"<td>{c}</td>" for c, k in zip(cells, kinds, strict=True)
+        )
         body.append(f"<tr>{tds}</tr>")
     n = len(body)
     out = (

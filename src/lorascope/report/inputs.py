@@ -42,7 +42,9 @@ def read_json(path: str) -> Any:
     except UnicodeDecodeError as e:
         raise FormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
     except json.JSONDecodeError as e:
-        raise FormatError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path=path) from None
+        raise FormatError(
+            f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path=path
+        ) from None
     except RecursionError:
         raise FormatError("not valid JSON (nested too deeply to read)", path=path) from None
     except ValueError:

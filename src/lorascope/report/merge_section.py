@@ -20,15 +20,15 @@ from .plot import VERDICT_STYLE, log_axis, new_figure, to_svg
 def _layer(x: Doc) -> dict[str, Any]:
     rec = x.obj("recommendation", optional=True)
     return {
-        "name": x.str("name"),
-        "verdict": x.str("verdict"),
+        "name": x.text("name"),
+        "verdict": x.text("verdict"),
         "overlap": x.num("overlap"),
         "chance": x.num("chance_overlap", optional=True),
         "excess": x.num("overlap_excess", optional=True),
         "agreement": x.num("agreement"),
         "conflict_share": x.num("conflict_share", optional=True),
         "imbalance": x.num("imbalance"),
-        "method": rec.str("method", optional=True) if rec else None,
+        "method": rec.text("method", optional=True) if rec else None,
     }
 
 
@@ -39,19 +39,21 @@ def build(path: str, doc: Any) -> Built:
     summary = d.need("summary")
     thresholds = d.obj("thresholds", optional=True)
     verdicts = summary.obj("verdicts", optional=True)
-    names = [a.str("path", optional=True) for a in d.objs("adapters", optional=True)]
+    names = [a.text("path", optional=True) for a in d.objs("adapters", optional=True)]
     facts: list[tuple[str, Any]] = [
-        ("overall verdict", summary.str("overall", optional=True)),
-        ("shared layers", summary.int("n_shared", optional=True)),
+        ("overall verdict", summary.text("overall", optional=True)),
+        ("shared layers", summary.integer("n_shared", optional=True)),
         ("adapters", " + ".join(n or "?" for n in names) or None),
         ("weighted overlap excess", summary.num("weighted_overlap_excess", optional=True)),
         ("weighted agreement", summary.num("weighted_agreement", optional=True)),
     ]
     if verdicts:
-        facts += [(f"{v} layers", verdicts.int(v, optional=True)) for v in VERDICT_STYLE]
+        facts += [(f"{v} layers", verdicts.integer(v, optional=True)) for v in VERDICT_STYLE]
     if not layers:
         return Built(data=doc, facts=facts, body='<p class="missing">No shared layers.</p>')
-    return Built(data=doc, facts=facts, body=_plot(layers, thresholds), notes=[str(n) for n in d.raw("notes", [])])
+    return Built(
+        data=doc, facts=facts, body=_plot(layers, thresholds), notes=[str(n) for n in d.raw("notes", [])]
+    )
 
 
 def _hline(ax: Any, y: float | None, label: str) -> None:
@@ -68,11 +70,13 @@ def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
     if all(c is not None for c in chance):
         axes[0].plot(xs, chance, color="#999999", lw=0.8, label="chance overlap")
     panels = (("overlap", "overlap"), ("agreement", "agreement"), ("imbalance", "imbalance (ratio)"))
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for verdict, (colour, marker) in VERDICT_STYLE.items():
             idx = [i for i, x in enumerate(layers) if x["verdict"] == verdict]
             if idx:
-                ax.plot(idx, [layers[i][key] for i in idx], marker, ms=4, color=colour, ls="none", label=verdict)
+                ax.plot(
+                    idx, [layers[i][key] for i in idx], marker, ms=4, color=colour, ls="none", label=verdict
+                )
         ax.set_ylabel(label)
     high, low = t("overlap_high"), t("overlap_low")
     _hline(axes[0], high, "overlap_high")
@@ -102,7 +106,17 @@ def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
         ]
         for i, x in enumerate(layers)
     ]
-    head = ["#", "layer", "verdict", "overlap", "excess over chance", "agreement", "conflict share", "imbalance", "method"]
+    head = [
+        "#",
+        "layer",
+        "verdict",
+        "overlap",
+        "excess over chance",
+        "agreement",
+        "conflict share",
+        "imbalance",
+        "method",
+    ]
     return figure(svg, caption, table(head, rows, "Per-layer merge audit", collapsed=len(rows) > 40))
 
 

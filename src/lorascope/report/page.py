@@ -27,7 +27,8 @@ CSS = """
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg);
 margin:0 auto;max-width:1100px;padding:1rem}
-h1{font-size:1.6rem;margin:.2rem 0}h2{font-size:1.3rem;border-bottom:2px solid var(--accent);padding-bottom:.2rem}
+h1{font-size:1.6rem;margin:.2rem 0}
+h2{font-size:1.3rem;border-bottom:2px solid var(--accent);padding-bottom:.2rem}
 .meta,.missing,figcaption{color:var(--muted)}
 nav ol{padding-left:0}nav li{display:inline-block;margin:0 1.4rem .2rem 0}
 code,.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}

@@ -120,7 +120,7 @@ def titled_groups(svg: str, titles: dict[str, str]) -> str:
 
     def add(m: re.Match[str]) -> str:
         gid = m.group(1)
-        return f'{m.group(0)}<title>{esc(titles[gid])}</title>' if gid in titles else m.group(0)
+        return f"{m.group(0)}<title>{esc(titles[gid])}</title>" if gid in titles else m.group(0)
 
     return re.sub(r'<g id="([^"]+)">', add, svg)
 

@@ -97,8 +97,11 @@ def build(path: str, doc: Any) -> Built:
         "path": path,
         "run_id": monitor["run_id"],
         "thinning": {"cap": CAP, "train": run.train.stride, "spectral": run.spectral.stride},
-        "columns": {"train": ["step", "loss", "grad_norm"], "eval": ["step", "loss", "accuracy"],
-                    "spectral": ["step", "mean_utilisation", "mean_top1_share"]},
+        "columns": {
+            "train": ["step", "loss", "grad_norm"],
+            "eval": ["step", "loss", "accuracy"],
+            "spectral": ["step", "mean_utilisation", "mean_top1_share"],
+        },
         "train": run.train.points,
         "eval": {k: v.points for k, v in run.evals.items()},
         "spectral": run.spectral.points,
@@ -116,7 +119,11 @@ def build(path: str, doc: Any) -> Built:
         ("final eval accuracy", s.get("final_eval_accuracy")),
         ("alerts (error / warning / info)", f"{by_sev['error']} / {by_sev['warning']} / {by_sev['info']}"),
     ]
-    notes = [f"other runs in this log, not shown: {', '.join(monitor['other_runs'])}"] if monitor["other_runs"] else []
+    notes = (
+        [f"other runs in this log, not shown: {', '.join(monitor['other_runs'])}"]
+        if monitor["other_runs"]
+        else []
+    )
     if monitor.get("torn_tail"):
         notes.append("the last line of the log was torn (a crash mid-write) and was dropped")
     return Built(data=data, facts=facts, body=_plot(data) + _tables(data), notes=notes)
@@ -143,7 +150,12 @@ def _plot(data: dict[str, Any]) -> str:
     grad_ax.plot(*_series(data["train"], 2), "-", color="#CC79A7", lw=1, label="grad norm")
     spec_ax.plot(*_series(data["spectral"], 1), "o-", color="#0072B2", ms=4, label="mean utilisation")
     spec_ax.plot(*_series(data["spectral"], 2), "s--", color="#E69F00", ms=4, label="mean top-1 share")
-    for ax, title in ((loss_ax, "loss"), (acc_ax, "eval accuracy"), (grad_ax, "grad norm"), (spec_ax, "spectrum")):
+    for ax, title in (
+        (loss_ax, "loss"),
+        (acc_ax, "eval accuracy"),
+        (grad_ax, "grad norm"),
+        (spec_ax, "spectrum"),
+    ):
         ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -155,7 +167,9 @@ def _plot(data: dict[str, Any]) -> str:
         colour, style = SEVERITY_STYLE.get(a["severity"], SEVERITY_STYLE["info"])
         for ax in (loss_ax, acc_ax, grad_ax, spec_ax):
             ax.axvline(a["step"], color=colour, ls=style, lw=0.9)
-        loss_ax.annotate(f"A{n}", (a["step"], 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=colour)
+        loss_ax.annotate(
+            f"A{n}", (a["step"], 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=colour
+        )
     grad_ax.set_xlabel("step")
     spec_ax.set_xlabel("step")
     svg = to_svg(fig, "Training trajectories with alerts", "run")
@@ -168,14 +182,20 @@ def _plot(data: dict[str, Any]) -> str:
 
 def _tables(data: dict[str, Any]) -> str:
     alert_rows = [
-        [f"A{n}", a["step"], a["severity"], a["code"], a["message"], a["source"]] for n, a in enumerate(data["alerts"], 1)
+        [f"A{n}", a["step"], a["severity"], a["code"], a["message"], a["source"]]
+        for n, a in enumerate(data["alerts"], 1)
     ]
     out = table(["#", "step", "severity", "code", "message", "from"], alert_rows, "Alerts")
     train_rows = data["train"]
     out += table(["step", "loss", "grad norm"], train_rows, "Train steps (as plotted)", collapsed=True)
     eval_rows = [[split, *p] for split, pts in data["eval"].items() for p in pts]
     out += table(["split", "step", "loss", "accuracy"], eval_rows, "Evaluations", collapsed=True)
-    out += table(["step", "mean utilisation", "mean top-1 share"], data["spectral"], "Spectral snapshots", collapsed=True)
+    out += table(
+        ["step", "mean utilisation", "mean top-1 share"],
+        data["spectral"],
+        "Spectral snapshots",
+        collapsed=True,
+    )
     return out
 
 

@@ -77,9 +77,20 @@ def build(path: str, doc: Any) -> Built:
     facts: list[tuple[str, Any]] = [("adapters", len(rows)), ("plotted", len(points))]
     if points:
         utils = [x["utilisation"] for x in points]
-        facts += [("utilisation (mean)", statistics.fmean(utils)), ("utilisation (median)", statistics.median(utils))]
-    body = _plots(points) if points else '<p class="missing">No adapter with a utilisation and a rank to plot.</p>'
-    notes = [f"{len(rows) - len(points)} adapter line(s) without a utilisation or rank are not plotted"] if len(points) < len(rows) else []
+        facts += [
+            ("utilisation (mean)", statistics.fmean(utils)),
+            ("utilisation (median)", statistics.median(utils)),
+        ]
+    body = (
+        _plots(points)
+        if points
+        else '<p class="missing">No adapter with a utilisation and a rank to plot.</p>'
+    )
+    notes = (
+        [f"{len(rows) - len(points)} adapter line(s) without a utilisation or rank are not plotted"]
+        if len(points) < len(rows)
+        else []
+    )
     return Built(data=data, facts=facts, body=body, notes=notes)
 
 
@@ -93,15 +104,23 @@ def _plots(points: list[dict[str, Any]]) -> str:
     box.boxplot([by_tier[t] for t in tiers], tick_labels=[f"{t:g}" for t in tiers])
     box.set_xlabel("nominal rank")
     box.set_ylabel("utilisation")
-    scat.plot([x["rank"] for x in points], [x["utilisation"] for x in points], "o", ms=4, alpha=0.6, color="#D55E00")
+    scat.plot(
+        [x["rank"] for x in points], [x["utilisation"] for x in points], "o", ms=4, alpha=0.6, color="#D55E00"
+    )
     log_axis(scat, "x", base=2)
     scat.set_xlabel("nominal rank (log₂)")
     svg = to_svg(fig, "Utilisation histogram, by rank tier, and against rank", "study")
     rows = [[f"{t:g}", len(v), statistics.fmean(v), statistics.median(v)] for t, v in by_tier.items()]
     tab = table(["nominal rank", "N", "mean utilisation", "median utilisation"], rows, "By nominal-rank tier")
-    tab += table(["adapter", "nominal rank", "utilisation"], [[x["source"], x["rank"], x["utilisation"]] for x in points],
-                 "Adapters (as plotted)", collapsed=True)
-    caption = "Mean utilisation per adapter: histogram, box plots by nominal rank (tiers), and scatter against rank"
+    tab += table(
+        ["adapter", "nominal rank", "utilisation"],
+        [[x["source"], x["rank"], x["utilisation"]] for x in points],
+        "Adapters (as plotted)",
+        collapsed=True,
+    )
+    caption = (
+        "Mean utilisation per adapter: histogram, box plots by nominal rank (tiers), and scatter against rank"
+    )
     return figure(svg, caption, tab)
 
 
