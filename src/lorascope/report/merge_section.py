@@ -1,9 +1,11 @@
 """Merge-audit section: a `lorascope.merge_audit/v1` JSON (`lorascope merge-audit A B --json`).
 
-One figure, three panels sharing the layer axis: subspace overlap (with its chance level and the
-overlap thresholds), directional agreement (negative = the adapters pull the layer in opposite
-directions; the conflict threshold marked) and norm imbalance (log scale, threshold marked).  Each
-point is coloured and shaped by the layer's verdict; the table under it names every layer.
+One figure, four panels sharing the layer axis, each with the verdict thresholds that apply to it
+(merge/verdict.py): subspace overlap above its chance level (`overlap_excess`, with overlap_low and
+overlap_high), directional agreement (below 0: the adapters pull the layer in opposite directions),
+the share of conflicting principal directions, and the norm imbalance (log scale).  Each point is
+coloured and shaped by the layer's verdict; the table under it names every layer and also gives
+the raw overlap.  A JSON without `overlap_excess` is plotted with the raw overlap.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _layer(x: Doc) -> dict[str, Any]:
         "verdict": x.text("verdict"),
         "overlap": x.num("overlap"),
         "chance": x.num("chance_overlap", optional=True),
-        "excess": x.num("overlap_excess", optional=True),
+        "excess": x.num("overlap_excess", optional=True),  # what the verdict thresholds apply to
         "agreement": x.num("agreement"),
         "conflict_share": x.num("conflict_share", optional=True),
         "imbalance": x.num("imbalance"),
@@ -36,6 +38,9 @@ def build(path: str, doc: Any) -> Built:
     doc = doc_in(path, doc, "merge_audit.json")
     d = Doc(doc, path)
     layers = [_layer(x) for x in d.objs("layers")]
+    for x in layers:
+        if x["excess"] is None:
+            x["excess"] = x["overlap"]
     summary = d.need("summary")
     thresholds = d.obj("thresholds", optional=True)
     verdicts = summary.obj("verdicts", optional=True)
@@ -56,6 +61,15 @@ def build(path: str, doc: Any) -> Built:
     )
 
 
+# (layer key, axis label, threshold drawn on the panel)
+PANELS = (
+    ("excess", "overlap − chance", "overlap_high"),
+    ("agreement", "agreement", "agreement_conflict"),
+    ("conflict_share", "conflict share", "conflict_share"),
+    ("imbalance", "imbalance (ratio)", "imbalance"),
+)
+
+
 def _hline(ax: Any, y: float | None, label: str) -> None:
     if y is not None:
         ax.axhline(y, color="#555555", ls="--", lw=0.8)
@@ -64,33 +78,28 @@ def _hline(ax: Any, y: float | None, label: str) -> None:
 
 def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
     t = (lambda k: thresholds.num(k, optional=True)) if thresholds else (lambda k: None)
-    fig, axes = new_figure(8.0, 6.4, 3, 1, margins={"hspace": 0.12, "bottom": 0.08, "top": 0.96}, sharex=True)
-    xs = list(range(len(layers)))
-    chance = [x["chance"] for x in layers]
-    if all(c is not None for c in chance):
-        axes[0].plot(xs, chance, color="#999999", lw=0.8, label="chance overlap")
-    panels = (("overlap", "overlap"), ("agreement", "agreement"), ("imbalance", "imbalance (ratio)"))
-    for ax, (key, label) in zip(axes, panels, strict=True):
+    margins = {"hspace": 0.12, "bottom": 0.07, "top": 0.93}
+    fig, axes = new_figure(8.0, 7.6, len(PANELS), 1, margins=margins, sharex=True)
+    for ax, (key, label, threshold) in zip(axes, PANELS, strict=True):
         for verdict, (colour, marker) in VERDICT_STYLE.items():
-            idx = [i for i, x in enumerate(layers) if x["verdict"] == verdict]
+            idx = [i for i, x in enumerate(layers) if x["verdict"] == verdict and x[key] is not None]
             if idx:
+                ys = [layers[i][key] for i in idx]
                 ax.plot(
-                    idx, [layers[i][key] for i in idx], marker, ms=4, color=colour, ls="none", label=verdict
+                    idx, ys, marker, ms=4, color=colour, ls="none", label=verdict if ax is axes[0] else None
                 )
         ax.set_ylabel(label)
-    high, low = t("overlap_high"), t("overlap_low")
-    _hline(axes[0], high, "overlap_high")
-    _hline(axes[1], t("agreement_conflict"), "agreement_conflict")
-    _hline(axes[2], t("imbalance"), "imbalance")
+        _hline(ax, t(threshold), threshold)
+    _hline(axes[0], t("overlap_low"), "overlap_low")
     axes[1].axhline(0.0, color="#000000", lw=0.5)
-    log_axis(axes[2])
-    axes[2].set_xlabel("shared layer (file order of the first adapter)")
-    axes[0].legend(loc="upper right", fontsize=7, ncols=3)
-    svg = to_svg(fig, "Per-layer overlap, agreement and imbalance, by verdict", "merge")
+    log_axis(axes[3])
+    axes[3].set_xlabel("shared layer (file order of the first adapter)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncols=5, fontsize=7, frameon=False)
+    svg = to_svg(fig, "Per-layer overlap, agreement, conflict share and imbalance, by verdict", "merge")
     caption = (
-        "Per shared layer: subspace overlap of the two updates (grey: its chance level), directional "
-        "agreement (below 0: opposite directions) and norm imbalance; marker and colour = verdict"
-        + (f"; overlap_low = {low:g}" if low is not None else "")
+        "Per shared layer: subspace overlap of the two updates above its chance level, directional "
+        "agreement (below 0: opposite directions), share of conflicting directions, and norm "
+        "imbalance (log); marker and colour = verdict; dashed lines = the audit's thresholds"
     )
     rows = [
         [
