@@ -75,6 +75,7 @@ def bench_dir(root: Path, seeds=(42, 123)) -> Path:
                     "param_reduction": 0.875,
                     "verdict": "PASS",
                 },
+                "energy_90": {"status": "skipped", "reason": "--max-candidates", "accuracy": None},
                 "uniform_p90": {
                     "rank": 32,
                     "params": 442368,
@@ -89,8 +90,10 @@ def bench_dir(root: Path, seeds=(42, 123)) -> Path:
         (d / "bench.json").write_text(json.dumps(doc))
     agg = {
         "schema": "lorascope.bench_aggregate/v1",
-        "validation_level": "screening_plus",
-        "variants": {
+        "validation_classification": "screening_plus",
+        "best_compression": {"variant": "uniform_median", "param_reduction": 0.875, "delta_worst": -0.01},
+        "policy_compliance": {"uniform_median": {"policy_compliant": True}},
+        "variant_results": {
             "uniform_median": {"mean_accuracy": 0.79, "pass_rate": 1.0, "compliant": True},
             "uniform_p90": {"mean_accuracy": 0.76, "pass_rate": 0.0, "compliant": False},
         },
@@ -105,15 +108,19 @@ def study_dir(root: Path, n: int = 24) -> Path:
     lines = []
     for i in range(n):
         r = int(2 ** rng.integers(2, 8))
+        u = float(rng.uniform(0.02, 0.5))
         lines.append(
             json.dumps(
-                {
+                {  # the fields `lorascope study` writes (odd lines: an older spelling, also read)
                     "source": f"adapter-{i}",
                     "format": "peft",
+                    "nominal_rank": r,
                     "nominal_ranks": [r],
-                    "utilisation_mean": float(rng.uniform(0.02, 0.5)),
-                    "layers": 12,
+                    "utilisation": {"mean": u, "median": u},
+                    "n_layers": 12,
                 }
+                if i % 2 == 0
+                else {"source": f"adapter-{i}", "nominal_ranks": [r], "utilisation_mean": u}
             )
         )
     lines.append(json.dumps({"source": "no-rank", "utilisation_mean": 0.3}))
@@ -127,7 +134,8 @@ def gid_json(path: Path, n: int = 12, r: int = 8) -> Path:
         {"name": f"model.layers.{i}.self_attn.q_proj", "gid": float(4 + 3 * i), "stable_rank": 2.0}
         for i in range(n)
     ]
-    path.write_text(json.dumps({"schema": "lorascope.gid/v1", "lora_rank": r, "layers": layers}))
+    layers[0]["starved"] = True  # the file's own flag wins over the GID ≥ 4·r rule
+    path.write_text(json.dumps({"schema": "lorascope.gid/v1", "rank": r, "layers": layers}))
     return path
 
 

@@ -80,11 +80,7 @@ def build(path: str, doc: Any) -> Built:
     ]
     if agg is not None:
         a = Doc(agg, path)
-        facts += [
-            (k.replace("_", " "), a.raw(k))
-            for k in ("validation_level", "policy_compliance", "best_compliant")
-            if isinstance(a.raw(k), (str, int, float, bool))
-        ]
+        facts += _aggregate_facts(a)
         body.append(_aggregate(a))
     return Built(data=data, facts=facts, body="".join(body))
 
@@ -158,19 +154,35 @@ def _plot(seeds: list[dict[str, Any]]) -> str:
 
 
 def _aggregate(a: Doc) -> str:
-    key = a.first("variants", "aggregate", "compressed")
+    """The per-variant table across seeds: `variant_results` (or `variants`), each row's scalar
+    fields, plus `policy_compliance[variant].policy_compliant` where given."""
+    key = a.first("variant_results", "variants", "aggregate")
     block = a.obj(key, optional=True) if key else None
     if block is None:
         return ""
+    compliance = a.obj("policy_compliance", optional=True)
     cols: list[str] = []
     for v in block.data.values():
-        for k, x in v.items() if isinstance(v, dict) else []:
+        for k, x in v.items() if isinstance(v, dict) else ():
             if isinstance(x, (str, int, float, bool)) and k not in cols:
                 cols.append(k)
-    rows = [
-        [name, *[(v.get(c) if isinstance(v, dict) else None) for c in cols]] for name, v in block.data.items()
+    rows = []
+    for name, v in block.data.items():
+        c = compliance.raw(name) if compliance else None
+        ok = c.get("policy_compliant") if isinstance(c, dict) else None
+        rows.append([name, *[(v.get(col) if isinstance(v, dict) else None) for col in cols], ok])
+    return table(["variant", *cols, "policy compliant"], rows, "Across seeds (bench_aggregate.json)")
+
+
+def _aggregate_facts(a: Doc) -> list[tuple[str, Any]]:
+    best = a.raw("best_compression")
+    level = a.raw("validation_classification", a.raw("validation_level"))
+    return [
+        ("validation", level if isinstance(level, str) else None),
+        ("best compliant variant", best.get("variant") if isinstance(best, dict) else None),
+        ("its parameter reduction", best.get("param_reduction") if isinstance(best, dict) else None),
+        ("its worst-seed Δ", best.get("delta_worst") if isinstance(best, dict) else None),
     ]
-    return table(["variant", *cols], rows, "Across seeds (bench_aggregate.json)")
 
 
 SECTION = SectionKind(

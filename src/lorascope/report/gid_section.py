@@ -4,7 +4,7 @@ against its LoRA rank.
 Read defensively: `layers[]` with `name` and the GID as the first of `gid`, `erank`,
 `effective_rank`; the LoRA rank per layer (`lora_rank`, `r`, `rank`) or for the whole file
 (top-level `lora_rank`, `r`, `rank`); a layer is starved where the file says so (`starved`), else
-where GID > `starved_factor` (the file's, default 2) × r.  Starved layers are hatched, labelled in
+where GID ≥ `starved_factor` (the file's, default 4) × r.  Starved layers are hatched, labelled in
 the table, and counted in the headline.
 """
 
@@ -18,7 +18,7 @@ from .html import figure, table
 from .inputs import doc_in
 from .plot import log_axis, new_figure, to_svg
 
-DEFAULT_FACTOR = 2.0
+DEFAULT_FACTOR = 4.0  # `lorascope gid`'s rule: starved when GID ≥ 4·r
 
 
 def build(path: str, doc: Any) -> Built:
@@ -33,13 +33,15 @@ def build(path: str, doc: Any) -> Built:
         gid = x.num(gk) if gk else x.num("gid")
         r = x.num(rk) if rk else top_r
         flag = x.raw("starved")
-        starved = flag if isinstance(flag, bool) else (r is not None and gid is not None and gid > factor * r)
+        starved = (
+            flag if isinstance(flag, bool) else (r is not None and gid is not None and gid >= factor * r)
+        )
         layers.append({"name": x.text("name"), "gid": gid, "r": r, "starved": starved})
     facts: list[tuple[str, Any]] = [
         ("layers", len(layers)),
         ("starved layers", sum(x["starved"] for x in layers)),
         ("LoRA rank", top_r),
-        ("starved when GID >", f"{factor:g} × r"),
+        ("starved when GID ≥", f"{factor:g} × r"),
     ]
     body = _plot(layers, factor) if layers else '<p class="missing">No layers.</p>'
     return Built(data=doc, facts=facts, body=body)
@@ -55,7 +57,7 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
             bar.set_hatch("///")
     if any(x["r"] is not None for x in layers):
         ax.step(xs, [x["r"] for x in layers], where="mid", color="#000000", lw=1.2, label="LoRA rank r")
-    ax.bar([], [], color="#D55E00", hatch="///", label=f"starved (GID > {factor:g}·r)")
+    ax.bar([], [], color="#D55E00", hatch="///", label=f"starved (GID ≥ {factor:g}·r)")
     ax.bar([], [], color="#0072B2", label="GID")
     log_axis(ax)
     ax.set_xlabel("layer")
