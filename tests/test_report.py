@@ -229,3 +229,21 @@ def test_without_matplotlib_the_error_says_what_to_install(tmp_path, capsys, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = report_cli(capsys, gid_json(tmp_path / "gid.json"), "-o", tmp_path / "r.html")
     assert code == 2 and "pip install 'lorascope[report]'" in err and not (tmp_path / "r.html").exists()
+
+
+def test_report_help_does_not_import_matplotlib():
+    import subprocess
+
+    code = (
+        "from lorascope.cli.main import main\ntry:\n    main(['report', '--help'])\n"
+        "except SystemExit:\n    pass\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.split())
+    assert "lorascope.report" in loaded and "matplotlib" not in loaded
+
+
+def test_python_api_is_public():
+    import lorascope
+
+    assert lorascope.build_report is build_report

@@ -14,6 +14,7 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
                                                 (merge_adapters: the same in memory)
     check_config(CheckInput) -> [Finding]       pre-flight LoRA config / training-args findings
     monitor_run(run.jsonl) -> MonitorReport     run-log summary and rule alerts; RunWriter writes logs
+    build_report([inputs], title) -> ReportPage one self-contained HTML page (.html) with plots
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
 """
 
@@ -55,6 +56,7 @@ _API = {
     "monitor_run": ".monitor",
     "RunWriter": ".telemetry",
     "read_run": ".telemetry",
+    "build_report": ".report",
     "LorascopeCallback": ".integrations.hf",
 }
 
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .integrations.hf import LorascopeCallback
     from .merge import MergeAuditReport, MergePlan, MergeReport, merge_adapters, merge_audit, merge_files
     from .monitor import MonitorReport, Thresholds, monitor_run
+    from .report import build_report
     from .telemetry import RunWriter, read_run
     from .types import Adapter, LayerInfo, LoraDelta
 
@@ -113,6 +116,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "audit_adapter",
+    "build_report",
     "check_config",
     "compress_adapter",
     "compress_file",
