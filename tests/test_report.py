@@ -247,3 +247,16 @@ def test_python_api_is_public():
     import lorascope
 
     assert lorascope.build_report is build_report
+
+
+def test_an_audit_without_layers_or_with_silent_layers_still_renders(tmp_path):
+    empty = audit_doc(n_blocks=1, r=4)
+    empty["layers"] = []
+    silent = audit_doc(n_blocks=1, r=4)
+    silent["layers"][0]["singular_values"] = [0.0] * 4  # σ₁ = 0 but not flagged dead: not drawn
+    silent["notes"] = "not a list"
+    for name, doc in (("empty.json", empty), ("silent.json", silent)):
+        _write(tmp_path / name, json.dumps(doc))
+    page = build_report([str(tmp_path / "empty.json"), str(tmp_path / "silent.json")]).html
+    assert "No LoRA layers in this audit." in page
+    assert page.count('<g id="sv') == 6  # the 7 layers of the block, less the silent one

@@ -15,9 +15,10 @@ from typing import Any
 
 from .base import Built, SectionKind
 from .fields import Doc
-from .html import figure, table
+from .html import figure, table, text_list
 from .plot import MODULE_STYLE, log_axis, new_figure, safe, titled_groups, to_svg
 
+NO_LAYERS = '<p class="missing">No LoRA layers in this audit.</p>'
 ANNOTATE_MAX = 150  # heatmap cells written on up to this many cells (beyond, the table has them)
 
 
@@ -33,9 +34,9 @@ def build(path: str, doc: Any) -> Built:
     layers = [_layer(x, key) for x in d.objs("layers")]
     summary = d.need("summary")
     facts = _facts(d, summary, layers, key)
-    live = [x for x in layers if not x["dead"]]
-    body = [_spectra(live), _heatmaps(layers, tau), _ranks(layers, tau)]
-    return Built(data=doc, facts=facts, body="".join(body), notes=[str(n) for n in d.raw("notes", [])])
+    live = [x for x in layers if not x["dead"] and x["sv"] and x["sv"][0] > 0]  # σ₁ = 0: nothing to draw
+    body = [_spectra(live), _heatmaps(layers, tau), _ranks(layers, tau)] if layers else [NO_LAYERS]
+    return Built(data=doc, facts=facts, body="".join(body), notes=text_list(d.raw("notes")))
 
 
 def _layer(x: Doc, key: str) -> dict[str, Any]:

@@ -85,6 +85,11 @@ def facts(pairs: Iterable[tuple[str, Any]]) -> str:
     return f'<dl class="facts">{items}</dl>'
 
 
+def text_list(value: Any) -> list[str]:
+    """A JSON list of notes as strings; anything else (absent, a string, an object) as nothing."""
+    return [str(x) for x in value] if isinstance(value, list) else []
+
+
 def notes(items: Iterable[str]) -> str:
     lis = "".join(f"<li>{esc(x)}</li>" for x in items)
     return f'<ul class="notes">{lis}</ul>' if lis else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from .base import Built, SectionKind
 from .fields import Doc
-from .html import Raw, esc, figure, table
+from .html import Raw, esc, figure, table, text_list
 from .inputs import doc_in
 from .plot import VERDICT_STYLE, log_axis, new_figure, to_svg
 
@@ -56,9 +56,7 @@ def build(path: str, doc: Any) -> Built:
         facts += [(f"{v} layers", verdicts.integer(v, optional=True)) for v in VERDICT_STYLE]
     if not layers:
         return Built(data=doc, facts=facts, body='<p class="missing">No shared layers.</p>')
-    return Built(
-        data=doc, facts=facts, body=_plot(layers, thresholds), notes=[str(n) for n in d.raw("notes", [])]
-    )
+    return Built(data=doc, facts=facts, body=_plot(layers, thresholds), notes=text_list(d.raw("notes")))
 
 
 # (layer key, axis label, threshold drawn on the panel)

@@ -19,6 +19,7 @@ from .html import figure, table
 from .plot import SEVERITY_STYLE, new_figure, safe, to_svg
 
 CAP = 1000  # points kept per series
+MAX_MARKED = 60  # alerts drawn as lines (the table lists every one)
 
 
 class Thin:
@@ -54,14 +55,11 @@ class _Run:
         self.train, self.spectral = Thin(), Thin()
         self.evals: dict[str, Thin] = {}
         self.alerts: list[dict[str, Any]] = []
-        self.nonfinite_steps: list[int | None] = []
 
     def add(self, e: Any) -> None:
         if e.event == "train_step":
-            loss, grad = e.get("loss"), e.get("grad_norm")
-            if _finite(loss) is None and loss is not None or _finite(grad) is None and grad is not None:
-                self.nonfinite_steps.append(e.step)
-            self.train.add([e.step, _finite(loss), _finite(grad)])
+            # a NaN/Inf loss is None here (strict JSON); the monitor's NONFINITE_LOSS alert marks it
+            self.train.add([e.step, _finite(e.get("loss")), _finite(e.get("grad_norm"))])
         elif e.event == "eval":
             m = e.get("metrics") or {}
             self.evals.setdefault(str(e.get("split")), Thin()).add(
@@ -161,7 +159,7 @@ def _plot(data: dict[str, Any]) -> str:
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#555555")
-    for n, a in enumerate(data["alerts"], 1):
+    for n, a in enumerate(data["alerts"][:MAX_MARKED], 1):
         if a["step"] is None:
             continue
         colour, style = SEVERITY_STYLE.get(a["severity"], SEVERITY_STYLE["info"])
