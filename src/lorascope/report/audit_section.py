@@ -195,6 +195,7 @@ def _ranks(layers: list[dict[str, Any]], tau: float) -> str:
     ax.plot(xs, [x["suggested"] for x in layers], "o", ms=3, color="#0072B2", label="suggested rank")
     ax.plot(xs, [x["k"] for x in layers], "x", ms=3, color="#D55E00", label=f"k@{tau:g}")
     ax.set_xlabel("layer (file order)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("rank")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=7)

@@ -13,6 +13,7 @@ under the common colour-vision deficiencies).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from typing import Any
@@ -108,10 +109,35 @@ def to_svg(fig: Any, label: str, css_class: str = "") -> str:
     svg = _HEAD.sub("", buf.getvalue(), count=1)
     svg = _SIZE.sub(r"<svg\1", svg, count=1)
     svg = _META.sub("", svg, count=4)  # the RDF metadata block and its namespaces: bytes, no content
+    svg = _unique_ids(svg)
     cls = f' class="{css_class}"' if css_class else ""
     svg = svg.replace("<svg", f'<svg role="img" aria-label="{esc(label)}"{cls}', 1)
     head_end = svg.index(">") + 1
     return svg[:head_end] + f"<title>{esc(label)}</title>" + svg[head_end:]
+
+
+_ID = re.compile(r' id="([^"]+)"')
+_REF = re.compile(r'(href="#|url\(#)([^")]+)')
+_AUTO = re.compile(r"^[\w.]+_\d+$")  # matplotlib's own group names: figure_1, line2d_7, …
+
+
+def _unique_ids(svg: str) -> str:
+    """Ids that stay unique when several SVGs share one HTML document.  matplotlib names every
+    group (`figure_1`, `axes_1`, …, the same in every figure) and content-hashes its defs (clip
+    paths, markers, images); the group names nobody references are dropped (bytes, and duplicate
+    ids in the page), the referenced defs get a prefix from this SVG's own hash (deterministic).
+    Ids set on purpose (gid=…, no `_N` suffix) are kept as they are."""
+    referenced = {m.group(2) for m in _REF.finditer(svg)}
+    prefix = "f" + hashlib.sha1(svg.encode()).hexdigest()[:6] + "-"
+
+    def rename_id(m: re.Match[str]) -> str:
+        x = m.group(1)
+        if x in referenced:
+            return f' id="{prefix}{x}"'
+        return "" if _AUTO.match(x) else m.group(0)
+
+    svg = _ID.sub(rename_id, svg)
+    return _REF.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", svg)
 
 
 def titled_groups(svg: str, titles: dict[str, str]) -> str:
