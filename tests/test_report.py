@@ -260,3 +260,14 @@ def test_an_audit_without_layers_or_with_silent_layers_still_renders(tmp_path):
     page = build_report([str(tmp_path / "empty.json"), str(tmp_path / "silent.json")]).html
     assert "No LoRA layers in this audit." in page
     assert page.count('<g id="sv') == 6  # the 7 layers of the block, less the silent one
+
+
+def test_a_bad_seed_file_is_named(tmp_path, capsys):
+    root = bench_dir(tmp_path / "bench")
+    seed = root / "seed_42" / "bench.json"
+    doc = json.loads(seed.read_text())
+    doc["compressed"]["uniform_p90"]["accuracy"] = "0.76"
+    seed.write_text(json.dumps(doc))
+    code, _, err = report_cli(capsys, root, "-o", tmp_path / "r.html")
+    expected = f"{seed}: compressed.uniform_p90.accuracy: expected a number, got the string '0.76'"
+    assert (code, err) == (2, f"lorascope: error: {expected}\n")

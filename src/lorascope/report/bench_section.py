@@ -23,17 +23,20 @@ DEFAULT_WORST_DELTA = -0.025  # the bench's default policy: no seed may lose mor
 MARKERS = "osD^vP*Xhp<>"
 
 
-def _collect(path: str, doc: Any) -> tuple[list[tuple[str, Any]], Any]:
-    """([(seed label, bench.json document)], aggregate document or None)."""
+def _collect(path: str, doc: Any) -> tuple[list[tuple[str, str, Any]], tuple[str, Any] | None]:
+    """([(seed label, its bench.json path, its document)], (aggregate path, document) or None)."""
     p = Path(path)
     if doc is not None:  # a single file
-        is_agg = p.name == "bench_aggregate.json" or "aggregate" in str(doc.get("schema", ""))
-        return ([], doc) if is_agg else ([(p.parent.name, doc)], None)
-    seeds = [(f.parent.name if f.parent != p else p.name, f) for f in sorted(p.glob("*/bench.json"))]
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        if p.name == "bench_aggregate.json" or "aggregate" in str(schema):
+            return [], (path, doc)
+        return [(p.parent.name, path, doc)], None
+    files = sorted(p.glob("*/bench.json"))
     if (p / "bench.json").is_file():
-        seeds.insert(0, (p.name, p / "bench.json"))
+        files.insert(0, p / "bench.json")
+    seeds = [(f.parent.name, str(f), read_json(str(f))) for f in files]
     agg = p / "bench_aggregate.json"
-    return [(s, read_json(str(f))) for s, f in seeds], (read_json(str(agg)) if agg.is_file() else None)
+    return seeds, ((str(agg), read_json(str(agg))) if agg.is_file() else None)
 
 
 def _seed(label: str, raw: Any, path: str) -> dict[str, Any]:
@@ -70,16 +73,17 @@ def _seed(label: str, raw: Any, path: str) -> dict[str, Any]:
 
 
 def build(path: str, doc: Any) -> Built:
-    raw_seeds, agg = _collect(path, doc)
-    seeds = [_seed(label, raw, path) for label, raw in raw_seeds]
-    data = {"seeds": {s: raw for s, raw in raw_seeds}, "aggregate": agg}
+    raw_seeds, agg_file = _collect(path, doc)
+    seeds = [_seed(label, raw, file) for label, file, raw in raw_seeds]  # errors name the seed's file
+    agg = agg_file[1] if agg_file else None
+    data = {"seeds": {label: raw for label, _, raw in raw_seeds}, "aggregate": agg}
     body = [_plot(seeds)] if seeds else ['<p class="missing">No per-seed bench.json found.</p>']
     facts: list[tuple[str, Any]] = [
         ("seeds", len(seeds)),
         ("variants", len({v["variant"] for s in seeds for v in s["variants"]})),
     ]
-    if agg is not None:
-        a = Doc(agg, path)
+    if agg_file is not None:
+        a = Doc(agg_file[1], agg_file[0])
         facts += _aggregate_facts(a)
         body.append(_aggregate(a))
     return Built(data=data, facts=facts, body="".join(body))

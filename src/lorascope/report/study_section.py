@@ -72,7 +72,8 @@ def build(path: str, doc: Any) -> Built:
         study = read_json(str(p / "study.json")) if (p / "study.json").is_file() else None
     else:  # adapters.jsonl given alone
         rows, study = _read_jsonl(p), None
-    points = [x for n, r in enumerate(rows, 1) if (x := _point(r, path, n)) is not None]
+    lines = str(p / "adapters.jsonl") if p.is_dir() else path  # the file a bad line is in
+    points = [x for n, r in enumerate(rows, 1) if (x := _point(r, lines, n)) is not None]
     data = {"adapters": rows, "study": study}
     facts: list[tuple[str, Any]] = [("adapters", len(rows)), ("plotted", len(points))]
     if points:
