@@ -141,7 +141,7 @@ def test_bench_study_gid_sections_read_what_they_plot(tmp_path):
 
 
 def _write(path, text):
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return path
 
 
@@ -152,6 +152,8 @@ BAD_JSON = [
         "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)",
     ),
     ("nan.json", '{"schema": "lorascope.audit/v1", "x": NaN}', "not strict JSON (NaN is not a JSON number)"),
+    ("big.json", '{"x": 1e999}', "not strict JSON (the number 1e999 is too large)"),
+    ("latin1.json", b'{"x": "\xe9"}', "not UTF-8 text (byte 7)"),
     ("other.json", '{"schema": "x/v1"}', "not a report lorascope reads (schema 'x/v1'; expected one of"),
     ("list.json", "[1]", "not a report lorascope reads (no schema field; expected one of"),
 ]

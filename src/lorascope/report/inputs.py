@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from .base import SectionKind
 
 class InputNotFoundError(AdapterNotFoundError):
     hint = "check the path"
+
+
+def finite_float(text: str) -> float:
+    """json's parse_float that refuses numbers too large for a float (1e999 would be infinity,
+    which strict JSON, and so the page's embedded copy, cannot hold)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
 
 
 def read_json(path: str) -> Any:
@@ -36,7 +46,7 @@ def read_json(path: str) -> Any:
         raise FormatError(f"not strict JSON ({name} is not a JSON number)", path=path)
 
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=refuse)
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse, parse_float=finite_float)
     except FormatError:
         raise
     except UnicodeDecodeError as e:
@@ -47,7 +57,9 @@ def read_json(path: str) -> Any:
         ) from None
     except RecursionError:
         raise FormatError("not valid JSON (nested too deeply to read)", path=path) from None
-    except ValueError:
+    except ValueError as e:
+        if "too large" in str(e):  # finite_float
+            raise FormatError(f"not strict JSON ({e})", path=path) from None
         raise FormatError(
             f"not valid JSON (an integer with more than {sys.get_int_max_str_digits()} digits)", path=path
         ) from None

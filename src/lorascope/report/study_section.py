@@ -19,23 +19,30 @@ from ..errors import FormatError
 from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
-from .inputs import read_json
+from .inputs import finite_float, read_json
 from .plot import log_axis, new_figure, to_svg
 
 UTIL_KEYS = ("utilisation_mean", "utilization_mean", "mean_utilisation", "utilisation")
 RANK_KEYS = ("nominal_rank", "rank", "r", "nominal_ranks")
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _refuse(name: str) -> None:
+    raise ValueError(name)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """(line number, record) of every non-blank line; strict JSON (no NaN), one-line errors."""
     rows = []
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line.decode("utf-8")))
+                rows.append(
+                    (n, json.loads(line.decode("utf-8"), parse_constant=_refuse, parse_float=finite_float))
+                )
             except (UnicodeDecodeError, ValueError, RecursionError):
-                raise FormatError(f"line {n}: not valid JSON", path=str(path)) from None
+                raise FormatError(f"line {n}: not valid strict JSON", path=str(path)) from None
     return rows
 
 
@@ -73,8 +80,8 @@ def build(path: str, doc: Any) -> Built:
     else:  # adapters.jsonl given alone
         rows, study = _read_jsonl(p), None
     lines = str(p / "adapters.jsonl") if p.is_dir() else path  # the file a bad line is in
-    points = [x for n, r in enumerate(rows, 1) if (x := _point(r, lines, n)) is not None]
-    data = {"adapters": rows, "study": study}
+    points = [x for n, r in rows if (x := _point(r, lines, n)) is not None]
+    data = {"adapters": [r for _, r in rows], "study": study}
     facts: list[tuple[str, Any]] = [("adapters", len(rows)), ("plotted", len(points))]
     if points:
         utils = [x["utilisation"] for x in points]
