@@ -70,6 +70,8 @@ def test_every_kind_of_input_becomes_its_section(tmp_path, capsys, two_adapters)
     assert set(embedded(page)) == set(range(1, 8))
     # audit 3 figures ×2, merge 1, run 1, bench 1, study 1, gid 1: every one an inline SVG
     assert page.count("<svg") == 11
+    figures = re.findall(r'<figure class="plot">(.*?)</figure>', page, re.S)
+    assert len(figures) == 11 and all("<table>" in f for f in figures)  # a table under every plot
     assert "http://" not in page.replace("http://www.w3.org/", "")  # SVG namespaces only, nothing to fetch
     assert "https://" not in page
 

@@ -124,7 +124,7 @@ def build(path: str, doc: Any) -> Built:
     )
     if monitor.get("torn_tail"):
         notes.append("the last line of the log was torn (a crash mid-write) and was dropped")
-    return Built(data=data, facts=facts, body=_plot(data) + _tables(data), notes=notes)
+    return Built(data=data, facts=facts, body=_plot(data), notes=notes)
 
 
 def _series(points: list[list[Any]], col: int) -> tuple[list[Any], list[Any]]:
@@ -175,7 +175,7 @@ def _plot(data: dict[str, Any]) -> str:
         "Loss, eval accuracy, grad norm, and mean utilisation / top-1 energy share per spectral snapshot; "
         "vertical lines are alerts A1, A2, … (solid: error, dashed: warning, dotted: info)"
     )
-    return figure(svg, caption)
+    return figure(svg, caption, _tables(data))
 
 
 def _tables(data: dict[str, Any]) -> str:
