@@ -275,3 +275,13 @@ def test_a_bad_seed_file_is_named(tmp_path, capsys):
     code, _, err = report_cli(capsys, root, "-o", tmp_path / "r.html")
     expected = f"{seed}: compressed.uniform_p90.accuracy: expected a number, got the string '0.76'"
     assert (code, err) == (2, f"lorascope: error: {expected}\n")
+
+
+def test_very_many_layers_draw_every_kth_spectrum(tmp_path, monkeypatch):
+    from lorascope.report import audit_section
+
+    monkeypatch.setattr(audit_section, "MAX_LINES", 50)
+    f = _write(tmp_path / "audit.json", json.dumps(audit_doc(n_blocks=32, r=8)))
+    page = build_report([str(f)]).html
+    assert page.count('<g id="sv') == 45  # 224 layers, every 5th
+    assert "one layer in 5 of 224 drawn (the table lists them all)" in page

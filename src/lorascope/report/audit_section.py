@@ -19,6 +19,7 @@ from .html import figure, table, text_list
 from .plot import MODULE_STYLE, log_axis, new_figure, safe, titled_groups, to_svg
 
 NO_LAYERS = '<p class="missing">No LoRA layers in this audit.</p>'
+MAX_LINES = 1000  # spectra drawn (beyond, every k-th layer: page size and time stay bounded)
 ANNOTATE_MAX = 150  # heatmap cells written on up to this many cells (beyond, the table has them)
 
 
@@ -84,9 +85,12 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     )
     if not with_sv:
         return '<p class="missing">No singular values in this audit (written with --no-singular-values).</p>'
+    stride = -(-len(with_sv) // MAX_LINES)  # ceil: every layer up to MAX_LINES layers
+    if stride > 1:
+        caption += f"; one layer in {stride} of {len(with_sv)} drawn (the table lists them all)"
     fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11})
     titles = {}
-    for i, x in enumerate(with_sv):
+    for i, x in enumerate(with_sv[::stride]):
         colour, style, _ = MODULE_STYLE.get(x["type"], MODULE_STYLE["other"])
         s1 = x["sv"][0]
         ys = [max(s / s1, 1e-12) for s in x["sv"]]  # log axis: exact zeros drawn at 1e-12
