@@ -32,7 +32,7 @@ h2{font-size:1.3rem;border-bottom:2px solid var(--accent);padding-bottom:.2rem}
 .meta,.missing,figcaption{color:var(--muted)}
 nav ol{padding-left:0}nav li{display:inline-block;margin:0 1.4rem .2rem 0}
 code,.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
-.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(12rem,1fr));gap:.4rem;margin:.5rem 0}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(9.5rem,1fr));gap:.4rem;margin:.5rem 0}
 .facts div{border:1px solid var(--line);border-radius:4px;padding:.3rem .5rem}
 .facts dt{font-size:.8rem;color:var(--muted)}.facts dd{margin:0;font-weight:600}
 figure.plot{margin:1rem 0;border-top:1px solid var(--line);padding-top:.5rem;break-inside:avoid}
