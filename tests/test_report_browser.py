@@ -142,3 +142,16 @@ def test_prints_with_every_table_open(browser, pages):
     pdf = browser.pdf()
     assert pdf.startswith(b"%PDF") and len(pdf) > 20_000
     assert browser.problems() == []
+
+
+def test_hovering_a_spectrum_highlights_it(browser, pages):
+    _open(browser, pages[1])
+    path = "document.querySelector('g#sv7 path')"
+    before = browser.evaluate(f"getComputedStyle({path}).strokeWidth")
+    browser.send("DOM.enable")
+    browser.send("CSS.enable")
+    root = browser.send("DOM.getDocument")["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", nodeId=root, selector="g#sv7")["nodeId"]
+    browser.send("CSS.forcePseudoState", nodeId=node, forcedPseudoClasses=["hover"])
+    assert browser.evaluate(f"getComputedStyle({path}).strokeWidth") == "3px" != before
+    assert browser.evaluate("getComputedStyle(document.querySelector('g#sv8 path')).strokeWidth") == before

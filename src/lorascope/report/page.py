@@ -37,8 +37,8 @@ code,.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;over
 .facts dt{font-size:.8rem;color:var(--muted)}.facts dd{margin:0;font-weight:600}
 figure.plot{margin:1rem 0;border-top:1px solid var(--line);padding-top:.5rem;break-inside:avoid}
 .svgwrap svg{width:100%;height:auto;display:block}
-.spectra g[id^="sv"] path{transition:stroke-width .1s}
-.spectra g[id^="sv"]:hover path{stroke-width:3px;stroke-opacity:1}
+/* matplotlib writes each line's style inline: only !important overrides it */
+.spectra g[id^="sv"]:hover path{stroke-width:3px!important;stroke-opacity:1!important}
 .tablewrap{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.85rem;margin:.3rem 0}
 caption{text-align:left;font-weight:600;padding:.2rem 0}
