@@ -15,6 +15,7 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
     check_config(CheckInput) -> [Finding]       pre-flight LoRA config / training-args findings
     monitor_run(run.jsonl) -> MonitorReport     run-log summary and rule alerts; RunWriter writes logs
     run_study(sources, out) -> StudyResult      audit many adapters into journals and tables (StudyOptions)
+    build_report([inputs], title) -> ReportPage one self-contained HTML page (.html) with plots
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
     run_bench(load_bench_config(path), BenchOptions(out=...)) -> dict
                                                 probe → audit → retrain → evaluate over seeds (torch)
@@ -61,6 +62,7 @@ _API = {
     "StudyOptions": ".study",
     "StudyResult": ".study",
     "run_study": ".study",
+    "build_report": ".report",
     "LorascopeCallback": ".integrations.hf",
     "BenchOptions": ".bench",
     "load_bench_config": ".bench",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .merge import MergeAuditReport, MergePlan, MergeReport, merge_adapters, merge_audit, merge_files
     from .monitor import MonitorReport, Thresholds, monitor_run
     from .study import StudyOptions, StudyResult, run_study
+    from .report import build_report
     from .telemetry import RunWriter, read_run
     from .types import Adapter, LayerInfo, LoraDelta
 
@@ -127,6 +130,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "audit_adapter",
+    "build_report",
     "check_config",
     "compress_adapter",
     "compress_file",
