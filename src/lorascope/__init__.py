@@ -101,8 +101,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .integrations.hf import LorascopeCallback
     from .merge import MergeAuditReport, MergePlan, MergeReport, merge_adapters, merge_audit, merge_files
     from .monitor import MonitorReport, Thresholds, monitor_run
-    from .study import StudyOptions, StudyResult, run_study
     from .report import build_report
+    from .study import StudyOptions, StudyResult, run_study
     from .telemetry import RunWriter, read_run
     from .types import Adapter, LayerInfo, LoraDelta
 
