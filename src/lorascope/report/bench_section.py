@@ -23,6 +23,12 @@ DEFAULT_WORST_DELTA = -0.025  # the bench's default policy: no seed may lose mor
 MARKERS = "osD^vP*Xhp<>"
 
 
+def _seed_order(f: Path) -> tuple[int, str]:
+    """seed_42 before seed_123: numeric seeds in numeric order, other folder names after them."""
+    tail = f.parent.name.rpartition("_")[2]
+    return (int(tail), "") if tail.isdigit() else (1 << 62, f.parent.name)
+
+
 def _collect(path: str, doc: Any) -> tuple[list[tuple[str, str, Any]], tuple[str, Any] | None]:
     """([(seed label, its bench.json path, its document)], (aggregate path, document) or None)."""
     p = Path(path)
@@ -31,7 +37,7 @@ def _collect(path: str, doc: Any) -> tuple[list[tuple[str, str, Any]], tuple[str
         if p.name == "bench_aggregate.json" or "aggregate" in str(schema):
             return [], (path, doc)
         return [(p.parent.name, path, doc)], None
-    files = sorted(p.glob("*/bench.json"))
+    files = sorted(p.glob("*/bench.json"), key=_seed_order)
     if (p / "bench.json").is_file():
         files.insert(0, p / "bench.json")
     seeds = [(f.parent.name, str(f), read_json(str(f))) for f in files]
@@ -91,14 +97,9 @@ def build(path: str, doc: Any) -> Built:
 
 def _plot(seeds: list[dict[str, Any]]) -> str:
     n = min(len(seeds), 6)
-    fig, axes = new_figure(
-        8.0,
-        3.0 if n <= 2 else 5.6,
-        1 if n <= 2 else 2,
-        min(n, 2) if n <= 2 else 3,
-        sharey=True,
-        squeeze=False,
-    )
+    cols = min(n, 3)
+    rows = -(-n // cols)  # as many rows as the panels need: no empty row of hidden axes
+    fig, axes = new_figure(8.0, 3.0 * rows - 0.2 * (rows - 1), rows, cols, sharey=True, squeeze=False)
     names = sorted({v["variant"] for s in seeds for v in s["variants"]})
     style = {name: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, name in enumerate(names)}
     flat = [ax for row in axes for ax in row]
@@ -181,6 +182,8 @@ def _aggregate(a: Doc) -> str:
 def _aggregate_facts(a: Doc) -> list[tuple[str, Any]]:
     best = a.raw("best_compression")
     level = a.raw("validation_classification", a.raw("validation_level"))
+    if isinstance(level, dict):  # lorascope bench: {"level": ..., "rationale": ...}
+        level = level.get("level")
     return [
         ("validation", level if isinstance(level, str) else None),
         ("best compliant variant", best.get("variant") if isinstance(best, dict) else None),
