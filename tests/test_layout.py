@@ -21,7 +21,7 @@ LAYERS = {
     0: {"_version", "errors", "types", "rounding", "jsontext", "textsafe"},
     1: {"spectral", "metrics", "_parallel"},
     2: {"formats", "passes"},
-    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor"},
+    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "gid"},
     4: {"integrations"},
     5: {"cli", "__main__", "__init__"},
 }

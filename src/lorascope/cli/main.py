@@ -22,6 +22,7 @@ COMMANDS = {
     "merge": ("merge", "merge N LoRA adapters (any ranks) into one, checked against the exact ΔW"),
     "monitor": ("monitor", "summarise a training run log and raise alerts"),
     "check": ("check", "validate a LoRA config and training args before training"),
+    "gid": ("gid", "gradient intrinsic dimensionality per layer (rank starvation); RaLoRA plans"),
 }
 
 
