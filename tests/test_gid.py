@@ -87,7 +87,9 @@ def test_ralora_pro_ranks_by_hand():
     opts = PlanOptions(rank=8, r_min=2, r_max=40)
     size = {"a.q": math.sqrt(128), "a.v": math.sqrt(128), "b.up": math.sqrt(320)}
     budget = 8 * sum(size.values())
-    want = {n: math.floor(budget * imp / 8.0 / size[n]) for n, imp in (("a.q", 3.0), ("a.v", 1.0), ("b.up", 4.0))}
+    want = {
+        n: math.floor(budget * imp / 8.0 / size[n]) for n, imp in (("a.q", 3.0), ("a.v", 1.0), ("b.up", 4.0))
+    }
     assert want == {"a.q": 10, "a.v": 3, "b.up": 9}  # 324.13·(3/8)/11.31, ·(1/8)/11.31, ·(4/8)/17.89
     assert pro_ranks(LAYERS, opts) == want
     assert pro_ranks(LAYERS, PlanOptions(rank=8, r_min=10, r_max=20)) == {"a.q": 10, "a.v": 10, "b.up": 10}
@@ -165,7 +167,9 @@ def test_audit_and_convert_read_ralora(tmp_path, rng, capsys):
 def test_ralora_writer_refuses_factors_that_are_not_block_diagonal(tmp_path, rng):
     info = LayerInfo("m.q", "linear", 4, 6, 4, 1.0, "fp32", extras={"blocks": 2})
     bad = Adapter.from_deltas([LoraDelta(info, rng.standard_normal((4, 4)), rng.standard_normal((6, 4)))])
-    with pytest.raises(UnsupportedError, match=r"m\.q: cannot write it \(factors are not block-diagonal with 2"):
+    with pytest.raises(
+        UnsupportedError, match=r"m\.q: cannot write it \(factors are not block-diagonal with 2"
+    ):
         save(bad, tmp_path / "x", format="ralora")
     assert list(tmp_path.iterdir()) == []
     assert diagonal_blocks(np.ones((4, 4)), 2) is None
@@ -178,7 +182,9 @@ def test_ralora_reader_rejects_bad_configs(tmp_path, rng):
     cfg = json.loads(cfg_path.read_text())
     cfg["layers"]["m.layers.0.q"]["blocks"] = 2
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(FormatError, match=r"layer m\.layers\.0\.q: shapes A \[4, 2, 2\] / B \[4, 3, 2\] do not fit"):
+    with pytest.raises(
+        FormatError, match=r"layer m\.layers\.0\.q: shapes A \[4, 2, 2\] / B \[4, 3, 2\] do not fit"
+    ):
         load(path)
     cfg["layers"] = {}
     cfg_path.write_text(json.dumps(cfg))
@@ -209,10 +215,15 @@ def test_cli_plan_from_report(tmp_path, capsys):
     "argv, message",
     [
         (["--report", "R"], "--report needs --plan ralora|ralora-pro|peft"),
-        (["--report", "R", "--plan", "ralora", "--rank", "0"],
-            "plan options need rank ≥ 1, n_max ≥ 1 and 1 ≤ r_min ≤ r_max (got rank=0, n_max=32, r_min=1, r_max=64)",
+        (
+            ["--report", "R", "--plan", "ralora", "--rank", "0"],
+            "plan options need rank ≥ 1, n_max ≥ 1 and 1 ≤ r_min ≤ r_max "
+            "(got rank=0, n_max=32, r_min=1, r_max=64)",
         ),
-        (["--report", "R", "--plan", "ralora", "--plan-out", "R"], "R: output already exists; choose a new path"),
+        (
+            ["--report", "R", "--plan", "ralora", "--plan-out", "R"],
+            "R: output already exists; choose a new path",
+        ),
         ([], "give either MODEL (calibrate) or --report gid.json (plan), not both"),
         (["MODEL"], "calibrating MODEL needs --data FILE"),
     ],
@@ -230,4 +241,7 @@ def test_cli_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
     p = tmp_path / "x.json"
     p.write_text('{"schema": "other"}')
     assert main(["gid", "--report", str(p), "--plan", "ralora"]) == 2
-    assert capsys.readouterr().err == f"lorascope: error: {p}: not a lorascope.gid/v1 file (its 'schema' field differs)\n"
+    assert (
+        capsys.readouterr().err
+        == f"lorascope: error: {p}: not a lorascope.gid/v1 file (its 'schema' field differs)\n"
+    )

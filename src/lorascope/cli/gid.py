@@ -22,7 +22,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a local Hugging Face model directory to calibrate")
     p.add_argument("--data", help="calibration data: .jsonl ({text, label}) or .csv (text, label columns)")
     p.add_argument("--task", choices=("cls", "clm"), default="cls", help="loss: classification or causal LM")
-    p.add_argument("--target", help="comma-separated module names (suffixes), e.g. query,value (default: all linear)")
+    p.add_argument(
+        "--target", help="comma-separated module names (suffixes), e.g. query,value (default: all linear)"
+    )
     p.add_argument("--steps", type=int, default=64, help="calibration batches (default 64)")
     p.add_argument("--batch", type=int, default=8, help="rows per batch (default 8)")
     p.add_argument("--max-len", type=int, default=128, help="tokens per row (default 128)")
@@ -44,16 +46,23 @@ def _calibrate(args: argparse.Namespace) -> dict:
     if not args.data:
         raise InvalidArgumentError("calibrating MODEL needs --data FILE")
     try:
-        from ..gid.calibrate import CalibrationConfig
+        from ..gid.calibration import CalibrationConfig
         from ..gid.hf import calibrate_model_dir
     except ImportError as e:
         raise MissingDependencyError(
-            f"the calibration pass needs torch and transformers ({e.name} is missing): pip install 'lorascope[train]'"
+            f"the calibration pass needs torch and transformers ({e.name} is missing): "
+            "pip install 'lorascope[train]'"
         ) from None
     targets = [t.strip() for t in args.target.split(",") if t.strip()] if args.target else None
     config = CalibrationConfig(steps=args.steps, layers_per_pass=args.layers_per_pass, rank=args.rank)
     return calibrate_model_dir(
-        args.model, args.data, args.task, targets=targets, batch=args.batch, max_len=args.max_len, config=config
+        args.model,
+        args.data,
+        args.task,
+        targets=targets,
+        batch=args.batch,
+        max_len=args.max_len,
+        config=config,
     )
 
 

@@ -84,7 +84,9 @@ def read(path: str | Path, **options: Any) -> Adapter:
         raise AdapterNotFoundError(f"a RaLoRA adapter is a directory with {CONFIG} and {WEIGHTS}", path=root)
     cfg = json_loads((root / CONFIG).read_bytes(), root / CONFIG, "not valid JSON ({})")
     if not isinstance(cfg, dict) or cfg.get("format") != SCHEMA or not isinstance(cfg.get("layers"), dict):
-        raise FormatError(f"{CONFIG} must be a JSON object with format {SCHEMA!r} and a 'layers' object", path=root)
+        raise FormatError(
+            f"{CONFIG} must be a JSON object with format {SCHEMA!r} and a 'layers' object", path=root
+        )
     src = open_safetensors(root / WEIGHTS)
     keys = set(src.keys())
     layers = [_layer(src, name, entry, keys) for name, entry in cfg["layers"].items()]
@@ -93,7 +95,8 @@ def read(path: str | Path, **options: Any) -> Adapter:
     if keys:
         raise FormatError(f"tensors not described in {CONFIG}: {', '.join(sorted(keys)[:5])}", path=src.path)
     blocks = sorted({int(x.extras["blocks"]) for x in layers})
-    note = f"RaLoRA: rank = equivalent rank blocks × block rank (blocks per layer: {', '.join(map(str, blocks))})"
+    listed = ", ".join(map(str, blocks))
+    note = f"RaLoRA: rank = equivalent rank blocks × block rank (blocks per layer: {listed})"
     config = {k: cfg[k] for k in ("base_model_name_or_path", "task_type") if cfg.get(k)}
     return Adapter(
         format="ralora",
@@ -109,9 +112,15 @@ def read(path: str | Path, **options: Any) -> Adapter:
 
 def _layer(src: TensorSource, name: str, entry: Any, keys: set[str]) -> LayerInfo:
     def bad(what: str) -> FormatError:
-        return FormatError(f"layer {name}: {what}", path=src.path, keys=[f"{name}.ralora_A", f"{name}.ralora_B"])
+        return FormatError(
+            f"layer {name}: {what}", path=src.path, keys=[f"{name}.ralora_A", f"{name}.ralora_B"]
+        )
 
-    if not isinstance(entry, dict) or set(entry) - _LAYER_KEYS or not {"r", "blocks", "lora_alpha"} <= set(entry):
+    if (
+        not isinstance(entry, dict)
+        or set(entry) - _LAYER_KEYS
+        or not {"r", "blocks", "lora_alpha"} <= set(entry)
+    ):
         raise bad(f"its {CONFIG} entry must hold r, blocks, lora_alpha (and optionally kind, weight_shape)")
     a_key, b_key = f"{name}.ralora_A", f"{name}.ralora_B"
     if a_key not in keys or b_key not in keys:
@@ -184,7 +193,13 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
                     entries[delta.name] = _write_layer(out, delta, adapter.path)
                 out.close({"format": "pt"})
             cfg = {"format": SCHEMA, "layers": entries}
-            cfg.update({k: source.config[k] for k in ("base_model_name_or_path", "task_type") if source.config.get(k)})
+            cfg.update(
+                {
+                    k: source.config[k]
+                    for k in ("base_model_name_or_path", "task_type")
+                    if source.config.get(k)
+                }
+            )
             write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2) + "\n")
             publish_dir(tmp, dest)
         except BaseException:

@@ -10,15 +10,24 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .plan import METHODS, PlanOptions, blocks_for, make_plan, peft_plan, pro_ranks, ralora_plan, ralora_pro_plan
+from .plan import (
+    METHODS,
+    PlanOptions,
+    blocks_for,
+    make_plan,
+    peft_plan,
+    pro_ranks,
+    ralora_plan,
+    ralora_pro_plan,
+)
 from .report import read_plan, read_report, render_plan, render_report, write_json
 from .spectra import energy_erank, gid_metrics, gradient_singular_values
 
 _TORCH = {
-    "CalibrationConfig": "calibrate",
-    "accumulate": "calibrate",
-    "calibrate": "calibrate",
-    "find_targets": "calibrate",
+    "CalibrationConfig": "calibration",
+    "accumulate": "calibration",
+    "calibrate": "calibration",
+    "find_targets": "calibration",
     "RaLoRALinear": "layers",
     "apply_plan": "layers",
     "export_peft": "layers",

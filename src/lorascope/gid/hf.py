@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
-from .calibrate import CalibrationConfig, calibrate
+from .calibration import CalibrationConfig, calibrate
 
 
 def read_rows(path: str | Path, task: str) -> list[tuple[str, int]]:
@@ -48,7 +48,9 @@ def read_rows(path: str | Path, task: str) -> list[tuple[str, int]]:
             try:
                 label = int(row["label"])
             except (KeyError, TypeError, ValueError):
-                raise InvalidArgumentError(f"row {i + 1} has no integer label (needed by --task cls)", path=p) from None
+                raise InvalidArgumentError(
+                    f"row {i + 1} has no integer label (needed by --task cls)", path=p
+                ) from None
         out.append((row["text"], label))
     if not out:
         raise InvalidArgumentError("the data file has no rows", path=p)
@@ -77,6 +79,10 @@ def calibrate_model_dir(
 ) -> dict[str, Any]:
     """Load `model_dir` (offline), build batches from `data`, run `calibrate`; the gid.json report."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # "newly initialised head" is expected for --task cls
+    logging.disable_progress_bar()
 
     if task not in ("cls", "clm"):
         raise InvalidArgumentError(f"--task must be cls or clm, got {task!r}")
@@ -98,7 +104,9 @@ def calibrate_model_dir(
     batches = []
     for i in range(0, len(rows), batch):
         part = rows[i : i + batch]
-        enc = tok([t for t, _ in part], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        enc = tok(
+            [t for t, _ in part], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
         item = {k: v.to(device) for k, v in enc.items()}
         if task == "cls":
             item["labels"] = torch.tensor([label for _, label in part], device=device)

@@ -33,15 +33,21 @@ class RaLoRALinear(nn.Module):
         super().__init__()
         out, inn = base.weight.shape
         if r < 1 or blocks < 1 or inn % blocks or out % blocks:
-            raise InvalidArgumentError(f"RaLoRA blocks={blocks} must divide the layer's ({out}, {inn}) and r ≥ 1")
+            raise InvalidArgumentError(
+                f"RaLoRA blocks={blocks} must divide the layer's ({out}, {inn}) and r ≥ 1"
+            )
         self.base, self.r, self.blocks, self.scale = base, r, blocks, alpha / r
         self.alpha = float(alpha)
         base.weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(False)
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.ralora_A = nn.Parameter(torch.empty(blocks, r, inn // blocks, **kw))  # (n, r, in/n)
-        self.ralora_B = nn.Parameter(torch.zeros(blocks, out // blocks, r, **kw))  # (n, out/n, r)
+        dev, dt = base.weight.device, base.weight.dtype
+        self.ralora_A = nn.Parameter(
+            torch.empty(blocks, r, inn // blocks, device=dev, dtype=dt)
+        )  # (n, r, in/n)
+        self.ralora_B = nn.Parameter(
+            torch.zeros(blocks, out // blocks, r, device=dev, dtype=dt)
+        )  # (n, out/n, r)
         bound = 1.0 / math.sqrt(inn // blocks)  # kaiming_uniform(a=√5) on a (r, in/n) block
         nn.init.uniform_(self.ralora_A, -bound, bound)
 
@@ -91,7 +97,9 @@ def apply_plan(
     for name, x in table.items():
         m = modules.get(name)
         if not isinstance(m, nn.Linear):
-            raise InvalidArgumentError(f"plan layer {name!r} is not a linear layer of this model (a plan for another model?)")
+            raise InvalidArgumentError(
+                f"plan layer {name!r} is not a linear layer of this model (a plan for another model?)"
+            )
         if list(m.weight.shape) != list(x["shape"]):
             raise InvalidArgumentError(
                 f"plan layer {name!r} has shape {x['shape']} but the model's is {list(m.weight.shape)} "
@@ -99,13 +107,17 @@ def apply_plan(
             )
         out, inn = m.weight.shape
         if inn % x["blocks"] or out % x["blocks"]:
-            raise InvalidArgumentError(f"plan layer {name!r}: blocks={x['blocks']} does not divide ({out}, {inn})")
+            raise InvalidArgumentError(
+                f"plan layer {name!r}: blocks={x['blocks']} does not divide ({out}, {inn})"
+            )
     if freeze:
         for n, p in model.named_parameters():
             p.requires_grad_(any(n == t or n.startswith(t + ".") or f".{t}." in f".{n}" for t in trainable))
     for name, x in table.items():
         parent, child = _parent(model, name)
-        setattr(parent, child, RaLoRALinear(modules[name], int(x["r"]), int(x["blocks"]), float(x["lora_alpha"])))
+        setattr(
+            parent, child, RaLoRALinear(modules[name], int(x["r"]), int(x["blocks"]), float(x["lora_alpha"]))
+        )
     return list(table)
 
 
@@ -120,7 +132,14 @@ def to_adapter(model: nn.Module, *, base_model: str | None = None) -> Adapter:
         down, up = m.factors()  # (n·r, in), (out, n·r)
         extras = {"algo": "lora", "blocks": m.blocks, "block_rank": m.r, "alpha": m.alpha}
         info = LayerInfo(
-            name, "linear", m.blocks * m.r, m.out_features, m.in_features, m.scale, "fp32", extras=frozen_mapping(extras)
+            name,
+            "linear",
+            m.blocks * m.r,
+            m.out_features,
+            m.in_features,
+            m.scale,
+            "fp32",
+            extras=frozen_mapping(extras),
         )
         deltas.append(LoraDelta(info, down.astype(np.float32), up.astype(np.float32)))
     if not deltas:
@@ -139,8 +158,19 @@ def export_peft(model: nn.Module, dest: str | Path, *, base_model: str | None = 
     the float32 storage of the factors), loadable by `PeftModel.from_pretrained`."""
     adapter = to_adapter(model, base_model=base_model)
     plain = [
-        LoraDelta(LayerInfo(d.info.name, "linear", d.info.rank, d.info.out_features, d.info.in_features,
-                            d.info.scale, "fp32"), d.down, d.up)
+        LoraDelta(
+            LayerInfo(
+                d.info.name,
+                "linear",
+                d.info.rank,
+                d.info.out_features,
+                d.info.in_features,
+                d.info.scale,
+                "fp32",
+            ),
+            d.down,
+            d.up,
+        )
         for d in adapter.iter_deltas()
     ]
     return save(Adapter.from_deltas(plain, config=adapter.config), dest, format="peft")
@@ -151,16 +181,25 @@ def load_ralora(model: nn.Module, path: str | Path, *, trainable: Sequence[str] 
     from ..formats import load
 
     adapter = load(path, format="ralora")
-    plan = {"layers": {
-        x.name: {"r": x.extras["block_rank"], "blocks": x.extras["blocks"], "lora_alpha": x.extras["alpha"],
-                 "shape": [x.out_features, x.in_features]}
-        for x in adapter.layers
-    }}
+    plan = {
+        "layers": {
+            x.name: {
+                "r": x.extras["block_rank"],
+                "blocks": x.extras["blocks"],
+                "lora_alpha": x.extras["alpha"],
+                "shape": [x.out_features, x.in_features],
+            }
+            for x in adapter.layers
+        }
+    }
     names = apply_plan(model, plan, trainable=trainable)
     modules = dict(model.named_modules())
     for x in adapter.layers:
         d, m = adapter.delta(x.name), modules[x.name]
-        a, b = diagonal_blocks(d.down, m.blocks), diagonal_blocks(d.up, m.blocks)  # (n, r, in/n), (n, out/n, r)
+        a, b = (
+            diagonal_blocks(d.down, m.blocks),
+            diagonal_blocks(d.up, m.blocks),
+        )  # (n, r, in/n), (n, out/n, r)
         assert a is not None and b is not None  # the reader built them block-diagonal
         with torch.no_grad():
             m.ralora_A.copy_(torch.from_numpy(np.ascontiguousarray(a)))

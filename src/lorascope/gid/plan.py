@@ -55,7 +55,9 @@ def blocks_for(gid: float, r: int, d_in: int, d_out: int, n_max: int = 32) -> tu
     want = n
     while n > 1 and (d_in % n or d_out % n):
         n //= 2
-    note = f"blocks reduced from {want} to {n}: {want} does not divide ({d_out}, {d_in})" if n != want else None
+    note = (
+        f"blocks reduced from {want} to {n}: {want} does not divide ({d_out}, {d_in})" if n != want else None
+    )
     return n, note
 
 
@@ -64,7 +66,9 @@ def _shape(layer: Mapping[str, Any]) -> tuple[int, int]:
     return int(out), int(inn)
 
 
-def _entry(r: int, n: int, alpha_per_rank: float, out: int, inn: int, gid: float, note: str | None) -> dict[str, Any]:
+def _entry(
+    r: int, n: int, alpha_per_rank: float, out: int, inn: int, gid: float, note: str | None
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"r": r, "blocks": n, "lora_alpha": alpha_per_rank * r, "shape": [out, inn]}
     entry.update(equivalent_rank=n * r, params=r * (out + inn), gid=gid)
     if note:
@@ -122,7 +126,9 @@ def peft_plan(layers: Sequence[Mapping[str, Any]], options: PlanOptions) -> dict
     table = {}
     for x in layers:
         out, inn = _shape(x)
-        r = min(max(math.floor(budget * score[x["name"]] / total / (out + inn)), options.r_min), options.r_max)
+        r = min(
+            max(math.floor(budget * score[x["name"]] / total / (out + inn)), options.r_min), options.r_max
+        )
         table[x["name"]] = _entry(r, 1, per_rank, out, inn, float(x["gid"]), None)
     plan = _plan("peft", table, layers, options)
     default = options.rank
@@ -136,14 +142,21 @@ def peft_plan(layers: Sequence[Mapping[str, Any]], options: PlanOptions) -> dict
     return plan
 
 
-def _plan(method: str, table: dict[str, Any], layers: Sequence[Mapping[str, Any]], options: PlanOptions) -> dict[str, Any]:
+def _plan(
+    method: str, table: dict[str, Any], layers: Sequence[Mapping[str, Any]], options: PlanOptions
+) -> dict[str, Any]:
     lora = sum(options.rank * sum(_shape(x)) for x in layers)
     params = sum(v["params"] for v in table.values())
     return {
         "schema": PLAN_SCHEMA,
         "method": method,
-        "options": {"rank": options.rank, "alpha": options.alpha, "n_max": options.n_max,
-                    "r_min": options.r_min, "r_max": options.r_max},
+        "options": {
+            "rank": options.rank,
+            "alpha": options.alpha,
+            "n_max": options.n_max,
+            "r_min": options.r_min,
+            "r_max": options.r_max,
+        },
         "params": params,
         "lora_params": lora,
         "params_vs_lora": params / lora if lora else 0.0,

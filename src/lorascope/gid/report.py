@@ -64,7 +64,9 @@ def read_report(path: str | Path) -> dict[str, Any]:
     for i, x in enumerate(layers):
         ok = isinstance(x, dict) and all(k in x for k in _LAYER_FIELDS)
         ok = ok and isinstance(x["shape"], list) and len(x["shape"]) == 2
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x["gid"], x["importance"]))
+        ok = ok and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x["gid"], x["importance"])
+        )
         if not ok:
             raise FormatError(f"layer {i} needs name, shape [out, in], gid and importance", path=path)
     return data
@@ -77,8 +79,14 @@ def read_plan(path: str | Path) -> dict[str, Any]:
         raise FormatError("'layers' must be a non-empty object", path=path)
     for name, x in layers.items():
         ok = isinstance(x, dict) and all(isinstance(x.get(k), int) and x[k] >= 1 for k in ("r", "blocks"))
-        if not ok or not isinstance(x.get("shape"), list) or not isinstance(x.get("lora_alpha"), (int, float)):
-            raise FormatError(f"layer {name}: needs integer r ≥ 1, blocks ≥ 1, lora_alpha and shape", path=path)
+        if (
+            not ok
+            or not isinstance(x.get("shape"), list)
+            or not isinstance(x.get("lora_alpha"), (int, float))
+        ):
+            raise FormatError(
+                f"layer {name}: needs integer r ≥ 1, blocks ≥ 1, lora_alpha and shape", path=path
+            )
     return data
 
 
@@ -114,8 +122,16 @@ def render_report(report: Mapping[str, Any], limit: int | None = None) -> str:
 def render_plan(plan: Mapping[str, Any]) -> str:
     rows = [("layer", "r", "blocks", "equiv. rank", "GID", "note")]
     for name, x in plan["layers"].items():
-        rows.append((clean(name), str(x["r"]), str(x["blocks"]), str(x["equivalent_rank"]),
-                     f"{x['gid']:.1f}", clean(x.get("note", ""))))
+        rows.append(
+            (
+                clean(name),
+                str(x["r"]),
+                str(x["blocks"]),
+                str(x["equivalent_rank"]),
+                f"{x['gid']:.1f}",
+                clean(x.get("note", "")),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append(

@@ -33,6 +33,7 @@ from ..errors import InvalidArgumentError
 from .report import SCHEMA, starved
 from .spectra import SVD_BELOW, gid_metrics
 
+DEFINITION = "gid = exp(-sum p ln p), p = sigma / sum sigma (Roy & Vetterli), of the summed weight gradient"
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
@@ -110,7 +111,9 @@ def accumulate(
                 break
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                raise InvalidArgumentError(f"the loss is not finite ({float(loss)}) at calibration step {done + 1}")
+                raise InvalidArgumentError(
+                    f"the loss is not finite ({float(loss.detach())}) at calibration step {done + 1}"
+                )
             loss.backward(inputs=[z])
             done += 1
         if done == 0:
@@ -179,7 +182,7 @@ def calibrate(
     return {
         "schema": SCHEMA,
         "model": config.model_name,
-        "definition": "gid = exp(-sum p ln p), p = sigma / sum sigma (Roy & Vetterli) of the summed full-weight gradient",
+        "definition": DEFINITION,
         "rank": config.rank,
         "calibration": {
             "steps": config.steps,
