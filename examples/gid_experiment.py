@@ -59,7 +59,9 @@ def batches(tok, texts, labels, batch, max_len, seed, steps):
     out = []
     for i in range(steps):
         idx = [order[(i * batch + j) % len(order)] for j in range(batch)]
-        enc = tok([texts[k] for k in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        enc = tok(
+            [texts[k] for k in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
         enc["labels"] = torch.tensor([labels[k] for k in idx])
         out.append(dict(enc))
     return out
@@ -76,9 +78,13 @@ def calibrate_model(args, tok, split) -> dict:
 
     torch.manual_seed(0)
     _, model = load_base()
-    data = batches(tok, split.train_texts, split.train_labels, args.batch, args.max_len, 10_000, args.calib_steps)
+    data = batches(
+        tok, split.train_texts, split.train_labels, args.batch, args.max_len, 10_000, args.calib_steps
+    )
     before = maxrss_mb()
-    cfg = CalibrationConfig(steps=args.calib_steps, rank=args.rank, model_name="sentence-transformers/all-MiniLM-L6-v2")
+    cfg = CalibrationConfig(
+        steps=args.calib_steps, rank=args.rank, model_name="sentence-transformers/all-MiniLM-L6-v2"
+    )
     report = calibrate(model, data, lambda m, b: m(**b).loss, TARGETS, cfg)
     report["memory"]["maxrss_before_mb"] = before
     report["memory"]["maxrss_after_mb"] = maxrss_mb()
@@ -96,7 +102,9 @@ def build(method: str, plans: dict, seed: int):
     _, model = load_base()
     if method == "lora":
         names = list(plans["ralora"]["layers"])  # the same layers, as full module names
-        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=names, modules_to_save=["classifier"], lora_dropout=0.0)
+        cfg = LoraConfig(
+            r=8, lora_alpha=16, target_modules=names, modules_to_save=["classifier"], lora_dropout=0.0
+        )
         model = get_peft_model(model, cfg)
     elif method in ("ralora", "ralora-pro"):
         apply_plan(model, plans[method], trainable=["classifier"])
@@ -133,7 +141,13 @@ def accuracy(model, tok, split, max_len, n) -> float:
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(texts), 64):
-            enc = tok(list(texts[i : i + 64]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            enc = tok(
+                list(texts[i : i + 64]),
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             correct += int((model(**enc).logits.argmax(-1) == torch.tensor(labels[i : i + 64])).sum())
     return correct / len(texts)
 
@@ -180,9 +194,16 @@ def main(argv: list[str] | None = None) -> int:
             acc = accuracy(model, tok, split, args.max_len, args.eval_n)
             times_sorted = sorted(times[5:]) or times
             row = {
-                "method": method, "seed": seed, "steps": args.steps, "batch": args.batch, "max_len": args.max_len,
-                "trainable_params": trainable, "accuracy": acc, "n_test": len(split.test_texts[: args.eval_n]),
-                "step_s_median": times_sorted[len(times_sorted) // 2], "train_s": sum(times),
+                "method": method,
+                "seed": seed,
+                "steps": args.steps,
+                "batch": args.batch,
+                "max_len": args.max_len,
+                "trainable_params": trainable,
+                "accuracy": acc,
+                "n_test": len(split.test_texts[: args.eval_n]),
+                "step_s_median": times_sorted[len(times_sorted) // 2],
+                "train_s": sum(times),
             }
             with runs_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

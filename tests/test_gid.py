@@ -245,3 +245,17 @@ def test_cli_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
         capsys.readouterr().err
         == f"lorascope: error: {p}: not a lorascope.gid/v1 file (its 'schema' field differs)\n"
     )
+
+
+def test_planning_from_a_report_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    rep = _report(tmp_path)
+    code = (
+        "import sys\nfrom lorascope.cli.main import main\n"
+        f"assert main(['gid', '--report', {rep!r}, '--plan', 'ralora-pro', '--json']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
