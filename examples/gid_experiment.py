@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--full-lr", type=float, default=1e-4, help="full fine-tuning learning rate")
     ap.add_argument("--eval-n", type=int, default=None, help="held-out examples (default: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--summarise", action="store_true", help="only write results.md from runs.jsonl")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     return ap.parse_args(argv)
 
@@ -158,6 +159,38 @@ def table_md(report: dict) -> str:
     return "```\n" + render_report(report) + "```\n"
 
 
+def summarise(out: Path) -> str:
+    """results.md from runs.jsonl: mean ± sample std of accuracy per method, parameters, step time."""
+    import statistics
+
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    lines = [
+        "| method | trainable params | seeds | accuracy (mean ± std) | per seed | median step (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        accs = [r["accuracy"] for r in mine]
+        std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        steps = statistics.median(r["step_s_median"] for r in mine)
+        mean = f"{statistics.mean(accs):.4f} ± {std:.4f}"
+        per_seed = ", ".join(f"{a:.4f}" for a in accs)
+        lines.append(
+            f"| {method} | {mine[0]['trainable_params']:,} | {len(mine)} | {mean} | {per_seed} "
+            f"| {steps:.2f} |"
+        )
+    first = rows[0]
+    lines.append(
+        f"\n{first['steps']} steps × batch {first['batch']}, max {first['max_len']} tokens; "
+        f"held-out accuracy on {first['n_test']} test reviews (movies disjoint from training)."
+    )
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -165,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     from lorascope.gid import PlanOptions, make_plan, read_report, render_plan, write_json
 
     args = parse_args(argv)
+    if args.summarise:
+        print(summarise(args.out))
+        return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(base_model_path())
@@ -208,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             with runs_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
+    print(summarise(args.out))
     return 0
 
 
