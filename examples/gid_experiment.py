@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = PlanOptions(rank=args.rank, alpha=2.0 * args.rank, r_min=1, r_max=64)
     plans = {m: make_plan(report, m, opts) for m in ("ralora", "ralora-pro")}
     for m, plan in plans.items():
-        write_json(plan, args.out / f"plan-{m}.json")
+        if not (args.out / f"plan-{m}.json").exists():  # another seed's process may have written it
+            write_json(plan, args.out / f"plan-{m}.json")
         print(render_plan(plan), flush=True)
     runs_path = args.out / "runs.jsonl"
     done = set()
