@@ -83,7 +83,8 @@ class _Accumulator:
                 gy2 = gy.reshape(-1, gy.shape[-1]).float()  # (N, out)
                 acc.addmm_(gy2.T, x.reshape(-1, x.shape[-1]).float())  # (out, N) @ (N, in)
 
-            out.register_hook(grad_hook)
+            if out.requires_grad:  # not under torch.no_grad()
+                out.register_hook(grad_hook)
 
         return hook
 
