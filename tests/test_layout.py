@@ -21,7 +21,7 @@ LAYERS = {
     0: {"_version", "errors", "types", "rounding", "jsontext", "textsafe"},
     1: {"spectral", "structured", "metrics", "_parallel"},
     2: {"formats", "passes"},
-    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report"},
+    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report", "gid"},
     4: {"integrations", "bench"},
     5: {"cli", "__main__", "__init__"},
 }

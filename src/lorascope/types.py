@@ -42,8 +42,9 @@ class LayerInfo:
 
     @property
     def params(self) -> int:
-        """Trainable LoRA parameters of this layer: r·(in + out)."""
-        return self.rank * (self.in_features + self.out_features)
+        """Trainable LoRA parameters of this layer: r·(in + out); a block-diagonal (RaLoRA) layer of
+        n blocks and equivalent rank r trains r/n·(in + out)."""
+        return self.rank * (self.in_features + self.out_features) // int(self.extras.get("blocks", 1))
 
     def params_at(self, rank: int) -> int:
         return rank * (self.in_features + self.out_features)

@@ -24,6 +24,7 @@ COMMANDS = {
     "check": ("check", "validate a LoRA config and training args before training"),
     "study": ("study", "audit many adapters (folders, lists, Hub repos) into one dataset and tables"),
     "bench": ("bench", "retrain at the audited ranks over seeds; verdicts under a safety policy"),
+    "gid": ("gid", "gradient intrinsic dimensionality per layer (rank starvation); RaLoRA plans"),
     "report": ("report", "one self-contained HTML page with plots of any lorascope inputs and results"),
 }
 

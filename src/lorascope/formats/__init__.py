@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError, UnsupportedError
 from ..types import Adapter, LayerInfo, frozen_mapping
-from . import diffusers, kohya, lycoris, peft
+from . import diffusers, kohya, lycoris, peft, ralora
 from ._contract import FormatSpec, check_dest, refusal
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
 from ._peft_config import TASK_HEADS
@@ -61,7 +61,7 @@ def _registry(*modules: ModuleType) -> dict[str, ModuleType]:
     return table
 
 
-FORMATS: dict[str, ModuleType] = _registry(peft, kohya, diffusers, lycoris)
+FORMATS: dict[str, ModuleType] = _registry(peft, kohya, diffusers, lycoris, ralora)
 
 
 def _module(format: str) -> ModuleType:

@@ -26,6 +26,8 @@ from ..spectral import lora_singular_values
 from ..telemetry.schema import from_record
 from ..telemetry.writer import RunWriter
 
+RALORA = "ralora"  # the adapter name reported for lorascope.gid RaLoRA layers
+
 
 @dataclass(frozen=True)
 class CallbackConfig:
@@ -41,9 +43,13 @@ class CallbackConfig:
 
 
 def lora_modules(model: Any) -> list[tuple[str, Any, str]]:
-    """(name, module, adapter) for every PEFT LoRA linear layer with an active adapter."""
+    """(name, module, adapter) for every PEFT LoRA linear layer with an active adapter, and every
+    RaLoRA layer (`lorascope.gid.RaLoRALinear`, adapter "ralora")."""
     out = []
     for name, mod in model.named_modules():
+        if isinstance(getattr(mod, "ralora_A", None), torch.nn.Parameter):
+            out.append((name, mod, RALORA))
+            continue
         a = getattr(mod, "lora_A", None)
         if a is None or not hasattr(a, "keys"):
             continue
@@ -53,12 +59,21 @@ def lora_modules(model: Any) -> list[tuple[str, Any, str]]:
     return out
 
 
-def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
+def _factors(mod: Any, adapter: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(down (r, in), up (out, r), scale); a RaLoRA layer's block-diagonal factors have r = n·r_block,
+    and their singular values are the union of the blocks' (exact)."""
+    if adapter == RALORA:
+        down, up = mod.factors()
+        return down, up, float(mod.scale)
     with torch.no_grad():
         down = mod.lora_A[adapter].weight.detach().float().cpu().numpy()  # (r, in)
         up = mod.lora_B[adapter].weight.detach().float().cpu().numpy()  # (out, r)
-    down, up = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
-    sigma = lora_singular_values(down, up, float(mod.scaling[adapter]))  # (r,)
+    return down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1), float(mod.scaling[adapter])
+
+
+def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
+    down, up, scale = _factors(mod, adapter)
+    sigma = lora_singular_values(down, up, scale)  # (r,)
     spec = Spectrum(sigma, int(down.shape[0]))
     energy = spec.energy
     return {

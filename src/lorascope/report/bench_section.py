@@ -98,8 +98,8 @@ def build(path: str, doc: Any) -> Built:
 def _plot(seeds: list[dict[str, Any]]) -> str:
     n = min(len(seeds), 6)
     cols = min(n, 3)
-    rows = -(-n // cols)  # as many rows as the panels need: no empty row of hidden axes
-    fig, axes = new_figure(8.0, 3.0 * rows - 0.2 * (rows - 1), rows, cols, sharey=True, squeeze=False)
+    nrows = -(-n // cols)  # as many rows as the panels need: no empty row of hidden axes
+    fig, axes = new_figure(8.0, 3.0 * nrows - 0.2 * (nrows - 1), nrows, cols, sharey=True, squeeze=False)
     names = sorted({v["variant"] for s in seeds for v in s["variants"]})
     style = {name: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, name in enumerate(names)}
     flat = [ax for row in axes for ax in row]

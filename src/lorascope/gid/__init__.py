@@ -1,0 +1,64 @@
+"""`lorascope gid`: rank starvation measured from gradients, and RaLoRA / RaLoRA-Pro plans and layers.
+
+Torch-free here: the GID metrics of a gradient's spectrum, plans from a gid.json, reading and
+rendering reports.  The calibration pass and the RaLoRA layers need torch and are imported only
+when first used (`calibrate`, `apply_plan`, `RaLoRALinear`, `save_ralora`, `export_peft`, ...).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .plan import (
+    METHODS,
+    PlanOptions,
+    blocks_for,
+    make_plan,
+    peft_plan,
+    pro_ranks,
+    ralora_plan,
+    ralora_pro_plan,
+)
+from .report import read_plan, read_report, render_plan, render_report, write_json
+from .spectra import energy_erank, gid_metrics, gradient_singular_values
+
+_TORCH = {
+    "CalibrationConfig": "calibration",
+    "accumulate": "calibration",
+    "calibrate": "calibration",
+    "find_targets": "calibration",
+    "RaLoRALinear": "layers",
+    "apply_plan": "layers",
+    "export_peft": "layers",
+    "load_ralora": "layers",
+    "ralora_modules": "layers",
+    "save_ralora": "layers",
+    "to_adapter": "layers",
+}
+
+__all__ = [
+    "METHODS",
+    "PlanOptions",
+    "blocks_for",
+    "energy_erank",
+    "gid_metrics",
+    "gradient_singular_values",
+    "make_plan",
+    "peft_plan",
+    "pro_ranks",
+    "ralora_plan",
+    "ralora_pro_plan",
+    "read_plan",
+    "read_report",
+    "render_plan",
+    "render_report",
+    "write_json",
+    *_TORCH,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH:
+        return getattr(import_module(f".{_TORCH[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

