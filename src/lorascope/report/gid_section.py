@@ -16,7 +16,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import doc_in
-from .plot import log_axis, new_figure, to_svg
+from .plot import legend_patch, log_axis, new_figure, to_svg
 
 DEFAULT_FACTOR = 4.0  # `lorascope gid`'s rule: starved when GID ≥ 4·r
 
@@ -57,12 +57,14 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
             bar.set_hatch("///")
     if any(x["r"] is not None for x in layers):
         ax.step(xs, [x["r"] for x in layers], where="mid", color="#000000", lw=1.2, label="LoRA rank r")
-    ax.bar([], [], color="#D55E00", hatch="///", label=f"starved (GID ≥ {factor:g}·r)")
-    ax.bar([], [], color="#0072B2", label="GID")
     log_axis(ax)
     ax.set_xlabel("layer")
     ax.set_ylabel("GID / rank")
-    ax.legend(fontsize=7)
+    handles, labels = ax.get_legend_handles_labels()
+    for colour, hatch, label in (("#D55E00", "///", f"starved (GID ≥ {factor:g}·r)"), ("#0072B2", "", "GID")):
+        handles.append(legend_patch(colour, hatch))
+        labels.append(label)
+    ax.legend(handles, labels, fontsize=7)
     svg = to_svg(fig, "GID per layer against the LoRA rank", "gid")
     rows = [
         [

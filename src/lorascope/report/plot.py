@@ -94,6 +94,14 @@ def new_figure(
     return fig, axes
 
 
+def legend_patch(colour: str, hatch: str = "") -> Any:
+    """A legend key drawn like a bar of that colour and hatch (an empty bar() is drawn in the
+    default colour, whatever colour it was given)."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=colour, edgecolor="#000000", hatch=hatch, lw=0.3)
+
+
 _HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 _SIZE = re.compile(r'<svg([^>]*?) width="[^"]*" height="[^"]*"')
 _META = re.compile(r"\s*<metadata>.*?</metadata>|\s*xmlns:(?:dc|cc|rdf)=\"[^\"]*\"", re.S)
