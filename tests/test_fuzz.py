@@ -186,6 +186,17 @@ SAFETENSORS_MUTATIONS = {**FILE_MUTATIONS, "header": header_field, "values": ten
 SEEDS = range(6)
 
 
+def weights_argv(command: str, bad: Path, other: Path, tmp_path: Path) -> list[str]:
+    """The command line that reads the broken adapter `bad` (beside a good `other` where two are needed)."""
+    return {
+        "audit": ["audit", str(bad), "--json", "-q"],
+        "compress": ["compress", str(bad), "-o", str(tmp_path / "out"), "--rank", "2"],
+        "convert": ["convert", str(bad), str(tmp_path / "out.safetensors"), "--to", "kohya"],
+        "merge-audit": ["merge-audit", str(other), str(bad), "--json", "-q"],
+        "merge": ["merge", str(other), str(bad), "-o", str(tmp_path / "out"), "-q"],
+    }[command]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("mutation", list(SAFETENSORS_MUTATIONS))
 @pytest.mark.parametrize("command", ["audit", "compress", "convert", "merge-audit", "merge"])
@@ -194,14 +205,7 @@ def test_peft_weights(tmp_path, capsys, command, mutation, seed):
     rng = np.random.default_rng(seed)
     bad, other = good_peft(tmp_path / "bad", rng), good_peft(tmp_path / "other", rng)
     SAFETENSORS_MUTATIONS[mutation](bad / "adapter_model.safetensors", r)
-    argv = {
-        "audit": ["audit", str(bad), "--json", "-q"],
-        "compress": ["compress", str(bad), "-o", str(tmp_path / "out"), "--rank", "2"],
-        "convert": ["convert", str(bad), str(tmp_path / "out.safetensors"), "--to", "kohya"],
-        "merge-audit": ["merge-audit", str(other), str(bad), "--json", "-q"],
-        "merge": ["merge", str(other), str(bad), "-o", str(tmp_path / "out"), "-q"],
-    }[command]
-    check_contract(*run(argv, capsys), blamed="bad")
+    check_contract(*run(weights_argv(command, bad, other, tmp_path), capsys), blamed="bad")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -214,14 +218,7 @@ def test_peft_fp64_values(tmp_path, capsys, command, seed):
     bad = write_peft(tmp_path / "bad", layers, dtype="fp64", config=peft_config(r=4, lora_alpha=8))
     other = good_peft(tmp_path / "other", rng)
     tensor_values(bad / "adapter_model.safetensors", r)
-    argv = {
-        "audit": ["audit", str(bad), "--json", "-q"],
-        "compress": ["compress", str(bad), "-o", str(tmp_path / "out"), "--rank", "2"],
-        "convert": ["convert", str(bad), str(tmp_path / "out.safetensors"), "--to", "kohya"],
-        "merge-audit": ["merge-audit", str(other), str(bad), "--json", "-q"],
-        "merge": ["merge", str(other), str(bad), "-o", str(tmp_path / "out"), "-q"],
-    }[command]
-    check_contract(*run(argv, capsys), blamed="bad")
+    check_contract(*run(weights_argv(command, bad, other, tmp_path), capsys), blamed="bad")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
