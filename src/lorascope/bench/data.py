@@ -14,13 +14,13 @@ columns that do are listed), an empty split, a held-out label never seen in trai
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, InvalidArgumentError, MissingDependencyError
+from ..formats._header import json_loads
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -53,10 +53,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
             return _parquet(path)
         text = path.read_text(encoding="utf-8")
         if suffix == ".json" and text.lstrip().startswith("["):
-            rows = json.loads(text)
+            rows = json_loads(text, path, "cannot read the data file: {}")
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+            rows = [
+                json_loads(ln, path, "cannot read the data file: {}")
+                for ln in text.splitlines()
+                if ln.strip()
+            ]
+    except (UnicodeDecodeError, csv.Error) as e:
         raise FormatError(f"cannot read the data file: {e}", path=path) from None
     if not all(isinstance(r, dict) for r in rows):
         raise FormatError("every JSON row must be an object with the text and label columns", path=path)

@@ -12,7 +12,6 @@ first call only.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
+from ..formats._header import json_loads
 from .calibration import CalibrationConfig, calibrate
 
 
@@ -31,13 +31,18 @@ def read_rows(path: str | Path, task: str) -> list[tuple[str, int]]:
     rows: list[Any]
     try:
         if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            text = p.read_text(encoding="utf-8")
+            rows = [
+                json_loads(line, p, "cannot read the data file ({})")
+                for line in text.splitlines()
+                if line.strip()
+            ]
         elif p.suffix == ".csv":
             with p.open(newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         else:
             raise InvalidArgumentError("the data file must be .jsonl or .csv", path=p)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise InvalidArgumentError(f"cannot read the data file ({type(e).__name__})", path=p) from None
     out = []
     for i, row in enumerate(rows):

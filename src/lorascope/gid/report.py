@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, InvalidArgumentError
+from ..formats._header import json_loads
 from ..formats._io import write_text_atomic
 from ..textsafe import clean
 from .plan import PLAN_SCHEMA
@@ -45,11 +46,12 @@ def write_json(data: Mapping[str, Any], dest: str | Path) -> Path:
 def _load(path: str | Path, schema: str) -> dict[str, Any]:
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise InvalidArgumentError("no such file", path=p) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"not a JSON file ({type(e).__name__})", path=p) from None
+    except OSError as e:
+        raise FormatError(f"cannot read: {e.strerror}", path=p) from None
+    data = json_loads(raw, p, "not a JSON file ({})")  # also deep nesting and huge integers: one line
     if not isinstance(data, dict) or data.get("schema") != schema:
         raise FormatError(f"not a {schema} file (its 'schema' field differs)", path=p)
     return data
