@@ -125,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         for name in REPORT_FILES:
             refuse_inputs(str(Path(args.output_dir) / name), inputs)
-    report = merge_audit(first, second, options, format=args.format)
+    adapters = (load(first, format=args.format), load(second, format=args.format))  # read once
+    report = merge_audit(*adapters, options)
     if args.plan:
         refuse_inputs(args.plan, inputs)
-        prints = tuple(fingerprint(load(path, format=args.format)) for path in inputs)
+        prints = tuple(fingerprint(a) for a in adapters)
         save_plan(replace(report.plan(), fingerprints=prints), args.plan)
     if args.output_dir:
         out_dir = Path(args.output_dir)

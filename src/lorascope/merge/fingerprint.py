@@ -66,7 +66,7 @@ def check_plan_inputs(
             "the plan carries no fingerprints of its adapters (written by hand or by an older "
             "lorascope): it was not checked against the adapters given"
         )
-    ours = [{k: fingerprint(a)[k] for k in KEYS} for a in adapters]
+    ours = [fingerprint(a) for a in adapters]  # exactly the KEYS fields; each adapter's files hashed once
     theirs = [{k: p.get(k) for k in KEYS} for p in prints]
     if ours == theirs:
         return None
