@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,21 @@ def test_kill_then_resume_matches_and_keeps_finished_stages(smoke):
     for seed in (1, 2):
         assert results(out2, seed) == results(out, seed)  # bit-for-bit the uninterrupted run's accuracies
     assert not list(out2.rglob("*.partial"))
+
+
+def test_resume_after_a_finished_run_rewrites_the_results(smoke):
+    """--resume once every seed has finished (a crash during the aggregate, or a rerun) reads every
+    stage back and writes bench.json / bench.md / the aggregate again over the earlier versions."""
+    folder, cfg, out, code, wall = smoke
+    done = folder / "done-again"
+    shutil.copytree(out, done)
+    stages = {p: p.stat().st_mtime_ns for p in done.glob("seed_*/*/stage.json")}
+    argv = ["bench", str(cfg), "--smoke", "--seeds", "1,2", "--out", str(done), "-q", "--resume"]
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in stages} == stages  # nothing retrained
+    for seed in (1, 2):
+        assert results(done, seed) == results(out, seed)
+    assert (done / "bench_aggregate.md").is_file() and not list(done.rglob("*.tmp"))
 
 
 def test_probe_gate_ends_the_seed(tmp_path):

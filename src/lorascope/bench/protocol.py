@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import jsontext
 from .._version import __version__
 from ..errors import InvalidArgumentError
 from . import render
 from .aggregate import aggregate, verdict
 from .config import CONTROLS, BenchConfig, config_hash
 from .progress import Progress
-from .store import Store, read_json, write_json
+from .store import Store, publish, read_json, write_json
 from .variants import audit_options, plan_summary, plans_from_audit, training_groups
 
 SCHEMA = "lorascope.bench/v1"
@@ -148,9 +149,8 @@ class Bench:
         }
         agg["env"] = self.env
         agg["config"] = self.cfg.raw
-        write_json(self.opts.out / "bench_aggregate.json", agg)
-        (self.opts.out / ".bench_aggregate.md.tmp").write_text(render.aggregate_md(agg), encoding="utf-8")
-        (self.opts.out / ".bench_aggregate.md.tmp").replace(self.opts.out / "bench_aggregate.md")
+        publish(self.opts.out / "bench_aggregate.json", jsontext.dumps(agg))
+        publish(self.opts.out / "bench_aggregate.md", render.aggregate_md(agg))
         self.progress.note(f"done in {wall:.0f}s; {self.opts.out / 'bench_aggregate.md'}")
         return agg
 
@@ -343,8 +343,6 @@ class Bench:
         ]
         best = max(ok, key=lambda v: doc["compressed"][v]["param_reduction"], default=None)
         doc["summary"].update({"recommendations_validated": bool(ok), "best_compression": best})
-        write_json(store.root / "bench.json", doc)
-        tmp = store.root / ".bench.md.tmp"
-        tmp.write_text(render.seed_md(doc), encoding="utf-8")
-        tmp.replace(store.root / "bench.md")
+        publish(store.root / "bench.json", jsontext.dumps(doc))
+        publish(store.root / "bench.md", render.seed_md(doc))
         return doc

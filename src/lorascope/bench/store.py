@@ -18,13 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from .. import jsontext
-from ..formats._write import write_text_atomic
+from ..formats._write import replacing, write_text_atomic
 
 RECORD = "stage.json"
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Written once (a stage's record, the config marker): an existing file is refused."""
     write_text_atomic(path, jsontext.dumps(doc))
+
+
+def publish(path: Path, text: str) -> None:
+    """A result file that a resumed run writes again (bench.json, bench.md, the aggregate): the
+    earlier version is replaced atomically."""
+    with replacing(path):
+        write_text_atomic(path, text)
 
 
 def read_json(path: Path) -> dict[str, Any]:
