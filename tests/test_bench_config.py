@@ -71,6 +71,15 @@ def test_bad_yaml_is_one_line(tmp_path, capsys):
     assert err.startswith(f"lorascope: error: {path}: not valid YAML/JSON") and err.count("\n") == 1
 
 
+def test_non_utf8_config_is_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"model:\n  path: \xff\xfe\n")
+    assert main(["bench", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lorascope: error: {path}: not UTF-8 text (byte 15)\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_config_and_preset_rules(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "config file not found" in capsys.readouterr().err

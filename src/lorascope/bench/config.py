@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..check.inputs import read_text
 from ..errors import AdapterNotFoundError, InvalidArgumentError
 from ..rounding import Rounding
 
@@ -202,7 +203,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AdapterNotFoundError("config file not found; give a YAML/JSON file or --preset", path=path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # not UTF-8: one line, like every other file lorascope reads
     try:
         if path.suffix.lower() == ".json":
             doc = json.loads(text)
