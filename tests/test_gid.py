@@ -224,6 +224,11 @@ def test_cli_plan_from_report(tmp_path, capsys):
             ["--report", "R", "--plan", "ralora", "--plan-out", "R"],
             "R: output already exists; choose a new path",
         ),
+        (
+            ["MODEL", "--data", "d.jsonl", "--rank", "0"],  # before any calibration work
+            "plan options need rank ≥ 1, n_max ≥ 1 and 1 ≤ r_min ≤ r_max "
+            "(got rank=0, n_max=32, r_min=1, r_max=64)",
+        ),
         ([], "give either MODEL (calibrate) or --report gid.json (plan), not both"),
         (["MODEL"], "calibrating MODEL needs --data FILE"),
     ],

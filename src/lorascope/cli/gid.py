@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--report needs --plan ralora|ralora-pro|peft")
     if args.steps < 1 or args.batch < 1 or args.max_len < 1:
         raise InvalidArgumentError("--steps, --batch and --max-len must be ≥ 1")
+    options = PlanOptions(args.rank, args.alpha, args.n_max, args.r_min, args.r_max)
+    options.check()  # before any work: the table divides by --rank even without a plan
     _refuse_existing(args.out, args.plan_out)
     report = read_report(args.report) if args.report else _calibrate(args)
-    options = PlanOptions(args.rank, args.alpha, args.n_max, args.r_min, args.r_max)
     plan = make_plan(report, args.plan, options) if args.plan else None
     if args.out:
         write_json(report, args.out)
