@@ -13,6 +13,7 @@ are read the same way (`telemetry.gradience`).  Rules and their defaults: `rules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,14 @@ def analyse(series: RunSeries, thresholds: Thresholds | None = None, path: str =
 
 
 def monitor_run(
-    path: str | Path, thresholds: Thresholds | None = None, run_id: str | None = None
+    path: str | Path,
+    thresholds: Thresholds | None = None,
+    run_id: str | None = None,
+    observe: Callable[[Event], None] | None = None,
 ) -> MonitorReport:
-    """One streaming pass over the log; the report of `run_id`, or of the last run in the file."""
+    """One streaming pass over the log; the report of `run_id`, or of the last run in the file.
+    `observe`, when given, sees every event of that same pass (a caller that also needs the raw
+    series, such as the report's plots, reads the log once)."""
     t = thresholds or Thresholds()
     scan = scan_log(path)
     runs: dict[str, RunSeries] = {}
@@ -110,6 +116,8 @@ def monitor_run(
         if series is None:
             series = runs[event.run_id] = RunSeries(t, event.run_id)
         series.add(event)
+        if observe is not None:
+            observe(event)
     if not runs:
         raise InvalidArgumentError("the run log holds no events", path=path)
     wanted = list(runs)[-1] if run_id is None else run_id

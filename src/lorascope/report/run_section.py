@@ -54,7 +54,6 @@ class _Run:
     def __init__(self) -> None:
         self.train, self.spectral = Thin(), Thin()
         self.evals: dict[str, Thin] = {}
-        self.alerts: list[dict[str, Any]] = []
 
     def add(self, e: Any) -> None:
         if e.event == "train_step":
@@ -75,21 +74,23 @@ class _Run:
             if top1 is None:
                 top1 = _mean([v for x in live if (v := _finite(x.get("top1_share"))) is not None])
             self.spectral.add([e.step, util, top1])
-        elif e.event == "alert":
-            self.alerts.append({k: e.get(k) for k in ("severity", "code", "message")} | {"step": e.step})
 
 
 def build(path: str, doc: Any) -> Built:
     from ..monitor import monitor_run
-    from ..telemetry.reader import scan_log
 
     runs: dict[str, _Run] = {}
-    for event in scan_log(path):  # the monitor's reader: same errors, same run separation
+
+    def observe(event: Any) -> None:  # the monitor's own pass: same errors, same run separation
         runs.setdefault(event.run_id, _Run()).add(event)
-    monitor = monitor_run(path).to_dict()  # raises the monitor's error for an empty log
+
+    monitor = monitor_run(path, observe=observe).to_dict()  # raises the monitor's error for an empty log
     run = runs[monitor["run_id"]]
     alerts = [dict(a, source="monitor") for a in monitor["alerts"]]
-    alerts += [dict(a, source="log") for a in run.alerts]
+    alerts += [
+        {k: a.get(k) for k in ("severity", "code", "message")} | {"step": a.get("step"), "source": "log"}
+        for a in monitor["logged_alerts"]
+    ]
     alerts.sort(key=lambda a: (a["step"] is None, a["step"] or 0))
     data = {
         "path": path,
