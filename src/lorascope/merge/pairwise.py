@@ -135,9 +135,10 @@ def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = Non
     try:
         check_finite(ga, gb, (r1, r2))
     except NonFiniteError:  # a NaN/Inf, or finite factors whose Gram overflowed (~1e155 and up)
-        if _rescaled(d1, 0) is d1 and _rescaled(d2, 1) is d2:
+        e1, e2 = _rescaled(d1, 0), _rescaled(d2, 1)
+        if e1 is d1 and e2 is d2:
             raise
-        return pair_metrics(_rescaled(d1, 0), _rescaled(d2, 1), opt)
+        return pair_metrics(e1, e2, opt)
     s1, s2 = d1.scale, d2.scale
     x = gram_core(ga[:r1, :r1], gb[:r1, :r1], s1, vectors=True)
     y = gram_core(ga[r1:, r1:], gb[r1:, r1:], s2, vectors=True)

@@ -31,6 +31,7 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedError,
 )
+from ..metrics import energy_key
 from ..textsafe import clean
 from .arch import architecture
 from .sources import Job, adapter_bytes
@@ -39,7 +40,7 @@ THRESHOLDS = (0.9, 0.99)  # energy thresholds of every study; the first is the h
 LAYER_COLUMNS = (
     "source", "layer", "module_type", "kind", "rank", "out_features", "in_features", "params",
     "scale", "dtype", "dead", "sigma_max", "frobenius", "stable_rank", "effective_rank",
-    "utilisation", "numerical_rank", "energy_rank@0.9", "energy_rank@0.99",
+    "utilisation", "numerical_rank", *map(energy_key, THRESHOLDS),
 )  # fmt: skip
 MAX_REASON = 300  # characters of a failure reason
 
@@ -136,7 +137,7 @@ def _resolve(job: Job) -> tuple[Path, int]:
 
 def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any], tuple[tuple, ...]]:
     """The adapters.jsonl record and the layers.csv rows of one AuditReport."""
-    k90, k99 = (f"energy_rank@{t:.12g}" for t in THRESHOLDS)
+    k90, k99 = map(energy_key, THRESHOLDS)
     rows: list[tuple[Any, ...]] = []
     util: list[float] = []
     types: dict[str, list[Any]] = {}  # module type -> [n layers, live utilisations]
