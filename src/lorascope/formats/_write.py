@@ -154,6 +154,24 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             raise
 
 
+@contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `dest`; on success publish it at `dest` (publish_dir).
+    On any error the temporary directory is removed and an OSError becomes one WriteError."""
+    import shutil
+
+    dest = Path(dest)
+    with writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            yield tmp
+            publish_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 def write_text_atomic(dest: str | Path, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")

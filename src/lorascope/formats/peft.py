@@ -297,25 +297,15 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     fresh config with target_modules = the layer names and its base_model_name_or_path.
     r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
     layer keeps the rank and scale of the delta written for it."""
-    import shutil
-    import tempfile
-
-    from ._write import publish_dir, write_text_atomic, writing
+    from ._write import atomic_dir, write_text_atomic
 
     source = adapter if source is None else source
     dest = check_dest(dest)
-    with writing(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
-            rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
-            cfg = _config_for(source, rows)
-            text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
-            write_text_atomic(tmp / CONFIG, text + "\n")
-            publish_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with atomic_dir(dest) as tmp:
+        rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
+        cfg = _config_for(source, rows)
+        text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
+        write_text_atomic(tmp / CONFIG, text + "\n")
     return dest
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -179,32 +177,21 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
 
 def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
     """Write `adapter` as a RaLoRA directory (module docstring), built beside `dest` and renamed in."""
-    from ._write import SafetensorsWriter, header_room, publish_dir, write_text_atomic, writing
+    from ._write import SafetensorsWriter, atomic_dir, header_room, write_text_atomic
 
     source = adapter if source is None else source
     dest = check_dest(dest)
-    with writing(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
-            entries: dict[str, Any] = {}
-            with SafetensorsWriter(tmp / WEIGHTS, reserve=header_room(adapter.names, 2)) as out:
-                for delta in adapter.iter_deltas():  # one layer's factors alive at a time
-                    entries[delta.name] = _write_layer(out, delta, adapter.path)
-                out.close({"format": "pt"})
-            cfg = {"format": SCHEMA, "layers": entries}
-            cfg.update(
-                {
-                    k: source.config[k]
-                    for k in ("base_model_name_or_path", "task_type")
-                    if source.config.get(k)
-                }
-            )
-            write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2) + "\n")
-            publish_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with atomic_dir(dest) as tmp:
+        entries: dict[str, Any] = {}
+        with SafetensorsWriter(tmp / WEIGHTS, reserve=header_room(adapter.names, 2)) as out:
+            for delta in adapter.iter_deltas():  # one layer's factors alive at a time
+                entries[delta.name] = _write_layer(out, delta, adapter.path)
+            out.close({"format": "pt"})
+        cfg = {"format": SCHEMA, "layers": entries}
+        cfg.update(
+            {k: source.config[k] for k in ("base_model_name_or_path", "task_type") if source.config.get(k)}
+        )
+        write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2) + "\n")
     return dest
 
 
