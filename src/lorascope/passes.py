@@ -12,13 +12,16 @@ has its own pass over *pairs* of layers (merge/audit.py) built on the same core.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._parallel import ordered_map
 from .errors import FormatError
 from .spectral import Core, NonFiniteError, SpectrumOverflowError
 from .structured import delta_core
 from .types import Adapter, LayerInfo, LoraDelta
+
+if TYPE_CHECKING:
+    import numpy as np
 
 R = TypeVar("R")
 # The largest σ₁ the commands accept: their energies Σσ² and sums over layers stay far below the
@@ -35,6 +38,17 @@ def nonfinite_error(info: LayerInfo, which: str, path: str | None, side: int | N
     else:
         key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
     return FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=path, keys=[key])
+
+
+def check_sigma(info: LayerInfo, sigma: np.ndarray, path: str | None) -> None:
+    """FormatError when σ₁ exceeds SIGMA_LIMIT: the spectrum is exact, but its energies σ² and
+    their sums would overflow float64 (every metric and merge figure uses them)."""
+    if sigma.size and sigma[0] > SIGMA_LIMIT:
+        raise FormatError(
+            f"layer {info.name}: σ₁ = {sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
+            "and their sums would overflow float64",
+            path=path,
+        )
 
 
 def spectral_pass(
@@ -56,12 +70,8 @@ def spectral_pass(
             raise nonfinite_error(info, e.which, adapter.path, side) from None
         except SpectrumOverflowError as e:
             raise FormatError(f"layer {info.name}: {e}", path=adapter.path) from None
-        if core.s2.size and core.sigma[0] > SIGMA_LIMIT:
-            raise FormatError(
-                f"layer {info.name}: σ₁ = {core.sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
-                "and their sums would overflow float64",
-                path=adapter.path,
-            )
+        if core.s2.size:
+            check_sigma(info, core.sigma, adapter.path)
         return then(delta, core)
 
     total = len(adapter.layers)

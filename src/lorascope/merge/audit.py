@@ -21,7 +21,7 @@ from .. import jsontext, metrics
 from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
-from ..passes import SIGMA_LIMIT, nonfinite_error
+from ..passes import check_sigma, nonfinite_error
 from ..spectral import NonFiniteError, SpectrumOverflowError
 from ..structured import compact
 from ..types import Adapter, LayerInfo
@@ -260,20 +260,14 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
     i1, i2 = deltas[0].info, deltas[1].info
     d1, d2 = deltas
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # σ₁ beyond SIGMA_LIMIT is refused below
+        with np.errstate(over="ignore", invalid="ignore"):  # σ₁ beyond passes.SIGMA_LIMIT is refused below
             p = pair_metrics(d1, d2, options.pair)
     except NonFiniteError as e:  # NaN/Inf in a factor
         raise nonfinite_error((i1, i2)[e.side], e.which, (a, b)[e.side].path) from None
     except SpectrumOverflowError as e:  # finite factors, but ΔW itself beyond float64
         raise FormatError(f"layers {i1.name} / {i2.name}: {e}", path=a.path) from None
-    for side, sigma in enumerate((p.sigma1, p.sigma2)):  # energies σ² must stay finite (passes.py)
-        if sigma.size and sigma[0] > SIGMA_LIMIT:
-            info, path = (i1, i2)[side], (a, b)[side].path
-            raise FormatError(
-                f"layer {info.name}: σ₁ = {sigma[0]:.3g} exceeds {SIGMA_LIMIT:g}: its energies (σ²) "
-                "would overflow float64",
-                path=path,
-            )
+    check_sigma(i1, p.sigma1, a.path)  # energies σ² must stay finite
+    check_sigma(i2, p.sigma2, b.path)
     eff = (
         metrics.effective_rank(metrics.Spectrum(p.sigma1, i1.rank)),
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),
