@@ -24,11 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .errors import InvalidArgumentError, UnsupportedError
 from .formats import COMPONENTS, FORMATS, NAMES_KEY, check_dest, check_writable, load, output_path, save, spec
-from .passes import nonfinite_error
+from .passes import check_factors
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
 
@@ -94,9 +92,7 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
 
     def loader(info: LayerInfo) -> LoraDelta:
         delta = adapter.loader(origin[info.name])
-        for which, x in (("down", delta.down), ("up", delta.up)):
-            if not np.isfinite(x).all():  # copied unchanged, NaN/Inf would be too: refused instead
-                raise nonfinite_error(origin[info.name], which, adapter.path)
+        check_factors(delta, adapter.path)  # copied unchanged, NaN/Inf would be too: refused instead
         return LoraDelta(info, delta.down, delta.up)
 
     out = Adapter(

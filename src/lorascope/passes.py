@@ -12,16 +12,15 @@ has its own pass over *pairs* of layers (merge/audit.py) built on the same core.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
+
+import numpy as np
 
 from ._parallel import ordered_map
 from .errors import FormatError
 from .spectral import Core, NonFiniteError, SpectrumOverflowError
 from .structured import delta_core
 from .types import Adapter, LayerInfo, LoraDelta
-
-if TYPE_CHECKING:
-    import numpy as np
 
 R = TypeVar("R")
 # The largest σ₁ the commands accept: their energies Σσ² and sums over layers stay far below the
@@ -38,6 +37,13 @@ def nonfinite_error(info: LayerInfo, which: str, path: str | None, side: int | N
     else:
         key = info.extras.get("keys", ("down", "up"))[0 if which == "down" else 1]
     return FormatError(f"layer {info.name}: tensor {key} contains NaN or Inf", path=path, keys=[key])
+
+
+def check_factors(delta: LoraDelta, path: str | None) -> None:
+    """nonfinite_error for the first factor of `delta` that holds NaN/Inf (down, then up)."""
+    for which, x in (("down", delta.down), ("up", delta.up)):
+        if not np.isfinite(x).all():
+            raise nonfinite_error(delta.info, which, path)
 
 
 def check_sigma(info: LayerInfo, sigma: np.ndarray, path: str | None) -> None:

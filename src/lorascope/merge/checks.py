@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError, InvalidArgumentError
+from ..passes import check_factors
 from ..types import Adapter, LoraDelta
 
 MAX_ERROR = 0.05  # default --max-error: a layer may lose at most 5 % of its intended ΔW (Frobenius)
@@ -19,13 +20,10 @@ def adapter_label(adapter: Adapter, i: int) -> str:
 
 def check_finite_input(adapter: Adapter, i: int, d: LoraDelta) -> None:
     """One line naming the adapter, its file, the layer and the tensor key for NaN/Inf factors."""
-    keys = d.info.extras.get("keys", ("down", "up"))
-    for which, x in ((0, d.down), (1, d.up)):
-        if not np.isfinite(x).all():
-            raise FormatError(
-                f"{adapter_label(adapter, i)}: layer {d.name}: tensor {keys[which]} contains NaN or Inf",
-                keys=[keys[which]],
-            )
+    try:
+        check_factors(d, None)
+    except FormatError as e:  # the same line, led by the adapter's number and file
+        raise FormatError(f"{adapter_label(adapter, i)}: {e.message}", keys=e.keys) from None
     if not np.isfinite(d.scale):
         raise FormatError(f"{adapter_label(adapter, i)}: layer {d.name}: its scale is not finite")
 
