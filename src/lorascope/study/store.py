@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InvalidArgumentError
+from ..formats._write import atomic_path, replacing
 from .worker import LAYER_COLUMNS, Outcome
 
 ADAPTERS, LAYERS, FAILURES = "adapters.jsonl", "layers.csv", "failures.jsonl"
@@ -117,15 +118,17 @@ def _filter_layers(path: Path, keep: set[str]) -> None:
     """Keep the header and the complete rows whose source has a record; rewrite atomically."""
     if not path.exists():
         return
-    tmp = path.with_name(f".{path.name}.resume")
-    with open(path, encoding="utf-8", newline="") as src, open(tmp, "w", encoding="utf-8", newline="") as dst:
-        header = src.readline()
-        dst.write(header if header.endswith("\n") else ",".join(LAYER_COLUMNS) + "\n")
-        for line in _complete_lines(src):
-            row = next(csv.reader([line]))
-            if row and row[0] in keep:
-                dst.write(line)
-    os.replace(tmp, path)
+    with replacing(path), atomic_path(path) as tmp:
+        with (
+            open(path, encoding="utf-8", newline="") as src,
+            open(tmp, "w", encoding="utf-8", newline="") as dst,
+        ):
+            header = src.readline()
+            dst.write(header if header.endswith("\n") else ",".join(LAYER_COLUMNS) + "\n")
+            for line in _complete_lines(src):
+                row = next(csv.reader([line]))
+                if row and row[0] in keep:
+                    dst.write(line)
 
 
 def _complete_lines(f: IO[str]) -> Iterator[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _parallel
 from ..errors import InvalidArgumentError
-from ..formats._write import replacing, write_text_atomic
+from ..formats._write import atomic_path, replacing, write_text_atomic
 from . import render, tables
 from .executors import EXECUTORS, run_jobs
 from .sources import discover
@@ -116,10 +116,8 @@ def _parquet(out: Path) -> None:
     except ImportError:
         return
     dest = out / "layers.parquet"
-    tmp = out / ".layers.parquet.tmp"
     convert = pacsv.ConvertOptions(column_types={"source": "string", "layer": "string", "dtype": "string"})
     reader = pacsv.open_csv(out / LAYERS, convert_options=convert)
-    with pq.ParquetWriter(tmp, reader.schema) as writer:
+    with replacing(dest), atomic_path(dest) as tmp, pq.ParquetWriter(tmp, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch)
-    tmp.replace(dest)
