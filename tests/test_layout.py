@@ -123,3 +123,14 @@ def test_cli_imports_only_the_invoked_command(tmp_path):
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
 def test_modules_stay_small(path):
     assert len(path.read_text(encoding="utf-8").splitlines()) <= 420
+
+
+def test_audit_does_not_import_numpy_ma(small_adapter):
+    """numpy.median / percentile import numpy.ma (≈ 20 ms of start-up): the summaries avoid them."""
+    code = (
+        "import contextlib, io\nfrom lorascope.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    main(['audit', {str(small_adapter[0])!r}, '--json'])"
+    )
+    loaded = _modules_after(code)
+    assert "lorascope.audit.policies" in loaded and "numpy.ma" not in loaded

@@ -193,3 +193,22 @@ def test_rank_deficient_layer(r, live):
     for name, value in ref.items():
         assert abs(got[name] - value) <= REL * abs(value), (name, got[name], value)
     assert got["numerical_rank"] == got["energy_rank@1"] == live
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False) | st.integers(0, 128), min_size=1, max_size=40),
+    st.floats(0, 100),
+)
+def test_percentile_and_median_match_numpy_bit_for_bit(values, q):
+    a = np.asarray(values, dtype=float)
+    assert metrics.percentile(values, q) == float(np.percentile(a, q))
+    assert metrics.percentile(values, 50) == float(np.percentile(a, 50))
+    assert metrics.median(values) == float(np.median(a))
+
+
+def test_percentile_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        metrics.percentile([], 50)
+    with pytest.raises(ValueError):
+        metrics.median([])

@@ -277,8 +277,8 @@ def _stats(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
     return {
         "mean": float(a.mean()),
-        "median": float(np.median(a)),
-        "p90": float(np.percentile(a, 90)),
+        "median": metrics.median(a),
+        "p90": metrics.percentile(a, 90),
         "min": float(a.min()),
         "max": float(a.max()),
     }

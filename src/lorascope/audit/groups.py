@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import percentile
+
 MODULE_TYPES = ("attention", "mlp", "other")
 
 ATTENTION_LEAVES = frozenset(
@@ -136,8 +138,8 @@ def by_type(
         for key in energy_keys:
             ks = np.asarray([values[key][i] for i in alive], dtype=float)
             entry[key] = {
-                "p50": float(np.percentile(ks, 50)) if ks.size else 0.0,
-                "p90": float(np.percentile(ks, 90)) if ks.size else 0.0,
+                "p50": percentile(ks, 50) if ks.size else 0.0,
+                "p90": percentile(ks, 90) if ks.size else 0.0,
             }
         out[kind] = entry
     return out

@@ -88,7 +88,7 @@ def oht(s: metrics.Spectrum, shape: tuple[int, int], tau: float) -> int:
         return 1
     beta = min(shape) / max(shape)
     omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-    cut = omega * float(np.median(sigma))
+    cut = omega * metrics.median(sigma)
     return int(min(max(int(np.count_nonzero(sigma > cut)), 1), s.rank))
 
 
@@ -142,8 +142,8 @@ def summarise(
         ks = np.asarray([x[2][name] for x in live], dtype=float)
         keep = sum(1 for x in live if x[2][name] >= NO_COMPRESS * x[1])
         table[name] = {
-            "median": float(np.percentile(ks, 50)) if ks.size else 0.0,
-            "p90": float(np.percentile(ks, 90)) if ks.size else 0.0,
+            "median": metrics.percentile(ks, 50) if ks.size else 0.0,
+            "p90": metrics.percentile(ks, 90) if ks.size else 0.0,
             "max": int(ks.max()) if ks.size else 0,
             "rank_median": suggest.global_rank(ks.tolist(), 50, rounding, cap, min_rank),
             "rank_p90": suggest.global_rank(ks.tolist(), 90, rounding, cap, min_rank),

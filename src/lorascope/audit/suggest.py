@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-import numpy as np
-
+from ..metrics import percentile
 from ..rounding import Rounding
 from ..types import peft_alpha
 
@@ -24,7 +23,7 @@ def global_rank(energy_ranks: Sequence[float], q: float, rounding: Rounding, cap
     """Suggested uniform rank from the q-th percentile (0..100) of per-layer energy ranks."""
     if not len(energy_ranks):
         return min_rank
-    value = float(np.percentile(np.asarray(energy_ranks, dtype=float), q))
+    value = percentile(energy_ranks, q)
     return int(min(max(rounding.up(value), min_rank), cap))
 
 
