@@ -7,7 +7,6 @@ import sys
 
 from ..audit.audit import AuditOptions, audit_adapter
 from ..audit.policies import parse as parse_policies
-from ..audit.render import View, to_markdown, to_text
 from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError
 from ._output import emit, progress_printer, refuse_inputs
@@ -100,12 +99,8 @@ def run(args: argparse.Namespace) -> int:
     report = audit_adapter(path, options, format=args.format, **load_opts)
     if args.json:
         text = report.to_json(singular_values=not args.no_singular_values) + "\n"
-    elif args.markdown:
-        # Markdown is a document: every layer unless only the least-utilised ones are asked for
-        view = View(args.layers or not args.top_wasteful, args.top_wasteful, args.suggest_per_layer)
-        text = to_markdown(report, view)
-    else:
-        text = to_text(report, View(args.layers, args.top_wasteful, args.suggest_per_layer))
+    else:  # the text renderers are imported only when asked for (start-up time of --json runs)
+        text = _render(report, args)
     emit(text, args.output, inputs=(path,))
     if args.append:
         from ..audit.log import append_to_run
@@ -114,3 +109,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"lorascope: appended {n} event(s) to run {run_id} in {args.append}", file=sys.stderr)
     return 0
+
+
+def _render(report, args: argparse.Namespace) -> str:
+    from ..audit.render import View, to_markdown, to_text
+
+    if args.markdown:
+        # Markdown is a document: every layer unless only the least-utilised ones are asked for
+        view = View(args.layers or not args.top_wasteful, args.top_wasteful, args.suggest_per_layer)
+        return to_markdown(report, view)
+    return to_text(report, View(args.layers, args.top_wasteful, args.suggest_per_layer))

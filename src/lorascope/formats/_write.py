@@ -22,7 +22,6 @@ import json
 import os
 import stat
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,6 +36,13 @@ _NUMPY = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float16}
 # safetensors tag each short dtype name is written as; bf16 arrives as float32 holding bf16 values.
 _TAG_OF = {"fp64": "F64", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 _REPLACE: ContextVar[frozenset[str]] = ContextVar("lorascope_replace", default=frozenset())
+
+
+def _tempfile():
+    """tempfile, imported on the first write (it pulls shutil, random, bz2: start-up time of reads)."""
+    import tempfile
+
+    return tempfile
 
 
 @contextmanager
@@ -143,7 +149,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     dest = Path(dest)
     with writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, tmp = _tempfile().mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
         try:
             yield Path(tmp)
@@ -163,7 +169,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     dest = Path(dest)
     with writing(dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        tmp = Path(_tempfile().mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
         try:
             yield tmp
             publish_dir(tmp, dest)
@@ -265,7 +271,9 @@ class SafetensorsWriter:
         self.closed = True  # until the data file exists: abort() has nothing to remove
         with writing(self.dest):
             self.dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".data.tmp", dir=self.dest.parent)
+            fd, tmp = _tempfile().mkstemp(
+                prefix=f".{self.dest.name}.", suffix=".data.tmp", dir=self.dest.parent
+            )
         self._data_path = tmp
         self._data = os.fdopen(fd, "w+b")
         self.closed = False
