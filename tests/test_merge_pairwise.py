@@ -8,7 +8,7 @@ from conftest import quantize, to_bf16_bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorascope.merge.pairwise import PairOptions, pair_metrics, sign_conflict
+from lorascope.merge.pairwise import PairOptions, kth_largest, pair_metrics, sign_conflict
 from lorascope.spectral import energy_k
 from lorascope.types import LayerInfo, LoraDelta
 
@@ -198,3 +198,25 @@ def test_options_are_validated():
         PairOptions(energy=0)
     with pytest.raises(InvalidArgumentError):
         PairOptions(sign_sample=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5000),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["normal", "ties", "zeros", "sorted"]),
+    st.floats(0.0, 1.0),
+)
+def test_kth_largest_is_a_full_partition(n, seed, kind, share):
+    """The two-stage selection equals np.partition's k-th largest for every k, ties and zeros included
+    (sizes above 1,024 take the sampled bound; "sorted" puts every large value past the sample)."""
+    rng = np.random.default_rng(seed)
+    x = np.abs(rng.standard_normal(n)).astype(np.float32)
+    if kind == "ties":
+        x = np.round(x * 2) / 2
+    elif kind == "zeros":
+        x[rng.random(n) < 0.9] = 0
+    elif kind == "sorted":
+        x = np.sort(x)
+    k = min(n, 1 + int(share * n))
+    assert kth_largest(x, k) == np.partition(x, n - k)[n - k]

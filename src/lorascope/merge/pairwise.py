@@ -279,5 +279,20 @@ def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
 def _top_mask(x: np.ndarray, keep: int) -> np.ndarray:
     """Entries with |x| ≥ the keep-th largest |x| (ties at that value included; zeros never count)."""
     mag = np.abs(x)
-    thr = np.partition(mag.ravel(), mag.size - keep)[mag.size - keep]
-    return (mag >= thr) & (mag > 0)
+    return (mag >= kth_largest(mag.ravel(), keep)) & (mag > 0)
+
+
+def kth_largest(values: np.ndarray, k: int, stride: int = 16) -> float:
+    """The k-th largest of a 1-D array (1 ≤ k ≤ size), exactly: a partition of the values above a
+    bound read off every `stride`-th value, when at least k lie above it (nearly always: the
+    bound sits at 1.25× the share wanted), else of them all.  About twice as fast as a full
+    partition for the sign grid's 65,536 values, and the same number."""
+    n = values.size
+    if n >= 64 * stride:
+        sample = values[::stride]  # (≈ n/stride,)
+        j = min(sample.size, int(1.25 * k / stride) + 8)
+        bound = np.partition(sample, sample.size - j)[sample.size - j]
+        above = values[values >= bound]  # (≥ k,) when the bound is low enough: the k-th largest is among them
+        if above.size >= k:
+            return float(np.partition(above, above.size - k)[above.size - k])
+    return float(np.partition(values, n - k)[n - k])
