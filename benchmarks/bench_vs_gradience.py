@@ -5,8 +5,14 @@
 
 Each row times whole processes as users run them (the interpreter start included, bytecode caches
 allowed: PYTHONDONTWRITEBYTECODE is removed from the children's environment), page cache warm,
-stdout to /dev/null, interleaved: lorascope, Gradience, lorascope, Gradience, ... `--repeats` times;
-the table gives medians (and best) and the ratio of the medians.
+stdout to /dev/null, interleaved: lorascope, minimal, Gradience, lorascope, minimal, Gradience, ...
+`--repeats` times; the table gives medians (and best) and the ratio of the medians.
+
+Ceiling: "minimal" is `_minimal.py`, the least work any exact float64-Gram implementation in
+Python + numpy does (read the bf16 bytes, widen them block by block, the Gram products, the r×r
+eigenvalues, on both cores; compress adds the rank-16 factors and one file write): no validation,
+no metrics, no output.  Gradience ÷ minimal is the largest ratio this design can reach on the
+machine at that moment; lorascope ÷ minimal is what lorascope's own checks, metrics and reports cost.
 
 | row         | lorascope                                  | Gradience 0.11                               |
 |-------------|--------------------------------------------|----------------------------------------------|
@@ -83,6 +89,7 @@ def timed(cmd: list[str], out: Path, timeout: float) -> tuple[float, float]:
     pages between runs, so every input is read once just before each timed run."""
     for sub in ("ours", "theirs"):
         shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "ours.safetensors").unlink(missing_ok=True)
     for arg in cmd:
         weights = Path(arg) / "adapter_model.safetensors"
         if weights.is_file():
@@ -90,17 +97,28 @@ def timed(cmd: list[str], out: Path, timeout: float) -> tuple[float, float]:
     return run_child(cmd, env=child_env(), timeout=timeout)
 
 
+def minimal_cmd(name: str, a: Path, b: Path, out: Path) -> list[str]:
+    script = [sys.executable, str(HERE / "_minimal.py"), name]
+    if name == "compress":
+        return [*script, str(a), str(out / "ours.safetensors")]
+    return [*script, str(a), *([str(b)] if name == "merge-audit" else [])]
+
+
 def interleaved(name: str, a: Path, b: Path, gradience: Path | None, repeats: int, out: Path) -> dict:
     ours_cmd, theirs_cmd = commands(name, a, b, out, gradience or Path("gradience"))
-    ours, theirs = [], []
+    least_cmd = minimal_cmd(name, a, b, out)
+    ours, least, theirs = [], [], []
     for _ in range(repeats):
         ours.append(timed(ours_cmd, out, 600))
+        least.append(timed(least_cmd, out, 600))
         if gradience is not None:
             theirs.append(timed(theirs_cmd, out, 600))
-    row = {"lorascope": summary(ours)}
+    row = {"lorascope": summary(ours), "minimal": summary(least)}
+    row["overhead_vs_minimal"] = row["lorascope"]["median_s"] / row["minimal"]["median_s"]
     if theirs:
         row["gradience"] = summary(theirs)
         row["ratio_median"] = row["gradience"]["median_s"] / row["lorascope"]["median_s"]
+        row["ceiling_ratio"] = row["gradience"]["median_s"] / row["minimal"]["median_s"]
         row["ratio_rss"] = row["gradience"]["peak_rss_mb"] / row["lorascope"]["peak_rss_mb"]
     return row
 
@@ -236,8 +254,10 @@ def line(name: str, row: dict) -> str:
         g = row["gradience"]
         text += (
             f"  gradience {g['median_s']:.2f} s (best {g['best_s']:.2f}, {g['peak_rss_mb']:.0f} MB)"
-            f"  ratio {row['ratio_median']:.1f}×"
+            f"  ratio {row['ratio_median']:.1f}× (ceiling {row['ceiling_ratio']:.1f}×)"
         )
+    least = row["minimal"]
+    text += f"  minimal {least['median_s']:.3f} s (lorascope {row['overhead_vs_minimal']:.2f}× it)"
     text += f"  unavoidable {100 * row['unavoidable_share']:.0f} %"
     if "busy" in row:
         text += f"  busy/quiet {row['busy']['ratio']:.2f}"
