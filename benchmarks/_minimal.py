@@ -1,7 +1,7 @@
 """The least work any exact float64-Gram implementation in Python + numpy does, as one process:
 the ceiling `bench_vs_gradience.py` compares lorascope and its goals with.
 
-    python benchmarks/_minimal.py audit A [--procs]
+    python benchmarks/_minimal.py audit A [--procs] [--float32]
     python benchmarks/_minimal.py merge-audit A B [--procs]
     python benchmarks/_minimal.py compress A OUT_FILE      (rank 16, bf16 out)
 
@@ -10,7 +10,9 @@ each layer read the bf16 bytes, widen them to float64 one ≈1 MiB block at a ti
 (`syrk`; for merge-audit the stacked pair), a Cholesky root and the r×r eigenvalues, on two worker
 threads with one BLAS thread each (`--procs`: two forked processes instead).  compress adds the
 r×r eigenvectors, the two thin float32 products that give the rank-16 factors, their bf16 rounding
-and one write of a safetensors file.  The interpreter start
+and one write of a safetensors file.  `--float32`: the Gram products in float32 (bf16 values are exact
+there, the sums are not): what the one precision lever left would give, NOT an exact pipeline
+(it breaks the 1e-6 accuracy bound on trained adapters).  The interpreter start
 and `import numpy` are included: every Python tool pays them.
 """
 
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import numpy as np  # noqa: E402
 
 BLOCK = 1 << 17  # float64 elements widened at once (1 MiB)
+FLOAT32 = "--float32" in sys.argv
 
 
 class Source:
@@ -67,8 +70,11 @@ def gram(xs: list[np.ndarray], rows: bool) -> np.ndarray:
                 np.copyto(u[:, at : at + k], x[j : j + w])
             at += k
         u <<= 16  # bf16 bits -> float32 bits
-        f = f8[: r * w].reshape(u.shape)
-        np.copyto(f, u.view(np.float32))
+        if FLOAT32:
+            f = u.view(np.float32)
+        else:
+            f = f8[: r * w].reshape(u.shape)
+            np.copyto(f, u.view(np.float32))
         g += f @ f.T if rows else f.T @ f
     return g
 
