@@ -18,6 +18,7 @@ metric and `dead = True`: never NaN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,14 +119,22 @@ def compute(s: Spectrum, thresholds: tuple[float, ...] = (0.90,)) -> dict[str, f
 
 # --- sample statistics ----------------------------------------------------------------------------
 # numpy's median / percentile import numpy.ma on first use (≈ 20 ms of a command's start-up); these
-# give the same numbers, bit for bit, for the 1-D finite samples the summaries take.
+# give the same numbers, bit for bit, for the 1-D samples the audit and study summaries take (NaN
+# anywhere gives NaN, as numpy's do).
+
+
+def _sorted_sample(values, what: str) -> np.ndarray:
+    a = np.sort(np.asarray(values, dtype=np.float64).ravel())  # (n,)
+    if a.size == 0:
+        raise ValueError(f"{what} of an empty sample")
+    return a
 
 
 def percentile(values, q: float) -> float:
     """numpy.percentile(values, q) with the default linear method, for a non-empty 1-D sample."""
-    a = np.sort(np.asarray(values, dtype=np.float64).ravel())  # (n,)
-    if a.size == 0:
-        raise ValueError("percentile of an empty sample")
+    a = _sorted_sample(values, "percentile")  # (n,)
+    if np.isnan(a[-1]):  # sorting puts NaN last
+        return math.nan
     at = (a.size - 1) * (q / 100)
     lo = int(at // 1)
     hi = min(lo + 1, a.size - 1)
@@ -136,8 +145,8 @@ def percentile(values, q: float) -> float:
 
 def median(values) -> float:
     """numpy.median(values) for a non-empty 1-D sample: the middle value, or the mean of the two."""
-    a = np.sort(np.asarray(values, dtype=np.float64).ravel())  # (n,)
-    if a.size == 0:
-        raise ValueError("median of an empty sample")
+    a = _sorted_sample(values, "median")  # (n,)
+    if np.isnan(a[-1]):
+        return math.nan
     mid = a.size // 2
     return float(a[mid]) if a.size % 2 else (float(a[mid - 1]) + float(a[mid])) / 2

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import median, percentile
 from .store import FAILURES, read_layer_columns, read_records
 
 SCHEMA = "lorascope.study/v1"
@@ -88,10 +89,10 @@ def _stats(values: np.ndarray, share_above: float | None = None) -> dict[str, An
     out: dict[str, Any] = {
         "n": int(v.size),
         "mean": math.fsum(v) / v.size,
-        "median": float(np.median(v)),
+        "median": median(v),
         "std": float(np.sqrt(math.fsum((v - math.fsum(v) / v.size) ** 2) / v.size)),
-        "p75": float(np.percentile(v, 75)),
-        "p90": float(np.percentile(v, 90)),
+        "p75": percentile(v, 75),
+        "p90": percentile(v, 90),
         "min": float(v[0]),
         "max": float(v[-1]),
     }
@@ -104,7 +105,7 @@ def _mean_median(values: list[float]) -> dict[str, Any]:
     v = np.sort(np.asarray(values, dtype=float))
     if v.size == 0:
         return {"n": 0, "mean": None, "median": None}
-    return {"n": int(v.size), "mean": math.fsum(v) / v.size, "median": float(np.median(v))}
+    return {"n": int(v.size), "mean": math.fsum(v) / v.size, "median": median(v)}
 
 
 def _by_rank(live: list[dict]) -> list[dict[str, Any]]:
@@ -228,7 +229,7 @@ def _correlation(live: list[dict]) -> dict[str, Any]:
         values = values[np.isfinite(values)]
         ci = None
         if values.size and math.isfinite(r):
-            ci = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+            ci = [percentile(values, 2.5), percentile(values, 97.5)]
         out[name] = {"r": _finite(r), "ci95": ci}
     return out
 

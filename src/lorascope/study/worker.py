@@ -31,7 +31,7 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedError,
 )
-from ..metrics import energy_key
+from ..metrics import energy_key, median, percentile
 from ..textsafe import clean
 from .arch import architecture
 from .sources import Job, adapter_bytes
@@ -190,11 +190,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _summary(values: list[float], second: str = "median") -> dict[str, float | None]:
-    import numpy as np
-
     if not values:
         return {"mean": None, second: None} if second == "median" else {"median": None, second: None}
-    a = np.sort(np.asarray(values, dtype=float))
     if second == "median":
-        return {"mean": _mean(values), "median": float(np.median(a))}
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
+        return {"mean": _mean(values), "median": median(values)}
+    return {"median": median(values), "p90": percentile(values, 90)}
