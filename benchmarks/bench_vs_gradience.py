@@ -165,8 +165,8 @@ def _best(fn, n: int = 3) -> float:
 def floor_parts(paths: list[Path], stacked: bool) -> dict[str, float]:
     """Single-threaded seconds: read every tensor's bytes; the float64 Gram products (from factors
     already widened, so only the flops count)."""
-    from lorascope._parallel import blas_threads
     from lorascope.formats import load
+    from lorascope.parallel import blas_threads
 
     adapters = [load(p) for p in paths]
 
@@ -193,7 +193,7 @@ def floor_parts(paths: list[Path], stacked: bool) -> dict[str, float]:
 
 
 def floor(name: str, a: Path, b: Path, out: Path) -> dict[str, float]:
-    from lorascope._parallel import cores
+    from lorascope.parallel import cores
 
     parts = floor_parts([a, b] if name == "merge-audit" else [a], stacked=name == "merge-audit")
     if name == "compress":  # the output's bytes must be written too
@@ -265,7 +265,7 @@ def line(name: str, row: dict) -> str:
 
 
 def machine() -> dict:
-    from lorascope._parallel import cores
+    from lorascope.parallel import cores
 
     try:
         load = os.getloadavg()[0]

@@ -124,12 +124,12 @@ def test_wrong_typed_fields_are_findings_not_crashes(tmp_path, capsys, lora, cod
     ("name", "content", "message"),
     [
         ("adapter_config.json", b'{"r": 8, "x": "\xff"}', "not UTF-8 text (byte 15)"),
-        ("adapter_config.json", "[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
-        ("adapter_config.json", '{"r": ' + "9" * 5000 + "}", "holds an integer with more than 4300 digits"),
-        ("adapter_config.json", "[1, 2]", "expected a mapping at the top level"),
-        ("adapter_config.json", '{"r": ', "cannot parse: Expecting value"),
-        ("adapter_config.yaml", "r: " + "9" * 5000 + "\n", "holds an integer with more than 4300 digits"),
-        ("adapter_config.yaml", "a: [" * 5000 + "]" * 5000, "nested too deeply to read"),
+        ("adapter_config.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+        ("adapter_config.json", '{"r": ' + "9" * 5000 + "}", "a JSON number has too many digits"),
+        ("adapter_config.json", "[1, 2]", "config file: expected a mapping at the top level"),
+        ("adapter_config.json", '{"r": ', "malformed JSON at line 1 column 7: Expecting value"),
+        ("adapter_config.yaml", "r: " + "9" * 5000 + "\n", "a YAML number has too many digits"),
+        ("adapter_config.yaml", "a: [" * 5000 + "]" * 5000, "YAML nested too deeply"),
     ],
 )
 def test_unreadable_config_is_one_line_exit_2(tmp_path, capsys, name, content, message):

@@ -96,14 +96,14 @@ def test_merge_flags_that_apply_are_accepted(pair, tmp_path, capsys, flags):
     [
         (
             {"method": "linear", "rank": 4},
-            "merge plan: layers.x: rank does not apply to method linear "
+            "key layers.x: rank does not apply to method linear "
             "(rank is read by svd, ties, dare_ties, dare_linear, magnitude_prune)",
         ),
         (
             {"method": "svd", "density": 0.5, "majority": "total"},
-            "merge plan: layers.x: density, majority does not apply to method svd",
+            "key layers.x: density, majority does not apply to method svd",
         ),
-        ({"method": "svd", "rank": 2, "energy": 0.9}, "merge plan: layers.x: give rank or energy, not both"),
+        ({"method": "svd", "rank": 2, "energy": 0.9}, "key layers.x: give rank or energy, not both"),
     ],
 )
 def test_plan_keys_the_method_does_not_read_are_refused(pair, tmp_path, capsys, layer, message):

@@ -18,8 +18,8 @@ SRC = Path(lorascope.__file__).resolve().parent
 # Layers, bottom to top: a module may import its own layer or lower ones, never higher ones.
 # Capabilities (layer 3) may use each other's packages, never each other's private names.
 LAYERS = {
-    0: {"_version", "errors", "types", "rounding", "jsontext", "textsafe"},
-    1: {"spectral", "structured", "metrics", "_parallel"},
+    0: {"version", "errors", "types", "rounding", "jsontext", "textsafe", "files", "validate"},
+    1: {"spectral", "structured", "metrics", "parallel"},
     2: {"formats", "passes"},
     3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report", "gid"},
     4: {"integrations", "bench"},
@@ -60,11 +60,11 @@ def test_imports_point_one_way(path):
         other = top(target)
         assert other in LAYER_OF, f"{path.name}: unknown module {target}"
         assert LAYER_OF[other] <= level, f"{own} (layer {level}) imports {target} (layer {LAYER_OF[other]})"
-        if other != own and LAYER_OF[other] == 3 and level == 3:
-            private = [n for n in names if n.startswith("_")] + [
-                p for p in target.split(".") if p.startswith("_")
+        if other != own:  # another package's (or core module's) private names are off limits
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")] + [
+                p for p in target.split(".") if p.startswith("_") and not p.startswith("__")
             ]
-            assert not private, f"{own} uses private {private} of capability {other}"
+            assert not private, f"{own} uses private {private} of {other}"
 
 
 def test_public_names_never_shadow_modules():
@@ -93,7 +93,7 @@ def _modules_after(code: str) -> set[str]:
 def test_import_lorascope_is_light():
     loaded = _modules_after("import lorascope")
     assert "numpy" not in loaded and "torch" not in loaded
-    assert {m for m in loaded if m.startswith("lorascope")} == {"lorascope", "lorascope._version"}
+    assert {m for m in loaded if m.startswith("lorascope")} == {"lorascope", "lorascope.version"}
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"]])
@@ -107,7 +107,7 @@ def test_cli_version_and_help_import_no_command_and_no_numpy(argv):
     assert not {
         m
         for m in loaded
-        if m.startswith("lorascope.") and m.split(".")[1] not in ("cli", "_version", "errors", "textsafe")
+        if m.startswith("lorascope.") and m.split(".")[1] not in ("cli", "version", "errors", "textsafe")
     }
 
 
@@ -122,7 +122,9 @@ def test_cli_imports_only_the_invoked_command(tmp_path):
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
 def test_modules_stay_small(path):
-    assert len(path.read_text(encoding="utf-8").splitlines()) <= 420
+    """A guide, not a cap to split files around: ~400 lines is the aim (a module read in one
+    sitting); past 700 a module has grown into several and must be split."""
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 700
 
 
 def test_audit_does_not_import_numpy_ma(small_adapter):

@@ -22,45 +22,45 @@ def adapters(tmp_path, rng):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("plan.json", b'{"weights": [1, 1], "notes": ["\xff"]}', "merge plan: not UTF-8 text (byte 31)"),
-        ("plan.json", DEEP, "merge plan: nested too deeply to read"),
+        ("plan.json", b'{"weights": [1, 1], "notes": ["\xff"]}', "not UTF-8 text (byte 31)"),
+        ("plan.json", DEEP, "JSON nested too deeply"),
         (
             "plan.json",
             '{"weights": [' + HUGE + ", 1]}",
-            "merge plan: holds an integer with more than 4300 digits",
+            "a JSON number has too many digits",
         ),
         (
             "plan.yaml",
             "weights: [" + HUGE + ", 1]\n",
-            "merge plan: holds an integer with more than 4300 digits",
+            "a YAML number has too many digits",
         ),
-        ("plan.yaml", "weights: " + "[" * 5000 + "]" * 5000, "merge plan: nested too deeply to read"),
+        ("plan.yaml", "weights: " + "[" * 5000 + "]" * 5000, "YAML nested too deeply"),
         (
             "plan.json",
             '{"weights": [1, 1], "adapters": 5}',
-            "merge plan: 'adapters' must be a list of strings",
+            "key adapters: must be a list of strings",
         ),
-        ("plan.json", '{"weights": [1, 1], "notes": [1]}', "merge plan: 'notes' must be a list of strings"),
+        ("plan.json", '{"weights": [1, 1], "notes": [1]}', "key notes: must be a list of strings"),
         (
             "plan.json",
             '{"weights": [1, 1], "peft_add_weighted_adapter": [1]}',
-            "merge plan: 'peft_add_weighted_adapter' must be a mapping",
+            "key peft_add_weighted_adapter: must be a mapping",
         ),
-        ("plan.json", '{"weights": [1, 1], "seed": -1}', "merge plan: 'seed' must be an integer ≥ 0"),
+        ("plan.json", '{"weights": [1, 1], "seed": -1}', "key seed: must be an integer ≥ 0, got -1"),
         (
             "plan.json",
             '{"weights": [1' + "0" * 400 + ", 1]}",
-            "merge plan: weights must hold finite numbers, got an integer of 1329 bits",
+            "key weights: must hold finite numbers, got an integer of 1329 bits",
         ),
         (
             "plan.json",
             '{"weights": [1, 1], "layers": {"x": {"method": ["ties"]}}}',
-            "merge plan: layers.x.method ['ties'] is not one of",
+            "key layers.x.method: ['ties'] is not one of",
         ),
         (
             "plan.json",
             '{"weights": [1, 1], "layers": {"x\\u001b[2J": {"method": "nope"}}}',
-            r"merge plan: layers.x\x1b[2J.method 'nope' is not one of",
+            r"key layers.x\x1b[2J.method: 'nope' is not one of",
         ),
     ],
 )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from lorascope import _parallel
-from lorascope._parallel import cores, ordered_map, plan
+from lorascope import parallel
+from lorascope.parallel import cores, ordered_map, plan
 
 
 def blas_threads_now() -> int:
@@ -20,7 +20,7 @@ def blas_threads_now() -> int:
 @pytest.mark.parametrize("n_cores", [1, 2, 3, 8])
 @pytest.mark.parametrize("n_items", [0, 1, 2, 5, 1000])
 def test_plan_never_oversubscribes(monkeypatch, n_cores, n_items):
-    monkeypatch.setattr(_parallel, "cores", lambda: n_cores)
+    monkeypatch.setattr(parallel, "cores", lambda: n_cores)
     workers, threads = plan(n_items)
     assert workers >= 1 and threads >= 1
     assert workers * threads <= n_cores
@@ -37,7 +37,7 @@ def test_lorascope_threads_caps_the_cores(monkeypatch):
 
 
 def test_results_in_order_and_blas_held_inside_workers(monkeypatch):
-    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
     np.ones((4, 4)) @ np.ones((4, 4))  # BLAS loaded
     seen: list[tuple[int, int, str]] = []
 
@@ -52,7 +52,7 @@ def test_results_in_order_and_blas_held_inside_workers(monkeypatch):
 
 
 def test_single_item_gets_every_core_for_blas(monkeypatch):
-    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
     np.ones((4, 4)) @ np.ones((4, 4))
     before = blas_threads_now()
     assert list(ordered_map(lambda _: blas_threads_now(), [0])) == [2]  # 1 worker × 2 BLAS threads
@@ -60,7 +60,7 @@ def test_single_item_gets_every_core_for_blas(monkeypatch):
 
 
 def test_work_in_flight_is_bounded(monkeypatch):
-    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
     started: list[int] = []
     gen = ordered_map(lambda i: started.append(i) or i, list(range(100)), ahead=4)
     assert next(gen) == 0
@@ -70,7 +70,7 @@ def test_work_in_flight_is_bounded(monkeypatch):
 
 
 def test_worker_error_reaches_the_caller(monkeypatch):
-    monkeypatch.setattr(_parallel, "cores", lambda: 2)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
 
     def work(i: int) -> int:
         if i == 3:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from .version import __version__
 
 # public name -> module that defines it (imported on first access)
 _API = {

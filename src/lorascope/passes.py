@@ -1,6 +1,6 @@
 """`spectral_pass`: the one pass over an adapter's layers that audit, compress and the callback share.
 
-Per layer, on the worker threads of the thread policy (`_parallel.ordered_map`): read the factors
+Per layer, on the worker threads of the thread policy (`parallel.ordered_map`): read the factors
 (`adapter.loader`), build the layer's spectral core once (`structured.delta_core`: float64 Grams,
 finiteness check, eigen-core; LoKr / LoHa layers from their two sides), then hand (delta, core)
 to the caller's `then` *in the worker*, so whatever the caller derives from the layer (metrics, a
@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ._parallel import ordered_map
 from .errors import FormatError
+from .parallel import ordered_map
 from .spectral import Core, NonFiniteError, SpectrumOverflowError
 from .structured import delta_core
 from .types import Adapter, LayerInfo, LoraDelta

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdapterNotFoundError, FormatError
-from ..formats._io import SafetensorsSource
+from ..formats import SafetensorsSource
 from ..types import LayerInfo
 from .norms import spectral_norm
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..check.inputs import read_text
 from ..errors import AdapterNotFoundError, InvalidArgumentError
+from ..files import read_text
 from ..rounding import Rounding
 
 SECTIONS = ("model", "task", "train", "lora", "compression", "policy", "seeds")

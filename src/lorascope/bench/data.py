@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, InvalidArgumentError, MissingDependencyError
-from ..formats._header import json_loads
+from ..files import json_loads
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import jsontext
-from .._version import __version__
 from ..errors import InvalidArgumentError
+from ..files import read_json, write_json, write_text
+from ..version import __version__
 from . import render
 from .aggregate import aggregate, verdict
 from .config import CONTROLS, BenchConfig, config_hash
 from .progress import Progress
-from .store import Store, publish, read_json, write_json
+from .store import Store
 from .variants import audit_options, plan_summary, plans_from_audit, training_groups
 
 SCHEMA = "lorascope.bench/v1"
@@ -149,8 +150,8 @@ class Bench:
         }
         agg["env"] = self.env
         agg["config"] = self.cfg.raw
-        publish(self.opts.out / "bench_aggregate.json", jsontext.dumps(agg))
-        publish(self.opts.out / "bench_aggregate.md", render.aggregate_md(agg))
+        write_text(self.opts.out / "bench_aggregate.json", jsontext.dumps(agg), replace=True)
+        write_text(self.opts.out / "bench_aggregate.md", render.aggregate_md(agg), replace=True)
         self.progress.note(f"done in {wall:.0f}s; {self.opts.out / 'bench_aggregate.md'}")
         return agg
 
@@ -343,6 +344,6 @@ class Bench:
         ]
         best = max(ok, key=lambda v: doc["compressed"][v]["param_reduction"], default=None)
         doc["summary"].update({"recommendations_validated": bool(ok), "best_compression": best})
-        publish(store.root / "bench.json", jsontext.dumps(doc))
-        publish(store.root / "bench.md", render.seed_md(doc))
+        write_text(store.root / "bench.json", jsontext.dumps(doc), replace=True)
+        write_text(store.root / "bench.md", render.seed_md(doc), replace=True)
         return doc

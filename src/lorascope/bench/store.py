@@ -4,39 +4,21 @@
 never run again: its record is read back.  Otherwise `fn(work)` runs in `.NAME.partial/`, its record
 is written there as stage.json, and the folder is renamed to NAME in one `os.replace` (atomic on one
 file system), so `kill -9` at any moment leaves either a finished stage or a partial folder that the
-next run removes and redoes.  Top-level files (bench.json, ...) are written through a temporary and
-a rename.
+next run removes and redoes.  Top-level files (bench.json, ...) are written with
+`files.write_text(..., replace=True)`: a resumed run replaces them whole.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import jsontext
-from ..formats._write import replacing, write_text_atomic
+from ..files import read_json, write_json
 
 RECORD = "stage.json"
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Written once (a stage's record, the config marker): an existing file is refused."""
-    write_text_atomic(path, jsontext.dumps(doc))
-
-
-def publish(path: Path, text: str) -> None:
-    """A result file that a resumed run writes again (bench.json, bench.md, the aggregate): the
-    earlier version is replaced atomically."""
-    with replacing(path):
-        write_text_atomic(path, text)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class Store:

@@ -18,13 +18,12 @@ mapping) are one-line `FormatError`s: exit 2, as any input lorascope cannot read
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError, LorascopeError, UnsupportedError
+from ..errors import FormatError, InputNotFoundError, LorascopeError, UnsupportedError
+from ..files import read_mapping
 from ..formats.peft import load_config
 from .rules import TASK_PROFILES, as_number
 
@@ -53,47 +52,16 @@ def resolve_task(name: str) -> tuple[str, bool]:
     return (profile, True) if profile else ("unknown", False)
 
 
-def parse_text(text: str, path: Path, yaml_syntax: bool) -> Any:
-    """JSON or YAML text -> data; every way it can fail is one FormatError naming the file."""
-    try:
-        if yaml_syntax:
-            import yaml
-
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except RecursionError:
-        raise FormatError("nested too deeply to read", path=path) from None
-    except ValueError as exc:  # JSONDecodeError, and ints over the digit limit
-        if "digits" in str(exc) and not isinstance(exc, json.JSONDecodeError):
-            limit = sys.get_int_max_str_digits()
-            raise FormatError(f"holds an integer with more than {limit} digits", path=path) from None
-        raise FormatError(f"cannot parse: {str(exc).splitlines()[0]}", path=path) from None
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise FormatError(f"cannot parse: {str(exc).splitlines()[0]}", path=path) from None
-
-
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"not UTF-8 text (byte {exc.start})", path=path) from None
-
-
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """A JSON/YAML file (a directory: its adapter config) -> its top-level mapping."""
     p = Path(path)
     if p.is_dir():
         p = _first_present(p, CONFIG_NAMES) or p / CONFIG_NAMES[0]
-    if not p.is_file():
-        raise AdapterNotFoundError("file not found", path=p)
-    if p.suffix == ".bin":
+    if p.suffix == ".bin" and p.is_file():
         raise FormatError(
             "is a torch pickle and is not unpickled; save args.to_json_string() to a .json", path=p
         )
-    data = parse_text(read_text(p), p, p.suffix in (".yaml", ".yml"))
-    if not isinstance(data, dict):
-        raise FormatError("expected a mapping at the top level", path=p)
-    return data
+    return read_mapping(p, "config file")
 
 
 def config_path(path: str | Path) -> Path:
@@ -119,7 +87,7 @@ def training_from_dir(directory: str | Path) -> tuple[dict[str, Any], str | None
     """(training args, where a learning rate not in them came from) for a training directory."""
     d = Path(directory)
     if not d.is_dir():
-        raise AdapterNotFoundError("training directory not found", path=d)
+        raise InputNotFoundError("training directory not found", path=d)
     args_file = _first_present(d, ARGS_NAMES)
     state_file = _state_file(d)
     if args_file is None and state_file is None:
@@ -168,7 +136,6 @@ __all__ = [
     "TASK_NAMES",
     "config_path",
     "load_mapping",
-    "parse_text",
     "reader_verdict",
     "resolve_task",
     "training_from_dir",

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
-from ..formats._contract import resolved
-from ..formats._write import check_destination, write_text_atomic
+from ..files import check_destination, resolved, write_text
 
 
 def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> None:
@@ -26,7 +25,7 @@ def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> 
         check_destination(output)
     except InvalidArgumentError as e:
         raise InvalidArgumentError(f"{e.message} (or -o - for stdout)", path=output) from None
-    write_text_atomic(resolved(output), text)
+    write_text(resolved(output), text)
 
 
 def refuse_inputs(output: str, inputs: tuple[str, ...]) -> None:

@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     report = read_report(args.report) if args.report else _calibrate(args)
     plan = make_plan(report, args.plan, options) if args.plan else None
     if args.out:
-        write_json(report, args.out)
+        write_json(args.out, report)
     if plan is not None and args.plan_out:
-        write_json(plan, args.plan_out)
+        write_json(args.plan_out, plan)
     if args.json:
         emit(json.dumps({"report": report, "plan": plan} if plan else report, indent=2) + "\n")
     else:

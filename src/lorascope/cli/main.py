@@ -10,7 +10,7 @@ import argparse
 import sys
 from importlib import import_module
 
-from .._version import __version__
+from ..version import __version__
 from ._errors import guarded
 
 # subcommand -> (module under lorascope.cli, one-line help), in help order

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from .._parallel import ordered_map
 from ..audit import AuditOptions, audit_adapter
 from ..convert import retarget
 from ..errors import InvalidArgumentError
 from ..formats import check_dest, check_writable, load, output_path, save
+from ..parallel import ordered_map
 from ..passes import spectral_pass
 from ..spectral import Core, truncated_factors
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype

@@ -22,23 +22,27 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import AdapterNotFoundError, InvalidArgumentError, UnknownFormatError, UnsupportedError
+from ..files import check_destination, replacing
 from ..types import Adapter, LayerInfo, frozen_mapping
 from . import diffusers, kohya, lycoris, peft, ralora
 from ._contract import FormatSpec, check_dest, refusal
+from ._io import SafetensorsSource, TensorSource, open_safetensors
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
 from ._peft_config import TASK_HEADS
-from ._write import check_destination, replacing
 
 __all__ = [
     "COMPONENTS",
     "FORMATS",
     "NAMES_KEY",
     "FormatSpec",
+    "SafetensorsSource",
+    "TensorSource",
     "check_dest",
     "check_writable",
     "detect",
     "load",
     "match_key",
+    "open_safetensors",
     "output_path",
     "save",
     "spec",

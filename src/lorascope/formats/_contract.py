@@ -25,7 +25,6 @@ float32 holding bf16 values; a wider array is never narrowed) and alpha = scaleÂ
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..files import check_destination, resolved
 from ..types import LayerInfo, LoraDelta
-from ._write import check_destination
 
 
 @dataclass(frozen=True)
@@ -110,16 +109,6 @@ def check_dest(
             ) from None
         raise
     return dest
-
-
-def resolved(path: str | Path) -> Path:
-    """`Path.resolve()`, with a symlink loop as one InvalidArgumentError naming the path (Python
-    3.11 raises RuntimeError for a loop; later versions may raise OSError)."""
-    try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as e:
-        why = "symlink loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP else e
-        raise InvalidArgumentError(f"cannot resolve the path ({why})", path=path) from None
 
 
 def refusal(info: LayerInfo, spec: FormatSpec) -> str | None:

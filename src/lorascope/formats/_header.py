@@ -5,7 +5,7 @@ code touching tensor-file bytes).
 checking every entry's fields (`dtype` a string, `shape` non-negative integers, `data_offsets` two
 non-negative integers in order, the byte count matching shape × dtype width, the data inside the
 file, `__metadata__` strings to strings).  `check_with_library` then lets the safetensors library
-validate the layout (overlaps, coverage).  `json_loads` is the one JSON parser for text from a
+validate the layout (overlaps, coverage).  `files.json_loads` is the one JSON parser for text from a
 user's file (headers, `adapter_config.json`, metadata values): every failure is one FormatError,
 including the RecursionError and ValueError json raises beyond JSONDecodeError.
 """
@@ -18,10 +18,10 @@ import os
 import reprlib
 import struct
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError
+from ..files import json_loads
 
 # --- the header ----------------------------------------------------------------------------------
 
@@ -32,23 +32,6 @@ _WIDTHS = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
     "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
-
-
-def json_loads(raw: str | bytes, path: str | Path, wrap: str = "{}") -> Any:
-    """json.loads whose every failure is one FormatError: `wrap` (a format string with one {})
-    receives the reason.  Covers what json raises beyond JSONDecodeError: UnicodeDecodeError, a
-    RecursionError for deeply nested arrays, a ValueError for integers of more than 4300 digits."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        why = f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
-    except UnicodeDecodeError:
-        why = "not UTF-8 text"
-    except RecursionError:
-        why = "JSON nested too deeply"
-    except ValueError:  # an integer longer than sys.get_int_max_str_digits()
-        why = "a JSON number has too many digits"
-    raise FormatError(wrap.format(why), path=path)
 
 
 def open_fd(path: str) -> int:

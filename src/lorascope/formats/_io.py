@@ -26,15 +26,12 @@ import numpy as np
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ._header import check_with_library, open_fd, parse_header, pread
-from ._write import (  # noqa: F401  (the writing names, importable from here too)
+from ._write import (  # noqa: F401  (the tensor-writing names, importable from here too)
     SafetensorsWriter,
-    atomic_path,
     bf16_bits,
     header_room,
-    publish_mode,
     write_safetensors,
     write_safetensors_typed,
-    write_text_atomic,
 )
 
 # safetensors dtype tag -> (our short name, numpy dtype or None for bf16)

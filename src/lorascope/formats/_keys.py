@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, LorascopeError
+from ..files import json_loads
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
-from ._header import json_loads, read_header, short_repr
+from ._header import read_header, short_repr
 from ._io import TensorSource
 from ._write import SafetensorsWriter, header_room
 

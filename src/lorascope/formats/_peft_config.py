@@ -1,7 +1,7 @@
 """A PEFT LoraConfig as lorascope reads it: validated fields, per-module scaling, and which tensors
 beside the LoRA are known full weights.
 
-* `load_config` parses `adapter_config.json` (`_header.json_loads`: every failure one line) and
+* `load_config` parses `adapter_config.json` (`files.json_loads`: every failure one line) and
   `check_lora_fields` checks the fields that decide a layer's scale (also used for each component
   of diffusers' `lora_adapter_metadata`).
 * `Scaling` gives each module its (r, alpha, scale) under PEFT's rules (`PatternIndex`).
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, UnsupportedError
+from ..files import json_loads
 from ..types import peft_scale
 from ._checks import ALPHA_RULE, finite_alpha
-from ._header import json_loads, short_repr
+from ._header import short_repr
 from ._patterns import PatternIndex
 
 # The heads PeftModelForSequenceClassification / …TokenClassification / …QuestionAnswering add to

@@ -1,186 +1,26 @@
-"""Writing files: every output appears complete or not at all, is created exclusively, and no
-temporary survives an error.
+"""Writing tensor files, through the public atomic-output core (`lorascope.files`: every output
+appears complete or not at all, is created exclusively, and no temporary survives an error).
 
-* `atomic_path(dest)` yields a temporary path beside `dest`; `publish` then gives the file its
-  umask mode and links it to `dest`, which fails if `dest` exists (a race with another writer, or
-  a destination that appeared after the checks): outputs are never replaced silently.  Where the
-  file system has no hard links, the name is claimed with O_EXCL first and the file renamed onto
-  it.  Inside `replacing(dest)` (convert --force) an existing regular file is replaced instead.
-* `check_destination(dest)` refuses what cannot become an output: a device, pipe or socket
-  (`-o /dev/null` would have been replaced by a regular file), a directory where a file is
-  written, a symlink loop, an existing file unless replacing is allowed.
-* Any OSError while writing (no space left, permissions) is one `WriteError` naming `dest`, after
-  the temporary file (or directory) is removed.
 * `SafetensorsWriter` streams tensors one at a time (memory: one tensor) and produces the same
   bytes as `write_safetensors_typed` (layout in its docstring).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from functools import cache
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import FormatError, InvalidArgumentError, LorascopeError, UnsupportedError, WriteError
+from ..errors import FormatError, UnsupportedError
+from ..files import atomic_path, publish_file, temp_beside, writing
 
 _NUMPY = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float16}
 # safetensors tag each short dtype name is written as; bf16 arrives as float32 holding bf16 values.
 _TAG_OF = {"fp64": "F64", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
-_REPLACE: ContextVar[frozenset[str]] = ContextVar("lorascope_replace", default=frozenset())
-
-
-def _tempfile():
-    """tempfile, imported on the first write (it pulls shutil, random, bz2: start-up time of reads)."""
-    import tempfile
-
-    return tempfile
-
-
-@contextmanager
-def replacing(dest: str | Path) -> Iterator[None]:
-    """Inside this block, an existing regular file at `dest` may be replaced (convert --force)."""
-    token = _REPLACE.set(_REPLACE.get() | {os.path.abspath(dest)})
-    try:
-        yield
-    finally:
-        _REPLACE.reset(token)
-
-
-def _may_replace(dest: str | Path) -> bool:
-    return os.path.abspath(dest) in _REPLACE.get()
-
-
-def check_destination(dest: str | Path, *, directory: bool = False, overwrite: bool = False) -> None:
-    """Refuse a destination that cannot become this output (module docstring); `directory`: the
-    output is a directory (an existing one is left to the caller's emptiness check)."""
-    try:
-        st = os.stat(dest)  # follows symlinks: /dev/stdout is what it points to
-    except FileNotFoundError:
-        return
-    except OSError as e:  # ELOOP, ENOTDIR, EACCES
-        why = "symlink loop" if e.errno == errno.ELOOP else e.strerror
-        raise InvalidArgumentError(f"cannot resolve the path ({why})", path=dest) from None
-    if stat.S_ISDIR(st.st_mode):
-        if not directory:
-            raise InvalidArgumentError("output is a directory; give a file path", path=dest)
-    elif not stat.S_ISREG(st.st_mode):
-        raise InvalidArgumentError(
-            "output exists and is not a regular file (a device, pipe or socket); choose a new path", path=dest
-        )
-    elif directory:
-        raise InvalidArgumentError("output exists and is a file; this output is a directory", path=dest)
-    elif not (overwrite or _may_replace(dest)):
-        raise InvalidArgumentError("output already exists; choose a new path", path=dest)
-
-
-@contextmanager
-def writing(dest: str | Path) -> Iterator[None]:
-    """Turn an OSError raised while writing `dest` into one WriteError naming it."""
-    try:
-        yield
-    except LorascopeError:
-        raise
-    except OSError as e:
-        raise WriteError(f"cannot write ({e.strerror or e})", path=dest) from None
-
-
-@cache
-def _umask() -> int:
-    mask = os.umask(0o022)  # read it the only way POSIX offers, and put it back
-    os.umask(mask)
-    return mask
-
-
-def publish_mode(path: str | Path, directory: bool = False) -> None:
-    """Give a finished temporary file (0600) or directory (0700) the mode a plain open() / mkdir()
-    would have given it under the process umask, before it is renamed into place."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-def publish(tmp: str | Path, dest: str | Path) -> None:
-    """Give the finished temporary file `tmp` its mode and put it at `dest`, exclusively unless
-    `replacing(dest)` is in force (module docstring).  On error `tmp` is left for the caller."""
-    publish_mode(tmp)
-    if _may_replace(dest):
-        check_destination(dest, overwrite=True)
-        os.replace(tmp, dest)
-        return
-    try:
-        os.link(tmp, dest)  # fails if dest exists, whatever it is
-    except FileExistsError:
-        raise InvalidArgumentError("output already exists; choose a new path", path=dest) from None
-    except OSError:  # no hard links on this file system: claim the name, then rename onto it
-        try:
-            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            raise InvalidArgumentError("output already exists; choose a new path", path=dest) from None
-        os.replace(tmp, dest)
-    else:
-        os.unlink(tmp)
-
-
-def publish_dir(tmp: str | Path, dest: str | Path) -> None:
-    """Put the finished temporary directory `tmp` at `dest` (absent or an empty directory); a
-    `dest` that another writer filled meanwhile is refused, not merged."""
-    publish_mode(tmp, directory=True)  # mkdtemp made it 0700
-    try:
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            os.rmdir(dest)  # empty (checked); os.rename cannot replace a directory portably
-        os.rename(tmp, dest)
-    except OSError as e:
-        if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-            raise InvalidArgumentError("output already exists; choose a new path", path=dest) from None
-        raise
-
-
-@contextmanager
-def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success publish it at `dest`.  On any error the
-    temporary is removed and an OSError becomes one WriteError naming `dest`."""
-    dest = Path(dest)
-    with writing(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _tempfile().mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        os.close(fd)
-        try:
-            yield Path(tmp)
-            publish(tmp, dest)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-
-
-@contextmanager
-def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `dest`; on success publish it at `dest` (publish_dir).
-    On any error the temporary directory is removed and an OSError becomes one WriteError."""
-    import shutil
-
-    dest = Path(dest)
-    with writing(dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(_tempfile().mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
-            yield tmp
-            publish_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def write_text_atomic(dest: str | Path, text: str) -> None:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def write_safetensors(dest: str | Path, tensors: Mapping[str, np.ndarray], metadata=None) -> None:
@@ -270,10 +110,7 @@ class SafetensorsWriter:
         self.dest = Path(dest)
         self.closed = True  # until the data file exists: abort() has nothing to remove
         with writing(self.dest):
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _tempfile().mkstemp(
-                prefix=f".{self.dest.name}.", suffix=".data.tmp", dir=self.dest.parent
-            )
+            fd, tmp = temp_beside(self.dest, ".data.tmp")
         self._data_path = tmp
         self._data = os.fdopen(fd, "w+b")
         self.closed = False
@@ -325,7 +162,7 @@ class SafetensorsWriter:
         self._data.close()
         self.closed = True
         try:
-            publish(self._data_path, self.dest)
+            publish_file(self._data_path, self.dest)
         except BaseException:
             if os.path.lexists(self._data_path):
                 os.unlink(self._data_path)

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError
+from ..files import json_loads
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, read_options, stored_factors
-from ._header import json_loads, short_repr
+from ._header import short_repr
 from ._io import TensorSource, open_safetensors
 from ._keys import (
     COMPONENTS,

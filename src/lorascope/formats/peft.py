@@ -297,7 +297,7 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     fresh config with target_modules = the layer names and its base_model_name_or_path.
     r / lora_alpha / rank_pattern / alpha_pattern are computed after the last layer so that each
     layer keeps the rank and scale of the delta written for it."""
-    from ._write import atomic_dir, write_text_atomic
+    from ..files import atomic_dir, write_text
 
     source = adapter if source is None else source
     dest = check_dest(dest)
@@ -305,7 +305,7 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
         rows = _write_tensors(adapter, source, tmp / WEIGHTS[0])
         cfg = _config_for(source, rows)
         text = json.dumps(dict(sorted(cfg.items())), indent=2)  # pattern keys keep their order
-        write_text_atomic(tmp / CONFIG, text + "\n")
+        write_text(tmp / CONFIG, text + "\n")
     return dest
 
 

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
+from ..files import json_loads
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
-from ._header import json_loads
 from ._io import TensorSource, open_safetensors
 from ._keys import match_spelling
 
@@ -177,7 +177,8 @@ def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
 
 def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) -> Path:
     """Write `adapter` as a RaLoRA directory (module docstring), built beside `dest` and renamed in."""
-    from ._write import SafetensorsWriter, atomic_dir, header_room, write_text_atomic
+    from ..files import atomic_dir, write_text
+    from ._write import SafetensorsWriter, header_room
 
     source = adapter if source is None else source
     dest = check_dest(dest)
@@ -191,7 +192,7 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
         cfg.update(
             {k: source.config[k] for k in ("base_model_name_or_path", "task_type") if source.config.get(k)}
         )
-        write_text_atomic(tmp / CONFIG, json.dumps(cfg, indent=2) + "\n")
+        write_text(tmp / CONFIG, json.dumps(cfg, indent=2) + "\n")
     return dest
 
 

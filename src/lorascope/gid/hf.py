@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
-from ..formats._header import json_loads
+from ..files import json_loads
 from .calibration import CalibrationConfig, calibrate
 
 

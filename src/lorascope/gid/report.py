@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, InvalidArgumentError
-from ..formats._header import json_loads
-from ..formats._io import write_text_atomic
+from ..files import json_loads, write_text
 from ..textsafe import clean
 from .plan import PLAN_SCHEMA
 
@@ -34,12 +33,12 @@ def starved(gid: float, rank: int) -> bool:
     return gid >= STARVED_FACTOR * rank
 
 
-def write_json(data: Mapping[str, Any], dest: str | Path) -> Path:
+def write_json(dest: str | Path, data: Mapping[str, Any]) -> Path:
     dest = Path(dest)
     if dest.is_dir():
         raise InvalidArgumentError("output is a directory; give a file name", path=dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(dest, json.dumps(data, indent=2) + "\n")
+    write_text(dest, json.dumps(data, indent=2) + "\n")
     return dest
 
 

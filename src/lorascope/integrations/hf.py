@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .._version import __version__
 from ..metrics import Spectrum, energy_key, energy_rank, stable_rank, utilisation
 from ..monitor import LiveMonitor, Thresholds
 from ..spectral import lora_singular_values
 from ..telemetry.schema import from_record
 from ..telemetry.writer import RunWriter
+from ..version import __version__
 
 RALORA = "ralora"  # the adapter name reported for lorascope.gid RaLoRA layers
 

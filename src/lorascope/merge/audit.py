@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from .. import jsontext, metrics
-from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
+from ..parallel import ordered_map
 from ..passes import check_sigma, nonfinite_error
 from ..spectral import NonFiniteError, SpectrumOverflowError
 from ..structured import compact
@@ -241,7 +241,7 @@ def _check_shapes(a: Adapter, b: Adapter, shared: list[tuple[str, str]]) -> None
 
 def _layers(a: Adapter, b: Adapter, shared: list[tuple[str, str]], options: MergeAuditOptions):
     """LayerPairs in order, whole layer pairs per worker under the thread policy
-    (_parallel.ordered_map): read + widening, stacked Grams, cores, sign grid."""
+    (parallel.ordered_map): read + widening, stacked Grams, cores, sign grid."""
 
     def one(names: tuple[str, str]) -> LayerPair:
         deltas = []

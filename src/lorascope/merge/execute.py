@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .._parallel import ordered_map
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
+from ..parallel import ordered_map
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
 from .checks import MAX_ERROR, adapter_label, check_finite_input, checked_error, rel_error

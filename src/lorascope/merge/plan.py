@@ -23,14 +23,14 @@ refuses the plan for other adapters or another order.
 from __future__ import annotations
 
 import json
-import math
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError, MissingDependencyError
+from ..errors import ConfigError
+from ..files import YAML_SUFFIXES, read_mapping, write_text, yaml_module
 from ..textsafe import clean
+from ..validate import integer, number, optional, short
 
 SCHEMA = "lorascope.merge_plan/v1"
 _LAYER_KEYS = {"method", "weights", "density", "rank", "energy", "majority", "compress_first"}
@@ -112,81 +112,50 @@ class MergePlan:
 
 
 def save_plan(plan: MergePlan, path: str | Path) -> None:
-    from ..formats._io import write_text_atomic
-
     path = Path(path)
-    if path.suffix in (".yaml", ".yml"):
-        text = _yaml().safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True)
+    if path.suffix in YAML_SUFFIXES:
+        text = yaml_module().safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True)
     else:
         text = json.dumps(plan.to_dict(), indent=2, allow_nan=False) + "\n"
-    write_text_atomic(path, text)
+    write_text(path, text)
 
 
 def load_plan(path: str | Path) -> MergePlan:
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterNotFoundError("merge plan not found", path=path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"merge plan: not UTF-8 text (byte {e.start})", path=path) from None
-    return plan_from_dict(_parse(text, path), path)
-
-
-def _parse(text: str, path: Path) -> Any:
-    """JSON or YAML text -> data; every way parsing can fail is one FormatError."""
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            yaml = _yaml()
-            try:
-                return yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise FormatError(f"not valid YAML: {str(e).splitlines()[0]}", path=path) from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise FormatError(f"not valid JSON: {e}", path=path) from None
-    except RecursionError:
-        raise FormatError("merge plan: nested too deeply to read", path=path) from None
-    except FormatError:
-        raise
-    except ValueError:  # an integer over Python's digit limit (json and yaml both call int())
-        limit = sys.get_int_max_str_digits()
-        raise FormatError(f"merge plan: holds an integer with more than {limit} digits", path=path) from None
+    return plan_from_dict(read_mapping(path, "merge plan"), path)
 
 
 def plan_from_dict(data: Any, path: str | Path | None = None) -> MergePlan:
-    """Validate a parsed plan; every problem is a FormatError naming the file and the key."""
+    """Validate a parsed plan; every problem is one ConfigError naming the file and the key."""
 
-    def bad(msg: str) -> FormatError:
-        return FormatError(f"merge plan: {msg}", path=path)
+    def bad(key: str | None, problem: str) -> ConfigError:
+        return ConfigError(problem, path=path, key=key)
 
     if not isinstance(data, dict):
-        raise bad("the top level must be a mapping")
+        raise bad(None, "the top level must be a mapping")
     if data.get("schema", SCHEMA) != SCHEMA:
-        raise bad(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-    unknown = set(data) - _TOP_KEYS
+        raise bad("schema", f"is {short(data.get('schema'))}, expected {SCHEMA!r}")
+    unknown = sorted(set(map(str, data)) - _TOP_KEYS)
     if unknown:
-        raise bad(f"unknown key(s) {sorted(unknown)}")
+        raise bad(unknown[0], f"unknown key; known keys: {', '.join(sorted(_TOP_KEYS))}")
     weights = _floats(data.get("weights"), "weights", bad)
     if weights is None:
-        raise bad("'weights' is required (one number per adapter)")
+        raise bad("weights", "is required (one number per adapter)")
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise bad("'seed' must be an integer ≥ 0")
+    if integer(0)(seed):
+        raise bad("seed", f"must be an integer ≥ 0, got {short(seed)}")
     default = _layer(data.get("default", {}), "default", bad)
     layers_raw = data.get("layers", {}) or {}
     if not isinstance(layers_raw, dict):
-        raise bad("'layers' must map layer names to settings")
+        raise bad("layers", "must map layer names to settings")
     layers = {str(k): _layer(v, f"layers.{clean(k)}", bad) for k, v in layers_raw.items()}
     for name, lp in [("default", default), *layers.items()]:
         if lp.weights is not None and len(lp.weights) != len(weights):
-            raise bad(f"{name}: {len(lp.weights)} weights for {len(weights)} adapters")
+            raise bad(f"{name}.weights", f"{len(lp.weights)} weights for {len(weights)} adapters")
     adapters = _strings(data.get("adapters"), "adapters", bad)
     notes = _strings(data.get("notes"), "notes", bad)
     peft = data.get("peft_add_weighted_adapter", {}) or {}
     if not isinstance(peft, dict):
-        raise bad("'peft_add_weighted_adapter' must be a mapping")
+        raise bad("peft_add_weighted_adapter", "must be a mapping")
     prints = _fingerprints(data.get("fingerprints"), len(weights), bad)
     return MergePlan(weights, default, layers, adapters, seed, dict(peft), notes, prints)
 
@@ -201,7 +170,7 @@ def _fingerprints(raw: Any, n: int, bad) -> tuple[dict[str, Any], ...]:
     ok = ok and all(isinstance(x, dict) and set(x) <= set(KEYS) for x in raw)
     ok = ok and all(v is None or isinstance(v, str) or type(v) is int for x in raw for v in x.values())
     if not ok:
-        raise bad(f"'fingerprints' must be a list of {n} mappings with keys {', '.join(KEYS)}")
+        raise bad("fingerprints", f"must be a list of {n} mappings with keys {', '.join(KEYS)}")
     return tuple(dict(x) for x in raw)
 
 
@@ -236,48 +205,47 @@ def _strings(raw: Any, where: str, bad) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise bad(f"'{where}' must be a list of strings")
+        raise bad(where, "must be a list of strings")
     return tuple(raw)
 
 
 def _layer(raw: Any, where: str, bad) -> LayerPlan:
     if not isinstance(raw, dict):
-        raise bad(f"{where} must be a mapping")
-    unknown = set(raw) - _LAYER_KEYS
+        raise bad(where, "must be a mapping")
+    unknown = sorted(set(map(str, raw)) - _LAYER_KEYS)
     if unknown:
-        raise bad(f"{where}: unknown key(s) {sorted(unknown)}")
+        raise bad(f"{where}.{unknown[0]}", f"unknown key; known keys: {', '.join(sorted(_LAYER_KEYS))}")
     from .methods import METHODS
 
     method = raw.get("method", "linear")
     if not isinstance(method, str) or method not in METHODS:
-        raise bad(f"{where}.method {method!r} is not one of {', '.join(METHODS)}")
+        raise bad(f"{where}.method", f"{short(method)} is not one of {', '.join(METHODS)}")
     unused = sorted(set(raw) - method_keys(method))
     if unused:
-        raise bad(f"{where}: {', '.join(unused)} does not apply to method {method} ({_users(unused[0])})")
+        raise bad(where, f"{', '.join(unused)} does not apply to method {method} ({_users(unused[0])})")
     if raw.get("rank") is not None and raw.get("energy") is not None:
-        raise bad(f"{where}: give rank or energy, not both")
-    density = _number(raw.get("density"), f"{where}.density", bad, 0.0, 1.0, open_low=True)
-    energy = _number(raw.get("energy"), f"{where}.energy", bad, 0.0, 1.0, open_low=True)
+        raise bad(where, "give rank or energy, not both")
+    density = _number(raw.get("density"), f"{where}.density", bad)
+    energy = _number(raw.get("energy"), f"{where}.energy", bad)
     rank = raw.get("rank")
-    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
-        raise bad(f"{where}.rank must be a positive integer")
+    if optional(integer(1))(rank):
+        raise bad(f"{where}.rank", f"must be a positive integer, got {short(rank)}")
     majority = raw.get("majority", "total")
     if majority not in ("total", "frequency"):
-        raise bad(f"{where}.majority must be 'total' or 'frequency'")
+        raise bad(f"{where}.majority", f"must be 'total' or 'frequency', got {short(majority)}")
     first = raw.get("compress_first", {}) or {}
     if not isinstance(first, dict) or not all(
-        str(i).isdigit() and isinstance(k, int) and not isinstance(k, bool) and k >= 1
-        for i, k in first.items()
+        str(i).isdigit() and not integer(1)(k) for i, k in first.items()
     ):
-        raise bad(f"{where}.compress_first must map adapter indices to positive ranks")
+        raise bad(f"{where}.compress_first", "must map adapter indices to positive ranks")
     return LayerPlan(
-        method,
-        _floats(raw.get("weights"), f"{where}.weights", bad),
-        density,
-        rank,
-        energy,
-        majority,
-        {int(i): int(k) for i, k in first.items()},
+        method=method,
+        weights=_floats(raw.get("weights"), f"{where}.weights", bad),
+        density=density,
+        rank=rank,
+        energy=energy,
+        majority=majority,
+        compress_first={int(i): int(k) for i, k in first.items()},
     )
 
 
@@ -285,48 +253,16 @@ def _floats(raw: Any, where: str, bad) -> tuple[float, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, (list, tuple)) or not raw:
-        raise bad(f"{where} must be a non-empty list of numbers")
-    out = []
+        raise bad(where, "must be a non-empty list of numbers")
     for x in raw:
-        value = _finite(x)
-        if value is None:
-            raise bad(f"{where} must hold finite numbers, got {_short(x)}")
-        out.append(value)
-    return tuple(out)
+        if number()(x):
+            raise bad(where, f"must hold finite numbers, got {short(x, 40)}")
+    return tuple(float(x) for x in raw)
 
 
-def _finite(x: Any) -> float | None:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return None
-    try:
-        value = float(x)
-    except OverflowError:  # an integer beyond float range
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _short(x: Any, limit: int = 40) -> str:
-    text = (
-        repr(x) if not isinstance(x, int) or x.bit_length() < 128 else f"an integer of {x.bit_length()} bits"
-    )
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _number(raw: Any, where: str, bad, lo: float, hi: float, open_low: bool = False) -> float | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, (int, float)) or isinstance(raw, bool):
-        raise bad(f"{where} must be a number")
-    if not (lo < raw <= hi if open_low else lo <= raw <= hi):
-        raise bad(f"{where} must be in {'(' if open_low else '['}{lo:g}, {hi:g}], got {raw}")
-    return float(raw)
-
-
-def _yaml():
-    try:
-        import yaml
-    except ImportError:
-        raise MissingDependencyError(
-            "YAML plans need PyYAML: pip install pyyaml (or use a .json plan)"
-        ) from None
-    return yaml
+def _number(raw: Any, where: str, bad) -> float | None:
+    """A share in (0, 1] (density, energy), or None."""
+    problem = optional(number(0.0, 1.0, open_lo=True))(raw)
+    if problem:
+        raise bad(where, f"{problem}, got {short(raw)}")
+    return None if raw is None else float(raw)

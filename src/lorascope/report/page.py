@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._version import __version__
+from ..version import __version__
 from .base import Built, SectionKind
 from .html import esc, facts, fmt, notes
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InvalidArgumentError
-from ..formats._write import atomic_path, replacing
+from ..files import atomic_path, replacing
 from .worker import LAYER_COLUMNS, Outcome
 
 ADAPTERS, LAYERS, FAILURES = "adapters.jsonl", "layers.csv", "failures.jsonl"

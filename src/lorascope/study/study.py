@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import _parallel
+from .. import parallel
 from ..errors import InvalidArgumentError
-from ..formats._write import atomic_path, replacing, write_text_atomic
+from ..files import atomic_path, replacing, write_text
 from . import render, tables
 from .executors import EXECUTORS, run_jobs
 from .sources import discover
@@ -72,8 +72,8 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
         raise InvalidArgumentError("a study needs at least one SOURCE")
     out = Path(out)
     t0 = time.perf_counter()
-    workers = options.workers or _parallel.cores()
-    threads = max(1, _parallel.cores() // workers)  # workers × BLAS threads ≤ cores
+    workers = options.workers or parallel.cores()
+    threads = max(1, parallel.cores() // workers)  # workers × BLAS threads ≤ cores
     store = Store(out, resume=options.resume)
     skipped = len(store.done)
     try:
@@ -104,8 +104,7 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
 
 
 def _publish(path: Path, text: str) -> None:
-    with replacing(path):  # our own table from an earlier (resumed) run of this study
-        write_text_atomic(path, text)
+    write_text(path, text, replace=True)  # our own table from an earlier (resumed) run of this study
 
 
 def _parquet(out: Path) -> None:

@@ -64,7 +64,7 @@ class Outcome:
 def audit_one(job: Job) -> Outcome:
     """Audit one job (module docstring); never raises for a bad input."""
     before = os.environ.get("LORASCOPE_THREADS")
-    os.environ["LORASCOPE_THREADS"] = str(job.threads)  # read per call by lorascope._parallel
+    os.environ["LORASCOPE_THREADS"] = str(job.threads)  # read per call by lorascope.parallel
     t0 = time.perf_counter()
     try:
         path, nbytes = _resolve(job)
