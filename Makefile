@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE ?= examples/minilm-rt-r64
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
+
+# test-fast: the developers' lane, tests marked slow skipped (under a minute on 2 cores); CI runs `make test`.
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -m "not slow"
 
 # lint: ruff (lint + format check) and mypy (configured in pyproject.toml: src/lorascope);
 # the pins are the dev extra's.

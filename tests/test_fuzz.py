@@ -312,5 +312,23 @@ def test_escape_sequences_never_reach_the_terminal(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["layers"][0]["name"] == name
 
 
-def test_prefix_is_the_peft_one():
-    assert PREFIX == "base_model.model."
+@pytest.mark.torch
+def test_prefix_is_the_one_peft_writes(tmp_path):
+    """The fixtures' key prefix is what PEFT itself saves (a tiny model through the real library)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from safetensors import safe_open
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = torch.nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.q_proj(x)
+
+    model = peft.get_peft_model(Tiny(), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), "np") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith(PREFIX) for k in keys), keys

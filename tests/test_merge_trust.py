@@ -180,7 +180,7 @@ def test_malformed_fingerprints_are_refused(tmp_path, capsys, bad):
     a, b = adapter(tmp_path / "a", 0), adapter(tmp_path / "b", 1)
     (tmp_path / "p.json").write_text(json.dumps({"weights": [1, 1], "fingerprints": bad}))
     code, _, err = run(capsys, "merge", a, b, "--plan", tmp_path / "p.json", "-o", tmp_path / "m")
-    assert code == 2 and "'fingerprints' must be a list of 2 mappings" in err[0]
+    assert code == 2 and "key fingerprints: must be a list of 2 mappings" in err[0]
 
 
 # ---- mixed dtypes: Σ wᵢ·ΔWᵢ to the output dtype's precision -------------------------------------

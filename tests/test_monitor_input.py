@@ -18,7 +18,8 @@ from lorascope.monitor import monitor_run
 from lorascope.telemetry import RunWriter
 
 ENV = {"schema": "lorascope.telemetry/v1", "ts": 1.0, "run_id": "r"}
-GRADIENCE_PYTHON = Path("/tmp/gradience-venv/bin/python")
+# A Python with gradience==0.11.0 installed (see README, "Tests"); the cross-check skips without it.
+GRADIENCE_PYTHON = Path(os.environ.get("LORASCOPE_GRADIENCE_PYTHON", "/nonexistent/gradience/python"))
 
 
 def write_log(path, records):
@@ -242,7 +243,8 @@ def _comparable(report):
 
 
 @pytest.mark.skipif(
-    not GRADIENCE_PYTHON.is_file(), reason="Gradience is not installed in /tmp/gradience-venv"
+    not GRADIENCE_PYTHON.is_file(),
+    reason="set LORASCOPE_GRADIENCE_PYTHON to a Python with gradience==0.11.0 to cross-check its logs",
 )
 def test_a_log_written_by_gradience_gives_the_same_report_as_ours(tmp_path, capsys):
     ours, theirs = tmp_path / "ours.jsonl", tmp_path / "gradience.jsonl"

@@ -2,6 +2,9 @@
 
 Only the invoked command's module is imported (start-up time counts in every command's wall
 time): `lorascope --version` and `lorascope --help` import no command module and no numpy.
+
+`tune_malloc` calls glibc's mallopt through ctypes (no library offers it): measured ≈10 % of
+`audit` / `merge-audit` wall time on a 7B-shaped adapter (benchmarks/README.md).
 """
 
 from __future__ import annotations
