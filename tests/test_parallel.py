@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,3 +81,27 @@ def test_worker_error_reaches_the_caller(monkeypatch):
 
     with pytest.raises(ValueError, match="layer 3 is broken"):
         list(ordered_map(work, list(range(10))))
+
+
+def test_a_blas_loaded_after_the_first_pass_is_held_too():
+    """scipy brings its own OpenBLAS: loaded after the policy first looked at the process, it must
+    still be held inside the workers (it ran free at 2 threads beside ours before)."""
+    pytest.importorskip("scipy")
+    code = """
+import numpy as np
+from threadpoolctl import threadpool_info
+from lorascope import parallel
+parallel.cores = lambda: 2
+list(parallel.ordered_map(lambda i: i, list(range(4))))  # the policy looks at the process first
+import scipy.linalg  # noqa: F401  (a second BLAS arrives)
+seen = []
+def work(i):
+    seen.append(sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}))
+    return i
+list(parallel.ordered_map(work, list(range(8))))
+n_blas = len([lib for lib in threadpool_info() if lib["user_api"] == "blas"])
+print(n_blas, sorted({t for s in seen for t in s}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n_blas, threads = out.stdout.split(" ", 1)
+    assert int(n_blas) >= 2 and threads.strip() == "[1]", out.stdout

@@ -124,13 +124,13 @@ def test_20000_layer_adapter_reads_in_linear_time(tmp_path):
     peft.write(adapter, tmp_path / "big")
     cfg = json.loads((tmp_path / "big" / "adapter_config.json").read_text())
     assert len(cfg["rank_pattern"]) > 6_000 and len(cfg["alpha_pattern"]) > 10_000
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a busy machine delays the read without making it more work
     back = load(tmp_path / "big")
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert {x.name: (x.rank, x.scale) for x in back.layers} == {
         x.name: (x.rank, x.scale) for x in adapter.layers
     }
-    assert seconds < 3.0, f"reading 20,000 layers took {seconds:.1f} s"
+    assert seconds < 3.0, f"reading 20,000 layers took {seconds:.1f} CPU s"
 
 
 @pytest.mark.torch

@@ -19,10 +19,10 @@ OPENBLAS_NUM_THREADS, which only work before numpy is imported, are not used.
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,18 +47,26 @@ def plan(n_items: int, max_workers: int | None = None) -> tuple[int, int]:
     return workers, max(1, c // workers)
 
 
-@cache
-def _controller():
-    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (built once: it scans the process)."""
-    import numpy  # noqa: F401  (load numpy's BLAS before looking for it)
-    from threadpoolctl import ThreadpoolController
+_SCAN: list = []  # [(number of loaded modules when scanned, ThreadpoolController)]
 
-    return ThreadpoolController()
+
+def _controller():
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries.  Scanning the process costs a few
+    ms, so the view is kept until more modules are loaded: a library that arrives later (torch and
+    its own BLAS, scipy) must be held too, or its threads run free beside ours."""
+    import numpy  # noqa: F401  (load numpy's BLAS before looking for it)
+
+    loaded = len(sys.modules)
+    if not _SCAN or _SCAN[0][0] != loaded:
+        from threadpoolctl import ThreadpoolController
+
+        _SCAN[:] = [(loaded, ThreadpoolController())]
+    return _SCAN[0][1]
 
 
 # A forked child (multiprocessing) must rescan: its library handles are the parent's.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_controller.cache_clear)
+    os.register_at_fork(after_in_child=_SCAN.clear)
 
 
 @contextmanager
