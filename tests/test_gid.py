@@ -3,6 +3,7 @@ cases, the RaLoRA format read as an exact LoRA (spectrum = union of the blocks' 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,8 @@ from lorascope.errors import FormatError, InvalidArgumentError, UnsupportedError
 from lorascope.formats import detect, load, save
 from lorascope.formats.ralora import block_diagonal, diagonal_blocks
 from lorascope.gid import (
+    GidReport,
+    LayerGid,
     PlanOptions,
     blocks_for,
     energy_erank,
@@ -39,18 +42,18 @@ def test_singular_values_and_erank_against_numpy_svd(rng, shape):
     p = want / want.sum()
     q = want**2 / (want**2).sum()
     m = gid_metrics(got)
-    assert m["gid"] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-10)
-    assert m["gid_energy"] == pytest.approx(math.exp(-np.sum(q * np.log(q))), rel=1e-10)
-    assert m["gid_energy"] < m["gid"]
-    assert m["stable_rank"] == pytest.approx((want**2).sum() / want[0] ** 2, rel=1e-10)
-    assert m["energy_rank_90"] == int(np.searchsorted(np.cumsum(q), 0.9) + 1)
-    assert m["numerical_rank"] == min(shape)
+    assert m.gid == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-10)
+    assert m.gid_energy == pytest.approx(math.exp(-np.sum(q * np.log(q))), rel=1e-10)
+    assert m.gid_energy < m.gid
+    assert m.stable_rank == pytest.approx((want**2).sum() / want[0] ** 2, rel=1e-10)
+    assert m.energy_rank_90 == int(np.searchsorted(np.cumsum(q), 0.9) + 1)
+    assert m.numerical_rank == min(shape)
 
 
 def test_erank_of_flat_and_rank_one_spectra():
-    assert gid_metrics(np.ones(16))["gid"] == pytest.approx(16.0)
-    assert gid_metrics(np.array([3.0, 0.0, 0.0]))["gid"] == pytest.approx(1.0)
-    assert energy_erank(np.zeros(4)) == 0.0 and gid_metrics(np.zeros(4))["gid"] == 0.0
+    assert gid_metrics(np.ones(16)).gid == pytest.approx(16.0)
+    assert gid_metrics(np.array([3.0, 0.0, 0.0])).gid == pytest.approx(1.0)
+    assert energy_erank(np.zeros(4)) == 0.0 and gid_metrics(np.zeros(4)).gid == 0.0
 
 
 def test_blocks_powers_of_two_clipping_and_divisibility():
@@ -67,19 +70,20 @@ def test_blocks_powers_of_two_clipping_and_divisibility():
     assert blocks_for(1000.0, 8, 7, 384)[0] == 1  # odd dimension: one block
 
 
-LAYERS = [  # name, shape [out, in], gid, importance
+LAYER_DOCS = [  # name, shape [out, in], gid, importance
     {"name": "a.q", "shape": [64, 64], "gid": 40.0, "importance": 3.0},
     {"name": "a.v", "shape": [64, 64], "gid": 8.0, "importance": 1.0},
     {"name": "b.up", "shape": [256, 64], "gid": 200.0, "importance": 4.0},
 ]
+LAYERS = [LayerGid(**{**x, "shape": tuple(x["shape"])}) for x in LAYER_DOCS]
 
 
 def test_ralora_plan_keeps_lora_parameters():
     plan = ralora_plan(LAYERS, PlanOptions(rank=4))
-    t = plan["layers"]
-    assert [t[n]["blocks"] for n in ("a.q", "a.v", "b.up")] == [8, 2, 32]  # 2^⌊log2(10)⌋, 2, min(2^5·…, 32)
-    assert t["b.up"]["equivalent_rank"] == 128 and t["a.q"]["lora_alpha"] == 8.0
-    assert plan["params"] == plan["lora_params"] == 4 * (128 + 128 + 320)
+    t = plan.layers
+    assert [t[n].blocks for n in ("a.q", "a.v", "b.up")] == [8, 2, 32]  # 2^⌊log2(10)⌋, 2, min(2^5·…, 32)
+    assert t["b.up"].equivalent_rank == 128 and t["a.q"].lora_alpha == 8.0
+    assert plan.params == plan.lora_params == 4 * (128 + 128 + 320)
 
 
 def test_ralora_pro_ranks_by_hand():
@@ -94,34 +98,34 @@ def test_ralora_pro_ranks_by_hand():
     assert pro_ranks(LAYERS, opts) == want
     assert pro_ranks(LAYERS, PlanOptions(rank=8, r_min=10, r_max=20)) == {"a.q": 10, "a.v": 10, "b.up": 10}
     plan = ralora_pro_plan(LAYERS, opts)
-    blocks = {k: v["blocks"] for k, v in plan["layers"].items()}
+    blocks = {k: v.blocks for k, v in plan.layers.items()}
     assert blocks == {"a.q": 4, "a.v": 2, "b.up": 16}  # 2^⌊log2(40/10)⌋, 2^⌊log2(8/3)⌋, 2^⌊log2(200/9)⌋
-    assert plan["params"] == 10 * 128 + 3 * 128 + 9 * 320 == 4544 and plan["lora_params"] == 8 * 576
-    assert plan["params_vs_lora"] == pytest.approx(plan["params"] / plan["lora_params"])
+    assert plan.params == 10 * 128 + 3 * 128 + 9 * 320 == 4544 and plan.lora_params == 8 * 576
+    assert plan.params_vs_lora == pytest.approx(plan.params / plan.lora_params)
 
 
 def test_peft_plan_moves_rank_under_the_budget():
     plan = peft_plan(LAYERS, PlanOptions(rank=8, r_max=64))
-    ranks = {k: v["r"] for k, v in plan["layers"].items()}
+    ranks = {k: v.r for k, v in plan.layers.items()}
     score = {"a.q": 120.0, "a.v": 8.0, "b.up": 800.0}
     budget = 8 * 576
     want = {n: math.floor(budget * s / 928.0 / (128 if n[0] == "a" else 320)) for n, s in score.items()}
     assert want == {"a.q": 4, "a.v": 0, "b.up": 12}
     assert ranks == {**want, "a.v": 1}  # lifted to r_min
-    assert plan["params"] <= budget
-    peft = plan["peft"]
-    assert peft["rank_pattern"] == {k: r for k, r in ranks.items() if r != 8}
-    assert all(peft["alpha_pattern"][k] == 2 * r for k, r in peft["rank_pattern"].items())
+    assert plan.params <= budget
+    peft = plan.peft
+    assert peft.rank_pattern == {k: r for k, r in ranks.items() if r != 8}
+    assert all(peft.alpha_pattern[k] == 2 * r for k, r in peft.rank_pattern.items())
 
 
 def test_plan_errors():
     with pytest.raises(InvalidArgumentError, match="plan options need rank ≥ 1"):
         ralora_plan(LAYERS, PlanOptions(rank=0))
-    zero = [{**x, "importance": 0.0} for x in LAYERS]
+    zero = [dataclasses.replace(x, importance=0.0) for x in LAYERS]
     with pytest.raises(InvalidArgumentError, match="RaLoRA-Pro needs a positive importance"):
         ralora_pro_plan(zero, PlanOptions())
     with pytest.raises(InvalidArgumentError, match="unknown plan method 'lora'"):
-        make_plan({"layers": LAYERS}, "lora")
+        make_plan(GidReport(layers=tuple(LAYERS)), "lora")
 
 
 def _ralora_adapter(rng, n=4, r=2, out=12, inn=8, scale=1.5) -> tuple[Adapter, list[np.ndarray]]:
@@ -193,7 +197,7 @@ def test_ralora_reader_rejects_bad_configs(tmp_path, rng):
 
 
 def _report(tmp_path) -> str:
-    rep = {"schema": "lorascope.gid/v1", "model": "tiny", "rank": 8, "layers": LAYERS}
+    rep = {"schema": "lorascope.gid/v1", "model": "tiny", "rank": 8, "layers": LAYER_DOCS}
     p = tmp_path / "gid.json"
     p.write_text(json.dumps(rep))
     return str(p)
@@ -206,7 +210,7 @@ def test_cli_plan_from_report(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "STARVED (GID/r = 50)" in text and "ralora: 2,304 trainable parameters vs 2,304" in text
     plan = read_plan(out)
-    assert plan["model"] == "tiny" and plan["layers"]["b.up"]["blocks"] == 32
+    assert plan.model == "tiny" and plan.layers["b.up"].blocks == 32
     assert main(["gid", "--report", rep, "--plan", "peft", "--json"]) == 0
     assert "rank_pattern" in json.loads(capsys.readouterr().out)["plan"]["peft"]
 
@@ -229,8 +233,7 @@ def test_cli_plan_from_report(tmp_path, capsys):
             "plan options need rank ≥ 1, n_max ≥ 1 and 1 ≤ r_min ≤ r_max "
             "(got rank=0, n_max=32, r_min=1, r_max=64)",
         ),
-        ([], "give either MODEL (calibrate) or --report gid.json (plan), not both"),
-        (["MODEL"], "calibrating MODEL needs --data FILE"),
+        (["MODEL"], "calibrating MODEL_DIR needs --data FILE"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):

@@ -3,6 +3,7 @@ dense block-diagonal product, PEFT export with identical outputs, save/load, bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from lorascope.errors import InvalidArgumentError  # noqa: E402
 from lorascope.formats import load  # noqa: E402
 from lorascope.gid import (  # noqa: E402
     CalibrationConfig,
+    LayerGid,
     PlanOptions,
     RaLoRALinear,
     accumulate,
@@ -84,20 +86,20 @@ def test_steps_bound_the_batches_and_layers_per_pass_gives_the_same_report():
     model = _bert()
     one = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2))
     split = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2, layers_per_pass=4))
-    assert one["calibration"]["passes"] == 1 and split["calibration"]["passes"] == 2
-    assert split["memory"]["accumulator_bytes"] < one["memory"]["accumulator_bytes"]
-    for a, b in zip(one["layers"], split["layers"], strict=True):
-        assert a["name"] == b["name"] and a["gid"] == pytest.approx(b["gid"], rel=1e-6)
+    assert one.calibration.passes == 1 and split.calibration.passes == 2
+    assert split.memory.accumulator_bytes < one.memory.accumulator_bytes
+    for a, b in zip(one.layers, split.layers, strict=True):
+        assert a.name == b.name and a.gid == pytest.approx(b.gid, rel=1e-6)
     layers = dict(find_targets(model, ["value"]))
     g2 = accumulate(model, _batches(4), _loss, list(layers.items()), steps=2)
     g_first2 = accumulate(model, _batches(4)[:2], _loss, list(layers.items()), steps=99)
     for k in g2:
         torch.testing.assert_close(g2[k], g_first2[k])
-    row = one["layers"][0]
-    g = accumulate(model, _batches(4), _loss, [(row["name"], dict(model.named_modules())[row["name"]])], 2)
-    sigma = np.linalg.svd(g[row["name"]].double().numpy(), compute_uv=False)
+    row = one.layers[0]
+    g = accumulate(model, _batches(4), _loss, [(row.name, dict(model.named_modules())[row.name])], 2)
+    sigma = np.linalg.svd(g[row.name].double().numpy(), compute_uv=False)
     p = sigma / sigma.sum()
-    assert row["gid"] == pytest.approx(float(np.exp(-np.sum(p * np.log(p)))), rel=1e-6)
+    assert row.gid == pytest.approx(float(np.exp(-np.sum(p * np.log(p)))), rel=1e-6)
 
 
 def test_bad_targets_and_nan_gradients_are_one_line_errors():
@@ -122,7 +124,7 @@ def _random_ralora(model, plan, seed=1):
 
 def _plan(model, blocks=4, r=2):
     layers = [
-        {"name": n, "shape": list(m.weight.shape), "gid": 1e3, "importance": 1.0}
+        LayerGid(name=n, shape=tuple(m.weight.shape), gid=1e3, importance=1.0)
         for n, m in find_targets(model, TARGETS)
     ]
     return ralora_plan(layers, PlanOptions(rank=r, n_max=blocks))
@@ -154,21 +156,17 @@ def test_apply_plan_freezes_the_rest_and_refuses_another_models_plan():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("ralora_" in n or n.startswith("classifier.") for n in trainable)
     other = _bert()
-    bad = {
-        "layers": {
-            **plan["layers"],
-            "bert.encoder.layer.0.attention.self.q_proj": plan["layers"][next(iter(plan["layers"]))],
-        }
-    }
+    first = next(iter(plan.layers))
+    bad = {**plan.layers, "bert.encoder.layer.0.attention.self.q_proj": plan.layers[first]}
     with pytest.raises(
         InvalidArgumentError, match=r"q_proj' is not a linear layer of this model \(a plan for another"
     ):
         apply_plan(other, bad)
-    name = next(iter(plan["layers"]))
-    wrong = {"layers": {name: {**plan["layers"][name], "shape": [64, 32]}}}
+    name = first
+    wrong = {name: dataclasses.replace(plan.layers[name], shape=(64, 32))}
     with pytest.raises(InvalidArgumentError, match=r"has shape \[64, 32\] but the model's is \[32, 32\]"):
         apply_plan(other, wrong)
-    odd = {"layers": {name: {**plan["layers"][name], "blocks": 3}}}
+    odd = {name: dataclasses.replace(plan.layers[name], blocks=3)}
     with pytest.raises(InvalidArgumentError, match=r"blocks=3 does not divide \(32, 32\)"):
         apply_plan(other, odd)
     assert not any(isinstance(m, RaLoRALinear) for m in other.modules())  # nothing changed
