@@ -43,16 +43,25 @@ def register(p: argparse.ArgumentParser) -> None:
         "model", nargs="?", metavar="MODEL_DIR", help="a local Hugging Face model folder to calibrate"
     )
     p.add_argument(
-        "--data", help="calibration data: .jsonl ({text, label} lines) or .csv (text, label columns)"
+        "--data",
+        metavar="FILE",
+        help="calibration data: .jsonl ({text, label} lines) or .csv (text, label columns)",
     )
     p.add_argument("--task", choices=("cls", "clm"), default="cls", help="loss: classification or causal LM")
     p.add_argument(
-        "--target", help="comma-separated module names (suffixes), e.g. query,value (default: all linear)"
+        "--target",
+        metavar="NAMES",
+        help="comma-separated module names (suffixes), e.g. query,value (default: all linear)",
     )
-    p.add_argument("--steps", type=int, default=64, help="calibration batches (default 64)")
-    p.add_argument("--batch", type=int, default=8, help="rows per batch (default 8)")
-    p.add_argument("--max-len", type=int, default=128, help="tokens per row (default 128)")
-    p.add_argument("--layers-per-pass", type=int, help="accumulate this many layers per pass (bounds memory)")
+    p.add_argument("--steps", metavar="N", type=int, default=64, help="calibration batches (default 64)")
+    p.add_argument("--batch", metavar="N", type=int, default=8, help="rows per batch (default 8)")
+    p.add_argument("--max-len", metavar="N", type=int, default=128, help="tokens per row (default 128)")
+    p.add_argument(
+        "--layers-per-pass",
+        metavar="N",
+        type=int,
+        help="accumulate this many layers per pass (bounds memory)",
+    )
     p.add_argument(
         "-o", "--out", metavar="FILE", help="write the report (schema lorascope.gid/v1) to this JSON file"
     )
@@ -60,11 +69,17 @@ def register(p: argparse.ArgumentParser) -> None:
         "--report", metavar="FILE", help="an existing gid.json to plan from (instead of MODEL_DIR)"
     )
     p.add_argument("--plan", choices=METHODS, help="make a plan: ralora, ralora-pro or peft (rank_pattern)")
-    p.add_argument("--rank", type=int, default=8, help="r (RaLoRA) or r_ref (RaLoRA-Pro, PEFT); default 8")
-    p.add_argument("--alpha", type=float, help="lora_alpha at --rank (default 2·rank)")
-    p.add_argument("--n-max", type=int, default=32, help="most blocks per layer (default 32)")
-    p.add_argument("--r-min", type=int, default=1, help="RaLoRA-Pro / PEFT: smallest rank (default 1)")
-    p.add_argument("--r-max", type=int, default=64, help="RaLoRA-Pro / PEFT: largest rank (default 64)")
+    p.add_argument(
+        "--rank", metavar="R", type=int, default=8, help="r (RaLoRA) or r_ref (RaLoRA-Pro, PEFT); default 8"
+    )
+    p.add_argument("--alpha", metavar="A", type=float, help="lora_alpha at --rank (default 2·rank)")
+    p.add_argument("--n-max", metavar="N", type=int, default=32, help="most blocks per layer (default 32)")
+    p.add_argument(
+        "--r-min", metavar="R", type=int, default=1, help="RaLoRA-Pro / PEFT: smallest rank (default 1)"
+    )
+    p.add_argument(
+        "--r-max", metavar="R", type=int, default=64, help="RaLoRA-Pro / PEFT: largest rank (default 64)"
+    )
     p.add_argument(
         "--plan-out", metavar="FILE", help="write the plan (schema lorascope.gid-plan/v1) to this JSON file"
     )

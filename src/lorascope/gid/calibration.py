@@ -109,6 +109,10 @@ class _Ticker:
         if self.progress is not None:
             self.progress(self.done, self.total, what)
 
+    def labelled(self, template: str) -> Callable[[int], None]:
+        """A per-batch callback: `template` with the batch number in its {}."""
+        return lambda b: self(template.format(b))
+
 
 def accumulate(
     model: nn.Module,
@@ -207,7 +211,7 @@ def calibrate(
     for i, start in enumerate(range(0, len(layers), group)):
         part = layers[start : start + group]
         t0 = time.perf_counter()
-        on_batch = lambda b, i=i: tick(f"pass {i + 1}/{passes}, batch {b}/{per_pass}")  # noqa: E731
+        on_batch = tick.labelled(f"pass {i + 1}/{passes}, batch {{}}/{per_pass}")
         grads = accumulate(model, batches, loss_fn, part, config.steps, on_batch)
         t1 = time.perf_counter()
         acc_bytes = max(acc_bytes, sum(g.numel() * 4 for g in grads.values()))

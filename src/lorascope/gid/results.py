@@ -201,7 +201,7 @@ class GidReport:
         head = build(cls, data, path=path)
         rows = tuple(
             build(LayerGid, _mapping(x, path, f"layers.{i}"), path=path, prefix=f"layers.{i}.")
-            for i, x in enumerate(head.layers)
+            for i, x in enumerate(data["layers"])  # as read: error messages quote the user's values
         )
         return dataclasses.replace(head, layers=rows)
 
@@ -313,9 +313,13 @@ class GidPlan:
         head = build(cls, data, path=path)
         layers = {
             name: build(PlanLayer, _mapping(x, path, f"layers.{name}"), path=path, prefix=f"layers.{name}.")
-            for name, x in head.layers.items()
+            for name, x in data["layers"].items()
         }
-        peft = None if head.peft is None else build(PeftPatterns, head.peft, path=path, prefix="peft.")
+        peft = None
+        if head.peft is not None:
+            peft = build(PeftPatterns, data["peft"], path=path, prefix="peft.")
+            patterns = {k: frozen_mapping(getattr(peft, k)) for k in ("rank_pattern", "alpha_pattern")}
+            peft = dataclasses.replace(peft, **patterns)
         return dataclasses.replace(head, layers=frozen_mapping(layers), peft=peft)
 
 
