@@ -585,3 +585,9 @@ def test_doc_sample_data_files_are_valid(tmp_path):
     assert len(read_rows(_data(tmp_path, "clm.jsonl", blocks[1]), "clm")) >= 2
     with pytest.raises(ConfigError, match="key label on line 1: is required"):
         read_rows(tmp_path / "clm.jsonl", "cls")
+
+
+def test_peft_target_modules_in_natural_order():
+    layers = [LayerGid(name=f"m.layers.{i}.q", shape=(8, 8), gid=4.0 + i, importance=1.0) for i in (10, 2, 1)]
+    plan = peft_plan(layers, PlanOptions(rank=2))
+    assert plan.peft.target_modules == ("m.layers.1.q", "m.layers.2.q", "m.layers.10.q")

@@ -92,6 +92,24 @@ def _load(model_dir: Path, model_type: str, task: str, n_labels: int) -> tuple[A
     return tok, model
 
 
+def _batches(
+    tok: Any, rows: list[tuple[str, int]], options: DataOptions, device: str
+) -> list[dict[str, Any]]:
+    """Tokenised batches of `options.batch` rows (padded, truncated to max_len), on `device`."""
+    import torch
+
+    batches = []
+    for i in range(0, len(rows), options.batch):
+        part = rows[i : i + options.batch]
+        texts = [t for t, _ in part]
+        enc = tok(texts, padding=True, truncation=True, max_length=options.max_len, return_tensors="pt")
+        item = {k: v.to(device) for k, v in enc.items()}
+        if options.task == "cls":
+            item["labels"] = torch.tensor([label for _, label in part], device=device)
+        batches.append(item)
+    return batches
+
+
 def calibrate_model_dir(
     model_dir: str | Path,
     data: str | Path,
@@ -117,25 +135,13 @@ def calibrate_model_dir(
     tok, model = _load(Path(model_dir), model_type, options.task, n_labels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    if options.task == "clm" and attends_ahead(model, int(model.config.vocab_size), device):
+    vocab = getattr(model.config, "vocab_size", None) or len(tok)
+    if options.task == "clm" and attends_ahead(model, int(vocab), device):
         raise InvalidArgumentError(
             f"{model_dir}: --task clm needs a causal language model, but this {model_type} model lets "
             "each position see later tokens (an encoder); use --task cls"
         )
-    batches = []
-    for i in range(0, len(rows), options.batch):
-        part = rows[i : i + options.batch]
-        enc = tok(
-            [t for t, _ in part],
-            padding=True,
-            truncation=True,
-            max_length=options.max_len,
-            return_tensors="pt",
-        )
-        item = {k: v.to(device) for k, v in enc.items()}
-        if options.task == "cls":
-            item["labels"] = torch.tensor([label for _, label in part], device=device)
-        batches.append(item)
+    batches = _batches(tok, rows, options, device)
     if config.model_name is None:
         config = replace(config, model_name=str(model_dir))
     report = calibrate(model, batches, _loss_fn(options.task), targets, config, progress)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from ..errors import InvalidArgumentError
+from ..order import natural_sorted
 from ..types import frozen_mapping
 from .results import METHODS, PLAN_SCHEMA, GidPlan, GidReport, LayerGid, PeftPatterns, PlanLayer, PlanOptions
 
@@ -120,7 +121,7 @@ def peft_plan(layers: Sequence[LayerGid], options: PlanOptions) -> GidPlan:
     peft = PeftPatterns(
         r=default,
         lora_alpha=options.alpha_per_rank * default,
-        target_modules=tuple(sorted(table)),
+        target_modules=tuple(natural_sorted(table)),  # layers.2 before layers.10
         rank_pattern=frozen_mapping({k: v.r for k, v in table.items() if v.r != default}),
         alpha_pattern=frozen_mapping({k: v.lora_alpha for k, v in table.items() if v.r != default}),
     )
