@@ -3,7 +3,8 @@
 Torch-free here: the GID metrics of a gradient's spectrum, the typed results (`GidReport`,
 `GidPlan`: frozen, with `to_json`/`from_json`), plans from a report, reading a model folder's
 config and a data file, reading and rendering reports.  The calibration pass and the RaLoRA
-layers need torch and are imported only when first used (`calibrate`, `apply_plan`, `RaLoRALinear`, `save_ralora`, `export_peft`, ...).
+layers need torch and are imported only when first used (`calibrate`, `apply_plan`,
+`RaLoRALinear`, `save_ralora`, `export_peft`, ...).
 """
 
 from __future__ import annotations
