@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from lorascope.gid import apply_plan, find_targets
-    from lorascope.gid.calibration import _layer_row, accumulate
+    from lorascope.gid import PlanLayer, accumulate, apply_plan, find_targets, layer_gid
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=8)
@@ -65,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         lora, LoraConfig(r=8, lora_alpha=16, target_modules=names, modules_to_save=["classifier"])
     )
     _, ralora = load_base()
-    plan = {
-        "layers": {
-            n: {"r": 8, "blocks": 8, "lora_alpha": 16.0, "shape": list(m.weight.shape)} for n, m in layers
-        }
-    }
+    plan = {n: PlanLayer(r=8, blocks=8, lora_alpha=16.0, shape=tuple(m.weight.shape)) for n, m in layers}
     apply_plan(ralora, plan, trainable=["classifier"])
     _, full = load_base()
     models = {"lora": lora, "ralora": ralora, "full": full}
@@ -89,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             times[k].append(_step(m, opts[k], batch))
     t0 = time.perf_counter()
     for n, m in layers:
-        _layer_row(n, m, grads[n], 8)
+        layer_gid(n, m, grads[n], 8)
     spectra_s = time.perf_counter() - t0
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
     result = {

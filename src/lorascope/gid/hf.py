@@ -1,69 +1,44 @@
-"""Calibrate a Hugging Face model directory on a text file (what `lorascope gid MODEL --data` runs).
+"""Calibrate a Hugging Face model folder on a data file (what `lorascope gid MODEL --data` runs).
 
-Data: a .jsonl file of {"text": ..., "label": int} objects or a .csv file with `text` (and, for
---task cls, `label`) columns.  --task cls loads AutoModelForSequenceClassification with as many
-labels as the data has (its head is freshly initialised when the checkpoint has none: its gradient
-still flows to every targeted layer); --task clm loads AutoModelForCausalLM and uses the next-token
-loss with padding masked.  Batches are the first steps·batch rows in file order, truncated to
-`max_len` tokens.  Everything runs on CUDA when available, else CPU.  transformers is imported on
-first call only.
+The folder and the data are checked first (`inputs.py`: one line for an adapter folder, a folder
+without a model config, a bad row), before transformers loads anything.  --task cls loads
+AutoModelForSequenceClassification with as many labels as the data has (its head is freshly
+initialised when the checkpoint has none: its gradient still flows to every targeted layer);
+--task clm loads AutoModelForCausalLM and uses the next-token loss with padding masked.  A model
+that is not causal (an encoder such as BERT, which transformers will still load as a "causal LM")
+is refused for --task clm: its next-token loss sees the very tokens it predicts, so its gradients
+would not be a language-modelling signal.  Causality is tested, not guessed from the model type:
+changing the last token of a probe must leave the logits of every earlier position unchanged.
+Batches are the first steps·batch rows in file order, truncated to `max_len` tokens.  Everything
+runs on CUDA when available, else CPU.  transformers is imported on first call only.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..errors import FormatError, InvalidArgumentError, UnsupportedError
+from .calibration import CalibrationConfig, Progress, calibrate
+from .inputs import check_model_dir, read_rows
+from .results import GidReport
 
-from ..errors import InvalidArgumentError
-from ..files import json_loads
-from .calibration import CalibrationConfig, calibrate
+TASKS = ("cls", "clm")
 
 
-def read_rows(path: str | Path, task: str) -> list[tuple[str, int]]:
-    """(text, label) rows of a .jsonl or .csv file; label 0 where the task needs none."""
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidArgumentError("no such data file", path=p)
-    rows: list[Any]
-    try:
-        if p.suffix == ".jsonl":
-            text = p.read_text(encoding="utf-8")
-            rows = [
-                json_loads(line, p, "cannot read the data file ({})")
-                for line in text.splitlines()
-                if line.strip()
-            ]
-        elif p.suffix == ".csv":
-            with p.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        else:
-            raise InvalidArgumentError("the data file must be .jsonl or .csv", path=p)
-    except UnicodeDecodeError as e:
-        raise InvalidArgumentError(f"cannot read the data file ({type(e).__name__})", path=p) from None
-    out = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise InvalidArgumentError(f"row {i + 1} has no text field", path=p)
-        label = 0
-        if task == "cls":
-            try:
-                label = int(row["label"])
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgumentError(
-                    f"row {i + 1} has no integer label (needed by --task cls)", path=p
-                ) from None
-        out.append((row["text"], label))
-    if not out:
-        raise InvalidArgumentError("the data file has no rows", path=p)
-    return out
+@dataclass(frozen=True)
+class DataOptions:
+    """How the data file becomes batches."""
+
+    task: str = "cls"
+    batch: int = 8  # rows per batch
+    max_len: int = 128  # tokens per row
 
 
 def _loss_fn(task: str):
-    def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(model: Any, batch: dict[str, Any]) -> Any:
         if task == "cls":
             return model(**batch).loss
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # (B, T)
@@ -72,54 +47,103 @@ def _loss_fn(task: str):
     return loss
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def attends_ahead(model: Any, vocab_size: int, device: str) -> bool:
+    """True when the logits at some position change with a later token (the model is not causal)."""
+    import torch
+
+    ids = (torch.arange(6, device=device) * 7 + 3) % max(vocab_size - 1, 1) + 1  # (6,) ids ≥ 1
+    other = ids.clone()
+    other[-1] = ids[-1] % max(vocab_size - 1, 1) + 1 if vocab_size > 2 else ids[-1]
+    with torch.no_grad():
+        a = model(input_ids=ids[None]).logits[0, :-1].float()  # (5, V)
+        b = model(input_ids=other[None]).logits[0, :-1].float()
+    return not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-12)
+
+
+def _load(model_dir: Path, model_type: str, task: str, n_labels: int) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FormatError(f"cannot load its tokenizer ({_first_line(e)})", path=model_dir) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    auto = AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
+    kwargs = {"num_labels": n_labels} if task == "cls" else {}
+    try:
+        model = auto.from_pretrained(model_dir, **kwargs)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            kind = "sequence-classification" if task == "cls" else "causal-LM"
+            raise UnsupportedError(
+                f"{model_dir}: transformers has no {kind} class for model_type {model_type!r} (--task {task})"
+            ) from None
+        raise FormatError(f"cannot load the model ({_first_line(e)})", path=model_dir) from None
+    except (OSError, KeyError, TypeError) as e:
+        raise FormatError(f"cannot load the model ({_first_line(e)})", path=model_dir) from None
+    if task == "cls":
+        model.config.pad_token_id = tok.pad_token_id
+    return tok, model
+
+
+def _batches(
+    tok: Any, rows: list[tuple[str, int]], options: DataOptions, device: str
+) -> list[dict[str, Any]]:
+    """Tokenised batches of `options.batch` rows (padded, truncated to max_len), on `device`."""
+    import torch
+
+    batches = []
+    for i in range(0, len(rows), options.batch):
+        part = rows[i : i + options.batch]
+        texts = [t for t, _ in part]
+        enc = tok(texts, padding=True, truncation=True, max_length=options.max_len, return_tensors="pt")
+        item = {k: v.to(device) for k, v in enc.items()}
+        if options.task == "cls":
+            item["labels"] = torch.tensor([label for _, label in part], device=device)
+        batches.append(item)
+    return batches
+
+
 def calibrate_model_dir(
     model_dir: str | Path,
     data: str | Path,
-    task: str,
+    options: DataOptions | None = None,
     *,
     targets: Sequence[str] | None = None,
-    batch: int = 8,
-    max_len: int = 128,
     config: CalibrationConfig | None = None,
-) -> dict[str, Any]:
-    """Load `model_dir` (offline), build batches from `data`, run `calibrate`; the gid.json report."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    progress: Progress | None = None,
+) -> GidReport:
+    """Check `model_dir` and `data`, load the model (offline), build batches, run `calibrate`."""
+    import torch
     from transformers.utils import logging
 
+    options = options or DataOptions()
+    if options.task not in TASKS:
+        raise InvalidArgumentError(f"--task must be cls or clm, got {options.task!r}")
+    model_type = check_model_dir(model_dir)
+    config = config or CalibrationConfig()
+    rows = read_rows(data, options.task)[: config.steps * options.batch]
     logging.set_verbosity_error()  # "newly initialised head" is expected for --task cls
     logging.disable_progress_bar()
-
-    if task not in ("cls", "clm"):
-        raise InvalidArgumentError(f"--task must be cls or clm, got {task!r}")
-    config = config or CalibrationConfig()
-    rows = read_rows(data, task)[: config.steps * batch]
-    if not Path(model_dir).is_dir():
-        raise InvalidArgumentError("the model must be a local Hugging Face model directory", path=model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if task == "cls":
-        n_labels = max(2, max(label for _, label in rows) + 1)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=n_labels)
-        model.config.pad_token_id = tok.pad_token_id
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    n_labels = max(2, max(label for _, label in rows) + 1)
+    tok, model = _load(Path(model_dir), model_type, options.task, n_labels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    batches = []
-    for i in range(0, len(rows), batch):
-        part = rows[i : i + batch]
-        enc = tok(
-            [t for t, _ in part], padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+    model.to(device).eval()
+    vocab = getattr(model.config, "vocab_size", None) or len(tok)
+    if options.task == "clm" and attends_ahead(model, int(vocab), device):
+        raise InvalidArgumentError(
+            f"{model_dir}: --task clm needs a causal language model, but this {model_type} model lets "
+            "each position see later tokens (an encoder); use --task cls"
         )
-        item = {k: v.to(device) for k, v in enc.items()}
-        if task == "cls":
-            item["labels"] = torch.tensor([label for _, label in part], device=device)
-        batches.append(item)
+    batches = _batches(tok, rows, options, device)
     if config.model_name is None:
-        from dataclasses import replace
-
         config = replace(config, model_name=str(model_dir))
-    report = calibrate(model, batches, _loss_fn(task), targets, config)
-    report["calibration"].update(batch=batch, max_len=max_len, task=task, data=str(data))
-    return report
+    report = calibrate(model, batches, _loss_fn(options.task), targets, config, progress)
+    extra = {"batch": options.batch, "max_len": options.max_len, "task": options.task, "data": str(data)}
+    return replace(report, calibration=replace(report.calibration, **extra))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from ..errors import InvalidArgumentError
 from ..formats import save
 from ..formats.ralora import block_diagonal, diagonal_blocks
 from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from .results import GidPlan, PlanLayer
 
 
 class RaLoRALinear(nn.Module):
@@ -85,14 +85,19 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def apply_plan(
-    model: nn.Module, plan: Mapping[str, Any], *, trainable: Sequence[str] = (), freeze: bool = True
+    model: nn.Module,
+    plan: GidPlan | Mapping[str, PlanLayer],
+    *,
+    trainable: Sequence[str] = (),
+    freeze: bool = True,
 ) -> list[str]:
-    """Replace every layer of `plan["layers"]` by a RaLoRALinear; returns the names replaced.
+    """Replace every layer of the plan (or of a table name -> PlanLayer) by a RaLoRALinear; returns
+    the names replaced.
 
     Each planned name must be an nn.Linear of the planned shape: a plan made for another model is
     refused before anything changes.  `freeze`: every other parameter is frozen except those of
     modules whose name is, or ends in ".", one of `trainable`."""
-    table = plan["layers"]
+    table = plan.layers if isinstance(plan, GidPlan) else plan
     modules = dict(model.named_modules())
     for name, x in table.items():
         m = modules.get(name)
@@ -100,24 +105,22 @@ def apply_plan(
             raise InvalidArgumentError(
                 f"plan layer {name!r} is not a linear layer of this model (a plan for another model?)"
             )
-        if list(m.weight.shape) != list(x["shape"]):
+        if tuple(m.weight.shape) != tuple(x.shape):
             raise InvalidArgumentError(
-                f"plan layer {name!r} has shape {x['shape']} but the model's is {list(m.weight.shape)} "
+                f"plan layer {name!r} has shape {list(x.shape)} but the model's is {list(m.weight.shape)} "
                 "(a plan for another model?)"
             )
         out, inn = m.weight.shape
-        if inn % x["blocks"] or out % x["blocks"]:
+        if inn % x.blocks or out % x.blocks:
             raise InvalidArgumentError(
-                f"plan layer {name!r}: blocks={x['blocks']} does not divide ({out}, {inn})"
+                f"plan layer {name!r}: blocks={x.blocks} does not divide ({out}, {inn})"
             )
     if freeze:
         for n, p in model.named_parameters():
             p.requires_grad_(any(n == t or n.startswith(t + ".") or f".{t}." in f".{n}" for t in trainable))
     for name, x in table.items():
         parent, child = _parent(model, name)
-        setattr(
-            parent, child, RaLoRALinear(modules[name], int(x["r"]), int(x["blocks"]), float(x["lora_alpha"]))
-        )
+        setattr(parent, child, RaLoRALinear(modules[name], int(x.r), int(x.blocks), float(x.lora_alpha)))
     return list(table)
 
 
@@ -181,18 +184,16 @@ def load_ralora(model: nn.Module, path: str | Path, *, trainable: Sequence[str] 
     from ..formats import load
 
     adapter = load(path, format="ralora")
-    plan = {
-        "layers": {
-            x.name: {
-                "r": x.extras["block_rank"],
-                "blocks": x.extras["blocks"],
-                "lora_alpha": x.extras["alpha"],
-                "shape": [x.out_features, x.in_features],
-            }
-            for x in adapter.layers
-        }
+    table = {
+        x.name: PlanLayer(
+            r=int(x.extras["block_rank"]),
+            blocks=int(x.extras["blocks"]),
+            lora_alpha=float(x.extras["alpha"]),
+            shape=(x.out_features, x.in_features),
+        )
+        for x in adapter.layers
     }
-    names = apply_plan(model, plan, trainable=trainable)
+    names = apply_plan(model, table, trainable=trainable)
     modules = dict(model.named_modules())
     for x in adapter.layers:
         d, m = adapter.delta(x.name), modules[x.name]

@@ -20,7 +20,7 @@ beneath the numerical-zero cut and change erank by far less than its reported pr
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,17 +48,29 @@ def energy_erank(sigma: np.ndarray) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def gid_metrics(sigma: np.ndarray) -> dict[str, Any]:
-    """The per-layer GID fields of gid.json from G's singular values (descending, float64)."""
+@dataclass(frozen=True)
+class GidMetrics:
+    """The per-layer GID fields of gid.json that depend on G's spectrum alone (module docstring)."""
+
+    gid: float
+    gid_energy: float
+    numerical_rank: int
+    stable_rank: float
+    energy_rank_90: int
+    grad_norm: float
+
+
+def gid_metrics(sigma: np.ndarray) -> GidMetrics:
+    """The GID metrics of G from its singular values (descending, float64)."""
     s = Spectrum(np.asarray(sigma, dtype=np.float64), int(np.size(sigma)))
-    return {
-        "gid": effective_rank(s),
-        "gid_energy": energy_erank(s.sigma),
-        "numerical_rank": numerical_rank(s),
-        "stable_rank": stable_rank(s),
-        "energy_rank_90": energy_rank(s, 0.9),
-        "grad_norm": float(np.sqrt(s.energy)),
-    }
+    return GidMetrics(
+        gid=effective_rank(s),
+        gid_energy=energy_erank(s.sigma),
+        numerical_rank=numerical_rank(s),
+        stable_rank=stable_rank(s),
+        energy_rank_90=energy_rank(s, 0.9),
+        grad_norm=float(np.sqrt(s.energy)),
+    )
 
 
 def importance(weight: np.ndarray, grad: np.ndarray) -> float:
