@@ -129,10 +129,21 @@ def _panel(ax: Any, s: dict[str, Any], style: dict[str, tuple[str, str]]) -> Non
             continue
         colour, marker = style[v["variant"]]
         filled = (v["verdict"] or "").upper() == "PASS"
+        edge = (
+            {"mec": "#000000", "mew": 0.7, "mfc": colour}
+            if filled
+            else {"mec": colour, "mew": 1.5, "mfc": "#FFFFFF"}
+        )
         ax.plot(
-            [v["params"]], [v["accuracy"]], marker, ms=7, color=colour, mec="#000000" if filled else colour,
-            mew=0.7 if filled else 1.5, mfc=colour if filled else "#FFFFFF", label=safe(v["variant"]), zorder=3,
-        )  # fmt: skip
+            [v["params"]],
+            [v["accuracy"]],
+            marker,
+            ms=7,
+            color=colour,
+            label=safe(v["variant"]),
+            zorder=3,
+            **edge,
+        )
     log_axis(ax, "x")
     ax.set_title(safe(f"seed {s['seed']}"))
     ax.set_xlabel("LoRA parameters")

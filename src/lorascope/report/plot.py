@@ -145,8 +145,9 @@ def to_svg(fig: Any, label: str, css_class: str = "") -> str:
     svg = _FONTS.sub("font-family: 'DejaVu Sans', Verdana, sans-serif", svg)
     svg = _unique_ids(svg)
     cls = f' class="{css_class}"' if css_class else ""
-    # the narrowest rendering at which MIN_FONT points are still MIN_PX pixels (1 pt = 96/72 px)
-    min_width = round(fig.get_figwidth() * 72 * MIN_PX / MIN_FONT)
+    # the narrowest rendering at which MIN_FONT (user units = points) are still MIN_PX pixels,
+    # with 8 px to spare for rounding
+    min_width = math.ceil(fig.get_figwidth() * 72 * MIN_PX / MIN_FONT) + 8
     svg = svg.replace(
         "<svg", f'<svg role="img" aria-label="{esc(label)}"{cls} style="min-width:{min_width}px"', 1
     )
