@@ -342,3 +342,19 @@ def test_very_many_layers_draw_every_kth_spectrum(tmp_path, monkeypatch):
     page = build_report([str(f)]).html
     assert page.count('<g id="sv') == 45  # 224 layers, every 5th
     assert "one layer in 5 of 224 drawn (the table lists them all)" in page
+
+
+def test_table_cells_are_the_json_values_written_literally(tmp_path):
+    doc = audit_doc(n_blocks=1, r=4)
+    layer = doc["layers"][0]  # model.layers.0.self_attn.q_proj
+    layer.update(sigma_max=123456.7, stable_rank=2.0, effective_rank=0.00012346, utilisation=0.123456)
+    layer.update(rank=4, suggested_rank=4, **{"energy_rank@0.9": 3})
+    doc["summary"]["params"] = 110592
+    doc["suggestions"]["p90"] = {"rank": 2, "params": 55296, "reduction": 0.5}
+    page = build_report([_write(tmp_path / "a.json", json.dumps(doc))]).html
+    tables = Tables(page).tables
+    row = next(r for r in tables["Spectrum summary per layer"] if r[0] == layer["name"])
+    assert row == [layer["name"], "attention", "4", "1.235e+05", "2", "1.235e-04", "0.1235"]
+    assert next(r for r in tables["Ranks per layer"] if r[1] == layer["name"])[2:] == ["4", "3", "4"]
+    assert "<dt>parameters</dt><dd>110592</dd>" in page
+    assert "<dt>parameter reduction at p90</dt><dd>50.0 %</dd>" in page  # as `audit` prints it

@@ -31,7 +31,8 @@ KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid"]
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    """(page with every kind of section, a 224-layer adapter's page, a Stable Diffusion UNet's)."""
+    """(page with every kind of section, a 224-layer adapter's page, a Stable Diffusion UNet's, a
+    120-block adapter's)."""
     tmp = tmp_path_factory.mktemp("report")
     import numpy as np
     from conftest import layer_names, peft_config, random_factors, write_peft
@@ -58,7 +59,9 @@ def pages(tmp_path_factory):
     assert main(["report", str(tmp / "big.json"), "-o", str(tmp / "big.html")]) == 0
     (tmp / "unet.json").write_text(json.dumps(audit_doc(r=8, names=unet_names())))
     assert main(["report", str(tmp / "unet.json"), "-o", str(tmp / "unet.html")]) == 0
-    return tmp / "all.html", tmp / "big.html", tmp / "unet.html"
+    (tmp / "tall.json").write_text(json.dumps(audit_doc(n_blocks=120, r=4)))  # thinned row labels
+    assert main(["report", str(tmp / "tall.json"), "-o", str(tmp / "tall.html")]) == 0
+    return tmp / "all.html", tmp / "big.html", tmp / "unet.html", tmp / "tall.html"
 
 
 @pytest.fixture(scope="module")

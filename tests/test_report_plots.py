@@ -61,10 +61,23 @@ def test_layers_are_shown_in_natural_order(tmp_path):
     assert rows == [f"model.layers.{b}" for b in range(11)]
 
 
+def test_heatmap_rows_that_cannot_all_be_labelled_are_labelled_every_kth(tmp_path):
+    page = build_report([_write(tmp_path, "a.json", audit_doc(n_blocks=120, r=4))]).html
+    rows = next(labels for which, labels in axes_ticks(svgs(page)["heatmap"][0]) if which == "y")
+    # 120 rows of 12.8 pt in at most 16 inches: every 2nd block named, in natural order
+    assert rows == [f"model.layers.{b}" for b in range(0, 120, 2)]
+    assert "every label shown where they fit, else every k-th (the table names every cell)" in page
+
+
 def test_gid_and_merge_tables_in_natural_order(tmp_path):
     layers = [{"name": f"m.layers.{i}.q", "gid": 5.0 + i} for i in (10, 2, 1)]
     gid = _write(tmp_path, "gid.json", {"schema": "lorascope.gid/v1", "rank": 8, "layers": layers})
     table = Tables(build_report([gid]).html).tables["GID per layer"]
+    assert [row[1] for row in table] == ["m.layers.1.q", "m.layers.2.q", "m.layers.10.q"]
+    layer = {"verdict": "SAFE", "overlap": 0.2, "agreement": 0.5, "imbalance": 1.2}
+    doc = {"schema": "lorascope.merge_audit/v1", "summary": {}}
+    doc["layers"] = [dict(layer, name=f"m.layers.{i}.q") for i in (10, 2, 1)]
+    table = Tables(build_report([_write(tmp_path, "ma.json", doc)]).html).tables["Per-layer merge audit"]
     assert [row[1] for row in table] == ["m.layers.1.q", "m.layers.2.q", "m.layers.10.q"]
 
 

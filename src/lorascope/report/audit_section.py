@@ -203,9 +203,17 @@ def _grid(blocks: list[str | None], modules: list[str]) -> _Grid:
     cell_w, cell_h = panel_pt / len(cols), plot_in * 72 / len(rows)
     annotate = len(rows) * len(cols) <= ANNOTATE_MAX and cell_w >= 5 * CHAR_PT and cell_h >= ROW_PT
     return _Grid(
-        rows, cols, transposed, height, left_in / 8.0, bottom_in / height, 90 if rotated else 0,
-        col_stride, row_stride, annotate,
-    )  # fmt: skip
+        rows=rows,
+        cols=cols,
+        transposed=transposed,
+        height=height,
+        left=left_in / 8.0,
+        bottom=bottom_in / height,
+        col_rotation=90 if rotated else 0,
+        col_stride=col_stride,
+        row_stride=row_stride,
+        annotate=annotate,
+    )
 
 
 def _annotate(ax: Any, img: Any, mat: list[list[float]], form: str) -> None:
