@@ -4,8 +4,10 @@
   `bench.json`, `study.json`); anything else is refused with the schemas that are read;
 * a `.jsonl` file: a run log, unless its name marks another kind (`adapters.jsonl`: a study);
 * a directory holding a kind's marker file (`bench.json`, `bench_aggregate.json`, also one level
-  down for per-seed folders; `study.json`, `adapters.jsonl`): that kind;
-* anything else: an adapter, audited on the fly (errors are the audit's own).
+  down for per-seed folders, or `bench_config.json` of a bench no seed of which has finished;
+  `study.json`, `adapters.jsonl`): that kind;
+* anything else: an adapter, audited on the fly (errors are the audit's own, with a hint that
+  lists what report takes instead of audit's `--format`).
 """
 
 from __future__ import annotations
