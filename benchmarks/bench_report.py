@@ -83,7 +83,7 @@ def main() -> int:
         for _ in range(args.repeats):  # -o refuses an existing file: a fresh name per run
             page.unlink(missing_ok=True)
             loads.append(load_average())
-            runs.append(timed([*lorascope_cmd(), "report", str(adapter), "-o", str(page)]))
+            runs.append(timed([*lorascope_cmd(), "report", str(adapter), "-o", str(page), "-q"]))
         result = {
             "adapter": "Mistral-7B-shaped, 224 layers, r=64, bf16" if not args.adapter else str(adapter),
             "cores": len(os.sched_getaffinity(0)),

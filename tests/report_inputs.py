@@ -139,41 +139,83 @@ def gid_json(path: Path, n: int = 12, r: int = 8) -> Path:
     return path
 
 
-def audit_doc(n_blocks: int = 32, r: int = 64, seed: int = 0) -> dict:
-    """A lorascope.audit/v1 document shaped like a Mistral-7B adapter's (n_blocks × 7 modules)."""
-    rng = np.random.default_rng(seed)
-    layers = []
+def llm_names(n_blocks: int) -> list[tuple[str, str, str]]:
+    """(name, block, module type) of a Mistral-shaped adapter: n_blocks × 7 modules."""
+    out = []
     for b in range(n_blocks):
         for m in MODULES:
-            t = rng.uniform(4, 24)
-            sv = np.exp(-np.arange(r) / t) * rng.uniform(0.5, 2)
-            e = np.cumsum(sv**2) / np.sum(sv**2)
-            k = int(np.searchsorted(e, 0.9) + 1)
-            stable = float(np.sum(sv**2) / sv[0] ** 2)
-            layers.append(
-                {
-                    "name": f"model.layers.{b}.{'mlp' if m in MODULES[4:] else 'self_attn'}.{m}",
-                    "kind": "linear",
-                    "rank": r,
-                    "shape": [4096, 4096],
-                    "scale": 2.0,
-                    "dtype": "bf16",
-                    "dora": False,
-                    "dead": False,
-                    "params": r * 8192,
-                    "suggested_rank": min(r, -(-k // 4) * 4),
-                    "module_type": "mlp" if m in MODULES[4:] else "attention",
-                    "block": f"model.layers.{b}",
-                    "sigma_max": float(sv[0]),
-                    "frobenius": float(np.sqrt(np.sum(sv**2))),
-                    "stable_rank": stable,
-                    "effective_rank": stable * 1.5,
-                    "utilisation": stable / r,
-                    "numerical_rank": r,
-                    "energy_rank@0.9": k,
-                    "singular_values": sv.tolist(),
-                }
+            kind = "mlp" if m in MODULES[4:] else "attention"
+            out.append(
+                (f"model.layers.{b}.{'mlp' if kind == 'mlp' else 'self_attn'}.{m}", f"model.layers.{b}", kind)
             )
+    return out
+
+
+UNET_LEAVES = (
+    *(
+        f"transformer_blocks.0.{a}.{m}"
+        for a in ("attn1", "attn2")
+        for m in ("to_q", "to_k", "to_v", "to_out.0")
+    ),
+    "transformer_blocks.0.ff.net.0.proj",
+    "transformer_blocks.0.ff.net.2",
+    "proj_in",
+    "proj_out",
+)
+
+
+def unet_names() -> list[tuple[str, str, str]]:
+    """(name, block, module type) of a Stable Diffusion 1.5 UNet LoRA (diffusers names, every
+    attention module): 16 attention stacks of 12 layers, 192 layers; the blocks `audit` assigns
+    (the path through the first number after a named part: `unet.down_blocks.1`,
+    `unet.mid_block.attentions.0`), in the file's own order (up blocks before the mid block)."""
+    stacks = [(f"unet.down_blocks.{b}", a) for b in range(3) for a in range(2)]
+    stacks += [(f"unet.up_blocks.{b}", a) for b in range(1, 4) for a in range(3)]
+    out = [
+        (f"{block}.attentions.{a}.{leaf}", block, "mlp" if ".ff." in leaf else "attention")
+        for block, a in stacks
+        for leaf in UNET_LEAVES
+    ]
+    mid = "unet.mid_block.attentions.0"
+    out += [(f"{mid}.{leaf}", mid, "mlp" if ".ff." in leaf else "attention") for leaf in UNET_LEAVES]
+    return out
+
+
+def audit_doc(n_blocks: int = 32, r: int = 64, seed: int = 0, names=None) -> dict:
+    """A lorascope.audit/v1 document shaped like a Mistral-7B adapter's (n_blocks × 7 modules), or
+    with the given (name, block, module type) layers."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for name, block, kind in names if names is not None else llm_names(n_blocks):
+        t = rng.uniform(4, 24)
+        sv = np.exp(-np.arange(r) / t) * rng.uniform(0.5, 2)
+        e = np.cumsum(sv**2) / np.sum(sv**2)
+        k = int(np.searchsorted(e, 0.9) + 1)
+        stable = float(np.sum(sv**2) / sv[0] ** 2)
+        layers.append(
+            {
+                "name": name,
+                "kind": "linear",
+                "rank": r,
+                "shape": [4096, 4096],
+                "scale": 2.0,
+                "dtype": "bf16",
+                "dora": False,
+                "dead": False,
+                "params": r * 8192,
+                "suggested_rank": min(r, -(-k // 4) * 4),
+                "module_type": kind,
+                "block": block,
+                "sigma_max": float(sv[0]),
+                "frobenius": float(np.sqrt(np.sum(sv**2))),
+                "stable_rank": stable,
+                "effective_rank": stable * 1.5,
+                "utilisation": stable / r,
+                "numerical_rank": r,
+                "energy_rank@0.9": k,
+                "singular_values": sv.tolist(),
+            }
+        )
     utils = [x["utilisation"] for x in layers]
     summary = {
         "n_layers": len(layers),

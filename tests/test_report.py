@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from html.parser import HTMLParser
 
 import pytest
 from conftest import layer_names, peft_config, random_factors, write_peft
@@ -14,9 +15,52 @@ from report_inputs import audit_doc, bench_dir, gid_json, run_log, study_dir
 from lorascope.audit import audit_adapter
 from lorascope.cli.main import main
 from lorascope.report import build_report, run_section
-from lorascope.report.html import fmt
 from lorascope.report.inputs import classify
 from lorascope.report.sections import SECTIONS, _registry
+
+
+class Tables(HTMLParser):
+    """Every <table> of a page as {caption: [[cell text, ...], ...]} (header rows left out)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._caption: str | None = None
+        self._rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+        self._in: str | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._rows, self._caption = [], ""
+        elif tag == "caption":
+            self._in = "caption"
+        elif tag == "tr":
+            self._rows.append([])
+        elif tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "caption":
+            self._in = None
+        elif tag == "td" and self._cell is not None:
+            self._rows[-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self.tables[self._caption] = [r for r in self._rows if r]
+
+    def handle_data(self, data):
+        if self._in == "caption":
+            self._caption += data
+        elif self._cell is not None:
+            self._cell.append(data)
+
+
+def close(text: str, value: float) -> bool:
+    """A table cell shows `value` to 4 significant digits."""
+    return float(text) == pytest.approx(value, rel=6e-4, abs=1e-12)
+
 
 DATA = re.compile(r'<script type="application/json" id="data-(\d+)">(.*?)</script>', re.S)
 
@@ -84,11 +128,19 @@ def test_every_number_comes_from_the_embedded_json(small_adapter, tmp_path):
     assert data == expected  # the adapter's audit, exactly as `audit --json` writes it
     (tmp_path / "a.json").write_text(json.dumps(expected))
     assert embedded(build_report([str(tmp_path / "a.json")]).html)[1] == expected
-    assert fmt(expected["summary"]["utilisation"]["mean"]) in page
+    tables = Tables(page).tables
+    spectra = {row[0]: row for row in tables["Spectrum summary per layer"]}
+    ranks = {row[1]: row for row in tables["Ranks per layer"]}
+    assert set(spectra) == set(ranks) == {x["name"] for x in expected["layers"]}
     for layer in expected["layers"]:  # the per-layer tables show the JSON's values
-        assert f"<td>{layer['name']}</td>" in page
-        assert f'<td class="num">{fmt(layer["utilisation"])}</td>' in page
-        assert f'<td class="num">{layer["suggested_rank"]}</td>' in page
+        name, _, r, s1, stable, eff, util = spectra[layer["name"]]
+        assert int(r) == layer["rank"] and close(s1, layer["sigma_max"]) and close(util, layer["utilisation"])
+        assert close(stable, layer["stable_rank"]) and close(eff, layer["effective_rank"])
+        assert ranks[layer["name"]][2:] == [
+            str(layer["rank"]),
+            str(layer["energy_rank@0.9"]),
+            str(layer["suggested_rank"]),
+        ]
 
 
 def test_merge_audit_table_matches_its_json(tmp_path, two_adapters):
@@ -96,10 +148,13 @@ def test_merge_audit_table_matches_its_json(tmp_path, two_adapters):
     assert main(["merge-audit", str(a), str(b), "--json", "-q", "-o", str(tmp_path / "ma.json")]) == 0
     doc = json.loads((tmp_path / "ma.json").read_text())
     page = build_report([str(tmp_path / "ma.json")]).html
+    rows = {row[1]: row for row in Tables(page).tables["Per-layer merge audit"]}
+    assert set(rows) == {x["name"] for x in doc["layers"]}
     for layer in doc["layers"]:
-        assert f'<span class="badge">{layer["verdict"]}</span>' in page
-        assert f'<td class="num">{fmt(layer["overlap"])}</td>' in page
-        assert f'<td class="num">{fmt(layer["imbalance"])}</td>' in page
+        _, _, verdict, overlap, excess, agreement, _, imbalance, _ = rows[layer["name"]]
+        assert verdict == layer["verdict"] and close(overlap, layer["overlap"])
+        assert close(agreement, layer["agreement"]) and close(imbalance, layer["imbalance"])
+        assert close(excess, layer["overlap_excess"])
 
 
 def test_hostile_text_stays_text(tmp_path):
@@ -226,7 +281,9 @@ def test_a_224_layer_adapter_page_stays_under_2_mb(tmp_path):
     page = build_report([str(f)]).html
     assert len(page.encode()) <= 2 * 1024 * 1024
     assert page.count('<g id="sv') == 224  # one hoverable line per layer, each with its name
-    assert '<g id="sv0"><title>model.layers.0.self_attn.q_proj (r=64, attention)</title>' in page
+    # natural order: every layer of block 0 (mlp.* before self_attn.*), then block 1, …, block 31
+    assert '<g id="sv0"><title>model.layers.0.mlp.down_proj (r=64, mlp)</title>' in page
+    assert '<g id="sv223"><title>model.layers.31.self_attn.v_proj (r=64, attention)</title>' in page
 
 
 def test_without_matplotlib_the_error_says_what_to_install(tmp_path, capsys, monkeypatch):
@@ -285,3 +342,19 @@ def test_very_many_layers_draw_every_kth_spectrum(tmp_path, monkeypatch):
     page = build_report([str(f)]).html
     assert page.count('<g id="sv') == 45  # 224 layers, every 5th
     assert "one layer in 5 of 224 drawn (the table lists them all)" in page
+
+
+def test_table_cells_are_the_json_values_written_literally(tmp_path):
+    doc = audit_doc(n_blocks=1, r=4)
+    layer = doc["layers"][0]  # model.layers.0.self_attn.q_proj
+    layer.update(sigma_max=123456.7, stable_rank=2.0, effective_rank=0.00012346, utilisation=0.123456)
+    layer.update(rank=4, suggested_rank=4, **{"energy_rank@0.9": 3})
+    doc["summary"]["params"] = 110592
+    doc["suggestions"]["p90"] = {"rank": 2, "params": 55296, "reduction": 0.5}
+    page = build_report([_write(tmp_path / "a.json", json.dumps(doc))]).html
+    tables = Tables(page).tables
+    row = next(r for r in tables["Spectrum summary per layer"] if r[0] == layer["name"])
+    assert row == [layer["name"], "attention", "4", "1.235e+05", "2", "1.235e-04", "0.1235"]
+    assert next(r for r in tables["Ranks per layer"] if r[1] == layer["name"])[2:] == ["4", "3", "4"]
+    assert "<dt>parameters</dt><dd>110592</dd>" in page
+    assert "<dt>parameter reduction at p90</dt><dd>50.0 %</dd>" in page  # as `audit` prints it

@@ -14,7 +14,7 @@ import os
 
 import pytest
 from headless import Browser, find_browser
-from report_inputs import audit_doc, bench_dir, gid_json, run_log, study_dir
+from report_inputs import audit_doc, bench_dir, gid_json, run_log, study_dir, unet_names
 
 from lorascope.cli.main import main
 
@@ -31,7 +31,8 @@ KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid"]
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    """(page with every kind of section, a 224-layer adapter's page)."""
+    """(page with every kind of section, a 224-layer adapter's page, a Stable Diffusion UNet's, a
+    120-block adapter's)."""
     tmp = tmp_path_factory.mktemp("report")
     import numpy as np
     from conftest import layer_names, peft_config, random_factors, write_peft
@@ -56,7 +57,11 @@ def pages(tmp_path_factory):
     assert main(["report", *map(str, inputs), "-o", str(tmp / "all.html")]) == 0
     (tmp / "big.json").write_text(json.dumps(audit_doc(n_blocks=32, r=64)))
     assert main(["report", str(tmp / "big.json"), "-o", str(tmp / "big.html")]) == 0
-    return tmp / "all.html", tmp / "big.html"
+    (tmp / "unet.json").write_text(json.dumps(audit_doc(r=8, names=unet_names())))
+    assert main(["report", str(tmp / "unet.json"), "-o", str(tmp / "unet.html")]) == 0
+    (tmp / "tall.json").write_text(json.dumps(audit_doc(n_blocks=120, r=4)))  # thinned row labels
+    assert main(["report", str(tmp / "tall.json"), "-o", str(tmp / "tall.html")]) == 0
+    return tmp / "all.html", tmp / "big.html", tmp / "unet.html", tmp / "tall.html"
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +123,78 @@ def test_224_layer_page_is_interactive_within_a_second(browser, pages):
 
 
 def test_narrow_window_has_no_horizontal_scroll(browser, pages):
+    """The page never scrolls sideways; a plot wider than the window scrolls inside its frame."""
     _open(browser, pages[0], width=360)
     assert browser.evaluate("document.documentElement.scrollWidth") <= 360
     widths = browser.evaluate(
-        "[...document.querySelectorAll('figure.plot svg')].map(s => s.getBoundingClientRect().width)"
+        "[...document.querySelectorAll('figure.plot .svgwrap')].map(s => s.getBoundingClientRect().width)"
     )
-    assert all(0 < w <= 360 for w in widths)
+    assert len(widths) == 8 and all(0 < w <= 360 for w in widths)
+
+
+# Every tick label's box on screen, per axis: [[axis #, label, left, top, right, bottom], ...]
+TICK_BOXES = """[...document.querySelectorAll('figure.plot svg g.axis')].flatMap((axis, i) =>
+  [...axis.querySelectorAll('g.xtick text, g.ytick text')].map(t => {
+    const r = t.getBoundingClientRect(); return [i, t.textContent, r.left, r.top, r.right, r.bottom]})
+  .filter(b => b[4] > b[2] && b[5] > b[3]))"""
+
+
+def overlapping(boxes: list[list]) -> list[tuple[str, str]]:
+    """Pairs of tick labels on one axis whose boxes overlap by more than half a pixel."""
+    out = []
+    for k, a in enumerate(boxes):
+        for b in boxes[k + 1 :]:
+            if a[0] != b[0]:
+                continue
+            dx = min(a[4], b[4]) - max(a[2], b[2])
+            dy = min(a[5], b[5]) - max(a[3], b[3])
+            if dx > 0.5 and dy > 0.5:
+                out.append((a[1], b[1]))
+    return out
+
+
+@pytest.mark.parametrize("width", [1280, 360])
+def test_no_two_tick_labels_of_an_axis_overlap(browser, pages, width):
+    for page in pages:
+        _open(browser, page, width=width)
+        boxes = browser.evaluate(TICK_BOXES)
+        assert len(boxes) > 20, page.name
+        assert overlapping(boxes) == [], page.name
+
+
+MIN_PX = 9.0
+# every text of every plot: [its text, its rendered font size in CSS pixels]
+FONT_SIZES = """[...document.querySelectorAll('figure.plot svg text')].filter(t => t.textContent.trim())
+  .map(t => {const m = t.getScreenCTM();
+    return [t.textContent, parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b)]})"""
+
+
+@pytest.mark.parametrize("width", [360, 1280])
+def test_plot_text_is_readable_at_any_width(browser, pages, width):
+    for page in pages:
+        _open(browser, page, width=width)
+        sizes = browser.evaluate(FONT_SIZES)
+        assert len(sizes) > 20
+        small = [(text, round(px, 1)) for text, px in sizes if px < MIN_PX]
+        assert small == [], page.name
+
+
+# [legend box, [every plotting area's box]] per plot: a legend must not cover a plotting area
+LEGENDS = """[...document.querySelectorAll('figure.plot svg')].flatMap(svg => {
+  const box = e => {const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]};
+  const areas = [...svg.querySelectorAll('g.axes')].map(a => box(a.querySelector(':scope > g')));
+  return [...svg.querySelectorAll('g.legend')].map(l => [box(l), areas])})"""
+
+
+def test_legends_sit_outside_the_plotting_areas(browser, pages):
+    _open(browser, pages[0])
+    legends = browser.evaluate(LEGENDS)
+    assert len(legends) >= 6  # audit ×2, run ×4 panels, bench, gid, merge
+    for legend, areas in legends:
+        for area in areas:
+            dx = min(legend[2], area[2]) - max(legend[0], area[0])
+            dy = min(legend[3], area[3]) - max(legend[1], area[1])
+            assert dx <= 0.5 or dy <= 0.5, (legend, area)
 
 
 def test_embedded_json_is_shown_on_request_and_equals_the_data(browser, pages):

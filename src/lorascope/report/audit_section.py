@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UnknownFormatError
+from ..order import natural_key, natural_sorted
 from .base import Built, SectionKind
 from .fields import Doc
-from .html import figure, table, text_list
-from .plot import MODULE_STYLE, log_axis, new_figure, safe, titled_groups, to_svg
+from .html import Percent, figure, table, text_list
+from .inputs import REPORT_HINT
+from .plot import (
+    MIN_FONT,
+    MODULE_STYLE,
+    integer_axis,
+    legend_above,
+    log_axis,
+    new_figure,
+    safe,
+    titled_groups,
+    to_svg,
+)
 
 NO_LAYERS = '<p class="missing">No LoRA layers in this audit.</p>'
 MAX_LINES = 1000  # spectra drawn (beyond, every k-th layer: page size and time stay bounded)
@@ -27,12 +40,16 @@ def build(path: str, doc: Any) -> Built:
     if doc is None:  # an adapter: audit it with the defaults `lorascope audit` uses
         from ..audit import audit_adapter
 
-        doc = json.loads(audit_adapter(path).to_json())
+        try:
+            doc = json.loads(audit_adapter(path).to_json())
+        except UnknownFormatError as e:  # audit's message; its hint (--format) is not report's
+            raise UnknownFormatError(e.message, path=e.path, hint=REPORT_HINT) from None
     d = Doc(doc, path)
     options = d.obj("options", optional=True)
     tau = ((options.nums("thresholds", optional=True) if options else None) or [0.9])[0]
     key = f"energy_rank@{tau:.12g}"
-    layers = [_layer(x, key) for x in d.objs("layers")]
+    # natural order (layers.2 before layers.10) in every plot and table; the JSON keeps the file's
+    layers = sorted((_layer(x, key) for x in d.objs("layers")), key=lambda x: natural_key(x["name"]))
     summary = d.need("summary")
     facts = _facts(d, summary, layers, key)
     live = [x for x in layers if not x["dead"] and x["sv"] and x["sv"][0] > 0]  # σ₁ = 0: nothing to draw
@@ -64,6 +81,7 @@ def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list
     sugg = d.obj("suggestions", optional=True)
     p90 = sugg.obj("p90", optional=True) if sugg else None
     source = d.obj("source", optional=True)
+    red = p90.num("reduction", optional=True) if p90 else None  # a fraction: shown as the CLI's %
     return [
         ("format", source.text("format", optional=True) if source else None),
         ("layers", len(layers)),
@@ -73,7 +91,7 @@ def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list
         ("utilisation (mean)", util.num("mean", optional=True) if util else None),
         (f"{key} (median)", k.num("median", optional=True) if k else None),
         ("suggested rank (p90)", p90.integer("rank", optional=True) if p90 else None),
-        ("parameter reduction at p90", p90.num("reduction", optional=True) if p90 else None),
+        ("parameter reduction at p90", Percent(red) if red is not None else None),
     ]
 
 
@@ -81,14 +99,14 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     with_sv = [x for x in live if x["sv"]]
     caption = (
         "Singular values of each layer's ΔW divided by its largest (log scale), one line per layer; "
-        "line style and colour by module type; hover a line for its name"
+        "line style and colour by module type; hover a line for its name; layers in natural order"
     )
     if not with_sv:
         return '<p class="missing">No singular values in this audit (written with --no-singular-values).</p>'
     stride = -(-len(with_sv) // MAX_LINES)  # ceil: every layer up to MAX_LINES layers
     if stride > 1:
         caption += f"; one layer in {stride} of {len(with_sv)} drawn (the table lists them all)"
-    fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11})
+    fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11, "top": 0.88})
     titles = {}
     for i, x in enumerate(with_sv[::stride]):
         colour, style, _ = MODULE_STYLE.get(x["type"], MODULE_STYLE["other"])
@@ -101,9 +119,10 @@ def _spectra(live: list[dict[str, Any]]) -> str:
         if any(x["type"] == t for x in with_sv):
             ax.plot([], [], color=colour, ls=style, label=t)
     log_axis(ax)
+    integer_axis(ax, "x")
     ax.set_xlabel("index i of σᵢ")
     ax.set_ylabel("σᵢ / σ₁")
-    ax.legend(title="module type", loc="lower left")
+    legend_above(ax)
     svg = titled_groups(to_svg(fig, "Normalised singular-value spectra", "spectra"), titles)
     rows = [
         [
@@ -121,11 +140,9 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     return figure(svg, caption, table(head, rows, "Spectrum summary per layer", collapsed=True))
 
 
-def _block_order(block: str | None) -> tuple[int, int, str]:
-    if block is None:
-        return (1, 0, "")
-    m = re.search(r"(\d+)$", block)
-    return (0, int(m.group(1)) if m else -1, block)
+def _block_key(block: str | None) -> tuple[int, tuple[tuple[int, int | str], ...]]:
+    """Blocks in natural order (`down_blocks.2` before `down_blocks.10`), layers without one last."""
+    return (1, ()) if block is None else (0, natural_key(block))
 
 
 def _module(x: dict[str, Any]) -> str:
@@ -133,56 +150,118 @@ def _module(x: dict[str, Any]) -> str:
     return name[len(block) + 1 :] if block and name.startswith(block + ".") else name.rsplit(".", 1)[-1]
 
 
-def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
-    blocks = sorted({x["block"] for x in layers}, key=_block_order)
-    modules = sorted({_module(x) for x in layers})
-    row = {b: i for i, b in enumerate(blocks)}
-    col = {m: j for j, m in enumerate(modules)}
-    util = [[math.nan] * len(modules) for _ in blocks]
-    kmat = [[math.nan] * len(modules) for _ in blocks]
-    for x in layers:
-        i, j = row[x["block"]], col[_module(x)]
-        util[i][j], kmat[i][j] = x["utilisation"], x["k"]
-    height = min(2.0 + 0.16 * len(blocks), 12.0)
-    labels = [safe(b) if b is not None else "(no block)" for b in blocks]
-    # fixed margins sized from the longest labels (≈0.06 inch per character at these font sizes)
-    left = min(0.4, (0.3 + 0.05 * max(map(len, labels))) / 8.0)
-    bottom = min(0.5, (0.3 + 0.04 * max(map(len, modules))) / height)
-    fig, axes = new_figure(
-        8.0, height, 1, 2, margins={"left": left, "bottom": bottom, "top": 1 - 0.35 / height}
+# Heatmap geometry, in points.  Label widths are estimated (DejaVu Sans averages ≈ 0.6 em per
+# character) instead of measured: measuring every label is what made constrained layout slow.
+CHAR_PT = 0.6 * MIN_FONT
+ROW_PT = 1.6 * MIN_FONT  # the room one horizontal label needs: its line height and a gap
+MAX_LABEL = 56  # characters of a heatmap label; longer ones keep their end ("…" + tail)
+MAX_HEIGHT = 16.0  # inches
+
+
+def _label(text: str | None) -> str:
+    text = "(no block)" if text is None else text
+    return safe(text if len(text) <= MAX_LABEL else "…" + text[-(MAX_LABEL - 1) :])
+
+
+def _stride(n: int, room_pt: float, need_pt: float) -> int:
+    """Label every k-th of n ticks so that each label has `need_pt` of the `room_pt` available."""
+    return max(1, math.ceil(n * need_pt / max(room_pt, 1.0)))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The heatmap's layout: which names are rows and columns, and how their labels are drawn."""
+
+    rows: list[str | None]
+    cols: list[str | None]
+    transposed: bool  # rows are modules, columns blocks (more modules than blocks)
+    height: float  # inches
+    left: float  # figure fractions
+    bottom: float
+    col_rotation: int
+    col_stride: int
+    row_stride: int
+    annotate: bool
+
+
+def _grid(blocks: list[str | None], modules: list[str]) -> _Grid:
+    """Rows: the longer list (its labels read horizontally); columns: the shorter one, labels
+    rotated upright when they do not fit side by side, and every k-th kept when even upright ones
+    would touch."""
+    transposed = len(modules) > len(blocks)
+    rows, cols = (list(modules), list(blocks)) if transposed else (list(blocks), list(modules))
+    row_w = max(len(_label(r)) for r in rows) * CHAR_PT
+    col_w = max(len(_label(c)) for c in cols) * CHAR_PT
+    left_in = min(3.4, (row_w + 12) / 72)
+    panel_pt = (8.0 - left_in - 0.6) * 72 / 2 * 0.72  # two panels, each losing ≈ 28 % to its colorbar
+    rotated = col_w + 6 > panel_pt / len(cols)
+    col_stride = _stride(len(cols), panel_pt, ROW_PT if rotated else col_w + 6)
+    bottom_in = ((col_w if rotated else MIN_FONT) + 14) / 72
+    plot_in = min(max(len(rows) * ROW_PT / 72, 1.2), MAX_HEIGHT - bottom_in - 0.45)
+    height = plot_in + bottom_in + 0.45
+    row_stride = _stride(len(rows), plot_in * 72, ROW_PT)
+    cell_w, cell_h = panel_pt / len(cols), plot_in * 72 / len(rows)
+    annotate = len(rows) * len(cols) <= ANNOTATE_MAX and cell_w >= 5 * CHAR_PT and cell_h >= ROW_PT
+    return _Grid(
+        rows=rows,
+        cols=cols,
+        transposed=transposed,
+        height=height,
+        left=left_in / 8.0,
+        bottom=bottom_in / height,
+        col_rotation=90 if rotated else 0,
+        col_stride=col_stride,
+        row_stride=row_stride,
+        annotate=annotate,
     )
-    annotate = len(blocks) * len(modules) <= ANNOTATE_MAX
+
+
+def _annotate(ax: Any, img: Any, mat: list[list[float]], form: str) -> None:
+    """The numbers on the cells: readable without colour (the table has them all)."""
+    lo, hi = img.get_clim()
+    for i, r in enumerate(mat):
+        for j, v in enumerate(r):
+            if not math.isnan(v):
+                dark = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
+                colour = "k" if dark else "w"
+                ax.text(j, i, form.format(v), ha="center", va="center", fontsize=MIN_FONT, color=colour)
+
+
+def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
+    blocks = sorted({x["block"] for x in layers}, key=_block_key)
+    g = _grid(blocks, natural_sorted({_module(x) for x in layers}))
+    row = {b: i for i, b in enumerate(g.rows)}
+    col = {m: j for j, m in enumerate(g.cols)}
+    util = [[math.nan] * len(g.cols) for _ in g.rows]
+    kmat = [[math.nan] * len(g.cols) for _ in g.rows]
+    for x in layers:
+        r, c = (_module(x), x["block"]) if g.transposed else (x["block"], _module(x))
+        util[row[r]][col[c]], kmat[row[r]][col[c]] = x["utilisation"], x["k"]
+    margins = {"left": g.left, "right": 0.93, "bottom": g.bottom, "top": 1 - 0.35 / g.height, "wspace": 0.15}
+    fig, axes = new_figure(8.0, g.height, 1, 2, margins=margins)
     for ax, mat, name, form in (
         (axes[0], util, "utilisation", "{:.2f}"),
         (axes[1], kmat, f"k@{tau:g}", "{:.0f}"),
     ):
         img = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
-        fig.colorbar(img, ax=ax, shrink=0.8)
+        fig.colorbar(img, ax=ax, shrink=0.8, fraction=0.1, pad=0.03)
         ax.set_title(name)
-        ax.set_xticks(range(len(modules)), [safe(m) for m in modules], rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(len(blocks)), labels if ax is axes[0] else [""] * len(blocks), fontsize=6)
+        xs = range(0, len(g.cols), g.col_stride)
+        ax.set_xticks(list(xs), [_label(g.cols[j]) for j in xs], rotation=g.col_rotation)
+        ys = range(0, len(g.rows), g.row_stride)
+        ax.set_yticks(list(ys), [_label(g.rows[i]) for i in ys] if ax is axes[0] else [])
         ax.grid(False)
-        if annotate:  # the numbers on the cells: readable without colour (the table has them all)
-            lo, hi = img.get_clim()
-            for i, r in enumerate(mat):
-                for j, v in enumerate(r):
-                    if not math.isnan(v):
-                        dark = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
-                        ax.text(
-                            j,
-                            i,
-                            form.format(v),
-                            ha="center",
-                            va="center",
-                            fontsize=6,
-                            color="k" if dark else "w",
-                        )
+        if g.annotate:
+            _annotate(ax, img, mat, form)
     svg = to_svg(fig, f"Utilisation and energy rank k@{tau:g} by block and module", "heatmap")
     rows = [[x["block"], _module(x), x["rank"], x["utilisation"], x["k"]] for x in layers]
+    where = "module (rows) and block (columns)" if g.transposed else "block (rows) and module (columns)"
     caption = (
         f"Utilisation (stable rank / r) and energy rank k@{tau:g} (smallest k holding {tau:g} of Σσ²), "
-        "by block (rows) and module (columns); blank cells: no such layer"
+        f"by {where}, in natural order; blank cells: no such layer"
     )
+    if g.col_stride > 1 or g.row_stride > 1:
+        caption += "; every label shown where they fit, else every k-th (the table names every cell)"
     tab = table(
         ["block", "module", "r", "utilisation", f"k@{tau:g}"],
         rows,
@@ -193,16 +272,17 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
 
 
 def _ranks(layers: list[dict[str, Any]], tau: float) -> str:
-    fig, ax = new_figure(8.0, 3.2)
+    fig, ax = new_figure(8.0, 3.4, margins={"top": 0.86})
     xs = list(range(len(layers)))
     ax.step(xs, [x["rank"] for x in layers], where="mid", color="#555555", lw=1.2, label="allocated r")
     ax.plot(xs, [x["suggested"] for x in layers], "o", ms=3, color="#0072B2", label="suggested rank")
     ax.plot(xs, [x["k"] for x in layers], "x", ms=3, color="#D55E00", label=f"k@{tau:g}")
-    ax.set_xlabel("layer (file order)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("layer # (natural order of the names; the table lists them)")
+    integer_axis(ax, "x")
+    integer_axis(ax, "y")
     ax.set_ylabel("rank")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize=7)
+    legend_above(ax)
     svg = to_svg(fig, "Allocated and suggested rank per layer", "ranks")
     rows = [[i, x["name"], x["rank"], x["k"], x["suggested"]] for i, x in enumerate(layers)]
     tab = table(

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..order import natural_key
 from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import doc_in
-from .plot import legend_patch, log_axis, new_figure, to_svg
+from .plot import integer_axis, legend_above, legend_patch, log_axis, new_figure, to_svg
 
 DEFAULT_FACTOR = 4.0  # `lorascope gid`'s rule: starved when GID ≥ 4·r
 
@@ -48,7 +49,8 @@ def build(path: str, doc: Any) -> Built:
 
 
 def _plot(layers: list[dict[str, Any]], factor: float) -> str:
-    fig, ax = new_figure(8.0, 3.4)
+    layers = sorted(layers, key=lambda x: natural_key(x["name"]))  # layers.2 before layers.10
+    fig, ax = new_figure(8.0, 3.6, margins={"top": 0.88, "left": 0.09})
     xs = list(range(len(layers)))
     colours = ["#D55E00" if x["starved"] else "#0072B2" for x in layers]
     bars = ax.bar(xs, [x["gid"] for x in layers], color=colours, edgecolor="#000000", lw=0.3)
@@ -57,14 +59,15 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
             bar.set_hatch("///")
     if any(x["r"] is not None for x in layers):
         ax.step(xs, [x["r"] for x in layers], where="mid", color="#000000", lw=1.2, label="LoRA rank r")
-    log_axis(ax)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("GID / rank")
+    log_axis(ax, values=[v for x in layers for v in (x["gid"], x["r"])])
+    integer_axis(ax, "x")
+    ax.set_xlabel("layer # (natural order of the names; the table lists them)")
+    ax.set_ylabel("dimension: GID (bars), r (line)")  # both counts of directions, one axis
     handles, labels = ax.get_legend_handles_labels()
-    for colour, hatch, label in (("#D55E00", "///", f"starved (GID ≥ {factor:g}·r)"), ("#0072B2", "", "GID")):
+    for colour, hatch, label in (("#0072B2", "", "GID"), ("#D55E00", "///", f"starved (GID ≥ {factor:g}·r)")):
         handles.append(legend_patch(colour, hatch))
         labels.append(label)
-    ax.legend(handles, labels, fontsize=7)
+    legend_above(ax, handles, labels)
     svg = to_svg(fig, "GID per layer against the LoRA rank", "gid")
     rows = [
         [
@@ -80,8 +83,8 @@ def _plot(layers: list[dict[str, Any]], factor: float) -> str:
     tab = table(["#", "layer", "GID", "r", "GID / r", ""], rows, "GID per layer", collapsed=len(rows) > 40)
     return figure(
         svg,
-        "Gradient intrinsic dimension (bars, log scale) per layer against the LoRA rank (line); "
-        "hatched: starved",
+        "Gradient intrinsic dimension per layer (bars) and the LoRA rank r (line), on one axis (log "
+        "scale where the values span more than a factor of 10); hatched: starved",
         tab,
     )
 

@@ -21,17 +21,34 @@ def esc(text: object) -> str:
     return html.escape(clean(text), quote=True)
 
 
+class Percent:
+    """A fraction shown as a percentage, as the CLI prints it (0.875 → "87.5 %")."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float | None):
+        self.value = value
+
+    def __str__(self) -> str:
+        return MISSING if self.value is None else f"{100 * self.value:.1f} %"
+
+
 def fmt(x: Any) -> str:
-    """A number as the tables show it: integers exact, floats to 4 significant digits."""
+    """A number as the tables show it: integers exact (also when the JSON wrote 110592.0), other
+    floats to 4 significant digits, `Percent` as a percentage."""
     if x is None:
         return MISSING
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
         return str(x)
+    if isinstance(x, Percent):
+        return str(x)
     if isinstance(x, float):
         if not math.isfinite(x):
             return esc(repr(x))
+        if x.is_integer() and abs(x) < 1e15:
+            return str(int(x))
         if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
             return f"{x:.3e}"
         return f"{x:.4g}"
@@ -47,7 +64,9 @@ def table(
     body = []
     for row in rows:
         cells = [c.html if isinstance(c, Raw) else fmt(c) for c in row]
-        kinds = ["num" if isinstance(c, (int, float)) and not isinstance(c, bool) else "" for c in row]
+        kinds = [
+            "num" if isinstance(c, (int, float, Percent)) and not isinstance(c, bool) else "" for c in row
+        ]
         tds = "".join(
             f'<td class="{k}">{c}</td>' if k else f"<td>{c}</td>" for c, k in zip(cells, kinds, strict=True)
         )

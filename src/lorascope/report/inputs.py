@@ -4,8 +4,10 @@
   `bench.json`, `study.json`); anything else is refused with the schemas that are read;
 * a `.jsonl` file: a run log, unless its name marks another kind (`adapters.jsonl`: a study);
 * a directory holding a kind's marker file (`bench.json`, `bench_aggregate.json`, also one level
-  down for per-seed folders; `study.json`, `adapters.jsonl`): that kind;
-* anything else: an adapter, audited on the fly (errors are the audit's own).
+  down for per-seed folders, or `bench_config.json` of a bench no seed of which has finished;
+  `study.json`, `adapters.jsonl`): that kind;
+* anything else: an adapter, audited on the fly (errors are the audit's own, with a hint that
+  lists what report takes instead of audit's `--format`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError
+from ..errors import FormatError, InputNotFoundError
 from .base import SectionKind
 
-
-class InputNotFoundError(AdapterNotFoundError):
-    hint = "check the path"
+# the hint of every error about what an input is (report has no --format: the kind is decided here)
+REPORT_HINT = (
+    "report takes adapters, audit and merge-audit JSON, run logs (.jsonl), bench and study folders, "
+    "and gid.json"
+)
 
 
 def finite_float(text: str) -> float:
@@ -38,7 +42,7 @@ def read_json(path: str) -> Any:
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise InputNotFoundError("no such file", path=path) from None
+        raise InputNotFoundError("no such file", path=path, hint="check the path") from None
     except IsADirectoryError:
         raise FormatError("is a directory, expected a JSON file", path=path) from None
 
@@ -93,7 +97,9 @@ def classify(path: str, kinds: dict[str, SectionKind]) -> tuple[SectionKind, Any
                 return kind, doc
         known = ", ".join(s + "/v1" for k in kinds.values() for s in k.schemas)
         got = f"schema {schema!r}" if isinstance(schema, str) else "no schema field"
-        raise FormatError(f"not a report lorascope reads ({got}; expected one of {known})", path=path)
+        raise FormatError(
+            f"not a report lorascope reads ({got}; expected one of {known})", path=path, hint=REPORT_HINT
+        )
     if p.suffix == ".jsonl":
         marked = next((k for k in kinds.values() if name in k.files), None)
         return (marked or kinds["run"]), None

@@ -3,7 +3,8 @@
 One figure, four panels sharing the layer axis, each with the verdict thresholds that apply to it
 (merge/verdict.py): subspace overlap above its chance level (`overlap_excess`, with overlap_low and
 overlap_high), directional agreement (below 0: the adapters pull the layer in opposite directions),
-the share of conflicting principal directions, and the norm imbalance (log scale).  Each point is
+the share of conflicting principal directions, and the norm imbalance (log scale when it spans more
+than a factor of 10, else linear: a log axis over 1–3 would carry one tick label).  Each point is
 coloured and shaped by the layer's verdict; the table under it names every layer and also gives
 the raw overlap.  A JSON without `overlap_excess` is plotted with the raw overlap.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..order import natural_key
 from .base import Built, SectionKind
 from .fields import Doc
 from .html import Raw, esc, figure, table, text_list
 from .inputs import doc_in
-from .plot import VERDICT_STYLE, log_axis, new_figure, to_svg
+from .plot import LEGEND, VERDICT_STYLE, integer_axis, log_axis, new_figure, to_svg
 
 
 def _layer(x: Doc) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def _layer(x: Doc) -> dict[str, Any]:
 def build(path: str, doc: Any) -> Built:
     doc = doc_in(path, doc, "merge_audit.json")
     d = Doc(doc, path)
-    layers = [_layer(x) for x in d.objs("layers")]
+    # natural order (layers.2 before layers.10) in the plot and the table; the JSON keeps the file's
+    layers = sorted((_layer(x) for x in d.objs("layers")), key=lambda x: natural_key(x["name"]))
     for x in layers:
         if x["excess"] is None:
             x["excess"] = x["overlap"]
@@ -71,7 +74,7 @@ PANELS = (
 def _hline(ax: Any, y: float | None, label: str) -> None:
     if y is not None:
         ax.axhline(y, color="#555555", ls="--", lw=0.8)
-        ax.annotate(label, (1.0, y), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7)
+        ax.annotate(label, (1.0, y), xycoords=("axes fraction", "data"), ha="right", va="bottom")
 
 
 def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
@@ -90,14 +93,16 @@ def _plot(layers: list[dict[str, Any]], thresholds: Doc | None) -> str:
         _hline(ax, t(threshold), threshold)
     _hline(axes[0], t("overlap_low"), "overlap_low")
     axes[1].axhline(0.0, color="#000000", lw=0.5)
-    log_axis(axes[3])
-    axes[3].set_xlabel("shared layer (file order of the first adapter)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncols=5, fontsize=7, frameon=False)
+    log_axis(axes[3], values=[x["imbalance"] for x in layers] + [t("imbalance") or 1.0])
+    integer_axis(axes[3], "x")
+    axes[3].set_xlabel("shared layer # (natural order of the names; the table lists them)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncols=5, **LEGEND)
     svg = to_svg(fig, "Per-layer overlap, agreement, conflict share and imbalance, by verdict", "merge")
     caption = (
         "Per shared layer: subspace overlap of the two updates above its chance level, directional "
         "agreement (below 0: opposite directions), share of conflicting directions, and norm "
-        "imbalance (log); marker and colour = verdict; dashed lines = the audit's thresholds"
+        "imbalance (log scale where it spans more than a factor of 10); marker and colour = verdict; "
+        "dashed lines = the audit's thresholds"
     )
     rows = [
         [

@@ -36,6 +36,7 @@ code,.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;over
 .facts div{border:1px solid var(--line);border-radius:4px;padding:.3rem .5rem}
 .facts dt{font-size:.8rem;color:var(--muted)}.facts dd{margin:0;font-weight:600}
 figure.plot{margin:1rem 0;border-top:1px solid var(--line);padding-top:.5rem;break-inside:avoid}
+.svgwrap{overflow-x:auto;max-width:100%}
 .svgwrap svg{width:100%;height:auto;display:block}
 /* matplotlib writes each line's style inline: only !important overrides it */
 .spectra g[id^="sv"]:hover path{stroke-width:3px!important;stroke-opacity:1!important}

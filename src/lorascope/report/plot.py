@@ -6,6 +6,12 @@ vectors, and matplotlib draws every chart the report needs (log axes, heatmaps, 
 one well-kept dependency.  Text stays text (`svg.fonttype = none`: a few bytes per label instead of
 glyph outlines); the output is deterministic (fixed hash salt, no date).
 
+Readable at any width: no text is drawn smaller than MIN_FONT points, and each SVG keeps a
+minimum rendered width (`min-width`, the wrapper scrolls sideways in a narrow window) at which that
+text is still at least MIN_PX CSS pixels high; tick labels are thinned or rotated so that no two
+overlap, and legends sit outside the plotting area, where they cannot hide a point.
+(tests/test_report_browser.py measures both in Chromium.)
+
 Readable without colour: every series also differs by marker or line style (the STYLE tables), and
 every figure has a table of its numbers under it.  Colours are the Okabe–Ito palette (distinct
 under the common colour-vision deficiencies).
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 from typing import Any
 
@@ -39,10 +46,17 @@ VERDICT_STYLE = {
 }
 SEVERITY_STYLE = {"info": ("#56B4E9", ":"), "warning": ("#E69F00", "--"), "error": ("#D55E00", "-")}
 
+MIN_FONT = 8.0  # points: the smallest text any figure draws
+MIN_PX = 9.0  # CSS pixels: the smallest that text may render at (the SVG's min-width keeps it)
+LEGEND = {"fontsize": MIN_FONT, "frameon": False, "borderaxespad": 0.2, "handletextpad": 0.4}
+
 _RC = {
     "svg.fonttype": "none",
     "svg.hashsalt": "lorascope",
     "font.size": 9,
+    "legend.fontsize": MIN_FONT,
+    "xtick.labelsize": MIN_FONT,
+    "ytick.labelsize": MIN_FONT,
     "font.family": "sans-serif",
     "axes.grid": True,
     "grid.alpha": 0.3,
@@ -102,9 +116,20 @@ def legend_patch(colour: str, hatch: str = "") -> Any:
     return Patch(facecolor=colour, edgecolor="#000000", hatch=hatch, lw=0.3)
 
 
+def legend_above(ax: Any, handles: Any = None, labels: Any = None, ncols: int = 4, **kw: Any) -> Any:
+    """A frameless legend in a row just above the axes (the figure's top margin must leave room):
+    outside the plotting area, so it never covers a point."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(
+        handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=ncols, **{**LEGEND, **kw}
+    )
+
+
 _HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 _SIZE = re.compile(r'<svg([^>]*?) width="[^"]*" height="[^"]*"')
 _META = re.compile(r"\s*<metadata>.*?</metadata>|\s*xmlns:(?:dc|cc|rdf)=\"[^\"]*\"", re.S)
+_FONTS = re.compile(r"font-family: 'DejaVu Sans'[^;\"]*")  # matplotlib's whole fallback list, per label
 
 
 def to_svg(fig: Any, label: str, css_class: str = "") -> str:
@@ -117,9 +142,15 @@ def to_svg(fig: Any, label: str, css_class: str = "") -> str:
     svg = _HEAD.sub("", buf.getvalue(), count=1)
     svg = _SIZE.sub(r"<svg\1", svg, count=1)
     svg = _META.sub("", svg, count=4)  # the RDF metadata block and its namespaces: bytes, no content
+    svg = _FONTS.sub("font-family: 'DejaVu Sans', Verdana, sans-serif", svg)
     svg = _unique_ids(svg)
     cls = f' class="{css_class}"' if css_class else ""
-    svg = svg.replace("<svg", f'<svg role="img" aria-label="{esc(label)}"{cls}', 1)
+    # the narrowest rendering at which MIN_FONT (user units = points) are still MIN_PX pixels,
+    # with 8 px to spare for rounding
+    min_width = math.ceil(fig.get_figwidth() * 72 * MIN_PX / MIN_FONT) + 8
+    svg = svg.replace(
+        "<svg", f'<svg role="img" aria-label="{esc(label)}"{cls} style="min-width:{min_width}px"', 1
+    )
     head_end = svg.index(">") + 1
     return svg[:head_end] + f"<title>{esc(label)}</title>" + svg[head_end:]
 
@@ -127,6 +158,9 @@ def to_svg(fig: Any, label: str, css_class: str = "") -> str:
 _ID = re.compile(r' id="([^"]+)"')
 _REF = re.compile(r'(href="#|url\(#)([^")]+)')
 _AUTO = re.compile(r"^[\w.]+_\d+$")  # matplotlib's own group names: figure_1, line2d_7, …
+# the groups kept as classes (for the page's CSS and the browser checks): an axes, an axis, its
+# ticks, a legend
+_CLASSES = {"axes": "axes", "matplotlib.axis": "axis", "xtick": "xtick", "ytick": "ytick", "legend": "legend"}
 
 
 def _unique_ids(svg: str) -> str:
@@ -134,7 +168,8 @@ def _unique_ids(svg: str) -> str:
     group (`figure_1`, `axes_1`, …, the same in every figure) and content-hashes its defs (clip
     paths, markers, images); the group names nobody references are dropped (bytes, and duplicate
     ids in the page), the referenced defs get a prefix from this SVG's own hash (deterministic).
-    Ids set on purpose (gid=…, no `_N` suffix) are kept as they are."""
+    Ids set on purpose (gid=…, no `_N` suffix) are kept as they are; the structural groups in
+    _CLASSES become classes (`class="xtick"`)."""
     referenced = {m.group(2) for m in _REF.finditer(svg)}
     prefix = "f" + hashlib.sha1(svg.encode()).hexdigest()[:6] + "-"
 
@@ -142,7 +177,10 @@ def _unique_ids(svg: str) -> str:
         x = m.group(1)
         if x in referenced:
             return f' id="{prefix}{x}"'
-        return "" if _AUTO.match(x) else m.group(0)
+        if _AUTO.match(x):
+            kind = _CLASSES.get(x.rpartition("_")[0])
+            return f' class="{kind}"' if kind else ""
+        return m.group(0)
 
     svg = _ID.sub(rename_id, svg)
     return _REF.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", svg)
@@ -159,12 +197,59 @@ def titled_groups(svg: str, titles: dict[str, str]) -> str:
     return re.sub(r'<g id="([^"]+)">', add, svg)
 
 
-def log_axis(ax: Any, which: str = "y", base: float = 10) -> None:
-    """A log axis with plain tick labels ('0.001', '100'): the default labels are mathtext, whose
-    parser costs a quarter of a second on first use."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+def compact(v: float) -> str:
+    """A tick label: 110592 → '110.6k', 2.5e6 → '2.5M', 0.001 → '0.001' (as the CLI writes
+    parameter counts, never '1.106e+05')."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= limit:
+            return f"{v / limit:.4g}{suffix}"
+    return f"{v:.4g}"
+
+
+def percent(v: float) -> str:
+    """A fraction as the CLI prints it: 0.875 → '87.5 %'."""
+    return f"{100 * v:.1f} %"
+
+
+def integer_axis(ax: Any, which: str = "x") -> None:
+    """Ticks only at whole numbers (an index, a rank, a count), never at 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if which == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def log_axis(ax: Any, which: str = "y", base: float = 10, values: Any = None) -> None:
+    """A log axis whose tick labels say where the data are, in plain text ('0.001', '100k'; the
+    default labels are mathtext, whose parser costs a quarter of a second on first use).  Call it
+    after plotting: from the data limits it picks the ticks.  Over less than one factor of `base`
+    (an imbalance between 1 and 3, parameter counts within one decade) a log axis would carry one
+    label or none, so the axis stays linear; over a few factors the 2× and 5× ticks are labelled
+    too; beyond, the powers of `base` (every k-th when there are many).  `values`: the data range
+    when the axes' own limits include more (a bar's foot at 0)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
     axis = ax.yaxis if which == "y" else ax.xaxis
+    if values is not None:
+        positive = [v for v in values if v is not None and v > 0]
+        lo, hi = (min(positive), max(positive)) if positive else (math.nan, math.nan)
+    else:
+        lo, hi = ax.dataLim.intervaly if which == "y" else ax.dataLim.intervalx
+    label = FuncFormatter(lambda v, _: compact(v))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi / lo < base:
+        axis.set_major_locator(MaxNLocator(nbins=5))
+        axis.set_major_formatter(label)
+        return
     (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=base)
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    first, last = math.floor(math.log(lo, base)), math.ceil(math.log(hi, base))
+    decades = [base**k for k in range(first, last + 1)]
+    if math.log(hi / lo, base) <= 2.5 and base == 10:
+        ticks = [d * m for d in decades for m in (1, 2, 5)]
+    else:
+        step = -(-len(decades) // 8)  # at most 8 labelled powers
+        ticks = decades[::step]
+    pad = (hi / lo) ** 0.04  # the points at the ends are not cut by the axes
+    (ax.set_ylim if which == "y" else ax.set_xlim)(lo / pad, hi * pad)
+    axis.set_major_locator(FixedLocator([t for t in ticks if lo / pad <= t <= hi * pad]))
+    axis.set_major_formatter(label)
+    axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())

@@ -5,8 +5,10 @@ line gets the monitor's one-line error) and the last run's series are kept: trai
 norm, each eval split's loss and accuracy, and per spectral snapshot the mean utilisation and
 top-1 energy share.  Long series are thinned to at most `CAP` points by keeping every 2^k-th point
 (the stride is in the embedded JSON), so memory and page size do not grow with the log.  The
-alerts are `monitor_run`'s (default thresholds) plus those the log itself holds; each is marked on
-every panel as a numbered vertical line and listed in a table.
+alerts are `monitor_run`'s (default thresholds) plus those the log itself holds, each event once (an
+alert the live monitor logged and the offline pass found again is one row, `source` "log +
+monitor", at the earlier step); each is marked on every panel as a numbered vertical line and
+listed in a table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from .base import Built, SectionKind
 from .html import figure, table
-from .plot import SEVERITY_STYLE, new_figure, safe, to_svg
+from .plot import SEVERITY_STYLE, legend_above, new_figure, safe, to_svg
 
 CAP = 1000  # points kept per series
 MAX_MARKED = 60  # alerts drawn as lines (the table lists every one)
@@ -76,6 +78,37 @@ class _Run:
             self.spectral.add([e.step, util, top1])
 
 
+def _by_step(alert: dict[str, Any]) -> tuple[bool, int]:
+    return (alert["step"] is None, alert["step"] or 0)
+
+
+def merged_alerts(found: list[dict[str, Any]], logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The monitor's alerts and those the log holds, each event once.  The live monitor logs the
+    alerts its rules raise, at the step it noticed them (a grad spike at step 65 logged at step 75,
+    a low utilisation at the first snapshot that showed it), and the offline pass finds them again
+    at its own step: the k-th alert of a code in the log and the k-th the monitor finds are one
+    event, shown at the earlier step with `source` "log + monitor" (and `steps`, both steps)."""
+    pool: dict[str, list[dict[str, Any]]] = {}
+    for a in sorted(logged, key=lambda a: (a.get("step") is None, a.get("step") or 0)):
+        pool.setdefault(str(a.get("code")), []).append(a)
+    out = []
+    for a in sorted(found, key=_by_step):
+        twin = pool.get(str(a["code"])) and pool[str(a["code"])].pop(0)
+        if not twin:
+            out.append(dict(a, source="monitor"))
+            continue
+        steps = sorted({s for s in (a["step"], twin.get("step")) if s is not None})
+        first = twin if twin.get("step") is not None and twin.get("step") == steps[0] else a
+        entry = {k: first.get(k) for k in ("severity", "code", "message")}
+        out.append(entry | {"step": steps[0] if steps else None, "steps": steps, "source": "log + monitor"})
+    for rest in pool.values():
+        out += [
+            {k: a.get(k) for k in ("severity", "code", "message")} | {"step": a.get("step"), "source": "log"}
+            for a in rest
+        ]
+    return sorted(out, key=_by_step)
+
+
 def build(path: str, doc: Any) -> Built:
     from ..monitor import monitor_run
 
@@ -86,12 +119,7 @@ def build(path: str, doc: Any) -> Built:
 
     monitor = monitor_run(path, observe=observe).to_dict()  # raises the monitor's error for an empty log
     run = runs[monitor["run_id"]]
-    alerts = [dict(a, source="monitor") for a in monitor["alerts"]]
-    alerts += [
-        {k: a.get(k) for k in ("severity", "code", "message")} | {"step": a.get("step"), "source": "log"}
-        for a in monitor["logged_alerts"]
-    ]
-    alerts.sort(key=lambda a: (a["step"] is None, a["step"] or 0))
+    alerts = merged_alerts(monitor["alerts"], monitor["logged_alerts"])
     data = {
         "path": path,
         "run_id": monitor["run_id"],
@@ -134,7 +162,8 @@ def _series(points: list[list[Any]], col: int) -> tuple[list[Any], list[Any]]:
 
 
 def _plot(data: dict[str, Any]) -> str:
-    fig, axes = new_figure(8.0, 5.6, 2, 2, margins={"top": 0.94, "bottom": 0.09}, sharex=True)
+    margins = {"top": 0.92, "bottom": 0.09, "hspace": 0.32, "left": 0.09}
+    fig, axes = new_figure(8.0, 5.8, 2, 2, margins=margins, sharex=True)
     (loss_ax, acc_ax), (grad_ax, spec_ax) = axes
     loss_ax.plot(*_series(data["train"], 1), "-", color="#0072B2", lw=1, label="train loss")
     markers = iter("os^Dv")
@@ -155,9 +184,9 @@ def _plot(data: dict[str, Any]) -> str:
         (grad_ax, "grad norm"),
         (spec_ax, "spectrum"),
     ):
-        ax.set_title(title)
+        ax.set_ylabel(title)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            legend_above(ax, ncols=2)
         else:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="#555555")
     for n, a in enumerate(data["alerts"][:MAX_MARKED], 1):
@@ -167,8 +196,9 @@ def _plot(data: dict[str, Any]) -> str:
         for ax in (loss_ax, acc_ax, grad_ax, spec_ax):
             ax.axvline(a["step"], color=colour, ls=style, lw=0.9)
         loss_ax.annotate(
-            f"A{n}", (a["step"], 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=colour
-        )
+            f"A{n}", (a["step"], 0.98), xycoords=("data", "axes fraction"), va="top", color=colour,
+            xytext=(2, 0), textcoords="offset points",
+        )  # fmt: skip
     grad_ax.set_xlabel("step")
     spec_ax.set_xlabel("step")
     svg = to_svg(fig, "Training trajectories with alerts", "run")

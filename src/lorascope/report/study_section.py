@@ -20,7 +20,7 @@ from .base import Built, SectionKind
 from .fields import Doc
 from .html import figure, table
 from .inputs import finite_float, read_json
-from .plot import log_axis, new_figure, to_svg
+from .plot import integer_axis, log_axis, new_figure, to_svg
 
 UTIL_KEYS = ("utilisation_mean", "utilization_mean", "mean_utilisation", "utilisation")
 RANK_KEYS = ("nominal_rank", "rank", "r", "nominal_ranks")
@@ -109,6 +109,7 @@ def _plots(points: list[dict[str, Any]]) -> str:
     hist.hist([x["utilisation"] for x in points], bins=20, color="#0072B2", edgecolor="#000000", lw=0.5)
     hist.set_xlabel("utilisation (mean per adapter)")
     hist.set_ylabel("adapters")
+    integer_axis(hist, "y")
     box.boxplot([by_tier[t] for t in tiers], tick_labels=[f"{t:g}" for t in tiers])
     box.set_xlabel("nominal rank")
     box.set_ylabel("utilisation")
