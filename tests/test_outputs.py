@@ -133,6 +133,14 @@ def test_report_is_created_exclusively(tmp_path, src, capsys):
     assert main(["audit", str(src), "-o", "-"]) == 0 and capsys.readouterr().out == first
 
 
+def test_report_into_a_missing_folder_is_refused_not_created(tmp_path, src, capsys):
+    dest = tmp_path / "no_such_dir" / "report.json"
+    assert _cli_error(capsys, ["audit", src, "--json", "-o", dest]) == (
+        f"{dest}: the folder {dest.parent} does not exist; create it first"
+    )
+    assert not dest.parent.exists()
+
+
 def test_second_convert_to_one_path(tmp_path, src, capsys):
     """The second run is refused and says how to replace; --force replaces (and is the only way)."""
     dest = tmp_path / "k.safetensors"

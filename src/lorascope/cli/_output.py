@@ -1,6 +1,6 @@
 """One output sink: text to stdout, or to a file written atomically and exclusively.
 
-`-o FILE` creates FILE: an existing path is refused (a regular file, so that no report silently
+`-o FILE` creates FILE in an existing folder (a missing folder is refused, not created): an existing path is refused (a regular file, so that no report silently
 replaces another, and so that `-o /dev/stdout >> log` cannot truncate the log; a device, pipe or
 socket, which an atomic rename would have replaced by a regular file), as is any path that would
 overwrite an input.  `-o -` (or no -o) writes to stdout.
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
-from ..files import check_destination, resolved, write_text
+from ..files import check_destination, check_parent, resolved, write_text
 
 
 def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> None:
@@ -21,6 +21,7 @@ def emit(text: str, output: str | None = None, inputs: tuple[str, ...] = ()) -> 
         sys.stdout.flush()
         return
     refuse_inputs(output, inputs)
+    check_parent(output)  # a typo in a folder name is an error, not a new tree
     try:
         check_destination(output)
     except InvalidArgumentError as e:
