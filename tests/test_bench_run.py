@@ -147,6 +147,7 @@ def test_truncate_at_full_rank_is_the_probe(smoke):
     assert doc2["compressed"]["truncate"]["accuracy"] == doc2["probe"]["accuracy"] == doc["probe"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_kill_then_resume_matches_and_keeps_finished_stages(smoke):
     folder, cfg, out, code, wall = smoke
     out2 = folder / "killed"
@@ -366,3 +367,37 @@ def test_refused_starts_write_nothing(smoke, tmp_path, capsys):
     assert main(["bench", str(cfg), "--smoke", "--seeds", "1", "--out", str(other), "-q"]) == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_ray_executor_resumes_a_local_run_and_matches_it(smoke, tmp_path):
+    """--executor ray on a local Ray (2 CPUs) continues a bench the local executor began (seed 1
+    without truncate_tune, seed 2 not begun): the local stages are read back, not redone; the Ray
+    tasks (seed 2's probe, its retrainings and controls, seed 1's truncate_tune) give the local run's
+    numbers and adapter weights bit for bit."""
+    ray = pytest.importorskip("ray")
+    folder, cfg, out, code, wall = smoke
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    shutil.rmtree(mixed / "seed_2")
+    shutil.rmtree(mixed / "seed_1" / "truncate_tune")
+    (mixed / "bench_aggregate.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (mixed / "seed_1").glob("*/stage.json")}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        argv = ["bench", str(cfg), "--smoke", "--seeds", "1,2", "-o", str(mixed), "-q", "--resume"]
+        assert main([*argv, "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing the local run finished was redone
+    for seed in (1, 2):
+        assert results(mixed, seed) == results(out, seed)
+        a = json.loads((out / f"seed_{seed}" / "bench.json").read_text())
+        b = json.loads((mixed / f"seed_{seed}" / "bench.json").read_text())
+        assert {k for k in a if a[k] != b[k]} <= {"timestamp"}
+        for weights in (out / f"seed_{seed}").glob("*/adapter/adapter_model.safetensors"):
+            twin = mixed / weights.relative_to(out)
+            assert twin.read_bytes() == weights.read_bytes(), weights.parent.parent.name
+    agg = json.loads((mixed / "bench_aggregate.json").read_text())
+    assert agg["variant_results"] == json.loads((out / "bench_aggregate.json").read_text())["variant_results"]
+    assert agg["timing"]["stages_run"] == 1 + len(list((mixed / "seed_2").glob("*/stage.json")))

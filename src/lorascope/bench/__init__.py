@@ -4,7 +4,8 @@ held-out data, give verdicts; then aggregate over seeds under an explicit safety
 
 config.py (the typed, validated config and presets.py), data.py / rt.py (the fixed split),
 variants.py (rank plans from the audit, no torch), train.py (Trainer + PEFT, the only torch
-importer), setup.py (checks before any write), store.py (crash-safe stages), protocol.py (the run),
+importer), setup.py (checks before any write), store.py (crash-safe stages), stages.py (one
+stage's work, in any process), protocol.py (the run), executor.py (stages as Ray tasks),
 results.py (the frozen typed results), aggregate.py (verdicts, policy; pure), render.py (Markdown),
 progress.py (stderr).  Importing this package imports no torch.
 """

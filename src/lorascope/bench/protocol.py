@@ -19,14 +19,10 @@ writing); `timing.overhead_share` is the last as a share of wall time.
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import TypeVar
 
-from ..files import write_json, write_text
+from ..files import write_text
 from ..version import __version__
 from . import render
 from .aggregate import aggregate, seed_best, verdict
@@ -42,12 +38,19 @@ from .results import (
     TrainedRecord,
     VariantResult,
 )
-from .setup import BenchOptions, check_device, check_out, environment, prepare_out, process_start
-from .store import Record, Store
-from .variants import Plan, plan_summary, training_groups
+from .setup import (
+    BenchOptions,
+    check_device,
+    check_executor,
+    check_out,
+    environment,
+    prepare_out,
+    process_start,
+)
+from .stages import StageJob, Stages, audit_stage, seed_store
+from .variants import plan_summary, training_groups
 
 __all__ = ["Bench", "BenchOptions"]
-R = TypeVar("R", bound=Record)
 
 
 class Bench:
@@ -62,18 +65,21 @@ class Bench:
     def run(self) -> BenchResult:
         started = self.opts.started if self.opts.started is not None else process_start()
         check_device(self.opts.device)  # refuse an unusable device and a used --out before any work
+        check_executor(self.opts.executor)
         check_out(self.cfg, self.opts)
-        from .data import load_task_data
-        from .train import Runtime
-
         self.progress.note(f"loading task data and tokenizer ({self.cfg.source})")
-        data = load_task_data(self.cfg.task)
-        self.rt = Runtime(self.cfg, data, self.opts.device)
-        self.rt.check_model()  # a model folder without a usable config fails now, before --out exists
+        self.stages = Stages(self.cfg, self.opts.out, self.opts.device, self.progress.step)
+        self.stages.rt.check_model()  # a model folder without a usable config fails before --out exists
         self.env = environment(self.cfg, self.opts.device)
         prepare_out(self.cfg, self.opts)
-        seeds = [self.run_seed(seed) for seed in self.cfg.seeds]
-        result = aggregate(seeds, self.cfg.policy, self.cfg.train.steps)
+        seeds = self.cfg.seeds
+        # local: one seed after another (each seed's bench.json as soon as it is done); ray: every
+        # seed's probes at once, then every (seed, variant) training at once
+        groups = [[s] for s in seeds] if self.opts.executor == "local" else [list(seeds)]
+        done: dict[int, SeedResult] = {}
+        for group in groups:
+            done |= self._run_seeds(group)
+        result = aggregate([done[s] for s in seeds], self.cfg.policy, self.cfg.train.steps)
         wall = time.time() - started
         spent = self.train_s + self.eval_s
         timing = Timing(
@@ -90,108 +96,82 @@ class Bench:
         self.progress.note(f"done in {wall:.0f}s; {self.opts.out / 'bench_aggregate.md'}")
         return result
 
-    # --- one seed -----------------------------------------------------------------------------
-    def _stage(self, store: Store, name: str, fn: Callable[[Path], R], kind: type[R]) -> R:
-        if store.done(name):
-            self.progress.note(f"{store.root.name}/{name}: finished earlier, read back")
-            return store.record(name, kind)
-        self.progress.stage(f"{store.root.name}/{name}")
-        rec = store.run(name, fn, kind)
-        if isinstance(rec, TrainedRecord):
+    # --- stages -------------------------------------------------------------------------------
+    def _run_jobs(self, jobs: list[StageJob]) -> dict[tuple[int, str], TrainedRecord]:
+        """Every job's record: finished ones read back, the rest run by the executor."""
+        out: dict[tuple[int, str], TrainedRecord] = {}
+        todo = []
+        for job in jobs:
+            store = seed_store(self.opts.out, job.seed)
+            store.root.mkdir(parents=True, exist_ok=True)
+            if store.done(job.name):
+                self.progress.note(f"{job.label}: finished earlier, read back")
+                out[(job.seed, job.name)] = store.record(job.name, TrainedRecord)
+            else:
+                todo.append(job)
+        if self.opts.executor == "ray" and todo:
+            from .executor import run_on_ray
+
+            self.progress.note(f"{len(todo)} stages as Ray tasks")
+            records = run_on_ray(self.cfg, self.opts, todo, self.progress.note)
+        else:
+            records = [self._local(job) for job in todo]
+        for job, rec in zip(todo, records, strict=True):
             self.train_s += rec.train_s
             self.eval_s += rec.eval_s
-        self.stages_run.append(f"{store.root.name}/{name}")
-        return rec
+            self.stages_run.append(job.label)
+            out[(job.seed, job.name)] = rec
+        return out
 
-    def _train_eval(self, work: Path, seed: int, model, steps: int, name: str) -> TrainedRecord:
-        from .train import param_counts, save_adapter
+    def _local(self, job: StageJob) -> TrainedRecord:
+        self.progress.stage(job.label)
+        return self.stages.run(job)
 
-        train_s = self.rt.train(model, seed, work, steps, self.progress.step, name) if steps else 0.0
-        shutil.rmtree(work / "trainer", ignore_errors=True)  # the Trainer's scratch folder
-        t0 = time.perf_counter()
-        result = self.rt.evaluate(model)
-        eval_s = time.perf_counter() - t0
-        write_json(work / "eval.json", result.to_dict())
-        save_adapter(model, work / "adapter")
-        lora, trainable = param_counts(model)
-        return TrainedRecord(
-            result.accuracy, result.correct, result.n, result.metric, lora, trainable, train_s, eval_s, steps
-        )
+    def _audit(self, seed: int) -> AuditRecord:
+        store = seed_store(self.opts.out, seed)
+        if store.done("audit"):
+            self.progress.note(f"seed_{seed}/audit: finished earlier, read back")
+        else:
+            self.progress.stage(f"seed_{seed}/audit")
+            self.stages_run.append(f"seed_{seed}/audit")
+        return audit_stage(self.cfg, store)
 
-    def run_seed(self, seed: int) -> SeedResult:
-        from .train import lora_layer_names
-
-        store = Store(self.opts.out / f"seed_{seed}")
-        store.root.mkdir(parents=True, exist_ok=True)
-        store.clean_partials()
-        steps = self.cfg.train.steps
-
-        def probe_fn(work: Path) -> TrainedRecord:
-            model = self.rt.peft_model(seed, {})
-            rec = self._train_eval(work, seed, model, steps, f"probe seed {seed}")
-            return replace(rec, layers=tuple(lora_layer_names(model)))
-
-        probe = self._stage(store, "probe", probe_fn, TrainedRecord)
+    # --- seeds --------------------------------------------------------------------------------
+    def _run_seeds(self, seeds: list[int]) -> dict[int, SeedResult]:
+        for seed in seeds:
+            seed_store(self.opts.out, seed).root.mkdir(parents=True, exist_ok=True)
+            seed_store(self.opts.out, seed).clean_partials()
+        probes = self._run_jobs([StageJob(seed, "probe") for seed in seeds])
+        results: dict[int, SeedResult] = {}
+        planned = {}
+        jobs: list[StageJob] = []
         gate = self.cfg.policy.probe_min_accuracy
-        if probe.accuracy < gate:
-            note = (
-                f"probe accuracy {probe.accuracy:.4f} < probe_min_accuracy {gate}: "
-                "no variant is trained for this seed"
-            )
-            return self._finish_seed(store, seed, "UNDERTRAINED", self._probe(probe), {}, (note,))
-        audit = self._stage(store, "audit", lambda work: self._audit(store, work), AuditRecord)
-        plans = audit.plans
-        uses, skipped = training_groups(plans, self.cfg.lora.probe_r, self.cfg.compression.max_candidates)
-        records: dict[str, TrainedRecord] = {"probe": probe}
-        for owner in dict.fromkeys(uses.values()):  # distinct trainings, in variant order
-            if owner not in records:
-                fn = self._retrain(seed, plans[owner], f"{owner} seed {seed}")
-                records[owner] = self._stage(store, owner, fn, TrainedRecord)
-        for control in (c for c in CONTROLS if c in plans):
-            fn = self._control_fn(store, seed, control, plans[control])
-            records[control] = self._stage(store, control, fn, TrainedRecord)
-            uses[control] = control
-        done = self._compressed(plans, uses, records, audit.layer_sizes, probe)
-        skip = VariantResult.skipped("--max-candidates")
-        compressed = {v: done[v] if v in done else skip for v in plans if v in done or v in skipped}
-        return self._finish_seed(store, seed, "ok", self._probe(probe, audit), compressed, ())
-
-    def _retrain(self, seed: int, plan: Plan, name: str) -> Callable[[Path], TrainedRecord]:
-        steps = self.cfg.train.steps
-        return lambda work: self._train_eval(work, seed, self.rt.peft_model(seed, plan), steps, name)
-
-    def _control_fn(self, store: Store, seed: int, name: str, plan: Plan) -> Callable[[Path], TrainedRecord]:
-        return lambda work: self._control(store, work, seed, name, plan)
-
-    def _audit(self, store: Store, work: Path) -> AuditRecord:
-        from ..audit import audit_adapter
-        from .variants import audit_options, plans_from_audit, probe_facts
-
-        comp = self.cfg.compression
-        t0 = time.perf_counter()
-        report = audit_adapter(store.root / "probe" / "adapter", audit_options(comp))
-        (work / "audit.json").write_text(report.to_json(), encoding="utf-8")
-        plans = plans_from_audit(report, comp, self.cfg.lora.probe_r)
-        sizes = {x.name: x.info.in_features + x.info.out_features for x in report.layers}
-        return AuditRecord(plans, probe_facts(report, comp.energy), sizes, time.perf_counter() - t0)
-
-    def _control(self, store: Store, work: Path, seed: int, name: str, plan: Plan) -> TrainedRecord:
-        """truncate: the probe's ΔW SVD-truncated to `plan` (lorascope compress), evaluated as is;
-        truncate_tune: that truncated adapter tuned for tune_steps more steps (same seed)."""
-        from ..compress import compress_adapter
-        from ..formats import load, save
-
-        tune = name == "truncate_tune"
-        source = store.root / "truncate" / "adapter" if tune and store.done("truncate") else None
-        if source is None:
-            probe = load(store.root / "probe" / "adapter")
-            source = work / "truncated"
-            save(compress_adapter(probe, plan), source, format="peft", source=probe)
-        model = self.rt.load_adapter(seed, source, trainable=tune)
-        tune_steps = self.cfg.compression.tune_steps or max(1, self.cfg.train.steps // 5)
-        rec = self._train_eval(work, seed, model, tune_steps if tune else 0, f"{name} seed {seed}")
-        shutil.rmtree(work / "truncated", ignore_errors=True)
-        return rec
+        for seed in seeds:
+            probe = probes[(seed, "probe")]
+            if probe.accuracy < gate:
+                note = (
+                    f"probe accuracy {probe.accuracy:.4f} < probe_min_accuracy {gate}: "
+                    "no variant is trained for this seed"
+                )
+                results[seed] = self._finish_seed(seed, "UNDERTRAINED", self._probe(probe), {}, (note,))
+                continue
+            audit = self._audit(seed)
+            plans = audit.plans
+            uses, skipped = training_groups(plans, self.cfg.lora.probe_r, self.cfg.compression.max_candidates)
+            owners = [o for o in dict.fromkeys(uses.values()) if o != "probe"]  # distinct, variant order
+            controls = [c for c in CONTROLS if c in plans]
+            jobs += [StageJob(seed, name, plans[name]) for name in owners + controls]
+            uses |= {c: c for c in controls}
+            planned[seed] = (audit, uses, skipped)
+        records = self._run_jobs(jobs)
+        for seed, (audit, uses, skipped) in planned.items():
+            probe = probes[(seed, "probe")]
+            mine = {"probe": probe} | {name: rec for (s, name), rec in records.items() if s == seed}
+            done = self._compressed(audit.plans, uses, mine, audit.layer_sizes, probe)
+            skip = VariantResult.skipped("--max-candidates")
+            compressed = {v: done.get(v, skip) for v in audit.plans if v in done or v in skipped}
+            results[seed] = self._finish_seed(seed, "ok", self._probe(probe, audit), compressed, ())
+        return results
 
     def _probe(self, probe: TrainedRecord, audit: AuditRecord | None = None) -> ProbeSummary:
         facts = audit.probe_facts if audit is not None else None
@@ -223,13 +203,14 @@ class Bench:
             )
         return out
 
-    def _finish_seed(self, store, seed, status, probe, compressed, notes) -> SeedResult:
+    def _finish_seed(self, seed, status, probe, compressed, notes) -> SeedResult:
         best = seed_best(compressed)
         c = self.cfg
         task = {k: getattr(c.task, k) for k in ("kind", "source", "rt_task", "path", "dataset")}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         context = SeedContext(__version__, stamp, self.env, c.model.label(), task, c.policy)
         result = SeedResult(seed, status, probe, compressed, tuple(notes), best, context)
-        write_text(store.root / "bench.json", result.to_json(), replace=True)
-        write_text(store.root / "bench.md", render.seed_md(result), replace=True)
+        root = seed_store(self.opts.out, seed).root
+        write_text(root / "bench.json", result.to_json(), replace=True)
+        write_text(root / "bench.md", render.seed_md(result), replace=True)
         return result

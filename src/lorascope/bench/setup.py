@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError, MissingDependencyError, UnsupportedError
 from ..files import read_json, write_json
 from ..version import __version__
 from .config import BenchConfig, config_hash
 from .results import Environment
 
 DEVICES = ("cpu", "cuda", "mps")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BenchOptions:
     resume: bool = False
     quiet: bool = False
     started: float | None = None  # epoch seconds the wall time counts from (None: process start)
+    executor: str = "local"  # "local" (this process) or "ray" (stages as Ray tasks; executor.py)
 
 
 def process_start() -> float:
@@ -62,6 +64,16 @@ def check_device(device: str) -> None:
             f"mps is not available on this machine (torch {torch.__version__})",
             hint="mps needs Apple silicon and macOS 12.3 or later; run with --device cpu",
         )
+
+
+def check_executor(executor: str) -> None:
+    if executor not in EXECUTORS:
+        raise InvalidArgumentError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
 
 
 def _git_commit() -> str | None:

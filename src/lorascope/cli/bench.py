@@ -65,6 +65,13 @@ def register(p: argparse.ArgumentParser) -> None:
         help="where models train and evaluate (default cpu); checked before anything is written",
     )
     p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="run stages in this process (default) or as Ray tasks: probes, then every (seed, variant) "
+        "training at once, one GPU each on --device cuda (RAY_ADDRESS names a cluster)",
+    )
+    p.add_argument(
         "--max-candidates",
         type=_candidates,
         metavar="N",
@@ -95,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
     from ..bench.render import aggregate_md
 
-    opts = BenchOptions(out=args.out, device=args.device, resume=args.resume, quiet=args.quiet)
+    opts = BenchOptions(
+        out=args.out, device=args.device, resume=args.resume, quiet=args.quiet, executor=args.executor
+    )
     result = run_bench(cfg, opts)
     emit(result.to_json() + "\n" if args.json else aggregate_md(result))
     return 1 if args.ci and not result.any_compliant else 0
