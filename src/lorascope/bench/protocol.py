@@ -64,6 +64,7 @@ class Bench:
 
     def run(self) -> BenchResult:
         started = self.opts.started if self.opts.started is not None else process_start()
+        self.progress = Progress(quiet=self.opts.quiet, started=started)  # its clock: from process start
         check_device(self.opts.device)  # refuse an unusable device and a used --out before any work
         check_executor(self.opts.executor)
         check_out(self.cfg, self.opts)
