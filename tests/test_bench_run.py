@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -374,8 +375,10 @@ def test_ray_executor_resumes_a_local_run_and_matches_it(smoke, tmp_path):
     """--executor ray on a local Ray (2 CPUs) continues a bench the local executor began (seed 1
     without truncate_tune, seed 2 not begun): the local stages are read back, not redone; the Ray
     tasks (seed 2's probe, its retrainings and controls, seed 1's truncate_tune) give the local run's
-    numbers and adapter weights bit for bit."""
+    numbers and adapter weights bit for bit, although a worker is killed (kill -9) mid-stage while
+    seed 2's probe trains, and its task is retried."""
     ray = pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
     folder, cfg, out, code, wall = smoke
     mixed = tmp_path / "mixed"
     shutil.copytree(out, mixed)
@@ -383,12 +386,32 @@ def test_ray_executor_resumes_a_local_run_and_matches_it(smoke, tmp_path):
     shutil.rmtree(mixed / "seed_1" / "truncate_tune")
     (mixed / "bench_aggregate.json").unlink()
     kept = {p: p.stat().st_mtime_ns for p in (mixed / "seed_1").glob("*/stage.json")}
+    killed: list[int] = []
+
+    def kill_the_probe_worker() -> None:  # a Ray worker this test started, busy with a stage
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            if (mixed / "seed_2" / ".probe.partial").exists():
+                for proc in psutil.Process().children(recursive=True):
+                    try:
+                        if "ray::run_stage" in " ".join(proc.cmdline()):
+                            proc.kill()
+                            killed.append(proc.pid)
+                            return
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killer = threading.Thread(target=kill_the_probe_worker, daemon=True)
+    killer.start()
     try:
         argv = ["bench", str(cfg), "--smoke", "--seeds", "1,2", "-o", str(mixed), "-q", "--resume"]
         assert main([*argv, "--executor", "ray"]) == 0
     finally:
         ray.shutdown()
+    killer.join(timeout=1)
+    assert killed, "no busy Ray worker was found while seed 2's probe trained"
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing the local run finished was redone
     for seed in (1, 2):
         assert results(mixed, seed) == results(out, seed)
