@@ -7,7 +7,8 @@ variants.py (rank plans from the audit, no torch), train.py (Trainer + PEFT, the
 importer), setup.py (checks before any write), store.py (crash-safe stages), stages.py (one
 stage's work, in any process), protocol.py (the run), executor.py (stages as Ray tasks),
 results.py (the frozen typed results), aggregate.py (verdicts, policy; pure), render.py (Markdown),
-progress.py (stderr).  Importing this package imports no torch.
+progress.py (stderr), quiet.py (transformers' own output off).  Importing this package
+imports no torch.
 """
 
 from __future__ import annotations

@@ -15,15 +15,12 @@ answers (the GSM8K `#### N` line, else the last number in the text).
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from ..errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
 from ..integrations.hf import LorascopeCallback  # noqa: E402
 from .config import BenchConfig, LoraSection, ModelSection  # noqa: E402
 from .data import TaskData  # noqa: E402
+from .quiet import hf_quiet, quiet  # noqa: E402
 from .results import Evaluation  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,35 +75,6 @@ def extract_answer(text: str) -> str | None:
     return str(int(value)) if value == int(value) else str(value)
 
 
-@contextmanager
-def hf_quiet() -> Iterator[None]:
-    """transformers' warnings, logs and progress bars ("Loading weights", "newly initialized
-    classifier", deprecation notices) off while the bench loads and trains models; the bench prints
-    its own progress.  The previous verbosity and progress-bar setting are restored after."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _quiet(method: Callable) -> Callable:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with hf_quiet():
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
 class _Examples(torch.utils.data.Dataset):
     def __init__(self, rows: list[dict[str, list[int]]]):
         self.rows = rows
@@ -128,7 +97,7 @@ class _StepProgress(TrainerCallback):
 class Runtime:
     """Tokenizer, tokenised data and model factory for one bench (shared by every seed)."""
 
-    @_quiet
+    @quiet
     def __init__(self, cfg: BenchConfig, data: TaskData, device: str):
         from transformers import AutoTokenizer
 
@@ -187,7 +156,7 @@ class Runtime:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     # --- models -------------------------------------------------------------------------------
-    @_quiet
+    @quiet
     def check_model(self) -> None:
         """Read the model's config (cheap) so that a folder that is no model fails up front."""
         if self.cfg.model.random_init is not None:
@@ -201,7 +170,7 @@ class Runtime:
                 f"the model does not load: {_line(e)}; check model.path / model.name", path=self.folder
             ) from None
 
-    @_quiet
+    @quiet
     def base_model(self, seed: int):
         from transformers import set_seed
 
@@ -235,13 +204,13 @@ class Runtime:
     def lora_config(self, plan: Mapping[str, int]):
         return lora_config(self.cfg.lora, plan, generation=self.generation)
 
-    @_quiet
+    @quiet
     def peft_model(self, seed: int, plan: Mapping[str, int]):
         from peft import get_peft_model
 
         return get_peft_model(self.base_model(seed), self.lora_config(plan)).to(self.device)
 
-    @_quiet
+    @quiet
     def load_adapter(self, seed: int, folder: Path, trainable: bool):
         from peft import PeftModel
 
@@ -249,7 +218,7 @@ class Runtime:
         return model.to(self.device)
 
     # --- train / evaluate ---------------------------------------------------------------------
-    @_quiet
+    @quiet
     def train(
         self, model, seed: int, work: Path, steps: int, progress: Progress | None, run_name: str
     ) -> float:
@@ -319,7 +288,7 @@ class Runtime:
             ]
         )
 
-    @_quiet
+    @quiet
     def evaluate(self, model) -> Evaluation:
         model.eval()
         with torch.inference_mode():
