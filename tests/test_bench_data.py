@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from lorascope.bench.config import validate
+from lorascope.bench.config import parse_config
 from lorascope.bench.data import load_task_data
-from lorascope.errors import FormatError, LorascopeError
+from lorascope.errors import AdapterNotFoundError, FormatError, InputNotFoundError, LorascopeError
 
 ROWS = [{"text": f"review number {i}", "label": ["bad", "good", "meh"][i % 3]} for i in range(30)]
 
 
 def task(path, **extra):
     doc = {"model": {"name": "minilm"}, "task": {"source": "file", "path": str(path), **extra}}
-    return validate(doc, "cfg")["task"]
+    return parse_config(doc, "cfg").task
 
 
 def write(tmp_path, fmt):
@@ -77,8 +77,13 @@ def test_unseen_test_label_and_one_label(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(LorascopeError, match="data file not found"):
+    with pytest.raises(InputNotFoundError) as err:
         load_task_data(task(tmp_path / "nope.csv"))
+    assert str(err.value) == f"{tmp_path / 'nope.csv'}: data file not found"
+    assert not isinstance(err.value, AdapterNotFoundError)  # a data file, not an adapter
+    assert err.value.hint == (
+        "fix task.path / task.test_path in the bench config (relative paths start at its folder)"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": 1}\n{oops\n')
     with pytest.raises(FormatError, match="cannot read the data file"):

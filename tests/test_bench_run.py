@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,18 @@ def smoke(tmp_path_factory):
     return folder, cfg, out, code, time.perf_counter() - start
 
 
+def test_wall_time_counts_from_process_start(smoke):
+    """The reported wall time includes the start-up before the bench began (interpreter, imports,
+    the tests run before this one): it spans from this process's start, as the OS records it."""
+    psutil = pytest.importorskip("psutil")
+    folder, cfg, out, code, wall = smoke
+    agg = json.loads((out / "bench_aggregate.json").read_text())
+    written = (out / "bench_aggregate.json").stat().st_mtime
+    since_start = written - psutil.Process().create_time()
+    assert agg["timing"]["wall_s"] == pytest.approx(since_start, abs=1.0)
+    assert agg["timing"]["wall_s"] > wall  # more than the bench call itself
+
+
 def test_smoke_end_to_end(smoke, capsys):
     folder, cfg, out, code, wall = smoke
     assert code == 0
@@ -110,7 +124,9 @@ def test_smoke_end_to_end(smoke, capsys):
             if name != "truncate":
                 assert (stage / "run.jsonl").is_file()
         assert json.loads((seed_dir / "audit" / "audit.json").read_text())["schema"] == "lorascope.audit/v1"
-        assert (seed_dir / "bench.md").read_text().startswith("# lorascope bench: seed")
+        md = (seed_dir / "bench.md").read_text()
+        assert md.startswith("# lorascope bench: seed") and "minilm" not in md  # a random BERT
+        assert "model `random BERT (2 layers, hidden 32; not pretrained)`" in md
     assert (out / "bench_aggregate.md").is_file()
     assert not list(out.rglob("*.partial"))
 
@@ -132,6 +148,7 @@ def test_truncate_at_full_rank_is_the_probe(smoke):
     assert doc2["compressed"]["truncate"]["accuracy"] == doc2["probe"]["accuracy"] == doc["probe"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_kill_then_resume_matches_and_keeps_finished_stages(smoke):
     folder, cfg, out, code, wall = smoke
     out2 = folder / "killed"
@@ -285,17 +302,125 @@ def test_generation_task_end_to_end(tmp_path):
 
 
 def test_variant_alpha_keeps_the_probe_scale_or_alpha():
+    from lorascope.bench.config import LoraSection
+    from lorascope.bench.train import lora_config
+
+    base = LoraSection(probe_r=16, alpha=32.0, dropout=0.0, target_modules=("q",))
+    c = lora_config(base, {"a": 4, "b": 4, "c": 8}, generation=False)  # scale 32/16 = 2 in every layer
+    assert (c.r, c.lora_alpha, c.rank_pattern, c.alpha_pattern) == (4, 8.0, {"c": 8}, {"c": 16.0})
+    c = lora_config(replace(base, variant_alpha="keep_alpha"), {"a": 4, "b": 4, "c": 8}, generation=False)
+    assert (c.r, c.lora_alpha, c.alpha_pattern) == (4, 32.0, {})
+    c = lora_config(replace(base, rslora=True), {"a": 4, "b": 4, "c": 16}, generation=False)
+    assert (c.lora_alpha, c.alpha_pattern) == (16.0, {"c": 32.0})  # scale 32/√16 = 8: alpha 8·√4, 8·√16
+
+
+def test_model_loading_keeps_stderr_quiet(tmp_path, capfd):
+    """Loading the pretrained MiniLM (a new classifier head, transformers' "Loading weights" bar and
+    its notices) and training it print nothing on stderr; transformers' own settings come back."""
+    from transformers.utils import logging as hf_logging
+
+    from lorascope.bench.config import load_config
+    from lorascope.bench.data import TaskData
     from lorascope.bench.train import Runtime
 
-    rt = Runtime.__new__(Runtime)  # lora_config needs only the config
-    rt.generation = False
-    base = {"probe_r": 16, "alpha": 32.0, "dropout": 0.0, "target_modules": ["q"], "rslora": False}
-    rt.cfg = {"lora": {**base, "variant_alpha": "keep_scale"}}
-    c = rt.lora_config({"a": 4, "b": 4, "c": 8})  # scale 32/16 = 2 in every layer
-    assert (c.r, c.lora_alpha, c.rank_pattern, c.alpha_pattern) == (4, 8.0, {"c": 8}, {"c": 16.0})
-    rt.cfg = {"lora": {**base, "variant_alpha": "keep_alpha"}}
-    c = rt.lora_config({"a": 4, "b": 4, "c": 8})
-    assert (c.r, c.lora_alpha, c.alpha_pattern) == (4, 32.0, {})
-    rt.cfg = {"lora": {**base, "rslora": True, "variant_alpha": "keep_scale"}}
-    c = rt.lora_config({"a": 4, "b": 4, "c": 16})  # scale 32/√16 = 8: alpha 8·√4, 8·√16
-    assert (c.lora_alpha, c.alpha_pattern) == (16.0, {"c": 32.0})
+    cfg = load_config(None, preset="minilm-rt")
+    texts = ("good film", "bad film", "fine", "awful")
+    data = TaskData("classification", ("neg", "pos"), texts, (1, 0, 1, 0), texts, (1, 0, 1, 0))
+    before = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    rt = Runtime(cfg, data, "cpu")
+    model = rt.peft_model(0, {})
+    rt.train(model, 0, tmp_path, 1, None, "quiet")
+    assert rt.evaluate(model).n == 4
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a torch that cannot use CUDA here")
+@pytest.mark.parametrize("flag", ["-o", "--out", "--output-dir"])
+def test_unavailable_device_is_refused_before_any_write(tmp_path, capsys, flag):
+    import torch
+
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "minilm-rt", "--smoke", "--device", "cuda", flag, str(out)]
+    assert main(argv) == 2
+    why = "sees no CUDA device" if torch.version.cuda else "built without CUDA"
+    assert capsys.readouterr().err == (
+        f"lorascope: error: cuda is not available on this machine (torch {torch.__version__} {why}) "
+        "(hint: run with --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU)\n"
+    )
+    assert not out.exists()
+    assert main(argv[:-1] + [str(out)]) == 2  # the retry meets the same refusal, not "already holds a bench"
+
+
+def test_refused_starts_write_nothing(smoke, tmp_path, capsys):
+    """A used --out (without --resume, or resumed with another config) is refused and left as it was."""
+    folder, cfg, out, code, wall = smoke
+    listing = sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    assert main(["bench", str(cfg), "--smoke", "--seeds", "1,2", "--out", str(out), "-q"]) == 2
+    assert "already holds a bench; pass --resume" in capsys.readouterr().err
+    assert main(["bench", str(cfg), "--seeds", "1,2", "--out", str(out), "-q", "--resume"]) == 2
+    assert "holds a bench run with another config" in capsys.readouterr().err
+    assert sorted((p, p.stat().st_mtime_ns) for p in out.rglob("*")) == listing
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert main(["bench", str(cfg), "--smoke", "--seeds", "1", "--out", str(other), "-q"]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_ray_executor_resumes_a_local_run_and_matches_it(smoke, tmp_path):
+    """--executor ray on a local Ray (2 CPUs) continues a bench the local executor began (seed 1
+    without truncate_tune, seed 2 not begun): the local stages are read back, not redone; the Ray
+    tasks (seed 2's probe, its retrainings and controls, seed 1's truncate_tune) give the local run's
+    numbers and adapter weights bit for bit, although a worker is killed (kill -9) mid-stage while
+    seed 2's probe trains, and its task is retried."""
+    ray = pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    folder, cfg, out, code, wall = smoke
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    shutil.rmtree(mixed / "seed_2")
+    shutil.rmtree(mixed / "seed_1" / "truncate_tune")
+    (mixed / "bench_aggregate.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (mixed / "seed_1").glob("*/stage.json")}
+    killed: list[int] = []
+
+    def kill_the_probe_worker() -> None:  # a Ray worker this test started, busy with a stage
+        deadline = time.time() + 300
+        while not killed and time.time() < deadline:
+            if (mixed / "seed_2" / ".probe.partial").exists():
+                for proc in psutil.Process().children(recursive=True):
+                    try:
+                        if "ray::run_stage" in " ".join(proc.cmdline()):
+                            proc.kill()
+                            killed.append(proc.pid)
+                            return
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killer = threading.Thread(target=kill_the_probe_worker, daemon=True)
+    killer.start()
+    try:
+        argv = ["bench", str(cfg), "--smoke", "--seeds", "1,2", "-o", str(mixed), "-q", "--resume"]
+        assert main([*argv, "--executor", "ray"]) == 0
+    finally:
+        ray.shutdown()
+    killer.join(timeout=1)
+    assert killed, "no busy Ray worker was found while seed 2's probe trained"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing the local run finished was redone
+    for seed in (1, 2):
+        assert results(mixed, seed) == results(out, seed)
+        a = json.loads((out / f"seed_{seed}" / "bench.json").read_text())
+        b = json.loads((mixed / f"seed_{seed}" / "bench.json").read_text())
+        assert {k for k in a if a[k] != b[k]} <= {"timestamp"}
+        for weights in (out / f"seed_{seed}").glob("*/adapter/adapter_model.safetensors"):
+            twin = mixed / weights.relative_to(out)
+            assert twin.read_bytes() == weights.read_bytes(), weights.parent.parent.name
+    agg = json.loads((mixed / "bench_aggregate.json").read_text())
+    assert agg["variant_results"] == json.loads((out / "bench_aggregate.json").read_text())["variant_results"]
+    assert agg["timing"]["stages_run"] == 1 + len(list((mixed / "seed_2").glob("*/stage.json")))

@@ -17,7 +17,7 @@ used; torch only for `LorascopeCallback`).  No public name is also a module name
     run_study(sources, out) -> StudyResult      audit many adapters into journals and tables (StudyOptions)
     build_report([inputs], title) -> ReportPage one self-contained HTML page (.html) with plots
     LorascopeCallback                           HF Trainer callback (imports torch on first access)
-    run_bench(load_bench_config(path), BenchOptions(out=...)) -> dict
+    run_bench(load_bench_config(path), BenchOptions(out=...)) -> BenchResult
                                                 probe → audit → retrain → evaluate over seeds (torch)
 """
 

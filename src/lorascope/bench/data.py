@@ -1,11 +1,12 @@
 """The bench's data: a fixed train / held-out split of (text, target) pairs, from the task section.
 
-Contract: `load_task_data(task_cfg)` returns `TaskData`; the split depends on the config only (its
-`split_seed`), never on the bench seed, so every seed and every variant sees the same examples (the
-seed changes initialisation and batch order).  Classification targets are label ids 0..n−1 (string
-labels are numbered in sorted order of the training set's values); generation targets are answer
-strings.  Sources: the offline Rotten Tomatoes corpus, a local CSV / JSONL / Parquet file (with an
-optional separate held-out file), or a `datasets` dataset (local folder or cached name).
+Contract: `load_task_data(task)` (the config's `TaskSection`) returns `TaskData`; the split
+depends on the config only (its `split_seed`), never on the bench seed, so every seed and every
+variant sees the same examples (the seed changes initialisation and batch order).  Classification
+targets are label ids 0..n−1 (string labels are numbered in sorted order of the training set's
+values); generation targets are answer strings.  Sources: the offline Rotten Tomatoes corpus, a
+local CSV / JSONL / Parquet file (with an optional separate held-out file), or a `datasets` dataset
+(local folder or cached name).
 
 Every problem names the file and what to change: a missing file, a column that does not exist (the
 columns that do are listed), an empty split, a held-out label never seen in training.
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNotFoundError, FormatError, InvalidArgumentError, MissingDependencyError
+from ..errors import FormatError, InputNotFoundError, InvalidArgumentError, MissingDependencyError
 from ..files import json_loads
+from .config import TaskSection
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -41,7 +43,11 @@ class TaskData:
 
 def _rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise AdapterNotFoundError("data file not found; fix task.path / task.test_path", path=path)
+        raise InputNotFoundError(
+            "data file not found",
+            path=path,
+            hint="fix task.path / task.test_path in the bench config (relative paths start at its folder)",
+        )
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise InvalidArgumentError(f"unknown data file type {suffix!r}; use {', '.join(SUFFIXES)}", path=path)
@@ -120,58 +126,58 @@ def _encode_labels(train: list, test: list, where: str) -> tuple[tuple[str, ...]
     return tuple(names), [index[str(v)] for v in train], [index[str(v)] for v in test]
 
 
-def _from_rows(cfg: dict[str, Any]) -> tuple[list, list, list, list, str]:
-    if cfg["source"] == "datasets":
+def _from_rows(cfg: TaskSection) -> tuple[list, list, list, list, str]:
+    if cfg.source == "datasets":
         train_rows, test_rows, where = _datasets(cfg)
     else:
-        where = cfg["path"]
-        train_rows = _rows(Path(cfg["path"]))
-        test_rows = _rows(Path(cfg["test_path"])) if cfg["test_path"] else None
-    tx, ty = _columns(train_rows, where, cfg["text_column"], cfg["label_column"])
+        where = cfg.path
+        train_rows = _rows(Path(cfg.path))
+        test_rows = _rows(Path(cfg.test_path)) if cfg.test_path else None
+    tx, ty = _columns(train_rows, where, cfg.text_column, cfg.label_column)
     if test_rows is None:
-        tr, te = _split(tx, ty, cfg["test_fraction"], cfg["split_seed"])
+        tr, te = _split(tx, ty, cfg.test_fraction, cfg.split_seed)
         return [tx[i] for i in tr], [ty[i] for i in tr], [tx[i] for i in te], [ty[i] for i in te], where
-    ex, ey = _columns(test_rows, cfg["test_path"] or where, cfg["text_column"], cfg["label_column"])
+    ex, ey = _columns(test_rows, cfg.test_path or where, cfg.text_column, cfg.label_column)
     return tx, ty, ex, ey, where
 
 
-def _datasets(cfg: dict[str, Any]) -> tuple[list, list | None, str]:
+def _datasets(cfg: TaskSection) -> tuple[list, list | None, str]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError("task.source 'datasets' needs the datasets package") from None
-    name = cfg["dataset"]
+    name = cfg.dataset
     try:
-        ds = datasets.load_dataset(name, cfg["dataset_config"])
+        ds = datasets.load_dataset(name, cfg.dataset_config)
     except Exception as e:  # offline miss, bad name: one line
         raise InvalidArgumentError(f"task.dataset {name!r} does not load offline: {e}") from None
     for key in ("train_split", "test_split"):
-        if cfg[key] not in ds:
+        if getattr(cfg, key) not in ds:
             raise InvalidArgumentError(
-                f"task.{key} {cfg[key]!r} is not a split of {name}; splits: {list(ds)}"
+                f"task.{key} {getattr(cfg, key)!r} is not a split of {name}; splits: {list(ds)}"
             )
-    return list(ds[cfg["train_split"]]), list(ds[cfg["test_split"]]), name
+    return list(ds[cfg.train_split]), list(ds[cfg.test_split]), name
 
 
-def load_task_data(cfg: dict[str, Any]) -> TaskData:
+def load_task_data(cfg: TaskSection) -> TaskData:
     """The task section (validated) → the split, truncated to max_train / max_eval examples."""
-    if cfg["source"] == "rotten_tomatoes":
+    if cfg.source == "rotten_tomatoes":
         from .rt import load_task
 
-        s = load_task(cfg["rt_task"], seed=cfg["split_seed"])
+        s = load_task(cfg.rt_task, seed=cfg.split_seed)
         names: tuple[str, ...] = s.label_names
         tx, ex = list(s.train_texts), list(s.test_texts)
         ty: list[Any] = list(s.train_labels)
         ey: list[Any] = list(s.test_labels)
     else:
         tx, ty, ex, ey, where = _from_rows(cfg)
-        if cfg["kind"] == "classification":
+        if cfg.kind == "classification":
             names, ty, ey = _encode_labels(ty, ey, where)
         else:
             names, ty, ey = (), [str(v) for v in ty], [str(v) for v in ey]
-    if cfg["max_train"]:
-        tx, ty = tx[: cfg["max_train"]], ty[: cfg["max_train"]]
-    if cfg["max_eval"] and cfg["max_eval"] < len(ex):  # a seeded subset, in the held-out order
-        keep = sorted(random.Random(cfg["split_seed"] + 1).sample(range(len(ex)), cfg["max_eval"]))
+    if cfg.max_train:
+        tx, ty = tx[: cfg.max_train], ty[: cfg.max_train]
+    if cfg.max_eval and cfg.max_eval < len(ex):  # a seeded subset, in the held-out order
+        keep = sorted(random.Random(cfg.split_seed + 1).sample(range(len(ex)), cfg.max_eval))
         ex, ey = [ex[i] for i in keep], [ey[i] for i in keep]
-    return TaskData(cfg["kind"], names, tuple(tx), tuple(ty), tuple(ex), tuple(ey))
+    return TaskData(cfg.kind, names, tuple(tx), tuple(ty), tuple(ex), tuple(ey))

@@ -18,10 +18,11 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, quiet: bool = False, every_s: float = 10.0, stream=None):
+    def __init__(self, quiet: bool = False, every_s: float = 10.0, stream=None, started: float | None = None):
+        """`started`: epoch seconds the printed clock counts from (default: now)."""
         self.quiet, self.every_s = quiet, every_s
         self.stream = stream if stream is not None else sys.stderr
-        self.bench_start = time.perf_counter()
+        self.bench_start = time.perf_counter() - (0.0 if started is None else max(0.0, time.time() - started))
         self.name = ""
         self.stage_start = self.last = self.bench_start
 

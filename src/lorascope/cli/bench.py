@@ -1,8 +1,8 @@
-"""`lorascope bench CONFIG --out DIR`: probe → audit → retrain → evaluate → seeds → policy.
+"""`lorascope bench CONFIG -o DIR`: probe → audit → retrain → evaluate → seeds → policy.
 
 Needs torch, transformers and peft (`pip install 'lorascope[bench]'`); they are imported only once
 the config is valid, so config errors come back at once.  Exit codes: 0 done, 1 with --ci when no
-variant is policy-compliant, 2 on bad input.
+variant is policy-compliant, 2 on bad input (nothing is written then).
 """
 
 from __future__ import annotations
@@ -24,10 +24,31 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
 
 
+def _candidates(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-candidates must be an integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"--max-candidates must be ≥ 1, got {n} "
+            "(0 would retrain nothing; list fewer compression.variants instead)"
+        )
+    return n
+
+
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="bench config, YAML or JSON (default: --preset minilm-rt)")
     p.add_argument("--preset", choices=PRESET_NAMES, help="a shipped config (minilm-rt runs offline on CPU)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (new, or the one to --resume)")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output-dir",
+        dest="out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (new, or the one to --resume); not needed with --print-config",
+    )
     p.add_argument(
         "--seeds", type=_seeds, help="comma-separated seeds, e.g. 42,123,456 (overrides the config)"
     )
@@ -37,9 +58,24 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue a bench in --out; finished stages are kept"
     )
-    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
     p.add_argument(
-        "--max-candidates", type=int, metavar="N", help="retrain at most N distinct rank plans per seed"
+        "--device",
+        choices=("cpu", "cuda", "mps"),
+        default="cpu",
+        help="where models train and evaluate (default cpu); checked before anything is written",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="run stages in this process (default) or as Ray tasks: probes, then every (seed, variant) "
+        "training at once, one GPU each on --device cuda (RAY_ADDRESS names a cluster)",
+    )
+    p.add_argument(
+        "--max-candidates",
+        type=_candidates,
+        metavar="N",
+        help="retrain at most N ≥ 1 distinct rank plans per seed, in variant order (the rest are skipped)",
     )
     p.add_argument("--ci", action="store_true", help="exit 1 when no variant is policy-compliant")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -51,7 +87,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import load_config, with_overrides
+    from ..bench import BenchOptions, load_config, with_overrides
 
     if args.config is not None and args.preset is not None:
         raise InvalidArgumentError("give a CONFIG file or --preset, not both")
@@ -59,12 +95,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, preset=preset)
     cfg = with_overrides(cfg, seeds=args.seeds, smoke=args.smoke, max_candidates=args.max_candidates)
     if args.print_config:
-        emit(json.dumps(cfg.raw, indent=2) + "\n")
+        emit(json.dumps(cfg.to_dict(), indent=2) + "\n")
         return 0
+    if args.out is None:
+        raise InvalidArgumentError("bench needs -o/--out DIR (a new folder, or the one to --resume)")
     from ..bench import run_bench
-    from ..bench.protocol import BenchOptions
     from ..bench.render import aggregate_md
 
-    agg = run_bench(cfg, BenchOptions(out=args.out, device=args.device, resume=args.resume, quiet=args.quiet))
-    emit(json.dumps(agg, indent=2) + "\n" if args.json else aggregate_md(agg))
-    return 1 if args.ci and not agg["any_compliant"] else 0
+    opts = BenchOptions(
+        out=args.out, device=args.device, resume=args.resume, quiet=args.quiet, executor=args.executor
+    )
+    result = run_bench(cfg, opts)
+    emit(result.to_json() + "\n" if args.json else aggregate_md(result))
+    return 1 if args.ci and not result.any_compliant else 0
