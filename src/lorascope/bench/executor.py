@@ -3,7 +3,7 @@
 The driver (protocol.Bench) runs every seed's probe as one task each, audits the probes itself
 (numpy, seconds), then runs every (seed, variant) training and every control as one task each.  A
 task is `Stages.run(job)` in a Ray worker: it writes its stage folder into --out through the same
-crash-safe `Store` as the local executor, so --out must be a folder every worker can write (any
+crash-safe `StageStore` as the local executor, so --out must be a folder every worker can write (any
 local Ray; on a cluster, a shared file system).  A finished stage is never run again, whichever
 executor ran it: `--resume` works across executors, and a killed driver loses only the stages then
 running.  A task whose worker dies is retried (twice); its partial folder is removed first.

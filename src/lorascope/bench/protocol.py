@@ -1,6 +1,6 @@
 """The bench protocol: per seed probe → gate → audit → variants → evaluate → verdicts; then aggregate.
 
-Layout of --out (every stage folder is written by `store.Store`, so it exists only when finished):
+Layout of --out (every stage folder is written by `store.StageStore`, so it exists only when finished):
 
     bench_config.json            the resolved config and its hash (a resume must match it)
     seed_<S>/probe/              adapter/, run.jsonl, eval.json, stage.json

@@ -1,6 +1,6 @@
 """The work of one bench stage, runnable in any process that sees --out: the driver (local
 executor) or a Ray worker.  `StageJob` names a stage (seed, name, the rank plan it trains);
-`Stages.run(job)` runs it through the seed's `Store`, so a finished stage is read back, never redone,
+`Stages.run(job)` runs it through the seed's `StageStore`, so a finished stage is read back, never redone,
 and a stage's folder appears only when it finished, whichever process ran it.
 
 Stage kinds: "probe" (train at probe_r), a retrained variant's name (train its plan from scratch),
@@ -20,7 +20,7 @@ from pathlib import Path
 from ..files import write_json
 from .config import CONTROLS, BenchConfig
 from .results import AuditRecord, TrainedRecord
-from .store import Store
+from .store import StageStore
 from .variants import Plan
 
 Step = Callable[[int, int], None]  # (step, max_steps)
@@ -37,8 +37,8 @@ class StageJob:
         return f"seed_{self.seed}/{self.name}"
 
 
-def seed_store(out: Path, seed: int) -> Store:
-    return Store(out / f"seed_{seed}")
+def seed_store(out: Path, seed: int) -> StageStore:
+    return StageStore(out / f"seed_{seed}")
 
 
 class Stages:
@@ -55,7 +55,7 @@ class Stages:
         store = seed_store(self.out, job.seed)
         return store.run(job.name, lambda work: self._work(store, work, job), TrainedRecord)
 
-    def _work(self, store: Store, work: Path, job: StageJob) -> TrainedRecord:
+    def _work(self, store: StageStore, work: Path, job: StageJob) -> TrainedRecord:
         name = f"{job.name} seed {job.seed}"
         if job.name == "probe":
             model = self.rt.peft_model(job.seed, {})
@@ -83,7 +83,7 @@ class Stages:
             result.accuracy, result.correct, result.n, result.metric, lora, trainable, train_s, eval_s, steps
         )
 
-    def _control(self, store: Store, work: Path, job: StageJob) -> TrainedRecord:
+    def _control(self, store: StageStore, work: Path, job: StageJob) -> TrainedRecord:
         """truncate: the probe's ΔW SVD-truncated to the plan (lorascope compress), evaluated as is;
         truncate_tune: the same truncation tuned for tune_steps more steps (same seed).  Each
         truncates the probe itself, so neither waits for the other."""
@@ -101,7 +101,7 @@ class Stages:
         return rec
 
 
-def audit_stage(cfg: BenchConfig, store: Store) -> AuditRecord:
+def audit_stage(cfg: BenchConfig, store: StageStore) -> AuditRecord:
     """The probe's audit and the variants' rank plans (numpy only; the driver runs it)."""
     from ..audit import audit_adapter
     from .variants import audit_options, plans_from_audit, probe_facts

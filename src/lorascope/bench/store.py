@@ -1,6 +1,6 @@
 """Crash-safe stages: a stage's folder exists iff the stage finished.
 
-`Store.run(name, fn, kind)` returns the stage's record (a `kind` instance).  A finished stage (its
+`StageStore.run(name, fn, kind)` returns the stage's record (a `kind` instance).  A finished stage (its
 folder holds stage.json) is never run again: its record is read back with `kind.from_dict`.
 Otherwise `fn(work)` runs in `.NAME.partial/`, its record's `to_dict()` is written there as
 stage.json, and the folder is renamed to NAME in one `os.replace` (atomic on one file system), so
@@ -32,7 +32,7 @@ class Record(Protocol):
 R = TypeVar("R", bound=Record)
 
 
-class Store:
+class StageStore:
     def __init__(self, root: Path):
         self.root = root
         self.ran: list[str] = []  # stages run (not read back) by this process
