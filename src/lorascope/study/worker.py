@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditOptions, audit_adapter
-from ..errors import (
-    AdapterNotFoundError,
-    FormatError,
-    LorascopeError,
-    UnknownFormatError,
-    UnsupportedError,
-)
 from ..metrics import energy_key, median, percentile
+from ..order import natural_key
 from ..textsafe import clean
 from .arch import architecture
+from .failure import Failure, StudyFailure, failure
+from .hub import resolve_repo
 from .sources import Job, adapter_bytes
 
 THRESHOLDS = (0.9, 0.99)  # energy thresholds of every study; the first is the headline one
@@ -42,15 +38,6 @@ LAYER_COLUMNS = (
     "scale", "dtype", "dead", "sigma_max", "frobenius", "stable_rank", "effective_rank",
     "utilisation", "numerical_rank", *map(energy_key, THRESHOLDS),
 )  # fmt: skip
-MAX_REASON = 300  # characters of a failure reason
-
-
-class StudyFailure(LorascopeError):
-    """A job that cannot be audited for a reason the study names itself (too large, not cached)."""
-
-    def __init__(self, kind: str, message: str, *, path: str | None = None):
-        self.kind = kind
-        super().__init__(message, path=path)
 
 
 @dataclass(frozen=True)
@@ -58,7 +45,12 @@ class Outcome:
     source: str
     record: dict[str, Any] | None = None  # adapters.jsonl line, when audited
     rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)  # layers.csv rows
-    failure: dict[str, Any] | None = None  # failures.jsonl line, when not
+    failure: Failure | None = None  # failures.jsonl line, when not
+
+
+def audit_batch(jobs: tuple[Job, ...]) -> list[Outcome]:
+    """`audit_one` of each job in turn: one pool task or Ray task for several small adapters."""
+    return [audit_one(job) for job in jobs]
 
 
 def audit_one(job: Job) -> Outcome:
@@ -87,43 +79,9 @@ def audit_one(job: Job) -> Outcome:
     return Outcome(job.source, record, rows)
 
 
-def failure(source: str, e: BaseException) -> dict[str, Any]:
-    return {"source": source, "kind": failure_kind(e), "reason": one_line(e)}
-
-
-def one_line(e: BaseException | str) -> str:
-    text = e if isinstance(e, str) else (str(e) or type(e).__name__)
-    if isinstance(e, MemoryError):
-        text = "out of memory"
-    elif isinstance(e, OSError) and not isinstance(e, LorascopeError) and e.strerror:
-        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    text = clean(text)
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
-
-
-def failure_kind(e: BaseException) -> str:
-    if isinstance(e, StudyFailure):
-        return e.kind
-    if isinstance(e, (AdapterNotFoundError, FileNotFoundError)):
-        return "not found"
-    if isinstance(e, UnknownFormatError):
-        return "unknown format"
-    if isinstance(e, FormatError):
-        return "no LoRA layers" if "no LoRA layers" in str(e) else "unreadable"
-    if isinstance(e, UnsupportedError):
-        return "unsupported"
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    if isinstance(e, (OSError, ValueError)):
-        return "unreadable"
-    return "internal error"
-
-
 def _resolve(job: Job) -> tuple[Path, int]:
     """(local path, bytes read) of the job's adapter; too large or missing is a StudyFailure."""
     if job.repo_id is not None:
-        from .hub import resolve_repo
-
         path = resolve_repo(job.repo_id, job.revision, job.max_size, job.hub_cache)
     else:
         path = Path(job.source)
@@ -156,6 +114,7 @@ def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any]
             slot[1].append(m["utilisation"])
             for t, key in zip(THRESHOLDS, (k90, k99), strict=True):
                 fractions[t].append(m[key] / i.rank)
+    rows.sort(key=lambda row: natural_key(row[1]))  # layers in natural order (layers.2 before .10)
     ranks = Counter(x.info.rank for x in report.layers)
     record: dict[str, Any] = {
         "source": source,
