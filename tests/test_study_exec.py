@@ -138,3 +138,36 @@ def test_ray_executor_matches_local(many, tmp_path):
         ray.shutdown()
     assert result.n_adapters == 24 and result.n_failed == 1
     _same_study(local, remote)
+
+
+def test_workers_die_with_a_killed_driver(tmp_path):
+    """SIGKILL to the study alone (not its process group): its pool workers must not outlive it.
+    A stand-in huggingface_hub whose download never returns keeps both workers busy on two
+    repository ids, so the study is certainly mid-run when it is killed."""
+    psutil = pytest.importorskip("psutil")
+    fake = tmp_path / "fakehub"
+    fake.mkdir()
+    (fake / "huggingface_hub.py").write_text(
+        "import time\n\ndef snapshot_download(*a, **k):\n    time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{SRC}"}
+    cmd = [sys.executable, "-m", "lorascope", "study", "org/slow0", "org/slow1"]
+    cmd += ["--out", str(tmp_path / "out"), "--workers", "2", "-q"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        driver = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(driver.children(recursive=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = driver.children(recursive=True)
+        time.sleep(1.0)  # the workers are inside the endless download
+        assert len(workers) == 2 and proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)  # generous: the watchdog polls at 0.5 s
+        assert alive == [] and len(gone) == 2
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, if the test failed
+        except ProcessLookupError:
+            pass

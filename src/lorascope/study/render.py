@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..textsafe import clean, md_code, md_text
+from .tables import FEW_ADAPTERS
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -66,6 +67,12 @@ def to_markdown(t: dict[str, Any]) -> str:
         ci = "–" if e["ci95"] is None else f"[{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]"
         rows.append([name, _f(e["r"]), ci, _f(ref["pearson"]) if name == "pearson" else "–"])
     lines += _table(["", "r", f"95 % CI ({cor['bootstrap']} bootstrap)", "reference"], rows)
+    if cor["n"] < FEW_ADAPTERS:
+        lines += [
+            "",
+            f"**Warning:** {cor['n']} live adapters (fewer than {FEW_ADAPTERS}): a bootstrap of so few "
+            "resamples the same handful of points, so these intervals are not reliable.",
+        ]
     lines += ["", "## By module type", ""]
     rows = [
         [k, str(v["layers"]), str(v["n"]), _f(v["mean"]), _f(v["median"]), _f(ref["by_module_type"].get(k))]
@@ -92,7 +99,20 @@ def to_markdown(t: dict[str, Any]) -> str:
     if t["dead"]["sources"]:
         lines += ["", "## Dead adapters (every layer ΔW = 0)", ""]
         lines += [f"- {md_code(s)}" for s in t["dead"]["sources"]]
+    lines += _failures_section(t)
     return "\n".join(lines) + "\n"
+
+
+def _failures_section(t: dict[str, Any]) -> list[str]:
+    if not t["failures"]:
+        return []
+    n = t["counts"]["failed"]
+    lines = ["", "## Failed adapters", ""]
+    rows = [[md_code(f["source"]), md_text(f["kind"]), md_text(f["reason"])] for f in t["failures"]]
+    lines += _table(["source", "kind", "reason"], rows)
+    if n > len(rows):
+        lines += ["", f"The first {len(rows)} of {n} by source; every one is in failures.jsonl."]
+    return lines
 
 
 def _compression_section(t: dict[str, Any]) -> list[str]:
@@ -118,6 +138,16 @@ def _compression_section(t: dict[str, Any]) -> list[str]:
         f"utilisation median {_f(util.get('median'))}, k@0.9 / r median {_pct(frac.get('median'))}, "
         f"p90 {_pct(frac.get('p90'))}.",
     ]
+    above = t["layers"]["above_one"]
+    if above["utilisation"] or above["energy_rank@0.9"]:
+        lines += [
+            "",
+            f"Note: {above['utilisation']} layers have utilisation above 1 and {above['energy_rank@0.9']} "
+            f"have k@0.9 above r, in {above['adapters']} adapters.  For "
+            "LoHa and LoKr layers r is the allocated lora_dim, while ΔW is a Hadamard or Kronecker "
+            "product whose rank can reach r1·r2 or rank(W1)·rank(W2): there utilisation and k@τ / r "
+            "are per allocated dimension, not a share of a maximum, and can exceed 1.",
+        ]
     return lines
 
 

@@ -81,6 +81,7 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
         raise InvalidArgumentError("a study needs at least one SOURCE")
     out = Path(out)
     t0 = time.perf_counter()
+    tables.require()
     found = list(discover(sources, exclude=out, lists=options.lists))
     workers = options.workers or parallel.cores()
     threads = max(1, parallel.cores() // workers)  # workers × BLAS threads ≤ cores
