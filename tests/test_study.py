@@ -18,6 +18,7 @@ from lorascope import convert_file
 from lorascope.cli.main import main
 from lorascope.study import StudyOptions, run_study
 from lorascope.study.failure import one_line
+from lorascope.study.model import AboveOne, AdapterRecord, MeanMedian, MedianP90
 from lorascope.study.sources import Job, adapter_bytes, discover, parse_size
 from lorascope.study.tables import _correlation, _rows_ranks
 
@@ -75,43 +76,53 @@ def test_tables_from_known_spectra(corpus, tmp_path):
     result = run_study([str(corpus)], tmp_path / "out", StudyOptions(workers=2))
     t = result.tables
     assert (result.n_adapters, result.n_failed) == (4, 0)
-    assert t["counts"]["adapters"] == 4 and t["counts"]["layers"] == 6 and t["dead"]["n"] == 1
-    assert t["dead"]["sources"] == [str(corpus / "sub" / "dead")]
+    assert t.counts.adapters == 4 and t.counts.layers == 6
+    assert t.dead == (str(corpus / "sub" / "dead"),)
     per = {}  # adapter -> (dense layer utilisations, energy fractions) from dense numpy SVD
     for name in "abc":
         truth = dense_utilisation(corpus / name)
         per[name] = ([u for u, _, _ in truth.values()], [f for _, f, _ in truth.values()])
     means = {k: float(np.mean(u)) for k, (u, _) in per.items()}
     assert means["a"] == pytest.approx(0.5) and means["c"] == pytest.approx(5 / 32)
-    u = t["utilisation"]
+    u = t.utilisation
     values = np.array(sorted(means.values()))
-    assert u["n"] == 3 and u["mean"] == pytest.approx(values.mean(), rel=1e-9)
-    assert u["median"] == pytest.approx(np.median(values)) and u["std"] == pytest.approx(values.std())
-    assert u["p90"] == pytest.approx(np.percentile(values, 90))
+    assert u.n == 3 and u.mean == pytest.approx(values.mean(), rel=1e-9)
+    assert u.median == pytest.approx(np.median(values)) and u.std == pytest.approx(values.std())
+    assert u.p90 == pytest.approx(np.percentile(values, 90))
     bc = pytest.approx((means["b"] + means["c"]) / 2)
-    assert t["by_rank"] == [
-        {"rank": 4, "n": 1, "mean": pytest.approx(0.5), "median": pytest.approx(0.5)},
-        {"rank": 8, "n": 2, "mean": bc, "median": bc},
+    assert [(g.name, g.n, g.mean, g.median) for g in t.by_rank] == [
+        (4, 1, pytest.approx(0.5), pytest.approx(0.5)),
+        (8, 2, bc, bc),
     ]
     x, y = np.array([4.0, 8.0, 8.0]), np.array([means[k] for k in "abc"])
-    assert t["correlation"]["pearson"]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert t.correlation.pearson.r == pytest.approx(np.corrcoef(x, y)[0, 1])
     ranks_x, ranks_y = np.array([1, 2.5, 2.5]), np.argsort(np.argsort(y)) + 1.0
-    assert t["correlation"]["spearman"]["r"] == pytest.approx(np.corrcoef(ranks_x, ranks_y)[0, 1])
-    lo, hi = t["correlation"]["pearson"]["ci95"]
+    assert t.correlation.spearman.r == pytest.approx(np.corrcoef(ranks_x, ranks_y)[0, 1])
+    lo, hi = t.correlation.pearson.ci95
     assert -1 - 1e-9 <= lo <= hi <= 1 + 1e-9
-    types = t["by_module_type"]
-    assert types["attention"]["n"] == 3 and types["attention"]["layers"] == 4  # live adapters only
-    assert types["attention"]["mean"] == pytest.approx((0.5 + 1 / 8 + 5 / 32) / 3)
-    assert types["mlp"] == {"layers": 1, "n": 1, "mean": pytest.approx(0.5), "median": pytest.approx(0.5)}
+    types = {g.name: g for g in t.by_module_type}
+    assert types["attention"].n == 3 and types["attention"].layers == 4  # live adapters only
+    assert types["attention"].mean == pytest.approx((0.5 + 1 / 8 + 5 / 32) / 3)
+    assert (types["mlp"].layers, types["mlp"].n) == (1, 1) and types["mlp"].median == pytest.approx(0.5)
     fr = np.array(sorted(float(np.median(f)) for _, f in per.values()))
-    assert t["compression"]["energy_fraction@0.9"]["median"] == pytest.approx(np.median(fr))
-    assert t["compression"]["energy_fraction@0.9"]["p90"] == pytest.approx(np.percentile(fr, 90))
-    assert t["by_architecture"][0]["architecture"] == "llama-like"
-    assert [r["source"] for r in t["most_utilised"]][0] == str(corpus / "a")
-    assert [r["source"] for r in t["least_utilised"]][0] == str(corpus / "c")
+    assert t.compression[0.9].median == pytest.approx(np.median(fr))
+    assert t.compression[0.9].p90 == pytest.approx(np.percentile(fr, 90))
+    assert t.by_architecture[0].name == "llama-like"
+    assert t.most_utilised[0].source == str(corpus / "a")
+    assert t.least_utilised[0].source == str(corpus / "c")
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["dead"] == {"n": 1, "sources": [str(corpus / "sub" / "dead")]}
+    assert doc["by_rank"][0] == {"rank": 4, "n": 1, "mean": t.by_rank[0].mean, "median": t.by_rank[0].median}
+    assert doc["by_module_type"]["mlp"] == {
+        "layers": 1,
+        "n": 1,
+        "mean": types["mlp"].mean,
+        "median": types["mlp"].median,
+    }
+    assert doc["compression"]["energy_fraction@0.9"]["median"] == t.compression[0.9].median
     md = (tmp_path / "out" / "study.md").read_text()
     assert "| 8 | 2 |" in md and "Gradience Study 14" in md
-    assert json.loads((tmp_path / "out" / "study.json").read_text()) == json.loads(json.dumps(t))
+    assert json.loads((tmp_path / "out" / "study.json").read_text()) == json.loads(t.to_json())
 
 
 def test_records_and_layer_rows(corpus, tmp_path):
@@ -228,7 +239,9 @@ def test_lokr_utilisation_above_one_gets_a_note(tmp_path, rng):
     s = np.linalg.svd(np.kron(w1, u @ v.T), compute_uv=False)  # dense truth, (16,)
     assert np.sum(s**2) / s[0] ** 2 / 2 == pytest.approx(4.0)
     result = run_study([str(tmp_path / "k.safetensors")], tmp_path / "out", StudyOptions(workers=1))
-    assert result.tables["layers"]["above_one"] == {"utilisation": 1, "energy_rank@0.9": 1, "adapters": 1}
+    assert result.tables.above_one == AboveOne(utilisation=1, energy_rank=1, adapters=1)
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["layers"]["above_one"] == {"utilisation": 1, "energy_rank@0.9": 1, "adapters": 1}
     md = (tmp_path / "out" / "study.md").read_text()
     assert "Note: 1 layers have utilisation above 1 and 1 have k@0.9 above r, in 1 adapters." in md
     assert "LoHa and LoKr layers r is the allocated lora_dim" in md
@@ -291,8 +304,11 @@ def test_correlation_against_scipy_and_earlier_numbers():
     rng = np.random.default_rng(11)
     x = rng.choice([2, 4, 8, 16, 32], size=25)
     y = (rng.uniform(size=25) / x * 4).round(3)  # ties in both
-    live = [{"nominal_rank": int(a), "utilisation": {"mean": float(b)}} for a, b in zip(x, y, strict=True)]
-    got = _correlation(live)
+    live = [_record(int(a), float(b)) for a, b in zip(x, y, strict=True)]
+    cor = _correlation(live)
+    got = {
+        name: {"r": e.r, "ci95": e.ci95} for name, e in (("pearson", cor.pearson), ("spearman", cor.spearman))
+    }
     xf = x.astype(float)
     assert got["pearson"]["r"] == pytest.approx(stats.pearsonr(xf, y).statistic, rel=1e-12)
     assert got["spearman"]["r"] == pytest.approx(stats.spearmanr(xf, y).statistic, rel=1e-12)
@@ -310,6 +326,14 @@ def test_correlation_against_scipy_and_earlier_numbers():
     for name, (r, ci) in earlier.items():
         assert got[name]["r"] == pytest.approx(r, rel=1e-12)
         assert got[name]["ci95"] == pytest.approx(ci, rel=1e-12)
+
+
+def _record(rank: int, utilisation: float) -> AdapterRecord:
+    none = MedianP90(None, None)
+    return AdapterRecord(
+        "x", "peft", None, "other", rank, (rank,), 1, 0, False, 1, 1, MeanMedian(utilisation, utilisation),
+        {}, {0.9: none, 0.99: none},
+    )  # fmt: skip
 
 
 def test_counted_ranks_match_scipy_rankdata():
@@ -401,7 +425,7 @@ def test_hub_repo_ids_from_the_cache_offline(corpus, tmp_path, monkeypatch):
     assert records["hf:org/only-weights"]["format"] == "kohya"
     (fail,) = map(json.loads, open(tmp_path / "out" / "failures.jsonl"))
     assert fail["source"] == "hf:org/not-cached" and fail["kind"] == "not cached"
-    assert result.n_adapters == 3 and math.isfinite(result.tables["utilisation"]["mean"])
+    assert result.n_adapters == 3 and math.isfinite(result.tables.utilisation.mean)
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,8 @@ class Store:
         if outcome.record is not None:
             self._csv.writerows(_csv_row(r) for r in outcome.rows)
             self._layers.flush()
-            self._adapters.write(json.dumps(outcome.record, allow_nan=False, sort_keys=True) + "\n")
+            record = json.dumps(outcome.record.to_dict(), allow_nan=False, sort_keys=True)
+            self._adapters.write(record + "\n")
             self._adapters.flush()
             self.n_ok += 1
         else:

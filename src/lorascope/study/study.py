@@ -12,12 +12,10 @@ leaves no folder behind.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from .. import parallel
 from ..errors import InvalidArgumentError, LorascopeError
@@ -25,6 +23,7 @@ from ..files import atomic_path, replacing, write_text
 from . import render, tables
 from .executors import EXECUTORS, run_jobs
 from .failure import Failure
+from .model import StudyTables
 from .sources import discover
 from .store import LAYERS, Store
 
@@ -60,7 +59,7 @@ class NothingAuditedError(LorascopeError):
 @dataclass(frozen=True)
 class StudyResult:
     out: Path
-    tables: dict[str, Any]  # study.json
+    tables: StudyTables  # study.json
     n_adapters: int
     n_failed: int
     n_skipped: int  # done before this run (--resume)
@@ -106,7 +105,7 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
         store.discard()
         raise _nothing_audited(sources, options.lists, store.n_failed, first)
     table = tables.build(out)
-    _publish(out / "study.json", json.dumps(table, indent=2, allow_nan=False) + "\n")
+    _publish(out / "study.json", table.to_json())
     _publish(out / "study.md", render.to_markdown(table))
     if options.parquet:
         _parquet(out)

@@ -19,20 +19,20 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditOptions, audit_adapter
+from ..audit import AuditOptions, AuditReport, audit_adapter
 from ..metrics import energy_key, median, percentile
 from ..order import natural_key
 from ..textsafe import clean
 from .arch import architecture
 from .failure import Failure, StudyFailure, failure
 from .hub import resolve_repo
+from .model import THRESHOLDS, AdapterRecord, MeanMedian, MedianP90, ModuleUse, Timing
 from .sources import Job, adapter_bytes
 
-THRESHOLDS = (0.9, 0.99)  # energy thresholds of every study; the first is the headline one
 LAYER_COLUMNS = (
     "source", "layer", "module_type", "kind", "rank", "out_features", "in_features", "params",
     "scale", "dtype", "dead", "sigma_max", "frobenius", "stable_rank", "effective_rank",
@@ -43,14 +43,9 @@ LAYER_COLUMNS = (
 @dataclass(frozen=True)
 class Outcome:
     source: str
-    record: dict[str, Any] | None = None  # adapters.jsonl line, when audited
+    record: AdapterRecord | None = None  # adapters.jsonl line, when audited
     rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)  # layers.csv rows
     failure: Failure | None = None  # failures.jsonl line, when not
-
-
-def audit_batch(jobs: tuple[Job, ...]) -> list[Outcome]:
-    """`audit_one` of each job in turn: one pool task or Ray task for several small adapters."""
-    return [audit_one(job) for job in jobs]
 
 
 def audit_one(job: Job) -> Outcome:
@@ -73,9 +68,11 @@ def audit_one(job: Job) -> Outcome:
         else:
             os.environ["LORASCOPE_THREADS"] = before
     record, rows = reduce_report(job.source, report, nbytes)
-    record["time"] = {"resolve_s": round(t1 - t0, 6), "audit_s": round(t2 - t1, 6)}
-    if job.repo_id is not None:
-        record["resolved"] = str(path)
+    record = replace(
+        record,
+        time=Timing(resolve_s=round(t1 - t0, 6), audit_s=round(t2 - t1, 6)),
+        resolved=str(path) if job.repo_id is not None else None,
+    )
     return Outcome(job.source, record, rows)
 
 
@@ -93,7 +90,7 @@ def _resolve(job: Job) -> tuple[Path, int]:
     return path, nbytes
 
 
-def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any], tuple[tuple, ...]]:
+def reduce_report(source: str, report: AuditReport, nbytes: int) -> tuple[AdapterRecord, tuple[tuple, ...]]:
     """The adapters.jsonl record and the layers.csv rows of one AuditReport."""
     k90, k99 = map(energy_key, THRESHOLDS)
     rows: list[tuple[Any, ...]] = []
@@ -116,23 +113,25 @@ def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any]
                 fractions[t].append(m[key] / i.rank)
     rows.sort(key=lambda row: natural_key(row[1]))  # layers in natural order (layers.2 before .10)
     ranks = Counter(x.info.rank for x in report.layers)
-    record: dict[str, Any] = {
-        "source": source,
-        "format": report.source.get("format"),
-        "base_model": _base_model(report.source),
-        "architecture": architecture([x.name for x in report.layers]),
-        "nominal_rank": max(ranks, key=lambda r: (ranks[r], r)),
-        "nominal_ranks": sorted(ranks),
-        "n_layers": len(report.layers),
-        "n_dead_layers": len(report.layers) - len(util),
-        "dead": not util,
-        "params": int(sum(x.info.params for x in report.layers)),
-        "bytes": nbytes,
-        "utilisation": _summary(util),
-        "module_types": {k: {"n_layers": n, "utilisation_mean": _mean(v)} for k, (n, v) in types.items()},
-    }
-    for t in THRESHOLDS:
-        record[f"energy_fraction@{t:g}"] = _summary(fractions[t], "p90")
+    record = AdapterRecord(
+        source=source,
+        format=report.source.get("format"),
+        base_model=_base_model(report.source),
+        architecture=architecture([x.name for x in report.layers]),
+        nominal_rank=max(ranks, key=lambda r: (ranks[r], r)),
+        nominal_ranks=tuple(sorted(ranks)),
+        n_layers=len(report.layers),
+        n_dead_layers=len(report.layers) - len(util),
+        dead=not util,
+        params=int(sum(x.info.params for x in report.layers)),
+        bytes=nbytes,
+        utilisation=MeanMedian(_mean(util), median(util) if util else None),
+        module_types={k: ModuleUse(n, _mean(v)) for k, (n, v) in types.items()},
+        energy_fraction={
+            t: MedianP90(median(f), percentile(f, 90)) if f else MedianP90(None, None)
+            for t, f in fractions.items()
+        },
+    )
     return record, tuple(rows)
 
 
@@ -146,11 +145,3 @@ def _base_model(source: dict[str, Any]) -> str | None:
 
 def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
-
-
-def _summary(values: list[float], second: str = "median") -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, second: None} if second == "median" else {"median": None, second: None}
-    if second == "median":
-        return {"mean": _mean(values), "median": median(values)}
-    return {"median": median(values), "p90": percentile(values, 90)}
