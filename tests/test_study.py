@@ -468,8 +468,8 @@ def test_hub_download_is_size_checked_before_any_byte(corpus, tmp_path, monkeypa
     import sys
     import types
 
+    from lorascope.study.failure import StudyFailure
     from lorascope.study.hub import ALLOW, resolve_repo
-    from lorascope.study.worker import StudyFailure
 
     calls = []
     sizes = {"adapter_config.json": 600, "adapter_model.safetensors": 5000, "pytorch_model.bin": 10**9}

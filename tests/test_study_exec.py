@@ -171,3 +171,25 @@ def test_workers_die_with_a_killed_driver(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, if the test failed
         except ProcessLookupError:
             pass
+
+
+def test_batches_group_small_adapters_and_keep_large_ones_alone(many, tmp_path):
+    from lorascope.study.executors import BATCH_BYTES, batches
+    from lorascope.study.sources import adapter_bytes
+
+    small = sorted(str(p) for p in many.iterdir() if p.is_dir())
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\0" * (BATCH_BYTES + 1))  # no adapter: its size is what matters here
+    jobs = [Job(s) for s in small[:5]] + [Job(str(big))] + [Job(s) for s in small[5:7]]
+    jobs += [Job("hf:org/x", repo_id="org/x"), Job(str(tmp_path / "missing"))]
+    got = [[j.source for j in b] for b in batches(jobs, 3)]
+    assert got == [small[0:3], small[3:5], [str(big)], small[5:7], ["hf:org/x"], [str(tmp_path / "missing")]]
+    assert sum(adapter_bytes(Path(s)) for s in small[:3]) < BATCH_BYTES
+    assert [len(b) for b in batches(jobs, 1)] == [1] * len(jobs)
+
+
+def test_batching_changes_no_output(many, tmp_path):
+    one, auto = tmp_path / "one", tmp_path / "auto"
+    run_study([str(many)], one, StudyOptions(workers=2, batch=1))
+    run_study([str(many)], auto, StudyOptions(workers=2, batch=7))
+    _same_study(one, auto)

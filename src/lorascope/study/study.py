@@ -39,6 +39,9 @@ class StudyOptions:
     # with the table (pyarrow's CSV reader), unlike the rest of a study
     parquet: bool = True
     lists: tuple[str, ...] = ()  # list files of SOURCEs, read whatever they hold (--list)
+    # adapters per pool / Ray task at most (None: len(jobs) / (4 × workers), and ≤ 1 MiB of
+    # adapter files a batch, executors.batches); 1: one task per adapter
+    batch: int | None = None
     progress: Callable[[int, int, int], None] | None = None  # (finished, total, failed) this run
 
     def __post_init__(self) -> None:
@@ -48,6 +51,8 @@ class StudyOptions:
             )
         if self.workers is not None and self.workers < 1:
             raise InvalidArgumentError(f"workers must be ≥ 1, got {self.workers}")
+        if self.batch is not None and self.batch < 1:
+            raise InvalidArgumentError(f"batch must be ≥ 1, got {self.batch}")
         if self.max_size is not None and self.max_size < 1:
             raise InvalidArgumentError(f"max size must be ≥ 1 byte, got {self.max_size}")
 
@@ -93,9 +98,11 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
     ]
     first: Failure | None = None
     try:
-        batch = max(1, len(jobs) // (4 * workers))  # ≥ 4 batches a worker, for balance
+        batch = options.batch or max(1, len(jobs) // (4 * workers))  # ≥ 4 batches a worker: balance
         for outcome in run_jobs(jobs, workers, options.executor, batch=batch):
             store.add(outcome)
+            if store.n_ok + store.n_failed == skipped + 1:
+                tables.prefetch()  # while the workers audit the jobs in flight
             first = first or outcome.failure
             if options.progress is not None:
                 options.progress(store.n_ok + store.n_failed - skipped, len(jobs), store.n_failed)

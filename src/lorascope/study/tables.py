@@ -195,6 +195,14 @@ def require() -> None:
         _scipy_stats()
 
 
+def prefetch() -> None:
+    """Import scipy.stats now (≈ 1 CPU-s, most of it docstring processing at import): the study
+    calls this in its main thread once the first outcome is in, so that the import overlaps the
+    audits of the jobs in flight instead of following them.  In the main thread, not a thread of
+    its own: a worker forked while another thread holds an import lock could deadlock."""
+    _scipy_stats()
+
+
 def _scipy_stats():
     try:
         from scipy import stats
