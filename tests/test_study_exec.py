@@ -193,3 +193,42 @@ def test_batching_changes_no_output(many, tmp_path):
     run_study([str(many)], one, StudyOptions(workers=2, batch=1))
     run_study([str(many)], auto, StudyOptions(workers=2, batch=7))
     _same_study(one, auto)
+
+
+WATCHDOG_SCRIPT = """
+import os, sys, time
+from lorascope.study import executors
+executors.sys = type("NoLinux", (), {"platform": "other"})  # no prctl: the watchdog thread alone
+driver = os.fork()
+if driver == 0:
+    worker = os.fork()
+    if worker == 0:
+        executors._die_with_driver(os.getppid())
+        time.sleep(60)  # what a worker without a watchdog would do: outlive its driver
+        os._exit(0)
+    print(worker, flush=True)
+    os._exit(0)  # the driver ends at once; its worker is re-parented
+os.waitpid(driver, 0)
+"""
+
+
+def test_the_watchdog_alone_ends_a_worker_whose_driver_is_gone():
+    psutil = pytest.importorskip("psutil")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG_SCRIPT], env=env, stdout=subprocess.PIPE, text=True
+    )
+    worker = int(proc.stdout.readline())
+    proc.wait()
+    deadline = time.monotonic() + 20  # generous: the watchdog polls every 0.5 s; the failure mode is 60 s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        psutil.Process(worker).kill()
+        pytest.fail("the worker outlived its driver")
+    proc.stdout.close()
