@@ -1,15 +1,21 @@
 """`lorascope study` throughput and memory on synthetic corpora, and a projection to the Hub.
 
     python benchmarks/bench_study.py --sizes 50 200 --json benchmarks/results/study.json
+    python benchmarks/bench_study.py --sizes 200 --corpus minilm t5 --batch auto 1 --repeats 3 --no-hub
+
+0. The executor's own cost per adapter (`machinery`): CPU of driver + workers for tasks that
+   return a MiniLM-sized outcome without auditing, one adapter per task against 25 per task.
 
 1. Corpora of N synthetic PEFT adapters (fp16, random factors with a per-adapter spectral decay):
    "mixed" takes MiniLM-L6-shaped (18 layers of 384×384, r 2..128), T5-large-shaped (144 q/v
    layers of 1024×1024, r 8..32) and Llama-7B-shaped (64 q/v layers of 4096×4096, r 8/16)
-   adapters in turn; "minilm" only the smallest.  Variants, not trained adapters: this part
+   adapters in turn; "minilm", "t5", "llama" one shape only.  Variants, not trained adapters: this part
    measures the machinery, not the spectra.
 2. The single-adapter audit time of every adapter: `audit_adapter` in this process, one after
    the other, one BLAS thread, after a warm-up (the page cache is warm for both measurements).
-3. The study itself as users run it (`python -m lorascope study DIR --out OUT --workers W -q`),
+3. The study itself as users run it (`python -m lorascope study DIR --out OUT --workers W -q`;
+   `--batch 1`: the same through run_study with one adapter per task; variants interleaved,
+   `--repeats` runs each, medians),
    wall time, and the peak RSS of the driver process and of the whole process tree (driver +
    workers, summed), sampled every 100 ms with psutil.  Ratio = study wall / (Σ single ÷ W).
    CPU: the study's user + system time (driver and workers, from wait4) against the sum of the
@@ -94,10 +100,14 @@ FAMILIES = (
 )
 
 
-def make_corpus(root: Path, n: int, mix: bool, seed: int = 0) -> list[Path]:
-    """n adapters; `mix`: MiniLM-, T5-large- and Llama-7B-shaped in turn, else MiniLM-shaped only."""
+CORPORA = {"mixed": FAMILIES, "minilm": FAMILIES[:1], "t5": FAMILIES[1:2], "llama": FAMILIES[2:]}
+
+
+def make_corpus(root: Path, n: int, kind: str, seed: int = 0) -> list[Path]:
+    """n adapters of `kind` (CORPORA): "mixed" takes MiniLM-, T5-large- and Llama-7B-shaped in
+    turn, the others one shape only."""
     rng = np.random.default_rng(seed)
-    families = FAMILIES if mix else FAMILIES[:1]
+    families = CORPORA[kind]
     paths = [root / f"a{i:05d}" for i in range(n)]
     for i, p in enumerate(paths):
         _, names, shape, ranks = families[i % len(families)]
@@ -135,25 +145,20 @@ def tree_rss_mb(proc) -> tuple[float, float, float]:
     return driver / 2**20, kids / 2**20, (driver + kids) / 2**20
 
 
-def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
+def run_study(corpus: Path, out: Path, workers: int, batch: str = "auto") -> dict[str, float]:
+    """The study as users run it (`python -m lorascope study`), or, with `batch` a number, the
+    same through run_study with that many adapters per task (1: no batching)."""
     import psutil
 
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("LORASCOPE_THREADS")
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorascope",
-        "study",
-        str(corpus),
-        "--out",
-        str(out),
-        "--workers",
-        str(workers),
-    ]
+    cmd = [sys.executable, "-m", "lorascope", "study", str(corpus), "--out", str(out)]
+    cmd += ["--workers", str(workers), "-q"]
+    if batch != "auto":
+        cmd = [sys.executable, __file__, "--study-child", str(corpus), str(out), str(workers), batch]
     peak = [0.0, 0.0, 0.0]
     t0 = time.perf_counter()
-    popen = subprocess.Popen([*cmd, "-q"], env=env, stdout=subprocess.DEVNULL)
+    popen = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     proc = psutil.Process(popen.pid)
 
     def sample() -> None:
@@ -178,6 +183,48 @@ def run_study(corpus: Path, out: Path, workers: int) -> dict[str, float]:
         "peak_tree_mb": peak[2],
         "sum_audit_s_in_workers": sum(audit_s),
     }
+
+
+# one outcome of a MiniLM-sized adapter: 18 layer rows, as the worker sends them back
+NOOP_ROWS = tuple(
+    ("x", f"bert.encoder.layer.{i}.attention.self.query", "attention", "linear", 8, 384, 384, 6144, 2.0,
+     "fp16", False, 1.0, 1.0, 1.0, 1.0, 0.1, 8, 3, 6)
+    for i in range(18)
+)  # fmt: skip
+
+
+def noop_task(job):
+    from lorascope.study.worker import Outcome
+
+    return Outcome(job.source, None, NOOP_ROWS)
+
+
+def machinery(workers: int, n: int = 2000, repeats: int = 3) -> dict[str, float]:
+    """CPU per adapter of the executor alone (driver + workers, no audit: a task that returns a
+    MiniLM-sized outcome), one adapter per task against 25 per task, interleaved; best of
+    `repeats`.  CPU time: what the machinery costs whatever else loads the machine."""
+    import resource
+
+    from lorascope.study.executors import run_jobs
+    from lorascope.study.sources import Job
+
+    jobs = [Job(f"/nonexistent/{i}") for i in range(n)]
+    best = {1: float("inf"), 25: float("inf")}
+    for _ in range(repeats):
+        for batch in best:
+            r0, c0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
+            assert sum(1 for _ in run_jobs(jobs, workers, "local", task=noop_task, batch=batch)) == n
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = time.process_time() - c0 + (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+            best[batch] = min(best[batch], cpu)
+    return {f"machinery_ms_per_adapter_batch{b}": 1000 * v / n for b, v in best.items()}
+
+
+def study_child(corpus: str, out: str, workers: int, batch: int) -> None:
+    from lorascope.study import StudyOptions
+    from lorascope.study import run_study as run
+
+    run([corpus], out, StudyOptions(workers=workers, batch=batch))
 
 
 def phase_rss_child(corpus: str, out: str, workers: int) -> None:
@@ -251,16 +298,30 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--phase-child"]:
         phase_rss_child(argv[1], argv[2], int(argv[3]))
         return 0
+    if argv[:1] == ["--study-child"]:
+        study_child(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
-    ap.add_argument("--corpus", choices=("mixed", "minilm"), nargs="+", default=["mixed", "minilm"])
+    ap.add_argument("--corpus", choices=tuple(CORPORA), nargs="+", default=["mixed", "minilm"])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--batch",
+        nargs="+",
+        default=["auto"],
+        help="variants: auto (the CLI) and/or a number of adapters per task",
+    )
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each variant, interleaved; medians")
+    ap.add_argument("--rss", action="store_true", help="also the driver's RSS per phase (one more run)")
+    ap.add_argument("--no-hub", action="store_true", help="skip the Hub projection")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     results: dict[str, object] = {"workers": args.workers, "cpu_count": os.cpu_count(), "corpora": []}
+    results.update(machinery(args.workers))
+    print(json.dumps({k: round(v, 4) for k, v in results.items() if k.startswith("machinery")}), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-study-"))
     try:
-        one = make_corpus(tmp / "one", 1, False)[0]
+        one = make_corpus(tmp / "one", 1, "minilm")[0]
         fixed = [run_study(one, tmp / f"out-one{i}", args.workers) for i in range(3)]
         results["fixed_s"] = min(f["wall_s"] for f in fixed)
         results["fixed_cpu_s"] = min(f["cpu_s"] for f in fixed)
@@ -268,29 +329,57 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(shown), flush=True)
         for kind in args.corpus:
             for n in args.sizes:
-                corpus = tmp / f"{kind}{n}"
-                single, single_cpu = single_times(make_corpus(corpus, n, kind == "mixed"))
-                study = run_study(corpus, tmp / f"out-{kind}{n}", args.workers)
-                study.update(phase_rss(corpus, tmp / f"phase-{kind}{n}", args.workers))
-                shutil.rmtree(corpus)
-                ideal = sum(single) / args.workers
-                row = {"corpus": kind, "n": n, "sum_single_s": sum(single), "ideal_s": ideal, **study}
-                row["sum_single_cpu_s"] = sum(single_cpu)
-                row["cpu_ratio"] = study["cpu_s"] / sum(single_cpu)
-                fixed_cpu = results["fixed_cpu_s"]
-                row["cpu_ratio_without_fixed"] = (study["cpu_s"] - fixed_cpu) / sum(single_cpu)  # type: ignore[operator]
-                row["ratio"] = study["wall_s"] / ideal
-                row["ratio_without_fixed"] = (study["wall_s"] - results["fixed_s"]) / ideal  # type: ignore[operator]
-                shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-                print(json.dumps(shown), flush=True)
-                results["corpora"].append(row)  # type: ignore[union-attr]
+                results["corpora"] += measure(tmp, kind, n, args, results)  # type: ignore[operator]
+        if args.no_hub:
+            return _write(args, results)
         results["hub_projection"] = hub_projection(tmp)
         print(json.dumps(results["hub_projection"]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _write(args, results)
+
+
+def _write(args, results: dict[str, object]) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def measure(tmp: Path, kind: str, n: int, args, results: dict[str, object]) -> list[dict[str, object]]:
+    """One corpus: the single audits, then each batching variant `args.repeats` times,
+    interleaved (variant A, B, A, B, ...), medians; the driver's phase RSS once (--rss)."""
+    corpus = tmp / f"{kind}{n}"
+    single, single_cpu = single_times(make_corpus(corpus, n, kind))
+    runs: dict[str, list[dict[str, float]]] = {b: [] for b in args.batch}
+    for rep in range(args.repeats):
+        for b in args.batch:
+            runs[b].append(run_study(corpus, tmp / f"out-{kind}{n}-{b}-{rep}", args.workers, b))
+            shutil.rmtree(tmp / f"out-{kind}{n}-{b}-{rep}")
+    rows = []
+    for b, rs in runs.items():
+        study = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+        if args.rss and b == "auto":
+            study.update(phase_rss(corpus, tmp / f"phase-{kind}{n}", args.workers))
+        ideal = sum(single) / args.workers
+        row = {
+            "corpus": kind,
+            "n": n,
+            "batch": b,
+            "runs": len(rs),
+            "sum_single_s": sum(single),
+            "ideal_s": ideal,
+        }
+        row.update(study)
+        row["walls_s"] = [round(r["wall_s"], 3) for r in rs]
+        row["sum_single_cpu_s"] = sum(single_cpu)
+        row["cpu_ratio"] = study["cpu_s"] / sum(single_cpu)
+        row["cpu_ratio_without_fixed"] = (study["cpu_s"] - results["fixed_cpu_s"]) / sum(single_cpu)  # type: ignore[operator]
+        row["ratio"] = study["wall_s"] / ideal
+        row["ratio_without_fixed"] = (study["wall_s"] - results["fixed_s"]) / ideal  # type: ignore[operator]
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        rows.append(row)
+    shutil.rmtree(corpus)
+    return rows
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..errors import InvalidArgumentError
 from ..study import StudyOptions, run_study
@@ -14,10 +15,20 @@ from ..study.sources import parse_size
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "sources",
-        nargs="+",
+        nargs="*",
         metavar="SOURCE",
-        help="adapter folders (searched recursively), adapter files, .txt/.list files of SOURCEs, "
-        "or Hugging Face repo ids (ORG/NAME[@REV] or hf:ORG/NAME: cache first, download when online)",
+        help="adapter folders (searched recursively), adapter files, .txt/.list files of SOURCEs "
+        "(every line an existing path or a repo id), or Hugging Face repo ids (ORG/NAME[@REV] or "
+        "hf:ORG/NAME: cache first, download when online)",
+    )
+    p.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        dest="lists",
+        help="a file of SOURCEs, one a line, read whatever it holds (missing paths fail as 'not found'); "
+        "repeatable",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="study folder: journals and tables")
     p.add_argument("--workers", type=int, metavar="N", help="parallel audits (default: every core)")
@@ -41,17 +52,25 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def _progress(enabled: bool):
+    """`finished/total` on stderr, redrawn at most every 0.1 s and at the last adapter."""
     if not enabled:
         return None
+    last = [0.0]
 
-    def show(done: int, failed: int, source: str) -> None:
-        sys.stderr.write(f"\r  {done} audited, {failed} failed")
+    def show(finished: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if finished < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        sys.stderr.write(f"\r  {finished}/{total} adapters, {failed} failed")
         sys.stderr.flush()
 
     return show
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.sources and not args.lists:
+        raise InvalidArgumentError("give at least one SOURCE (or --list FILE)")
     try:
         max_size = parse_size(args.max_size) if args.max_size is not None else None
     except ValueError as e:
@@ -62,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_size=max_size,
         hub_cache=args.hub_cache,
+        lists=tuple(args.lists),
         parquet=not args.no_parquet,
         progress=_progress(not args.quiet and sys.stderr.isatty()),
     )

@@ -17,7 +17,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from .worker import StudyFailure
+from .failure import StudyFailure
 
 ALLOW = ["adapter_config.json", "*.safetensors"]
 

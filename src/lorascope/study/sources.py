@@ -6,9 +6,13 @@ A SOURCE is, in this order of checks:
   `adapter_config.json` is one adapter (PEFT; its sub-folders are not searched further), and every
   other `*.safetensors` file is one adapter
   (kohya, diffusers, LyCORIS single files; a file that is no adapter becomes a failure, not a crash);
-* an existing file ending in `.txt` or `.list`: one SOURCE per line (blank lines and `#` comments
-  skipped; relative paths are relative to the list file's folder; lists may name lists, each read
-  once);
+* an existing file ending in `.txt` or `.list` that is clearly a list: one SOURCE per line (blank
+  lines and `#` comments skipped; relative paths are relative to the list file's folder; lists may
+  name lists, each read once).  Clearly a list: every other line is an existing path or a
+  repository id (`hf:...`, or ORG/NAME[@REVISION]).  Any other line makes the file an error
+  (`ListError`, one line naming the file and the line): a note or a README is never taken for a
+  list of paths.  A list passed as `lists=` (the CLI's `--list FILE`) is read whatever it holds:
+  its missing paths become "not found" failures, as on the command line;
 * any other existing file: one adapter;
 * `hf:ORG/NAME[@REVISION]`, or `ORG/NAME[@REVISION]` that is not a local path: a Hugging Face
   repository, resolved in the worker through `huggingface_hub` (its cache first; a download, limited
@@ -18,7 +22,10 @@ A SOURCE is, in this order of checks:
 A job's `source` is the text the study records and resumes by: the path as given (joined to the
 folder it was found in), or `hf:ORG/NAME[@REVISION]`.  Duplicates (the same repository, or paths
 that resolve to the same file or folder, e.g. through a symbolic link) are dropped, first kept.
-Deliberately left out: glob patterns (the shell expands them) and `.bin` pickles (never read).
+Deliberately left out: glob patterns (the shell expands them).  `.bin` files are not searched for
+in folders; a PEFT folder whose weights are `adapter_model.bin`, or a `.bin` file given as a SOURCE,
+is read by the audit through torch's weights-only loader (no code in the pickle is run), and its
+bytes count towards `max_size`.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputNotFoundError, InvalidArgumentError
+
 LIST_SUFFIXES = (".txt", ".list")
 PEFT_CONFIG = "adapter_config.json"
+PEFT_BIN = "adapter_model.bin"  # read by the audit through torch's weights-only loader
 # ORG/NAME as the Hub spells repository ids, optionally @revision (a branch, tag or commit)
 _REPO = re.compile(r"(?:hf:(?://)?)?([A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:@([\w./-]{1,200}))?")
 
@@ -47,27 +57,50 @@ class Job:
     hub_cache: str | None = None  # huggingface_hub cache folder (None: its default)
 
 
-def discover(sources: Iterable[str], exclude: Path | None = None) -> Iterator[Job]:
-    """Jobs for `sources` in order, without duplicates (see the module docstring).  `exclude`: a
-    folder never searched (the study's own output folder)."""
+class ListError(InvalidArgumentError):
+    """A `.txt` / `.list` SOURCE that is not clearly a list of SOURCEs."""
+
+
+def discover(sources: Iterable[str], exclude: Path | None = None, lists: Iterable[str] = ()) -> Iterator[Job]:
+    """Jobs for `sources`, then for the list files `lists`, in order, without duplicates (see the
+    module docstring).  `exclude`: a folder never searched (the study's own output folder)."""
     seen: set[str] = set()
-    for job in _expand(sources, exclude.resolve() if exclude else None, set()):
+    ex = exclude.resolve() if exclude else None
+    read: set[Path] = set()
+    for job in _chain(sources, ex, read, lists):
         key = job.source if job.repo_id is not None else os.path.realpath(job.source)
         if key not in seen:
             seen.add(key)
             yield job
 
 
-def _expand(sources: Iterable[str], exclude: Path | None, lists: set[Path]) -> Iterator[Job]:
+def _chain(
+    sources: Iterable[str], exclude: Path | None, read: set[Path], lists: Iterable[str]
+) -> Iterator[Job]:
+    yield from _expand(sources, exclude, read, strict=True)
+    for f in lists:
+        yield from _expand_list(Path(f), exclude, read)
+
+
+def _expand_list(path: Path, exclude: Path | None, read: set[Path], strict: bool = False) -> Iterator[Job]:
+    if not path.is_file():
+        raise InputNotFoundError("no such list file", path=path, hint="--list names a text file of SOURCEs")
+    key = path.resolve()
+    if key in read:
+        return
+    read.add(key)
+    if strict:
+        _check_clearly_a_list(path)
+    yield from _expand(list(_list_entries(path)), exclude, read, strict=strict)
+
+
+def _expand(sources: Iterable[str], exclude: Path | None, read: set[Path], strict: bool) -> Iterator[Job]:
     for text in sources:
         path = Path(text)
         if path.is_dir():
             yield from (Job(p) for p in _walk(path, exclude))
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            key = path.resolve()
-            if key not in lists:
-                lists.add(key)
-                yield from _expand(_list_entries(path), exclude, lists)
+            yield from _expand_list(path, exclude, read, strict)
         elif path.exists() or path.is_symlink():
             yield Job(text)
         elif (m := _REPO.fullmatch(text)) is not None:
@@ -77,17 +110,36 @@ def _expand(sources: Iterable[str], exclude: Path | None, lists: set[Path]) -> I
             yield Job(text)  # fails in the worker: no such file or directory
 
 
-def _list_entries(path: Path) -> Iterator[str]:
-    base = path.parent
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, entry) of a list file: stripped, blank lines and `#` comments skipped."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for raw in f:
+        for n, raw in enumerate(f, 1):
             line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.startswith("hf:") or (_REPO.fullmatch(line) and not (base / line).exists()):
-                yield line
-            else:
-                yield line if os.path.isabs(line) else str(base / line)
+            if line and not line.startswith("#"):
+                yield n, line
+
+
+def _entry(base: Path, line: str) -> str:
+    if line.startswith("hf:") or (_REPO.fullmatch(line) and not (base / line).exists()):
+        return line
+    return line if os.path.isabs(line) else str(base / line)
+
+
+def _list_entries(path: Path) -> Iterator[str]:
+    return (_entry(path.parent, line) for _, line in _lines(path))
+
+
+def _check_clearly_a_list(path: Path) -> None:
+    """Refuse a positional list file with a line that is neither an existing path nor a repo id."""
+    for n, line in _lines(path):
+        entry = _entry(path.parent, line)
+        if not (_REPO.fullmatch(entry) or os.path.lexists(entry)):
+            raise ListError(
+                f"line {n} is neither an existing path nor a repository id (ORG/NAME), so the file "
+                "is not read as a list of SOURCEs",
+                path=path,
+                hint="to study a list whose paths may be missing, pass it as --list FILE",
+            )
 
 
 def _walk(root: Path, exclude: Path | None) -> Iterator[str]:
@@ -112,10 +164,11 @@ def _excluded(path: Path, exclude: Path | None) -> bool:
 
 
 def adapter_bytes(path: Path) -> int:
-    """Bytes a study reads for an adapter: a file's size, or a folder's config and weights files."""
+    """Bytes a study reads for an adapter: a file's size, or a folder's config and weights files
+    (`*.safetensors` and `adapter_model.bin`)."""
     if not path.is_dir():
         return path.stat().st_size
-    names = [PEFT_CONFIG, *sorted(p.name for p in path.glob("*.safetensors"))]
+    names = [PEFT_CONFIG, PEFT_BIN, *sorted(p.name for p in path.glob("*.safetensors"))]
     return sum((path / n).stat().st_size for n in names if (path / n).is_file())
 
 

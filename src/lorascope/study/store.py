@@ -41,7 +41,8 @@ class Store:
             why = "holds a study; pass --resume to continue it" if has_study else "is not empty"
             raise InvalidArgumentError(f"output folder {why}, or choose a new --out", path=out)
         out.mkdir(parents=True, exist_ok=True)
-        if resume and has_study:
+        self.resumed = resume and has_study  # continues an earlier study's journals
+        if self.resumed:
             self._repair()
         self._adapters = open(out / ADAPTERS, "a", encoding="utf-8")
         self._failures = open(out / FAILURES, "a", encoding="utf-8")
@@ -57,11 +58,15 @@ class Store:
         if outcome.record is not None:
             self._csv.writerows(_csv_row(r) for r in outcome.rows)
             self._layers.flush()
-            self._adapters.write(json.dumps(outcome.record, allow_nan=False, sort_keys=True) + "\n")
+            record = json.dumps(outcome.record.to_dict(), allow_nan=False, sort_keys=True)
+            self._adapters.write(record + "\n")
             self._adapters.flush()
             self.n_ok += 1
         else:
-            self._failures.write(json.dumps(outcome.failure, allow_nan=False, sort_keys=True) + "\n")
+            assert outcome.failure is not None  # an Outcome holds a record or a failure
+            self._failures.write(
+                json.dumps(outcome.failure.to_dict(), allow_nan=False, sort_keys=True) + "\n"
+            )
             self._failures.flush()
             self.n_failed += 1
         self.done.add(outcome.source)
@@ -70,10 +75,11 @@ class Store:
         for f in (self._layers, self._adapters, self._failures):
             f.close()
 
-    def discard_if_empty(self) -> None:
-        """After a study that found nothing: remove the journals (header only) and the folder if
-        that leaves it empty, so the same --out can be used again."""
-        if self.done:
+    def discard(self) -> None:
+        """After a study that audited nothing: remove this run's journals, and the folder if that
+        leaves it empty, so that the same --out can be used again (journals of an earlier study,
+        continued with --resume, are kept)."""
+        if self.resumed:
             return
         for name in JOURNALS:
             (self.out / name).unlink(missing_ok=True)

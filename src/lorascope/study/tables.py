@@ -7,27 +7,44 @@ utilisation statistic.  Records are sorted by source and values sorted before an
 that was resumed, or run on another executor, gives byte-identical tables.
 
 Statistics: numpy linear-interpolated percentiles; std is the population std (ddof 0); Pearson and
-Spearman (average ranks for ties) r(nominal rank, utilisation) with 95 % percentile bootstrap
-intervals (`BOOTSTRAP` resamples of adapters, fixed seed; resamples with a constant column are
-skipped).  Layer-level figures come from layers.csv for comparison.
+Spearman (average ranks for ties) r(nominal rank, utilisation), from scipy.stats, with 95 %
+percentile bootstrap intervals (`BOOTSTRAP` resamples of adapters, fixed seed; resamples with a
+constant column are skipped).  Layer-level figures come from layers.csv for comparison.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import MissingDependencyError
 from ..metrics import median, percentile
+from .failure import Failure
+from .model import (
+    THRESHOLDS,
+    AboveOne,
+    AdapterRecord,
+    Correlation,
+    Counts,
+    Estimate,
+    Extreme,
+    Group,
+    Stats,
+    StudyTables,
+)
 from .store import FAILURES, read_layer_columns, read_records
 
-SCHEMA = "lorascope.study/v1"
 BOOTSTRAP = 1000
 SEED = 0
 EXTREMES = 5  # most / least utilised adapters listed
+FAILURES_LISTED = 100  # failed adapters listed by name in study.json / study.md (all in failures.jsonl)
 HIGH_UTILISATION = 0.34  # Study 14: "10 % above 0.34"
 
 # Gradience 0.11 "Study 14": 114 PEFT adapters from the Hub, 22 base architectures, 10,302 layers.
@@ -46,148 +63,154 @@ REFERENCE: dict[str, Any] = {
 }  # fmt: skip
 
 
-def build(out: Path) -> dict[str, Any]:
-    records = sorted(read_records(out), key=lambda r: r["source"])
-    failures = sorted(read_records(out, FAILURES), key=lambda r: r["source"])
-    live = [r for r in records if not r["dead"]]
-    util = np.array(sorted(r["utilisation"]["mean"] for r in live), dtype=float)
-    return {
-        "schema": SCHEMA,
-        "counts": _counts(records, failures),
-        "utilisation": _stats(util, share_above=HIGH_UTILISATION),
-        "by_rank": _by_rank(live),
-        "correlation": _correlation(live),
-        "by_module_type": _by_module_type(live),
-        "by_architecture": _by_key(live, "architecture"),
-        "by_base_model": _by_key(live, "base_model"),
-        "compression": _compression(live),
-        "layers": _layers(out),
-        "dead": {"n": len(records) - len(live), "sources": [r["source"] for r in records if r["dead"]]},
-        "most_utilised": _extremes(live, reverse=True),
-        "least_utilised": _extremes(live, reverse=False),
-        "reference": {**REFERENCE, "by_rank": {str(k): v for k, v in REFERENCE["by_rank"].items()}},
-    }
+def build(out: Path) -> StudyTables:
+    records = sorted((AdapterRecord.from_dict(d) for d in read_records(out)), key=lambda r: r.source)
+    failures = sorted((Failure.from_dict(d) for d in read_records(out, FAILURES)), key=lambda f: f.source)
+    live = [r for r in records if not r.dead]
+    util = np.array(sorted(r.utilisation.mean for r in live), dtype=float)
+    layer_util, layer_frac, above = _layers(out)
+    return StudyTables(
+        counts=_counts(records, failures),
+        utilisation=_stats(util, share_above=HIGH_UTILISATION),
+        by_rank=_groups(live, lambda r: r.nominal_rank, layers=False),
+        correlation=_correlation(live),
+        by_module_type=_by_module_type(live),
+        by_architecture=_by_count(_groups(live, lambda r: r.architecture)),
+        by_base_model=_by_count(_groups(live, lambda r: r.base_model or "unknown")),
+        compression={t: _stats(sorted(r.energy_fraction[t].median for r in live)) for t in THRESHOLDS},
+        layer_utilisation=layer_util,
+        layer_energy_fraction=layer_frac,
+        above_one=above,
+        dead=tuple(r.source for r in records if r.dead),
+        failures=tuple(failures[:FAILURES_LISTED]),
+        most_utilised=_extremes(live, reverse=True),
+        least_utilised=_extremes(live, reverse=False),
+        reference={**REFERENCE, "by_rank": {str(k): v for k, v in REFERENCE["by_rank"].items()}},
+    )
 
 
-def _counts(records: list[dict], failures: list[dict]) -> dict[str, Any]:
-    return {
-        "sources": len(records) + len(failures),
-        "adapters": len(records),
-        "failed": len(failures),
-        "layers": sum(r["n_layers"] for r in records),
-        "dead_layers": sum(r["n_dead_layers"] for r in records),
-        "architectures": len({r["architecture"] for r in records}),
-        "formats": dict(sorted(Counter(r["format"] for r in records).items())),
-        "failure_kinds": dict(sorted(Counter(f["kind"] for f in failures).items())),
-    }
+def _counts(records: list[AdapterRecord], failures: list[Failure]) -> Counts:
+    return Counts(
+        sources=len(records) + len(failures),
+        adapters=len(records),
+        failed=len(failures),
+        layers=sum(r.n_layers for r in records),
+        dead_layers=sum(r.n_dead_layers for r in records),
+        architectures=len({r.architecture for r in records}),
+        formats=dict(sorted(Counter(r.format for r in records).items())),
+        failure_kinds=dict(sorted(Counter(f.kind for f in failures).items())),
+    )
 
 
-def _stats(values: np.ndarray, share_above: float | None = None) -> dict[str, Any]:
+def _stats(values, share_above: float | None = None) -> Stats:
     v = np.sort(np.asarray(values, dtype=float))
     if v.size == 0:
-        return {"n": 0}
-    out: dict[str, Any] = {
-        "n": int(v.size),
-        "mean": math.fsum(v) / v.size,
-        "median": median(v),
-        "std": float(np.sqrt(math.fsum((v - math.fsum(v) / v.size) ** 2) / v.size)),
-        "p75": percentile(v, 75),
-        "p90": percentile(v, 90),
-        "min": float(v[0]),
-        "max": float(v[-1]),
-    }
-    if share_above is not None:
-        out[f"share_above_{share_above:g}"] = float(np.count_nonzero(v > share_above) / v.size)
-    return out
+        return Stats(0)
+    mean = math.fsum(v) / v.size
+    return Stats(
+        n=int(v.size),
+        mean=mean,
+        median=median(v),
+        std=float(np.sqrt(math.fsum((v - mean) ** 2) / v.size)),
+        p75=percentile(v, 75),
+        p90=percentile(v, 90),
+        min=float(v[0]),
+        max=float(v[-1]),
+        share_above=None
+        if share_above is None
+        else (share_above, float(np.count_nonzero(v > share_above) / v.size)),
+    )
 
 
-def _mean_median(values: list[float]) -> dict[str, Any]:
+def _group(name: str | int, values: list[float], layers: int | None) -> Group:
     v = np.sort(np.asarray(values, dtype=float))
     if v.size == 0:
-        return {"n": 0, "mean": None, "median": None}
-    return {"n": int(v.size), "mean": math.fsum(v) / v.size, "median": median(v)}
+        return Group(name, 0, None, None, layers)
+    return Group(name, int(v.size), math.fsum(v) / v.size, median(v), layers)
 
 
-def _by_rank(live: list[dict]) -> list[dict[str, Any]]:
-    groups: dict[int, list[float]] = defaultdict(list)
+def _groups(
+    live: list[AdapterRecord], key: Callable[[AdapterRecord], Any], layers: bool = True
+) -> tuple[Group, ...]:
+    """Live adapters grouped by `key` (sorted by it): utilisation mean / median, layers."""
+    values: dict[Any, list[float]] = defaultdict(list)
+    n_layers: Counter[Any] = Counter()
     for r in live:
-        groups[r["nominal_rank"]].append(r["utilisation"]["mean"])
-    return [{"rank": k, **_mean_median(groups[k])} for k in sorted(groups)]
+        values[key(r)].append(r.utilisation.mean)
+        n_layers[key(r)] += r.n_layers
+    return tuple(_group(k, values[k], n_layers[k] if layers else None) for k in sorted(values))
 
 
-def _by_key(live: list[dict], key: str) -> list[dict[str, Any]]:
-    groups: dict[str, list[float]] = defaultdict(list)
-    layers: Counter[str] = Counter()
-    for r in live:
-        name = r.get(key) or "unknown"
-        groups[name].append(r["utilisation"]["mean"])
-        layers[name] += r["n_layers"]
-    rows = [{key: k, "layers": layers[k], **_mean_median(v)} for k, v in groups.items()]
-    return sorted(rows, key=lambda row: (-row["n"], row[key]))
+def _by_count(groups: tuple[Group, ...]) -> tuple[Group, ...]:
+    return tuple(sorted(groups, key=lambda g: (-g.n, g.name)))
 
 
-def _by_module_type(live: list[dict]) -> dict[str, Any]:
+def _by_module_type(live: list[AdapterRecord]) -> tuple[Group, ...]:
     """Per type, over live adapters: adapters having it, its layers, and mean / median over those
     adapters of their mean utilisation of that type's live layers."""
-    out = {}
+    out = []
     for kind in ("attention", "mlp", "other"):
         vals, n_layers = [], 0
         for r in live:
-            t = r["module_types"].get(kind)
+            t = r.module_types.get(kind)
             if t is not None:
-                n_layers += t["n_layers"]
-                if t["utilisation_mean"] is not None:
-                    vals.append(t["utilisation_mean"])
+                n_layers += t.n_layers
+                if t.utilisation_mean is not None:
+                    vals.append(t.utilisation_mean)
         if n_layers:
-            out[kind] = {"layers": n_layers, **_mean_median(vals)}
-    return out
+            out.append(_group(kind, vals, n_layers))
+    return tuple(out)
 
 
-def _compression(live: list[dict]) -> dict[str, Any]:
-    out = {}
-    for key in ("energy_fraction@0.9", "energy_fraction@0.99"):
-        med = np.array(sorted(r[key]["median"] for r in live), dtype=float)
-        out[key] = {k: v for k, v in _stats(med).items() if k in ("n", "mean", "median", "p75", "p90")}
-    return out
-
-
-def _layers(out: Path) -> dict[str, Any]:
-    """Per-layer view over live layers: utilisation and k@0.9 / r."""
+def _layers(out: Path) -> tuple[Stats, Stats, AboveOne]:
+    """Per-layer view over live layers: utilisation and k@0.9 / r; and how many layers (of how
+    many adapters) have either above 1 (LoHa / LoKr: r is the allocated lora_dim while ΔW's rank
+    can exceed it)."""
     util, frac = [], []
-    for dead, u, rank, k90 in read_layer_columns(out, ("dead", "utilisation", "rank", "energy_rank@0.9")):
+    n_util = n_frac = 0
+    sources: set[str] = set()
+    columns = ("source", "dead", "utilisation", "rank", "energy_rank@0.9")
+    for source, dead, u, rank, k90 in read_layer_columns(out, columns):
         if dead != "True":
             util.append(float(u))
             frac.append(int(k90) / int(rank))
-    return {"utilisation": _stats(np.array(util)), "energy_fraction@0.9": _stats(np.array(frac))}
+            n_util += util[-1] > 1
+            n_frac += frac[-1] > 1
+            if util[-1] > 1 or frac[-1] > 1:
+                sources.add(source)
+    return _stats(util), _stats(frac), AboveOne(n_util, n_frac, len(sources))
 
 
-def _extremes(live: list[dict], reverse: bool) -> list[dict[str, Any]]:
-    key = (
-        (lambda r: (-r["utilisation"]["mean"], r["source"]))
-        if reverse
-        else (lambda r: (r["utilisation"]["mean"], r["source"]))
+def _extremes(live: list[AdapterRecord], reverse: bool) -> tuple[Extreme, ...]:
+    sign = -1.0 if reverse else 1.0
+    ranked = sorted(live, key=lambda r: (sign * r.utilisation.mean, r.source))
+    return tuple(
+        Extreme(r.source, r.utilisation.mean, r.nominal_rank, r.architecture) for r in ranked[:EXTREMES]
     )
-    return [
-        {"source": r["source"], "utilisation": r["utilisation"]["mean"], "nominal_rank": r["nominal_rank"],
-         "architecture": r["architecture"]}
-        for r in sorted(live, key=key)[:EXTREMES]
-    ]  # fmt: skip
 
 
-def _rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank (Spearman's convention)."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(x.size, dtype=float)
-    ranks[order] = np.arange(1, x.size + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / np.bincount(inverse))[inverse]
+def require() -> None:
+    """Refuse to start a study whose tables could not be written (checked before any audit)."""
+    if importlib.util.find_spec("scipy") is None:
+        _scipy_stats()
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy) / den if den > 0 else math.nan
+def prefetch() -> None:
+    """Import scipy.stats now (≈ 1 CPU-s, most of it docstring processing at import): the study
+    calls this in its main thread once the first outcome is in, so that the import overlaps the
+    audits of the jobs in flight instead of following them.  In the main thread, not a thread of
+    its own: a worker forked while another thread holds an import lock could deadlock."""
+    _scipy_stats()
+
+
+def _scipy_stats():
+    try:
+        from scipy import stats
+    except ImportError:
+        raise MissingDependencyError(
+            "the study's correlations need scipy", hint="pip install 'lorascope[study]'"
+        ) from None
+    return stats
 
 
 def _rows_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -200,7 +223,8 @@ def _rows_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _rows_ranks(codes: np.ndarray, m: int) -> np.ndarray:
     """Average ranks within each row of (B, n) integer codes 0..m-1 (the value order): an element's
-    rank is #smaller + (#equal + 1) / 2 within its row."""
+    rank is #smaller + (#equal + 1) / 2 within its row (`scipy.stats.rankdata(axis=1)`, in O(n)
+    per row by counting the few distinct values rather than sorting)."""
     b = codes.shape[0]
     flat = (codes + m * np.arange(b)[:, None]).ravel()
     counts = np.bincount(flat, minlength=b * m).reshape(b, m)  # (B, m)
@@ -209,14 +233,26 @@ def _rows_ranks(codes: np.ndarray, m: int) -> np.ndarray:
     return less[rows, codes] + (counts[rows, codes] + 1) / 2.0
 
 
-def _correlation(live: list[dict]) -> dict[str, Any]:
-    x = np.array([float(r["nominal_rank"]) for r in live])  # (n,) sorted by source
-    y = np.array([r["utilisation"]["mean"] for r in live])  # (n,)
-    out: dict[str, Any] = {"n": int(x.size), "bootstrap": BOOTSTRAP, "seed": SEED, "ci": 0.95}
+def _correlation(live: list[AdapterRecord]) -> Correlation:
+    """Pearson and Spearman r(nominal rank, utilisation), each with a 95 % percentile bootstrap.
+
+    The point estimates are scipy's (`pearsonr`, `spearmanr`).  The bootstrap is our own, not
+    `scipy.stats.bootstrap`: that returns NaN for the whole interval as soon as one resample has a
+    constant column (every adapter of one rank), common with few adapters or few rank tiers, while
+    the study skips those resamples; and its statistics per resample (`rankdata`, `pearsonr` along
+    an axis) cost 20.7 CPU-s for 1,000 resamples of 50,000 adapters against 3.5 s for the
+    vectorised ones here (counted ranks, `_rows_ranks`; tests check both against scipy).  Same
+    seed, same blocks: the resamples, hence the intervals, of earlier studies are kept."""
+    stats = _scipy_stats()
+    x = np.array([float(r.nominal_rank) for r in live])  # (n,) sorted by source
+    y = np.array([r.utilisation.mean for r in live])  # (n,)
     if x.size < 3:
-        return {**out, "pearson": {"r": None, "ci95": None}, "spearman": {"r": None, "ci95": None}}
-    (ux, cx), (uy, cy) = (np.unique(v, return_inverse=True) for v in (x, y))
-    point = {"pearson": _pearson(x, y), "spearman": _pearson(_rankdata(x), _rankdata(y))}
+        none = Estimate(None, None)
+        return Correlation(int(x.size), BOOTSTRAP, SEED, none, none)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's ConstantInputWarning: r is NaN, reported as null
+        point = {"pearson": stats.pearsonr(x, y).statistic, "spearman": stats.spearmanr(x, y).statistic}
+    (ux, cx), (uy, cy) = (np.unique(v, return_inverse=True) for v in (x, y))  # codes: value order
     boot: dict[str, list[np.ndarray]] = {"pearson": [], "spearman": []}
     rng = np.random.default_rng(SEED)
     step = max(1, 4_000_000 // x.size)  # resamples per block: (step, n) arrays of ≤ 32 MB
@@ -224,14 +260,15 @@ def _correlation(live: list[dict]) -> dict[str, Any]:
         idx = rng.integers(0, x.size, size=(min(step, BOOTSTRAP - start), x.size))  # (b, n)
         boot["pearson"].append(_rows_pearson(x[idx], y[idx]))
         boot["spearman"].append(_rows_pearson(_rows_ranks(cx[idx], ux.size), _rows_ranks(cy[idx], uy.size)))
+    est = {}
     for name, r in point.items():
         values = np.concatenate(boot[name])
         values = values[np.isfinite(values)]
         ci = None
         if values.size and math.isfinite(r):
-            ci = [percentile(values, 2.5), percentile(values, 97.5)]
-        out[name] = {"r": _finite(r), "ci95": ci}
-    return out
+            ci = (percentile(values, 2.5), percentile(values, 97.5))
+        est[name] = Estimate(_finite(float(r)), ci)
+    return Correlation(int(x.size), BOOTSTRAP, SEED, est["pearson"], est["spearman"])
 
 
 def _finite(v: float) -> float | None:

@@ -19,46 +19,33 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditOptions, audit_adapter
-from ..errors import (
-    AdapterNotFoundError,
-    FormatError,
-    LorascopeError,
-    UnknownFormatError,
-    UnsupportedError,
-)
+from ..audit import AuditOptions, AuditReport, audit_adapter
 from ..metrics import energy_key, median, percentile
+from ..order import natural_key
 from ..textsafe import clean
 from .arch import architecture
+from .failure import Failure, StudyFailure, failure
+from .hub import resolve_repo
+from .model import THRESHOLDS, AdapterRecord, MeanMedian, MedianP90, ModuleUse, Timing
 from .sources import Job, adapter_bytes
 
-THRESHOLDS = (0.9, 0.99)  # energy thresholds of every study; the first is the headline one
 LAYER_COLUMNS = (
     "source", "layer", "module_type", "kind", "rank", "out_features", "in_features", "params",
     "scale", "dtype", "dead", "sigma_max", "frobenius", "stable_rank", "effective_rank",
     "utilisation", "numerical_rank", *map(energy_key, THRESHOLDS),
 )  # fmt: skip
-MAX_REASON = 300  # characters of a failure reason
-
-
-class StudyFailure(LorascopeError):
-    """A job that cannot be audited for a reason the study names itself (too large, not cached)."""
-
-    def __init__(self, kind: str, message: str, *, path: str | None = None):
-        self.kind = kind
-        super().__init__(message, path=path)
 
 
 @dataclass(frozen=True)
 class Outcome:
     source: str
-    record: dict[str, Any] | None = None  # adapters.jsonl line, when audited
+    record: AdapterRecord | None = None  # adapters.jsonl line, when audited
     rows: tuple[tuple[Any, ...], ...] = field(default=(), repr=False)  # layers.csv rows
-    failure: dict[str, Any] | None = None  # failures.jsonl line, when not
+    failure: Failure | None = None  # failures.jsonl line, when not
 
 
 def audit_one(job: Job) -> Outcome:
@@ -81,49 +68,17 @@ def audit_one(job: Job) -> Outcome:
         else:
             os.environ["LORASCOPE_THREADS"] = before
     record, rows = reduce_report(job.source, report, nbytes)
-    record["time"] = {"resolve_s": round(t1 - t0, 6), "audit_s": round(t2 - t1, 6)}
-    if job.repo_id is not None:
-        record["resolved"] = str(path)
+    record = replace(
+        record,
+        time=Timing(resolve_s=round(t1 - t0, 6), audit_s=round(t2 - t1, 6)),
+        resolved=str(path) if job.repo_id is not None else None,
+    )
     return Outcome(job.source, record, rows)
-
-
-def failure(source: str, e: BaseException) -> dict[str, Any]:
-    return {"source": source, "kind": failure_kind(e), "reason": one_line(e)}
-
-
-def one_line(e: BaseException | str) -> str:
-    text = e if isinstance(e, str) else (str(e) or type(e).__name__)
-    if isinstance(e, MemoryError):
-        text = "out of memory"
-    elif isinstance(e, OSError) and not isinstance(e, LorascopeError) and e.strerror:
-        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    text = clean(text)
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
-
-
-def failure_kind(e: BaseException) -> str:
-    if isinstance(e, StudyFailure):
-        return e.kind
-    if isinstance(e, (AdapterNotFoundError, FileNotFoundError)):
-        return "not found"
-    if isinstance(e, UnknownFormatError):
-        return "unknown format"
-    if isinstance(e, FormatError):
-        return "no LoRA layers" if "no LoRA layers" in str(e) else "unreadable"
-    if isinstance(e, UnsupportedError):
-        return "unsupported"
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    if isinstance(e, (OSError, ValueError)):
-        return "unreadable"
-    return "internal error"
 
 
 def _resolve(job: Job) -> tuple[Path, int]:
     """(local path, bytes read) of the job's adapter; too large or missing is a StudyFailure."""
     if job.repo_id is not None:
-        from .hub import resolve_repo
-
         path = resolve_repo(job.repo_id, job.revision, job.max_size, job.hub_cache)
     else:
         path = Path(job.source)
@@ -135,7 +90,7 @@ def _resolve(job: Job) -> tuple[Path, int]:
     return path, nbytes
 
 
-def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any], tuple[tuple, ...]]:
+def reduce_report(source: str, report: AuditReport, nbytes: int) -> tuple[AdapterRecord, tuple[tuple, ...]]:
     """The adapters.jsonl record and the layers.csv rows of one AuditReport."""
     k90, k99 = map(energy_key, THRESHOLDS)
     rows: list[tuple[Any, ...]] = []
@@ -156,24 +111,27 @@ def reduce_report(source: str, report: Any, nbytes: int) -> tuple[dict[str, Any]
             slot[1].append(m["utilisation"])
             for t, key in zip(THRESHOLDS, (k90, k99), strict=True):
                 fractions[t].append(m[key] / i.rank)
+    rows.sort(key=lambda row: natural_key(row[1]))  # layers in natural order (layers.2 before .10)
     ranks = Counter(x.info.rank for x in report.layers)
-    record: dict[str, Any] = {
-        "source": source,
-        "format": report.source.get("format"),
-        "base_model": _base_model(report.source),
-        "architecture": architecture([x.name for x in report.layers]),
-        "nominal_rank": max(ranks, key=lambda r: (ranks[r], r)),
-        "nominal_ranks": sorted(ranks),
-        "n_layers": len(report.layers),
-        "n_dead_layers": len(report.layers) - len(util),
-        "dead": not util,
-        "params": int(sum(x.info.params for x in report.layers)),
-        "bytes": nbytes,
-        "utilisation": _summary(util),
-        "module_types": {k: {"n_layers": n, "utilisation_mean": _mean(v)} for k, (n, v) in types.items()},
-    }
-    for t in THRESHOLDS:
-        record[f"energy_fraction@{t:g}"] = _summary(fractions[t], "p90")
+    record = AdapterRecord(
+        source=source,
+        format=report.source.get("format"),
+        base_model=_base_model(report.source),
+        architecture=architecture([x.name for x in report.layers]),
+        nominal_rank=max(ranks, key=lambda r: (ranks[r], r)),
+        nominal_ranks=tuple(sorted(ranks)),
+        n_layers=len(report.layers),
+        n_dead_layers=len(report.layers) - len(util),
+        dead=not util,
+        params=int(sum(x.info.params for x in report.layers)),
+        bytes=nbytes,
+        utilisation=MeanMedian(_mean(util), median(util) if util else None),
+        module_types={k: ModuleUse(n, _mean(v)) for k, (n, v) in types.items()},
+        energy_fraction={
+            t: MedianP90(median(f), percentile(f, 90)) if f else MedianP90(None, None)
+            for t, f in fractions.items()
+        },
+    )
     return record, tuple(rows)
 
 
@@ -187,11 +145,3 @@ def _base_model(source: dict[str, Any]) -> str | None:
 
 def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
-
-
-def _summary(values: list[float], second: str = "median") -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, second: None} if second == "median" else {"median": None, second: None}
-    if second == "median":
-        return {"mean": _mean(values), "median": median(values)}
-    return {"median": median(values), "p90": percentile(values, 90)}
