@@ -85,7 +85,6 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
         raise InvalidArgumentError("a study needs at least one SOURCE")
     out = Path(out)
     t0 = time.perf_counter()
-    tables.require()
     found = list(discover(sources, exclude=out, lists=options.lists))
     workers = options.workers or parallel.cores()
     threads = max(1, parallel.cores() // workers)  # workers × BLAS threads ≤ cores
@@ -101,8 +100,6 @@ def run_study(sources: Sequence[str], out: str | Path, options: StudyOptions | N
         batch = options.batch or max(1, len(jobs) // (4 * workers))  # ≥ 4 batches a worker: balance
         for outcome in run_jobs(jobs, workers, options.executor, batch=batch):
             store.add(outcome)
-            if store.n_ok + store.n_failed == skipped + 1:
-                tables.prefetch()  # while the workers audit the jobs in flight
             first = first or outcome.failure
             if options.progress is not None:
                 options.progress(store.n_ok + store.n_failed - skipped, len(jobs), store.n_failed)
