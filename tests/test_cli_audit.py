@@ -85,6 +85,7 @@ def test_markdown(small_adapter, capsys):
 def test_output_file_written_atomically(small_adapter, tmp_path, capsys):
     path, _ = small_adapter
     dest = tmp_path / "reports" / "audit.json"
+    dest.parent.mkdir()  # -o writes into an existing folder (a missing one is refused: test_outputs)
     assert run(capsys, path, "--json", "-o", dest) == ""
     assert strict_json(dest.read_text())["schema"] == "lorascope.audit/v1"
     assert [p.name for p in dest.parent.iterdir()] == ["audit.json"]  # no temporary left behind
