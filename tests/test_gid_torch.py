@@ -32,7 +32,7 @@ from lorascope.gid import (  # noqa: E402
 )
 from lorascope.spectral import lora_singular_values  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 TARGETS = ["query", "value", "intermediate.dense"]
 
 

@@ -125,6 +125,7 @@ def test_a_torn_last_line_with_a_broken_character_is_torn_not_an_error(tmp_path,
     assert code == 0 and "the last line of the log was torn" in out
 
 
+@pytest.mark.slow
 def test_large_log_is_read_in_bounded_memory(tmp_path):
     """~12 MB of train steps: the monitor's own allocations stay far below the file size (the
     list-of-events reader held every line: ≈7× the file)."""

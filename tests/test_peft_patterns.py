@@ -119,6 +119,7 @@ def _tiny_adapter(n: int) -> Adapter:
     return Adapter.from_deltas(deltas)
 
 
+@pytest.mark.slow
 def test_20000_layer_adapter_reads_in_linear_time(tmp_path):
     adapter = _tiny_adapter(20_000)
     peft.write(adapter, tmp_path / "big")

@@ -18,6 +18,8 @@ from report_inputs import audit_doc, bench_dir, gid_json, run_log, study_dir, un
 
 from lorascope.cli.main import main
 
+pytestmark = pytest.mark.slow  # the fast lane (make test-fast) skips it
+
 EXE = find_browser()
 if EXE is None:
     if os.environ.get("LORASCOPE_REQUIRE_BROWSER"):

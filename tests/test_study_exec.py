@@ -21,6 +21,8 @@ from lorascope.study.failure import Failure
 from lorascope.study.sources import Job
 from lorascope.study.worker import audit_one
 
+pytestmark = pytest.mark.slow  # the fast lane (make test-fast) skips it
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
