@@ -247,6 +247,8 @@ def test_cli_plan_from_report(tmp_path, capsys):
             "(got rank=0, n_max=32, r_min=1, r_max=64)",
         ),
         (["MODEL"], "calibrating MODEL_DIR needs --data FILE"),
+        (["MODEL", "--data", "d.jsonl", "--plan-out", "p.json"], "--plan-out needs --plan ralora|ralora-pro|peft"),
+        (["MODEL", "--data", "d.jsonl", "--layers-per-pass", "0"], "--layers-per-pass must be ≥ 1"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
@@ -255,6 +257,16 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     assert main(["gid", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"lorascope: error: {message.replace('R:', rep + ':')}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gid.json"]
+
+
+def test_cli_refuses_one_file_for_report_and_plan(tmp_path, capsys):
+    """-o and --plan-out on one path wrote the report, then refused the plan: a half-done run."""
+    rep, same = _report(tmp_path), str(tmp_path / "both.json")
+    argv = ["gid", "--report", rep, "--plan", "ralora", "-o", same, "--plan-out", same]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"lorascope: error: {same}: -o and --plan-out name the same file; give two paths\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gid.json"]
 
 
