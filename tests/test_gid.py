@@ -511,6 +511,16 @@ def test_read_rows_jsonl_and_csv(tmp_path):
             "key label on line 2: must be an integer ≥ 0, got 'one' (--task cls needs one per row)",
         ),
         (
+            "d.csv",
+            "text,label\nfine,\u00b2\n",  # a superscript two: isdigit() but not int()
+            "key label on line 2: must be an integer ≥ 0, got '\u00b2' (--task cls needs one per row)",
+        ),
+        (
+            "d.csv",
+            'text,label\nfine,1\n"' + "a" * 200_000 + '",1\n',
+            "not valid CSV (field larger than field limit (131072))",
+        ),
+        (
             "d.txt",
             "x",
             "the data file must be .jsonl or .csv (hint: give a .jsonl file of "
