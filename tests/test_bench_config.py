@@ -197,3 +197,15 @@ def test_output_option_spellings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "where models train and evaluate" in capsys.readouterr().out  # --device has help text
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    """"~/data.csv" was kept as written (absolute after expanduser, so never made absolute), and
+    the data reader then looked for a folder named "~"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    doc = {"model": {"path": "~/model"}, "task": {"source": "file", "path": "~/d.csv", "test_path": "t.csv"}}
+    (tmp_path / "cfg").mkdir()
+    cfg = load_config(write(tmp_path / "cfg", doc))
+    assert cfg.model.path == str(tmp_path / "model")
+    assert cfg.task.path == str(tmp_path / "d.csv")
+    assert cfg.task.test_path == str((tmp_path / "cfg" / "t.csv").resolve())

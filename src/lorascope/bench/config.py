@@ -222,9 +222,10 @@ def _cross_checks(cfg: BenchConfig) -> None:
 
 
 def _absolute(value: str | None, base: Path) -> str | None:
-    if value is None or Path(value).expanduser().is_absolute():
-        return value
-    return str((base / value).resolve())
+    if value is None:
+        return None
+    path = Path(value).expanduser()  # "~/data.csv" is the user's home, not a folder named "~"
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def resolve_paths(cfg: BenchConfig, base: Path) -> BenchConfig:
