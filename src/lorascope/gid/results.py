@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from ..errors import ConfigError, FormatError, InvalidArgumentError
 from ..types import frozen_mapping
 from ..validate import (
+    boolean,
     build,
     integer,
     list_of,
@@ -69,10 +70,6 @@ def _shape(v: Any) -> str | None:
 
 def _text(v: Any) -> str | None:
     return None if isinstance(v, str) else "must be a string"
-
-
-def _flag(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
 
 
 def _value(v: Any) -> Any:
@@ -127,7 +124,7 @@ class LayerGid:
     energy_rank_90: int | None = setting(None, optional(integer(0)))
     grad_norm: float | None = setting(None, optional(_non_negative))
     importance: float = setting(check=_non_negative)
-    starved: bool | None = setting(None, optional(_flag))
+    starved: bool | None = setting(None, optional(boolean))
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
