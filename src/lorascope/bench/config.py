@@ -238,14 +238,14 @@ def resolve_paths(cfg: BenchConfig, base: Path) -> BenchConfig:
 
 
 def load_config(path: str | Path | None, *, preset: str | None = None) -> BenchConfig:
-    if (path is None) == (preset is None):
-        raise InvalidArgumentError("give a CONFIG file or --preset NAME (one of them)")
-    if preset is not None:
+    if path is None and preset is not None:
         from .presets import PRESETS
 
         if preset not in PRESETS:
             raise InvalidArgumentError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         return parse_config(PRESETS[preset], f"preset:{preset}")
+    if path is None or preset is not None:
+        raise InvalidArgumentError("give a CONFIG file or --preset NAME (one of them)")
     try:
         doc = read_mapping(path, "bench config")
     except InputNotFoundError as e:  # say what to give instead (not the adapter hint)

@@ -178,7 +178,7 @@ class Runtime:
         if mcfg.random_init is not None:
             from transformers import BertConfig, BertForSequenceClassification
 
-            shape = dict(mcfg.random_init)
+            shape: dict[str, Any] = dict(mcfg.random_init)
             config = BertConfig(vocab_size=len(self.tok), **shape)
             config.num_labels = self.data.num_labels
             set_seed(mcfg.init_seed)  # the "pretrained" body is the same for every seed
@@ -352,7 +352,8 @@ def lora_config(lora: LoraSection, plan: Mapping[str, int], *, generation: bool)
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if generation else TaskType.SEQ_CLS,
         r=default_r,
-        lora_alpha=alpha,
+        # a float: PEFT scales by lora_alpha / r in floating point, whatever its annotation says
+        lora_alpha=alpha,  # type: ignore[arg-type, unused-ignore]
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         use_rslora=lora.rslora,

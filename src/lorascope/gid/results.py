@@ -315,8 +315,9 @@ class GidPlan:
         peft = None
         if head.peft is not None:
             peft = build(PeftPatterns, data["peft"], path=path, prefix="peft.")
-            patterns = {k: frozen_mapping(getattr(peft, k)) for k in ("rank_pattern", "alpha_pattern")}
-            peft = dataclasses.replace(peft, **patterns)
+            peft = dataclasses.replace(
+                peft, rank_pattern=frozen_mapping(peft.rank_pattern), alpha_pattern=frozen_mapping(peft.alpha_pattern)
+            )
         return dataclasses.replace(head, layers=frozen_mapping(layers), peft=peft)
 
 

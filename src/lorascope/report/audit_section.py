@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,7 +185,7 @@ class _Grid:
     annotate: bool
 
 
-def _grid(blocks: list[str | None], modules: list[str]) -> _Grid:
+def _grid(blocks: Sequence[str | None], modules: Sequence[str | None]) -> _Grid:
     """Rows: the longer list (its labels read horizontally); columns: the shorter one, labels
     rotated upright when they do not fit side by side, and every k-th kept when even upright ones
     would touch."""
