@@ -132,6 +132,13 @@ def test_a_required_setting():
         validate.build(Req, {}, path="f")
 
 
+def test_integer_check_names_its_bounds():
+    assert validate.integer(hi=5)(6) == "must be an integer ≤ 5"  # said only "must be an integer"
+    assert validate.integer(1)(0) == "must be an integer ≥ 1"
+    assert validate.integer(1, 5)(True) == "must be an integer in [1, 5]"
+    assert validate.integer()(1.5) == "must be an integer"
+
+
 def test_natural_order():
     names = ["layers.10.q", "layers.2.q", "layers.1.v", "layers.1.q", "head", "layers.02.k"]
     assert natural_sorted(names) == [
