@@ -92,6 +92,8 @@ def _calibrate(args: argparse.Namespace) -> GidReport:
     if not args.data:
         raise InvalidArgumentError("calibrating MODEL_DIR needs --data FILE")
     try:
+        import transformers  # noqa: F401  (gid.hf imports it only when called)
+
         from ..gid.calibration import CalibrationConfig
         from ..gid.hf import DataOptions, calibrate_model_dir
     except ImportError as e:
