@@ -200,7 +200,7 @@ def test_output_option_spellings(tmp_path, capsys):
 
 
 def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
-    """"~/data.csv" was kept as written (absolute after expanduser, so never made absolute), and
+    """ "~/data.csv" was kept as written (absolute after expanduser, so never made absolute), and
     the data reader then looked for a folder named "~"."""
     monkeypatch.setenv("HOME", str(tmp_path))
     doc = {"model": {"path": "~/model"}, "task": {"source": "file", "path": "~/d.csv", "test_path": "t.csv"}}
@@ -209,3 +209,17 @@ def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
     assert cfg.model.path == str(tmp_path / "model")
     assert cfg.task.path == str(tmp_path / "d.csv")
     assert cfg.task.test_path == str((tmp_path / "cfg" / "t.csv").resolve())
+
+
+@pytest.mark.parametrize("missing", ["torch"])  # peft would import torch: a torch-free file
+def test_a_missing_training_package_is_one_line(tmp_path, capsys, monkeypatch, missing):
+    """Without torch (or peft) the bench was an internal error (a bare ImportError)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` fails
+    assert main(["bench", "--preset", "minilm-rt", "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "lorascope: error: the bench trains models: it needs torch, transformers and peft "
+        f"({missing} is missing): pip install 'lorascope[bench]'\n"
+    )
+    assert not (tmp_path / "o").exists()

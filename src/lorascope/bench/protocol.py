@@ -43,6 +43,7 @@ from .setup import (
     check_device,
     check_executor,
     check_out,
+    check_stack,
     environment,
     prepare_out,
     process_start,
@@ -65,6 +66,7 @@ class Bench:
     def run(self) -> BenchResult:
         started = self.opts.started if self.opts.started is not None else process_start()
         self.progress = Progress(quiet=self.opts.quiet, started=started)  # its clock: from process start
+        check_stack()
         check_device(self.opts.device)  # refuse an unusable device and a used --out before any work
         check_executor(self.opts.executor)
         check_out(self.cfg, self.opts)
