@@ -247,7 +247,10 @@ def test_cli_plan_from_report(tmp_path, capsys):
             "(got rank=0, n_max=32, r_min=1, r_max=64)",
         ),
         (["MODEL"], "calibrating MODEL_DIR needs --data FILE"),
-        (["MODEL", "--data", "d.jsonl", "--plan-out", "p.json"], "--plan-out needs --plan ralora|ralora-pro|peft"),
+        (
+            ["MODEL", "--data", "d.jsonl", "--plan-out", "p.json"],
+            "--plan-out needs --plan ralora|ralora-pro|peft",
+        ),
         (["MODEL", "--data", "d.jsonl", "--layers-per-pass", "0"], "--layers-per-pass must be ≥ 1"),
     ],
 )

@@ -316,7 +316,9 @@ class GidPlan:
         if head.peft is not None:
             peft = build(PeftPatterns, data["peft"], path=path, prefix="peft.")
             peft = dataclasses.replace(
-                peft, rank_pattern=frozen_mapping(peft.rank_pattern), alpha_pattern=frozen_mapping(peft.alpha_pattern)
+                peft,
+                rank_pattern=frozen_mapping(peft.rank_pattern),
+                alpha_pattern=frozen_mapping(peft.alpha_pattern),
             )
         return dataclasses.replace(head, layers=frozen_mapping(layers), peft=peft)
 
