@@ -391,6 +391,17 @@ def test_cli_names_the_file_and_key_of_a_bad_report(tmp_path, capsys, edit, mess
     assert out == "" and err == f"lorascope: error: {p}: {message}\n"
 
 
+def test_a_repeated_layer_name_is_refused(tmp_path, capsys):
+    """Plans are keyed by layer name: a report naming a layer twice lost one of them silently."""
+    doc = {"schema": "lorascope.gid/v1", "layers": [LAYER_DOCS[0], LAYER_DOCS[1], LAYER_DOCS[0]]}
+    p = tmp_path / "gid.json"
+    p.write_text(json.dumps(doc))
+    assert main(["gid", "--report", str(p), "--plan", "ralora"]) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {p}: key layers.2.name: repeats the name of layers.0, got 'a.q'\n"
+    )
+
+
 def test_a_missing_report_or_plan_file_says_how_to_make_one(tmp_path, capsys):
     p = tmp_path / "gid.json"
     assert main(["gid", "--report", str(p), "--plan", "ralora"]) == 2

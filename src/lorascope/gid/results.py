@@ -200,6 +200,14 @@ class GidReport:
             build(LayerGid, _mapping(x, path, f"layers.{i}"), path=path, prefix=f"layers.{i}.")
             for i, x in enumerate(data["layers"])  # as read: error messages quote the user's values
         )
+        first: dict[str, int] = {}
+        for i, row in enumerate(rows):  # a plan is keyed by name: a repeated one would be dropped
+            if first.setdefault(row.name, i) != i:
+                raise ConfigError(
+                    f"repeats the name of layers.{first[row.name]}, got {short(row.name)}",
+                    path=path,
+                    key=f"layers.{i}.name",
+                )
         return dataclasses.replace(head, layers=rows)
 
 
