@@ -223,3 +223,19 @@ def test_a_missing_training_package_is_one_line(tmp_path, capsys, monkeypatch, m
         f"({missing} is missing): pip install 'lorascope[bench]'\n"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unreadable_stage_record_says_how_to_redo_the_stage(tmp_path):
+    """A stage.json that is not one of ours (edited, truncated to {}) was an internal error on
+    --resume (KeyError/TypeError in from_dict)."""
+    from lorascope.bench.results import TrainedRecord
+    from lorascope.bench.store import StageStore
+    from lorascope.errors import FormatError
+
+    (tmp_path / "probe").mkdir()
+    for text in ("{}", "[1, 2]"):
+        (tmp_path / "probe" / "stage.json").write_text(text)
+        with pytest.raises(FormatError) as e:
+            StageStore(tmp_path).record("probe", TrainedRecord)
+        assert str(e.value) == f"{tmp_path / 'probe' / 'stage.json'}: not a stage record this bench wrote"
+        assert e.value.hint == f"remove the folder {tmp_path / 'probe'} and --resume: the stage runs again"
