@@ -46,10 +46,13 @@ CONFIG_HINT = "give a YAML/JSON bench config (docs/bench.md), or --preset minilm
 
 
 def _rounding(v: Any) -> str | None:
+    problem = "must be 'none', 'pow2' or 'multiple:N'"
+    if not isinstance(v, str):
+        return problem
     try:
-        Rounding.parse(v) if isinstance(v, str) else Rounding.parse("?")
+        Rounding.parse(v)
     except InvalidArgumentError:
-        return "must be 'none', 'pow2' or 'multiple:N'"
+        return problem
     return None
 
 

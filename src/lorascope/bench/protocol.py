@@ -142,8 +142,9 @@ class Bench:
     # --- seeds --------------------------------------------------------------------------------
     def _run_seeds(self, seeds: list[int]) -> dict[int, SeedResult]:
         for seed in seeds:
-            seed_store(self.opts.out, seed).root.mkdir(parents=True, exist_ok=True)
-            seed_store(self.opts.out, seed).clean_partials()
+            store = seed_store(self.opts.out, seed)
+            store.root.mkdir(parents=True, exist_ok=True)
+            store.clean_partials()
         probes = self._run_jobs([StageJob(seed, "probe") for seed in seeds])
         results: dict[int, SeedResult] = {}
         planned = {}
