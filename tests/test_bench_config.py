@@ -197,3 +197,45 @@ def test_output_option_spellings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "where models train and evaluate" in capsys.readouterr().out  # --device has help text
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    """ "~/data.csv" was kept as written (absolute after expanduser, so never made absolute), and
+    the data reader then looked for a folder named "~"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    doc = {"model": {"path": "~/model"}, "task": {"source": "file", "path": "~/d.csv", "test_path": "t.csv"}}
+    (tmp_path / "cfg").mkdir()
+    cfg = load_config(write(tmp_path / "cfg", doc))
+    assert cfg.model.path == str(tmp_path / "model")
+    assert cfg.task.path == str(tmp_path / "d.csv")
+    assert cfg.task.test_path == str((tmp_path / "cfg" / "t.csv").resolve())
+
+
+@pytest.mark.parametrize("missing", ["torch"])  # peft would import torch: a torch-free file
+def test_a_missing_training_package_is_one_line(tmp_path, capsys, monkeypatch, missing):
+    """Without torch (or peft) the bench was an internal error (a bare ImportError)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` fails
+    assert main(["bench", "--preset", "minilm-rt", "-o", str(tmp_path / "o"), "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "lorascope: error: the bench trains models: it needs torch, transformers and peft "
+        f"({missing} is missing): pip install 'lorascope[bench]'\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unreadable_stage_record_says_how_to_redo_the_stage(tmp_path):
+    """A stage.json that is not one of ours (edited, truncated to {}) was an internal error on
+    --resume (KeyError/TypeError in from_dict)."""
+    from lorascope.bench.results import TrainedRecord
+    from lorascope.bench.store import StageStore
+    from lorascope.errors import FormatError
+
+    (tmp_path / "probe").mkdir()
+    for text in ("{}", "[1, 2]"):
+        (tmp_path / "probe" / "stage.json").write_text(text)
+        with pytest.raises(FormatError) as e:
+            StageStore(tmp_path).record("probe", TrainedRecord)
+        assert str(e.value) == f"{tmp_path / 'probe' / 'stage.json'}: not a stage record this bench wrote"
+        assert e.value.hint == f"remove the folder {tmp_path / 'probe'} and --resume: the stage runs again"

@@ -233,6 +233,11 @@ def test_probe_gate_ends_the_seed(tmp_path):
         ),
         ({"task": {"path": "missing.csv"}}, "data file not found"),
         ({"model": {"path": "no_such_model"}}, "model.path is not a folder"),
+        (  # BERT refuses it when built: was an internal error after --out was made
+            {"model": {"random_init": {"hidden_size": 30, "num_attention_heads": 4, "num_hidden_layers": 1}}},
+            "key model.random_init: not a BERT shape: ValueError: The hidden size (30) is not a multiple "
+            "of the number of attention heads (4)",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, edit, message):

@@ -35,6 +35,23 @@ def test_write_json_is_strict_and_ends_with_newline(tmp_path):
     assert not (tmp_path / "y.json").exists()
 
 
+def test_no_hard_links_and_a_failed_rename_leave_nothing(tmp_path, monkeypatch):
+    """Without hard links the name is claimed with O_EXCL first; if the rename onto it then fails,
+    the claimed (empty) file must not stay behind as an output."""
+
+    def no_link(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    def no_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(files.WriteError, match="No space left on device"):
+        files.write_text(tmp_path / "a.txt", "x")
+    assert os.listdir(tmp_path) == []
+
+
 def test_atomic_dir_leaves_nothing_on_error(tmp_path):
     with pytest.raises(RuntimeError), files.atomic_dir(tmp_path / "out") as tmp:
         (tmp / "f").write_text("x")
@@ -113,6 +130,13 @@ def test_a_required_setting():
 
     with pytest.raises(ConfigError, match="key path: is required"):
         validate.build(Req, {}, path="f")
+
+
+def test_integer_check_names_its_bounds():
+    assert validate.integer(hi=5)(6) == "must be an integer ≤ 5"  # said only "must be an integer"
+    assert validate.integer(1)(0) == "must be an integer ≥ 1"
+    assert validate.integer(1, 5)(True) == "must be an integer in [1, 5]"
+    assert validate.integer()(1.5) == "must be an integer"
 
 
 def test_natural_order():

@@ -247,6 +247,11 @@ def test_cli_plan_from_report(tmp_path, capsys):
             "(got rank=0, n_max=32, r_min=1, r_max=64)",
         ),
         (["MODEL"], "calibrating MODEL_DIR needs --data FILE"),
+        (
+            ["MODEL", "--data", "d.jsonl", "--plan-out", "p.json"],
+            "--plan-out needs --plan ralora|ralora-pro|peft",
+        ),
+        (["MODEL", "--data", "d.jsonl", "--layers-per-pass", "0"], "--layers-per-pass must be ≥ 1"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
@@ -255,6 +260,16 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     assert main(["gid", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"lorascope: error: {message.replace('R:', rep + ':')}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gid.json"]
+
+
+def test_cli_refuses_one_file_for_report_and_plan(tmp_path, capsys):
+    """-o and --plan-out on one path wrote the report, then refused the plan: a half-done run."""
+    rep, same = _report(tmp_path), str(tmp_path / "both.json")
+    argv = ["gid", "--report", rep, "--plan", "ralora", "-o", same, "--plan-out", same]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"lorascope: error: {same}: -o and --plan-out name the same file; give two paths\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gid.json"]
 
 
@@ -374,6 +389,17 @@ def test_cli_names_the_file_and_key_of_a_bad_report(tmp_path, capsys, edit, mess
     assert main(["gid", "--report", str(p), "--plan", "ralora"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"lorascope: error: {p}: {message}\n"
+
+
+def test_a_repeated_layer_name_is_refused(tmp_path, capsys):
+    """Plans are keyed by layer name: a report naming a layer twice lost one of them silently."""
+    doc = {"schema": "lorascope.gid/v1", "layers": [LAYER_DOCS[0], LAYER_DOCS[1], LAYER_DOCS[0]]}
+    p = tmp_path / "gid.json"
+    p.write_text(json.dumps(doc))
+    assert main(["gid", "--report", str(p), "--plan", "ralora"]) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {p}: key layers.2.name: repeats the name of layers.0, got 'a.q'\n"
+    )
 
 
 def test_a_missing_report_or_plan_file_says_how_to_make_one(tmp_path, capsys):
@@ -497,6 +523,16 @@ def test_read_rows_jsonl_and_csv(tmp_path):
             "d.csv",
             "text,label\nfine,one\n",
             "key label on line 2: must be an integer ≥ 0, got 'one' (--task cls needs one per row)",
+        ),
+        (
+            "d.csv",
+            "text,label\nfine,\u00b2\n",  # a superscript two: isdigit() but not int()
+            "key label on line 2: must be an integer ≥ 0, got '\u00b2' (--task cls needs one per row)",
+        ),
+        (
+            "d.csv",
+            'text,label\nfine,1\n"' + "a" * 200_000 + '",1\n',
+            "not valid CSV (field larger than field limit (131072))",
         ),
         (
             "d.txt",

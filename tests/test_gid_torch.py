@@ -394,6 +394,19 @@ def test_cli_refuses_folders_that_are_not_models(model_dir, data, tmp_path, caps
         assert "internal error" not in err and "\\n" not in err
 
 
+def test_cli_without_transformers_is_one_line(tmp_path, data, capsys, monkeypatch):
+    """torch present, transformers absent: was an internal error from inside the calibration call."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
+    monkeypatch.setitem(sys.modules, "transformers.utils", None)
+    assert main(_gid(data, tmp_path)) == 2
+    assert capsys.readouterr().err == (
+        "lorascope: error: the calibration pass needs torch and transformers (transformers is missing): "
+        "pip install 'lorascope[train]'\n"
+    )
+
+
 def test_cli_refuses_clm_on_an_encoder(model_dir, data, capsys):
     assert main(_gid(data, model_dir, "--task", "clm")) == 2
     assert capsys.readouterr().err == (

@@ -250,7 +250,7 @@ def test_full_disk_writing_a_report(tmp_path, src, capsys, monkeypatch):
 
     monkeypatch.setattr(Path, "write_text", full)
     report = tmp_path / "r" / "report.json"
-    report.parent.mkdir()
+    report.parent.mkdir()  # -o never creates its folder (a missing one is refused before any work)
     assert _cli_error(capsys, ["audit", src, "--json", "-o", report]) == (
         f"{report}: cannot write (No space left on device)"
     )

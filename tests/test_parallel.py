@@ -83,6 +83,24 @@ def test_worker_error_reaches_the_caller(monkeypatch):
         list(ordered_map(work, list(range(10))))
 
 
+def test_an_error_stops_the_items_not_yet_started(monkeypatch):
+    """After an item fails, the queued items ahead of the caller are cancelled, not run (the pool
+    used to finish all of them, each possibly seconds of work, before the error came out)."""
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    ran: list[int] = []
+
+    def work(i: int) -> int:
+        ran.append(i)
+        if i == 0:
+            raise ValueError("layer 0 is broken")
+        time.sleep(1.0)  # items 1 and 2 hold both workers while the error reaches the caller
+        return i
+
+    with pytest.raises(ValueError, match="layer 0 is broken"):
+        list(ordered_map(work, list(range(10)), ahead=4))
+    assert 3 not in ran and sorted(ran) in ([0, 1], [0, 1, 2])
+
+
 def test_a_blas_loaded_after_the_first_pass_is_held_too():
     """scipy brings its own OpenBLAS: loaded after the policy first looked at the process, it must
     still be held inside the workers (it ran free at 2 threads beside ours before)."""

@@ -162,7 +162,11 @@ def publish_file(tmp: str | Path, dest: str | Path) -> None:
             os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             raise InvalidArgumentError("output already exists; choose a new path", path=dest) from None
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:  # the claimed name must not stay behind as an empty output
+            os.unlink(dest)
+            raise
     else:
         os.unlink(tmp)
 

@@ -7,6 +7,7 @@ Every list of layers lorascope shows (audit, merge-audit, merge, study, report) 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _RUNS = re.compile(r"(\d+)")
 
@@ -17,7 +18,7 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _RUNS.split(name) if p)
 
 
-def natural_sorted(names):
+def natural_sorted(names: Iterable[str]) -> list[str]:
     """`sorted(names, key=natural_key)`."""
     return sorted(names, key=natural_key)
 

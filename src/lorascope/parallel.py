@@ -95,8 +95,12 @@ def ordered_map(
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lorascope") as pool:
             # futures of items i .. i+ahead-1; the finished one leaves the queue with its result
             pending = deque(pool.submit(fn, item) for item in items[:ahead])
-            for i in range(len(items)):
-                result = pending.popleft().result()
-                if i + ahead < len(items):
-                    pending.append(pool.submit(fn, items[i + ahead]))
-                yield result
+            try:
+                for i in range(len(items)):
+                    result = pending.popleft().result()
+                    if i + ahead < len(items):
+                        pending.append(pool.submit(fn, items[i + ahead]))
+                    yield result
+            finally:  # an error or an abandoned loop: items not yet started never run
+                for future in pending:
+                    future.cancel()

@@ -53,6 +53,8 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
             return None
         if lo is not None and hi is not None:
             return f"must be an integer in [{lo}, {hi}]"
+        if hi is not None:
+            return f"must be an integer ≤ {hi}"
         return f"must be an integer ≥ {lo}" if lo is not None else "must be an integer"
 
     return check

@@ -46,10 +46,13 @@ CONFIG_HINT = "give a YAML/JSON bench config (docs/bench.md), or --preset minilm
 
 
 def _rounding(v: Any) -> str | None:
+    problem = "must be 'none', 'pow2' or 'multiple:N'"
+    if not isinstance(v, str):
+        return problem
     try:
-        Rounding.parse(v) if isinstance(v, str) else Rounding.parse("?")
+        Rounding.parse(v)
     except InvalidArgumentError:
-        return "must be 'none', 'pow2' or 'multiple:N'"
+        return problem
     return None
 
 
@@ -222,9 +225,10 @@ def _cross_checks(cfg: BenchConfig) -> None:
 
 
 def _absolute(value: str | None, base: Path) -> str | None:
-    if value is None or Path(value).expanduser().is_absolute():
-        return value
-    return str((base / value).resolve())
+    if value is None:
+        return None
+    path = Path(value).expanduser()  # "~/data.csv" is the user's home, not a folder named "~"
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def resolve_paths(cfg: BenchConfig, base: Path) -> BenchConfig:
@@ -237,14 +241,14 @@ def resolve_paths(cfg: BenchConfig, base: Path) -> BenchConfig:
 
 
 def load_config(path: str | Path | None, *, preset: str | None = None) -> BenchConfig:
-    if (path is None) == (preset is None):
-        raise InvalidArgumentError("give a CONFIG file or --preset NAME (one of them)")
-    if preset is not None:
+    if path is None and preset is not None:
         from .presets import PRESETS
 
         if preset not in PRESETS:
             raise InvalidArgumentError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         return parse_config(PRESETS[preset], f"preset:{preset}")
+    if path is None or preset is not None:
+        raise InvalidArgumentError("give a CONFIG file or --preset NAME (one of them)")
     try:
         doc = read_mapping(path, "bench config")
     except InputNotFoundError as e:  # say what to give instead (not the adapter hint)

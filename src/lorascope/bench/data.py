@@ -127,11 +127,13 @@ def _encode_labels(train: list, test: list, where: str) -> tuple[tuple[str, ...]
 
 
 def _from_rows(cfg: TaskSection) -> tuple[list, list, list, list, str]:
+    test_rows: list | None
     if cfg.source == "datasets":
         train_rows, test_rows, where = _datasets(cfg)
     else:
+        assert cfg.path is not None  # parse_config refuses source 'file' without task.path
         where = cfg.path
-        train_rows = _rows(Path(cfg.path))
+        train_rows = _rows(Path(where))
         test_rows = _rows(Path(cfg.test_path)) if cfg.test_path else None
     tx, ty = _columns(train_rows, where, cfg.text_column, cfg.label_column)
     if test_rows is None:
@@ -141,12 +143,13 @@ def _from_rows(cfg: TaskSection) -> tuple[list, list, list, list, str]:
     return tx, ty, ex, ey, where
 
 
-def _datasets(cfg: TaskSection) -> tuple[list, list | None, str]:
+def _datasets(cfg: TaskSection) -> tuple[list, list, str]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise MissingDependencyError("task.source 'datasets' needs the datasets package") from None
     name = cfg.dataset
+    assert name is not None  # parse_config refuses source 'datasets' without task.dataset
     try:
         ds = datasets.load_dataset(name, cfg.dataset_config)
     except Exception as e:  # offline miss, bad name: one line

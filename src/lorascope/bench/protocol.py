@@ -43,6 +43,7 @@ from .setup import (
     check_device,
     check_executor,
     check_out,
+    check_stack,
     environment,
     prepare_out,
     process_start,
@@ -65,6 +66,7 @@ class Bench:
     def run(self) -> BenchResult:
         started = self.opts.started if self.opts.started is not None else process_start()
         self.progress = Progress(quiet=self.opts.quiet, started=started)  # its clock: from process start
+        check_stack()
         check_device(self.opts.device)  # refuse an unusable device and a used --out before any work
         check_executor(self.opts.executor)
         check_out(self.cfg, self.opts)
@@ -140,8 +142,9 @@ class Bench:
     # --- seeds --------------------------------------------------------------------------------
     def _run_seeds(self, seeds: list[int]) -> dict[int, SeedResult]:
         for seed in seeds:
-            seed_store(self.opts.out, seed).root.mkdir(parents=True, exist_ok=True)
-            seed_store(self.opts.out, seed).clean_partials()
+            store = seed_store(self.opts.out, seed)
+            store.root.mkdir(parents=True, exist_ok=True)
+            store.clean_partials()
         probes = self._run_jobs([StageJob(seed, "probe") for seed in seeds])
         results: dict[int, SeedResult] = {}
         planned = {}

@@ -191,7 +191,7 @@ class SeedResult:
 
     def to_dict(self) -> dict[str, Any]:
         c = self.context
-        head = {"schema": SEED_SCHEMA}
+        head: dict[str, Any] = {"schema": SEED_SCHEMA}
         if c is not None:
             head |= {"bench_version": c.bench_version, "seed": self.seed, "status": self.status}
             head |= {"timestamp": c.timestamp, "git_commit": c.env.git_commit, "env": _plain(c.env)}

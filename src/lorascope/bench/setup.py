@@ -47,6 +47,21 @@ def process_start() -> float:
         return time.time()
 
 
+def check_stack() -> None:
+    """torch, transformers and peft import, or one MissingDependencyError naming the missing one
+    (the bench imports them next anyway; a bare ImportError would be an internal error)."""
+    import importlib
+
+    for name in ("torch", "transformers", "peft"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingDependencyError(
+                f"the bench trains models: it needs torch, transformers and peft ({name} is missing): "
+                "pip install 'lorascope[bench]'"
+            ) from None
+
+
 def check_device(device: str) -> None:
     """Refuse a device this machine's torch cannot use, before anything is loaded or written."""
     import torch

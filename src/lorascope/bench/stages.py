@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..files import write_json
+from ..files import write_json, write_text
 from .config import CONTROLS, BenchConfig
 from .results import AuditRecord, TrainedRecord
 from .store import StageStore
@@ -110,7 +110,7 @@ def audit_stage(cfg: BenchConfig, store: StageStore) -> AuditRecord:
         comp = cfg.compression
         t0 = time.perf_counter()
         report = audit_adapter(store.root / "probe" / "adapter", audit_options(comp))
-        (folder / "audit.json").write_text(report.to_json(), encoding="utf-8")
+        write_text(folder / "audit.json", report.to_json())
         plans = plans_from_audit(report, comp, cfg.lora.probe_r)
         sizes = {x.name: x.info.in_features + x.info.out_features for x in report.layers}
         return AuditRecord(plans, probe_facts(report, comp.energy), sizes, time.perf_counter() - t0)

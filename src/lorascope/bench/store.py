@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ..errors import FormatError
 from ..files import read_json, write_json
 
 RECORD = "stage.json"
@@ -41,7 +42,15 @@ class StageStore:
         return (self.root / name / RECORD).is_file()
 
     def record(self, name: str, kind: type[R]) -> R:
-        return kind.from_dict(read_json(self.root / name / RECORD))
+        path = self.root / name / RECORD
+        try:
+            return kind.from_dict(read_json(path))
+        except (KeyError, TypeError, AttributeError):  # edited or from another version: not ours
+            raise FormatError(
+                "not a stage record this bench wrote",
+                path=path,
+                hint=f"remove the folder {path.parent} and --resume: the stage runs again",
+            ) from None
 
     def run(self, name: str, fn: Callable[[Path], R], kind: type[R]) -> R:
         final = self.root / name

@@ -30,7 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from ..errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
+from ..errors import ConfigError, InvalidArgumentError, MissingDependencyError  # noqa: E402
 from ..integrations.hf import LorascopeCallback  # noqa: E402
 from .config import BenchConfig, LoraSection, ModelSection  # noqa: E402
 from .data import TaskData  # noqa: E402
@@ -158,8 +158,11 @@ class Runtime:
     # --- models -------------------------------------------------------------------------------
     @quiet
     def check_model(self) -> None:
-        """Read the model's config (cheap) so that a folder that is no model fails up front."""
+        """Read the model's config (cheap) so that a folder that is no model fails up front; a
+        random_init shape is built once on the meta device (no memory) for the same reason."""
         if self.cfg.model.random_init is not None:
+            with torch.device("meta"):
+                self._random_bert()
             return
         from transformers import AutoConfig
 
@@ -176,13 +179,8 @@ class Runtime:
 
         mcfg = self.cfg.model
         if mcfg.random_init is not None:
-            from transformers import BertConfig, BertForSequenceClassification
-
-            shape = dict(mcfg.random_init)
-            config = BertConfig(vocab_size=len(self.tok), **shape)
-            config.num_labels = self.data.num_labels
             set_seed(mcfg.init_seed)  # the "pretrained" body is the same for every seed
-            model = BertForSequenceClassification(config)
+            model = self._random_bert()
             set_seed(seed)
             return model
         set_seed(seed)
@@ -199,6 +197,21 @@ class Runtime:
         except Exception as e:  # not a model folder, wrong architecture, missing weights
             raise InvalidArgumentError(
                 f"the model does not load: {_line(e)}; check model.path / model.name", path=self.folder
+            ) from None
+
+    def _random_bert(self):
+        """The BERT classifier of shape model.random_init; a shape BERT refuses (hidden_size not a
+        multiple of num_attention_heads) is one ConfigError naming the key."""
+        from transformers import BertConfig, BertForSequenceClassification
+
+        shape: dict[str, Any] = dict(self.cfg.model.random_init or {})
+        try:
+            config = BertConfig(vocab_size=len(self.tok), **shape)
+            config.num_labels = self.data.num_labels
+            return BertForSequenceClassification(config)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(
+                f"not a BERT shape: {_line(e)}", path=self.cfg.source, key="model.random_init"
             ) from None
 
     def lora_config(self, plan: Mapping[str, int]):
@@ -352,7 +365,8 @@ def lora_config(lora: LoraSection, plan: Mapping[str, int], *, generation: bool)
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if generation else TaskType.SEQ_CLS,
         r=default_r,
-        lora_alpha=alpha,
+        # a float: PEFT scales by lora_alpha / r in floating point, whatever its annotation says
+        lora_alpha=alpha,  # type: ignore[arg-type, unused-ignore]
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         use_rslora=lora.rslora,

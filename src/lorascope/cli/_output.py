@@ -1,9 +1,10 @@
 """One output sink: text to stdout, or to a file written atomically and exclusively.
 
-`-o FILE` creates FILE in an existing folder (a missing folder is refused, not created): an existing path is refused (a regular file, so that no report silently
-replaces another, and so that `-o /dev/stdout >> log` cannot truncate the log; a device, pipe or
-socket, which an atomic rename would have replaced by a regular file), as is any path that would
-overwrite an input.  `-o -` (or no -o) writes to stdout.
+`-o FILE` creates FILE in an existing folder (a missing folder is refused, not created): an
+existing path is refused (a regular file, so that no report silently replaces another, and so
+that `-o /dev/stdout >> log` cannot truncate the log; a device, pipe or socket, which an atomic
+rename would have replaced by a regular file), as is any path that would overwrite an input.
+`-o -` (or no -o) writes to stdout.
 """
 
 from __future__ import annotations

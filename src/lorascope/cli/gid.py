@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 
 from ..errors import InvalidArgumentError, MissingDependencyError
-from ..files import check_destination, check_parent
+from ..files import check_destination, check_parent, resolved
 from ..gid import (
     METHODS,
     GidReport,
@@ -92,6 +92,8 @@ def _calibrate(args: argparse.Namespace) -> GidReport:
     if not args.data:
         raise InvalidArgumentError("calibrating MODEL_DIR needs --data FILE")
     try:
+        import transformers  # noqa: F401  (gid.hf imports it only when called)
+
         from ..gid.calibration import CalibrationConfig
         from ..gid.hf import DataOptions, calibrate_model_dir
     except ImportError as e:
@@ -118,8 +120,12 @@ def _check_args(args: argparse.Namespace) -> PlanOptions:
         raise InvalidArgumentError("give either MODEL_DIR (calibrate) or --report gid.json (plan), not both")
     if args.report and not args.plan:
         raise InvalidArgumentError("--report needs --plan ralora|ralora-pro|peft")
+    if args.plan_out and not args.plan:
+        raise InvalidArgumentError("--plan-out needs --plan ralora|ralora-pro|peft")
     if args.steps < 1 or args.batch < 1 or args.max_len < 1:
         raise InvalidArgumentError("--steps, --batch and --max-len must be ≥ 1")
+    if args.layers_per_pass is not None and args.layers_per_pass < 1:  # before the model is loaded
+        raise InvalidArgumentError("--layers-per-pass must be ≥ 1")
     options = PlanOptions(
         rank=args.rank, alpha=args.alpha, n_max=args.n_max, r_min=args.r_min, r_max=args.r_max
     )
@@ -128,6 +134,9 @@ def _check_args(args: argparse.Namespace) -> PlanOptions:
         if dest:
             check_destination(dest)
             check_parent(dest)
+    if args.out and args.plan_out and resolved(args.out) == resolved(args.plan_out):
+        # the report would be written and the plan then refused: a half-done run
+        raise InvalidArgumentError("-o and --plan-out name the same file; give two paths", path=args.out)
     return options
 
 

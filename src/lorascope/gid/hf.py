@@ -145,5 +145,7 @@ def calibrate_model_dir(
     if config.model_name is None:
         config = replace(config, model_name=str(model_dir))
     report = calibrate(model, batches, _loss_fn(options.task), targets, config, progress)
-    extra = {"batch": options.batch, "max_len": options.max_len, "task": options.task, "data": str(data)}
-    return replace(report, calibration=replace(report.calibration, **extra))
+    calibration = replace(
+        report.calibration, batch=options.batch, max_len=options.max_len, task=options.task, data=str(data)
+    )
+    return replace(report, calibration=calibration)

@@ -78,15 +78,18 @@ def _jsonl(text: str, path: Path) -> Iterator[tuple[int, Any]]:
             yield n, json_loads(line, path, f"line {n} is not a JSON object ({{}})")
 
 
-def _csv(text: str) -> Iterator[tuple[int, Any]]:
+def _csv(text: str, path: Path) -> Iterator[tuple[int, Any]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        yield reader.line_num, row
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as e:  # e.g. a field over csv's size limit
+        raise FormatError(f"not valid CSV ({e})", path=path) from None
 
 
 def _label(row: Mapping[str, Any], n: int, path: Path, csv_file: bool) -> int:
     value = row.get("label")
-    if csv_file and isinstance(value, str) and value.strip().isdigit():
+    if csv_file and isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     if not csv_file and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -104,7 +107,7 @@ def read_rows(path: str | Path, task: str) -> list[tuple[str, int]]:
     except InputNotFoundError as e:
         raise InputNotFoundError(e.message, path=p, hint=DATA_HINT) from None
     out = []
-    for n, row in _csv(text) if p.suffix == ".csv" else _jsonl(text, p):
+    for n, row in _csv(text, p) if p.suffix == ".csv" else _jsonl(text, p):
         if not isinstance(row, Mapping):
             raise FormatError(
                 f'line {n}: must be a JSON object with a "text" string, got {short(row)}', path=p

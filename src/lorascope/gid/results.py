@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from ..errors import ConfigError, FormatError, InvalidArgumentError
 from ..types import frozen_mapping
 from ..validate import (
+    boolean,
     build,
     integer,
     list_of,
@@ -69,10 +70,6 @@ def _shape(v: Any) -> str | None:
 
 def _text(v: Any) -> str | None:
     return None if isinstance(v, str) else "must be a string"
-
-
-def _flag(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "must be true or false"
 
 
 def _value(v: Any) -> Any:
@@ -127,7 +124,7 @@ class LayerGid:
     energy_rank_90: int | None = setting(None, optional(integer(0)))
     grad_norm: float | None = setting(None, optional(_non_negative))
     importance: float = setting(check=_non_negative)
-    starved: bool | None = setting(None, optional(_flag))
+    starved: bool | None = setting(None, optional(boolean))
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
@@ -203,6 +200,14 @@ class GidReport:
             build(LayerGid, _mapping(x, path, f"layers.{i}"), path=path, prefix=f"layers.{i}.")
             for i, x in enumerate(data["layers"])  # as read: error messages quote the user's values
         )
+        first: dict[str, int] = {}
+        for i, row in enumerate(rows):  # a plan is keyed by name: a repeated one would be dropped
+            if first.setdefault(row.name, i) != i:
+                raise ConfigError(
+                    f"repeats the name of layers.{first[row.name]}, got {short(row.name)}",
+                    path=path,
+                    key=f"layers.{i}.name",
+                )
         return dataclasses.replace(head, layers=rows)
 
 
@@ -318,8 +323,11 @@ class GidPlan:
         peft = None
         if head.peft is not None:
             peft = build(PeftPatterns, data["peft"], path=path, prefix="peft.")
-            patterns = {k: frozen_mapping(getattr(peft, k)) for k in ("rank_pattern", "alpha_pattern")}
-            peft = dataclasses.replace(peft, **patterns)
+            peft = dataclasses.replace(
+                peft,
+                rank_pattern=frozen_mapping(peft.rank_pattern),
+                alpha_pattern=frozen_mapping(peft.alpha_pattern),
+            )
         return dataclasses.replace(head, layers=frozen_mapping(layers), peft=peft)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,33 +50,51 @@ def build(path: str, doc: Any) -> Built:
     tau = ((options.nums("thresholds", optional=True) if options else None) or [0.9])[0]
     key = f"energy_rank@{tau:.12g}"
     # natural order (layers.2 before layers.10) in every plot and table; the JSON keeps the file's
-    layers = sorted((_layer(x, key) for x in d.objs("layers")), key=lambda x: natural_key(x["name"]))
+    layers = sorted((_layer(x, key) for x in d.objs("layers")), key=lambda x: natural_key(x.name))
     summary = d.need("summary")
     facts = _facts(d, summary, layers, key)
-    live = [x for x in layers if not x["dead"] and x["sv"] and x["sv"][0] > 0]  # σ₁ = 0: nothing to draw
+    live = [x for x in layers if not x.dead and x.sv and x.sv[0] > 0]  # σ₁ = 0: nothing to draw
     body = [_spectra(live), _heatmaps(layers, tau), _ranks(layers, tau)] if layers else [NO_LAYERS]
     return Built(data=doc, facts=facts, body="".join(body), notes=text_list(d.raw("notes")))
 
 
-def _layer(x: Doc, key: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Layer:
+    """The fields of one audit layer the plots and tables read."""
+
+    name: str
+    rank: int
+    dead: bool
+    type: str  # module type ("other" when the audit gives none)
+    block: str | None
+    utilisation: float
+    stable_rank: float
+    effective_rank: float | None
+    sigma_max: float | None
+    k: int  # energy rank at the audit's first threshold
+    suggested: int
+    sv: list[float] | None
+
+
+def _layer(x: Doc, key: str) -> _Layer:
     """The fields the plots read, type-checked (the error names layers[i].field)."""
-    return {
-        "name": x.text("name"),
-        "rank": x.integer("rank"),
-        "dead": bool(x.raw("dead", False)),
-        "type": x.text("module_type", optional=True) or "other",
-        "block": x.text("block", optional=True),
-        "utilisation": x.num("utilisation"),
-        "stable_rank": x.num("stable_rank"),
-        "effective_rank": x.num("effective_rank", optional=True),
-        "sigma_max": x.num("sigma_max", optional=True),
-        "k": x.integer(key),
-        "suggested": x.integer("suggested_rank"),
-        "sv": x.nums("singular_values", optional=True),
-    }
+    return _Layer(
+        name=x.text("name"),
+        rank=x.integer("rank"),
+        dead=bool(x.raw("dead", False)),
+        type=x.text("module_type", optional=True) or "other",
+        block=x.text("block", optional=True),
+        utilisation=x.num("utilisation"),
+        stable_rank=x.num("stable_rank"),
+        effective_rank=x.num("effective_rank", optional=True),
+        sigma_max=x.num("sigma_max", optional=True),
+        k=x.integer(key),
+        suggested=x.integer("suggested_rank"),
+        sv=x.nums("singular_values", optional=True),
+    )
 
 
-def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list[tuple[str, Any]]:
+def _facts(d: Doc, summary: Doc, layers: list[_Layer], key: str) -> list[tuple[str, Any]]:
     util = summary.obj("utilisation", optional=True)
     k = summary.obj(key, optional=True)
     sugg = d.obj("suggestions", optional=True)
@@ -85,8 +104,8 @@ def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list
     return [
         ("format", source.text("format", optional=True) if source else None),
         ("layers", len(layers)),
-        ("dead layers", sum(x["dead"] for x in layers)),
-        ("allocated ranks", ", ".join(str(r) for r in sorted({x["rank"] for x in layers}))),
+        ("dead layers", sum(x.dead for x in layers)),
+        ("allocated ranks", ", ".join(str(r) for r in sorted({x.rank for x in layers}))),
         ("parameters", summary.integer("params", optional=True)),
         ("utilisation (mean)", util.num("mean", optional=True) if util else None),
         (f"{key} (median)", k.num("median", optional=True) if k else None),
@@ -95,8 +114,8 @@ def _facts(d: Doc, summary: Doc, layers: list[dict[str, Any]], key: str) -> list
     ]
 
 
-def _spectra(live: list[dict[str, Any]]) -> str:
-    with_sv = [x for x in live if x["sv"]]
+def _spectra(live: list[_Layer]) -> str:
+    with_sv = [x for x in live if x.sv]
     caption = (
         "Singular values of each layer's ΔW divided by its largest (log scale), one line per layer; "
         "line style and colour by module type; hover a line for its name; layers in natural order"
@@ -109,14 +128,14 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11, "top": 0.88})
     titles = {}
     for i, x in enumerate(with_sv[::stride]):
-        colour, style, _ = MODULE_STYLE.get(x["type"], MODULE_STYLE["other"])
-        s1 = x["sv"][0]
-        ys = [max(s / s1, 1e-12) for s in x["sv"]]  # log axis: exact zeros drawn at 1e-12
+        colour, style, _ = MODULE_STYLE.get(x.type, MODULE_STYLE["other"])
+        sv = x.sv or []
+        ys = [max(s / sv[0], 1e-12) for s in sv]  # log axis: exact zeros drawn at 1e-12
         gid = f"sv{i}"
-        titles[gid] = f"{x['name']} (r={x['rank']}, {x['type']})"
+        titles[gid] = f"{x.name} (r={x.rank}, {x.type})"
         ax.plot(range(1, len(ys) + 1), ys, color=colour, ls=style, lw=0.8, alpha=0.55, gid=gid)
     for t, (colour, style, _) in MODULE_STYLE.items():
-        if any(x["type"] == t for x in with_sv):
+        if any(x.type == t for x in with_sv):
             ax.plot([], [], color=colour, ls=style, label=t)
     log_axis(ax)
     integer_axis(ax, "x")
@@ -126,13 +145,13 @@ def _spectra(live: list[dict[str, Any]]) -> str:
     svg = titled_groups(to_svg(fig, "Normalised singular-value spectra", "spectra"), titles)
     rows = [
         [
-            x["name"],
-            x["type"],
-            x["rank"],
-            x["sigma_max"],
-            x["stable_rank"],
-            x["effective_rank"],
-            x["utilisation"],
+            x.name,
+            x.type,
+            x.rank,
+            x.sigma_max,
+            x.stable_rank,
+            x.effective_rank,
+            x.utilisation,
         ]
         for x in with_sv
     ]
@@ -145,8 +164,8 @@ def _block_key(block: str | None) -> tuple[int, tuple[tuple[int, int | str], ...
     return (1, ()) if block is None else (0, natural_key(block))
 
 
-def _module(x: dict[str, Any]) -> str:
-    block, name = x["block"], x["name"]
+def _module(x: _Layer) -> str:
+    block, name = x.block, x.name
     return name[len(block) + 1 :] if block and name.startswith(block + ".") else name.rsplit(".", 1)[-1]
 
 
@@ -184,7 +203,7 @@ class _Grid:
     annotate: bool
 
 
-def _grid(blocks: list[str | None], modules: list[str]) -> _Grid:
+def _grid(blocks: Sequence[str | None], modules: Sequence[str | None]) -> _Grid:
     """Rows: the longer list (its labels read horizontally); columns: the shorter one, labels
     rotated upright when they do not fit side by side, and every k-th kept when even upright ones
     would touch."""
@@ -227,16 +246,16 @@ def _annotate(ax: Any, img: Any, mat: list[list[float]], form: str) -> None:
                 ax.text(j, i, form.format(v), ha="center", va="center", fontsize=MIN_FONT, color=colour)
 
 
-def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
-    blocks = sorted({x["block"] for x in layers}, key=_block_key)
+def _heatmaps(layers: list[_Layer], tau: float) -> str:
+    blocks = sorted({x.block for x in layers}, key=_block_key)
     g = _grid(blocks, natural_sorted({_module(x) for x in layers}))
     row = {b: i for i, b in enumerate(g.rows)}
     col = {m: j for j, m in enumerate(g.cols)}
     util = [[math.nan] * len(g.cols) for _ in g.rows]
     kmat = [[math.nan] * len(g.cols) for _ in g.rows]
     for x in layers:
-        r, c = (_module(x), x["block"]) if g.transposed else (x["block"], _module(x))
-        util[row[r]][col[c]], kmat[row[r]][col[c]] = x["utilisation"], x["k"]
+        r, c = (_module(x), x.block) if g.transposed else (x.block, _module(x))
+        util[row[r]][col[c]], kmat[row[r]][col[c]] = x.utilisation, x.k
     margins = {"left": g.left, "right": 0.93, "bottom": g.bottom, "top": 1 - 0.35 / g.height, "wspace": 0.15}
     fig, axes = new_figure(8.0, g.height, 1, 2, margins=margins)
     for ax, mat, name, form in (
@@ -254,7 +273,7 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
         if g.annotate:
             _annotate(ax, img, mat, form)
     svg = to_svg(fig, f"Utilisation and energy rank k@{tau:g} by block and module", "heatmap")
-    rows = [[x["block"], _module(x), x["rank"], x["utilisation"], x["k"]] for x in layers]
+    rows = [[x.block, _module(x), x.rank, x.utilisation, x.k] for x in layers]
     where = "module (rows) and block (columns)" if g.transposed else "block (rows) and module (columns)"
     caption = (
         f"Utilisation (stable rank / r) and energy rank k@{tau:g} (smallest k holding {tau:g} of Σσ²), "
@@ -271,12 +290,12 @@ def _heatmaps(layers: list[dict[str, Any]], tau: float) -> str:
     return figure(svg, caption, tab)
 
 
-def _ranks(layers: list[dict[str, Any]], tau: float) -> str:
+def _ranks(layers: list[_Layer], tau: float) -> str:
     fig, ax = new_figure(8.0, 3.4, margins={"top": 0.86})
     xs = list(range(len(layers)))
-    ax.step(xs, [x["rank"] for x in layers], where="mid", color="#555555", lw=1.2, label="allocated r")
-    ax.plot(xs, [x["suggested"] for x in layers], "o", ms=3, color="#0072B2", label="suggested rank")
-    ax.plot(xs, [x["k"] for x in layers], "x", ms=3, color="#D55E00", label=f"k@{tau:g}")
+    ax.step(xs, [x.rank for x in layers], where="mid", color="#555555", lw=1.2, label="allocated r")
+    ax.plot(xs, [x.suggested for x in layers], "o", ms=3, color="#0072B2", label="suggested rank")
+    ax.plot(xs, [x.k for x in layers], "x", ms=3, color="#D55E00", label=f"k@{tau:g}")
     ax.set_xlabel("layer # (natural order of the names; the table lists them)")
     integer_axis(ax, "x")
     integer_axis(ax, "y")
@@ -284,7 +303,7 @@ def _ranks(layers: list[dict[str, Any]], tau: float) -> str:
     ax.set_ylim(bottom=0)
     legend_above(ax)
     svg = to_svg(fig, "Allocated and suggested rank per layer", "ranks")
-    rows = [[i, x["name"], x["rank"], x["k"], x["suggested"]] for i, x in enumerate(layers)]
+    rows = [[i, x.name, x.rank, x.k, x.suggested] for i, x in enumerate(layers)]
     tab = table(
         ["#", "layer", "allocated r", f"k@{tau:g}", "suggested"], rows, "Ranks per layer", collapsed=True
     )

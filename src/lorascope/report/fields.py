@@ -9,7 +9,7 @@ refused with the key that is wrong instead of a traceback or a silently wrong pl
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..errors import FormatError
 
@@ -32,7 +32,8 @@ def describe(value: Any) -> str:
 
 
 class Doc:
-    """One JSON object of a document, with its position (`where`) for messages."""
+    """One JSON object of a document, with its position (`where`) for messages.  A required value
+    (`optional=False`) is typed without None: a missing or null one raises."""
 
     def __init__(self, data: Any, path: str, where: str = ""):
         if not isinstance(data, dict):
@@ -63,6 +64,10 @@ class Doc:
             raise FormatError(f"{self._key(key)}: missing", path=self.path)
         return value
 
+    @overload
+    def num(self, key: str, optional: Literal[False] = False) -> float: ...
+    @overload
+    def num(self, key: str, optional: bool) -> float | None: ...
     def num(self, key: str, optional: bool = False) -> float | None:
         """A finite number, or None where optional and absent or null."""
         value = self._get(key, optional)
@@ -72,6 +77,10 @@ class Doc:
             raise self.fail(key, "a number", value)
         return float(value)
 
+    @overload
+    def integer(self, key: str, optional: Literal[False] = False) -> int: ...
+    @overload
+    def integer(self, key: str, optional: bool) -> int | None: ...
     def integer(self, key: str, optional: bool = False) -> int | None:
         value = self._get(key, optional)
         if value is None and optional:
@@ -80,6 +89,10 @@ class Doc:
             raise self.fail(key, "an integer", value)
         return value
 
+    @overload
+    def text(self, key: str, optional: Literal[False] = False) -> str: ...
+    @overload
+    def text(self, key: str, optional: bool) -> str | None: ...
     def text(self, key: str, optional: bool = False) -> str | None:
         value = self._get(key, optional)
         if value is None and optional:
@@ -112,6 +125,10 @@ class Doc:
             raise self.fail(key, "a list", value)
         return [Doc(v, self.path, f"{self._key(key)}[{i}]") for i, v in enumerate(value)]
 
+    @overload
+    def nums(self, key: str, optional: Literal[False] = False) -> list[float]: ...
+    @overload
+    def nums(self, key: str, optional: bool) -> list[float] | None: ...
     def nums(self, key: str, optional: bool = False) -> list[float] | None:
         value = self._get(key, optional)
         if value is None and optional:

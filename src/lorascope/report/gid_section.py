@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..gid.report import STARVED_FACTOR
 from ..order import natural_key
 from .base import Built, SectionKind
 from .fields import Doc
@@ -19,7 +20,7 @@ from .html import figure, table
 from .inputs import doc_in
 from .plot import integer_axis, legend_above, legend_patch, log_axis, new_figure, to_svg
 
-DEFAULT_FACTOR = 4.0  # `lorascope gid`'s rule: starved when GID ≥ 4·r
+DEFAULT_FACTOR = STARVED_FACTOR  # `lorascope gid`'s rule: starved when GID ≥ 4·r
 
 
 def build(path: str, doc: Any) -> Built:

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import FormatError, InputNotFoundError
+from ..errors import FormatError
+from ..files import read_text
 from .base import SectionKind
 
 # the hint of every error about what an input is (report has no --format: the kind is decided here)
@@ -38,23 +39,17 @@ def finite_float(text: str) -> float:
 
 
 def read_json(path: str) -> Any:
-    """Strict JSON (no NaN/Infinity), one-line errors naming the file."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputNotFoundError("no such file", path=path, hint="check the path") from None
-    except IsADirectoryError:
-        raise FormatError("is a directory, expected a JSON file", path=path) from None
+    """Strict JSON (no NaN/Infinity: the page embeds it), one-line errors naming the file.  Stricter
+    than `files.read_json`, which reads lorascope's own outputs: only the parse is done here."""
+    text = read_text(path, "JSON file")
 
     def refuse(name: str) -> None:
         raise FormatError(f"not strict JSON ({name} is not a JSON number)", path=path)
 
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=refuse, parse_float=finite_float)
+        return json.loads(text, parse_constant=refuse, parse_float=finite_float)
     except FormatError:
         raise
-    except UnicodeDecodeError as e:
-        raise FormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
     except json.JSONDecodeError as e:
         raise FormatError(
             f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", path=path
