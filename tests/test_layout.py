@@ -18,7 +18,18 @@ SRC = Path(lorascope.__file__).resolve().parent
 # Layers, bottom to top: a module may import its own layer or lower ones, never higher ones.
 # Capabilities (layer 3) may use each other's packages, never each other's private names.
 LAYERS = {
-    0: {"version", "errors", "types", "rounding", "jsontext", "textsafe", "files", "validate", "order"},
+    0: {
+        "version",
+        "errors",
+        "types",
+        "rounding",
+        "jsontext",
+        "textsafe",
+        "files",
+        "validate",
+        "order",
+        "hfquiet",
+    },
     1: {"spectral", "structured", "metrics", "parallel"},
     2: {"formats", "passes"},
     3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report", "gid"},

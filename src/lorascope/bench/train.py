@@ -31,10 +31,10 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from ..errors import ConfigError, InvalidArgumentError, MissingDependencyError  # noqa: E402
+from ..hfquiet import hf_quiet, quiet  # noqa: E402
 from ..integrations.hf import LorascopeCallback  # noqa: E402
 from .config import BenchConfig, LoraSection, ModelSection  # noqa: E402
 from .data import TaskData  # noqa: E402
-from .quiet import hf_quiet, quiet  # noqa: E402
 from .results import Evaluation  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
+from ..hfquiet import hf_quiet
 from .calibration import CalibrationConfig, Progress, calibrate
 from .inputs import check_model_dir, read_rows
 from .results import GidReport
@@ -121,7 +122,6 @@ def calibrate_model_dir(
 ) -> GidReport:
     """Check `model_dir` and `data`, load the model (offline), build batches, run `calibrate`."""
     import torch
-    from transformers.utils import logging
 
     options = options or DataOptions()
     if options.task not in TASKS:
@@ -129,10 +129,9 @@ def calibrate_model_dir(
     model_type = check_model_dir(model_dir)
     config = config or CalibrationConfig()
     rows = read_rows(data, options.task)[: config.steps * options.batch]
-    logging.set_verbosity_error()  # "newly initialised head" is expected for --task cls
-    logging.disable_progress_bar()
     n_labels = max(2, max(label for _, label in rows) + 1)
-    tok, model = _load(Path(model_dir), model_type, options.task, n_labels)
+    with hf_quiet():  # "newly initialised head" is expected for --task cls; restored after
+        tok, model = _load(Path(model_dir), model_type, options.task, n_labels)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
     vocab = getattr(model.config, "vocab_size", None) or len(tok)

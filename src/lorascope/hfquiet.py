@@ -1,7 +1,7 @@
-"""Keep transformers quiet while the bench loads and trains models: its warnings, logs and progress
-bars ("Loading weights", "newly initialized classifier", deprecation notices) would interleave with
-the bench's own progress on stderr.  Its settings are restored afterwards, so a program that calls
-the bench keeps its own verbosity."""
+"""Keep transformers quiet while lorascope loads and trains models (bench, gid): its warnings, logs
+and progress bars ("Loading weights", "newly initialized classifier", deprecation notices) would
+interleave with lorascope's own progress on stderr.  Its settings are restored afterwards, so a
+program that calls lorascope keeps its own verbosity.  transformers is imported on entry only."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 @contextmanager
 def hf_quiet() -> Iterator[None]:
     """transformers' warnings, logs and progress bars ("Loading weights", "newly initialized
-    classifier", deprecation notices) off while the bench loads and trains models; the bench prints
-    its own progress.  The previous verbosity and progress-bar setting are restored after."""
+    classifier", deprecation notices) off inside the block; lorascope prints its own progress.
+    The previous verbosity and progress-bar setting are restored after."""
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
