@@ -151,9 +151,9 @@ def verify_merge(
     targets = _targets(adapter, index, base, merged)
     heads = _heads(adapter, index, base, merged, pairs)
     head_keys = {h.key for h in heads}
-    bias_keys = {_sibling(k, "bias") for (_, k) in targets if k}
-    work: list[tuple[str, Any]] = [("layer", t) for t in targets]
-    touched = {k for _, k in targets if k} | head_keys
+    bias_keys = {_sibling(k, "bias") for (_, k, _) in targets if k}
+    work: list[tuple[str, Any]] = [("layer", t[:2]) for t in targets]
+    touched = {k for _, k, _ in targets if k} | head_keys
     untouched = [mk for mk in merged.keys() if mk not in touched and mk not in bias_keys and mk in pairs]
     work += [("tensor", mk) for mk in untouched if merged.is_float(mk) and base.is_float(pairs[mk])]
 
@@ -170,7 +170,7 @@ def verify_merge(
             options.progress(i + 1, len(work), getattr(result, "name", getattr(result, "key", "")))
         (layers if isinstance(result, LayerCheck) else others).append(result)
     missing = [b for b in match_keys(base.keys(), merged.keys()).only_base if base.is_float(b)]
-    targeted_base = {pairs.get(k) for _, k in targets if k}
+    targeted_base = {b for _, _, b in targets}
     others += [TensorCheck(b, False, "missing", "missing in MERGED") for b in missing if b not in targeted_base]
     bad = [x for x in others if not x.ok]
     notes = _notes(adapter, merged, pairs, touched)
@@ -198,8 +198,8 @@ def _sibling(key: str, param: str) -> str:
     return key.rpartition(".")[0] + "." + param
 
 
-def _targets(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint) -> list[tuple[LayerInfo, str | None]]:
-    """(layer, MERGED's weight key or None when MERGED lacks it) for every adapter layer."""
+def _targets(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint) -> list[tuple[LayerInfo, str | None, str | None]]:
+    """(layer, MERGED's weight key, BASE's; None where one lacks it) for every adapter layer."""
     module = FORMATS[adapter.format] if adapter.format in FORMATS else None
     base_index = KeyIndex(base.keys())
     out = []
@@ -214,7 +214,7 @@ def _targets(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkp
                 "of this model?",
                 path=adapter.path,
             )
-        out.append((info, key))
+        out.append((info, key, base_index.find(path + ".weight")))
     return out
 
 
