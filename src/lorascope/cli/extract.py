@@ -28,8 +28,12 @@ def register(p: argparse.ArgumentParser) -> None:
     modes.add_argument("--sv-cumulative", type=float, metavar="X", help="kohya sv_cumulative (Σσ ≥ X·Σσ, +1)")
     p.add_argument("--min-rank", type=int, default=1, help="never go below this rank (default 1)")
     p.add_argument("--max-rank", type=int, help="never go above this rank")
-    p.add_argument("--rounding", metavar="RULE", help="round ranks up: multiple:N, pow2 or none (default none)")
-    p.add_argument("--to", default="peft", metavar="FORMAT", help="peft (default), kohya, diffusers or lycoris")
+    p.add_argument(
+        "--rounding", metavar="RULE", help="round ranks up: multiple:N, pow2 or none (default none)"
+    )
+    p.add_argument(
+        "--to", default="peft", metavar="FORMAT", help="peft (default), kohya, diffusers or lycoris"
+    )
     p.add_argument(
         "--min-change",
         type=float,
@@ -37,7 +41,9 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="EPS",
         help=f"skip tensors whose ‖ΔW‖/‖W_base‖ is below EPS (default {DEFAULT_MIN_CHANGE:g})",
     )
-    p.add_argument("--modules", metavar="REGEX", help="extract LoRA layers only for module paths matching REGEX")
+    p.add_argument(
+        "--modules", metavar="REGEX", help="extract LoRA layers only for module paths matching REGEX"
+    )
     p.add_argument("--dtype", choices=DTYPES, help="factors' dtype (default: each tuned tensor's own)")
     p.add_argument("--layers", action="store_true", help="show every layer in the text report")
     p.add_argument("--json", action="store_true", help="machine-readable report (lorascope.extract/v1)")

@@ -14,7 +14,9 @@ from ._output import emit, progress_printer
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: .safetensors file, folder, or shard index")
-    p.add_argument("adapter", metavar="ADAPTER", help="the adapter that was merged (any format lorascope reads)")
+    p.add_argument(
+        "adapter", metavar="ADAPTER", help="the adapter that was merged (any format lorascope reads)"
+    )
     p.add_argument("merged", metavar="MERGED", help="the merged checkpoint")
     p.add_argument(
         "--tol",

@@ -11,4 +11,11 @@ render.py (text views; JSON is each report's `to_json`).
 from .extract import ExtractOptions, ExtractReport, extract_checkpoint
 from .verify import VerifyOptions, VerifyReport, verify_merge
 
-__all__ = ["ExtractOptions", "ExtractReport", "VerifyOptions", "VerifyReport", "extract_checkpoint", "verify_merge"]
+__all__ = [
+    "ExtractOptions",
+    "ExtractReport",
+    "VerifyOptions",
+    "VerifyReport",
+    "extract_checkpoint",
+    "verify_merge",
+]

@@ -68,7 +68,11 @@ def open_checkpoint(path: str | Path, what: str = "checkpoint") -> Checkpoint:
         files = sorted(p.glob("*.safetensors"))
         if not files:
             pickles = sorted(q.name for q in p.iterdir() if q.suffix in PICKLES)
-            why = f" (only pickles: {', '.join(pickles[:3])}, which lorascope never unpickles)" if pickles else ""
+            why = (
+                f" (only pickles: {', '.join(pickles[:3])}, which lorascope never unpickles)"
+                if pickles
+                else ""
+            )
             raise FormatError(f"no .safetensors files in this {what} folder{why}", path=p)
         return _joined(str(p), files)
     if p.name.endswith(".index.json"):
@@ -103,7 +107,9 @@ def _sharded(index: Path) -> Checkpoint:
     for key, name in weight_map.items():
         shard = index.parent / name
         if Path(name).name != name or not shard.is_file():
-            raise FormatError(f"key {key!r}: shard {name!r} not found beside the index", path=index, keys=[key])
+            raise FormatError(
+                f"key {key!r}: shard {name!r} not found beside the index", path=index, keys=[key]
+            )
         if name not in shards:
             src = open_safetensors(shard)
             shards[name] = (src, set(src.keys()))

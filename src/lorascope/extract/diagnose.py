@@ -83,7 +83,11 @@ def diagnose(q: Quantities, bd: Bounds, tol_override: float | None = None) -> Di
     x_norm, d_norm = math.sqrt(q.x_sq), math.sqrt(q.d_sq)
     if x_norm == 0:
         ok = d_norm <= SLACK * bd.b * q.m_norm
-        what = "the adapter's ΔW is zero and MERGED equals BASE" if ok else "changed, but the adapter's ΔW is zero"
+        what = (
+            "the adapter's ΔW is zero and MERGED equals BASE"
+            if ok
+            else "changed, but the adapter's ΔW is zero"
+        )
         return Diagnosis(ok, "zero_update" if ok else "mismatch", what, 0.0, 0.0, 1.0, 0.0, 0.0)
     tol = SLACK * (bd.a * x_norm + bd.b * q.m_norm) / x_norm if tol_override is None else tol_override
     rel = math.sqrt(max(q.d_sq - 2 * q.dot + q.x_sq, 0.0)) / x_norm
@@ -91,11 +95,17 @@ def diagnose(q: Quantities, bd: Bounds, tol_override: float | None = None) -> Di
     k_res = Z * (bd.a * q.x_max + bd.b * q.m_max) / x_norm
     corr = q.dot / (d_norm * x_norm) if d_norm > 0 else 0.0
     common = dict(rel_error=rel, tolerance=tol, k=k, k_resolution=k_res, correlation=corr)
-    unresolved = f"; cannot resolve k to 1 % in this layer: rounding bound {k_res:.2g}" if k_res > RESOLVE else ""
+    unresolved = (
+        f"; cannot resolve k to 1 % in this layer: rounding bound {k_res:.2g}" if k_res > RESOLVE else ""
+    )
     if tol >= 1.0:  # the whole update is below what rounding can hide
-        return Diagnosis(True, "below_rounding", f"update below MERGED's rounding (bound {tol:.2g})", **common)
+        return Diagnosis(
+            True, "below_rounding", f"update below MERGED's rounding (bound {tol:.2g})", **common
+        )
     if rel <= tol and abs(k - 1) <= k_res:
-        return Diagnosis(True, "verified", f"MERGED − BASE = s·B·A within rounding (k = {k:.4f}){unresolved}", **common)
+        return Diagnosis(
+            True, "verified", f"MERGED − BASE = s·B·A within rounding (k = {k:.4f}){unresolved}", **common
+        )
     if d_norm <= SLACK * bd.b * q.m_norm:
         return Diagnosis(False, "reverted", "reverted: MERGED equals BASE (up to rounding)", **common)
     rest = math.sqrt(max(q.d_sq - q.dot * k, 0.0)) / x_norm  # ‖D − k̂X‖/‖X‖
@@ -105,15 +115,26 @@ def diagnose(q: Quantities, bd: Bounds, tol_override: float | None = None) -> Di
     j = _truncation(q, tol)
     if j is not None:
         kept = float(np.sum(q.sigma[:j] ** 2) / q.x_sq)
-        detail = f"rank-truncated merge: D matches the adapter's top {j} of {q.rank} directions ({kept:.1%} of its energy)"
+        detail = (
+            f"rank-truncated merge: D matches the adapter's top {j} of {q.rank} directions "
+            f"({kept:.1%} of its energy)"
+        )
         return Diagnosis(False, "rank_truncated", detail, truncated_rank=j, **common)
     if corr < WRONG_BELOW:
-        return Diagnosis(False, "wrong_adapter", f"wrong adapter: correlation {corr:.3f} with s·B·A", **common)
-    return Diagnosis(False, "mismatch", f"relative error {rel:.3g} > {tol:.3g} (k = {k:.4f}, correlation {corr:.4f})", **common)
+        return Diagnosis(
+            False, "wrong_adapter", f"wrong adapter: correlation {corr:.3f} with s·B·A", **common
+        )
+    return Diagnosis(
+        False,
+        "mismatch",
+        f"relative error {rel:.3g} > {tol:.3g} (k = {k:.4f}, correlation {corr:.4f})",
+        **common,
+    )
 
 
 def _strength(k: float, s: float, r: int) -> tuple[str, str]:
     """Name k: −1, the scale applied twice (k = s) or missing (k = 1/s), rsLoRA's √r, else k×."""
+
     def near(v: float) -> bool:
         return abs(k - v) <= NAMED * abs(v)
 
@@ -127,7 +148,11 @@ def _strength(k: float, s: float, r: int) -> tuple[str, str]:
         root = math.sqrt(r)
         named += [
             ("rslora_scale", root, f"rsLoRA mismatch: k = {k:.4f} ≈ √r (α/√r applied where α/r was meant)"),
-            ("rslora_scale", 1 / root, f"rsLoRA mismatch: k = {k:.4f} ≈ 1/√r (α/r applied where α/√r was meant)"),
+            (
+                "rslora_scale",
+                1 / root,
+                f"rsLoRA mismatch: k = {k:.4f} ≈ 1/√r (α/r applied where α/√r was meant)",
+            ),
         ]
     for code, v, detail in named:
         if near(v):

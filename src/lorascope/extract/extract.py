@@ -102,7 +102,9 @@ class ExtractReport:
 
     def summary(self) -> dict[str, Any]:
         d_sq = sum((c.delta_norm**2 for c in self.plan.lora), 0.0)
-        lost = sum((x.rel_error**2) * (c.delta_norm**2) for x, c in zip(self.layers, self.plan.lora, strict=False))
+        lost = sum(
+            (x.rel_error**2) * (c.delta_norm**2) for x, c in zip(self.layers, self.plan.lora, strict=False)
+        )
         return {
             "n_layers": len(self.layers),
             "params": int(sum(x.rank * (x.shape[0] + math.prod(x.shape[1:])) for x in self.layers)),
@@ -191,7 +193,9 @@ def extract_layer(
 # --- the pipeline ---------------------------------------------------------------------------------
 
 
-def extract_checkpoint(base_path: str | Path, tuned_path: str | Path, dest: str | Path, options: ExtractOptions) -> ExtractReport:
+def extract_checkpoint(
+    base_path: str | Path, tuned_path: str | Path, dest: str | Path, options: ExtractOptions
+) -> ExtractReport:
     """Extract, write `dest` in `options.to`, audit the result; see the module docstring."""
     out = output_path(options.to, dest)
     check_parent(out)
@@ -232,7 +236,9 @@ def extract_checkpoint(base_path: str | Path, tuned_path: str | Path, dest: str 
     )
 
 
-def _streamed(plan: Plan, base: Checkpoint, tuned: Checkpoint, options: ExtractOptions, rows: list) -> Adapter:
+def _streamed(
+    plan: Plan, base: Checkpoint, tuned: Checkpoint, options: ExtractOptions, rows: list
+) -> Adapter:
     """A lazy adapter whose layers are extracted while the writer consumes them; `rows` fills in."""
     dtypes = {c.key: options.dtype or c.dtype for c in plan.lora}
     layers = tuple(_layer_info(c, 1, dtypes[c.key]) for c in plan.lora)

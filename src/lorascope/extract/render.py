@@ -37,7 +37,11 @@ def extract_text(report: ExtractReport, show_layers: bool = False) -> str:
                 f"{100 * x.kept_energy:7.3f}  {x.rel_error:9.3g}  {x.solver}"
             )
     if p.full_modules:
-        how = "written (modules_to_save)" if report.full_written else f"NOT written ({report.format} cannot hold full weights)"
+        how = (
+            "written (modules_to_save)"
+            if report.full_written
+            else f"NOT written ({report.format} cannot hold full weights)"
+        )
         lines.append(f"full weights {how}: {_some(p.full_modules)}")
     if p.lora_bias:
         how = "written as lora_B.bias" if report.full_written else "NOT written"
@@ -45,7 +49,10 @@ def extract_text(report: ExtractReport, show_layers: bool = False) -> str:
     if p.outside:
         lines.append(f"changed but outside --modules, not extracted: {_some(c.key for c in p.outside)}")
     if report.unmatched_base or report.unmatched_tuned:
-        lines.append(f"unmatched keys: BASE {_some(report.unmatched_base) or '-'}; TUNED {_some(report.unmatched_tuned) or '-'}")
+        lines.append(
+            f"unmatched keys: BASE {_some(report.unmatched_base) or '-'}; "
+            f"TUNED {_some(report.unmatched_tuned) or '-'}"
+        )
     if report.not_float:
         lines.append(f"not compared (not float): {_some(report.not_float)}")
     if report.renamed:
@@ -53,8 +60,13 @@ def extract_text(report: ExtractReport, show_layers: bool = False) -> str:
     audit = report.audit.get("summary") or {}
     sugg = report.audit.get("suggestions") or {}
     if audit:
-        ranks = ", ".join(f"{k} r={v['rank']}" for k, v in sugg.items() if isinstance(v, dict) and "rank" in v)
-        lines.append(f"audit of the result: {audit.get('n_layers', s['n_layers'])} layers; suggested ranks: {ranks or '-'}")
+        ranks = ", ".join(
+            f"{k} r={v['rank']}" for k, v in sugg.items() if isinstance(v, dict) and "rank" in v
+        )
+        lines.append(
+            f"audit of the result: {audit.get('n_layers', s['n_layers'])} layers; "
+            f"suggested ranks: {ranks or '-'}"
+        )
     return "\n".join(clean(line) for line in lines) + "\n"
 
 
@@ -65,7 +77,8 @@ def verify_text(report: VerifyReport, show_all: bool = False) -> str:
         f"lorascope verify-merge  {report.base}  +  {report.adapter}  =?  {report.merged}",
         f"{verdict}: {s['layers'] - s['layer_defects']}/{s['layers']} targeted layers verified, "
         f"{s['heads'] - s['head_defects']}/{s['heads']} saved heads match, "
-        f"{s['untouched_unchanged']} untouched tensors unchanged, {s['untouched_defects']} changed or missing",
+        f"{s['untouched_unchanged']} untouched tensors unchanged, "
+        f"{s['untouched_defects']} changed or missing",
     ]
     rows = [x for x in report.layers if show_all or not x.ok]
     if rows:

@@ -142,7 +142,12 @@ def plan_extraction(s: Survey, min_change: float, modules: str | None = None) ->
     live = [c for c in changed if c.rel >= min_change]
     lora, outside = [], []
     for c in live:
-        if c.base_key is None or c.param != "weight" or len(c.shape) not in (2, 4) or FULL_NAMES.search(c.module):
+        if (
+            c.base_key is None
+            or c.param != "weight"
+            or len(c.shape) not in (2, 4)
+            or FULL_NAMES.search(c.module)
+        ):
             continue
         (lora if selected is None or selected.search(c.module) else outside).append(c)
     lora_modules = {c.module for c in lora}

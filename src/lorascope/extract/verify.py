@@ -103,7 +103,11 @@ class VerifyReport:
 
     @property
     def verified(self) -> bool:
-        return all(x.ok for x in self.layers) and all(x.ok for x in self.heads) and all(x.ok for x in self.others)
+        return (
+            all(x.ok for x in self.layers)
+            and all(x.ok for x in self.heads)
+            and all(x.ok for x in self.others)
+        )
 
     @property
     def exit_code(self) -> int:
@@ -141,7 +145,10 @@ class VerifyReport:
 
 
 def verify_merge(
-    base_path: str | Path, adapter_path: str | Path, merged_path: str | Path, options: VerifyOptions | None = None
+    base_path: str | Path,
+    adapter_path: str | Path,
+    merged_path: str | Path,
+    options: VerifyOptions | None = None,
 ) -> VerifyReport:
     options = options or VerifyOptions()
     base, merged = open_checkpoint(base_path, "BASE"), open_checkpoint(merged_path, "MERGED")
@@ -171,7 +178,9 @@ def verify_merge(
         (layers if isinstance(result, LayerCheck) else others).append(result)
     missing = [b for b in match_keys(base.keys(), merged.keys()).only_base if base.is_float(b)]
     targeted_base = {b for _, _, b in targets}
-    others += [TensorCheck(b, False, "missing", "missing in MERGED") for b in missing if b not in targeted_base]
+    others += [
+        TensorCheck(b, False, "missing", "missing in MERGED") for b in missing if b not in targeted_base
+    ]
     bad = [x for x in others if not x.ok]
     notes = _notes(adapter, merged, pairs, touched)
     return VerifyReport(
@@ -198,7 +207,9 @@ def _sibling(key: str, param: str) -> str:
     return key.rpartition(".")[0] + "." + param
 
 
-def _targets(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint) -> list[tuple[LayerInfo, str | None, str | None]]:
+def _targets(
+    adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint
+) -> list[tuple[LayerInfo, str | None, str | None]]:
     """(layer, MERGED's weight key, BASE's; None where one lacks it) for every adapter layer."""
     module = FORMATS[adapter.format] if adapter.format in FORMATS else None
     base_index = KeyIndex(base.keys())
@@ -206,7 +217,9 @@ def _targets(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkp
     for info in adapter.layers:
         path = module.model_path(info) if module else info.name
         if path is None:
-            raise FormatError(f"layer {info.name}: its module path cannot be recovered from the name", path=adapter.path)
+            raise FormatError(
+                f"layer {info.name}: its module path cannot be recovered from the name", path=adapter.path
+            )
         key = index.find(path + ".weight")
         if key is None and base_index.find(path + ".weight") is None:
             raise FormatError(
@@ -236,14 +249,17 @@ def _check_layer(adapter, info: LayerInfo, key, base, merged, pairs, tol) -> Lay
     down, up = delta.down.reshape(delta.down.shape[0], -1), delta.up
     if d.shape != (up.shape[0], down.shape[1]):
         raise FormatError(
-            f"layer {info.name}: ΔW is {list(d.shape)} in MERGED but {[up.shape[0], down.shape[1]]} in the adapter",
+            f"layer {info.name}: ΔW is {list(d.shape)} in MERGED but "
+            f"{[up.shape[0], down.shape[1]]} in the adapter",
             path=adapter.path,
         )
     svd = truncated_svd(down, up, info.scale, min(info.rank, *d.shape))  # u (m, k), s (k,), vt (k, n)
     g = np.einsum("ij,ij->i", svd.u.T.astype(np.float64) @ d, svd.vt.astype(np.float64))  # (k,)
     s = np.asarray(svd.s, np.float64)
-    x_max = abs(info.scale) * float(np.max(np.linalg.norm(up.astype(np.float64), axis=1))) * float(
-        np.max(np.linalg.norm(down.astype(np.float64), axis=0))
+    x_max = (
+        abs(info.scale)
+        * float(np.max(np.linalg.norm(up.astype(np.float64), axis=1)))
+        * float(np.max(np.linalg.norm(down.astype(np.float64), axis=0)))
     )
     q = Quantities(
         d_sq=sq_norm(d), x_sq=float(np.sum(s * s)), dot=float(np.sum(s * g)), m_norm=m_norm, m_max=m_max,
@@ -273,10 +289,14 @@ def _check_untouched(mk: str, bk: str, base: Checkpoint, merged: Checkpoint) -> 
     rel = diff / ref if ref else math.inf
     if diff <= allowed:
         return TensorCheck(mk, True, "converted", "equal to BASE up to the dtype change", rel)
-    return TensorCheck(mk, False, "changed", f"changed although the adapter does not touch it (relative {rel:.3g})", rel)
+    return TensorCheck(
+        mk, False, "changed", f"changed although the adapter does not touch it (relative {rel:.3g})", rel
+    )
 
 
-def _heads(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint, pairs) -> list[TensorCheck]:
+def _heads(
+    adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoint, pairs
+) -> list[TensorCheck]:
     """modules_to_save tensors: MERGED's copy against the adapter's saved one."""
     if not adapter.modules_to_save or adapter.format != "peft":
         return []
@@ -289,21 +309,48 @@ def _heads(adapter: Adapter, index: KeyIndex, base: Checkpoint, merged: Checkpoi
             continue
         mk = index.find(name)
         if mk is None:
-            out.append(TensorCheck(name, False, "missing", "saved by the adapter (modules_to_save) but missing in MERGED"))
+            out.append(
+                TensorCheck(
+                    name, False, "missing", "saved by the adapter (modules_to_save) but missing in MERGED"
+                )
+            )
             continue
         if merged.shape(mk) != tuple(arr.shape):
-            raise FormatError(f"head {name!r}: shape {list(arr.shape)} in the adapter, {list(merged.shape(mk))} in MERGED", path=merged.file(mk))
+            raise FormatError(
+                f"head {name!r}: shape {list(arr.shape)} in the adapter, {list(merged.shape(mk))} in MERGED",
+                path=merged.file(mk),
+            )
         diff, ref, allowed = _compare(mk, arr, dtype, merged)
         rel = diff / ref if ref else (0.0 if diff == 0 else math.inf)
         if diff <= allowed:
-            out.append(TensorCheck(mk, True, "head_matches", "equals the adapter's saved copy (modules_to_save)", rel))
+            out.append(
+                TensorCheck(
+                    mk, True, "head_matches", "equals the adapter's saved copy (modules_to_save)", rel
+                )
+            )
             continue
         bk = pairs.get(mk)
-        same_as_base = bk is not None and merged.is_float(mk) and _compare(mk, base.get(bk), base.dtype(bk), merged)[0] == 0
+        same_as_base = (
+            bk is not None
+            and merged.is_float(mk)
+            and _compare(mk, base.get(bk), base.dtype(bk), merged)[0] == 0
+        )
         if same_as_base:
-            out.append(TensorCheck(mk, False, "head_not_applied", "holds BASE's weights, not the adapter's saved copy", rel))
+            out.append(
+                TensorCheck(
+                    mk, False, "head_not_applied", "holds BASE's weights, not the adapter's saved copy", rel
+                )
+            )
         else:
-            out.append(TensorCheck(mk, False, "head_differs", f"differs from the adapter's saved copy (relative {rel:.3g})", rel))
+            out.append(
+                TensorCheck(
+                    mk,
+                    False,
+                    "head_differs",
+                    f"differs from the adapter's saved copy (relative {rel:.3g})",
+                    rel,
+                )
+            )
     return out
 
 
