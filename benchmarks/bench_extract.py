@@ -85,20 +85,22 @@ def build(folder: Path, layers: int, rank: int) -> None:
 
 
 def timed(cmd: list[str]) -> dict:
-    """Wall, CPU (user + sys) and peak RSS of one process (os.wait4: this child's own usage)."""
+    """Wall, CPU (user + sys) and peak RSS of one process, from GNU time (os.wait4 on a child of
+    this large process would report this process's RSS: Linux carries it into the child)."""
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        stats, out, err = Path(tmp) / "time", Path(tmp) / "out", Path(tmp) / "err"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
-                "rc": os.waitstatus_to_exitcode(status), "stdout": out.read().decode(),
-                "stderr": err.read().decode()[-500:]}  # fmt: skip
+        with open(out, "wb") as o, open(err, "wb") as e:
+            t0 = time.perf_counter()
+            rc = subprocess.call(
+                ["/usr/bin/time", "-f", "%U %S %M", "-o", str(stats), *cmd], stdout=o, stderr=e, env=env
+            )
+            wall = time.perf_counter() - t0
+        user, system, rss_kb = stats.read_text().split()[-3:]
+        return {"wall_s": wall, "cpu_s": float(user) + float(system), "peak_rss_mb": int(rss_kb) / 1024,
+                "rc": rc, "stdout": out.read_text(), "stderr": err.read_text()[-500:]}  # fmt: skip
 
 
 def shards(folder: Path) -> list[Path]:

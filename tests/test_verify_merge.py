@@ -245,3 +245,13 @@ def test_real_peft_merge_verified(tmp_path, capsys, dtype):
     code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "wrong.safetensors")
     bad = {x["name"]: x for x in doc["layers"] if not x["ok"]}
     assert code == 1 and list(bad) == [key.removesuffix(".weight")]
+
+
+def test_other_architecture_exit_2(battery, tmp_path, capsys):
+    root, _ = battery
+    alien = tmp_path / "alien.safetensors"
+    _save(alien, {"transformer.h.0.attn.c_attn.weight": np.zeros((4, 4))}, "fp32")
+    code = main(["verify-merge", str(root / "base-fp32.safetensors"), str(root / "adapter"), str(alien)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"lorascope: error: {alien}: only 0 of 1 keys match BASE's 12 (first unmatched: ")

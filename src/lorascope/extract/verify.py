@@ -37,6 +37,7 @@ from ..types import Adapter, LayerInfo
 from .checkpoint import Checkpoint, KeyIndex, match_keys, open_checkpoint
 from .diagnose import UNIT, Diagnosis, Quantities, bounds, diagnose
 from .lowrank import sq_norm
+from .survey import MIN_SHARED
 
 SCHEMA = "lorascope.verify-merge/v1"
 Progress = Callable[[int, int, str], None]
@@ -192,6 +193,12 @@ def verify_merge(
 
 def _pairs(base: Checkpoint, merged: Checkpoint) -> dict[str, str]:
     match = match_keys(base.keys(), merged.keys())
+    if len(match.pairs) < MIN_SHARED * min(len(base.keys()), len(merged.keys())):
+        raise FormatError(
+            f"only {len(match.pairs)} of {len(merged.keys())} keys match BASE's {len(base.keys())} "
+            f"(first unmatched: {(match.only_tuned or ('-',))[0]!r}); are these checkpoints of one model?",
+            path=merged.path,
+        )
     for b, m in match.pairs:
         if base.shape(b) != merged.shape(m):
             raise FormatError(
