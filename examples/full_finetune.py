@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from data import load_task  # noqa: E402
 from evaluate import accuracy, load_base  # noqa: E402  (sets HF offline env)
 from train_example import train  # noqa: E402
-
-from data import load_task  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,7 +111,8 @@ def diagnose(q: Quantities, bd: Bounds, tol_override: float | None = None) -> Di
     rest = math.sqrt(max(q.d_sq - q.dot * k, 0.0)) / x_norm  # ‖D − k̂X‖/‖X‖
     if rest <= SLACK * (bd.a * abs(k) * x_norm + bd.b * q.m_norm) / x_norm:
         code, detail = _strength(k, q.scale, q.rank)
-        return Diagnosis(False, code, detail + unresolved, **common)
+        known = f"; k known to ±{k_res:.2g}" if not unresolved else unresolved
+        return Diagnosis(False, code, detail + known, **common)
     j = _truncation(q, tol)
     if j is not None:
         kept = float(np.sum(q.sigma[:j] ** 2) / q.x_sq)

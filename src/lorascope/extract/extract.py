@@ -103,7 +103,7 @@ class ExtractReport:
     def summary(self) -> dict[str, Any]:
         d_sq = sum((c.delta_norm**2 for c in self.plan.lora), 0.0)
         lost = sum(
-            (x.rel_error**2) * (c.delta_norm**2) for x, c in zip(self.layers, self.plan.lora, strict=False)
+            (x.rel_error**2) * (c.delta_norm**2) for x, c in zip(self.layers, self.plan.lora, strict=True)
         )
         return {
             "n_layers": len(self.layers),
