@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def diagnose(q: Quantities, bd: Bounds, tol_override: float | None = None) -> Di
     k = q.dot / q.x_sq
     k_res = Z * (bd.a * q.x_max + bd.b * q.m_max) / x_norm
     corr = q.dot / (d_norm * x_norm) if d_norm > 0 else 0.0
-    common = dict(rel_error=rel, tolerance=tol, k=k, k_resolution=k_res, correlation=corr)
+    common: dict[str, Any] = dict(rel_error=rel, tolerance=tol, k=k, k_resolution=k_res, correlation=corr)
     unresolved = (
         f"; cannot resolve k to 1 % in this layer: rounding bound {k_res:.2g}" if k_res > RESOLVE else ""
     )

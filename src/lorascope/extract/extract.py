@@ -172,7 +172,7 @@ def extract_layer(
     full = min(d.shape)
     probe = _layer_info(c, full, dtype)
     fixed = layer_rank(np.ones(1), probe, mode) if mode.kind == "rank" else None
-    if use_randomized(d.shape, fixed):
+    if fixed is not None and use_randomized(d.shape, fixed):
         u, s, vt = randomized_svd(d, fixed)  # (m, k), (k,), (k, n)
         solver = "randomized"
     else:
@@ -218,6 +218,7 @@ def extract_checkpoint(
     else:
         written = save(adapter, out, format=options.to)
     result = audit_adapter(load(written, format=options.to), AuditOptions())
+    surveyed = {c.key for c in found.changes}  # tuned-only keys that were measured are not "unmatched"
     return ExtractReport(
         base=base.path,
         tuned=tuned.path,
@@ -229,7 +230,7 @@ def extract_checkpoint(
         plan=plan,
         full_written=passthrough,
         unmatched_base=found.match.only_base,
-        unmatched_tuned=tuple(k for k in found.match.only_tuned if k not in {c.key for c in found.changes}),
+        unmatched_tuned=tuple(k for k in found.match.only_tuned if k not in surveyed),
         not_float=found.not_float,
         renamed=found.match.renamed,
         audit={"summary": result.summary, "suggestions": result.suggestions},
@@ -253,10 +254,12 @@ def _streamed(
                 options.progress(i + 1, len(plan.lora), f"svd {row.name}")
             yield delta
 
-    def loader(info: LayerInfo) -> LoraDelta:
-        raise UnsupportedError("an extracted adapter is computed while it is written")
+    return Adapter(format="memory", layers=layers, loader=_no_layers, path=tuned.path, stream=stream)
 
-    return Adapter(format="memory", layers=layers, loader=loader, path=tuned.path, stream=stream)
+
+def _no_layers(info: LayerInfo) -> LoraDelta:
+    """The loader of adapters that are only streamed (the extracted one) or hold no layers (staging)."""
+    raise UnsupportedError(f"layer {info.name}: an extracted adapter is computed while it is written")
 
 
 def _staging(plan: Plan, base: Checkpoint, tuned: Checkpoint, folder: Path) -> Adapter:
@@ -285,6 +288,6 @@ def _staging(plan: Plan, base: Checkpoint, tuned: Checkpoint, folder: Path) -> A
     write_text(folder / CONFIG, jsontext.dumps(config))
     write_safetensors_typed(folder / WEIGHTS[0], tensors, {"format": "pt"})
     return Adapter(
-        format="peft", layers=(), loader=lambda info: None, path=str(folder), config=config,
+        format="peft", layers=(), loader=_no_layers, path=str(folder), config=config,
         modules_to_save=tuple(sorted(modules)),
     )  # fmt: skip

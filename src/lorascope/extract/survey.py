@@ -140,7 +140,8 @@ def plan_extraction(s: Survey, min_change: float, modules: str | None = None) ->
     changed = [c for c in s.changes if c.rel > 0]
     below = tuple(c for c in changed if c.rel < min_change)
     live = [c for c in changed if c.rel >= min_change]
-    lora, outside = [], []
+    lora: list[Change] = []
+    outside: list[Change] = []
     for c in live:
         if (
             c.base_key is None

@@ -172,7 +172,8 @@ def verify_merge(
             return _check_layer(adapter, info, key, base, merged, pairs, options.tol)
         return _check_untouched(what, pairs[what], base, merged)
 
-    layers, others = [], []
+    layers: list[LayerCheck] = []
+    others: list[TensorCheck] = []
     for i, result in enumerate(ordered_map(one, work, max_workers=1)):
         if options.progress:
             options.progress(i + 1, len(work), getattr(result, "name", getattr(result, "key", "")))
