@@ -177,7 +177,10 @@ def verify_merge(
     for i, result in enumerate(ordered_map(one, work, max_workers=1)):
         if options.progress:
             options.progress(i + 1, len(work), getattr(result, "name", getattr(result, "key", "")))
-        (layers if isinstance(result, LayerCheck) else others).append(result)
+        if isinstance(result, LayerCheck):
+            layers.append(result)
+        else:
+            others.append(result)
     missing = [b for b in match_keys(base.keys(), merged.keys()).only_base if base.is_float(b)]
     targeted_base = {b for _, _, b in targets}
     others += [
