@@ -282,3 +282,17 @@ def test_extracted_adapter_loads_in_peft(tmp_path, capsys):
     assert main(["verify-merge", base_dir, str(tmp_path / "x"), str(merged), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["verified"] is True
     del torch
+
+
+def test_modules_selects_layers(model, tmp_path, capsys):
+    root, _ = model
+    args = [root / "base.safetensors", root / "tuned.safetensors", "-o", tmp_path / "a", "--rank", "2"]
+    code, doc = _extract(capsys, *args, "--modules", r"\.conv$")
+    assert code == 0
+    assert [x["name"] for x in doc["layers"]] == ["model.layers.0.conv"]
+    assert doc["outside_modules"] == ["model.layers.0.q.weight", "model.layers.0.q.bias"]
+    assert (
+        main(["extract", *map(str, args[:-2]), "-o", str(tmp_path / "b"), "--rank", "2", "--modules", "("])
+        == 2
+    )
+    assert "--modules is not a regular expression" in capsys.readouterr().err

@@ -155,7 +155,10 @@ def plan_extraction(s: Survey, min_change: float, modules: str | None = None) ->
     taken = {c.key for c in lora} | {c.key for c in outside}
     bias = [c for c in live if c.module in lora_modules and c.param == "bias"]
     taken |= {c.key for c in bias}
-    full = [c for c in live if c.key not in taken and c.module not in {o.module for o in outside}]
+    left_out = {o.module for o in outside}  # their other changed tensors (biases) are left out too
+    outside += [c for c in live if c.module in left_out and c.key not in taken]
+    taken |= {c.key for c in outside}
+    full = [c for c in live if c.key not in taken]
     return Plan(
         lora=tuple(lora),
         lora_bias=tuple(bias),
