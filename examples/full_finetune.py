@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(str(args.out), safe_serialization=True)
     acc = None if args.no_eval else accuracy(model, tok, split.test_texts, split.test_labels)
     summary = {"steps": args.steps, "lr": args.lr, "final_train_loss": round(loss, 4),
-               "heldout_accuracy": None if acc is None else round(acc, 4), "train_seconds": round(time.time() - t0, 1)}  # fmt: skip
+               "heldout_accuracy": None if acc is None else round(acc, 4),
+               "train_seconds": round(time.time() - t0, 1)}  # fmt: skip
     (args.out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0
