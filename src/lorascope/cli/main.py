@@ -29,6 +29,8 @@ COMMANDS = {
     "bench": ("bench", "retrain at the audited ranks over seeds; verdicts under a safety policy"),
     "gid": ("gid", "gradient intrinsic dimensionality per layer (rank starvation); RaLoRA plans"),
     "report": ("report", "one self-contained HTML page with plots of any lorascope inputs and results"),
+    "extract": ("extract", "a LoRA adapter from a full fine-tune or merged checkpoint and its base"),
+    "verify-merge": ("verify_merge", "check that a merged checkpoint equals BASE + s·B·A, layer by layer"),
 }
 
 

@@ -26,7 +26,7 @@ from ..files import check_destination, replacing
 from ..types import Adapter, LayerInfo, frozen_mapping
 from . import diffusers, kohya, lycoris, peft, ralora
 from ._contract import FormatSpec, check_dest, refusal
-from ._io import SafetensorsSource, TensorSource, open_safetensors
+from ._io import SafetensorsSource, TensorSource, open_safetensors, write_safetensors_typed
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
 from ._peft_config import TASK_HEADS
 
@@ -47,6 +47,7 @@ __all__ = [
     "save",
     "spec",
     "without_full_weights",
+    "write_safetensors_typed",
 ]
 
 VERBS = ("sniff", "read", "write", "model_path", "match_key")

@@ -344,5 +344,6 @@ def _config_for(source: Adapter, rows: list[tuple[str, int, float]]) -> dict[str
         if not cfg.get("base_model_name_or_path"):
             cfg.pop("base_model_name_or_path", None)
     cfg.setdefault("peft_type", "LORA")
+    cfg.setdefault("target_modules", sorted(name for name, _, _ in rows))  # a source that names none
     cfg.update(rank_patterns(rows, bool(cfg.get("use_rslora", False))))
     return cfg
