@@ -21,7 +21,7 @@ LAYERS = {
     0: {"version", "errors", "types", "rounding", "jsontext", "textsafe", "files", "validate", "order"},
     1: {"spectral", "structured", "metrics", "parallel"},
     2: {"formats", "passes"},
-    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report", "gid"},
+    3: {"audit", "compress", "convert", "check", "merge", "telemetry", "monitor", "study", "report", "gid", "regime"},
     4: {"integrations", "bench"},
     5: {"cli", "__main__", "__init__"},
 }
