@@ -22,7 +22,9 @@ _SHAPE = {
 
 
 def record(event: str, step: int | None, run_id: str = "r", **payload) -> str:
-    return json.dumps({"schema": SCHEMA, "ts": 1.0, "run_id": run_id, "event": event, "step": step, **payload})
+    return json.dumps(
+        {"schema": SCHEMA, "ts": 1.0, "run_id": run_id, "event": event, "step": step, **payload}
+    )
 
 
 def geometry(step: int, run_id: str = "r", **values) -> str:
@@ -81,5 +83,7 @@ def regime_run(path: Path, regime: str, seed: int, steps: int = 400, every: int 
 
 def regime_runs(folder: Path, seeds: int = 3, regimes=REGIMES, steps: int = 400) -> list[str]:
     return [
-        str(regime_run(folder / f"{r}-{s}.jsonl", r, s, steps=steps)) for s in range(1, seeds + 1) for r in regimes
+        str(regime_run(folder / f"{r}-{s}.jsonl", r, s, steps=steps))
+        for s in range(1, seeds + 1)
+        for r in regimes
     ]

@@ -118,7 +118,9 @@ def test_runs_without_features_are_listed_with_their_reason(tmp_path, lines, rea
 
 
 def test_missing_spectral_complexity_is_fine_for_sets_without_it(tmp_path):
-    path = write_lines(tmp_path / "g.jsonl", [geometry(s, spectral_complexity=None) for s in range(0, 101, 10)])
+    path = write_lines(
+        tmp_path / "g.jsonl", [geometry(s, spectral_complexity=None) for s in range(0, 101, 10)]
+    )
     config = FeatureConfig(sets=("geometry_6",))
     row = run_features(read_run_data(path), config)
     assert row.excluded is None and set(row.values) == set(FEATURE_SETS["geometry_6"])
@@ -145,6 +147,8 @@ def test_window_fraction_is_checked():
 
 def test_steps_rounding_keeps_the_boundary(tmp_path):
     lines = [geometry(s) for s in range(0, 101)]
-    row = run_features(read_run_data(write_lines(tmp_path / "r.jsonl", lines)), FeatureConfig(early_frac=0.29))
+    row = run_features(
+        read_run_data(write_lines(tmp_path / "r.jsonl", lines)), FeatureConfig(early_frac=0.29)
+    )
     assert row.window_end == 29 and row.n_records == 30
     assert not math.isnan(row.values["weight_norm_mean"])

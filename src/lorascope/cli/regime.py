@@ -27,7 +27,9 @@ def register(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="regime_command", metavar="SUBCOMMAND")
     f = sub.add_parser("features", help="one row of early-window features per run (or why it has none)")
     f.add_argument("logs", nargs="+", metavar="RUN.jsonl", help="run logs with geometry events")
-    f.add_argument("--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)")
+    f.add_argument(
+        "--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)"
+    )
     f.add_argument("-o", "--output", help="write the table as CSV to this file (atomically)")
     f.add_argument("--json", action="store_true", help="print the table as JSON")
     f.set_defaults(run=run_features)
@@ -37,22 +39,38 @@ def register(p: argparse.ArgumentParser) -> None:
     lab = t.add_mutually_exclusive_group(required=True)
     lab.add_argument("--labels", metavar="FILE", help="CSV (run,label) or JSON/YAML mapping run -> label")
     lab.add_argument("--label-key", metavar="KEY", help="label from each log, e.g. meta.regime")
-    t.add_argument("--group-key", default="meta.seed", metavar="KEY", help="folds: one per value (default meta.seed)")
+    t.add_argument(
+        "--group-key", default="meta.seed", metavar="KEY", help="folds: one per value (default meta.seed)"
+    )
     t.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
-    t.add_argument("--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)")
-    t.add_argument("--sets", type=_sets, default=SETS, help=f"feature sets, comma-separated (default {','.join(SETS)})")
-    t.add_argument("--model-set", default="geometry_7", help="feature set of the model file (default geometry_7)")
-    t.add_argument("--permutations", type=int, default=2000, metavar="N", help="label shuffles (default 2000)")
-    t.add_argument("--mi-shuffles", type=int, default=50, metavar="N", help="shuffles of the summed-MI null (default 50)")
+    t.add_argument(
+        "--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)"
+    )
+    t.add_argument(
+        "--sets", type=_sets, default=SETS, help=f"feature sets, comma-separated (default {','.join(SETS)})"
+    )
+    t.add_argument(
+        "--model-set", default="geometry_7", help="feature set of the model file (default geometry_7)"
+    )
+    t.add_argument(
+        "--permutations", type=int, default=2000, metavar="N", help="label shuffles (default 2000)"
+    )
+    t.add_argument(
+        "--mi-shuffles", type=int, default=50, metavar="N", help="shuffles of the summed-MI null (default 50)"
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed of the shuffles (default 0)")
-    t.add_argument("--drop-excluded", action="store_true", help="fit on the runs that give features; list the rest")
+    t.add_argument(
+        "--drop-excluded", action="store_true", help="fit on the runs that give features; list the rest"
+    )
     t.add_argument("--json", action="store_true", help="print regime.json to stdout too")
     t.set_defaults(run=run_fit)
 
     c = sub.add_parser("classify", help="the regime a run's early geometry matches, by a fitted model")
     c.add_argument("log", metavar="RUN.jsonl", help="a run log with geometry events")
     c.add_argument("--model", required=True, help="regime-model.json written by `regime fit`")
-    c.add_argument("--json", action="store_true", help="machine-readable output (schema lorascope.regime-classify/v1)")
+    c.add_argument(
+        "--json", action="store_true", help="machine-readable output (schema lorascope.regime-classify/v1)"
+    )
     c.set_defaults(run=run_classify)
     p.set_defaults(run=lambda args: _usage(p))
 

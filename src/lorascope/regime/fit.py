@@ -20,11 +20,11 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from .classifiers import CLASSIFIERS, Options, logo_folds, logo_scores
+from .deps import single_thread
 from .features import FEATURE_SETS, FeatureConfig, FeatureTable, feature_table
 from .labels import labels_from_file, values_from_key
 from .logs import RunData, read_run_data
 from .model import RegimeModel, fit_model
-from .deps import single_thread
 from .stats import Anova, McNemar, SummedMI, anova, dfa_alpha, entropy, log_loss, mcnemar, softmax, summed_mi
 
 FIT_SCHEMA = "lorascope.regime/v1"
@@ -51,7 +51,8 @@ class FitConfig:
             raise InvalidArgumentError("--permutations and --mi-shuffles must be ≥ 0")
         if self.model_set not in self.features.sets:
             raise InvalidArgumentError(
-                f"--model-set {self.model_set} is not among the feature sets fitted ({', '.join(self.features.sets)})"
+                f"--model-set {self.model_set} is not among the feature sets fitted "
+                f"({', '.join(self.features.sets)})"
             )
 
 
@@ -123,7 +124,9 @@ def check_design(labels: Sequence[str], groups: Sequence[str], where: str) -> No
     """Refuse a design leave-one-group-out cannot test."""
     classes = sorted(set(labels))
     if len(classes) < 2:
-        raise InvalidArgumentError(f"every run has the label {classes[0]!r}: nothing to tell apart", path=where)
+        raise InvalidArgumentError(
+            f"every run has the label {classes[0]!r}: nothing to tell apart", path=where
+        )
     if len(set(groups)) < 2:
         raise InvalidArgumentError(
             f"all runs are in one group ({groups[0]}): leave-one-group-out needs ≥ 2 groups",
@@ -152,7 +155,9 @@ def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
     if not paths:
         raise InvalidArgumentError("regime fit needs run logs")
     if len(set(paths)) != len(paths):
-        raise InvalidArgumentError("a run log is given twice", path=next(p for p in paths if paths.count(p) > 1))
+        raise InvalidArgumentError(
+            "a run log is given twice", path=next(p for p in paths if paths.count(p) > 1)
+        )
     runs = [read_run_data(p) for p in paths]
     table = feature_table(runs, config.features)
     if table.excluded and not config.drop_excluded:
@@ -167,7 +172,9 @@ def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
     labels = [str(labels_all[i]) for i in kept_idx]
     groups = [str(groups_all[i]) for i in kept_idx]
     if len(kept_idx) < 2:
-        raise InvalidArgumentError(f"only {len(kept_idx)} run(s) give features: nothing to fit", path=paths[0])
+        raise InvalidArgumentError(
+            f"only {len(kept_idx)} run(s) give features: nothing to fit", path=paths[0]
+        )
     check_design(labels, groups, table.kept[0].path)
     classes = tuple(sorted(set(labels)))
     codes = np.array([classes.index(x) for x in labels])

@@ -21,7 +21,14 @@ from ..telemetry import SCHEMA, Event, as_float, read_log
 from ..telemetry.schema import envelope_problem, from_record
 
 GEOMETRY = "geometry"
-SERIES = ("loss", "weight_norm", "grad_norm", "grad_to_weight_ratio", "cos_grad_weight", "spectral_complexity")
+SERIES = (
+    "loss",
+    "weight_norm",
+    "grad_norm",
+    "grad_to_weight_ratio",
+    "cos_grad_weight",
+    "spectral_complexity",
+)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,12 @@ def _rows(a: np.ndarray) -> tuple[tuple[float, ...], ...]:
 
 
 def fit_model(
-    name: str, x: np.ndarray, codes: np.ndarray, classes: tuple[str, ...], options: Options, table: FeatureTable
+    name: str,
+    x: np.ndarray,
+    codes: np.ndarray,
+    classes: tuple[str, ...],
+    options: Options,
+    table: FeatureTable,
 ) -> RegimeModel:
     """The three classifiers fitted on every kept run (x: (n, d) raw features)."""
     k = len(classes)
@@ -146,7 +151,9 @@ def load_model(path: str | Path) -> RegimeModel:
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise FormatError("key classes: expected a list of ≥ 2 class names", path=path)
     d, k = len(features), len(classes)
-    scaler, ridge, logistic = (doc.get(s) if isinstance(doc.get(s), dict) else {} for s in ("scaler", "ridge", "logistic"))
+    scaler, ridge, logistic = (
+        doc.get(s) if isinstance(doc.get(s), dict) else {} for s in ("scaler", "ridge", "logistic")
+    )
     cents = doc.get("centroids") if isinstance(doc.get("centroids"), dict) else {}
     ranges = doc.get("ranges") if isinstance(doc.get("ranges"), dict) else {}
     std = _numbers(scaler.get("std"), (d,), "scaler.std", path)
@@ -165,7 +172,9 @@ def load_model(path: str | Path) -> RegimeModel:
         logistic_intercept=tuple(_numbers(logistic.get("intercept"), (k,), "logistic.intercept", path)),
         ranges=tuple(tuple(r) for r in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)),  # type: ignore[misc]
         early_frac=float(_numbers(doc.get("early_frac"), (), "early_frac", path)),
-        window_end_median=float(doc["window_end_median"]) if isinstance(doc.get("window_end_median"), (int, float)) else math.nan,
+        window_end_median=float(doc["window_end_median"])
+        if isinstance(doc.get("window_end_median"), (int, float))
+        else math.nan,
         n_runs=int(doc.get("n_runs") or 0),
         ridge_alpha=float(ridge.get("alpha", 0.01)),
         logistic_c=float(logistic.get("C", 1.0)),
@@ -208,7 +217,8 @@ class Classification:
             "features": dict(self.features),
             "window_end": self.window_end,
             "out_of_range": [
-                {"feature": f, "value": v, "train_min": lo, "train_max": hi} for f, v, lo, hi in self.out_of_range
+                {"feature": f, "value": v, "train_min": lo, "train_max": hi}
+                for f, v, lo, hi in self.out_of_range
             ],
         }
 
@@ -237,7 +247,9 @@ def score(model: RegimeModel, values: dict[str, float]) -> tuple[dict, dict, dic
     return preds, as_map(prob), as_map(ridge), as_map(dist)
 
 
-def classify_run(path: str, model: RegimeModel, model_path: str, window_end: int | None = None) -> Classification:
+def classify_run(
+    path: str, model: RegimeModel, model_path: str, window_end: int | None = None
+) -> Classification:
     """Classify the run at `path` (its own early window unless `window_end` fixes the last step)."""
     run = read_run_data(path)
     config = FeatureConfig(early_frac=model.early_frac, sets=(model.feature_set,), window_end=window_end)
@@ -247,8 +259,20 @@ def classify_run(path: str, model: RegimeModel, model_path: str, window_end: int
     values = {f: float(row.values[f]) for f in model.features}  # type: ignore[arg-type]
     preds, prob, ridge, dist = score(model, values)
     outside = tuple(
-        (f, values[f], lo, hi) for f, (lo, hi) in zip(model.features, model.ranges, strict=True) if not lo <= values[f] <= hi
+        (f, values[f], lo, hi)
+        for f, (lo, hi) in zip(model.features, model.ranges, strict=True)
+        if not lo <= values[f] <= hi
     )
     return Classification(
-        path, run.run_id, model_path, model.feature_set, values, preds, prob, ridge, dist, outside, row.window_end
+        path,
+        run.run_id,
+        model_path,
+        model.feature_set,
+        values,
+        preds,
+        prob,
+        ridge,
+        dist,
+        outside,
+        row.window_end,
     )

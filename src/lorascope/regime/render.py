@@ -6,12 +6,11 @@ markdown cells through `textsafe.md_text`, so no file name can forge a line or a
 
 from __future__ import annotations
 
+from ..textsafe import clean, md_text
 from .classifiers import CLASSIFIERS
 from .features import FeatureTable
 from .fit import FitReport
 from .model import Classification
-
-from ..textsafe import clean, md_text
 
 
 def _g(x: float | None, spec: str = ".4g") -> str:
@@ -52,7 +51,9 @@ def fit_markdown(r: FitReport) -> str:
         "",
         "## Leave-one-group-out accuracy",
         "",
-        "| feature set | " + " | ".join(f"{k} (p)" for k in CLASSIFIERS) + " | cond. entropy (logistic) | CV MI (nats) |",
+        "| feature set | "
+        + " | ".join(f"{k} (p)" for k in CLASSIFIERS)
+        + " | cond. entropy (logistic) | CV MI (nats) |",
         "|---|" + "---|" * (len(CLASSIFIERS) + 2),
     ]
     for name, s in doc["sets"].items():
@@ -66,18 +67,36 @@ def fit_markdown(r: FitReport) -> str:
             f"| {name} | " + " | ".join(cells) + f" | {_g(ce['logistic_nats'])} nats "
             f"({_g(ce['logistic_reduction'], '.1%')} less than H) | {_g(mi)} |"
         )
-    out += ["", "## McNemar between feature sets", "", "| classifier | first | second | b | c | χ² | p (χ²) | p (exact) |", "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## McNemar between feature sets",
+        "",
+        "| classifier | first | second | b | c | χ² | p (χ²) | p (exact) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for kind, rows in doc["mcnemar"].items():
         for m in rows:
             out.append(
                 f"| {kind} | {m['first']} | {m['second']} | {m['b']} | {m['c']} | {m['chi2']:.3f} | "
                 f"{m['p_chi2']:.3g} | {m['p_exact']:.3g} |"
             )
-    out += ["", "## Summed per-feature mutual information (not a joint MI)", "", "| feature set | raw | shuffled mean | net |", "|---|---|---|---|"]
+    out += [
+        "",
+        "## Summed per-feature mutual information (not a joint MI)",
+        "",
+        "| feature set | raw | shuffled mean | net |",
+        "|---|---|---|---|",
+    ]
     for name, s in doc["sets"].items():
         sm = s["mutual_information"]["summed_marginal"]
         out.append(f"| {name} | {sm['raw']:.4f} | {sm['null_mean']:.4f} | {sm['net']:.4f} |")
-    out += ["", "## DFA of the spectral-complexity series", "", "| regime | n | α mean | α sd | α of differences mean |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "## DFA of the spectral-complexity series",
+        "",
+        "| regime | n | α mean | α sd | α of differences mean |",
+        "|---|---|---|---|---|",
+    ]
     dfa = doc["dfa"]
     for lab in r.classes:
         a, d = dfa["by_regime"][lab], dfa["differences"]["by_regime"][lab]
@@ -92,22 +111,33 @@ def fit_markdown(r: FitReport) -> str:
     ]
     for name, s in doc["sets"].items():
         for kind in CLASSIFIERS:
-            out += ["", f"{name}, {kind}:", "", "| true \\ predicted | " + " | ".join(md_text(c) for c in r.classes) + " |"]
+            out += [
+                "",
+                f"{name}, {kind}:",
+                "",
+                "| true \\ predicted | " + " | ".join(md_text(c) for c in r.classes) + " |",
+            ]
             out.append("|---|" + "---|" * len(r.classes))
             for lab, row in zip(r.classes, s["classifiers"][kind]["confusion"], strict=True):
                 out.append(f"| {md_text(lab)} | " + " | ".join(str(v) for v in row) + " |")
     out += ["", "## Excluded runs", ""]
     out += [f"- {md_text(e['path'])}: {md_text(e['reason'])}" for e in doc["excluded"]] or ["None."]
-    out += ["", f"Model (`{doc['model']}`): feature set {r.model.feature_set}, fitted on all {r.model.n_runs} runs."]
+    out += [
+        "",
+        f"Model (`{doc['model']}`): feature set {r.model.feature_set}, fitted on all {r.model.n_runs} runs.",
+    ]
     return "\n".join(out) + "\n"
 
 
 def fit_text(r: FitReport, out_dir: str) -> str:
     doc = r.to_dict()
-    lines = [f"{doc['n_runs']} runs, {doc['n_groups']} groups, {len(r.classes)} regimes; wrote {clean(out_dir)}"]
+    lines = [
+        f"{doc['n_runs']} runs, {doc['n_groups']} groups, {len(r.classes)} regimes; wrote {clean(out_dir)}"
+    ]
     for name, s in doc["sets"].items():
         accs = "  ".join(
-            f"{k} {s['classifiers'][k]['accuracy']:.1%} (p={_g(s['classifiers'][k]['p_value'], '.3g')})" for k in CLASSIFIERS
+            f"{k} {s['classifiers'][k]['accuracy']:.1%} (p={_g(s['classifiers'][k]['p_value'], '.3g')})"
+            for k in CLASSIFIERS
         )
         lines.append(f"  {name:<11} {accs}")
     an = doc["dfa"]["anova"]
@@ -126,7 +156,8 @@ def classify_text(c: Classification) -> str:
     lines.append("  regime          p(logistic)  ridge score  centroid distance (sd units)")
     for cls in c.probabilities:
         lines.append(
-            f"  {clean(cls):<15} {c.probabilities[cls]:>11.3f}  {c.ridge_scores[cls]:>11.3f}  {c.distances[cls]:>10.3f}"
+            f"  {clean(cls):<15} {c.probabilities[cls]:>11.3f}  {c.ridge_scores[cls]:>11.3f}  "
+            f"{c.distances[cls]:>10.3f}"
         )
     for f, v, lo, hi in c.out_of_range:
         lines.append(

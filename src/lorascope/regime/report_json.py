@@ -100,7 +100,9 @@ def fit_document(r: FitReport) -> dict[str, Any]:
                 "dfa_alpha": a,
                 "dfa_alpha_diff": ad,
             }
-            for row, lab, grp, a, ad in zip(kept, r.labels, r.groups, r.dfa.alphas, r.dfa.alphas_diff, strict=True)
+            for row, lab, grp, a, ad in zip(
+                kept, r.labels, r.groups, r.dfa.alphas, r.dfa.alphas_diff, strict=True
+            )
         ],
         "excluded": [
             {"path": row.path, "run_id": row.run_id, "label": lab, "reason": row.excluded}
@@ -108,7 +110,8 @@ def fit_document(r: FitReport) -> dict[str, Any]:
         ],
         "sets": sets,
         "mcnemar": {
-            kind: [{"first": a, "second": b, **m.to_dict()} for a, b, m in r.mcnemar[kind]] for kind in CLASSIFIERS
+            kind: [{"first": a, "second": b, **m.to_dict()} for a, b, m in r.mcnemar[kind]]
+            for kind in CLASSIFIERS
         },
         "dfa": {
             "series": "spectral_complexity",
@@ -125,7 +128,14 @@ def features_csv(table: FeatureTable, labels: dict[str, str | None] | None = Non
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = list(table.config.needed)
-    head = ["path", "run_id", *(["label"] if labels is not None else []), "n_records", "window_end", "excluded"]
+    head = [
+        "path",
+        "run_id",
+        *(["label"] if labels is not None else []),
+        "n_records",
+        "window_end",
+        "excluded",
+    ]
     w.writerow(head + names)
     for row in table.rows:
         lab = [labels.get(row.path) or ""] if labels is not None else []

@@ -16,6 +16,7 @@ import math
 
 from ..errors import FormatError, InvalidArgumentError
 from ..monitor.rules import Alert
+from .logs import read_run_data
 from .model import RegimeModel, classify_run
 
 

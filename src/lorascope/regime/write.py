@@ -24,7 +24,9 @@ def check_out_dir(out: str | Path) -> None:
 def write_fit(report: FitReport, out: str | Path) -> None:
     check_out_dir(out)
     kept = {row.path: lab for row, lab in zip(report.table.kept, report.labels, strict=True)}
-    kept.update({row.path: lab for row, lab in zip(report.table.excluded, report.excluded_labels, strict=True)})
+    kept.update(
+        {row.path: lab for row, lab in zip(report.table.excluded, report.excluded_labels, strict=True)}
+    )
     with atomic_dir(out) as tmp:
         (tmp / "regime.json").write_text(report.to_json() + "\n", encoding="utf-8")
         (tmp / "regime.md").write_text(fit_markdown(report), encoding="utf-8")
