@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,32 @@ def test_monitor_rule_flags_go_together(capsys, fitted):
     _, paths, _ = fitted
     err = error_line(capsys, "monitor", paths[0], "--expect-regime", "baseline")
     assert err == "lorascope: error: --regime-model and --expect-regime go together"
+
+
+def test_report_shows_regime_json_and_geometry_series(tmp_path, capsys, fitted):
+    pytest.importorskip("matplotlib")
+    _, paths, out = fitted
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(capsys, "report", out / "regime.json", out, paths[0], "-o", page)
+    assert code == 0, err
+    html = page.read_text(encoding="utf-8")
+    assert re.findall(r'data-kind="([a-z_]+)"', html) == ["regime", "regime", "run"]
+    for caption in (
+        "Early-window features by regime",
+        "Leave-one-group-out confusion matrices",
+        "DFA exponents by regime",
+        "Training geometry",
+    ):
+        assert f'aria-label="{caption}"' in html
+    figures = re.findall(r'<figure class="plot">(.*?)</figure>', html, re.S)
+    assert all("<table>" in f for f in figures)
+
+
+def test_report_refuses_a_broken_regime_json(tmp_path, capsys, fitted):
+    _, _, out = fitted
+    doc = json.loads((out / "regime.json").read_text())
+    del doc["sets"]
+    bad = tmp_path / "regime.json"
+    bad.write_text(json.dumps(doc))
+    err = error_line(capsys, "report", bad, "-o", tmp_path / "r.html")
+    assert err == f"lorascope: error: {bad}: sets: missing"
