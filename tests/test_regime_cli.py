@@ -339,3 +339,26 @@ def test_report_refuses_a_broken_regime_json(tmp_path, capsys, fitted):
     bad.write_text(json.dumps(doc))
     err = error_line(capsys, "report", bad, "-o", tmp_path / "r.html")
     assert err == f"lorascope: error: {bad}: sets: missing"
+
+
+def test_without_the_extra_the_error_says_what_to_install(tmp_path, capsys, fitted, monkeypatch):
+    import sys
+
+    _, paths, _ = fitted
+    monkeypatch.setitem(sys.modules, "sklearn.feature_selection", None)
+    err = error_line(capsys, "regime", "fit", *paths, "--label-key", "meta.regime", "--out", tmp_path / "o")
+    assert err == (
+        "lorascope: error: lorascope regime fit needs scikit-learn, which is not installed "
+        "(pip install 'lorascope[regime]')"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_unfinished_runs_are_flagged(tmp_path, capsys):
+    path = write_lines(tmp_path / "live.jsonl", [geometry(s) for s in range(0, 101, 10)])
+    code, out, err = run_cli(capsys, "regime", "features", path, "--json")
+    assert code == 0 and json.loads(out)["runs"][0]["finished"] is False
+    assert err == (
+        f"warning: {path}: no run_end event (still running?): its window is 0.2 × the last step "
+        "logged so far (window end step 20)\n"
+    )

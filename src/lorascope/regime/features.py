@@ -94,6 +94,7 @@ class FeatureRow:
     n_records: int = 0
     window_end: int | None = None  # the last step inside the window
     excluded: str | None = None
+    finished: bool = True  # False: no run_end, the window is a fraction of the steps logged so far
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class FeatureTable:
                     "n_records": r.n_records,
                     "window_end": r.window_end,
                     "excluded": r.excluded,
+                    "finished": r.finished,
                     "values": {n: r.values.get(n) for n in self.config.needed},
                 }
                 for r in self.rows
@@ -183,7 +185,9 @@ def run_features(run: RunData, config: FeatureConfig) -> FeatureRow:
             values[feature] = window_fit(steps, col)[1]
         else:
             values[feature] = float(np.mean(col))
-    return FeatureRow(run.path, run.run_id, values=values, n_records=n, window_end=end)
+    return FeatureRow(
+        run.path, run.run_id, values, n, end, finished=run.finished or config.window_end is not None
+    )
 
 
 def _column(run: RunData, window: list, name: str, end: int) -> list[float] | str:

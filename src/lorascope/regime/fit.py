@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from .classifiers import CLASSIFIERS, Options, logo_folds, logo_scores
-from .deps import single_thread
+from .deps import scipy_stats, single_thread, sklearn_module
 from .features import FEATURE_SETS, FeatureConfig, FeatureTable, feature_table
 from .labels import labels_from_file, values_from_key
 from .logs import RunData, read_run_data
@@ -154,6 +154,8 @@ def fit_regimes(paths: Sequence[str], config: FitConfig) -> FitReport:
 def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
     if not paths:
         raise InvalidArgumentError("regime fit needs run logs")
+    sklearn_module("feature_selection")  # both extras present before any log is read
+    scipy_stats()
     if len(set(paths)) != len(paths):
         raise InvalidArgumentError(
             "a run log is given twice", path=next(p for p in paths if paths.count(p) > 1)

@@ -43,6 +43,7 @@ class RunData:
     losses: tuple[tuple[int, float | None], ...] = ()  # train_step (step, loss)
     last_step: int | None = None
     torn_tail: bool = False
+    finished: bool = False  # a run_end event was logged: last_step is the run's last step
 
     def lookup(self, dotted: str) -> Any:
         """A value by dotted key: `meta.seed` (the run_start meta), `training.lr` / `lora.r`
@@ -88,6 +89,7 @@ def read_run_data(path: str | Path) -> RunData:
         losses=tuple(losses),
         last_step=max(steps) if steps else None,
         torn_tail=log.torn_tail,
+        finished=any(e.event == "run_end" for e in events),
     )
 
 

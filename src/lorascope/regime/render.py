@@ -35,7 +35,15 @@ def features_text(table: FeatureTable) -> str:
 
 
 def excluded_lines(table: FeatureTable) -> list[str]:
-    return [f"excluded: {clean(r.path)}: {clean(r.excluded)}" for r in table.excluded]
+    """stderr lines: each excluded run with its reason, each unfinished run (no run_end event)."""
+    out = [f"excluded: {clean(r.path)}: {clean(r.excluded)}" for r in table.excluded]
+    out += [
+        f"warning: {clean(r.path)}: no run_end event (still running?): its window is "
+        f"{table.config.early_frac:g} × the last step logged so far (window end step {r.window_end})"
+        for r in table.kept
+        if not r.finished
+    ]
+    return out
 
 
 def fit_markdown(r: FitReport) -> str:

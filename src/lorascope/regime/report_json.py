@@ -96,6 +96,7 @@ def fit_document(r: FitReport) -> dict[str, Any]:
                 "group": grp,
                 "n_records": row.n_records,
                 "window_end": row.window_end,
+                "finished": row.finished,
                 "features": {f: row.values.get(f) for f in c.features.needed},
                 "dfa_alpha": a,
                 "dfa_alpha_diff": ad,
