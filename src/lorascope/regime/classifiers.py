@@ -1,13 +1,15 @@
 """Leave-one-group-out classifiers, batched over many label vectors at once (the observed labels
 and every permutation of them share one fold structure and one standardisation per fold).
 
-Written by hand, on purpose: a permutation test refits every classifier once per shuffle and
-fold (2,000 × 10 × 3 fits per feature set).  scikit-learn fits one label vector per call; here the
-labels are the only thing that changes between shuffles, so each fold's algebra is done once:
+Written by hand for speed (measured: 50 runs × 7 features, 10 folds, 2,000 shuffles, one thread:
+batched logistic 5.6 s CPU against 107 s for scikit-learn's LogisticRegression, 5.4 ms a fit): a
+permutation test refits every classifier once per shuffle and fold (2,000 × 10 × 3 fits per set).
+scikit-learn fits one label vector per call; here the labels are the only thing that changes
+between shuffles, so each fold's algebra is done once:
 * ridge on one-hot labels: W = (ZᵀZ + αI)⁻¹ Zᵀ (Y − Ȳ), intercept Ȳ (unpenalised), Z the training
   features z-scored with the training mean/std — the solve is shared by all shuffles.  Its
   predictions equal scikit-learn's RidgeClassifier(alpha) on the same standardised features (whose
-  ±1 targets are an affine map of the 0/1 ones: same argmax; tests/test_regime_fit.py checks it);
+  ±1 targets are an affine map of the 0/1 ones: same argmax; tests/test_regime_stats.py checks it);
 * nearest centroid (Euclidean, standardised units), as scikit-learn's NearestCentroid;
 * multinomial logistic regression, L2 penalty ½‖W‖²/C on the weights (not the intercepts),
   fitted by Newton's method on all shuffles at once (one batched solve per iteration); the
