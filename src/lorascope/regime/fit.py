@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .classifiers import CLASSIFIERS, Options, logo_folds, logo_scores
+from .classifiers import CLASSIFIERS, Folds, Options, logo_folds, logo_scores
 from .deps import scipy_stats, single_thread, sklearn_module
 from .features import FEATURE_SETS, FeatureConfig, FeatureTable, feature_table
 from .labels import labels_from_file, values_from_key
@@ -151,7 +151,8 @@ def fit_regimes(paths: Sequence[str], config: FitConfig) -> FitReport:
         return _fit(paths, config)
 
 
-def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
+def _read(paths: Sequence[str], config: FitConfig):  # noqa: ANN202 (a private 5-tuple)
+    """(runs, feature table, labels and groups of every run, indices of the kept runs), checked."""
     if not paths:
         raise InvalidArgumentError("regime fit needs run logs")
     sklearn_module("feature_selection")  # both extras present before any log is read
@@ -171,22 +172,26 @@ def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
         )
     labels_all, groups_all = _labels_and_groups(runs, table, config)
     kept_idx = [i for i, r in enumerate(table.rows) if r.excluded is None]
-    labels = [str(labels_all[i]) for i in kept_idx]
-    groups = [str(groups_all[i]) for i in kept_idx]
     if len(kept_idx) < 2:
         raise InvalidArgumentError(
             f"only {len(kept_idx)} run(s) give features: nothing to fit", path=paths[0]
         )
+    return runs, table, labels_all, groups_all, kept_idx
+
+
+def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
+    runs, table, labels_all, groups_all, kept_idx = _read(paths, config)
+    labels = [str(labels_all[i]) for i in kept_idx]
+    groups = [str(groups_all[i]) for i in kept_idx]
     check_design(labels, groups, table.kept[0].path)
     classes = tuple(sorted(set(labels)))
     codes = np.array([classes.index(x) for x in labels])
     rng = np.random.default_rng(config.seed)
     perms = np.array([rng.permutation(codes) for _ in range(config.permutations)]).reshape(-1, len(codes))
     options = Options(config.ridge_alpha, config.logistic_c)
-    folds = logo_folds(groups)
+    design = _Design(codes, perms, logo_folds(groups), classes, options)
     sets = tuple(
-        _fit_set(name, table.matrix(FEATURE_SETS[name]), codes, perms, folds, options, config, classes)
-        for name in config.features.sets
+        _fit_set(name, table.matrix(FEATURE_SETS[name]), design, config) for name in config.features.sets
     )
     pairs = {
         kind: tuple(
@@ -216,34 +221,52 @@ def _correct(s: SetResult, kind: str, labels: Sequence[str]) -> list[bool]:
     return [p == t for p, t in zip(s.classifiers[kind].predictions, labels, strict=True)]
 
 
-def _fit_set(name, x, codes, perms, folds, options, config, classes) -> SetResult:  # noqa: ANN001
-    k = len(classes)
-    results = {}
-    log_loss_logistic = log_loss_ridge = float("nan")
+@dataclass(frozen=True)
+class _Design:
+    """What every feature set is fitted against: the labels, their shuffles, the folds."""
+
+    codes: np.ndarray  # (n,) class codes
+    perms: np.ndarray  # (P, n) shuffled codes
+    folds: Folds
+    classes: tuple[str, ...]
+    options: Options
+
+
+def _classifier(kind: str, x: np.ndarray, d: _Design) -> tuple[ClassifierResult, np.ndarray]:
+    """(result, out-of-fold scores (n, K)) of one classifier on one feature matrix."""
+    k = len(d.classes)
+    scores = logo_scores(kind, x, d.codes[None, :], k, d.folds, d.options)[0]  # (n, K)
+    pred = scores.argmax(axis=1)
+    n_correct = int((pred == d.codes).sum())
+    p_value = None
+    if len(d.perms):
+        null = logo_scores(kind, x, d.perms, k, d.folds, d.options).argmax(axis=2)  # (P, n)
+        hits = ((null == d.perms).sum(axis=1) >= n_correct).sum()
+        p_value = float((1 + hits) / (1 + len(d.perms)))
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (d.codes, pred), 1)
+    result = ClassifierResult(
+        accuracy=n_correct / len(d.codes),
+        n_correct=n_correct,
+        p_value=p_value,
+        confusion=tuple(tuple(int(v) for v in row) for row in confusion),
+        predictions=tuple(d.classes[i] for i in pred),
+    )
+    return result, scores
+
+
+def _fit_set(name: str, x: np.ndarray, d: _Design, config: FitConfig) -> SetResult:
+    results, scores = {}, {}
     for kind in CLASSIFIERS:
-        scores = logo_scores(kind, x, codes[None, :], k, folds, options)[0]  # (n, K)
-        pred = scores.argmax(axis=1)
-        n_correct = int((pred == codes).sum())
-        p_value = None
-        if len(perms):
-            null = logo_scores(kind, x, perms, k, folds, options).argmax(axis=2)  # (P, n)
-            hits = ((null == perms).sum(axis=1) >= n_correct).sum()
-            p_value = float((1 + hits) / (1 + len(perms)))
-        confusion = np.zeros((k, k), dtype=np.int64)
-        np.add.at(confusion, (codes, pred), 1)
-        results[kind] = ClassifierResult(
-            accuracy=n_correct / len(codes),
-            n_correct=n_correct,
-            p_value=p_value,
-            confusion=tuple(tuple(int(v) for v in row) for row in confusion),
-            predictions=tuple(classes[i] for i in pred),
-        )
-        if kind == "logistic":
-            log_loss_logistic = log_loss(scores, codes)
-        elif kind == "ridge":
-            log_loss_ridge = log_loss(softmax(scores), codes)
-    mi = summed_mi(x, codes, config.mi_shuffles, config.seed)
-    return SetResult(name, FEATURE_SETS[name], results, log_loss_logistic, log_loss_ridge, mi)
+        results[kind], scores[kind] = _classifier(kind, x, d)
+    return SetResult(
+        name,
+        FEATURE_SETS[name],
+        results,
+        log_loss_logistic=log_loss(scores["logistic"], d.codes),
+        log_loss_ridge_softmax=log_loss(softmax(scores["ridge"]), d.codes),
+        summed_mi=summed_mi(x, d.codes, config.mi_shuffles, config.seed),
+    )
 
 
 def _dfa(runs: Sequence[RunData], labels: Sequence[str]) -> DfaResult:

@@ -46,95 +46,109 @@ def excluded_lines(table: FeatureTable) -> list[str]:
     return out
 
 
-def fit_markdown(r: FitReport) -> str:
-    doc = r.to_dict()
-    out = [
-        "# Regime from early training geometry",
-        "",
-        f"{doc['n_runs']} runs in {doc['n_groups']} groups (`{md_text(r.config.group_key)}`), "
-        f"{len(r.classes)} regimes ({', '.join(md_text(c) for c in r.classes)}); "
-        f"H(regime) = {r.entropy:.4f} nats.  Early window: step ≤ {r.config.features.early_frac:g} × "
-        "the run's last step.  Leave-one-group-out; permutation p-values from "
-        f"{r.config.permutations} label shuffles.",
-        "",
-        "## Leave-one-group-out accuracy",
-        "",
-        "| feature set | "
-        + " | ".join(f"{k} (p)" for k in CLASSIFIERS)
-        + " | cond. entropy (logistic) | CV MI (nats) |",
-        "|---|" + "---|" * (len(CLASSIFIERS) + 2),
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(r) + " |" for r in rows
     ]
+
+
+def _accuracy_md(doc: dict) -> list[str]:
+    rows = []
     for name, s in doc["sets"].items():
         cells = [
             f"{c['accuracy']:.1%} ({c['n_correct']}/{c['n']}, p={_g(c['p_value'], '.3g')})"
             for c in (s["classifiers"][k] for k in CLASSIFIERS)
         ]
         ce = s["conditional_entropy"]
-        mi = s["mutual_information"]["cv_logistic_nats"]
-        out.append(
-            f"| {name} | " + " | ".join(cells) + f" | {_g(ce['logistic_nats'])} nats "
-            f"({_g(ce['logistic_reduction'], '.1%')} less than H) | {_g(mi)} |"
-        )
-    out += [
-        "",
+        ce_cell = f"{_g(ce['logistic_nats'])} nats ({_g(ce['logistic_reduction'], '.1%')} less than H)"
+        rows.append([name, *cells, ce_cell, _g(s["mutual_information"]["cv_logistic_nats"])])
+    head = ["feature set", *(f"{k} (p)" for k in CLASSIFIERS), "cond. entropy (logistic)", "CV MI (nats)"]
+    return ["## Leave-one-group-out accuracy", "", *_md_table(head, rows)]
+
+
+def _tests_md(doc: dict) -> list[str]:
+    mc = [
+        [
+            kind,
+            m["first"],
+            m["second"],
+            str(m["b"]),
+            str(m["c"]),
+            f"{m['chi2']:.3f}",
+            f"{m['p_chi2']:.3g}",
+            f"{m['p_exact']:.3g}",
+        ]
+        for kind, rows in doc["mcnemar"].items()
+        for m in rows
+    ]
+    mi = [
+        [name, f"{sm['raw']:.4f}", f"{sm['null_mean']:.4f}", f"{sm['net']:.4f}"]
+        for name, sm in ((n, s["mutual_information"]["summed_marginal"]) for n, s in doc["sets"].items())
+    ]
+    return [
         "## McNemar between feature sets",
         "",
-        "| classifier | first | second | b | c | χ² | p (χ²) | p (exact) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for kind, rows in doc["mcnemar"].items():
-        for m in rows:
-            out.append(
-                f"| {kind} | {m['first']} | {m['second']} | {m['b']} | {m['c']} | {m['chi2']:.3f} | "
-                f"{m['p_chi2']:.3g} | {m['p_exact']:.3g} |"
-            )
-    out += [
+        *_md_table(["classifier", "first", "second", "b", "c", "χ²", "p (χ²)", "p (exact)"], mc),
         "",
         "## Summed per-feature mutual information (not a joint MI)",
         "",
-        "| feature set | raw | shuffled mean | net |",
-        "|---|---|---|---|",
+        *_md_table(["feature set", "raw", "shuffled mean", "net"], mi),
     ]
-    for name, s in doc["sets"].items():
-        sm = s["mutual_information"]["summed_marginal"]
-        out.append(f"| {name} | {sm['raw']:.4f} | {sm['null_mean']:.4f} | {sm['net']:.4f} |")
-    out += [
-        "",
+
+
+def _dfa_md(doc: dict, classes: tuple[str, ...]) -> list[str]:
+    dfa = doc["dfa"]
+    rows = []
+    for lab in classes:
+        a, d = dfa["by_regime"][lab], dfa["differences"]["by_regime"][lab]
+        rows.append([md_text(lab), str(a["n"]), _g(a["mean"]), _g(a["std"]), _g(d["mean"])])
+    an, ad = dfa["anova"], dfa["differences"]["anova"]
+    return [
         "## DFA of the spectral-complexity series",
         "",
-        "| regime | n | α mean | α sd | α of differences mean |",
-        "|---|---|---|---|---|",
-    ]
-    dfa = doc["dfa"]
-    for lab in r.classes:
-        a, d = dfa["by_regime"][lab], dfa["differences"]["by_regime"][lab]
-        out.append(f"| {md_text(lab)} | {a['n']} | {_g(a['mean'])} | {_g(a['std'])} | {_g(d['mean'])} |")
-    an, ad = dfa["anova"], dfa["differences"]["anova"]
-    out += [
+        *_md_table(["regime", "n", "α mean", "α sd", "α of differences mean"], rows),
         "",
         f"One-way ANOVA of α by regime: F = {_g(an['f'])}, p = {_g(an['p'], '.3g')}; "
         f"of α on first differences (control): F = {_g(ad['f'])}, p = {_g(ad['p'], '.3g')}.",
-        "",
-        "## Confusion matrices (rows: true regime, columns: predicted)",
     ]
+
+
+def _confusion_md(doc: dict, classes: tuple[str, ...]) -> list[str]:
+    out = ["## Confusion matrices (rows: true regime, columns: predicted)"]
+    head = ["true \\ predicted", *(md_text(c) for c in classes)]
     for name, s in doc["sets"].items():
         for kind in CLASSIFIERS:
-            out += [
-                "",
-                f"{name}, {kind}:",
-                "",
-                "| true \\ predicted | " + " | ".join(md_text(c) for c in r.classes) + " |",
+            rows = [
+                [md_text(lab), *(str(v) for v in row)]
+                for lab, row in zip(classes, s["classifiers"][kind]["confusion"], strict=True)
             ]
-            out.append("|---|" + "---|" * len(r.classes))
-            for lab, row in zip(r.classes, s["classifiers"][kind]["confusion"], strict=True):
-                out.append(f"| {md_text(lab)} | " + " | ".join(str(v) for v in row) + " |")
-    out += ["", "## Excluded runs", ""]
-    out += [f"- {md_text(e['path'])}: {md_text(e['reason'])}" for e in doc["excluded"]] or ["None."]
-    out += [
-        "",
-        f"Model (`{doc['model']}`): feature set {r.model.feature_set}, fitted on all {r.model.n_runs} runs.",
+            out += ["", f"{name}, {kind}:", "", *_md_table(head, rows)]
+    return out
+
+
+def fit_markdown(r: FitReport) -> str:
+    doc = r.to_dict()
+    intro = (
+        f"{doc['n_runs']} runs in {doc['n_groups']} groups (`{md_text(r.config.group_key)}`), "
+        f"{len(r.classes)} regimes ({', '.join(md_text(c) for c in r.classes)}); "
+        f"H(regime) = {r.entropy:.4f} nats.  Early window: step ≤ {r.config.features.early_frac:g} × "
+        "the run's last step.  Leave-one-group-out; permutation p-values from "
+        f"{r.config.permutations} label shuffles."
+    )
+    excluded = [f"- {md_text(e['path'])}: {md_text(e['reason'])}" for e in doc["excluded"]] or ["None."]
+    model = (
+        f"Model (`{doc['model']}`): feature set {r.model.feature_set}, fitted on all {r.model.n_runs} runs."
+    )
+    parts = [
+        ["# Regime from early training geometry", "", intro],
+        _accuracy_md(doc),
+        _tests_md(doc),
+        _dfa_md(doc, r.classes),
+        _confusion_md(doc, r.classes),
+        ["## Excluded runs", "", *excluded],
+        [model],
     ]
-    return "\n".join(out) + "\n"
+    return "\n\n".join("\n".join(p) for p in parts) + "\n"
 
 
 def fit_text(r: FitReport, out_dir: str) -> str:

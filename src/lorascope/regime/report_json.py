@@ -28,9 +28,7 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "values": values}
 
 
-def fit_document(r: FitReport) -> dict[str, Any]:
-    c = r.config
-    kept = r.table.kept
+def _sets_doc(r: FitReport) -> dict[str, Any]:
     h = r.entropy
     sets = {}
     for s in r.sets:
@@ -59,6 +57,10 @@ def fit_document(r: FitReport) -> dict[str, Any]:
                 "summed_marginal": s.summed_mi.to_dict(),
             },
         }
+    return sets
+
+
+def _dfa_doc(r: FitReport) -> dict[str, Any]:
     by = {
         name: {
             lab: _mean_std([a for a, l2 in zip(alphas, r.labels, strict=True) if l2 == lab and a is not None])
@@ -66,6 +68,17 @@ def fit_document(r: FitReport) -> dict[str, Any]:
         }
         for name, alphas in (("alpha", r.dfa.alphas), ("alpha_diff", r.dfa.alphas_diff))
     }
+    return {
+        "series": "spectral_complexity",
+        "by_regime": by["alpha"],
+        "anova": r.dfa.anova.to_dict(),
+        "differences": {"by_regime": by["alpha_diff"], "anova": r.dfa.anova_diff.to_dict()},
+    }
+
+
+def fit_document(r: FitReport) -> dict[str, Any]:
+    c = r.config
+    kept = r.table.kept
     return {
         "schema": "lorascope.regime/v1",
         "lorascope_version": __version__,
@@ -87,7 +100,7 @@ def fit_document(r: FitReport) -> dict[str, Any]:
         "classes": list(r.classes),
         "n_runs": len(kept),
         "n_groups": len(set(r.groups)),
-        "entropy_nats": h,
+        "entropy_nats": r.entropy,
         "runs": [
             {
                 "path": row.path,
@@ -109,17 +122,12 @@ def fit_document(r: FitReport) -> dict[str, Any]:
             {"path": row.path, "run_id": row.run_id, "label": lab, "reason": row.excluded}
             for row, lab in zip(r.table.excluded, r.excluded_labels, strict=True)
         ],
-        "sets": sets,
+        "sets": _sets_doc(r),
         "mcnemar": {
             kind: [{"first": a, "second": b, **m.to_dict()} for a, b, m in r.mcnemar[kind]]
             for kind in CLASSIFIERS
         },
-        "dfa": {
-            "series": "spectral_complexity",
-            "by_regime": by["alpha"],
-            "anova": r.dfa.anova.to_dict(),
-            "differences": {"by_regime": by["alpha_diff"], "anova": r.dfa.anova_diff.to_dict()},
-        },
+        "dfa": _dfa_doc(r),
         "model": MODEL_FILE,
     }
 
