@@ -145,10 +145,12 @@ def _confusion_plot(data: dict[str, Any]) -> str:
                 ax.set_visible(False)
                 continue
             m = res["confusion"]
-            ax.imshow(m, cmap="Blues", vmin=0)
+            top = max(max(row) for row in m) or 1
+            ax.imshow(m, cmap="Blues", vmin=0, vmax=top)
             for a in range(k):
                 for b in range(k):
-                    ax.text(b, a, str(m[a][b]), ha="center", va="center", fontsize=7)
+                    ink = "#FFFFFF" if m[a][b] > 0.55 * top else "#000000"  # readable on dark cells
+                    ax.text(b, a, str(m[a][b]), ha="center", va="center", fontsize=7, color=ink)
                 rows.append([name, kind, classes[a], *m[a]])
             ax.set_title(safe(f"{name}, {kind}: {res['accuracy']:.0%}"), fontsize=8)
             ax.set_xticks(range(k))
@@ -205,7 +207,10 @@ def geometry_body(path: str) -> str:
         return ""
     fig, axes = new_figure(9.0, 3.4, 1, len(GEOMETRY_FIELDS), margins={"wspace": 0.45, "bottom": 0.16})
     rows = []
+    window = 0.2 * run.last_step if run.last_step else None  # the default early window
     for ax, name in zip(axes, GEOMETRY_FIELDS, strict=True):
+        if window:
+            ax.axvspan(0, window, color="#E69F00", alpha=0.15, lw=0)
         pts = [(s, v) for s, v in run.series(name) if v is not None and v == v and abs(v) != float("inf")]
         ax.plot([s for s, _ in pts], [v for _, v in pts], "-", color="#0072B2", lw=1)
         ax.set_title(name.replace("_", " "), fontsize=8)
@@ -217,9 +222,11 @@ def geometry_body(path: str) -> str:
         )
     svg = to_svg(fig, "Training geometry", "run")
     tab = table(["step", *GEOMETRY_FIELDS], rows, "Geometry records", collapsed=True)
-    return figure(
-        svg, "Training geometry: weight norm, gradient norm, their ratio, cosine, spectral complexity", tab
+    caption = (
+        "Training geometry: weight norm, gradient norm, their ratio, cosine, spectral complexity; "
+        "shaded: the default early window of `lorascope regime` (step ≤ 0.2 × the last step)"
     )
+    return figure(svg, caption, tab)
 
 
 SECTION = SectionKind(
