@@ -362,3 +362,23 @@ def test_unfinished_runs_are_flagged(tmp_path, capsys):
         f"warning: {path}: no run_end event (still running?): its window is 0.2 × the last step "
         "logged so far (window end step 20)\n"
     )
+
+
+def test_labels_from_yaml_and_csv_by_run_id(tmp_path, capsys, fitted):
+    pytest.importorskip("yaml")
+    _, paths, _ = fitted
+    by_id = {Path(p).stem: Path(p).stem.split("-")[0] for p in paths}  # run ids are REGIME-SEED
+    yml = tmp_path / "labels.yaml"
+    yml.write_text("".join(f"{k}: {v}\n" for k, v in by_id.items()))
+    assert run_cli(capsys, "regime", "fit", *paths, "--labels", yml, "--out", tmp_path / "a", *FAST)[0] == 0
+    table = tmp_path / "labels.csv"
+    table.write_text("run,label\n" + "".join(f"{p},{Path(p).stem.split('-')[0]}\n" for p in paths))
+    assert run_cli(capsys, "regime", "fit", *paths, "--labels", table, "--out", tmp_path / "b", *FAST)[0] == 0
+    a = json.loads((tmp_path / "a" / "regime.json").read_text())
+    b = json.loads((tmp_path / "b" / "regime.json").read_text())
+    assert (
+        [r["label"] for r in a["runs"]]
+        == [r["label"] for r in b["runs"]]
+        == [Path(p).stem.split("-")[0] for p in paths]
+    )
+    assert a["config"]["labels_file"] == str(yml)
