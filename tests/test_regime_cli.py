@@ -312,6 +312,7 @@ def test_monitor_rule_flags_go_together(capsys, fitted):
     assert err == "lorascope: error: --regime-model and --expect-regime go together"
 
 
+@pytest.mark.slow
 def test_report_shows_regime_json_and_geometry_series(tmp_path, capsys, fitted):
     pytest.importorskip("matplotlib")
     _, paths, out = fitted
