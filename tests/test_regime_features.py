@@ -104,6 +104,10 @@ def test_geometry_read_with_the_schema_entry_too(tmp_path, monkeypatch):
             "geometry spectral_complexity missing at step 0",
         ),
         (
+            [geometry(s, cos_grad_weight="high" if s == 20 else 0.1) for s in range(0, 101, 10)],
+            "geometry cos_grad_weight is not a number ('high') at step 20",
+        ),
+        (
             [geometry(s, loss=None) for s in range(0, 101, 10)],
             "no train_step loss in the window, and geometry loss missing at step 0",
         ),

@@ -198,6 +198,10 @@ def _column(run: RunData, window: list, name: str, end: int) -> list[float] | st
             return _finite_or_reason(losses, "train_step loss")
     from ..telemetry import as_float
 
+    for e in window:
+        raw = e.get(name)
+        if raw is not None and as_float(raw) is None:  # unchecked where the schema lacks the event
+            return f"geometry {name} is not a number ({str(raw)[:20]!r}) at step {e.step}"
     pairs = [(e.step, as_float(e.get(name))) for e in window]
     got = _finite_or_reason(pairs, f"geometry {name}")
     if name == "loss" and isinstance(got, str):
