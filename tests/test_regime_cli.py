@@ -282,6 +282,8 @@ def test_out_dir_not_empty_is_refused(tmp_path, capsys, fitted):
             "not a regime model (schema 'x/v1', expected lorascope.regime-model/v1)",
         ),
         (lambda m: m["scaler"].update(std=[1.0]), "key scaler.std: expected finite numbers of shape [7]"),
+        (lambda m: m.update(classes=["a", "a"]), "key classes: expected a list of ≥ 2 distinct class names"),
+        (lambda m: m.update(early_frac=2), "key early_frac: must be in (0, 1], got 2.0"),
     ],
 )
 def test_bad_model_files(tmp_path, capsys, fitted, edit, message):

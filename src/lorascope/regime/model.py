@@ -148,8 +148,16 @@ def load_model(path: str | Path) -> RegimeModel:
             path=path,
         )
     classes = doc.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise FormatError("key classes: expected a list of ≥ 2 class names", path=path)
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise FormatError("key classes: expected a list of ≥ 2 distinct class names", path=path)
+    early_frac = float(_numbers(doc.get("early_frac"), (), "early_frac", path))
+    if not 0 < early_frac <= 1:
+        raise FormatError(f"key early_frac: must be in (0, 1], got {early_frac}", path=path)
     d, k = len(features), len(classes)
     scaler, ridge, logistic = (
         doc.get(s) if isinstance(doc.get(s), dict) else {} for s in ("scaler", "ridge", "logistic")
@@ -171,7 +179,7 @@ def load_model(path: str | Path) -> RegimeModel:
         logistic_coef=_rows(_numbers(logistic.get("coef"), (d, k), "logistic.coef", path)),
         logistic_intercept=tuple(_numbers(logistic.get("intercept"), (k,), "logistic.intercept", path)),
         ranges=tuple(tuple(r) for r in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)),  # type: ignore[misc]
-        early_frac=float(_numbers(doc.get("early_frac"), (), "early_frac", path)),
+        early_frac=early_frac,
         window_end_median=float(doc["window_end_median"])
         if isinstance(doc.get("window_end_median"), (int, float))
         else math.nan,
