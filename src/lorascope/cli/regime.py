@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from ..errors import InvalidArgumentError
-from ._output import emit
+from ._output import emit, progress_printer
 
 SETS = ("geometry_6", "geometry_7", "loss", "spectral")
 
@@ -63,6 +63,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "--drop-excluded", action="store_true", help="fit on the runs that give features; list the rest"
     )
     t.add_argument("--json", action="store_true", help="print regime.json to stdout too")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
     t.set_defaults(run=run_fit)
 
     c = sub.add_parser("classify", help="the regime a run's early geometry matches, by a fitted model")
@@ -123,7 +124,8 @@ def run_fit(args: argparse.Namespace) -> int:
         model_set=args.model_set,
         drop_excluded=args.drop_excluded,
     )
-    report = fit_regimes(list(args.logs), config)
+    show = progress_printer(sys.stderr.isatty() and not args.quiet)
+    report = fit_regimes(list(args.logs), config, show)
     _warn_excluded(report.table)
     write_fit(report, args.out)
     emit(report.to_json() + "\n" if args.json else fit_text(report, args.out))

@@ -11,7 +11,7 @@ series -> the model (`model.py`) fitted on every kept run.  Nothing is written h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -143,12 +143,15 @@ def check_design(labels: Sequence[str], groups: Sequence[str], where: str) -> No
             )
 
 
-def fit_regimes(paths: Sequence[str], config: FitConfig) -> FitReport:
-    """The whole fit (module docstring).  Every matrix here is tiny (runs × ≤ 8 features): BLAS and
-    OpenMP threads only add start-up cost (scikit-learn's k-NN reduction spent 0.1 s per call
-    waking threads on a busy 2-core machine), so the pass runs single-threaded."""
+def fit_regimes(
+    paths: Sequence[str], config: FitConfig, progress: Callable[[int, int, str], None] | None = None
+) -> FitReport:
+    """The whole fit (module docstring); `progress(done, total, name)` is told as each feature set
+    is done.  Every matrix here is tiny (runs × ≤ 8 features): BLAS and OpenMP threads only add
+    start-up cost (scikit-learn's k-NN reduction spent 0.1 s per call waking threads on a busy
+    2-core machine), so the pass runs single-threaded."""
     with single_thread():
-        return _fit(paths, config)
+        return _fit(paths, config, progress or (lambda done, total, name: None))
 
 
 def _read(paths: Sequence[str], config: FitConfig):  # noqa: ANN202 (a private 5-tuple)
@@ -179,7 +182,7 @@ def _read(paths: Sequence[str], config: FitConfig):  # noqa: ANN202 (a private 5
     return runs, table, labels_all, groups_all, kept_idx
 
 
-def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
+def _fit(paths: Sequence[str], config: FitConfig, progress: Callable[[int, int, str], None]) -> FitReport:
     runs, table, labels_all, groups_all, kept_idx = _read(paths, config)
     labels = [str(labels_all[i]) for i in kept_idx]
     groups = [str(groups_all[i]) for i in kept_idx]
@@ -190,9 +193,11 @@ def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
     perms = np.array([rng.permutation(codes) for _ in range(config.permutations)]).reshape(-1, len(codes))
     options = Options(config.ridge_alpha, config.logistic_c)
     design = _Design(codes, perms, logo_folds(groups), classes, options)
-    sets = tuple(
-        _fit_set(name, table.matrix(FEATURE_SETS[name]), design, config) for name in config.features.sets
-    )
+    sets = []
+    for i, name in enumerate(config.features.sets):
+        progress(i, len(config.features.sets), name)
+        sets.append(_fit_set(name, table.matrix(FEATURE_SETS[name]), design, config))
+    progress(len(sets), len(sets), "done")
     pairs = {
         kind: tuple(
             (a.name, b.name, mcnemar(_correct(a, kind, labels), _correct(b, kind, labels)))
@@ -210,7 +215,7 @@ def _fit(paths: Sequence[str], config: FitConfig) -> FitReport:
         excluded_labels=tuple(labels_all[i] for i, r in enumerate(table.rows) if r.excluded is not None),
         classes=classes,
         entropy=entropy(codes, len(classes)),
-        sets=sets,
+        sets=tuple(sets),
         mcnemar=pairs,
         dfa=_dfa([runs[i] for i in kept_idx], labels),
         model=model,
