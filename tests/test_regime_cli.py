@@ -70,7 +70,49 @@ def test_fit_writes_the_folder(capsys, fitted):
     assert "| geometry_6 |" in (out / "regime.md").read_text()
 
 
-def test_fit_json_to_stdout_and_classify(tmp_path, capsys, fitted):
+def test_fit_numbers_agree_with_scipy_and_with_themselves(fitted):
+    from scipy.stats import binomtest, f_oneway
+
+    _, _, out = fitted
+    doc = json.loads((out / "regime.json").read_text())
+    truth = [r["label"] for r in doc["runs"]]
+    groups = [[r["dfa_alpha"] for r in doc["runs"] if r["label"] == c] for c in doc["classes"]]
+    assert doc["dfa"]["anova"]["f"] == pytest.approx(f_oneway(*groups).statistic)
+    for m in doc["mcnemar"]["logistic"]:
+        first = doc["sets"][m["first"]]["classifiers"]["logistic"]["predictions"]
+        second = doc["sets"][m["second"]]["classifiers"]["logistic"]["predictions"]
+        b = sum(p == t != q for p, q, t in zip(first, second, truth, strict=True))
+        c = sum(q == t != p for p, q, t in zip(first, second, truth, strict=True))
+        assert (m["b"], m["c"]) == (b, c)
+        if b + c:
+            assert m["p_exact"] == pytest.approx(binomtest(min(b, c), b + c).pvalue)
+    for s in doc["sets"].values():
+        ce = s["conditional_entropy"]
+        assert s["mutual_information"]["cv_logistic_nats"] == pytest.approx(
+            doc["entropy_nats"] - ce["logistic_nats"]
+        )
+        sm = s["mutual_information"]["summed_marginal"]
+        assert sm["raw"] == pytest.approx(sum(sm["per_feature"])) and sm["n_shuffles"] == 3
+
+
+def test_fit_json_on_stdout(tmp_path, capsys, fitted):
+    _, paths, _ = fitted
+    code, out, _ = run_cli(
+        capsys,
+        "regime",
+        "fit",
+        *paths,
+        "--label-key",
+        "meta.regime",
+        "--out",
+        tmp_path / "j",
+        "--json",
+        *FAST,
+    )
+    assert code == 0 and json.loads(out) == json.loads((tmp_path / "j" / "regime.json").read_text())
+
+
+def test_classify_json(tmp_path, capsys, fitted):
     _, paths, out = fitted
     code, text, _ = run_cli(
         capsys, "regime", "classify", paths[1], "--model", out / "regime-model.json", "--json"
