@@ -427,3 +427,32 @@ def test_labels_from_yaml_and_csv_by_run_id(tmp_path, capsys, fitted):
         == [Path(p).stem.split("-")[0] for p in paths]
     )
     assert a["config"]["labels_file"] == str(yml)
+
+
+def test_monitor_regime_rule_says_when_it_cannot_check(tmp_path, capsys, fitted):
+    _, _, out = fitted
+    plain = write_lines(
+        tmp_path / "plain.jsonl", [record("train_step", s, loss=1.0) for s in range(0, 401, 10)]
+    )
+    code, text, _ = run_cli(
+        capsys,
+        "monitor",
+        plain,
+        "--regime-model",
+        out / "regime-model.json",
+        "--expect-regime",
+        "baseline",
+        "--json",
+    )
+    alerts = [a for a in json.loads(text)["alerts"] if a["code"].startswith("REGIME")]
+    assert code == 0 and [(a["code"], a["severity"]) for a in alerts] == [("REGIME_UNCHECKED", "info")]
+    assert alerts[0]["message"] == (
+        "the regime rule could not read the early window (steps ≤ 80): cannot classify: no geometry events "
+        "(log them with the geometry probe or LorascopeCallback)"
+    )
+    err = error_line(
+        capsys, "monitor", plain, "--regime-model", out / "regime-model.json", "--expect-regime", "nope"
+    )
+    assert err.startswith(
+        f"lorascope: error: {out / 'regime-model.json'}: --expect-regime 'nope' is not a regime"
+    )
