@@ -25,7 +25,19 @@ from .features import FEATURE_SETS, FeatureConfig, FeatureTable, feature_table
 from .labels import labels_from_file, values_from_key
 from .logs import RunData, read_run_data
 from .model import RegimeModel, fit_model
-from .stats import Anova, McNemar, SummedMI, anova, dfa_alpha, entropy, log_loss, mcnemar, softmax, summed_mi
+from .stats import (
+    Anova,
+    MarginalMI,
+    McNemar,
+    SummedMI,
+    anova,
+    dfa_alpha,
+    entropy,
+    log_loss,
+    marginal_mi,
+    mcnemar,
+    softmax,
+)
 
 FIT_SCHEMA = "lorascope.regime/v1"
 
@@ -150,6 +162,8 @@ def fit_regimes(
     is done.  Every matrix here is tiny (runs × ≤ 8 features): BLAS and OpenMP threads only add
     start-up cost (scikit-learn's k-NN reduction spent 0.1 s per call waking threads on a busy
     2-core machine), so the pass runs single-threaded."""
+    sklearn_module("feature_selection")  # both extras present before any log is read, and loaded
+    scipy_stats()  # before the thread limit: threadpoolctl limits only the libraries already loaded
     with single_thread():
         return _fit(paths, config, progress or (lambda done, total, name: None))
 
@@ -158,8 +172,6 @@ def _read(paths: Sequence[str], config: FitConfig):  # noqa: ANN202 (a private 5
     """(runs, feature table, labels and groups of every run, indices of the kept runs), checked."""
     if not paths:
         raise InvalidArgumentError("regime fit needs run logs")
-    sklearn_module("feature_selection")  # both extras present before any log is read
-    scipy_stats()
     if len(set(paths)) != len(paths):
         raise InvalidArgumentError(
             "a run log is given twice", path=next(p for p in paths if paths.count(p) > 1)
@@ -193,11 +205,14 @@ def _fit(paths: Sequence[str], config: FitConfig, progress: Callable[[int, int, 
     perms = np.array([rng.permutation(codes) for _ in range(config.permutations)]).reshape(-1, len(codes))
     options = Options(config.ridge_alpha, config.logistic_c)
     design = _Design(codes, perms, logo_folds(groups), classes, options)
+    needed = config.features.needed
+    progress(0, len(config.features.sets) + 1, "mutual information")
+    mi = marginal_mi(table.matrix(needed), needed, codes, config.mi_shuffles, config.seed)
     sets = []
-    for i, name in enumerate(config.features.sets):
-        progress(i, len(config.features.sets), name)
-        sets.append(_fit_set(name, table.matrix(FEATURE_SETS[name]), design, config))
-    progress(len(sets), len(sets), "done")
+    for i, name in enumerate(config.features.sets, 1):
+        progress(i, len(config.features.sets) + 1, name)
+        sets.append(_fit_set(name, table.matrix(FEATURE_SETS[name]), design, mi))
+    progress(len(sets) + 1, len(sets) + 1, "done")
     pairs = {
         kind: tuple(
             (a.name, b.name, mcnemar(_correct(a, kind, labels), _correct(b, kind, labels)))
@@ -260,7 +275,7 @@ def _classifier(kind: str, x: np.ndarray, d: _Design) -> tuple[ClassifierResult,
     return result, scores
 
 
-def _fit_set(name: str, x: np.ndarray, d: _Design, config: FitConfig) -> SetResult:
+def _fit_set(name: str, x: np.ndarray, d: _Design, mi: MarginalMI) -> SetResult:
     results, scores = {}, {}
     for kind in CLASSIFIERS:
         results[kind], scores[kind] = _classifier(kind, x, d)
@@ -270,7 +285,7 @@ def _fit_set(name: str, x: np.ndarray, d: _Design, config: FitConfig) -> SetResu
         results,
         log_loss_logistic=log_loss(scores["logistic"], d.codes),
         log_loss_ridge_softmax=log_loss(softmax(scores["ridge"]), d.codes),
-        summed_mi=summed_mi(x, d.codes, config.mi_shuffles, config.seed),
+        summed_mi=mi.summed(FEATURE_SETS[name]),
     )
 
 

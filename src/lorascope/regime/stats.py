@@ -129,18 +129,42 @@ class SummedMI:
         }
 
 
-def summed_mi(x: np.ndarray, codes: np.ndarray, shuffles: int, seed: int) -> SummedMI:
+@dataclass(frozen=True)
+class MarginalMI:
+    """Each feature's own MI with the class (scikit-learn's `mutual_info_classif`, k-NN, 3
+    neighbours) and its mean over label shuffles; computed once for every feature of every set, so
+    a set's summed MI is the sum of its features' (and geometry_7's is geometry_6's plus
+    spectral's, exactly)."""
+
+    names: tuple[str, ...]
+    raw: tuple[float, ...]
+    null_mean: tuple[float, ...]
+    n_shuffles: int
+
+    def summed(self, features: Sequence[str]) -> SummedMI:
+        idx = [self.names.index(f) for f in features]
+        raw = float(sum(self.raw[i] for i in idx))
+        null = float(sum(self.null_mean[i] for i in idx))
+        return SummedMI(raw, null, raw - null, tuple(self.raw[i] for i in idx), self.n_shuffles)
+
+
+def marginal_mi(
+    x: np.ndarray, names: Sequence[str], codes: np.ndarray, shuffles: int, seed: int
+) -> MarginalMI:
     fs = sklearn_module("feature_selection")
     rng = np.random.default_rng(seed)
 
-    def total(labels: np.ndarray) -> np.ndarray:
+    def per_feature(labels: np.ndarray) -> np.ndarray:
         return fs.mutual_info_classif(x, labels, discrete_features=False, n_neighbors=3, random_state=seed)
 
-    per = total(codes)
-    null = [float(total(rng.permutation(codes)).sum()) for _ in range(shuffles)]
-    null_mean = float(np.mean(null)) if null else 0.0
-    raw = float(per.sum())
-    return SummedMI(raw, null_mean, raw - null_mean, tuple(float(v) for v in per), shuffles)
+    raw = per_feature(codes)
+    null = np.array([per_feature(rng.permutation(codes)) for _ in range(shuffles)]).reshape(
+        shuffles, len(names)
+    )
+    null_mean = null.mean(axis=0) if shuffles else np.zeros(len(names))
+    return MarginalMI(
+        tuple(names), tuple(float(v) for v in raw), tuple(float(v) for v in null_mean), shuffles
+    )
 
 
 @dataclass(frozen=True)
