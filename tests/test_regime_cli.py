@@ -93,6 +93,9 @@ def test_fit_numbers_agree_with_scipy_and_with_themselves(fitted):
         )
         sm = s["mutual_information"]["summed_marginal"]
         assert sm["raw"] == pytest.approx(sum(sm["per_feature"])) and sm["n_shuffles"] == 3
+    mi = {name: s["mutual_information"]["summed_marginal"] for name, s in doc["sets"].items()}
+    for key in ("raw", "null_mean"):  # one per-feature MI for all sets: nested sets add up
+        assert mi["geometry_7"][key] == pytest.approx(mi["geometry_6"][key] + mi["spectral"][key])
 
 
 def test_fit_json_on_stdout(tmp_path, capsys, fitted):
