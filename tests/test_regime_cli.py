@@ -459,3 +459,18 @@ def test_monitor_regime_rule_says_when_it_cannot_check(tmp_path, capsys, fitted)
     assert err.startswith(
         f"lorascope: error: {out / 'regime-model.json'}: --expect-regime 'nope' is not a regime"
     )
+
+
+def test_features_for_chosen_sets(tmp_path, capsys):
+    path = write_lines(
+        tmp_path / "nosc.jsonl", [geometry(s, spectral_complexity=None) for s in range(0, 101, 10)]
+    )
+    doc = json.loads(run_cli(capsys, "regime", "features", path, "--json")[1])
+    assert doc["runs"][0]["excluded"] == "geometry spectral_complexity missing at step 0"
+    doc = json.loads(run_cli(capsys, "regime", "features", path, "--json", "--sets", "geometry_6,loss")[1])
+    assert doc["runs"][0]["excluded"] is None and "spectral_complexity_mean" not in doc["runs"][0]["values"]
+    err = error_line(capsys, "regime", "features", path, "--sets", "geometry_9")
+    assert (
+        err
+        == "lorascope: error: unknown feature set(s) geometry_9; known: geometry_6, geometry_7, loss, spectral"
+    )

@@ -30,6 +30,12 @@ def register(p: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)"
     )
+    f.add_argument(
+        "--sets",
+        type=_sets,
+        default=SETS,
+        help=f"feature sets whose features a run must give (default {','.join(SETS)})",
+    )
     f.add_argument("-o", "--output", help="write the table as CSV to this file (atomically)")
     f.add_argument("--json", action="store_true", help="print the table as JSON")
     f.set_defaults(run=run_features)
@@ -94,7 +100,7 @@ def run_features(args: argparse.Namespace) -> int:
 
     if args.json and args.output:
         raise InvalidArgumentError("give --json or -o FILE (CSV), not both")
-    config = FeatureConfig(early_frac=args.early_frac)
+    config = FeatureConfig(early_frac=args.early_frac, sets=args.sets)
     table = feature_table([read_run_data(p) for p in args.logs], config)
     _warn_excluded(table)
     if args.json:
