@@ -470,7 +470,5 @@ def test_features_for_chosen_sets(tmp_path, capsys):
     doc = json.loads(run_cli(capsys, "regime", "features", path, "--json", "--sets", "geometry_6,loss")[1])
     assert doc["runs"][0]["excluded"] is None and "spectral_complexity_mean" not in doc["runs"][0]["values"]
     err = error_line(capsys, "regime", "features", path, "--sets", "geometry_9")
-    assert (
-        err
-        == "lorascope: error: unknown feature set(s) geometry_9; known: geometry_6, geometry_7, loss, spectral"
-    )
+    known = "geometry_6, geometry_7, loss, spectral"
+    assert err == f"lorascope: error: unknown feature set(s) geometry_9; known: {known}"
