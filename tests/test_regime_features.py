@@ -104,10 +104,6 @@ def test_geometry_read_with_the_schema_entry_too(tmp_path, monkeypatch):
             "geometry spectral_complexity missing at step 0",
         ),
         (
-            [geometry(s, cos_grad_weight="high" if s == 20 else 0.1) for s in range(0, 101, 10)],
-            "geometry cos_grad_weight is not a number ('high') at step 20",
-        ),
-        (
             [geometry(s, loss=None) for s in range(0, 101, 10)],
             "no train_step loss in the window, and geometry loss missing at step 0",
         ),
@@ -119,6 +115,22 @@ def test_runs_without_features_are_listed_with_their_reason(tmp_path, lines, rea
     assert table.kept == ()
     assert table.rows[0].excluded == reason
     assert table.rows[0].values == {}
+
+
+def test_a_geometry_value_that_is_not_a_number(tmp_path):
+    """Where the telemetry schema lists the geometry event the reader refuses the line; where it does
+    not, the features name the value."""
+    from lorascope.errors import FormatError
+    from lorascope.telemetry import schema
+
+    lines = [geometry(s, cos_grad_weight="high" if s == 20 else 0.1) for s in range(0, 101, 10)]
+    path = write_lines(tmp_path / "bad.jsonl", lines)
+    if "geometry" in schema.PAYLOAD:
+        with pytest.raises(FormatError, match="line 3: geometry event cos_grad_weight must be a number"):
+            read_run_data(path)
+    else:
+        row = run_features(read_run_data(path), FeatureConfig())
+        assert row.excluded == "geometry cos_grad_weight is not a number ('high') at step 20"
 
 
 def test_missing_spectral_complexity_is_fine_for_sets_without_it(tmp_path):
