@@ -60,7 +60,7 @@ def _accuracy_md(doc: dict) -> list[str]:
             for c in (s["classifiers"][k] for k in CLASSIFIERS)
         ]
         ce = s["conditional_entropy"]
-        ce_cell = f"{_g(ce['logistic_nats'])} nats ({_g(ce['logistic_reduction'], '.1%')} less than H)"
+        ce_cell = f"{_g(ce['logistic_nats'])} nats (1 − CE/H = {_g(ce['logistic_reduction'], '.1%')})"
         rows.append([name, *cells, ce_cell, _g(s["mutual_information"]["cv_logistic_nats"])])
     head = ["feature set", *(f"{k} (p)" for k in CLASSIFIERS), "cond. entropy (logistic)", "CV MI (nats)"]
     return ["## Leave-one-group-out accuracy", "", *_md_table(head, rows)]
