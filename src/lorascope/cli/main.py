@@ -28,6 +28,7 @@ COMMANDS = {
     "study": ("study", "audit many adapters (folders, lists, Hub repos) into one dataset and tables"),
     "bench": ("bench", "retrain at the audited ranks over seeds; verdicts under a safety policy"),
     "gid": ("gid", "gradient intrinsic dimensionality per layer (rank starvation); RaLoRA plans"),
+    "regime": ("regime", "which hyperparameter regime a run is in, from its early training geometry"),
     "report": ("report", "one self-contained HTML page with plots of any lorascope inputs and results"),
     "extract": ("extract", "a LoRA adapter from a full fine-tune or merged checkpoint and its base"),
     "verify-merge": ("verify_merge", "check that a merged checkpoint equals BASE + s·B·A, layer by layer"),

@@ -42,6 +42,13 @@ def register(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             flag, type=kind, metavar="X", help=f"threshold {name} (default {getattr(defaults, name)})"
         )
+    p.add_argument(
+        "--regime-model",
+        metavar="MODEL",
+        help="opt-in rule: with --expect-regime, warn (REGIME_MISMATCH) when the run's early geometry "
+        "matches another regime of this model (regime-model.json from `lorascope regime fit`)",
+    )
+    p.add_argument("--expect-regime", metavar="NAME", help="the regime the run is labelled with")
     p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
     p.set_defaults(run=run)
 
@@ -55,7 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if overrides.get("window", 1) < 1 or overrides.get("eval_patience", 1) < 1:
         raise InvalidArgumentError("--window and --eval-patience must be ≥ 1")
     thresholds = dataclasses.replace(Thresholds(), **overrides)
+    if (args.regime_model is None) != (args.expect_regime is None):
+        raise InvalidArgumentError("--regime-model and --expect-regime go together")
     report = monitor_run(args.path, thresholds, run_id=args.run_id)
+    if args.regime_model:
+        from ..regime import load_model
+        from ..regime.watch import regime_alerts
+
+        extra = regime_alerts(args.path, load_model(args.regime_model), args.regime_model, args.expect_regime)
+        report = dataclasses.replace(report, alerts=(*report.alerts, *extra))
     text = report.to_json() + "\n" if args.json else to_text(report, verbose=args.verbose)
     emit(text, args.output, inputs=(args.path,))
     return report.exit_code(args.fail_on)

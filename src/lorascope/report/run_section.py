@@ -153,7 +153,9 @@ def build(path: str, doc: Any) -> Built:
     )
     if monitor.get("torn_tail"):
         notes.append("the last line of the log was torn (a crash mid-write) and was dropped")
-    return Built(data=data, facts=facts, body=_plot(data), notes=notes)
+    from .regime_section import geometry_body
+
+    return Built(data=data, facts=facts, body=_plot(data) + geometry_body(path), notes=notes)
 
 
 def _series(points: list[list[Any]], col: int) -> tuple[list[Any], list[Any]]:

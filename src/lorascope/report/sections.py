@@ -6,7 +6,15 @@ A new kind is one module with a `SECTION = SectionKind(...)` (its schemas, marke
 
 from __future__ import annotations
 
-from . import audit_section, bench_section, gid_section, merge_section, run_section, study_section
+from . import (
+    audit_section,
+    bench_section,
+    gid_section,
+    merge_section,
+    regime_section,
+    run_section,
+    study_section,
+)
 from .base import SectionKind
 
 
@@ -26,4 +34,5 @@ SECTIONS = _registry(
     bench_section.SECTION,
     study_section.SECTION,
     gid_section.SECTION,
+    regime_section.SECTION,
 )
