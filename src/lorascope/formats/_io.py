@@ -1,3 +1,4 @@
+# Hand-written: positional reads (no mmap SIGBUS on a truncated file) and bf16 without torch.
 """With `_header.py` (headers), the only module that touches tensor-file bytes.
 
 `TensorSource` is what format readers see: key names, shapes and dtypes from the header, and one
@@ -32,7 +33,6 @@ from ._write import (  # noqa: F401  (the tensor-writing names, importable from 
     bf16_bits,
     header_room,
     write_safetensors,
-    write_safetensors_typed,
 )
 
 # safetensors dtype tag -> (our short name, numpy dtype or None for bf16)
