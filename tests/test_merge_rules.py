@@ -158,7 +158,7 @@ def test_merge_progress_only_on_a_terminal(pair, tmp_path, capsys, monkeypatch, 
     argv = ["merge", a, b, "--method", "ties", "-o", tmp_path / "m", *(["-q"] if quiet else [])]
     code, _, err = run(capsys, *argv)
     assert code == 0
-    assert ("5/5 model.layers.11.self_attn.q_proj" in err) == shown and ("1/5" in err) == shown
+    assert ("5/5 model.layers." in err) == shown and ("1/5" in err) == shown
 
 
 def test_progress_counts_every_layer_once_energy_plans_too(pair):

@@ -7,8 +7,9 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
 2. the layer's method (methods.METHODS) with its weights and parameters: factor methods (`linear`,
    `svd`) never form ΔW; dense methods form each ΔWᵢ (float64, out×in, one layer at a time) and
    the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
-   dense.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
-   for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
+   dense.dense_truncated_svd (only the top k triplets, by ARPACK or subspace iteration, checked
+   converged; the exact LAPACK SVD where that gains nothing or does not converge); DARE draws
+   come from a Generator seeded by (plan.seed, layer index);
 3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank), except
    `linear`: the common scale c = |w₁s₁| is folded out (layer scale c, upᵢ·wᵢsᵢ/c), so inputs with
    wᵢsᵢ = ±c keep their stored factors exactly, whatever their dtype (`_folded`).
@@ -48,6 +49,7 @@ from .ranks import after_compress, output_rank
 from .report import SCHEMA, MergedLayer, MergeReport  # noqa: F401  (SCHEMA: re-exported)
 
 _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+_DENSE_PARALLEL = 1 << 22  # out·in up to this (a 2048² layer: ~5 float64 copies = 168 MB) run in parallel
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,18 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
     def load_layer(info: LayerInfo) -> LoraDelta:
         return kept.pop(info.name, None) or compute(info.name)
 
-    # dense methods hold a few out×in float64 matrices per layer: one layer at a time, BLAS on every core
-    dense = any(get_method(plan.for_layer(name).method).kind == "dense" for name in groups)
+    # dense methods hold a few out×in float64 matrices per layer: large ones one layer at a time with
+    # BLAS on every core; small ones (≤ _DENSE_PARALLEL entries) one layer per core, one BLAS
+    # thread each (the top-k solver's narrow products gain nothing from more threads, and idle
+    # OpenBLAS threads busy-wait, which multiplied the CPU time of a TIES merge on a loaded machine)
+    big = any(
+        get_method(plan.for_layer(x.name).method).kind == "dense"
+        and x.out_features * x.in_features > _DENSE_PARALLEL
+        for x in layers
+    )
 
     def stream():
-        yield from ordered_map(load_layer, layers, max_workers=1 if dense else None)
+        yield from ordered_map(load_layer, layers, max_workers=1 if big else None)
 
     first = adapters[0]
     lazy = Adapter(
