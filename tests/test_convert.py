@@ -220,3 +220,23 @@ def test_nonfinite_factors_are_refused_and_nothing_is_written(tmp_path, rng, cap
     assert str(src) in err[0] and "layer m.v_proj" in err[0]
     assert f"base_model.model.m.v_proj.{key}.weight contains NaN or Inf" in err[0]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_name_map_with_two_modules_on_one_name_is_a_format_error(tmp_path, rng, capsys):
+    t = {
+        f"lora_unet_{m}.lora_{r}.weight": (rng.standard_normal((2, 3) if r == "down" else (3, 2)), "fp32")
+        for m in ("a_b", "a_c")
+        for r in ("down", "up")
+    }
+    src = tmp_path / "k.safetensors"
+    write_safetensors_raw(
+        src, t, metadata={"lorascope_module_names": '{"lora_unet_a_b": "unet.a", "lora_unet_a_c": "unet.a"}'}
+    )
+    code = main(["convert", str(src), str(tmp_path / "p"), "--to", "peft"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (
+        f"lorascope: error: {src}: metadata lorascope_module_names maps two modules to one name "
+        "unet.a: lora_unet_a_b and lora_unet_a_c\n"
+    )
+    assert not (tmp_path / "p").exists()

@@ -433,3 +433,72 @@ def test_positional_reads_match_the_library(tmp_path, rng, monkeypatch, calls):
             np.testing.assert_array_equal(delta.down, want[f"{PREFIX}{name}.lora_A.weight"])
             np.testing.assert_array_equal(delta.up, want[f"{PREFIX}{name}.lora_B.weight"])
             assert delta.down.dtype == want[f"{PREFIX}{name}.lora_A.weight"].dtype
+
+
+# --- PyTorch .bin files and half layers ------------------------------------------------------------
+
+
+def _bin_adapter(tmp_path: Path, state: dict) -> Path:
+    torch = pytest.importorskip("torch")
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / C).write_text(json.dumps(peft_config(r=4)))
+    torch.save(state, d / "adapter_model.bin")
+    return d
+
+
+def test_bin_with_non_tensor_values_names_the_file_and_key(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    state = {f"{PREFIX}q.lora_A.weight": torch.ones(4, 8), f"{PREFIX}q.lora_B.weight": torch.ones(8, 4)}
+    d = _bin_adapter(tmp_path, {**state, "step": 3})
+    line = _cli_error(capsys, ["audit", d])
+    assert line == f"{d / 'adapter_model.bin'}: state dict entry 'step' is not a tensor (it holds a int)"
+
+
+class _Payload:
+    """An object whose unpickling calls a function (harmless here: os.getcwd), as a hostile file would."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_bin_with_code_is_refused_without_advising_to_run_it(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    d = _bin_adapter(tmp_path, {f"{PREFIX}q.lora_A.weight": torch.ones(4, 8), "x": _Payload()})
+    weights = d / "adapter_model.bin"
+    line = _cli_error(capsys, ["audit", d])
+    problem, hint = line.split(" (hint: ", 1)
+    assert problem == (
+        f"{weights}: the file holds Python code (a pickle that imports or calls functions), "
+        "which lorascope will not run"
+    )
+    assert "Re-running" not in line and "will likely succeed" not in line
+    assert hint.startswith("run this only if you trust the file and where it came from")
+    # the snippet in the hint converts a trusted file (run here on a clean one: same tensors, no code)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / C).write_text(json.dumps(peft_config(r=4)))
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    torch.save({f"{PREFIX}q.lora_A.weight": a, f"{PREFIX}q.lora_B.weight": b}, clean / "adapter_model.bin")
+    snippet = (
+        hint.split('python -c "', 1)[1]
+        .rsplit('"', 1)[0]
+        .replace(str(weights), str(clean / "adapter_model.bin"))
+    )
+    snippet = snippet.replace(str(d / W), str(clean / W))
+    subprocess.run([sys.executable, "-c", snippet], check=True, timeout=120)
+    delta = load(clean).delta("q")
+    np.testing.assert_array_equal(delta.down, a.numpy())
+    np.testing.assert_array_equal(delta.up, b.numpy())
+
+
+@pytest.mark.parametrize(("have", "missing"), [("A", "B"), ("B", "A")])
+def test_half_embedding_layer_is_an_error(tmp_path, capsys, rng, have, missing):
+    shape = (4, 50) if have == "A" else (50, 4)
+    key = f"{PREFIX}emb.lora_embedding_{have}"
+    d = write_peft(
+        tmp_path / "a", {"q": random_factors(rng, 8, 6, 4)}, extra={key: (rng.standard_normal(shape), "fp32")}
+    )
+    for argv in (["audit", d], ["merge-audit", d, d]):
+        line = _cli_error(capsys, argv)
+        assert line == f"{d / W}: layer emb: {key} has no matching lora_embedding_{missing} tensor"

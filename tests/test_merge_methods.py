@@ -291,16 +291,17 @@ def decaying():
     return known_spectrum(1500, 1200, sigma, seed=4), sigma
 
 
-def test_dense_svd_randomized_route_is_near_optimal(decaying, monkeypatch):
+def test_dense_svd_fast_route_equals_the_exact_truncation(decaying, monkeypatch):
     x, sigma = decaying
-    calls, real = [], spectral_dense._randomized_svd
-    monkeypatch.setattr(spectral_dense, "_randomized_svd", lambda *a: calls.append(a[1]) or real(*a))
+    calls, real = [], spectral_dense.top_k
+    monkeypatch.setattr(spectral_dense, "top_k", lambda *a: calls.append(a[1]) or real(*a))
     k = 20
     t = dense_truncated_svd(x, k, seed=1)
-    assert calls == [40]  # l = k + max(10, k), min(m, n) = 1200 > exact_max, k < 1200 // 4
+    assert calls == [20]  # the converged iteration answered: no exact SVD
     assert t.u.shape == (1500, k) and t.vt.shape == (k, 1200)
-    optimal = np.sqrt(np.sum(sigma[k:] ** 2))  # Eckart–Young
-    assert np.linalg.norm(x - reconstruct(t)) <= 1.01 * optimal
+    truth = best_rank_k(x, k)
+    assert np.linalg.norm(reconstruct(t) - truth) <= 1e-8 * np.linalg.norm(truth)
+    np.testing.assert_allclose(t.s, sigma[:k], rtol=1e-10)
     np.testing.assert_array_equal(dense_truncated_svd(x, k, seed=1).s, t.s)  # seeded
 
 
@@ -309,8 +310,8 @@ def test_dense_svd_energy_mode(decaying):
     cum = np.cumsum(sigma**2) / np.sum(sigma**2)
     k_true = 12
     energy = 0.5 * (cum[k_true - 2] + cum[k_true - 1])  # midway: needs exactly 12 directions
-    assert dense_truncated_svd(x, energy=energy).s.size == k_true  # randomized route
-    assert dense_truncated_svd(x, energy=energy, exact_max=2000).s.size == k_true  # exact route
+    assert dense_truncated_svd(x, energy=energy).s.size == k_true  # converged iteration
+    assert spectral_dense._exact(x).truncate(k_true).s.size == k_true
     assert dense_truncated_svd(x, rank=5, energy=energy).s.size == 5
     small = known_spectrum(30, 20, np.array([4.0, 3.0, 2.0, 1.0]))  # σ² cum: 16, 25, 29, 30
     assert dense_truncated_svd(small, energy=25 / 30).s.size == 2  # boundary counts as reached

@@ -92,11 +92,16 @@ def test_thresholds_validated():
         Thresholds(imbalance=0.5)
 
 
-def rec_for(d1, d2, ranks=(8, 8), eff=(6.0, 6.0), t=None):
+def averaged_sigma(d1, d2) -> np.ndarray:
+    """Ground truth: singular values of ½(ΔW₁ + ΔW₂) from the dense matrices."""
+    return np.linalg.svd(0.5 * (d1.dense() + d2.dense()), compute_uv=False)
+
+
+def rec_for(d1, d2, ranks=(8, 8), t=None):
     t = t or Thresholds()
     p = pair_metrics(d1, d2)
     v = classify(p, t)[0]
-    return v, recommend(p, v, ranks, eff, t)
+    return v, recommend(p, v, ranks, t, averaged_sigma(d1, d2))
 
 
 @pytest.mark.parametrize("strong_first", [True, False])
@@ -119,13 +124,30 @@ def test_trim_grows_with_overlap_and_drop_with_conflict(base, rng):
     _, opp = rec_for(base, delta(base.down, base.up, -1.0))
     assert same.trim == pytest.approx(0.5) and orth.trim == pytest.approx(0.1)
     assert 0.15 <= same.drop <= 0.5 and opp.drop == pytest.approx(0.5) and orth.drop == pytest.approx(0.15)
-    assert same.method == "ties" and same.density == pytest.approx(0.5)
+    assert same.method == "svd" and same.density is None and same.weights == (0.5, 0.5)
     assert opp.method == "dare_ties" and opp.density == pytest.approx(0.5)
     assert orth.method == "linear" and orth.density is None
 
 
-def test_compress_first_when_redundant_and_over_provisioned(base):
-    _, rec = rec_for(base, base, ranks=(64, 8), eff=(3.0, 6.0))
-    assert rec.compress_first == {0: pair_metrics(base, base).k1}
-    _, rec = rec_for(base, base, ranks=(8, 8), eff=(6.0, 6.0))
-    assert rec.compress_first == {}
+@pytest.mark.parametrize("loss", [0.0, 0.02, 0.1, 0.3])
+def test_redundant_pair_is_averaged_at_the_smallest_rank_within_the_loss(base, loss):
+    """A copy truncated to rank 3 (as `compress` writes it): the average keeps base's directions;
+    the recommended rank is the smallest k whose dropped tail is within `redundant_loss`."""
+    u, s, vt = np.linalg.svd(base.dense(), full_matrices=False)
+    copy = delta(vt[:3], u[:, :3] * s[:3])  # (3, n), (m, 3)
+    v, rec = rec_for(base, copy, ranks=(8, 3), t=Thresholds(redundant_loss=loss))
+    sigma = averaged_sigma(base, copy)
+    tails = [np.sqrt(np.sum(sigma[k:] ** 2) / np.sum(sigma**2)) for k in range(1, 9)]
+    want = next(k for k, tail in zip(range(1, 9), tails, strict=True) if tail <= loss + 1e-12)
+    assert v == "REDUNDANT" and rec.method == "svd" and rec.weights == (0.5, 0.5)
+    assert rec.rank == want and rec.compress_first == {}
+    assert any(f"exact SVD at rank {want} keeps all but" in r for r in rec.reasons)
+    assert not any(r.startswith("lossy:") for r in rec.reasons)
+
+
+def test_redundant_needs_the_averaged_spectrum(base):
+    p = pair_metrics(base, base)
+    with pytest.raises(ValueError, match="needs the spectrum of the averaged update"):
+        recommend(p, "REDUNDANT", (8, 8), Thresholds())
+    with pytest.raises(InvalidArgumentError, match="redundant_loss"):
+        Thresholds(redundant_loss=1.0)

@@ -21,6 +21,7 @@ import numpy as np
 from .. import jsontext, metrics
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import FORMATS, load
+from ..order import natural_key
 from ..passes import spectral_pass
 from ..rounding import Rounding
 from ..spectral import Core
@@ -190,6 +191,7 @@ def audit_adapter(
         return _layer_report(delta, core, options)
 
     layers = list(spectral_pass(adapter, one, vectors=options.keep_cores, progress=options.progress))
+    layers.sort(key=lambda x: natural_key(x.name))  # every view lists layers.2 before layers.10
     notes = list(adapter.notes)
     source = _source(adapter)
     summary = _summary(layers, options)

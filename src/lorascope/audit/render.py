@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
+from ..order import natural_key
 from ..textsafe import clean
 from .audit import AuditReport, LayerReport
 
@@ -53,7 +54,8 @@ def _keys(report: AuditReport) -> list[str]:
 
 def wasteful(report: AuditReport, n: int) -> list[LayerReport]:
     """The n layers with the lowest utilisation (dead layers first)."""
-    return sorted(report.layers, key=lambda x: (not x.dead, x.metrics["utilisation"], x.name))[:n]
+    order = sorted(report.layers, key=lambda x: (not x.dead, x.metrics["utilisation"], natural_key(x.name)))
+    return order[:n]
 
 
 def _summary(report: AuditReport) -> Section:

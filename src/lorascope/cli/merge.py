@@ -49,9 +49,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-error",
         type=float,
-        default=MAX_ERROR,
-        help=f"exit 1 (the adapter is still written) when a layer's post-merge error "
-        f"‖intended − written‖_F/‖intended‖_F exceeds this (default {MAX_ERROR:g})",
+        help="exit 1 (the adapter is still written) when any layer's post-merge error "
+        "‖intended − written‖_F/‖intended‖_F exceeds this.  Default: "
+        f"{MAX_ERROR:g} for linear and svd layers; ties, dare_ties, dare_linear and magnitude_prune "
+        "sparsify ΔW, which no LoRA rank holds exactly, so their loss is reported (a line and "
+        "summary.lossy_by_method) and checked only when this option is given",
     )
     p.add_argument(
         "--ignore-fingerprints",
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--layers widens the text report; --json already lists every layer")
     if args.ignore_fingerprints and not args.plan:
         raise InvalidArgumentError("--ignore-fingerprints applies to --plan")
-    if not 0 <= args.max_error < float("inf"):
+    if args.max_error is not None and not 0 <= args.max_error < float("inf"):
         raise InvalidArgumentError(f"--max-error must be a number ≥ 0, got {args.max_error}")
     plan = plan_from_args(args)
     options = MergeOptions(

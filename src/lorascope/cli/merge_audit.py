@@ -28,7 +28,7 @@ _THRESHOLD_FLAGS = (
     "agreement_redundant",
     "imbalance",
     "min_interference",
-    "over_provisioned",
+    "redundant_loss",
     "min_weight",
 )
 REPORT_FILES = ("merge_audit.json", "merge_audit.md")  # the names Gradience's --output-dir writes

@@ -1,3 +1,4 @@
+# Hand-written: every header field is checked before any allocation: a hostile header is one error.
 """The safetensors header: read, parse and check before anything uses it (with `_io.py`, the only
 code touching tensor-file bytes).
 

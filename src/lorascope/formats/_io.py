@@ -1,3 +1,4 @@
+# Hand-written: positional reads (no mmap SIGBUS on a truncated file) and bf16 without torch.
 """With `_header.py` (headers), the only module that touches tensor-file bytes.
 
 `TensorSource` is what format readers see: key names, shapes and dtypes from the header, and one
@@ -17,6 +18,7 @@ Writing lives in `_write.py` (its names are re-exported here for existing caller
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import weakref
 from collections.abc import Mapping
@@ -189,8 +191,23 @@ class DictSource(TensorSource):
         return arr
 
 
+def _code_hint(path: str) -> str:
+    """How to convert a .bin the user trusts into safetensors (which holds no code) with torch itself."""
+    dest = str(Path(path).with_name("adapter_model.safetensors"))
+    return (
+        "run this only if you trust the file and where it came from; it converts it to safetensors, "
+        'which holds no code: python -c "import torch, safetensors.torch as st; '
+        f"sd = torch.load({path!r}, weights_only=False); "
+        f'st.save_file({{k: v.contiguous() for k, v in sd.items()}}, {dest!r})"'
+    )
+
+
 def load_torch_bin(path: str) -> DictSource:
-    """A PyTorch pickle, read only through torch's safe loader (weights_only=True)."""
+    """A PyTorch pickle, read only through torch's safe loader (weights_only=True).
+
+    A pickle that would import or call code is refused with that fact and how to convert a trusted
+    file; torch's own advice (retry with weights_only=False) is never relayed.  Every value of the
+    state dict must be a float tensor: anything else is a FormatError naming the key."""
     try:
         import torch
     except ImportError:
@@ -201,16 +218,39 @@ def load_torch_bin(path: str) -> DictSource:
         ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad pickles
-        raise FormatError(f"cannot read PyTorch file safely ({type(e).__name__}: {e})", path=path) from None
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e):  # a damaged pickle, not one that asks for code
+            raise FormatError(f"cannot read PyTorch file ({_first_line(e)})", path=path) from None
+        raise FormatError(  # torch's safe loader refused a pickle that imports or calls code
+            "the file holds Python code (a pickle that imports or calls functions), which lorascope "
+            "will not run",
+            path=path,
+            hint=_code_hint(path),
+        ) from None
+    except Exception as e:  # torch raises many types for damaged files
+        raise FormatError(
+            f"cannot read PyTorch file ({type(e).__name__}: {_first_line(e)})", path=path
+        ) from None
     if not isinstance(state, dict):
         raise FormatError("PyTorch file does not hold a state dict", path=path)
     arrays = {}
     for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise FormatError(
+                f"state dict entry {str(key)!r} is not a tensor (it holds a {type(t).__name__})",
+                path=path,
+                keys=[str(key)],
+            )
         if t.dtype == torch.bfloat16:
             t = t.float()  # exact widening
-        arrays[key] = t.detach().cpu().numpy()
+        arrays[str(key)] = t.detach().cpu().numpy()
     return DictSource(arrays, path=path)
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of an exception's text, without any advice to load with weights_only=False."""
+    line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return "" if "weights_only" in line else line
 
 
 def open_safetensors(path: str | Path) -> SafetensorsSource:

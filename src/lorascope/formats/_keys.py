@@ -260,7 +260,20 @@ def read_name_map(metadata: Mapping[str, str], path: str) -> dict[str, str]:
     names = json_loads(raw, path, f"metadata {NAMES_KEY} is not valid JSON ({{}})")
     if not isinstance(names, dict):
         raise FormatError(f"metadata {NAMES_KEY} must be a JSON object", path=path)
-    return {str(k): str(v) for k, v in names.items()}
+    out: dict[str, str] = {}
+    named: dict[str, str] = {}  # dotted name -> the first flattened name mapped to it
+    for flat, dotted in names.items():
+        if not isinstance(dotted, str):
+            raise FormatError(f"metadata {NAMES_KEY}: {flat} must map to a string", path=path, keys=[flat])
+        first = named.setdefault(dotted, flat)
+        if first != flat:
+            raise FormatError(
+                f"metadata {NAMES_KEY} maps two modules to one name {dotted}: {first} and {flat}",
+                path=path,
+                keys=[first, flat],
+            )
+        out[flat] = dotted
+    return out
 
 
 def carried_metadata(

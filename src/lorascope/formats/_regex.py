@@ -1,3 +1,4 @@
+# Hand-written (safety): user regexes that could backtrack without bound are refused before matching.
 """Which regular expressions are safe to match: the rule for PEFT's `rank_pattern` / `alpha_pattern`
 keys, which come from a user's file and are matched with Python's backtracking `re`.
 

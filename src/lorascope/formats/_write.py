@@ -1,8 +1,11 @@
+# Hand-written: streams one tensor at a time (memory) and writes bf16, which safetensors.numpy cannot.
 """Writing tensor files, through the public atomic-output core (`lorascope.files`: every output
 appears complete or not at all, is created exclusively, and no temporary survives an error).
 
-* `SafetensorsWriter` streams tensors one at a time (memory: one tensor) and produces the same
-  bytes as `write_safetensors_typed` (layout in its docstring).
+* `SafetensorsWriter` streams tensors one at a time (memory: one tensor): without a reserved
+  header room it writes sorted keys and an 8-byte padded header (layout in its docstring); with
+  one (what the format writers pass) the tensors stay in the order added and nothing is copied.
+* `write_safetensors`: a whole dict of fp16/fp32/fp64 arrays, by the safetensors library.
 """
 
 from __future__ import annotations
@@ -74,12 +77,8 @@ def _header_text(metadata, entries, pad_to: int) -> bytes:
 def write_safetensors_typed(
     dest: str | Path, tensors: Mapping[str, tuple[np.ndarray, str]], metadata=None
 ) -> None:
-    """Write {key: (array, short dtype)} atomically, any of fp64/fp32/fp16/bf16.
-
-    The file is built by hand (the safetensors numpy API has no bf16): 8-byte little-endian header
-    length, JSON header with sorted keys and 8-byte padding, then the raw little-endian data.
-    `SafetensorsWriter` writes the same bytes one tensor at a time.
-    """
+    """Write {key: (array, short dtype)} atomically, any of fp64/fp32/fp16/bf16 (bf16: the
+    safetensors numpy API cannot), keys in sorted order (extract's full-weight files)."""
     with SafetensorsWriter(dest) as w:
         for key in sorted(tensors):
             arr, dtype = tensors[key]
@@ -95,12 +94,12 @@ class SafetensorsWriter:
     calling `abort()`) removes the temporary file: `dest` is never half written.  A key added twice
     keeps the last array, like a dict.
 
-    Two layouts.  Without `reserve`: the bytes of `write_safetensors_typed` (tensors in sorted key
-    order, the header padded to 8 bytes), assembled at close by copying the data into a second
-    file.  With `reserve=N` (a caller's estimate of the header size, e.g. from its layer names):
-    the data file starts with N bytes of room for the header and the tensors stay where they were
-    written, in the order added; at close the header is written into that room, padded with spaces
-    (the format allows trailing whitespace in the header), and the file itself is renamed into
+    Two layouts.  Without `reserve`: tensors in sorted key order, the header padded to 8 bytes,
+    assembled at close by copying the data into a second file.  With `reserve=N` (a caller's
+    estimate of the header size, e.g. from its layer names): the data file starts with N bytes of
+    room for the header and the tensors stay where they were written, in the order added; at
+    close the header is written into that room, padded with spaces (the format allows trailing
+    whitespace in the header), and the file itself is renamed into
     place, so nothing is copied.  A header that outgrows the room falls back to the copy.
     """
 

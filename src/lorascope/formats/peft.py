@@ -184,7 +184,8 @@ def _layer_info(
         return None
     if dk is None or uk is None:
         have = [k for k in (dk, uk) if k is not None]  # one: the branch above found a factor
-        missing = "lora_A" if dk is None else "lora_B"
+        factor = "lora_embedding_" if kind == "embedding" else "lora_"
+        missing = factor + ("A" if dk is None else "B")
         raise FormatError(
             f"layer {module}: {have[0]} has no matching {missing} tensor", path=wpath, keys=have
         )

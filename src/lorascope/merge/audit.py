@@ -20,16 +20,18 @@ import numpy as np
 from .. import jsontext, metrics
 from ..errors import FormatError, InvalidArgumentError
 from ..formats import load
+from ..order import natural_key, natural_sorted
 from ..parallel import ordered_map
 from ..passes import check_sigma, nonfinite_error
 from ..spectral import NonFiniteError, SpectrumOverflowError
 from ..structured import compact
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
+from .methods import get_method, stacked_svd
 from .pairwise import PairMetrics, PairOptions, pair_metrics
 from .peft_args import peft_equivalent
 from .plan import LayerPlan, MergePlan
-from .verdict import VERDICTS, Recommendation, Thresholds, classify, recommend
+from .verdict import REDUNDANT_WEIGHT, VERDICTS, Recommendation, Thresholds, classify, recommend
 
 SCHEMA = "lorascope.merge_audit/v1"
 
@@ -161,13 +163,13 @@ class MergeAuditReport:
             for i, names in enumerate(self.only)
             for n in names
         ]
-        lossy = sorted({lp.method for lp in layers.values() if lp.method != "linear"})
-        if lossy:
-            n = sum(lp.method != "linear" for lp in layers.values())
+        dense = [lp.method for lp in layers.values() if get_method(lp.method).kind == "dense"]
+        if dense:
             notes.append(
-                f"lossy: {n} layers use {'/'.join(lossy)}, whose sparsified ΔW is re-factorised at the "
-                "plan's rank and loses part of the merge; merge reports each layer's loss and exits 1 "
-                "above --max-error (raise a layer's rank, or set its method to linear, to keep more)"
+                f"lossy: {len(dense)} layers use {'/'.join(sorted(set(dense)))}, whose sparsified ΔW is "
+                "re-factorised at the plan's rank and loses part of the merge; merge reports that loss "
+                "and fails only above a --max-error you set (raise a layer's rank, or set its method "
+                "to linear, to keep more)"
             )
         plan = MergePlan(
             tuple(w),
@@ -195,11 +197,14 @@ def merge_audit(
         )
     ka, kb = layer_keys([a, b])
     b_by_key = {key: name for name, key in kb.items()}
-    shared = [(n, b_by_key[k]) for n, k in ka.items() if k in b_by_key]
+    # layers in natural order (layers.2 before layers.10) in every view of the report
+    shared = sorted(
+        ((n, b_by_key[k]) for n, k in ka.items() if k in b_by_key), key=lambda x: natural_key(x[0])
+    )
     keys_a = set(ka.values())
     only = (
-        tuple(n for n, k in ka.items() if k not in b_by_key),
-        tuple(n for n, k in kb.items() if k not in keys_a),
+        tuple(natural_sorted(n for n, k in ka.items() if k not in b_by_key)),
+        tuple(natural_sorted(n for n, k in kb.items() if k not in keys_a)),
     )
     if not shared:
         raise FormatError(
@@ -273,8 +278,17 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),
     )
     verdict, reasons = classify(p, options.thresholds)
-    rec = recommend(p, verdict, (i1.rank, i2.rank), eff, options.thresholds)
+    merged = _averaged_sigma(d1, d2, options.weights) if verdict == "REDUNDANT" else None
+    rec = recommend(p, verdict, (i1.rank, i2.rank), options.thresholds, merged)
     return LayerPair(i1, i2, p, eff, verdict, reasons, rec)
+
+
+def _averaged_sigma(d1, d2, weights: tuple[float, float]) -> np.ndarray:
+    """Exact singular values of ½(w₁ΔW₁ + w₂ΔW₂) from the stacked factors (what `merge --method
+    svd` truncates for a REDUNDANT layer: verdict.recommend picks its rank from them)."""
+    half = REDUNDANT_WEIGHT
+    pairs = [(d.down, d.up, half * w * d.scale) for d, w in zip((d1, d2), weights, strict=True)]
+    return stacked_svd(pairs).s
 
 
 def _summary(layers: list[LayerPair]) -> dict[str, Any]:

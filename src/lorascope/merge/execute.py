@@ -7,8 +7,9 @@ kohya spelling, match.py; an adapter without the layer contributes nothing there
 2. the layer's method (methods.METHODS) with its weights and parameters: factor methods (`linear`,
    `svd`) never form ΔW; dense methods form each ΔWᵢ (float64, out×in, one layer at a time) and
    the merged ΔW is re-factorised to `rank` (default Σ rᵢ, capped at min(out, in)) or `energy` by
-   dense.dense_truncated_svd (exact LAPACK for small layers, randomized with power iterations
-   for large ones); DARE draws come from a Generator seeded by (plan.seed, layer index);
+   dense.dense_truncated_svd (only the top k triplets, by ARPACK or subspace iteration, checked
+   converged; the exact LAPACK SVD where that gains nothing or does not converge); DARE draws
+   come from a Generator seeded by (plan.seed, layer index);
 3. factors are rounded to the output dtype with scale 1 (the writer stores alpha = rank), except
    `linear`: the common scale c = |w₁s₁| is folded out (layer scale c, upᵢ·wᵢsᵢ/c), so inputs with
    wᵢsᵢ = ±c keep their stored factors exactly, whatever their dtype (`_folded`).
@@ -25,6 +26,7 @@ Refused: DoRA layers (the magnitude vector does not add), mismatched shapes, a n
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,24 +36,28 @@ import numpy as np
 
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
+from ..order import natural_sorted
 from ..parallel import ordered_map
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
-from .checks import MAX_ERROR, adapter_label, check_finite_input, checked_error, rel_error
+from .checks import adapter_label, check_finite_input, checked_error, rel_error
 from .dense import dense_truncated_svd
 from .match import layer_keys
 from .methods import get_method
 from .plan import LayerPlan, MergePlan
+from .ranks import after_compress, output_rank
 from .report import SCHEMA, MergedLayer, MergeReport  # noqa: F401  (SCHEMA: re-exported)
 
 _WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+_DENSE_PARALLEL = 1 << 22  # out·in up to this (a 2048² layer: ~5 float64 copies = 168 MB) run in parallel
 
 
 @dataclass(frozen=True)
 class MergeOptions:
     dtype: str | None = None  # output dtype; None: the widest input dtype
-    # a layer whose post-merge error exceeds this is flagged (MergeReport.over_max_error); None: never
-    max_error: float | None = MAX_ERROR
+    # a tolerance on every layer's post-merge error (MergeReport.over_max_error); None: the default
+    # rule, MAX_ERROR for linear and svd, the dense methods' loss reported (report.py)
+    max_error: float | None = None
     progress: Callable[[int, int, str], None] | None = None
 
 
@@ -76,20 +82,28 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
     Every output LayerInfo is known before any layer is merged, so `layers` is exact; `iter_deltas`
     merges the layers on the worker threads of the thread policy (one worker, BLAS on every core,
     when a dense method's out×in matrices are involved).  The output rank follows from the plan
-    and the input ranks (`_planned_rank`) except where the plan uses `energy`: those layers are
-    merged here, up front, and kept in memory until they are loaded once (handed out, then
-    dropped; a second load merges again, with the same result).  Energy ranks are at most the rank
-    a plan without `energy` would write, so this never holds more than the whole merged adapter and
-    holds nothing for plans without `energy`."""
+    and the input ranks (`ranks.output_rank`, the rule `_merge_layer` applies too) except where
+    the plan uses `energy`: those layers are merged here, up front, and kept in memory until
+    they are loaded once (handed out, then dropped; a second load merges again, with the same
+    result).  Energy ranks are at most the rank a plan without `energy` would write, so this never
+    holds more than the whole merged adapter and holds nothing for plans without `energy`."""
     options = options or MergeOptions()
     _check_inputs(adapters, plan, options)
     groups = _groups(adapters)
+    # DARE's draws are seeded by (plan seed, index of the layer in adapter 1's file order): the
+    # output lists layers in natural order, the seeds stay those of earlier versions
     index_of = {name: i for i, name in enumerate(groups)}
+    groups = {name: groups[name] for name in natural_sorted(groups)}
     done: dict[str, tuple[MergedLayer, bytes]] = {}
+    lock = threading.Lock()
 
     def compute(name: str) -> LoraDelta:
         delta, result = _merge_layer(adapters, groups[name], name, plan, index_of[name], options)
-        done[name] = (result, factor_digest(delta.down, delta.up))
+        with lock:  # progress counts layers merged the first time, up front (energy) or streamed
+            first = name not in done
+            done[name] = (result, factor_digest(delta.down, delta.up))
+            if first and options.progress:
+                options.progress(len(done), len(groups), name)
         return delta
 
     kept: dict[str, LoraDelta] = {}
@@ -104,19 +118,20 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
             layers.append(_out_info(name, idx, [adapters[i].info(group[i]) for i in idx], rank, options))
 
     def load_layer(info: LayerInfo) -> LoraDelta:
-        delta = kept.pop(info.name, None) or compute(info.name)
-        if delta.info.rank != info.rank:  # _planned_rank disagrees with the method: a bug
-            raise FormatError(f"layer {info.name}: merged rank {delta.info.rank}, planned {info.rank}")
-        return delta
+        return kept.pop(info.name, None) or compute(info.name)
 
-    # dense methods hold a few out×in float64 matrices per layer: one layer at a time, BLAS on every core
-    dense = any(get_method(plan.for_layer(name).method).kind == "dense" for name in groups)
+    # dense methods hold a few out×in float64 matrices per layer: large ones one layer at a time with
+    # BLAS on every core; small ones (≤ _DENSE_PARALLEL entries) one layer per core, one BLAS
+    # thread each (the top-k solver's narrow products gain nothing from more threads, and idle
+    # OpenBLAS threads busy-wait, which multiplied the CPU time of a TIES merge on a loaded machine)
+    big = any(
+        get_method(plan.for_layer(x.name).method).kind == "dense"
+        and x.out_features * x.in_features > _DENSE_PARALLEL
+        for x in layers
+    )
 
     def stream():
-        for i, delta in enumerate(ordered_map(load_layer, layers, max_workers=1 if dense else None)):
-            if options.progress:
-                options.progress(i + 1, len(layers), delta.name)
-            yield delta
+        yield from ordered_map(load_layer, layers, max_workers=1 if big else None)
 
     first = adapters[0]
     lazy = Adapter(
@@ -132,27 +147,12 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
 
 
 def _planned_rank(adapters, group: dict[int, str], lp: LayerPlan) -> int | None:
-    """The rank `_merge_layer` will write, from LayerInfo only; None when it depends on the data."""
-    infos = {i: adapters[i].info(name) for i, name in group.items()}
-    first = infos[min(infos)]
-    cap = min(first.out_features, first.in_features)
-    ranks = []  # input ranks after compress_first
-    for i, x in sorted(infos.items()):
-        k = lp.compress_first.get(i)
-        if k is not None and k < x.rank:
-            if k > cap:  # truncated_svd may return fewer than k columns here
-                return None
-            ranks.append(k)
-        else:
-            ranks.append(x.rank)
-    method = get_method(lp.method)
-    if lp.method == "linear":
-        return sum(ranks)
-    if lp.energy is not None or (method.kind == "factor" and "rank" not in method.params):
-        return None
-    if method.kind == "factor":  # svd: min(rank or max rᵢ, size of the exact SVD of the sum)
-        return min(lp.rank or max(ranks), sum(ranks), cap)
-    return min(lp.rank or sum(x.rank for x in infos.values()), cap)  # dense: as in _merge_layer
+    """The rank `_merge_layer` will write (ranks.output_rank), from LayerInfo only."""
+    infos = [adapters[i].info(name) for i, name in sorted(group.items())]
+    cap = min(infos[0].out_features, infos[0].in_features)
+    read = [x.rank for x in infos]
+    merged = [after_compress(lp, i, x.rank, cap) for i, x in zip(sorted(group), infos, strict=True)]
+    return output_rank(lp, read, merged, cap)
 
 
 def _out_info(
@@ -259,21 +259,23 @@ def _merge_layer(
     factors = [_factor(d, lp.compress_first.get(i)) for i, d in zip(idx, inputs, strict=True)]
     method = get_method(lp.method)
     params = _params(method, lp, factors)
+    cap = min(inputs[0].info.out_features, inputs[0].info.in_features)
+    rank = output_rank(lp, [d.info.rank for d in inputs], [dn.shape[0] for dn, _, _ in factors], cap)
     scale = 1.0  # the written layer's scale: ΔW = scale·up@down
     if lp.method == "linear":  # c = |wᵢsᵢ| of the first non-zero input becomes the layer's scale
         scale, multipliers = _folded(factors, weights)
         down, up = method.fn([(d, u, 1.0) for d, u, _ in factors], multipliers)  # (Σr, in), (out, Σr)
         intended = None
     elif method.kind == "factor":
-        down, up = method.fn(factors, weights, **params)  # (k, in), (out, k)
+        given = {**params, "rank": rank} if rank is not None and "rank" in params else params
+        down, up = method.fn(factors, weights, **given)  # (k, in), (out, k)
         intended = None
     else:
         dense = [s * (u @ d) for d, u, s in factors]  # [(out, in)] float64
         extra = {"rng": np.random.default_rng([plan.seed, index])} if method.needs_rng else {}
         intended = method.fn(dense, weights, **params, **extra)  # (out, in)
         del dense
-        rank = min(lp.rank or sum(d.info.rank for d in inputs), *intended.shape)
-        svd = dense_truncated_svd(intended, None if lp.energy else rank, lp.energy, seed=plan.seed + index)
+        svd = dense_truncated_svd(intended, rank, lp.energy, seed=plan.seed + index)
         down, up = svd.factors("up")
     dtype = options.dtype or _widest(d.info.dtype for d in inputs)
     down_w, up_w = round_to_dtype(down, dtype), round_to_dtype(up, dtype)
@@ -284,17 +286,17 @@ def _merge_layer(
     err, norm = checked_error(name, sources, *rel_error(factors, weights, intended, down_w, written_up))
     info = _out_info(name, idx, [d.info for d in inputs], down_w.shape[0], options, scale)
     result = MergedLayer(
-        name,
-        lp.method,
-        idx,
-        tuple(d.info.rank for d in inputs),
-        down_w.shape[0],
-        weights,
-        {k: v for k, v in params.items()},
-        err,
-        norm,
-        dict(lp.compress_first),
-        scale,
+        name=name,
+        method=lp.method,
+        inputs=idx,
+        ranks=tuple(d.info.rank for d in inputs),
+        rank=down_w.shape[0],
+        weights=weights,
+        params=dict(params),
+        rel_error=err,
+        intended_norm=norm,
+        compress_first=dict(lp.compress_first),
+        scale=scale,
     )
     return LoraDelta(info, down_w, up_w), result
 

@@ -124,6 +124,19 @@ class PairMetrics:
         return self.n_conflicting / n if n else 0.0
 
 
+@dataclass(frozen=True)
+class _Projections:
+    """What both routes (Gram cores, explicit SVDs) compute before the metrics are assembled."""
+
+    sigma1: np.ndarray  # (r₁,) singular values of ΔW₁ (padded with zeros to r₁)
+    sigma2: np.ndarray  # (r₂,)
+    inner: float  # ⟨ΔW₁, ΔW₂⟩_F
+    left: np.ndarray  # (k₁, k₂) U₁ᵀU₂: top output-side singular vectors against each other
+    right: np.ndarray  # (k₁, k₂) V₁ᵀV₂: input side
+    push1: np.ndarray  # (k₁,) g₁ᵢ = u₁ᵢᵀ ΔW₂ v₁ᵢ: how ΔW₂ moves ΔW₁'s principal directions
+    push2: np.ndarray  # (k₂,) g₂ⱼ = u₂ⱼᵀ ΔW₁ v₂ⱼ
+
+
 def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = None) -> PairMetrics:
     """Geometry of ΔW₁ = d1 and ΔW₂ = d2 (same layer shape), see the module docstring.
     NonFiniteError (with `side` 0 or 1) when a factor holds NaN/Inf."""
@@ -152,7 +165,7 @@ def pair_metrics(d1: LoraDelta, d2: LoraDelta, options: PairOptions | None = Non
     vv = rt1 @ ca @ rt2.T  # (k₁, k₂)  V₁ᵀV₂
     g1 = np.sign(s1) * s2 * np.einsum("ij,ji->i", p1.T @ cb, ca.T @ rt1.T)  # (k₁,)
     g2 = np.sign(s2) * s1 * np.einsum("ij,ji->i", p2.T @ cb.T, ca @ rt2.T)  # (k₂,)
-    return _assemble(d1, d2, opt, x.sigma, y.sigma, inner, uu, vv, g1, g2)
+    return _assemble(d1, d2, opt, _Projections(x.sigma, y.sigma, inner, uu, vv, g1, g2))
 
 
 def _rescaled(d: LoraDelta, side: int) -> LoraDelta:
@@ -195,7 +208,7 @@ def _explicit(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, inner: float) -> P
     b1, a1 = np.asarray(d1.up, np.float64), np.asarray(d1.down, np.float64)
     g1 = d2.scale * np.einsum("ij,ji->i", u1.T @ b2, a2 @ v1t.T)  # (k₁,)
     g2 = d1.scale * np.einsum("ij,ji->i", u2.T @ b1, a1 @ v2t.T)  # (k₂,)
-    return _assemble(d1, d2, opt, _pad(x.s, d1), _pad(y.s, d2), inner, uu, vv, g1, g2)
+    return _assemble(d1, d2, opt, _Projections(_pad(x.s, d1), _pad(y.s, d2), inner, uu, vv, g1, g2))
 
 
 def _pad(s: np.ndarray, d: LoraDelta) -> np.ndarray:
@@ -203,7 +216,10 @@ def _pad(s: np.ndarray, d: LoraDelta) -> np.ndarray:
     return np.concatenate([s, np.zeros(r - s.size)]) if s.size < r else s
 
 
-def _assemble(d1, d2, opt, sig1, sig2, inner, uu, vv, g1, g2) -> PairMetrics:
+def _assemble(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, proj: _Projections) -> PairMetrics:
+    """The metrics (module docstring) from either route's projections."""
+    sig1, sig2, inner, g1, g2 = proj.sigma1, proj.sigma2, proj.inner, proj.push1, proj.push2
+    uu, vv = proj.left, proj.right
     k1, k2 = uu.shape
     m, n = d1.up.shape[0], d1.down.shape[1]
     norm1, norm2 = float(np.sqrt(np.sum(sig1**2))), float(np.sqrt(np.sum(sig2**2)))

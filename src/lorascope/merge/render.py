@@ -31,6 +31,8 @@ def _params(x: LayerPair) -> str:
         parts.append(f"density {rec.density:.2f}")
     if rec.weights != (1.0, 1.0):
         parts.append("w ×" + "/".join(f"{w:.2f}" for w in rec.weights))
+    if rec.method == "svd":
+        parts.append(f"rank {rec.rank}")
     if rec.compress_first:
         parts.append("compress " + ",".join(f"#{i + 1}→{k}" for i, k in rec.compress_first.items()))
     return " ".join(parts)
@@ -116,7 +118,8 @@ def explain(report: MergeAuditReport, name: str) -> str:
         f"verdict: {x.verdict}",
     ]
     lines.extend(f"  because {r}" for r in x.reasons)
-    lines.append(f"recommendation: {_params(x)}" + (f", rank {rec.rank}" if rec.method != "linear" else ""))
+    rank = f", rank {rec.rank}" if rec.method not in ("linear", "svd") else ""  # svd: in _params
+    lines.append(f"recommendation: {_params(x)}{rank}")
     lines.extend(f"  {r}" for r in rec.reasons)
     return _lines(lines)
 
@@ -143,11 +146,20 @@ def merged_text(report: MergeReport, show_layers: bool = False) -> str:
             lines.append(
                 f"{clean(x.name):<{width}}  {x.method:<16} {ranks:>7} → {x.rank:<4} {x.rel_error:.2e}"
             )
+    lossy = s["lossy_by_method"]
+    if lossy:
+        lines.append(
+            f"lossy by method: {lossy['n_layers']} of {s['n_layers']} layers ({', '.join(lossy['methods'])}) "
+            "sparsify ΔW, which makes it full-rank, and are written at a LoRA rank: they lose "
+            f"max {100 * lossy['max_rel_error']:.1f} %, mean {100 * lossy['mean_rel_error']:.1f} % of it "
+            "(reported, not checked; set --max-error to check, or raise --rank to keep more)"
+        )
     over = report.over_max_error
     if over:
         worst = max((x for x in report.layers if x.name in set(over)), key=lambda x: x.rel_error)
+        limit = report.tolerance(worst)
         lines.append(
-            f"LOSSY: {len(over)} of {s['n_layers']} layers lost more than {report.max_error:g} of the update "
+            f"LOSSY: {len(over)} of {s['n_layers']} layers lost more than {limit:g} of the update "
             f"their method intended (worst {worst.name}: {worst.rel_error:.3g}, {worst.method} at rank "
             f"{worst.rank}); the adapter was written, but it is not that merge: raise the rank (or "
             "use linear), or accept it with a larger --max-error"

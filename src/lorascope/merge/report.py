@@ -1,5 +1,13 @@
 """What `merge_files` reports: one `MergedLayer` per output layer and the whole `MergeReport`
-(schema lorascope.merge/v1).  Plain frozen values; computing them is execute.py's job."""
+(schema lorascope.merge/v1).  Plain frozen values; computing them is execute.py's job.
+
+The post-merge check, one rule: a layer fails when its `rel_error` exceeds the tolerance that
+applies to it.  A tolerance the user set (`max_error`) applies to every layer.  Without one, the
+default `MAX_ERROR` applies to the methods that can write their result exactly (`linear`, and `svd`,
+whose only loss is the truncation the plan chose); the dense methods (ties, dare_ties,
+dare_linear, magnitude_prune) sparsify ΔW, which makes it full-rank, so re-factorising it at a LoRA
+rank loses part of it by definition: that loss is reported (`lossy_by_method`), not failed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from .. import jsontext
+from .checks import MAX_ERROR
+from .methods import get_method
 
 SCHEMA = "lorascope.merge/v1"
 
@@ -50,14 +60,25 @@ class MergeReport:
     layers: tuple[MergedLayer, ...]
     notes: tuple[str, ...] = ()
     verified: bool = False  # the written file was read back and matched the computed factors
-    max_error: float | None = None  # layers whose rel_error exceeds this are flagged; None: not checked
+    max_error: float | None = None  # the tolerance the user set; None: the default rule (module docstring)
+
+    def tolerance(self, layer: MergedLayer) -> float | None:
+        """The largest rel_error `layer` may have; None: its loss is reported, not checked."""
+        if self.max_error is not None:
+            return self.max_error
+        return None if get_method(layer.method).kind == "dense" else MAX_ERROR
 
     @property
     def over_max_error(self) -> tuple[str, ...]:
-        """Layers that lost more than `max_error` of the update their method intended."""
-        if self.max_error is None:
-            return ()
-        return tuple(x.name for x in self.layers if not x.rel_error <= self.max_error)
+        """Layers that lost more than their tolerance of the update their method intended."""
+        return tuple(
+            x.name for x in self.layers if (t := self.tolerance(x)) is not None and not x.rel_error <= t
+        )
+
+    @property
+    def lossy_by_method(self) -> tuple[MergedLayer, ...]:
+        """Layers whose loss is the method's own (dense methods, no tolerance set): reported."""
+        return tuple(x for x in self.layers if self.tolerance(x) is None)
 
     def summary(self) -> dict[str, Any]:
         errs = [x.rel_error for x in self.layers]
@@ -72,7 +93,9 @@ class MergeReport:
             "ranks": sorted({x.rank for x in self.layers}),
             "verified": self.verified,
             "max_error": self.max_error,
+            "default_max_error": MAX_ERROR,
             "over_max_error": list(self.over_max_error),
+            "lossy_by_method": _lossy_summary(self.lossy_by_method),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,3 +110,17 @@ class MergeReport:
 
     def to_json(self) -> str:
         return jsontext.dumps(self.to_dict())
+
+
+def _lossy_summary(layers: tuple[MergedLayer, ...]) -> dict[str, Any] | None:
+    """The loss the dense methods report instead of failing (None when no layer is one)."""
+    if not layers:
+        return None
+    errs = [x.rel_error for x in layers]
+    return {
+        "n_layers": len(layers),
+        "methods": sorted({x.method for x in layers}),
+        "max_rel_error": max(errs),
+        "mean_rel_error": float(np.mean(errs)),
+        "checked": False,
+    }

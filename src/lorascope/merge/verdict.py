@@ -18,14 +18,17 @@ Recommendations (all parameters bounded, all formulas here and in docs/merge.md)
 * drop (DARE-TIES): 0.15 + 0.35·clip(conflict_share / `conflict_share`, 0, 1) — from 0.15 to 0.5.
 * rebalancing (IMBALANCED): the stronger update's weight × clip(ρ^(−½), `min_weight`, 1) with
   ρ = imbalance, so a ρ gap becomes √ρ (bounded); the weaker keeps its weight.
-* compress first (REDUNDANT): a side whose entropy effective rank < `over_provisioned`·r is
-  truncated to its energy rank k@τ before merging.
 * method: SAFE → linear (exact concatenation: nothing to resolve, and sparsifying methods make ΔW
-  full-rank, so re-factorising them loses 10-30 % of it at Σ rᵢ); REDUNDANT → ties;
-  CONFLICTING → dare_ties; IMBALANCED → linear with rebalanced weights.  trim and drop are
-  reported for every layer, whatever the method.
-* rank (for methods that re-factorise): REDUNDANT → max(rᵢ), otherwise Σ rᵢ (capped at min(m, n)).
-  Such a recommendation says it is lossy (`LOSSY_REASON`), and so do the plan's notes.
+  full-rank, so re-factorising them loses 10-30 % of it at Σ rᵢ); IMBALANCED → linear with
+  rebalanced weights; CONFLICTING → dare_ties; REDUNDANT → svd of the average: two updates that
+  say the same thing are averaged (weights × ½ each, as TIES' disjoint mean would for agreeing
+  entries) rather than summed, which would double the step, and the average is written by exact
+  SVD at the smallest rank k that keeps ‖avg − avg_k‖_F ≤ `redundant_loss`·‖avg‖_F (from the
+  exact spectrum of the weighted sum, `merged_sigma`): within merge's default tolerance, and a
+  shared subspace needs no more rank than one adapter.  trim and drop are reported for every
+  layer, whatever the method.
+* rank: REDUNDANT → that k; dare_ties re-factorises at Σ rᵢ (capped at min(m, n)), which is lossy
+  by definition (`LOSSY_REASON`; merge reports that loss without failing, and so do the notes).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from .pairwise import PairMetrics
 VERDICTS = ("SAFE", "REDUNDANT", "IMBALANCED", "CONFLICTING")  # ascending severity
 LOSSY_REASON = (
     "lossy: {method} sparsifies ΔW, which makes it full-rank; re-factorised at rank {rank} the merged "
-    "layer keeps only part of it (merge reports each layer's loss and exits 1 above --max-error)"
+    "layer keeps only part of it (merge reports that loss; it fails only above a --max-error you set)"
 )
+REDUNDANT_WEIGHT = 0.5  # a redundant pair is averaged: each weight × ½
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,8 @@ class Thresholds:
     min_interference: float = 0.05  # below this the projections are too weak for a conflict to matter
     agreement_redundant: float = 0.50  # agreement at or above this (with high overlap): redundant
     imbalance: float = 3.0  # max/min of ‖ΔW‖_F at or above this: imbalanced
-    over_provisioned: float = 0.40  # effective rank < this·r: compress before merging
     min_weight: float = 0.25  # rebalancing never scales an adapter below this
+    redundant_loss: float = 0.02  # svd of a redundant pair keeps all but this share of ‖avg‖_F
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap_low <= self.overlap_high <= 1:
@@ -65,6 +69,8 @@ class Thresholds:
             raise InvalidArgumentError(
                 "thresholds need imbalance ≥ 1, 0 < min_weight ≤ 1, 0 < conflict_share ≤ 1"
             )
+        if not 0 <= self.redundant_loss < 1:
+            raise InvalidArgumentError("thresholds need 0 ≤ redundant_loss < 1")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -115,17 +121,23 @@ def classify(p: PairMetrics, t: Thresholds) -> tuple[str, tuple[str, ...]]:
 
 
 def recommend(
-    p: PairMetrics, verdict: str, ranks: tuple[int, int], eff_ranks, t: Thresholds
+    p: PairMetrics,
+    verdict: str,
+    ranks: tuple[int, int],
+    t: Thresholds,
+    merged_sigma: np.ndarray | None = None,
 ) -> Recommendation:
-    """Concrete merge parameters for one layer (see the module docstring for the formulas)."""
+    """Concrete merge parameters for one layer (see the module docstring for the formulas).
+    `merged_sigma`: singular values of the average ½(w₁ΔW₁ + w₂ΔW₂), needed for REDUNDANT."""
     ov = float(np.clip(p.overlap_excess, 0.0, 1.0))
     trim = 0.1 + 0.4 * ov
     drop = 0.15 + 0.35 * float(np.clip(p.conflict_share / t.conflict_share, 0.0, 1.0))
     weights = (1.0, 1.0)
-    rank, compress_first, reasons = min(sum(ranks), min(p.shape)), {}, []
+    rank, reasons = min(sum(ranks), min(p.shape)), []
     if verdict == "CONFLICTING":
         method, density = "dare_ties", 1.0 - drop
         reasons.append(f"DARE-TIES drop {drop:.2f}: grows with the conflicting share {p.conflict_share:.2f}")
+        reasons.append(LOSSY_REASON.format(method=method, rank=rank))
     elif verdict == "IMBALANCED":
         method, density = "linear", None
         if p.imbalance is not None:
@@ -136,17 +148,30 @@ def recommend(
                 f"{p.imbalance * damp:.1f}×)"
             )
     elif verdict == "REDUNDANT":
-        method, density, rank = "ties", 1.0 - trim, max(ranks)
-        reasons.append(f"TIES trim {trim:.2f}: grows with the overlap {ov:.2f}")
-        for i, (r, eff, k) in enumerate(zip(ranks, eff_ranks, (p.k1, p.k2), strict=True)):
-            if r and eff < t.over_provisioned * r:
-                compress_first[i] = max(k, 1)
-                reasons.append(f"adapter {i + 1} uses {eff:.1f} of r={r}: compress it to {max(k, 1)} first")
+        if merged_sigma is None:
+            raise ValueError("a REDUNDANT recommendation needs the spectrum of the averaged update")
+        method, density, weights = "svd", None, (REDUNDANT_WEIGHT, REDUNDANT_WEIGHT)
+        rank, loss = _rank_within(merged_sigma, t.redundant_loss, rank)
+        reasons.append(
+            f"average the two (weights × {REDUNDANT_WEIGHT:g} each): they say the same thing, a sum "
+            f"would double it; exact SVD at rank {rank} keeps all but {100 * loss:.2f} % of the average"
+        )
     else:  # SAFE: nothing to resolve, so the exact merge; trim/drop are still reported
         method, density = "linear", None
         reasons.append("exact linear merge: no interference to resolve")
-    if method != "linear":
-        reasons.append(LOSSY_REASON.format(method=method, rank=rank))
     return Recommendation(
-        method, weights, density, round(trim, 4), round(drop, 4), int(rank), compress_first, tuple(reasons)
+        method, weights, density, round(trim, 4), round(drop, 4), int(rank), {}, tuple(reasons)
     )
+
+
+def _rank_within(sigma: np.ndarray, loss: float, cap: int) -> tuple[int, float]:
+    """(k, relative loss): the smallest k ≥ 1 (at most `cap`) with ‖σ_{>k}‖ ≤ loss·‖σ‖, and the
+    loss √(Σ_{i>k} σᵢ²/Σσᵢ²) the truncation then has (0 for a zero update)."""
+    s2 = np.sort(np.asarray(sigma, np.float64))[::-1] ** 2  # (p,) descending
+    total = float(s2.sum())
+    if total == 0:
+        return 1, 0.0
+    tail = total - np.cumsum(s2)  # (p,) Σ_{i>k} σᵢ² for k = 1..p
+    within = np.flatnonzero(tail <= (loss**2) * total)  # rounding can leave tail[-1] a hair above 0
+    k = min(int(within[0]) + 1 if within.size else s2.size, cap, s2.size)
+    return k, float(np.sqrt(max(tail[k - 1], 0.0) / total))
