@@ -25,8 +25,9 @@ from ..monitor import LiveMonitor, Thresholds
 from ..spectral import lora_singular_values
 from ..telemetry.schema import from_record
 from ..telemetry.writer import RunWriter
+from .lora import RALORA, lora_factors, lora_modules
 
-RALORA = "ralora"  # the adapter name reported for lorascope.gid RaLoRA layers
+__all__ = ["RALORA", "CallbackConfig", "LorascopeCallback", "layer_stats", "lora_modules"]
 
 
 @dataclass(frozen=True)
@@ -42,37 +43,8 @@ class CallbackConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-def lora_modules(model: Any) -> list[tuple[str, Any, str]]:
-    """(name, module, adapter) for every PEFT LoRA linear layer with an active adapter, and every
-    RaLoRA layer (`lorascope.gid.RaLoRALinear`, adapter "ralora")."""
-    out = []
-    for name, mod in model.named_modules():
-        if isinstance(getattr(mod, "ralora_A", None), torch.nn.Parameter):
-            out.append((name, mod, RALORA))
-            continue
-        a = getattr(mod, "lora_A", None)
-        if a is None or not hasattr(a, "keys"):
-            continue
-        for adapter in a.keys():
-            if adapter in mod.lora_B and adapter in getattr(mod, "scaling", {}):
-                out.append((name, mod, adapter))
-    return out
-
-
-def _factors(mod: Any, adapter: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(down (r, in), up (out, r), scale); a RaLoRA layer's block-diagonal factors have r = n·r_block,
-    and their singular values are the union of the blocks' (exact)."""
-    if adapter == RALORA:
-        down, up = mod.factors()
-        return down, up, float(mod.scale)
-    with torch.no_grad():
-        down = mod.lora_A[adapter].weight.detach().float().cpu().numpy()  # (r, in)
-        up = mod.lora_B[adapter].weight.detach().float().cpu().numpy()  # (out, r)
-    return down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1), float(mod.scaling[adapter])
-
-
 def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
-    down, up, scale = _factors(mod, adapter)
+    down, up, scale = lora_factors(mod, adapter)
     sigma = lora_singular_values(down, up, scale)  # (r,)
     spec = Spectrum(sigma, int(down.shape[0]))
     energy = spec.energy
