@@ -4,7 +4,8 @@ The only module of lorascope.telemetry that imports torch/transformers (on impor
 `lorascope.telemetry.LorascopeCallback` resolves it lazily).  Events: run_start and config at train
 begin, train_step per `on_log` that carries a loss (no epoch-only duplicates), eval
 per evaluation (split "eval", `eval_` prefix stripped, ppl added from the loss), a spectral snapshot
-every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), alerts
+every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), a
+geometry event every `geometry_every` optimizer steps (`probe.GeometryProbe`), alerts
 from the live monitor, run_end.  Only the world-process-zero writes.
 """
 
@@ -26,6 +27,7 @@ from ..spectral import lora_singular_values
 from ..telemetry.schema import from_record
 from ..telemetry.writer import RunWriter
 from .lora import RALORA, lora_factors, lora_modules
+from .probe import Geometry, GeometryProbe
 
 __all__ = ["RALORA", "CallbackConfig", "LorascopeCallback", "layer_stats", "lora_modules"]
 
@@ -41,6 +43,8 @@ class CallbackConfig:
     task_profile: str = "unknown"
     allow_text: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
+    geometry_every: int = 10  # optimizer steps between geometry events (0 = none)
+    geometry_scope: str = "auto"  # "lora" (the LoRA factors) | "full" | "auto": lora when present
 
 
 def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
@@ -88,6 +92,9 @@ class LorascopeCallback(TrainerCallback):
         self.live = LiveMonitor(self.config.thresholds) if self.config.live_monitor else None
         self._layers: list[tuple[str, Any, str]] = []
         self._last_snapshot: int | None = None
+        self._probe: GeometryProbe | None = None
+        self._pending: tuple[int, Geometry] | None = None  # measured, waiting for its on_log
+        self._clips = True
 
     def _write(self, event: str, step: int | None, control=None, **payload: Any) -> None:
         writer, live = self.writer, self.live
@@ -137,6 +144,35 @@ class LorascopeCallback(TrainerCallback):
         self._write("run_start", 0, meta=meta)
         self._write("config", 0, lora=self._lora_config(model), training=self._training(args))
         self._snapshot(0, control)
+        self._start_geometry(args, model)
+
+    def _start_geometry(self, args, model) -> None:
+        every, writer = self.config.geometry_every, self.writer
+        if not every or model is None or writer is None:
+            return
+        if not any(p.requires_grad for p in model.parameters()):
+            return
+        self._probe = GeometryProbe(model, writer, every=every, scope=self.config.geometry_scope)
+        self._clips = bool(args.max_grad_norm and args.max_grad_norm > 0)
+
+    # Geometry: measured in on_pre_optimizer_step (after the Trainer clipped, before the step: the
+    # gradient the optimizer receives), written at the on_log of the same step, which carries the
+    # Trainer's pre-clip grad_norm and its loss (the mean since the previous log); a step without a
+    # log is written at the next hook, with the pre-clip norm only where the Trainer does not clip.
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._flush_geometry()
+        step = state.global_step + 1  # the step this update completes, as on_step_end / on_log see it
+        if self._probe is not None and self._probe.due(step):
+            self._pending = (step, self._probe.measure())
+
+    def _flush_geometry(self, loss: float | None = None, preclip: float | None = None) -> None:
+        if self._pending is None:
+            return
+        step, g = self._pending
+        self._pending = None
+        if preclip is None and not self._clips:
+            preclip = g.grad_norm
+        self._write("geometry", step, **g.payload(loss, preclip))
 
     def _lora_config(self, model) -> dict[str, Any]:
         cfgs = getattr(model, "peft_config", None) or {}
@@ -192,8 +228,11 @@ class LorascopeCallback(TrainerCallback):
             grad_norm=_num(logs.get("grad_norm")),
             epoch=_num(logs.get("epoch")),
         )
+        if self._pending is not None and self._pending[0] == state.global_step:
+            self._flush_geometry(_num(logs["loss"]), _num(logs.get("grad_norm")))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._flush_geometry()
         m = {k.removeprefix("eval_"): _num(v) for k, v in (metrics or {}).items()}
         loss = m.get("loss")
         if loss is not None and "ppl" not in m:
@@ -203,8 +242,10 @@ class LorascopeCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.writer is None:
             return
+        self._flush_geometry()
         self._snapshot(state.global_step, None)
         status = "aborted" if control.should_training_stop and state.global_step < state.max_steps else "ok"
         self._write("run_end", state.global_step, None, status=status, reason=None)
         self.writer.close()
         self.writer = None
+        self._probe = None
