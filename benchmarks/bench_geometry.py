@@ -5,11 +5,11 @@
 Each repeat trains `--block` steps with the probe off and `--block` steps with it on (every
 `--every` steps), in alternating order, on one torch thread; the overhead is the ratio of the
 medians minus 1, in wall time and in process CPU time (CPU time is far less disturbed by other
-jobs on a shared machine).  The probe's own time is also measured directly (every `record` call
-timed, the spectral part separately), which gives the lowest-noise figure: record cost / every /
-step time.  Scopes: `full` (every parameter, the spectra of four 2-D block weights) on the plain
-model, and `lora` (PEFT LoRA r=8 on the attention and MLP input projections, the exact r×r core)
-with `--lora`.
+jobs on a shared machine).  The probe's own CPU time is also measured directly (every `record`
+call timed with the thread's CPU clock, the spectral part separately), which gives the lowest-noise
+figure: record CPU / every / step CPU.  Scopes: `full` (every parameter, the spectra of four 2-D
+block weights) on the plain model, and `lora` (PEFT LoRA r=8 on the attention and MLP input
+projections, the exact r×r core) with `--lora`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from lorascope.telemetry import RunWriter  # noqa: E402
 
 
 class TimedProbe(GeometryProbe):
-    """Records how long each due `record` and its spectral part take."""
+    """Records the CPU time (this thread's: immune to the scheduler's pauses on a busy machine) of
+    each due `record` and of its spectral part."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -44,15 +45,15 @@ class TimedProbe(GeometryProbe):
     def record(self, step, **kw):
         if not self.due(step):
             return None
-        t = time.perf_counter()
+        t = time.thread_time()
         out = super().record(step, **kw)
-        self.record_s.append(time.perf_counter() - t)
+        self.record_s.append(time.thread_time() - t)
         return out
 
     def _spectral_complexity(self):
-        t = time.perf_counter()
+        t = time.thread_time()
         out = super()._spectral_complexity()
-        self.spectral_s.append(time.perf_counter() - t)
+        self.spectral_s.append(time.thread_time() - t)
         return out
 
 
@@ -98,13 +99,14 @@ def measure(lora: bool, every: int, repeats: int, steps: int, out: Path) -> dict
                 (on if mode == "on" else off).append(t)
     wall_on, wall_off = (statistics.median(t[0] for t in x) for x in (on, off))
     cpu_on, cpu_off = (statistics.median(t[1] for t in x) for x in (on, off))
-    step_s = wall_off / steps
+    step_s = cpu_off / steps  # CPU time, as the record's
     record_s = statistics.median(probe.record_s)
     return {
         "scope": probe.scope,
         "every": every,
         "n_params": probe.n_params,
-        "step_ms_off": 1e3 * step_s,
+        "step_cpu_ms_off": 1e3 * step_s,
+        "step_wall_ms_off": 1e3 * wall_off / steps,
         "record_ms_median": 1e3 * record_s,
         "spectral_ms_median": 1e3 * statistics.median(probe.spectral_s),
         "overhead_direct": record_s / every / step_s,
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(lora, every, a.repeats, a.block, tmp / "bench_geometry.jsonl")
             rows.append(row)
             print(
-                f"{row['scope']:4s} every {every:3d}: step {row['step_ms_off']:.1f} ms, record "
+                f"{row['scope']:4s} every {every:3d}: step {row['step_cpu_ms_off']:.1f} ms CPU, record "
                 f"{row['record_ms_median']:.2f} ms (spectral {row['spectral_ms_median']:.2f}); overhead "
                 f"direct {row['overhead_direct']:.2%}, wall {row['overhead_wall']:+.2%}, "
                 f"CPU {row['overhead_cpu']:+.2%}",

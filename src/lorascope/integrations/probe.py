@@ -26,9 +26,11 @@ Scope ("auto" picks "lora" when the model has LoRA layers, else "full"):
   full  every parameter with requires_grad (or the tensors given); σ of up to `max_matrices` (4)
         2-D weights with min(m, n) ≤ `max_dim` (512), evenly spaced in parameter order (first to
         last block), embedding tables left out, exact float64 SVD on the CPU.  Why a few small
-        ones: an exact SVD is O(m n min(m, n)) (a 512×2048 weight takes ≈ 20 ms on one core, a
-        4096² one seconds), and a few matrices spread over the depth follow the trend; a model
-        whose 2-D weights are all larger logs null (raise `max_dim` to include them).
+        ones: an exact SVD is O(m n min(m, n)) (one thread: 288×96 ≈ 2 ms, 512×2048 ≈ 0.3 s,
+        4096² ≈ 40 s), and a few matrices spread over the depth follow the trend; a model whose
+        2-D weights are all larger logs null (raise `max_dim` to include them).  With four
+        512-wide weights a record costs ≈ 1.3 s: on such models raise `every` or lower
+        `max_matrices` / `max_dim` to stay within a few percent of step time.
 Sharded training (FSDP, DeepSpeed ZeRO-3) would see local shards only: use it unsharded.
 """
 
