@@ -4,7 +4,8 @@ The only module of lorascope.telemetry that imports torch/transformers (on impor
 `lorascope.telemetry.LorascopeCallback` resolves it lazily).  Events: run_start and config at train
 begin, train_step per `on_log` that carries a loss (no epoch-only duplicates), eval
 per evaluation (split "eval", `eval_` prefix stripped, ppl added from the loss), a spectral snapshot
-every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), alerts
+every `snapshot_every` steps read straight from the PEFT LoRA modules (no disk round trip), a
+geometry event every `geometry_every` optimizer steps (`probe.GeometryProbe`), alerts
 from the live monitor, run_end.  Only the world-process-zero writes.
 """
 
@@ -25,8 +26,10 @@ from ..spectral import lora_singular_values
 from ..telemetry.schema import from_record
 from ..telemetry.writer import RunWriter
 from ..version import __version__
+from .lora import RALORA, lora_factors, lora_modules
+from .probe import Geometry, GeometryProbe
 
-RALORA = "ralora"  # the adapter name reported for lorascope.gid RaLoRA layers
+__all__ = ["RALORA", "CallbackConfig", "LorascopeCallback", "layer_stats", "lora_modules"]
 
 
 @dataclass(frozen=True)
@@ -40,39 +43,12 @@ class CallbackConfig:
     task_profile: str = "unknown"
     allow_text: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
-
-
-def lora_modules(model: Any) -> list[tuple[str, Any, str]]:
-    """(name, module, adapter) for every PEFT LoRA linear layer with an active adapter, and every
-    RaLoRA layer (`lorascope.gid.RaLoRALinear`, adapter "ralora")."""
-    out = []
-    for name, mod in model.named_modules():
-        if isinstance(getattr(mod, "ralora_A", None), torch.nn.Parameter):
-            out.append((name, mod, RALORA))
-            continue
-        a = getattr(mod, "lora_A", None)
-        if a is None or not hasattr(a, "keys"):
-            continue
-        for adapter in a.keys():
-            if adapter in mod.lora_B and adapter in getattr(mod, "scaling", {}):
-                out.append((name, mod, adapter))
-    return out
-
-
-def _factors(mod: Any, adapter: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(down (r, in), up (out, r), scale); a RaLoRA layer's block-diagonal factors have r = n·r_block,
-    and their singular values are the union of the blocks' (exact)."""
-    if adapter == RALORA:
-        down, up = mod.factors()
-        return down, up, float(mod.scale)
-    with torch.no_grad():
-        down = mod.lora_A[adapter].weight.detach().float().cpu().numpy()  # (r, in)
-        up = mod.lora_B[adapter].weight.detach().float().cpu().numpy()  # (out, r)
-    return down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1), float(mod.scaling[adapter])
+    geometry_every: int = 10  # optimizer steps between geometry events (0 = none)
+    geometry_scope: str = "auto"  # "lora" (the LoRA factors) | "full" | "auto": lora when present
 
 
 def layer_stats(name: str, mod: Any, adapter: str) -> dict[str, Any]:
-    down, up, scale = _factors(mod, adapter)
+    down, up, scale = lora_factors(mod, adapter)
     sigma = lora_singular_values(down, up, scale)  # (r,)
     spec = Spectrum(sigma, int(down.shape[0]))
     energy = spec.energy
@@ -116,6 +92,9 @@ class LorascopeCallback(TrainerCallback):
         self.live = LiveMonitor(self.config.thresholds) if self.config.live_monitor else None
         self._layers: list[tuple[str, Any, str]] = []
         self._last_snapshot: int | None = None
+        self._probe: GeometryProbe | None = None
+        self._pending: tuple[int, Geometry] | None = None  # measured, waiting for its on_log
+        self._clips = True
 
     def _write(self, event: str, step: int | None, control=None, **payload: Any) -> None:
         writer, live = self.writer, self.live
@@ -165,6 +144,35 @@ class LorascopeCallback(TrainerCallback):
         self._write("run_start", 0, meta=meta)
         self._write("config", 0, lora=self._lora_config(model), training=self._training(args))
         self._snapshot(0, control)
+        self._start_geometry(args, model)
+
+    def _start_geometry(self, args, model) -> None:
+        every, writer = self.config.geometry_every, self.writer
+        if not every or model is None or writer is None:
+            return
+        if not any(p.requires_grad for p in model.parameters()):
+            return
+        self._probe = GeometryProbe(model, writer, every=every, scope=self.config.geometry_scope)
+        self._clips = bool(args.max_grad_norm and args.max_grad_norm > 0)
+
+    # Geometry: measured in on_pre_optimizer_step (after the Trainer clipped, before the step: the
+    # gradient the optimizer receives), written at the on_log of the same step, which carries the
+    # Trainer's pre-clip grad_norm and its loss (the mean since the previous log); a step without a
+    # log is written at the next hook, with the pre-clip norm only where the Trainer does not clip.
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._flush_geometry()
+        step = state.global_step + 1  # the step this update completes, as on_step_end / on_log see it
+        if self._probe is not None and self._probe.due(step):
+            self._pending = (step, self._probe.measure())
+
+    def _flush_geometry(self, loss: float | None = None, preclip: float | None = None) -> None:
+        if self._pending is None:
+            return
+        step, g = self._pending
+        self._pending = None
+        if preclip is None and not self._clips:
+            preclip = g.grad_norm
+        self._write("geometry", step, **g.payload(loss, preclip))
 
     def _lora_config(self, model) -> dict[str, Any]:
         cfgs = getattr(model, "peft_config", None) or {}
@@ -220,8 +228,11 @@ class LorascopeCallback(TrainerCallback):
             grad_norm=_num(logs.get("grad_norm")),
             epoch=_num(logs.get("epoch")),
         )
+        if self._pending is not None and self._pending[0] == state.global_step:
+            self._flush_geometry(_num(logs["loss"]), _num(logs.get("grad_norm")))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._flush_geometry()
         m = {k.removeprefix("eval_"): _num(v) for k, v in (metrics or {}).items()}
         loss = m.get("loss")
         if loss is not None and "ppl" not in m:
@@ -231,8 +242,10 @@ class LorascopeCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.writer is None:
             return
+        self._flush_geometry()
         self._snapshot(state.global_step, None)
         status = "aborted" if control.should_training_stop and state.global_step < state.max_steps else "ok"
         self._write("run_end", state.global_step, None, status=status, reason=None)
         self.writer.close()
         self.writer = None
+        self._probe = None

@@ -21,6 +21,10 @@ event.  Gradience's events (its writer `gradience.vnext.telemetry.TelemetryWrite
   run_end         status, reason                    -> run_end
 
 Gradience writes NaN and Infinity as bare literals (json's default); the reader accepts them.
+
+Its nanoGPT studies' per-step logs are flat (no envelope): `translate_flat` maps one such record
+(step or iter, train_loss, weight_norm, grad_norm, grad_to_weight_ratio, cos_grad_weight,
+spectral_complexity, val_loss, lr) onto train_step + geometry (+ eval split "val").
 """
 
 from __future__ import annotations
@@ -132,3 +136,68 @@ _HANDLERS = {
     "alert": _alert,
     "run_end": _run_end,
 }
+
+
+# Gradience's per-step study logs (its nanoGPT studies' telemetry.jsonl) are flat: no envelope, one
+# object per logged step with `step` (or `iter`), `train_loss`, `weight_norm`, `grad_norm`,
+# `grad_to_weight_ratio`, `cos_grad_weight`, `spectral_complexity`, sometimes `val_loss`, `lr`.
+FLAT_KEYS = ("train_loss", "weight_norm", "grad_norm", "cos_grad_weight", "val_loss")
+_FLAT_GEOMETRY = (
+    "weight_norm",
+    "grad_norm",
+    "cos_grad_weight",
+    "grad_to_weight_ratio",
+    "spectral_complexity",
+)
+
+
+def is_flat(record: Any) -> bool:
+    """A record of Gradience's flat per-step logs: an object without `schema`, with a step or iter and
+    at least one of FLAT_KEYS."""
+    return (
+        isinstance(record, dict)
+        and "schema" not in record
+        and ("step" in record or "iter" in record)
+        and any(k in record for k in FLAT_KEYS)
+    )
+
+
+def translate_flat(record: dict[str, Any], run_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    """(lorascope records, problem) for one flat record: train_step when it has train_loss, geometry
+    when it has weight_norm (scope "full", n_params null: the log does not say; its grad_norm goes
+    to grad_norm as logged, since the log does not say whether it was taken before or after
+    clipping), eval split "val" when it has val_loss.  The run id is the caller's (the file's
+    name): a flat log holds one run."""
+    step = record.get("step", record.get("iter"))
+    if not isinstance(step, int) or isinstance(step, bool):
+        return [], "step must be an integer"
+    ts = record.get("ts", record.get("time", 0.0))
+    ts = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else 0.0
+    base = {"schema": SCHEMA, "ts": ts, "run_id": run_id, "step": step}
+    out = []
+    if "train_loss" in record:
+        loss = record["train_loss"]
+        out.append(
+            {
+                **base,
+                "event": "train_step",
+                "loss": loss,
+                "lr": record.get("lr"),
+                "grad_norm": record.get("grad_norm"),
+            }
+        )
+    if "weight_norm" in record:
+        geometry = {k: record.get(k) for k in _FLAT_GEOMETRY}
+        out.append(
+            {
+                **base,
+                "event": "geometry",
+                **geometry,
+                "n_params": None,
+                "scope": "full",
+                "loss": record.get("train_loss"),
+            }
+        )
+    if "val_loss" in record:
+        out.append({**base, "event": "eval", "split": "val", "metrics": {"loss": record["val_loss"]}})
+    return out, None

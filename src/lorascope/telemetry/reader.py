@@ -2,7 +2,9 @@
 
 Contract:
 * Records of `lorascope.telemetry/v1` and of Gradience's `gradience.vnext.telemetry/v1` are read
-  (`telemetry.gradience` turns the latter into the former); a file may hold both.
+  (`telemetry.gradience` turns the latter into the former); a file may hold both.  Gradience's flat
+  per-step study logs (no envelope: step, train_loss, weight_norm, grad_norm, ... at top level) are
+  read as train_step + geometry (+ eval for val_loss) events of one run named after the file.
 * The last line may be torn (the writer crashed mid-write): it is dropped and `torn_tail` is set.
   The last line counts as torn only when it does not end in a newline.
 * Any other line that is not UTF-8, not valid JSON (nested too deeply and integers over Python's
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterNotFoundError, FormatError
-from .gradience import GRADIENCE_SCHEMA, translate
+from .gradience import GRADIENCE_SCHEMA, is_flat, translate, translate_flat
 from .schema import EVENTS, SCHEMA, Event, envelope_problem, from_record, payload_problem
 
 SCHEMAS_READ = (SCHEMA, GRADIENCE_SCHEMA)
@@ -108,6 +110,11 @@ class LogScan:
             raise fail(
                 f"not valid JSON (an integer with more than {sys.get_int_max_str_digits()} digits)"
             ) from None
+        if is_flat(record):  # Gradience's flat per-step study logs: one run per file
+            records, problem = translate_flat(record, Path(self.path).stem)
+            if problem:
+                raise fail(problem)
+            return self._events(records, lineno, fail)
         problem = envelope_problem(record, SCHEMAS_READ)
         if problem:
             raise fail(problem)
@@ -118,6 +125,9 @@ class LogScan:
                 raise fail(problem)
             if not records:
                 self.n_unknown_events += 1
+        return self._events(records, lineno, fail)
+
+    def _events(self, records: list[dict], lineno: int, fail) -> list[Event]:
         events = []
         for rec in records:
             problem = payload_problem(rec)  # translated records keep the checked envelope

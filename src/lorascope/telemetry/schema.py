@@ -13,6 +13,9 @@ Events and their payload (the full table with examples is docs/telemetry.md):
              summary{n_layers, mean_stable_rank, mean_utilisation, mean_top1_share, ...}
   alert      severity (info | warning | error), code, message, context{}
   run_end    status (ok | aborted | error), reason
+  geometry   weight_norm, grad_norm, grad_norm_preclip, cos_grad_weight, grad_to_weight_ratio,
+             spectral_complexity, loss (numbers or null), n_params (count or null),
+             scope ("lora" | "full"): the optimisation geometry of the tracked parameters at a step
 
 Non-finite floats are written as the strings "NaN", "Infinity", "-Infinity" so every line stays
 strict JSON (Gradience's `Infinity` literals broke strict parsers); `as_float` reads them back.
@@ -92,7 +95,24 @@ PAYLOAD: dict[str, dict[str, str]] = {
     "spectral": {"layers": "list", "summary": "object"},
     "alert": {"severity": "string", "code": "string", "message": "string", "context": "object?"},
     "run_end": {"status": "string", "reason": "string?"},
+    # weight_norm = sqrt(sum ||p||^2), grad_norm = sqrt(sum ||g||^2) of the gradient the optimizer
+    # receives (after clipping), grad_norm_preclip = the same before clipping, cos_grad_weight =
+    # <g, w> / (||g|| ||w||), grad_to_weight_ratio = grad_norm / weight_norm, all over the tracked
+    # parameters; spectral_complexity = mean normalised effective rank of the tracked matrices.
+    # n_params is null only in logs mapped from Gradience's flat records, which do not give it.
+    "geometry": {
+        "weight_norm": "number",
+        "grad_norm": "number",
+        "grad_norm_preclip": "number?",
+        "cos_grad_weight": "number",
+        "grad_to_weight_ratio": "number",
+        "spectral_complexity": "number?",
+        "n_params": "count?",
+        "scope": "string",
+        "loss": "number?",
+    },
 }
+SCOPES = ("lora", "full")  # geometry scope: the LoRA factors only, or every trainable parameter
 LAYER_FIELDS = {
     "name": "string",
     "rank": "count?",
@@ -213,6 +233,8 @@ def payload_problem(record: dict[str, Any]) -> str | None:
         return problem
     if event == "alert" and record["severity"] not in SEVERITIES:
         return f"alert severity {_short(record['severity'])} is not one of {', '.join(SEVERITIES)}"
+    if event == "geometry" and record["scope"] not in SCOPES:
+        return f"geometry scope {_short(record['scope'])} is not one of {', '.join(SCOPES)}"
     if event == "spectral":
         for i, layer in enumerate(record["layers"]):
             if not isinstance(layer, dict):
