@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import char_gpt as cg  # noqa: E402
 
-from lorascope.version import __version__  # noqa: E402
 from lorascope.errors import LorascopeError  # noqa: E402
 from lorascope.integrations.probe import GeometryProbe  # noqa: E402
 from lorascope.telemetry import RunWriter, read_log  # noqa: E402
+from lorascope.version import __version__  # noqa: E402
 
 REGIMES = {  # name -> (learning rate, weight decay)
     "baseline": (1e-3, 0.1),
