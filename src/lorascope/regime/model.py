@@ -130,6 +130,12 @@ def _numbers(value: Any, shape: tuple[int, ...], key: str, path: str) -> np.ndar
     return a
 
 
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object under `key`, or {} when absent or not an object (its numbers are checked later)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def load_model(path: str | Path) -> RegimeModel:
     path = str(path)
     doc = read_json(path, "regime model")
@@ -159,11 +165,9 @@ def load_model(path: str | Path) -> RegimeModel:
     if not 0 < early_frac <= 1:
         raise FormatError(f"key early_frac: must be in (0, 1], got {early_frac}", path=path)
     d, k = len(features), len(classes)
-    scaler, ridge, logistic = (
-        doc.get(s) if isinstance(doc.get(s), dict) else {} for s in ("scaler", "ridge", "logistic")
+    scaler, ridge, logistic, cents, ranges = (
+        _section(doc, s) for s in ("scaler", "ridge", "logistic", "centroids", "ranges")
     )
-    cents = doc.get("centroids") if isinstance(doc.get("centroids"), dict) else {}
-    ranges = doc.get("ranges") if isinstance(doc.get("ranges"), dict) else {}
     std = _numbers(scaler.get("std"), (d,), "scaler.std", path)
     if (std <= 0).any():
         raise FormatError("key scaler.std: must be > 0", path=path)
@@ -178,7 +182,10 @@ def load_model(path: str | Path) -> RegimeModel:
         ridge_intercept=tuple(_numbers(ridge.get("intercept"), (k,), "ridge.intercept", path)),
         logistic_coef=_rows(_numbers(logistic.get("coef"), (d, k), "logistic.coef", path)),
         logistic_intercept=tuple(_numbers(logistic.get("intercept"), (k,), "logistic.intercept", path)),
-        ranges=tuple(tuple(r) for r in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)),  # type: ignore[misc]
+        ranges=tuple(
+            (float(lo), float(hi))
+            for lo, hi in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)
+        ),
         early_frac=early_frac,
         window_end_median=float(doc["window_end_median"])
         if isinstance(doc.get("window_end_median"), (int, float))
