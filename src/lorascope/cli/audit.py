@@ -70,7 +70,13 @@ def register(p: argparse.ArgumentParser) -> None:
         help="also append the audit to this lorascope run log, as a spectral snapshot of its last run",
     )
     p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        help="write the report to this file (atomically) instead of stdout",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 

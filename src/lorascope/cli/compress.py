@@ -28,7 +28,9 @@ _MODE_FLAGS = {
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="adapter directory or file")
-    p.add_argument("-o", "--output", help="new adapter directory (must not exist or be empty)")
+    p.add_argument(
+        "-o", "--output", "--out", dest="output", help="new adapter directory (must not exist or be empty)"
+    )
     p.add_argument("--format", help="force the input format instead of detecting it")
     p.add_argument("--adapter", help="adapter sub-folder name when a directory holds several")
     modes = p.add_mutually_exclusive_group(required=True)

@@ -19,7 +19,15 @@ _MODES = {"rank": int, "energy": float, "sv_fro": float, "sv_ratio": float, "sv_
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: .safetensors file, folder, or shard index")
     p.add_argument("tuned", metavar="TUNED", help="fine-tuned or merged checkpoint of the same model")
-    p.add_argument("-o", "--output", required=True, metavar="DST", help="adapter to write (must not exist)")
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        required=True,
+        metavar="DST",
+        help="adapter to write (must not exist)",
+    )
     modes = p.add_mutually_exclusive_group(required=True)
     modes.add_argument("--rank", type=int, metavar="N", help="rank N for every layer")
     modes.add_argument("--energy", type=float, metavar="TAU", help="per layer: smallest k keeping τ of Σσ²")

@@ -23,7 +23,14 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "adapters", nargs="+", metavar="ADAPTER", help="two or more adapters (directories or files)"
     )
-    p.add_argument("-o", "--output", required=True, help="new adapter directory (must not exist or be empty)")
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        required=True,
+        help="new adapter directory (must not exist or be empty)",
+    )
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--plan", metavar="FILE", help="a merge plan (.json/.yaml), e.g. from `merge-audit --plan`"

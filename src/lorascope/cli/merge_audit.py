@@ -83,7 +83,13 @@ def register(p: argparse.ArgumentParser) -> None:
             default=default,
             help=f"threshold (default {default:g})",
         )
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        help="write the report to this file (atomically) instead of stdout",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 

@@ -49,7 +49,13 @@ def register(p: argparse.ArgumentParser) -> None:
         "matches another regime of this model (regime-model.json from `lorascope regime fit`)",
     )
     p.add_argument("--expect-regime", metavar="NAME", help="the regime the run is labelled with")
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="output",
+        help="write the report to this file (atomically) instead of stdout",
+    )
     p.set_defaults(run=run)
 
 

@@ -30,7 +30,15 @@ def register(p: argparse.ArgumentParser) -> None:
         help="a file of SOURCEs, one a line, read whatever it holds (missing paths fail as 'not found'); "
         "repeatable",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="study folder: journals and tables")
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        required=True,
+        metavar="DIR",
+        help="study folder: journals and tables",
+    )
     p.add_argument("--workers", type=int, metavar="N", help="parallel audits (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue a study in DIR; skip what is done")
     p.add_argument(
