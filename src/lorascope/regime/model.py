@@ -143,11 +143,12 @@ def load_model(path: str | Path) -> RegimeModel:
         got = doc.get("schema") if isinstance(doc, dict) else None
         raise FormatError(f"not a regime model (schema {got!r}, expected {MODEL_SCHEMA})", path=path)
     name = doc.get("feature_set")
-    if name not in FEATURE_SETS:
+    if not isinstance(name, str) or name not in FEATURE_SETS:
         raise FormatError(
             f"key feature_set: unknown feature set {name!r} (known: {', '.join(FEATURE_SETS)})", path=path
         )
-    features = tuple(doc.get("features") or ())
+    listed = doc.get("features")
+    features = tuple(listed) if isinstance(listed, list) else ()
     if features != FEATURE_SETS[name]:
         raise FormatError(
             f"key features: {list(features)} are not feature set {name}'s {list(FEATURE_SETS[name])}",
@@ -190,9 +191,9 @@ def load_model(path: str | Path) -> RegimeModel:
         window_end_median=float(doc["window_end_median"])
         if isinstance(doc.get("window_end_median"), (int, float))
         else math.nan,
-        n_runs=int(doc.get("n_runs") or 0),
-        ridge_alpha=float(ridge.get("alpha", 0.01)),
-        logistic_c=float(logistic.get("C", 1.0)),
+        n_runs=int(_numbers(doc.get("n_runs", 0), (), "n_runs", path)),
+        ridge_alpha=float(_numbers(ridge.get("alpha", 0.01), (), "ridge.alpha", path)),
+        logistic_c=float(_numbers(logistic.get("C", 1.0), (), "logistic.C", path)),
     )
 
 
