@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..files import check_destination
 from ..formats import load
 from ..merge.audit import MergeAuditOptions, merge_audit
 from ..merge.fingerprint import fingerprint
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_printer(not args.quiet and sys.stderr.isatty()),
     )
     inputs = (first, second)
-    if args.output_dir:
+    if args.output_dir:  # refused before the work, not after it
+        check_destination(args.output_dir, directory=True)
         for name in REPORT_FILES:
             refuse_inputs(str(Path(args.output_dir) / name), inputs)
     adapters = (load(first, format=args.format), load(second, format=args.format))  # read once
