@@ -18,7 +18,7 @@ from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_markdown, to_text
 from ..merge.verdict import Thresholds
-from ._args import parse_weights
+from ._args import output_option, parse_weights
 from ._output import emit, progress_printer, refuse_inputs
 
 _THRESHOLD_FLAGS = (
@@ -84,13 +84,7 @@ def register(p: argparse.ArgumentParser) -> None:
             default=default,
             help=f"threshold (default {default:g})",
         )
-    p.add_argument(
-        "-o",
-        "--output",
-        "--out",
-        dest="output",
-        help="write the report to this file (atomically) instead of stdout",
-    )
+    output_option(p, "write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
