@@ -191,7 +191,7 @@ def test_output_option_spellings(tmp_path, capsys):
     from lorascope.cli.main import build_parser
 
     parser = build_parser("bench")
-    for flag in ("-o", "--out", "--output-dir"):
+    for flag in ("-o", "--out", "--output", "--output-dir"):
         args = parser.parse_args(["bench", "--preset", "minilm-rt", flag, str(tmp_path / "d")])
         assert args.out == tmp_path / "d"
     with pytest.raises(SystemExit):

@@ -179,6 +179,10 @@ def test_merge_audit_gradience_spellings_and_report_files(pair, tmp_path, capsys
         (["merge-audit", "{a}", "{b}", "--adapter-a", "{b}"], "merge-audit takes two adapters, got 3"),
         (["merge-audit", "--adapter-b", "{b}"], "merge-audit takes two adapters, got 1"),
         (["merge-audit", "{a}", "{b}", "--output-dir", "{a}"], "refusing to overwrite the input"),
+        (
+            ["merge-audit", "{a}", "{b}", "--output-dir", "{a}/merge_audit.md"],
+            "merge_audit.md: output exists and is a file; this output is a directory",
+        ),
     ],
 )
 def test_merge_audit_adapter_spellings_refused(pair, tmp_path, capsys, argv, message):

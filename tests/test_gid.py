@@ -446,6 +446,8 @@ def test_quiet_and_short_output_options(tmp_path, capsys):
     assert (
         main(["gid", "--report", rep, "--plan", "ralora", "--quiet", "--out", str(tmp_path / "b.json")]) == 0
     )
+    assert main(["gid", "--report", rep, "--plan", "ralora", "-q", "--output", str(tmp_path / "c.json")]) == 0
+    assert read_report(tmp_path / "c.json") == read_report(rep)
     missing = tmp_path / "nowhere" / "p.json"
     assert main(["gid", "--report", rep, "--plan", "ralora", "--plan-out", str(missing)]) == 2
     assert capsys.readouterr().err == (

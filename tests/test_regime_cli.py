@@ -317,6 +317,10 @@ def test_out_dir_not_empty_is_refused(tmp_path, capsys, fitted):
     ("edit", "message"),
     [
         (lambda m: m.update(feature_set="other"), "key feature_set: unknown feature set 'other'"),
+        (lambda m: m.update(feature_set=[1]), "key feature_set: unknown feature set [1]"),
+        (lambda m: m.update(features=5), "key features: [] are not feature set geometry_7's"),
+        (lambda m: m.update(n_runs="many"), "key n_runs: expected finite numbers of shape []"),
+        (lambda m: m["ridge"].update(alpha=[1]), "key ridge.alpha: expected finite numbers of shape []"),
         (
             lambda m: m.update(feature_set="geometry_6"),
             "key features: [",

@@ -273,6 +273,12 @@ def test_text_files_are_lists_only_when_clearly_lists(corpus, tmp_path, capsys):
     assert fails[0]["source"] == str(tmp_path / "trained on 3 tasks, see the paper")
     assert main(["study", "--list", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o2")]) == 2
     assert "nope.txt: no such list file" in capsys.readouterr().err
+    assert main(["study", "--list", str(corpus), "--out", str(tmp_path / "o3")]) == 2
+    assert capsys.readouterr().err == (
+        f"lorascope: error: {corpus}: is a folder, not a list file "
+        "(hint: give the folder as a SOURCE, or --list a text file)\n"
+    )
+    assert not (tmp_path / "o3").exists()
     clean_list = tmp_path / "ok.list"
     clean_list.write_text(f"{corpus / 'a'}\norg/repo@v1\n")
     assert [j.source for j in discover([str(clean_list)])] == [str(corpus / "a"), "hf:org/repo@v1"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from typing import Any
 
 from ..errors import InvalidArgumentError
 
@@ -15,3 +17,9 @@ def parse_weights(text: str, n: int) -> tuple[float, ...]:
     if len(values) != n or not all(math.isfinite(v) for v in values):
         raise InvalidArgumentError(f"--weights needs {n} finite numbers (one per adapter), got {text!r}")
     return values
+
+
+def output_option(p: argparse.ArgumentParser, help: str, dest: str = "output", **kw: Any) -> None:
+    """The command's output: `-o`, `--out` and `--output` name one option (stored in `dest`)."""
+    longs = ("--out", "--output") if dest == "out" else ("--output", "--out")
+    p.add_argument("-o", *longs, dest=dest, help=help, **kw)

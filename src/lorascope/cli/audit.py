@@ -9,6 +9,7 @@ from ..audit.audit import AuditOptions, audit_adapter
 from ..audit.policies import parse as parse_policies
 from ..audit.suggest import Rounding
 from ..errors import InvalidArgumentError
+from ._args import output_option
 from ._output import emit, progress_printer, refuse_inputs
 
 
@@ -70,7 +71,7 @@ def register(p: argparse.ArgumentParser) -> None:
         help="also append the audit to this lorascope run log, as a spectral snapshot of its last run",
     )
     p.add_argument("--no-singular-values", action="store_true", help="omit singular values from --json")
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    output_option(p, "write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 

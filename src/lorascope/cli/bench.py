@@ -43,6 +43,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--out",
+        "--output",
         "--output-dir",
         dest="out",
         type=Path,

@@ -10,6 +10,7 @@ from ..compress.render import to_text
 from ..errors import InvalidArgumentError
 from ..rounding import Rounding
 from ..types import DTYPES
+from ._args import output_option
 from ._output import emit
 
 # flag dest -> (mode kind, value parser)
@@ -28,7 +29,7 @@ _MODE_FLAGS = {
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="adapter directory or file")
-    p.add_argument("-o", "--output", help="new adapter directory (must not exist or be empty)")
+    output_option(p, "new adapter directory (must not exist or be empty)")
     p.add_argument("--format", help="force the input format instead of detecting it")
     p.add_argument("--adapter", help="adapter sub-folder name when a directory holds several")
     modes = p.add_mutually_exclusive_group(required=True)

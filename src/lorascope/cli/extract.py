@@ -11,6 +11,7 @@ from ..extract.extract import DEFAULT_MIN_CHANGE, ExtractOptions, extract_checkp
 from ..extract.render import extract_text
 from ..rounding import Rounding
 from ..types import DTYPES
+from ._args import output_option
 from ._output import emit, progress_printer
 
 _MODES = {"rank": int, "energy": float, "sv_fro": float, "sv_ratio": float, "sv_cumulative": float}
@@ -19,7 +20,7 @@ _MODES = {"rank": int, "energy": float, "sv_fro": float, "sv_ratio": float, "sv_
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", metavar="BASE", help="base checkpoint: .safetensors file, folder, or shard index")
     p.add_argument("tuned", metavar="TUNED", help="fine-tuned or merged checkpoint of the same model")
-    p.add_argument("-o", "--output", required=True, metavar="DST", help="adapter to write (must not exist)")
+    output_option(p, "adapter to write (must not exist)", required=True, metavar="DST")
     modes = p.add_mutually_exclusive_group(required=True)
     modes.add_argument("--rank", type=int, metavar="N", help="rank N for every layer")
     modes.add_argument("--energy", type=float, metavar="TAU", help="per layer: smallest k keeping τ of Σσ²")

@@ -30,6 +30,7 @@ from ..gid import (
     render_report,
     write_json,
 )
+from ._args import output_option
 from ._output import emit, progress_printer
 
 NO_INPUT = (
@@ -62,8 +63,8 @@ def register(p: argparse.ArgumentParser) -> None:
         type=int,
         help="accumulate this many layers per pass (bounds memory)",
     )
-    p.add_argument(
-        "-o", "--out", metavar="FILE", help="write the report (schema lorascope.gid/v1) to this JSON file"
+    output_option(
+        p, "write the report (schema lorascope.gid/v1) to this JSON file", dest="out", metavar="FILE"
     )
     p.add_argument(
         "--report", metavar="FILE", help="an existing gid.json to plan from (instead of MODEL_DIR)"

@@ -15,7 +15,7 @@ from ..merge.methods import METHODS
 from ..merge.plan import LayerPlan, MergePlan, load_plan, method_keys, uses_seed
 from ..merge.render import merged_text
 from ..types import DTYPES
-from ._args import parse_weights
+from ._args import output_option, parse_weights
 from ._output import emit, progress_printer
 
 
@@ -23,7 +23,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "adapters", nargs="+", metavar="ADAPTER", help="two or more adapters (directories or files)"
     )
-    p.add_argument("-o", "--output", required=True, help="new adapter directory (must not exist or be empty)")
+    output_option(p, "new adapter directory (must not exist or be empty)", required=True)
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--plan", metavar="FILE", help="a merge plan (.json/.yaml), e.g. from `merge-audit --plan`"

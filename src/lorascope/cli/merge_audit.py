@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..files import check_destination
 from ..formats import load
 from ..merge.audit import MergeAuditOptions, merge_audit
 from ..merge.fingerprint import fingerprint
@@ -17,7 +18,7 @@ from ..merge.pairwise import PairOptions
 from ..merge.plan import save_plan
 from ..merge.render import explain, to_markdown, to_text
 from ..merge.verdict import Thresholds
-from ._args import parse_weights
+from ._args import output_option, parse_weights
 from ._output import emit, progress_printer, refuse_inputs
 
 _THRESHOLD_FLAGS = (
@@ -83,7 +84,7 @@ def register(p: argparse.ArgumentParser) -> None:
             default=default,
             help=f"threshold (default {default:g})",
         )
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    output_option(p, "write the report to this file (atomically) instead of stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_printer(not args.quiet and sys.stderr.isatty()),
     )
     inputs = (first, second)
-    if args.output_dir:
+    if args.output_dir:  # refused before the work, not after it
+        check_destination(args.output_dir, directory=True)
         for name in REPORT_FILES:
             refuse_inputs(str(Path(args.output_dir) / name), inputs)
     adapters = (load(first, format=args.format), load(second, format=args.format))  # read once

@@ -8,6 +8,7 @@ import dataclasses
 from ..errors import InvalidArgumentError
 from ..monitor import Thresholds, monitor_run
 from ..monitor.render import to_text
+from ._args import output_option
 from ._output import emit
 
 # flag -> Thresholds field, for the thresholds users most often tune.
@@ -49,7 +50,7 @@ def register(p: argparse.ArgumentParser) -> None:
         "matches another regime of this model (regime-model.json from `lorascope regime fit`)",
     )
     p.add_argument("--expect-regime", metavar="NAME", help="the regime the run is labelled with")
-    p.add_argument("-o", "--output", help="write the report to this file (atomically) instead of stdout")
+    output_option(p, "write the report to this file (atomically) instead of stdout")
     p.set_defaults(run=run)
 
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from ..errors import InvalidArgumentError
+from ._args import output_option
 from ._output import emit, progress_printer
 
 SETS = ("geometry_6", "geometry_7", "loss", "spectral")
@@ -36,7 +37,7 @@ def register(p: argparse.ArgumentParser) -> None:
         default=SETS,
         help=f"feature sets whose features a run must give (default {','.join(SETS)})",
     )
-    f.add_argument("-o", "--output", help="write the table as CSV to this file (atomically)")
+    output_option(f, "write the table as CSV to this file (atomically)")
     f.add_argument("--json", action="store_true", help="print the table as JSON")
     f.set_defaults(run=run_features)
 
@@ -48,7 +49,7 @@ def register(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--group-key", default="meta.seed", metavar="KEY", help="folds: one per value (default meta.seed)"
     )
-    t.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    output_option(t, "output folder (new or empty)", dest="out", required=True, metavar="DIR")
     t.add_argument(
         "--early-frac", type=float, default=0.2, help="window: step ≤ FRAC × last step (default 0.2)"
     )

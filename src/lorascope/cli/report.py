@@ -8,6 +8,7 @@ import sys
 
 from ..files import check_parent
 from ..report import build_report
+from ._args import output_option
 from ._output import emit, refuse_inputs
 
 
@@ -18,13 +19,10 @@ def register(p: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="adapter, audit JSON, merge-audit JSON, run.jsonl, bench directory, study directory or gid.json",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        "--out",
-        dest="output",
+    output_option(
+        p,
+        "the HTML file to write (atomically; never replaced; its folder must exist; - for stdout)",
         required=True,
-        help="the HTML file to write (atomically; never replaced; its folder must exist; - for stdout)",
     )
     p.add_argument("--title", default="lorascope report", help="page title (default: 'lorascope report')")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")

@@ -10,6 +10,7 @@ from ..errors import InvalidArgumentError
 from ..study import StudyOptions, run_study
 from ..study.render import to_text
 from ..study.sources import parse_size
+from ._args import output_option
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def register(p: argparse.ArgumentParser) -> None:
         help="a file of SOURCEs, one a line, read whatever it holds (missing paths fail as 'not found'); "
         "repeatable",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="study folder: journals and tables")
+    output_option(p, "study folder: journals and tables", dest="out", required=True, metavar="DIR")
     p.add_argument("--workers", type=int, metavar="N", help="parallel audits (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue a study in DIR; skip what is done")
     p.add_argument(

@@ -181,3 +181,27 @@ class KeyIndex:
             return wanted
         found = {s for s in _suffixes(wanted) if s in self.keys} | set(self._by_suffix.get(wanted, ()))
         return found.pop() if len(found) == 1 else None
+
+
+MIN_SHARED = 0.5  # fewer matched keys than this share of the smaller checkpoint: not one architecture
+
+
+def matched_keys(base: Checkpoint, other: Checkpoint, base_name: str) -> KeyMatch:
+    """`match_keys` of two checkpoints of one architecture: too few shared keys, or a shared key
+    whose shapes differ, is one FormatError naming `other` (`base_name`: how messages call BASE)."""
+    match = match_keys(base.keys(), other.keys())
+    if len(match.pairs) < MIN_SHARED * min(len(base.keys()), len(other.keys())):
+        raise FormatError(
+            f"only {len(match.pairs)} of {len(other.keys())} keys match {base_name}'s {len(base.keys())} "
+            f"(first unmatched: {(match.only_tuned or ('-',))[0]!r}); are these checkpoints of one model?",
+            path=other.path,
+        )
+    for b, t in match.pairs:
+        if base.shape(b) != other.shape(t):
+            raise FormatError(
+                f"key {t!r} has shape {list(other.shape(t))} but {base_name}'s {b!r} has "
+                f"{list(base.shape(b))} ({base.file(b)}): not the same architecture",
+                path=other.file(t),
+                keys=[t],
+            )
+    return match

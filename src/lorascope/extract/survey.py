@@ -22,14 +22,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import FormatError, InvalidArgumentError
+from ..errors import InvalidArgumentError
 from ..parallel import ordered_map
-from .checkpoint import Checkpoint, KeyMatch, match_keys
+from .checkpoint import Checkpoint, KeyMatch, matched_keys
 from .lowrank import sq_norm
 
 # module names kept as full weights, never as LoRA: embeddings and task heads
 FULL_NAMES = re.compile(r"(^|\.)(\w*embed\w*|wte|wpe|shared|lm_head|classifier|score|qa_outputs)$")
-MIN_SHARED = 0.5  # fewer matched keys than this share of the smaller checkpoint: not one architecture
 
 Progress = Callable[[int, int, str], None]
 
@@ -67,24 +66,10 @@ class Survey:
 
 
 def survey(base: Checkpoint, tuned: Checkpoint, progress: Progress | None = None) -> Survey:
-    match = match_keys(base.keys(), tuned.keys())
-    if len(match.pairs) < MIN_SHARED * min(len(base.keys()), len(tuned.keys())):
-        raise FormatError(
-            f"only {len(match.pairs)} of {len(tuned.keys())} keys match the base checkpoint's "
-            f"{len(base.keys())} (first unmatched: {(match.only_tuned or ('-',))[0]!r}); "
-            "are these two checkpoints of one architecture?",
-            path=tuned.path,
-        )
+    match = matched_keys(base, tuned, "the base checkpoint")
     items: list[tuple[str | None, str]] = []
     skipped: list[str] = []
     for b, t in match.pairs:
-        if base.shape(b) != tuned.shape(t):
-            raise FormatError(
-                f"key {t!r} has shape {list(tuned.shape(t))} but the base's {b!r} has "
-                f"{list(base.shape(b))} ({base.file(b)}): not the same architecture",
-                path=tuned.file(t),
-                keys=[t],
-            )
         if base.is_float(b) and tuned.is_float(t):
             items.append((b, t))
         else:

@@ -34,10 +34,9 @@ from ..formats import FORMATS, load
 from ..parallel import ordered_map
 from ..spectral import truncated_svd
 from ..types import Adapter, LayerInfo
-from .checkpoint import Checkpoint, KeyIndex, match_keys, open_checkpoint
+from .checkpoint import Checkpoint, KeyIndex, matched_keys, open_checkpoint
 from .diagnose import UNIT, Diagnosis, Quantities, bounds, diagnose
 from .lowrank import sq_norm
-from .survey import MIN_SHARED
 
 SCHEMA = "lorascope.verify-merge/v1"
 Progress = Callable[[int, int, str], None]
@@ -154,7 +153,8 @@ def verify_merge(
     options = options or VerifyOptions()
     base, merged = open_checkpoint(base_path, "BASE"), open_checkpoint(merged_path, "MERGED")
     adapter = load(adapter_path)
-    pairs = _pairs(base, merged)  # merged key -> base key
+    match = matched_keys(base, merged, "BASE")
+    pairs = {m: b for b, m in match.pairs}  # merged key -> base key
     index = KeyIndex(merged.keys())
     targets = _targets(adapter, index, base, merged)
     heads = _heads(adapter, index, base, merged, pairs)
@@ -181,7 +181,7 @@ def verify_merge(
             layers.append(result)
         else:
             others.append(result)
-    missing = [b for b in match_keys(base.keys(), merged.keys()).only_base if base.is_float(b)]
+    missing = [b for b in match.only_base if base.is_float(b)]
     targeted_base = {b for _, _, b in targets}
     others += [
         TensorCheck(b, False, "missing", "missing in MERGED") for b in missing if b not in targeted_base
@@ -193,25 +193,6 @@ def verify_merge(
         layers=tuple(layers), heads=tuple(heads), others=tuple(bad),
         untouched_ok=len(others) - len(bad), notes=tuple(notes),
     )  # fmt: skip
-
-
-def _pairs(base: Checkpoint, merged: Checkpoint) -> dict[str, str]:
-    match = match_keys(base.keys(), merged.keys())
-    if len(match.pairs) < MIN_SHARED * min(len(base.keys()), len(merged.keys())):
-        raise FormatError(
-            f"only {len(match.pairs)} of {len(merged.keys())} keys match BASE's {len(base.keys())} "
-            f"(first unmatched: {(match.only_tuned or ('-',))[0]!r}); are these checkpoints of one model?",
-            path=merged.path,
-        )
-    for b, m in match.pairs:
-        if base.shape(b) != merged.shape(m):
-            raise FormatError(
-                f"key {m!r} has shape {list(merged.shape(m))} but BASE's {b!r} has {list(base.shape(b))} "
-                f"({base.file(b)}): not the same architecture",
-                path=merged.file(m),
-                keys=[m],
-            )
-    return {m: b for b, m in match.pairs}
 
 
 def _sibling(key: str, param: str) -> str:

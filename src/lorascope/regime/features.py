@@ -160,11 +160,14 @@ def run_features(run: RunData, config: FeatureConfig) -> FeatureRow:
     end = config.window_end
     if end is None:
         end = math.floor(config.early_frac * (run.last_step or 0) + 1e-9)  # 0.29·100 is 28.999…
-    window = sorted((e for e in run.geometry if e.step is not None and e.step <= end), key=lambda e: e.step)
+    timed = sorted(
+        ((e.step, e) for e in run.geometry if e.step is not None and e.step <= end), key=lambda se: se[0]
+    )
+    window = [e for _, e in timed]
     n = len(window)
     if n < config.min_records:
         return excluded(f"{n} geometry record(s) with step ≤ {end}, need ≥ {config.min_records}", n, end)
-    steps = [e.step for e in window]
+    steps = [step for step, _ in timed]
     if steps[0] == steps[-1]:
         return excluded(f"every geometry record of the window is at step {steps[0]}", n, end)
     cols: dict[str, list[float]] = {}

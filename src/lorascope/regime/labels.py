@@ -73,8 +73,8 @@ def labels_from_file(runs: Sequence[RunData], path: str | Path, required: Sequen
             if out[i] is not None and out[i] != label:
                 raise ConfigError(f"gives {runs[i].path} a second label", path=path, key=name)
             out[i] = label
-    for run, label, need in zip(runs, out, required, strict=True):
-        if label is None and need:
+    for run, given, need in zip(runs, out, required, strict=True):
+        if given is None and need:
             raise FormatError(f"the run has no label in {path}", path=run.path, hint="add a row for it")
     return out
 

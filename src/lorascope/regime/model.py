@@ -130,6 +130,12 @@ def _numbers(value: Any, shape: tuple[int, ...], key: str, path: str) -> np.ndar
     return a
 
 
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object under `key`, or {} when absent or not an object (its numbers are checked later)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def load_model(path: str | Path) -> RegimeModel:
     path = str(path)
     doc = read_json(path, "regime model")
@@ -137,11 +143,12 @@ def load_model(path: str | Path) -> RegimeModel:
         got = doc.get("schema") if isinstance(doc, dict) else None
         raise FormatError(f"not a regime model (schema {got!r}, expected {MODEL_SCHEMA})", path=path)
     name = doc.get("feature_set")
-    if name not in FEATURE_SETS:
+    if not isinstance(name, str) or name not in FEATURE_SETS:
         raise FormatError(
             f"key feature_set: unknown feature set {name!r} (known: {', '.join(FEATURE_SETS)})", path=path
         )
-    features = tuple(doc.get("features") or ())
+    listed = doc.get("features")
+    features = tuple(listed) if isinstance(listed, list) else ()
     if features != FEATURE_SETS[name]:
         raise FormatError(
             f"key features: {list(features)} are not feature set {name}'s {list(FEATURE_SETS[name])}",
@@ -159,11 +166,9 @@ def load_model(path: str | Path) -> RegimeModel:
     if not 0 < early_frac <= 1:
         raise FormatError(f"key early_frac: must be in (0, 1], got {early_frac}", path=path)
     d, k = len(features), len(classes)
-    scaler, ridge, logistic = (
-        doc.get(s) if isinstance(doc.get(s), dict) else {} for s in ("scaler", "ridge", "logistic")
+    scaler, ridge, logistic, cents, ranges = (
+        _section(doc, s) for s in ("scaler", "ridge", "logistic", "centroids", "ranges")
     )
-    cents = doc.get("centroids") if isinstance(doc.get("centroids"), dict) else {}
-    ranges = doc.get("ranges") if isinstance(doc.get("ranges"), dict) else {}
     std = _numbers(scaler.get("std"), (d,), "scaler.std", path)
     if (std <= 0).any():
         raise FormatError("key scaler.std: must be > 0", path=path)
@@ -178,14 +183,17 @@ def load_model(path: str | Path) -> RegimeModel:
         ridge_intercept=tuple(_numbers(ridge.get("intercept"), (k,), "ridge.intercept", path)),
         logistic_coef=_rows(_numbers(logistic.get("coef"), (d, k), "logistic.coef", path)),
         logistic_intercept=tuple(_numbers(logistic.get("intercept"), (k,), "logistic.intercept", path)),
-        ranges=tuple(tuple(r) for r in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)),  # type: ignore[misc]
+        ranges=tuple(
+            (float(lo), float(hi))
+            for lo, hi in _numbers([ranges.get(f) for f in features], (d, 2), "ranges", path)
+        ),
         early_frac=early_frac,
         window_end_median=float(doc["window_end_median"])
         if isinstance(doc.get("window_end_median"), (int, float))
         else math.nan,
-        n_runs=int(doc.get("n_runs") or 0),
-        ridge_alpha=float(ridge.get("alpha", 0.01)),
-        logistic_c=float(logistic.get("C", 1.0)),
+        n_runs=int(_numbers(doc.get("n_runs", 0), (), "n_runs", path)),
+        ridge_alpha=float(_numbers(ridge.get("alpha", 0.01), (), "ridge.alpha", path)),
+        logistic_c=float(_numbers(logistic.get("C", 1.0), (), "logistic.C", path)),
     )
 
 

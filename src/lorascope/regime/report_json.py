@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..version import __version__
@@ -132,7 +133,7 @@ def fit_document(r: FitReport) -> dict[str, Any]:
     }
 
 
-def features_csv(table: FeatureTable, labels: dict[str, str | None] | None = None) -> str:
+def features_csv(table: FeatureTable, labels: Mapping[str, str | None] | None = None) -> str:
     """One row per run: path, run_id, [label,] n_records, window_end, excluded reason, features."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

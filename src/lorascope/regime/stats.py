@@ -50,7 +50,7 @@ def fluctuation(profile: np.ndarray, scale: int) -> float:
     return float(rms.mean())
 
 
-def dfa_alpha(series: Sequence[float]) -> float | None:
+def dfa_alpha(series: Sequence[float] | np.ndarray) -> float | None:
     """The DFA exponent α of the series, or None when fewer than MIN_SCALES scales are usable."""
     x = np.asarray(series, dtype=np.float64)
     if len(x) < 16 or not np.isfinite(x).all():

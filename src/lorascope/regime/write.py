@@ -23,7 +23,9 @@ def check_out_dir(out: str | Path) -> None:
 
 def write_fit(report: FitReport, out: str | Path) -> None:
     check_out_dir(out)
-    kept = {row.path: lab for row, lab in zip(report.table.kept, report.labels, strict=True)}
+    kept: dict[str, str | None] = {
+        row.path: lab for row, lab in zip(report.table.kept, report.labels, strict=True)
+    }
     kept.update(
         {row.path: lab for row, lab in zip(report.table.excluded, report.excluded_labels, strict=True)}
     )

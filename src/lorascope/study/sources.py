@@ -83,6 +83,12 @@ def _chain(
 
 
 def _expand_list(path: Path, exclude: Path | None, read: set[Path], strict: bool = False) -> Iterator[Job]:
+    if path.is_dir():
+        raise InvalidArgumentError(
+            "is a folder, not a list file",
+            path=path,
+            hint="give the folder as a SOURCE, or --list a text file",
+        )
     if not path.is_file():
         raise InputNotFoundError("no such list file", path=path, hint="--list names a text file of SOURCEs")
     key = path.resolve()

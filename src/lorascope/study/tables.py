@@ -70,7 +70,7 @@ def build(out: Path) -> StudyTables:
     records = sorted((AdapterRecord.from_dict(d) for d in read_records(out)), key=lambda r: r.source)
     failures = sorted((Failure.from_dict(d) for d in read_records(out, FAILURES)), key=lambda f: f.source)
     live = [r for r in records if not r.dead]
-    util = np.array(sorted(r.utilisation.mean for r in live), dtype=float)
+    util = np.array(sorted(_mean(r) for r in live), dtype=float)
     layer_util, layer_frac, above = _layers(out)
     return StudyTables(
         counts=_counts(records, failures),
@@ -92,6 +92,13 @@ def build(out: Path) -> StudyTables:
     )
 
 
+def _mean(r: AdapterRecord) -> float:
+    """A live adapter's mean utilisation (None only on a dead adapter, which has no live layer)."""
+    if r.utilisation.mean is None:
+        raise ValueError(f"{r.source}: a live adapter without a mean utilisation")
+    return r.utilisation.mean
+
+
 def _counts(records: list[AdapterRecord], failures: list[Failure]) -> Counts:
     return Counts(
         sources=len(records) + len(failures),
@@ -100,7 +107,7 @@ def _counts(records: list[AdapterRecord], failures: list[Failure]) -> Counts:
         layers=sum(r.n_layers for r in records),
         dead_layers=sum(r.n_dead_layers for r in records),
         architectures=len({r.architecture for r in records}),
-        formats=dict(sorted(Counter(r.format for r in records).items())),
+        formats=dict(sorted(Counter(r.format or "unknown" for r in records).items())),
         failure_kinds=dict(sorted(Counter(f.kind for f in failures).items())),
     )
 
@@ -139,7 +146,7 @@ def _groups(
     values: dict[Any, list[float]] = defaultdict(list)
     n_layers: Counter[Any] = Counter()
     for r in live:
-        values[key(r)].append(r.utilisation.mean)
+        values[key(r)].append(_mean(r))
         n_layers[key(r)] += r.n_layers
     return tuple(_group(k, values[k], n_layers[k] if layers else None) for k in sorted(values))
 
@@ -186,10 +193,8 @@ def _layers(out: Path) -> tuple[Stats, Stats, AboveOne]:
 
 def _extremes(live: list[AdapterRecord], reverse: bool) -> tuple[Extreme, ...]:
     sign = -1.0 if reverse else 1.0
-    ranked = sorted(live, key=lambda r: (sign * r.utilisation.mean, r.source))
-    return tuple(
-        Extreme(r.source, r.utilisation.mean, r.nominal_rank, r.architecture) for r in ranked[:EXTREMES]
-    )
+    ranked = sorted(live, key=lambda r: (sign * _mean(r), r.source))
+    return tuple(Extreme(r.source, _mean(r), r.nominal_rank, r.architecture) for r in ranked[:EXTREMES])
 
 
 def _rows_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
