@@ -37,9 +37,10 @@ Sharded training (FSDP, DeepSpeed ZeRO-3) would see local shards only: use it un
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -95,11 +96,14 @@ class GeometryProbe:
         module = model if isinstance(model, torch.nn.Module) else None
         self._lora = lora_modules(module) if module is not None else []
         self.scope = _resolve_scope(scope, module, bool(self._lora))
+        self.params: list[torch.Tensor]
         if self.scope == "lora":
             self.params = [p for _, m, a in self._lora for p in lora_parameters(m, a) if p.requires_grad]
             self.matrices: list[torch.Tensor] = []
         else:
-            tensors = model.parameters() if module is not None else model
+            tensors: Iterable[torch.Tensor] = (
+                module.parameters() if module is not None else cast(Iterable, model)
+            )
             self.params = _unique([p for p in tensors if p.requires_grad])
             self.matrices = _pick_matrices(module, self.params, max_matrices, max_dim)
         if not self.params:
@@ -181,8 +185,10 @@ def _resolve_scope(scope: str, module: torch.nn.Module | None, has_lora: bool) -
 
 def _unique(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """Tied weights (a GPT's embedding and output head) counted once, as `model.parameters()` does."""
-    seen: set[int] = set()
-    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+    out: dict[int, torch.Tensor] = {}
+    for p in params:
+        out.setdefault(id(p), p)
+    return list(out.values())
 
 
 def _pick_matrices(
@@ -199,12 +205,12 @@ def _pick_matrices(
     return [cands[i] for i in idx]
 
 
-def _sum_squares(norms: list[torch.Tensor]) -> torch.Tensor:
+def _sum_squares(norms: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ nᵢ² of 0-d float64 norms."""
     return _sum(norms, square=True)
 
 
-def _sum(values: list[torch.Tensor], square: bool = False) -> torch.Tensor:
+def _sum(values: Sequence[torch.Tensor], square: bool = False) -> torch.Tensor:
     """Σ of 0-d tensors, per device (model-parallel parameters) then on the first device."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for v in values:
