@@ -305,6 +305,7 @@ def test_dense_svd_fast_route_equals_the_exact_truncation(decaying, monkeypatch)
     np.testing.assert_array_equal(dense_truncated_svd(x, k, seed=1).s, t.s)  # seeded
 
 
+@pytest.mark.slow
 def test_dense_svd_energy_mode(decaying):
     x, sigma = decaying
     cum = np.cumsum(sigma**2) / np.sum(sigma**2)

