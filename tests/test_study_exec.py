@@ -203,9 +203,10 @@ from lorascope.study import executors
 executors.sys = type("NoLinux", (), {"platform": "other"})  # no prctl: the watchdog thread alone
 driver = os.fork()
 if driver == 0:
-    worker = os.fork()
+    me = os.getpid()  # taken before the fork, as the pool does: the driver may be gone by the
+    worker = os.fork()  # time the worker runs, and its getppid() would then name the new parent
     if worker == 0:
-        executors._die_with_driver(os.getppid())
+        executors._die_with_driver(me)
         time.sleep(60)  # what a worker without a watchdog would do: outlive its driver
         os._exit(0)
     print(worker, flush=True)
