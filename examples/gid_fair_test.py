@@ -7,8 +7,9 @@ protocol, nothing chosen after seeing a test score.
     python examples/gid_fair_test.py --out examples/gid-fair --summarise  # summary.json, results.md
     python -m lorascope report examples/gid-fair/summary.json -o fair.html
 
-Model: MiniLM-L6 cut to its first 3 transformer blocks (18 linear layers as targets) with a fresh
-2-way head: the whole protocol must fit 2 CPU-hours on a 2-core machine.  Per task: one GID
+Model: MiniLM-L6 cut to its first 3 transformer blocks (18 linear layers as targets), mean-pooled
+over the tokens as sentence-transformers pools it, with a fresh 2-way linear head: the whole
+protocol must fit 2 CPU-hours on a 2-core machine.  Per task: one GID
 calibration on training batches -> gid-TASK.json and its plans.  Phase 1 (seed 0): every method at
 every learning rate of the grid; the validation accuracy after the last step picks each method's
 learning rate per task.  Phase 2: seeds 1-4 at the chosen rate (seed 0's selection run is reused).
@@ -26,6 +27,7 @@ import os
 import resource
 import sys
 import time
+from types import SimpleNamespace
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -64,16 +66,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- model and data (run in the workers) -----------------------------------------------------------
 
 
-def base_model(seed: int):
-    """(tokenizer, MiniLM-L6 cut to BLOCKS blocks with a fresh 2-way head seeded by `seed`)."""
+def mean_pooled(encoder, n_labels: int = 2):
+    """MiniLM's encoder with its sentence embedding (the mean of the token states over the mask,
+    as sentence-transformers pools it) and a linear head; `model(**batch)` gives .loss and .logits."""
     import torch
-    from evaluate import load_base
+    from torch import nn
 
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = encoder
+            self.classifier = nn.Linear(encoder.config.hidden_size, n_labels)
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            mask = attention_mask.unsqueeze(-1).to(h.last_hidden_state.dtype)  # (batch, tokens, 1)
+            pooled = (h.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (batch, hidden)
+            logits = self.classifier(pooled)
+            loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+            return SimpleNamespace(loss=loss, logits=logits)
+
+    return Model()
+
+
+def base_model(seed: int):
+    """(tokenizer, MiniLM-L6 cut to BLOCKS blocks, mean-pooled, with a fresh 2-way head seeded by `seed`)."""
+    import torch
+    from evaluate import base_model_path
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
     torch.manual_seed(seed)
-    tok, model = load_base()
-    model.bert.encoder.layer = model.bert.encoder.layer[:BLOCKS]
-    model.config.num_hidden_layers = BLOCKS
-    return tok, model
+    path = base_model_path()
+    encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    encoder.encoder.layer = encoder.encoder.layer[:BLOCKS]
+    encoder.config.num_hidden_layers = BLOCKS
+    return AutoTokenizer.from_pretrained(path), mean_pooled(encoder)
 
 
 def batches(tok, part, batch: int, max_len: int, seed: int, steps: int) -> list[dict]:
@@ -181,7 +210,7 @@ def train_one(job: dict) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        window.append(float(loss))
+        window.append(loss.item())
         if step % 25 == 0:
             losses.append([step, sum(window) / len(window)])
             window = []
