@@ -271,9 +271,9 @@ def _merge_layer(
         down, up = method.fn(factors, weights, **given)  # (k, in), (out, k)
         intended = None
     else:
-        dense = [s * (u @ d) for d, u, s in factors]  # [(out, in)] float64
+        dense = [(u * s) @ d for d, u, s in factors]  # [(out, in)] float64, ours: scratch for the method
         extra = {"rng": np.random.default_rng([plan.seed, index])} if method.needs_rng else {}
-        intended = method.fn(dense, weights, **params, **extra)  # (out, in)
+        intended = method.fn(dense, weights, **params, **extra, overwrite=True)  # (out, in)
         del dense
         svd = dense_truncated_svd(intended, rank, lp.energy, seed=plan.seed + index)
         down, up = svd.factors("up")

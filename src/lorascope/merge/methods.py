@@ -12,7 +12,9 @@ Factor methods (kind "factor") take `factors` = [(down_i (r_i, in), up_i (out, r
   S goes into up (`LowRankSVD.factors("up")`).
 
 Dense methods (kind "dense") take `deltas` = [ΔW_i (out, in) float64, already scaled] and return the
-merged (out, in) float64.  `density` = 1 − trim fraction = 1 − DARE drop rate, in (0, 1].
+merged (out, in) float64; every dense method takes `overwrite` (default False): True lets it use the
+deltas' buffers as scratch, which the merge pass does with the ΔW_i it formed itself (fewer passes
+over memory, no extra (out, in) buffers).  `density` = 1 − trim fraction = 1 − DARE drop rate, in (0, 1].
 * trim (TIES step 1): per ΔW_i keep the round(density·size) entries of largest |value| (ties at
   the threshold: the first in C order), zero the rest.
 * DARE (Yu et al. 2023): keep each entry iff `rng.random(shape, dtype=float32) < density`, one draw
@@ -188,35 +190,50 @@ def _weighted(x: np.ndarray, c: float, mask: np.ndarray, out: np.ndarray) -> np.
     return out
 
 
-def _weighted_sum(xs: list, w: np.ndarray, masks: Iterable[np.ndarray], rescale: float) -> np.ndarray:
-    """Σ w_i·rescale·mask_i⊙x_i; `masks` may be a generator (one mask alive at a time)."""
+def _weighted_sum(
+    xs: list, w: np.ndarray, masks: Iterable[np.ndarray], rescale: float, overwrite: bool
+) -> np.ndarray:
+    """Σ w_i·rescale·mask_i⊙x_i; `masks` may be a generator (one mask alive at a time); with
+    `overwrite` each term is formed in x_i's own buffer instead of a scratch one."""
     out = np.zeros(xs[0].shape)  # (out, in)
-    tmp = np.empty(xs[0].shape)  # (out, in) scratch
+    tmp = None if overwrite else np.empty(xs[0].shape)  # (out, in) scratch
     for x, wi, mask in zip(xs, w, masks, strict=True):
-        out += _weighted(x, wi * rescale, mask, tmp)
+        out += _weighted(x, wi * rescale, mask, x if tmp is None else tmp)
     return out
 
 
 def _disjoint_merge(
-    xs: list, w: np.ndarray, masks: list, rescale: float, majority: str, normalize: bool
+    xs: list, w: np.ndarray, masks: list, rescale: float, majority: str, normalize: bool, overwrite: bool
 ) -> np.ndarray:
-    """TIES steps 2-3 on v_i = w_i·rescale·mask_i⊙x_i, recomputed per pass instead of stored."""
-    tmp = np.empty(xs[0].shape)  # (out, in) scratch: v_i
+    """TIES steps 2-3 on v_i = w_i·rescale·mask_i⊙x_i: built once in x_i's own buffer when
+    `overwrite` (the caller's deltas are scratch), else recomputed per pass into one scratch buffer.
+    With s = ±1 the elected sign, v_i agrees where s·v_i > 0, and the merge is s·Σ max(s·v_i, 0)."""
+    tmp = np.empty(xs[0].shape)  # (out, in) scratch
+    if overwrite:
+        for x, wi, mask in zip(xs, w, masks, strict=True):
+            _weighted(x, wi * rescale, mask, x)
+
+    def values() -> Iterable[np.ndarray]:
+        if overwrite:
+            yield from xs
+        else:
+            for x, wi, mask in zip(xs, w, masks, strict=True):
+                yield _weighted(x, wi * rescale, mask, tmp)
+
     elect = np.zeros(xs[0].shape)  # (out, in) Σ v_i or Σ sign(v_i)
-    for x, wi, mask in zip(xs, w, masks, strict=True):
-        v = _weighted(x, wi * rescale, mask, tmp)
-        elect += np.sign(v, out=v) if majority == "frequency" else v
-    positive = elect >= 0  # (out, in) bool: elected sign, a zero sum elects +
-    out = elect  # reuse the buffer
+    for v in values():
+        elect += np.sign(v, out=tmp) if majority == "frequency" else v
+    sign = np.where(elect >= 0, 1.0, -1.0)  # (out, in) elected sign, a zero sum elects +
+    out = elect  # reuse the buffer: Σ of the agreeing magnitudes
     out.fill(0.0)
     norm = np.zeros(xs[0].shape) if normalize else None  # (out, in) Σ|w_i| over contributors
-    for x, wi, mask in zip(xs, w, masks, strict=True):
-        v = _weighted(x, wi * rescale, mask, tmp)
-        agree = np.where(positive, v > 0, v < 0)  # (out, in) bool: non-zero with the elected sign
-        v *= agree
-        out += v
+    for v, wi in zip(values(), w, strict=True):
+        agreeing = np.multiply(v, sign, out=tmp)  # > 0 exactly where v is non-zero with the elected sign
+        np.maximum(agreeing, 0.0, out=agreeing)
+        out += agreeing
         if norm is not None:
-            np.add(norm, abs(wi), out=norm, where=agree)
+            np.add(norm, abs(wi), out=norm, where=agreeing > 0)
+    out *= sign
     if norm is not None:
         np.divide(out, norm, out=out, where=norm > 0)
     return out
@@ -229,12 +246,14 @@ def ties(
     density: float = 0.8,
     majority: str = "total",
     normalize: bool = True,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """TIES-merging (Yadav et al. 2023): magnitude trim, sign election, disjoint merge."""
+    """TIES-merging (Yadav et al. 2023): magnitude trim, sign election, disjoint merge.
+    `overwrite`: the deltas (float64, C-contiguous) may be used as scratch (as scipy's overwrite_a)."""
     xs, w = _check_dense(deltas, weights)
     _check_options(density, majority)
     masks = [_trim_mask(x, density) for x in xs]  # bool: 1/8 of the float64 deltas
-    return _disjoint_merge(xs, w, masks, 1.0, majority, normalize)
+    return _disjoint_merge(xs, w, masks, 1.0, majority, normalize, overwrite)
 
 
 def dare_ties(
@@ -245,13 +264,15 @@ def dare_ties(
     density: float = 0.8,
     majority: str = "total",
     normalize: bool = True,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """DARE random drop with 1/density rescale (Yu et al. 2023), then TIES sign election and merge."""
+    """DARE random drop with 1/density rescale (Yu et al. 2023), then TIES sign election and merge.
+    `overwrite`: as for `ties`."""
     xs, w = _check_dense(deltas, weights)
     _check_options(density, majority)
     _check_rng(rng)
     masks = [_dare_mask(x, density, rng) for x in xs]
-    return _disjoint_merge(xs, w, masks, 1.0 / density, majority, normalize)
+    return _disjoint_merge(xs, w, masks, 1.0 / density, majority, normalize, overwrite)
 
 
 def dare_linear(
@@ -260,23 +281,26 @@ def dare_linear(
     *,
     rng: np.random.Generator,
     density: float = 0.8,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """DARE random drop with 1/density rescale, then the weighted sum Σ w_i·t_i."""
+    """DARE random drop with 1/density rescale, then the weighted sum Σ w_i·t_i.
+    `overwrite`: as for `ties`."""
     xs, w = _check_dense(deltas, weights)
     _check_options(density)
     _check_rng(rng)
     masks = (_dare_mask(x, density, rng) for x in xs)
-    return _weighted_sum(xs, w, masks, 1.0 / density)
+    return _weighted_sum(xs, w, masks, 1.0 / density, overwrite)
 
 
 def magnitude_prune(
-    deltas: Sequence[np.ndarray], weights: Sequence[float], *, density: float = 0.8
+    deltas: Sequence[np.ndarray], weights: Sequence[float], *, density: float = 0.8, overwrite: bool = False
 ) -> np.ndarray:
-    """TIES magnitude trim of each ΔW_i, then the weighted sum Σ w_i·trim(ΔW_i)."""
+    """TIES magnitude trim of each ΔW_i, then the weighted sum Σ w_i·trim(ΔW_i).
+    `overwrite`: as for `ties`."""
     xs, w = _check_dense(deltas, weights)
     _check_options(density)
     masks = (_trim_mask(x, density) for x in xs)
-    return _weighted_sum(xs, w, masks, 1.0)
+    return _weighted_sum(xs, w, masks, 1.0, overwrite)
 
 
 # ---- registry ----
@@ -292,7 +316,12 @@ def register(methods: Iterable[MergeMethod]) -> Mapping[str, MergeMethod]:
         if m.kind not in KINDS:
             raise ValueError(f"merge method {m.name!r}: kind must be one of {KINDS}, got {m.kind!r}")
         sig = inspect.signature(m.fn).parameters
-        missing = [p for p in (*m.params, *(("rng",) if m.needs_rng else ())) if p not in sig]
+        needs = (
+            *m.params,
+            *(("rng",) if m.needs_rng else ()),
+            *(("overwrite",) if m.kind == "dense" else ()),
+        )
+        missing = [p for p in needs if p not in sig]
         if missing:
             raise ValueError(f"merge method {m.name!r}: fn has no parameter {', '.join(missing)}")
         table[m.name] = m
