@@ -67,6 +67,14 @@ class Inputs:
     gid_data: Path
     quick: bool
 
+    @property
+    def seeds(self) -> tuple[str, ...]:  # --quick: one seed of the smoke bench instead of two
+        return ("--seeds", "1") if self.quick else ()
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return str(self.qwen_a), str(self.qwen_b)
+
 
 def build_inputs(root: Path, quick: bool) -> Inputs:
     blocks = 2 if quick else 32
@@ -98,13 +106,13 @@ COMMANDS: dict[str, Command] = {
     "compress": lambda x, out: ["compress", str(x.mistral), "--rank", "16", "-o", str(out)],
     "convert": lambda x, out: ["convert", str(x.mistral), str(out) + ".safetensors", "--to", "kohya"],
     "merge-audit": lambda x, out: ["merge-audit", str(x.mistral), str(x.mistral_b), "--json", "-q"],
-    "merge-linear": lambda x, out: ["merge", str(x.qwen_a), str(x.qwen_b), "--method", "linear", "-o", str(out), "-q"],
-    "merge-ties": lambda x, out: ["merge", str(x.qwen_a), str(x.qwen_b), "--method", "ties", "-o", str(out), "-q"],
+    "merge-linear": lambda x, out: ["merge", *x.pair, "--method", "linear", "-o", str(out), "-q"],
+    "merge-ties": lambda x, out: ["merge", *x.pair, "--method", "ties", "-o", str(out), "-q"],
     "study": lambda x, out: ["study", str(x.corpus), "-o", str(out), "-q"],
     "report": lambda x, out: ["report", str(x.mistral), "-o", str(out) + ".html", "-q"],
     "gid": lambda x, out: ["gid", minilm_dir(), "--data", str(x.gid_data), "--steps", "2", "--batch", "4",
                            "--max-len", "16", "--target", "query,value", "-o", str(out) + ".json", "-q"],
-    "bench": lambda x, out: ["bench", "--smoke", "-o", str(out), "-q", *(["--seeds", "1"] if x.quick else [])],
+    "bench": lambda x, out: ["bench", "--smoke", "-o", str(out), "-q", *x.seeds],
 }  # fmt: skip
 
 
