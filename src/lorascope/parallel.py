@@ -71,9 +71,45 @@ if hasattr(os, "register_at_fork"):
 
 @contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """Hold every BLAS library of the process at `n` threads inside the block."""
-    with _controller().limit(limits=n, user_api="blas"):
+    """Hold every BLAS library of the process at `n` threads inside the block, and torch's intra-op
+    pool (its own MKL/OpenMP, which threadpoolctl does not see) at most `n` when torch is loaded."""
+    with _controller().limit(limits=n, user_api="blas"), _torch_at_most(n):
         yield
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """Work on the calling thread outside `ordered_map` (one worker: gid's backward passes and
+    spectra, a layer computed ahead of the stream) under the same policy: BLAS, LAPACK and torch's
+    intra-op threads within `cores()`, so LORASCOPE_THREADS and the affinity mask hold there too."""
+    with blas_threads(plan(1)[1]):
+        yield
+
+
+def set_torch_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads for the rest of the process (a bench's training) to `requested`,
+    or torch's own count when None (it follows OMP_NUM_THREADS, which Ray sets per task), capped at
+    `cores()`; returns the count.  torch must already be imported."""
+    torch = sys.modules["torch"]
+    n = max(1, min(requested or torch.get_num_threads(), cores()))
+    torch.set_num_threads(n)
+    return n
+
+
+@contextmanager
+def _torch_at_most(n: int) -> Iterator[None]:
+    """torch's intra-op threads capped at `n` inside the block (never raised), restored after; a
+    no-op when torch is not loaded (this module never imports it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "get_num_threads") or torch.get_num_threads() <= n:
+        yield  # not loaded (or still being imported), or already within n
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def ordered_map(
