@@ -4,6 +4,11 @@ calibration, a bench's training threads and the LAPACK calls of a serial section
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
@@ -81,3 +86,25 @@ def test_bench_training_threads_are_capped_by_the_policy(monkeypatch, torch_thre
     monkeypatch.setattr(parallel, "cores", lambda: 8)
     assert parallel.set_torch_threads(3) == 3 and torch.get_num_threads() == 3
     assert parallel.set_torch_threads(None) == 3  # unset: torch's own count, within the cores
+
+
+def test_openmp_waits_passively_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    parallel.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    parallel.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_cli_process_sets_the_wait_policy_before_the_command_runs():
+    """A real process (main() without argv) sets it before the command (and torch) loads."""
+    code = (
+        "import os, sys\nimport lorascope.cli.main as m\n"
+        "m.guarded = lambda run: print(os.environ.get('OMP_WAIT_POLICY')) or 0\n"
+        "sys.argv = ['lorascope', 'audit', 'x']\nsys.exit(m.main())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(parallel.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout == "PASSIVE\n"

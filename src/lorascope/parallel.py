@@ -96,6 +96,16 @@ def set_torch_threads(requested: int | None = None) -> int:
     return n
 
 
+def passive_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning: OMP_WAIT_POLICY=PASSIVE unless the user set a
+    policy.  The OpenMP runtime reads it once, when it loads (with torch, lazily), so the CLI calls
+    this before running a command.  torch's intra-op pool is OpenMP; ACTIVE waiting (libgomp's
+    default spins a while before sleeping) cost a 2-step `gid` calibration of MiniLM 1.3-9× its
+    user CPU time on a 2-core machine loaded by other processes (8-8.6 s with PASSIVE, 11-71 s
+    without, four runs each way); `benchmarks/bench_busy.py` times every command quiet and busy."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @contextmanager
 def _torch_at_most(n: int) -> Iterator[None]:
     """torch's intra-op threads capped at `n` inside the block (never raised), restored after; a

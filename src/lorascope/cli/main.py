@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if argv is None:  # a real process (console script / python -m), not a test calling main()
+        from ..parallel import passive_openmp  # here: --help and --version stay light
+
         tune_malloc()
+        passive_openmp()  # before any command imports torch (its OpenMP runtime reads it on load)
     return guarded(lambda: args.run(args))
 
 
