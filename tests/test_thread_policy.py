@@ -88,23 +88,33 @@ def test_bench_training_threads_are_capped_by_the_policy(monkeypatch, torch_thre
     assert parallel.set_torch_threads(None) == 3  # unset: torch's own count, within the cores
 
 
-def test_openmp_waits_passively_unless_the_user_chose(monkeypatch):
+def test_idle_threads_sleep_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    parallel.passive_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    parallel.idle_threads_sleep()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["OPENBLAS_THREAD_TIMEOUT"]) == ("PASSIVE", "4")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    parallel.passive_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
+    parallel.idle_threads_sleep()
+    assert (os.environ["OMP_WAIT_POLICY"], os.environ["OPENBLAS_THREAD_TIMEOUT"]) == ("ACTIVE", "28")
 
 
-def test_a_cli_process_sets_the_wait_policy_before_the_command_runs():
-    """A real process (main() without argv) sets it before the command (and torch) loads."""
+def test_a_cli_process_sets_the_wait_policy_before_numpy_loads():
+    """A real process (main() without argv) sets both before the command's modules load numpy
+    (whose OpenBLAS reads its variable then) or torch."""
     code = (
         "import os, sys\nimport lorascope.cli.main as m\n"
-        "m.guarded = lambda run: print(os.environ.get('OMP_WAIT_POLICY')) or 0\n"
-        "sys.argv = ['lorascope', 'audit', 'x']\nsys.exit(m.main())"
+        "seen = []\n"
+        "real = m.build_parser\n"
+        "def spy(first):\n"
+        "    seen.append(('numpy' in sys.modules, os.environ.get('OMP_WAIT_POLICY'),"
+        " os.environ.get('OPENBLAS_THREAD_TIMEOUT')))\n"
+        "    return real(first)\n"
+        "m.build_parser = spy\n"
+        "m.guarded = lambda run: 0\n"
+        "sys.argv = ['lorascope', 'audit', 'x']\nm.main()\nprint(seen)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(parallel.__file__).parents[1]), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout == "PASSIVE\n"
+    assert out.stdout == "[(False, 'PASSIVE', '4')]\n", out.stderr

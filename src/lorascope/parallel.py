@@ -96,14 +96,17 @@ def set_torch_threads(requested: int | None = None) -> int:
     return n
 
 
-def passive_openmp() -> None:
-    """Idle OpenMP threads sleep instead of spinning: OMP_WAIT_POLICY=PASSIVE unless the user set a
-    policy.  The OpenMP runtime reads it once, when it loads (with torch, lazily), so the CLI calls
-    this before running a command.  torch's intra-op pool is OpenMP; ACTIVE waiting (libgomp's
-    default spins a while before sleeping) cost a 2-step `gid` calibration of MiniLM 1.3-9× its
-    user CPU time on a 2-core machine loaded by other processes (8-8.6 s with PASSIVE, 11-71 s
-    without, four runs each way); `benchmarks/bench_busy.py` times every command quiet and busy."""
+def idle_threads_sleep() -> None:
+    """Idle BLAS and OpenMP threads sleep at once instead of spinning, unless the user chose
+    otherwise: OMP_WAIT_POLICY=PASSIVE (torch's intra-op pool is OpenMP) and
+    OPENBLAS_THREAD_TIMEOUT=4 (an idle OpenBLAS thread spins 2^4 cycles, not 2^28, before it
+    sleeps).  Both are read once, when the library loads (numpy, torch: lazily), so the CLI calls
+    this before it imports any command.  On a 2-core machine loaded by other processes, the
+    default waiting cost a 2-step `gid` calibration of MiniLM 11-71 user-s against 7.5-8.6 s
+    passive (four runs each), and `audit` of the Mistral-shaped r=64 adapter 1.43 user-s against
+    1.12-1.26 s (two runs each); `benchmarks/bench_busy.py` times every command quiet and busy."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 @contextmanager
