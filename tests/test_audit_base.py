@@ -339,3 +339,24 @@ def test_open_base_rejects_duplicate_keys(tmp_path):
         write_safetensors_raw(d / f, {"x.weight": (np.ones((2, 2)), "fp32")})
     with pytest.raises(base_mod.FormatError, match="is in two shards"):
         open_base(d)
+
+
+def test_base_norms_run_within_the_thread_policy(tmp_path, rng, monkeypatch):
+    """The base matrices' spectral norms run outside the per-layer workers: BLAS is held at
+    LORASCOPE_THREADS there too (it ran on every core the library saw)."""
+    from threadpoolctl import threadpool_info
+
+    write_safetensors_raw(tmp_path / "base.safetensors", _llama_base(rng))
+    layers = {f"model.layers.{i}.self_attn.q_proj": random_factors(rng, 24, 16, 4) for i in range(2)}
+    write_peft(tmp_path / "ad", layers, config=peft_config(r=4, lora_alpha=8))
+    seen: list[int] = []
+    real = base_mod.spectral_norm
+
+    def spy(w):
+        seen.append(max(x["num_threads"] for x in threadpool_info() if x["user_api"] == "blas"))
+        return real(w)
+
+    monkeypatch.setattr(base_mod, "spectral_norm", spy)
+    monkeypatch.setenv("LORASCOPE_THREADS", "1")
+    audit_adapter(tmp_path / "ad", AuditOptions(base_model=str(tmp_path / "base.safetensors")))
+    assert seen == [1, 1]

@@ -71,9 +71,58 @@ if hasattr(os, "register_at_fork"):
 
 @contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """Hold every BLAS library of the process at `n` threads inside the block."""
-    with _controller().limit(limits=n, user_api="blas"):
+    """Hold every BLAS library of the process at `n` threads inside the block, and torch's intra-op
+    pool (its own MKL/OpenMP, which threadpoolctl does not see) at most `n` when torch is loaded."""
+    with _controller().limit(limits=n, user_api="blas"), _torch_at_most(n):
         yield
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """Work on the calling thread outside `ordered_map` (one worker: gid's backward passes and
+    spectra, a layer computed ahead of the stream) under the same policy: BLAS, LAPACK and torch's
+    intra-op threads within `cores()`, so LORASCOPE_THREADS and the affinity mask hold there too."""
+    with blas_threads(plan(1)[1]):
+        yield
+
+
+def set_torch_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads for the rest of the process (a bench's training) to `requested`,
+    or torch's own count when None (it follows OMP_NUM_THREADS, which Ray sets per task), capped at
+    `cores()`; returns the count.  torch must already be imported."""
+    torch = sys.modules["torch"]
+    n = max(1, min(requested or torch.get_num_threads(), cores()))
+    torch.set_num_threads(n)
+    return n
+
+
+def idle_threads_sleep() -> None:
+    """Idle BLAS and OpenMP threads sleep at once instead of spinning, unless the user chose
+    otherwise: OMP_WAIT_POLICY=PASSIVE (torch's intra-op pool is OpenMP) and
+    OPENBLAS_THREAD_TIMEOUT=4 (an idle OpenBLAS thread spins 2^4 cycles, not 2^28, before it
+    sleeps).  Both are read once, when the library loads (numpy, torch: lazily), so the CLI calls
+    this before it imports any command.  On a 2-core machine loaded by other processes, the
+    default waiting cost a 2-step `gid` calibration of MiniLM 11-71 user-s against 7.5-8.6 s
+    passive (four runs each), and `audit` of the Mistral-shaped r=64 adapter 1.43 user-s against
+    1.12-1.26 s (two runs each); `benchmarks/bench_busy.py` times every command quiet and busy."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+@contextmanager
+def _torch_at_most(n: int) -> Iterator[None]:
+    """torch's intra-op threads capped at `n` inside the block (never raised), restored after; a
+    no-op when torch is not loaded (this module never imports it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "get_num_threads") or torch.get_num_threads() <= n:
+        yield  # not loaded (or still being imported), or already within n
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def ordered_map(

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import AdapterNotFoundError, FormatError
 from ..formats import SafetensorsSource
+from ..parallel import serial
 from ..types import LayerInfo
 from .norms import spectral_norm
 
@@ -211,7 +212,8 @@ def measure(
             problems[info.name] = f"{m.key}: {why}"
             continue
         w = base.get(m.key).reshape(shape[0], -1).astype(np.float64)  # (out, in) or (in, out)
-        sigma, method = spectral_norm(w)
+        with serial():  # one base matrix at a time (each can be GBs in float64): BLAS within cores()
+            sigma, method = spectral_norm(w)
         norms[info.name] = BaseNorm(m.key, shape, sigma, float(np.linalg.norm(w)), method)
         del w
         if progress:

@@ -33,6 +33,7 @@ from transformers import TrainerCallback  # noqa: E402
 from ..errors import ConfigError, InvalidArgumentError, MissingDependencyError  # noqa: E402
 from ..hfquiet import hf_quiet, quiet  # noqa: E402
 from ..integrations.hf import LorascopeCallback  # noqa: E402
+from ..parallel import set_torch_threads  # noqa: E402
 from .config import BenchConfig, LoraSection, ModelSection  # noqa: E402
 from .data import TaskData  # noqa: E402
 from .results import Evaluation  # noqa: E402
@@ -113,9 +114,8 @@ class Runtime:
         if self.generation and self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.train_set = _Examples(self._encode_train())
-        threads = cfg.train.threads
-        if threads:
-            torch.set_num_threads(threads)
+        # train.threads, or torch's own count (OMP_NUM_THREADS under Ray), within the thread policy
+        set_torch_threads(cfg.train.threads)
 
     # --- data ---------------------------------------------------------------------------------
     def _encode_train(self) -> list[dict[str, list[int]]]:

@@ -69,6 +69,10 @@ def tune_malloc() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real process: before a command module loads numpy (OpenBLAS) or torch
+        from ..parallel import idle_threads_sleep
+
+        idle_threads_sleep()
     args_in = sys.argv[1:] if argv is None else argv
     first = args_in[0] if args_in else None
     parser = build_parser(first if first in COMMANDS else None)

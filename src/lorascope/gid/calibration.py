@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..parallel import serial
 from .report import starved
 from .results import Calibration, GidReport, LayerGid, Memory, Timing
 from .spectra import SVD_BELOW, gid_metrics
@@ -208,17 +209,18 @@ def calibrate(
     cuda = layers[0][1].weight.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for i, start in enumerate(range(0, len(layers), group)):
-        part = layers[start : start + group]
-        t0 = time.perf_counter()
-        on_batch = tick.labelled(f"pass {i + 1}/{passes}, batch {{}}/{per_pass}")
-        grads = accumulate(model, batches, loss_fn, part, config.steps, on_batch)
-        t1 = time.perf_counter()
-        acc_bytes = max(acc_bytes, sum(g.numel() * 4 for g in grads.values()))
-        for n, m in part:
-            rows.append(layer_gid(n, m, grads.pop(n), config.rank))
-            tick(f"spectrum {len(rows)}/{len(layers)} {n}", last=len(rows) == len(layers))
-        pass_s, spectra_s = pass_s + t1 - t0, spectra_s + time.perf_counter() - t1
+    with serial():  # backward passes (torch) and spectra (LAPACK) within the thread policy's cores
+        for i, start in enumerate(range(0, len(layers), group)):
+            part = layers[start : start + group]
+            t0 = time.perf_counter()
+            on_batch = tick.labelled(f"pass {i + 1}/{passes}, batch {{}}/{per_pass}")
+            grads = accumulate(model, batches, loss_fn, part, config.steps, on_batch)
+            t1 = time.perf_counter()
+            acc_bytes = max(acc_bytes, sum(g.numel() * 4 for g in grads.values()))
+            for n, m in part:
+                rows.append(layer_gid(n, m, grads.pop(n), config.rank))
+                tick(f"spectrum {len(rows)}/{len(layers)} {n}", last=len(rows) == len(layers))
+            pass_s, spectra_s = pass_s + t1 - t0, spectra_s + time.perf_counter() - t1
     return GidReport(
         model=config.model_name,
         definition=DEFINITION,

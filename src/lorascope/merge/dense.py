@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..parallel import blas_threads
 from ..spectral import LowRankSVD, energy_k
 
 _TOL = 1e-9  # ‖R‖_F ≤ this·(σ̃ₖ − σ̃ₖ₊₁): the kept subspaces within 1e-9 of the exact ones
@@ -60,12 +61,11 @@ def _arpack(a: np.ndarray, k: int, seed: int) -> LowRankSVD | None:
         from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
     except ImportError:
         return None
-    from threadpoolctl import threadpool_limits
 
     v0 = np.random.default_rng(seed).standard_normal(min(a.shape))  # (min(m, n),)
     # one BLAS thread, scipy's own OpenBLAS included (loaded after the thread policy looked): Lanczos
     # is a sequence of matrix-vector products and (k+1)-sized solves; more threads only busy-wait
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         try:
             u, s, vt = svds(a, k=k + 1, tol=0, v0=v0, solver="arpack")  # ascending σ
         except (ArpackNoConvergence, ArpackError):

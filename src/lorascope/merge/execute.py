@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import FormatError, InvalidArgumentError, UnsupportedError
 from ..formats import check_dest, check_writable, load, output_path, save
 from ..order import natural_sorted
-from ..parallel import ordered_map
+from ..parallel import ordered_map, serial
 from ..spectral import truncated_svd
 from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
 from .checks import adapter_label, check_finite_input, checked_error, rel_error
@@ -111,7 +111,8 @@ def merge_lazy(adapters: Sequence[Adapter], plan: MergePlan, options: MergeOptio
     for name, group in groups.items():
         rank = _planned_rank(adapters, group, plan.for_layer(name))
         if rank is None:  # `energy`: the rank is a result of the merge
-            kept[name] = compute(name)
+            with serial():  # outside the stream's ordered_map: the same thread policy
+                kept[name] = compute(name)
             layers.append(kept[name].info)
         else:
             idx = tuple(sorted(group))
