@@ -134,7 +134,7 @@ def test_narrow_window_has_no_horizontal_scroll(browser, pages):
     widths = browser.evaluate(
         "[...document.querySelectorAll('figure.plot .svgwrap')].map(s => s.getBoundingClientRect().width)"
     )
-    assert len(widths) == 8 and all(0 < w <= 360 for w in widths)
+    assert len(widths) == 11 and all(0 < w <= 360 for w in widths)
 
 
 # Every tick label's box on screen, per axis: [[axis #, label, left, top, right, bottom], ...]
