@@ -15,6 +15,7 @@ import os
 import pytest
 from headless import Browser, find_browser
 from report_inputs import audit_doc, bench_dir, gid_json, run_log, study_dir, unet_names
+from test_report_trial import trial_doc
 
 from lorascope.cli.main import main
 
@@ -28,7 +29,7 @@ if EXE is None:
         )
     pytest.skip("no headless chromium (apt-get install chromium)", allow_module_level=True)
 
-KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid"]
+KINDS = ["audit", "merge_audit", "run", "bench", "study", "gid", "gid_trial"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,9 @@ def pages(tmp_path_factory):
         bench_dir(tmp / "bench"),
         study_dir(tmp / "study"),
         gid_json(tmp / "gid.json"),
+        tmp / "summary.json",
     ]
+    (tmp / "summary.json").write_text(json.dumps(trial_doc()))
     assert main(["report", *map(str, inputs), "-o", str(tmp / "all.html")]) == 0
     (tmp / "big.json").write_text(json.dumps(audit_doc(n_blocks=32, r=64)))
     assert main(["report", str(tmp / "big.json"), "-o", str(tmp / "big.html")]) == 0
@@ -92,7 +95,7 @@ def test_loads_without_errors_or_requests_and_shows_every_section(browser, pages
         "[...document.querySelectorAll('figure.plot svg')].map(s => {const r = s.getBoundingClientRect();"
         " return [r.width, r.height]})"
     )
-    assert len(sizes) == 8 and all(w > 300 and h > 100 for w, h in sizes)
+    assert len(sizes) == 11 and all(w > 300 and h > 100 for w, h in sizes)
     assert browser.evaluate("document.documentElement.dataset.ready") == "1"
 
 
@@ -131,7 +134,7 @@ def test_narrow_window_has_no_horizontal_scroll(browser, pages):
     widths = browser.evaluate(
         "[...document.querySelectorAll('figure.plot .svgwrap')].map(s => s.getBoundingClientRect().width)"
     )
-    assert len(widths) == 8 and all(0 < w <= 360 for w in widths)
+    assert len(widths) == 11 and all(0 < w <= 360 for w in widths)
 
 
 # Every tick label's box on screen, per axis: [[axis #, label, left, top, right, bottom], ...]
@@ -191,7 +194,7 @@ LEGENDS = """[...document.querySelectorAll('figure.plot svg')].flatMap(svg => {
 def test_legends_sit_outside_the_plotting_areas(browser, pages):
     _open(browser, pages[0])
     legends = browser.evaluate(LEGENDS)
-    assert len(legends) >= 6  # audit ×2, run ×4 panels, bench, gid, merge
+    assert len(legends) >= 8  # audit ×2, run ×4 panels, bench, gid, merge, fair test ×2
     for legend, areas in legends:
         for area in areas:
             dx = min(legend[2], area[2]) - max(legend[0], area[0])

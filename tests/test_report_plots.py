@@ -178,7 +178,7 @@ def test_the_example_runs_two_alerts_are_two_rows():
 
 HINT = (
     "(hint: report takes adapters, audit and merge-audit JSON, run logs (.jsonl), bench and study folders, "
-    "and gid.json)"
+    "gid.json, regime.json, and the fair test's summary.json (schema lorascope.gid-trial/v1))"
 )
 
 

@@ -1,5 +1,6 @@
 """`lorascope report INPUT... -o report.html`: one self-contained HTML page for any mix of
-adapters, audit and merge-audit JSON, run logs, bench and study directories and gid.json."""
+adapters, audit and merge-audit JSON, run logs, bench and study directories, gid.json, regime.json
+and the fair test's summary.json (schema lorascope.gid-trial/v1)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def register(p: argparse.ArgumentParser) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="adapter, audit JSON, merge-audit JSON, run.jsonl, bench directory, study directory or gid.json",
+        help="adapter, audit JSON, merge-audit JSON, run.jsonl, bench directory, study directory, "
+        "gid.json, regime.json or the fair test's summary.json",
     )
     output_option(
         p,

@@ -5,7 +5,8 @@
     page.parts[0].built.data          # the JSON behind section 1 (embedded in the page too)
 
 Inputs (inputs.py decides): an adapter (audited on the fly), an audit JSON, a merge-audit JSON, a
-run log, a bench directory, a study directory, a gid.json.  All inputs are read and checked before
+run log, a bench directory, a study directory, a gid.json, a regime.json, the fair test's summary
+(schema `lorascope.gid-trial/v1`, examples/fair_summary.py).  All inputs are read and checked before
 anything is written; an input that cannot be read raises the error the command that reads it
 raises, prefixed with its position when there are several ("input 2 of 3: …").
 

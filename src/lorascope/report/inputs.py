@@ -1,7 +1,9 @@
 """Which section an input becomes, decided from the path alone or the JSON's `schema` field.
 
-* a `.json` file: its `schema` (`lorascope.audit/v1` → audit, …), else its file name (`gid.json`,
-  `bench.json`, `study.json`); anything else is refused with the schemas that are read;
+* a `.json` file: its `schema` (`lorascope.audit/v1` → audit, …, `lorascope.gid-trial/v1` → the
+  fair test's summary), else its file name (`gid.json`, `bench.json`, `study.json`, `regime.json`;
+  not `summary.json`, too common a name to mark a kind); anything else is refused with the schemas
+  that are read;
 * a `.jsonl` file: a run log, unless its name marks another kind (`adapters.jsonl`: a study);
 * a directory holding a kind's marker file (`bench.json`, `bench_aggregate.json`, also one level
   down for per-seed folders, or `bench_config.json` of a bench no seed of which has finished;
@@ -25,7 +27,7 @@ from .base import SectionKind
 # the hint of every error about what an input is (report has no --format: the kind is decided here)
 REPORT_HINT = (
     "report takes adapters, audit and merge-audit JSON, run logs (.jsonl), bench and study folders, "
-    "and gid.json"
+    "gid.json, regime.json, and the fair test's summary.json (schema lorascope.gid-trial/v1)"
 )
 
 

@@ -14,6 +14,7 @@ from . import (
     regime_section,
     run_section,
     study_section,
+    trial_section,
 )
 from .base import SectionKind
 
@@ -35,4 +36,5 @@ SECTIONS = _registry(
     study_section.SECTION,
     gid_section.SECTION,
     regime_section.SECTION,
+    trial_section.SECTION,
 )
