@@ -11,6 +11,7 @@ a difference".  Wilcoxon signed-rank p-values are reported beside it, not used i
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def compare(runs: dict, tasks: list[str], a: str, b: str) -> dict:
         t_res = stats.ttest_rel([p[2] for p in pairs], [p[3] for p in pairs])
         sd = statistics.stdev(diffs)
         half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
-        out.update(p=float(t_res.pvalue), t=float(t_res.statistic), ci95=[out["diff_mean"] - half, out["diff_mean"] + half])
+        t_stat = float(t_res.statistic)  # ±inf when every difference is the same non-zero number
+        out.update(p=float(t_res.pvalue), t=t_stat if math.isfinite(t_stat) else None,
+                   ci95=[out["diff_mean"] - half, out["diff_mean"] + half])  # fmt: skip
         out["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
     else:
         out.update(p=1.0, t=0.0, ci95=[out["diff_mean"] or 0.0] * 2, wilcoxon_p=1.0)
