@@ -9,7 +9,8 @@ For each dense method (ties, dare_ties, dare_linear, magnitude_prune) the whole
 check), interleaved before / after, `--repeats` rounds, median CPU time (`time.process_time`: all
 threads of this process, so another job's load does not count, BLAS threads spinning do) and wall.
 *before* is what the code did until now: numpy's full SVD of the merged ΔW, truncated
-(`full_svd_truncation` below), one layer at a time with BLAS on every core; *after* is the code
+(`full_svd_truncation` below), one layer at a time with BLAS on every core, and TIES's sign
+election and disjoint merge as they were (`old_disjoint_merge`); *after* is the code
 now: `merge.dense.dense_truncated_svd`, and layers of this size on every core, one BLAS thread each.
 With LORASCOPE_THREADS=1 both run on one core, one BLAS thread: the work itself, without the
 busy-waiting of idle OpenBLAS threads that inflates *before* on a loaded machine.
@@ -32,6 +33,7 @@ import numpy as np
 from lorascope.formats import load
 from lorascope.merge import LayerPlan, MergePlan, merge_files
 from lorascope.merge import execute as merge_execute
+from lorascope.merge import methods as merge_methods
 from lorascope.merge.dense import dense_truncated_svd
 from lorascope.parallel import cores
 from lorascope.spectral import LowRankSVD
@@ -45,6 +47,32 @@ def full_svd_truncation(m, rank=None, energy=None, *, seed=0) -> LowRankSVD:
     u, s, vt = np.linalg.svd(np.asarray(m, np.float64), full_matrices=False)
     k = min(m.shape) if rank is None else min(rank, min(m.shape))
     return LowRankSVD(u, s, vt).truncate(k)
+
+
+def old_disjoint_merge(xs, w, masks, rescale, majority, normalize, overwrite=False):
+    """TIES steps 2-3 as the code did before `overwrite`: v_i recomputed per pass, agreement by
+    np.where (kept here as the *before* reference; `overwrite` ignored)."""
+    from lorascope.merge.methods import _weighted
+
+    tmp = np.empty(xs[0].shape)
+    elect = np.zeros(xs[0].shape)
+    for x, wi, mask in zip(xs, w, masks, strict=True):
+        v = _weighted(x, wi * rescale, mask, tmp)
+        elect += np.sign(v, out=v) if majority == "frequency" else v
+    positive = elect >= 0
+    out = elect
+    out.fill(0.0)
+    norm = np.zeros(xs[0].shape) if normalize else None
+    for x, wi, mask in zip(xs, w, masks, strict=True):
+        v = _weighted(x, wi * rescale, mask, tmp)
+        agree = np.where(positive, v > 0, v < 0)
+        v *= agree
+        out += v
+        if norm is not None:
+            np.add(norm, abs(wi), out=norm, where=agree)
+    if norm is not None:
+        np.divide(out, norm, out=out, where=norm > 0)
+    return out
 
 
 def write_adapter(dest: Path, rank: int, seed: int, blocks: int) -> Path:
@@ -71,15 +99,17 @@ def write_adapter(dest: Path, rank: int, seed: int, blocks: int) -> Path:
 
 
 def timed(adapters, dest: Path, method: str, before: bool) -> tuple[float, float]:
-    parallel = merge_execute._DENSE_PARALLEL
-    if before:  # the code until now: full SVD, one layer at a time
+    parallel, disjoint = merge_execute._DENSE_PARALLEL, merge_methods._disjoint_merge
+    if before:  # the code until now: full SVD, one layer at a time, the old TIES disjoint merge
         merge_execute.dense_truncated_svd, merge_execute._DENSE_PARALLEL = full_svd_truncation, 0
+        merge_methods._disjoint_merge = old_disjoint_merge
     try:
         c0, w0 = time.process_time(), time.perf_counter()
         merge_files(adapters, dest, MergePlan((1.0, 1.0), LayerPlan(method)))
         return time.process_time() - c0, time.perf_counter() - w0
     finally:
         merge_execute.dense_truncated_svd, merge_execute._DENSE_PARALLEL = dense_truncated_svd, parallel
+        merge_methods._disjoint_merge = disjoint
 
 
 def max_difference(before: Path, after: Path) -> float:
@@ -96,6 +126,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--layers", type=int, default=24, help="transformer blocks (q and v each)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -104,7 +135,7 @@ def main() -> None:
             load(write_adapter(work / "b", 4, 1, args.layers)),
         ]
         rows = {}
-        for method in METHODS:
+        for method in args.methods.split(","):
             runs: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
             diff = 0.0
             for r in range(args.repeats):  # interleaved: before, after, before, after, ...
