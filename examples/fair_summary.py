@@ -37,11 +37,11 @@ LABELS = {
 
 def final_runs(rows: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
     """(task, method) -> seed -> the run at the chosen learning rate (seed 0's from selection)."""
-    lrs = chosen_lrs(rows)
+    lrs, first = chosen_lrs(rows), min_seed(rows)
     out: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         key = (r["task"], r["method"])
-        if key in lrs and r["lr"] == lrs[key] and (r["phase"] == "final" or r["seed"] == min_seed(rows)):
+        if key in lrs and r["lr"] == lrs[key] and (r["phase"] == "final" or r["seed"] == first):
             out.setdefault(key, {})[r["seed"]] = r
     return out
 
@@ -68,7 +68,11 @@ def compare(runs: dict, tasks: list[str], a: str, b: str) -> dict:
         for s in sorted(set(runs.get((t, a), {})) & set(runs.get((t, b), {})))
     ]
     diffs = [x - y for _, _, x, y in pairs]
-    per_task = {t: statistics.mean([x - y for tt, _, x, y in pairs if tt == t]) for t in tasks if any(p[0] == t for p in pairs)}
+    per_task = {
+        t: statistics.mean([x - y for tt, _, x, y in pairs if tt == t])
+        for t in tasks
+        if any(p[0] == t for p in pairs)
+    }
     out = {"a": a, "b": b, "n_pairs": len(pairs), "diff_mean": statistics.mean(diffs) if diffs else None,
            "per_task_diff": per_task, "pairs": [[t, s, x, y] for t, s, x, y in pairs]}  # fmt: skip
     if len(diffs) >= 2 and any(d != 0 for d in diffs):
@@ -109,7 +113,9 @@ def method_rows(rows: list[dict], runs: dict, tasks: list[str]) -> list[dict]:
                 continue
             accs = [seeds[s]["test_acc"] for s in sorted(seeds)]
             steps = [p for p, _ in seeds[min(seeds)]["val_curve"]]
-            curve = [[p, statistics.mean(seeds[s]["val_curve"][i][1] for s in seeds)] for i, p in enumerate(steps)]
+            curve = [
+                [p, statistics.mean(seeds[s]["val_curve"][i][1] for s in seeds)] for i, p in enumerate(steps)
+            ]
             out.append({
                 "task": t, "method": m, "label": LABELS[m], "lr": lrs[(t, m)],
                 "trainable_params": seeds[min(seeds)]["trainable_params"],
@@ -126,7 +132,13 @@ def plateau(methods: list[dict]) -> dict:
     for m in methods:
         if m["method"] == "lora" and len(m["val_curve_mean"]) >= 2:
             (s1, a1), (s2, a2) = m["val_curve_mean"][-2:]
-            out[m["task"]] = {"step_before": s1, "val_before": a1, "step_last": s2, "val_last": a2, "rise": a2 - a1}
+            out[m["task"]] = {
+                "step_before": s1,
+                "val_before": a1,
+                "step_last": s2,
+                "val_last": a2,
+                "rise": a2 - a1,
+            }
     return out
 
 
@@ -136,7 +148,8 @@ def build_summary(out: Path) -> dict:
         raise SystemExit(f"{out / 'runs.jsonl'}: no finished runs yet")
     tasks = sorted({r["task"] for r in rows}, key=lambda t: ["sentiment", "party"].index(t))
     runs = final_runs(rows)
-    comparisons = [compare(runs, tasks, a, b) | {"question": q} for a, b, q in COMPARISONS]
+    ran = {m for _, m in runs}  # a run of a subset of the methods compares only what it has
+    comparisons = [compare(runs, tasks, a, b) | {"question": q} for a, b, q in COMPARISONS if {a, b} <= ran]
     for c, p in zip(comparisons, holm([c["p"] for c in comparisons]), strict=True):
         c["p_holm"] = p
         c["verdict"] = verdict(c, tasks)
@@ -146,7 +159,8 @@ def build_summary(out: Path) -> dict:
         "schema": SCHEMA,
         "title": "Rank placed by gradient dimensionality vs uniform LoRA, equal parameters",
         "protocol": {k: first[k] for k in ("steps", "batch", "max_len")} | {
-            "model": "all-MiniLM-L6-v2, first 3 blocks", "lr_grid": sorted({r["lr"] for r in rows if r["phase"] == "select"}),
+            "model": "all-MiniLM-L6-v2, first 3 blocks",
+            "lr_grid": sorted({r["lr"] for r in rows if r["phase"] == "select"}),
             "alpha": ALPHA, "test": "two-sided paired t over (task, seed), Holm over 4 comparisons"},
         "tasks": tasks,
         "methods": methods,
@@ -159,24 +173,35 @@ def build_summary(out: Path) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    lines = ["| task | method | chosen lr | trainable params | test accuracy (mean ± std) | per seed |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | method | chosen lr | trainable params | test accuracy (mean ± std) | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in doc["methods"]:
         std = f"{m['test_std']:.4f}" if m["test_std"] is not None else "n/a"
         seeds = ", ".join(f"{a:.4f}" for a in m["test_per_seed"])
-        lines.append(f"| {m['task']} | {m['label']} | {m['lr']:g} | {m['trainable_params']:,} | {m['test_mean']:.4f} ± {std} | {seeds} |")
-    lines += ["", "| comparison | pairs | mean diff | 95 % CI | paired t p | Holm p | Wilcoxon p | per task | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {m['task']} | {m['label']} | {m['lr']:g} | {m['trainable_params']:,} "
+            f"| {m['test_mean']:.4f} ± {std} | {seeds} |"
+        )
+    head = (
+        "| comparison | pairs | mean diff | 95 % CI | paired t p | Holm p | Wilcoxon p | per task | verdict |"
+    )
+    lines += ["", head, "|---|---|---|---|---|---|---|---|---|"]
     for c in doc["comparisons"]:
         per = ", ".join(f"{t} {d:+.4f}" for t, d in c["per_task_diff"].items())
         lines.append(
-            f"| {c['a']} vs {c['b']} | {c['n_pairs']} | {c['diff_mean']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
+            f"| {c['a']} vs {c['b']} | {c['n_pairs']} | {c['diff_mean']:+.4f} "
+            f"| [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] "
             f"| {c['p']:.3g} | {c['p_holm']:.3g} | {c['wilcoxon_p']:.3g} | {per} | {c['verdict']} |"
         )
     lines.append("")
     for t, p in doc["plateau"].items():
         lines.append(f"LoRA validation accuracy on {t}: {p['val_before']:.4f} at step {p['step_before']}, "
                      f"{p['val_last']:.4f} at step {p['step_last']} (rise {p['rise']:+.4f}).")  # fmt: skip
-    lines.append(f"\n{doc['runs']} runs, {doc['cpu_s_total'] / 3600:.2f} CPU-hours in training and evaluation.")
+    lines.append(
+        f"\n{doc['runs']} runs, {doc['cpu_s_total'] / 3600:.2f} CPU-hours in training and evaluation."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -116,15 +116,22 @@ def build(method: str, plans: dict, seed: int):
     return model
 
 
+def warmup_then_decay(opt, steps: int):
+    """10 % linear warm-up, then linear decay to 0 at `steps`: the schedule of every example run."""
+    import torch
+
+    warm = max(1, steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+    )
+
+
 def train(model, data, lr, steps) -> list[float]:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-    )
+    sched = warmup_then_decay(opt, steps)
     model.train()
     times = []
     for batch in data[:steps]:

@@ -27,16 +27,17 @@ import os
 import resource
 import sys
 import time
-from types import SimpleNamespace
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fair_tasks  # noqa: E402
+from gid_experiment import TARGETS, warmup_then_decay  # noqa: E402
+from gid_experiment import batches as experiment_batches  # noqa: E402
 
-TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 METHODS = ("lora", "ralora", "ralora-pro", "peft-gid", "peft-random", "full")
 LR_GRID = (2e-4, 1e-3, 5e-3)
 SEEDS = (0, 1, 2, 3, 4)
@@ -69,7 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def mean_pooled(encoder, n_labels: int = 2):
     """MiniLM's encoder with its sentence embedding (the mean of the token states over the mask,
     as sentence-transformers pools it) and a linear head; `model(**batch)` gives .loss and .logits."""
-    import torch
     from torch import nn
 
     class Model(nn.Module):
@@ -107,16 +107,7 @@ def base_model(seed: int):
 
 def batches(tok, part, batch: int, max_len: int, seed: int, steps: int) -> list[dict]:
     """`steps` batches in the seed's order (the same for every method and learning rate)."""
-    import torch
-
-    order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed)).tolist()
-    out = []
-    for i in range(steps):
-        idx = [order[(i * batch + j) % len(order)] for j in range(batch)]
-        enc = tok([part.texts[k] for k in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        enc["labels"] = torch.tensor([part.labels[k] for k in idx])
-        out.append(dict(enc))
-    return out
+    return experiment_batches(tok, part.texts, part.labels, batch, max_len, seed, steps)
 
 
 def accuracy(model, tok, part, max_len: int) -> float:
@@ -126,7 +117,13 @@ def accuracy(model, tok, part, max_len: int) -> float:
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(part), 64):
-            enc = tok(list(part.texts[i : i + 64]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            enc = tok(
+                list(part.texts[i : i + 64]),
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             pred = model(**enc).logits.argmax(-1)
             correct += int((pred == torch.tensor(part.labels[i : i + 64])).sum())
     model.train()
@@ -198,10 +195,7 @@ def train_one(job: dict) -> dict:
     train = batches(tok, data.train, job["batch"], job["max_len"], job["seed"], steps)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=job["lr"], weight_decay=0.0, fused=True)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-    )
+    sched = warmup_then_decay(opt, steps)
     model.train()
     curve, losses, window = [], [], []
     for step, batch in enumerate(train, start=1):
@@ -340,16 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         calibrate_task(args, task)
     first = args.seeds[0]
-    select = [job(args, t, m, first, lr, "select") for t in args.tasks for m in args.methods for lr in args.lrs]
+    select = [
+        job(args, t, m, first, lr, "select") for t in args.tasks for m in args.methods for lr in args.lrs
+    ]
     run_jobs(args, select, runs_path)
     lrs = chosen_lrs(read_runs(runs_path))
     final = [
-        job(args, t, m, s, lrs[(t, m)], "final") for s in args.seeds[1:] for t in args.tasks for m in args.methods
+        job(args, t, m, s, lrs[(t, m)], "final")
+        for s in args.seeds[1:]
+        for t in args.tasks
+        for m in args.methods
     ]
     run_jobs(args, final, runs_path)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
-        f"this invocation: {time.perf_counter() - t0:.0f} s wall, driver {time.process_time() - c0:.0f} CPU-s, "
+        f"this invocation: {time.perf_counter() - t0:.0f} s wall, "
+        f"driver {time.process_time() - c0:.0f} CPU-s, "
         f"workers {children.ru_utime + children.ru_stime:.0f} CPU-s",
         file=sys.stderr,
     )
