@@ -8,7 +8,14 @@ from conftest import quantize, to_bf16_bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorascope.merge.pairwise import PairOptions, kth_largest, pair_metrics, sign_conflict
+from lorascope.merge.pairwise import (
+    PairOptions,
+    kth_largest,
+    pair_metrics,
+    sign_conflict,
+    stacked_grams,
+    weighted_sigma,
+)
 from lorascope.spectral import energy_k
 from lorascope.types import LayerInfo, LoraDelta
 
@@ -220,3 +227,39 @@ def test_kth_largest_is_a_full_partition(n, seed, kind, share):
         x = np.sort(x)
     k = min(n, 1 + int(share * n))
     assert kth_largest(x, k) == np.partition(x, n - k)[n - k]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    r1=st.integers(1, 9),
+    r2=st.integers(1, 9),
+    shared=st.floats(0.0, 1.0),
+    w=st.tuples(st.sampled_from([0.5, -0.25, 1.0, 0.0, 3.0]), st.sampled_from([0.5, 2.0, -1.0])),
+    big=st.sampled_from([1.0, 1e-150, 1e150]),
+)
+def test_weighted_sigma_equals_the_dense_svd_of_the_weighted_sum(seed, r1, r2, shared, w, big):
+    """σ(w₁ΔW₁ + w₂ΔW₂) from the stacked Grams, against numpy's SVD of the dense sum: the pair
+    may share directions (a redundant pair: near-singular stacked Grams), r₁+r₂ may exceed n,
+    and factors of 1e±150 push the Grams to the ends of float64."""
+    rng = np.random.default_rng(seed)
+    m, n = int(rng.integers(6, 30)), int(rng.integers(6, 14))
+    a1, b1 = rng.standard_normal((r1, n)), rng.standard_normal((m, r1))
+    a2, b2 = rng.standard_normal((r2, n)), rng.standard_normal((m, r2))
+    k = min(r1, r2)
+    a2[:k] = shared * a1[:k] + (1 - shared) * a2[:k]  # shared = 1: the same input directions
+    b2[:, :k] = shared * b1[:, :k] + (1 - shared) * b2[:, :k]
+    d1, d2 = delta(a1 * big, b1, 0.7), delta(a2, b2 * big, -1.3)
+    dense = w[0] * d1.dense() + w[1] * d2.dense()  # (m, n)
+    want = np.linalg.svd(dense, compute_uv=False)  # (min(m, n),)
+    got = weighted_sigma(d1, d2, w, stacked_grams(d1, d2))
+    assert got.shape == (r1 + r2,)
+    assert np.all(np.diff(got) <= 0) and np.all(got >= 0)
+    want = np.concatenate([want, np.zeros(max(0, r1 + r2 - want.size))])[: r1 + r2]
+    size = abs(w[0]) * np.linalg.norm(d1.dense()) + abs(w[1]) * np.linalg.norm(d2.dense())  # N
+    if size == 0:
+        assert np.all(got == 0)
+        return
+    big_ones = want >= 1e-3 * size
+    np.testing.assert_allclose(got[big_ones], want[big_ones], rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7 * size)

@@ -27,8 +27,8 @@ from ..spectral import NonFiniteError, SpectrumOverflowError
 from ..structured import compact
 from ..types import Adapter, LayerInfo
 from .match import layer_keys
-from .methods import get_method, stacked_svd
-from .pairwise import PairMetrics, PairOptions, pair_metrics
+from .methods import get_method
+from .pairwise import PairMetrics, PairOptions, pair_metrics, stacked_grams, weighted_sigma
 from .peft_args import peft_equivalent
 from .plan import LayerPlan, MergePlan
 from .verdict import REDUNDANT_WEIGHT, VERDICTS, Recommendation, Thresholds, classify, recommend
@@ -266,7 +266,8 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
     d1, d2 = deltas
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # σ₁ beyond passes.SIGMA_LIMIT is refused below
-            p = pair_metrics(d1, d2, options.pair)
+            grams = stacked_grams(d1, d2)  # (r₁+r₂)² each: the metrics' and the averaged spectrum's
+            p = pair_metrics(d1, d2, options.pair, grams)
     except NonFiniteError as e:  # NaN/Inf in a factor
         raise nonfinite_error((i1, i2)[e.side], e.which, (a, b)[e.side].path) from None
     except SpectrumOverflowError as e:  # finite factors, but ΔW itself beyond float64
@@ -278,17 +279,16 @@ def _layer(a: Adapter, b: Adapter, deltas, options: MergeAuditOptions) -> LayerP
         metrics.effective_rank(metrics.Spectrum(p.sigma2, i2.rank)),
     )
     verdict, reasons = classify(p, options.thresholds)
-    merged = _averaged_sigma(d1, d2, options.weights) if verdict == "REDUNDANT" else None
+    merged = _averaged_sigma(d1, d2, options.weights, grams) if verdict == "REDUNDANT" else None
     rec = recommend(p, verdict, (i1.rank, i2.rank), options.thresholds, merged)
     return LayerPair(i1, i2, p, eff, verdict, reasons, rec)
 
 
-def _averaged_sigma(d1, d2, weights: tuple[float, float]) -> np.ndarray:
-    """Exact singular values of ½(w₁ΔW₁ + w₂ΔW₂) from the stacked factors (what `merge --method
+def _averaged_sigma(d1, d2, weights: tuple[float, float], grams) -> np.ndarray:
+    """Singular values of ½(w₁ΔW₁ + w₂ΔW₂) from the pair's stacked Grams (what `merge --method
     svd` truncates for a REDUNDANT layer: verdict.recommend picks its rank from them)."""
     half = REDUNDANT_WEIGHT
-    pairs = [(d.down, d.up, half * w * d.scale) for d, w in zip((d1, d2), weights, strict=True)]
-    return stacked_svd(pairs).s
+    return weighted_sigma(d1, d2, (half * weights[0], half * weights[1]), grams)
 
 
 def _summary(layers: list[LayerPair]) -> dict[str, Any]:
