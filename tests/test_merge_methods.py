@@ -122,6 +122,21 @@ def test_ties(deltas, majority, normalize, density):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("block", [1, 2 * IN + 1, 10**9])  # one row, a few rows, the whole layer per block
+@pytest.mark.parametrize("majority", ["total", "frequency"])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_ties_row_blocks_give_the_same_merge(deltas, monkeypatch, block, majority, overwrite):
+    """The disjoint merge runs one block of rows at a time: any block size, in place or not, is
+    the reference (sign ties, zero contributors and a negative weight included)."""
+    monkeypatch.setattr(mm, "_BLOCK", block)
+    xs = [x.copy() for x in deltas]
+    xs[1][0] = -xs[0][0] * WEIGHTS[0] / WEIGHTS[1]  # row 0: the weighted sum is exactly zero in places
+    xs[2][1] = 0.0  # row 1: one input contributes nothing
+    want = ref_elect_merge([ref_trim(x, 0.6) for x in xs], WEIGHTS, majority, True)
+    got = mm.ties([x.copy() for x in xs], WEIGHTS, density=0.6, majority=majority, overwrite=overwrite)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("majority", ["total", "frequency"])
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("density", [0.3, 0.9])
