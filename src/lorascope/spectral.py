@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .types import widen_bf16
+
 GRAM_MIN_RATIO = 1e-6
 _CHOL_MIN_RATIO = 1e-5  # Cholesky root of G_A when its diagonal spans < 1e5 (cond(G_A) ≲ 1e10)
 _CHOLQR_MAX_COND = 1e6  # CholeskyQR2 accepted below this estimated condition number of a factor
@@ -89,12 +91,13 @@ def _gram_rows(xs: tuple[np.ndarray, ...]) -> np.ndarray:
     width = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
     g = np.zeros((r, r))  # (r, r)
     buf = np.empty(r * min(n, width))  # flat: every block view is C-contiguous
+    wide = _bits_buffer(xs, r * min(n, width))
     for j in range(0, n, width):
         w = min(width, n - j)
         blk = buf[: r * w].reshape(r, w)  # (r, w) float64
         top = 0
         for x in xs:
-            np.copyto(blk[top : top + x.shape[0]], x[:, j : j + w])
+            _widen_into(blk[top : top + x.shape[0]], x[:, j : j + w], wide)
             top += x.shape[0]
         g += blk @ blk.T  # (r, r)  syrk
     return g
@@ -108,19 +111,42 @@ def _gram_cols(xs: tuple[np.ndarray, ...]) -> np.ndarray:
     height = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
     g = np.zeros((r, r))  # (r, r)
     buf = np.empty(min(m, height) * r)
+    wide = _bits_buffer(xs, min(m, height) * r)
     for i in range(0, m, height):
         h = min(height, m - i)
         blk = buf[: h * r].reshape(h, r)  # (h, r) float64
         left = 0
         for x in xs:
-            np.copyto(blk[:, left : left + x.shape[1]], x[i : i + h])
+            _widen_into(blk[:, left : left + x.shape[1]], x[i : i + h], wide)
             left += x.shape[1]
         g += blk.T @ blk  # (r, r)  syrk
     return g
 
 
+def _bits_buffer(xs: tuple[np.ndarray, ...], size: int) -> np.ndarray | None:
+    """A uint32 scratch block for widening bf16 bit patterns, when any of `xs` holds them."""
+    return np.empty(size, dtype=np.uint32) if any(x.dtype == np.uint16 for x in xs) else None
+
+
+def _widen_into(dest: np.ndarray, x: np.ndarray, wide: np.ndarray | None) -> None:
+    """dest[...] = x's values in float64; a uint16 x holds bf16 bit patterns (types.Bf16Delta),
+    shifted into the high half of a 32-bit word in the cache-sized scratch block `wide` first."""
+    if x.dtype != np.uint16:
+        np.copyto(dest, x)
+        return
+    assert wide is not None
+    word = wide[: x.size].reshape(x.shape)
+    np.left_shift(x, 16, out=word, dtype=np.uint32)
+    np.copyto(dest, word.view(np.float32))
+
+
+def _values(x: np.ndarray) -> np.ndarray:
+    """x's values: a uint16 x holds bf16 bit patterns (types.Bf16Delta), widened to float32."""
+    return widen_bf16(x) if x.dtype == np.uint16 else x
+
+
 def _f64(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
+    return np.asarray(_values(x), dtype=np.float64)
 
 
 def check_finite(ga: np.ndarray, gb: np.ndarray, ranks: tuple[int, ...] = ()) -> None:
@@ -196,7 +222,7 @@ class Core:
 
     def _vectors(self, down, up, p: np.ndarray, r: np.ndarray, work) -> tuple[np.ndarray, np.ndarray]:
         """(U (m, k), Vᵀ (k, n)) = (B·p, r·A) for the core's form (see `form`), as thin products."""
-        dn, u = np.asarray(down, dtype=work), np.asarray(up, dtype=work)  # (r0, n), (m, r0)
+        dn, u = np.asarray(_values(down), dtype=work), np.asarray(_values(up), dtype=work)  # (r0, n), (m, r0)
         p, r = p.astype(work), r.astype(work)
         if self.form == "rows":  # A = up@down (m, n), B = I_m
             return p, (r @ u) @ dn
@@ -290,6 +316,7 @@ def _ldexp(x: float, e: int) -> float:  # x·2^e, inf on overflow (math.ldexp ra
 
 def _peak(x: np.ndarray, which: str) -> int:
     """The binary exponent e of max|x| (max|x| < 2^e), 0 for a zero x; NonFiniteError on NaN/Inf."""
+    x = _values(x)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if not np.isfinite(peak):
         raise NonFiniteError(which)
@@ -300,7 +327,7 @@ def _normalised(g: np.ndarray, x: np.ndarray, which: str, *, rows: bool) -> tupl
     """(Ĝ, s): Ĝ = Gram of 2^-s·x with trace in [¼, 1), exact (powers of two).  A Gram whose
     accumulation over- or underflowed (|x| ≳ 1e154) is rebuilt from 2^-e·x; NaN/Inf → NonFiniteError."""
     t, e = float(np.trace(g)), 0
-    if t == 0 and not np.any(x):  # a zero factor (an untrained B): nothing to rescale
+    if t == 0 and not np.any(_values(x)):  # a zero factor (an untrained B): nothing to rescale
         return g, 0
     if not (np.isfinite(t) and _TRACE_RANGE[0] < t < _TRACE_RANGE[1]):  # also t = 0: underflow
         e = _peak(x, which)

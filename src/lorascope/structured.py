@@ -47,7 +47,7 @@ def delta_core(delta, *, vectors: bool = False) -> Core:
     info = delta.info
     sides = getattr(delta, "sides", None)
     if sides is None:
-        return layer_core(delta.down, delta.up, info.scale, vectors=vectors)
+        return layer_core(*factor_arrays(delta), info.scale, vectors=vectors)
     for n, (u, d) in enumerate(sides):  # NaN/Inf: side n (0, 1), its U ("up") or D ("down")
         for which, x in (("up", u), ("down", d)):
             if not np.isfinite(x).all():
@@ -58,6 +58,13 @@ def delta_core(delta, *, vectors: bool = False) -> Core:
     if inner > min(info.out_features, info.in_features):
         return product_core(delta.product(), 0, info.scale, vectors=vectors, length=inner)
     return layer_core(delta.down, delta.up, info.scale, vectors=vectors)
+
+
+def factor_arrays(delta) -> tuple[np.ndarray, np.ndarray]:
+    """(down, up) as the spectral functions take them: a bf16 layer's stored bit patterns
+    (`types.Bf16Delta.bits`, widened block by block inside the Gram products), else the factors."""
+    bits = getattr(delta, "bits", None)
+    return bits if bits is not None else (delta.down, delta.up)
 
 
 def compact(delta):
@@ -73,7 +80,8 @@ def compact(delta):
         inner = math.prod(u.shape[1] for u, _ in sides)
         parts = [("up", u) for u, _ in sides] + [("down", d) for _, d in sides]
     else:
-        inner, parts = delta.down.shape[0], [("down", delta.down), ("up", delta.up)]
+        inner = factor_arrays(delta)[0].shape[0]  # a bf16 layer's factors stay unwidened here
+        parts = [("down", delta.down), ("up", delta.up)] if inner > min(m, n) else []
     if inner <= min(m, n):
         return delta
     for which, x in parts:

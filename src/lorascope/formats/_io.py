@@ -65,6 +65,11 @@ class TensorSource:
     def get(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
+    def get_bits(self, key: str) -> np.ndarray | None:
+        """A BF16 tensor's stored 16-bit patterns (uint16, its shape), or None where the source
+        has no such tensor as stored bits (then `get` gives its values)."""
+        return None
+
 
 class SafetensorsSource(TensorSource):
     """A .safetensors file whose tensors are read by positional reads of their exact byte ranges.
@@ -119,6 +124,15 @@ class SafetensorsSource(TensorSource):
         arr = np.empty((end - start) // stored.itemsize, dtype=stored)  # (count,)
         self._read_into(key, arr, start)
         return arr.reshape(entry["shape"])
+
+    def get_bits(self, key: str) -> np.ndarray | None:
+        entry = self._entries[key]
+        if entry["dtype"] != "BF16":
+            return None
+        start, end = entry["data_offsets"]
+        bits = np.empty((end - start) // 2, dtype="<u2")  # (count,) owned: the caller keeps it
+        self._read_into(key, bits, start)
+        return bits.reshape(entry["shape"])
 
     def _read_into(self, key: str, arr: np.ndarray, start: int) -> None:
         """Fill the contiguous `arr` with the tensor's bytes.  A short read, or a file whose size or

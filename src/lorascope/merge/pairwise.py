@@ -53,7 +53,8 @@ from ..spectral import (
     gram_core,
     lora_svd,
 )
-from ..types import LoraDelta
+from ..structured import factor_arrays
+from ..types import LoraDelta, widen_bf16
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,10 @@ class StackedGrams:
 def stacked_grams(d1: LoraDelta, d2: LoraDelta) -> StackedGrams:
     """One stacked `syrk` per side over [A₁; A₂] (r₁+r₂, n) and [B₁ B₂] (m, r₁+r₂); entries may be
     non-finite for NaN/Inf factors or Grams beyond float64 (`pair_metrics` sorts those out)."""
+    (a1, b1), (a2, b2) = factor_arrays(d1), factor_arrays(d2)  # bf16: bits, widened block by block
     with np.errstate(over="ignore", invalid="ignore"):
-        ga, gb = factor_grams((d1.down, d2.down), (d1.up, d2.up))  # (r₁+r₂, r₁+r₂) each
-    return StackedGrams(ga, gb, d1.down.shape[0])
+        ga, gb = factor_grams((a1, a2), (b1, b2))  # (r₁+r₂, r₁+r₂) each
+    return StackedGrams(ga, gb, a1.shape[0])
 
 
 def weighted_sigma(
@@ -211,7 +213,7 @@ def pair_metrics(
     their `stacked_grams` when the caller has them already.  NonFiniteError (with `side` 0 or 1)
     when a factor holds NaN/Inf."""
     opt = options or PairOptions()
-    r1, r2 = d1.down.shape[0], d2.down.shape[0]
+    r1, r2 = _shape(d1)[0], _shape(d2)[0]
     g = grams if grams is not None else stacked_grams(d1, d2)
     ga, gb = g.ga, g.gb
     try:
@@ -261,6 +263,17 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _shape(d: LoraDelta) -> tuple[int, int, int]:
+    """(inner size, m, n) of a layer's factors, read without widening a bf16 layer's bits."""
+    down, up = factor_arrays(d)
+    return down.shape[0], up.shape[0], down.shape[1]
+
+
+def _values(x: np.ndarray) -> np.ndarray:
+    """x's values: a uint16 x holds bf16 bit patterns (`factor_arrays`), widened to float32."""
+    return widen_bf16(x) if x.dtype == np.uint16 else x
+
+
 def _usable(core: Core, k: int) -> bool:
     """A zero side (k = 0) has nothing to resolve; otherwise the Gram-route vectors must be trusted."""
     return k == 0 or core.separated(k)
@@ -281,7 +294,7 @@ def _explicit(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, inner: float) -> P
 
 
 def _pad(s: np.ndarray, d: LoraDelta) -> np.ndarray:
-    r = d.down.shape[0]
+    r = _shape(d)[0]
     return np.concatenate([s, np.zeros(r - s.size)]) if s.size < r else s
 
 
@@ -290,7 +303,7 @@ def _assemble(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, proj: _Projections
     sig1, sig2, inner, g1, g2 = proj.sigma1, proj.sigma2, proj.inner, proj.push1, proj.push2
     uu, vv = proj.left, proj.right
     k1, k2 = uu.shape
-    m, n = d1.up.shape[0], d1.down.shape[1]
+    _, m, n = _shape(d1)
     norm1, norm2 = float(np.sqrt(np.sum(sig1**2))), float(np.sqrt(np.sum(sig2**2)))
     kmin, kmax = min(k1, k2), max(k1, k2)
     cos_l = np.clip(np.linalg.svd(uu, compute_uv=False), 0.0, 1.0) if kmin else np.zeros(0)
@@ -331,7 +344,7 @@ def _assemble(d1: LoraDelta, d2: LoraDelta, opt: PairOptions, proj: _Projections
 
 def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float | None, int, bool]:
     """(rate, entries looked at, sampled?) — see the module docstring."""
-    m, n = d1.up.shape[0], d1.down.shape[1]
+    _, m, n = _shape(d1)
     rows: slice | np.ndarray  # every row, or the sorted sampled row indices (m′,)
     cols: slice | np.ndarray  # (n′,)
     if m * n <= opt.sign_exact_max:
@@ -354,8 +367,9 @@ def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float
 
 
 def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
-    b = np.asarray(d.up[rows], dtype=dtype)  # (m′, r)
-    a = np.asarray(d.down[:, cols], dtype=dtype)  # (r, n′)
+    down, up = factor_arrays(d)  # a bf16 layer's bits: only the sampled rows and columns are widened
+    b = np.asarray(_values(up[rows]), dtype=dtype)  # (m′, r)
+    a = np.asarray(_values(down[:, cols]), dtype=dtype)  # (r, n′)
     out = b @ a  # (m′, n′)
     out *= dtype(d.scale)
     return out
