@@ -99,3 +99,20 @@ def test_bf16_delta_refuses_non_bit_arrays():
     info = LayerInfo("x", "linear", 2, 3, 4, 1.0, "bf16")
     with pytest.raises(ValueError, match="uint16"):
         Bf16Delta(info, np.zeros((2, 4), np.float32), np.zeros((3, 2), np.uint16))
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
+def test_kohya_and_diffusers_bf16_layers_load_as_bits(bf16_pair, tmp_path, fmt):
+    """The other plain-LoRA readers take the same route: converted from the bf16 PEFT adapter,
+    every layer is a Bf16Delta with the same bits and the same spectrum."""
+    from lorascope.convert import convert_file
+
+    peft = load(bf16_pair[0])
+    written = convert_file(bf16_pair[0], tmp_path / f"out-{fmt}.safetensors", to=fmt).dest
+    other = load(written)
+    assert all(isinstance(other.delta(n), Bf16Delta) for n in other.names)
+    for name, theirs in zip(peft.names, other.names, strict=True):
+        d, e = peft.delta(name), other.delta(theirs)
+        np.testing.assert_allclose(e.dense(), d.dense(), rtol=1e-6, atol=1e-9)  # ΔW kept by the conversion
+        want = dense_sigma(d.down, d.up, d.scale)[: d.info.rank]
+        np.testing.assert_allclose(layer_core(*e.bits, e.scale).sigma, want, rtol=1e-6, atol=1e-9 * want[0])

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FormatError, LorascopeError
 from ..files import json_loads
-from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, Bf16Delta, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
 from ._header import read_header, short_repr
@@ -223,8 +223,21 @@ def tucker_down(mid: np.ndarray, down: np.ndarray) -> np.ndarray:
     return d.reshape(d.shape[0], -1)  # (r, c_in·kh·kw)
 
 
+def load_factors(src: TensorSource, info: LayerInfo, dk: str, uk: str) -> LoraDelta:
+    """One plain layer's factors, down (r, in) and up (out, r) (conv flattened): a bf16 layer as
+    its stored bit patterns (`types.Bf16Delta`: widened block by block in the Gram products, or
+    whole when a caller asks for `down` / `up`), any other dtype as read."""
+    shapes = (info.rank, -1), (info.out_features, info.rank)
+    bits = (src.get_bits(dk), src.get_bits(uk))
+    if bits[0] is not None and bits[1] is not None:
+        return Bf16Delta(info, bits[0].reshape(shapes[0]), bits[1].reshape(shapes[1]))
+    return LoraDelta(info, src.get(dk).reshape(shapes[0]), src.get(uk).reshape(shapes[1]))
+
+
 def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
     roles = info.extras["roles"]
+    if "mid" not in roles:
+        return load_factors(src, info, roles["down"], roles["up"])
     down = src.get(roles["down"])  # (r, in) / (r, c_in, kh, kw) / (r, c_in, 1, 1)
     if "mid" in roles:
         down = tucker_down(src.get(roles["mid"]), down.reshape(down.shape[0], -1))  # (r, c_in·kh·kw)

@@ -43,6 +43,7 @@ from ._keys import (
     COMPONENTS,
     carried_metadata,
     group_keys,
+    load_factors,
     match_spelling,
     missing_pair,
     read_alpha,
@@ -250,9 +251,7 @@ def _layer(
 
 def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     dk, uk = info.extras["keys"]
-    return LoraDelta(
-        info, src.get(dk).reshape(info.rank, -1), src.get(uk).reshape(info.out_features, info.rank)
-    )
+    return load_factors(src, info, dk, uk)  # (r, in), (out, r)
 
 
 def model_path(info: LayerInfo) -> str | None:

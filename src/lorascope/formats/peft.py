@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterNotFoundError, FormatError, UnsupportedError
-from ..types import Adapter, Bf16Delta, LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import check_outlier_shapes, factor_dims, reject_leftovers
 from ._contract import FormatSpec, check_dest, read_options, stored_factors
 from ._io import TensorSource, load_torch_bin, open_safetensors
-from ._keys import PEFT_FIELDS, Rules, group_keys, match_spelling
+from ._keys import PEFT_FIELDS, Rules, group_keys, load_factors, match_spelling
 from ._patterns import pattern_value, rank_patterns  # noqa: F401  (pattern_value: public)
 from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fields: used by other formats)
     Scaling,
@@ -228,12 +228,7 @@ def _layer_info(
 
 def _load(src: TensorSource, info: LayerInfo) -> LoraDelta:
     dk, uk = info.extras["keys"]
-    bits = (src.get_bits(dk), src.get_bits(uk))
-    if bits[0] is not None and bits[1] is not None:  # bf16: widened when asked for, or block by block
-        return Bf16Delta(info, bits[0].reshape(info.rank, -1), bits[1].reshape(info.out_features, info.rank))
-    down = src.get(dk).reshape(info.rank, -1)  # (r, in)
-    up = src.get(uk).reshape(info.out_features, info.rank)  # (out, r)
-    return LoraDelta(info, down, up)
+    return load_factors(src, info, dk, uk)  # (r, in), (out, r)
 
 
 # --- writing ------------------------------------------------------------------------------------
