@@ -74,7 +74,9 @@ def factor_grams(a, b) -> tuple[np.ndarray, np.ndarray]:
     of going to memory and back (with two workers on two cores, ~25 % faster than widening whole
     factors, which makes the pass memory-bound).  `a` and `b` may be tuples (A₁, A₂, …),
     (B₁, B₂, …): the Grams of the row-stacked [A₁; A₂; …] and column-stacked [B₁ B₂ …], whose
-    off-diagonal blocks are the cross Grams merge-audit needs, computed without forming the stacks."""
+    off-diagonal blocks are the cross Grams merge-audit needs, computed without forming the stacks.
+    A uint16 array holds bf16 bit patterns (`types.Bf16Delta.bits`): it is widened in the same
+    blocks, so a bf16 factor is never copied whole to float32 (every function here takes them)."""
     xa = a if isinstance(a, tuple) else (a,)
     xb = b if isinstance(b, tuple) else (b,)
     return _gram_rows(xa), _gram_cols(xb)

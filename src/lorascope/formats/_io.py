@@ -8,8 +8,9 @@ tensor at a time as a numpy array.  Two sources exist:
   ranges, byte counts against shapes), the `safetensors` library validates the layout, and each
   tensor is read with positional reads of its exact byte range (never through a memory map: a file
   truncated under one kills the process with SIGBUS).  A short read is "file changed or truncated
-  while reading".  numpy has no bfloat16, so BF16 tensors are widened to float32 exactly (a bf16 is
-  the top 16 bits of a float32).
+  while reading".  numpy has no bfloat16, so `get` widens BF16 tensors to float32 exactly (a bf16 is
+  the top 16 bits of a float32); `get_bits` gives their stored 16-bit patterns instead, which the
+  plain-LoRA readers hand on (`types.Bf16Delta`) so that the Gram products widen them block by block.
 * `DictSource`: tensors already in memory (PyTorch ``adapter_model.bin``, tests).
 
 Writing lives in `_write.py` (its names are re-exported here for existing callers).
