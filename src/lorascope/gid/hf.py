@@ -15,7 +15,7 @@ runs on CUDA when available, else CPU.  transformers is imported on first call o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from .inputs import check_model_dir, read_rows
 from .results import GidReport
 
 TASKS = ("cls", "clm")
+HEAD_SEED = 0  # a new classification head is drawn from this seed (`_seeded`)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _load(model_dir: Path, model_type: str, task: str, n_labels: int) -> tuple[A
     auto = AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
     kwargs = {"num_labels": n_labels} if task == "cls" else {}
     try:
-        model = auto.from_pretrained(model_dir, **kwargs)
+        model = _seeded(lambda: auto.from_pretrained(model_dir, **kwargs))
     except ValueError as e:
         if "Unrecognized configuration class" in str(e):
             kind = "sequence-classification" if task == "cls" else "causal-LM"
@@ -91,6 +92,17 @@ def _load(model_dir: Path, model_type: str, task: str, n_labels: int) -> tuple[A
     if task == "cls":
         model.config.pad_token_id = tok.pad_token_id
     return tok, model
+
+
+def _seeded(make: Callable[[], Any]) -> Any:
+    """make() with torch's global generator at HEAD_SEED, restored afterwards: a classification head
+    the checkpoint lacks is initialised the same way on every run, so the gradients, and the GID
+    report, do not change from one run to the next (the caller's random state is left as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_SEED)
+        return make()
 
 
 def _batches(
