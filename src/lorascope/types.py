@@ -221,6 +221,7 @@ def frozen_mapping(d: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")  # storage dtypes lorascope reads and writes
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}  # bytes per value of each
 
 
 def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..files import check_destination, resolved
-from ..types import LayerInfo, LoraDelta
+from ..types import DTYPE_BYTES, LayerInfo, LoraDelta
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,6 @@ def refusal(info: LayerInfo, spec: FormatSpec) -> str | None:
     return None
 
 
-_WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 _NP_NAMES = {np.dtype(np.float16): "fp16", np.dtype(np.float32): "fp32", np.dtype(np.float64): "fp64"}
 
 Stored = tuple[np.ndarray, str]  # (array, dtype to store it in), as SafetensorsWriter.add takes them
@@ -136,7 +135,7 @@ def storage_dtype(arr: np.ndarray, dtype: str) -> str:
     own = _NP_NAMES.get(np.dtype(arr.dtype), "fp64")
     if dtype == "bf16" and own == "fp32":
         return "bf16"
-    return own if _WIDTH[own] > _WIDTH.get(dtype, 0) else dtype
+    return own if DTYPE_BYTES[own] > DTYPE_BYTES.get(dtype, 0) else dtype
 
 
 def stored_factors(delta: LoraDelta, spec: FormatSpec, path: str | None) -> tuple[Stored, Stored]:

@@ -39,7 +39,7 @@ from ..formats import check_dest, check_writable, load, output_path, save
 from ..order import natural_sorted
 from ..parallel import ordered_map, serial
 from ..spectral import truncated_svd
-from ..types import DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
+from ..types import DTYPE_BYTES, DTYPES, Adapter, LayerInfo, LoraDelta, frozen_mapping, round_to_dtype
 from .checks import adapter_label, check_finite_input, checked_error, rel_error
 from .dense import dense_truncated_svd
 from .match import layer_keys
@@ -48,7 +48,6 @@ from .plan import LayerPlan, MergePlan
 from .ranks import after_compress, output_rank
 from .report import SCHEMA, MergedLayer, MergeReport  # noqa: F401  (SCHEMA: re-exported)
 
-_WIDTH = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 _DENSE_PARALLEL = 1 << 22  # out·in up to this (a 2048² layer: ~5 float64 copies = 168 MB) run in parallel
 
 
@@ -334,7 +333,7 @@ def _params(method, lp: LayerPlan, factors) -> dict[str, Any]:
 
 
 def _widest(dtypes) -> str:
-    return max(dtypes, key=lambda t: (_WIDTH.get(t, 4), t != "bf16"))
+    return max(dtypes, key=lambda t: (DTYPE_BYTES.get(t, 4), t != "bf16"))
 
 
 def _config(adapters: Sequence[Adapter]) -> dict[str, Any]:
