@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,28 @@ KOHYA_ROLES: dict[str, str] = {
 }
 
 
-Rules = tuple[tuple[str, re.Pattern[str]], ...]  # (role, rule on the whole key; group "m" = module)
+class Rules(Sequence[tuple[str, "re.Pattern[str]"]]):
+    """(role, rule on the whole key; group "m" = module) pairs, compiled on first use: every
+    format's key patterns compiled at import would cost each command ≈ 25 ms of start-up."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._pairs = tuple(pairs)  # (role, regex source)
+        self._compiled: tuple[tuple[str, re.Pattern[str]], ...] | None = None
+
+    def _rules(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        if self._compiled is None:
+            self._compiled = tuple((role, re.compile(src)) for role, src in self._pairs)
+        return self._compiled
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._rules()[i]
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 def compile_rules(module: str, roles: Mapping[str, str]) -> Rules:
-    return tuple((role, re.compile(rf"^{module}\.{re.escape(suffix)}$")) for role, suffix in roles.items())
+    return Rules((role, rf"^{module}\.{re.escape(suffix)}$") for role, suffix in roles.items())
 
 
 def group_keys(

@@ -41,6 +41,7 @@ from ._header import short_repr
 from ._io import TensorSource, open_safetensors
 from ._keys import (
     COMPONENTS,
+    Rules,
     carried_metadata,
     group_keys,
     load_factors,
@@ -80,9 +81,10 @@ _SUFFIXES = (  # (role, key suffix after the module) in order; the first match w
 _PROC_SUFFIXES = (("down", r"\.down\.weight"), ("up", r"\.up\.weight"))
 
 
-def _rules(module: str, proc_module: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((role, re.compile(rf"^{module}{suffix}$")) for role, suffix in _SUFFIXES) + tuple(
-        (role, re.compile(rf"^{proc_module}{suffix}$")) for role, suffix in _PROC_SUFFIXES
+def _rules(module: str, proc_module: str) -> Rules:
+    return Rules(
+        [(role, rf"^{module}{suffix}$") for role, suffix in _SUFFIXES]
+        + [(role, rf"^{proc_module}{suffix}$") for role, suffix in _PROC_SUFFIXES]
     )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +55,8 @@ WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 
 # (role, regex on the full key); group "m" is the module path (the layer name once PREFIX is removed).
-_KEY_RULES: Rules = tuple(
-    (role, re.compile(rf"^(?P<m>.+)\.{suffix}$"))
+_KEY_RULES = Rules(
+    (role, rf"^(?P<m>.+)\.{suffix}$")
     for role, suffix in (
         ("down", r"lora_A(?:\.[^.]+)?\.weight"),
         ("up", r"lora_B(?:\.[^.]+)?\.weight"),
