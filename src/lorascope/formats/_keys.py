@@ -71,7 +71,7 @@ class Rules(Sequence[tuple[str, "re.Pattern[str]"]]):
             self._compiled = tuple((role, re.compile(src)) for role, src in self._pairs)
         return self._compiled
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self._rules()[i]
 
     def __len__(self) -> int:
