@@ -1,4 +1,6 @@
 """Plots as inline SVG, drawn with matplotlib (object API only: no pyplot, no global figure state).
+The audit's figures, drawn for every adapter, are written as SVG text instead (svg.py: the same
+look and structure, without matplotlib's ≈ 2 s of import and drawing).
 
 Why matplotlib and SVG: the page must open offline, print, and stay small.  An SVG is text inside
 the HTML (no script, no network, no canvas to size), scales to any window width, prints as
@@ -189,17 +191,6 @@ def _unique_ids(svg: str) -> str:
 
     svg = _ID.sub(rename_id, svg)
     return _REF.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", svg)
-
-
-def titled_groups(svg: str, titles: dict[str, str]) -> str:
-    """Give the <g id=ID> groups matplotlib wrote for artists with gid=ID a <title> (a tooltip on
-    hover, a name for screen readers)."""
-
-    def add(m: re.Match[str]) -> str:
-        gid = m.group(1)
-        return f"{m.group(0)}<title>{esc(titles[gid])}</title>" if gid in titles else m.group(0)
-
-    return re.sub(r'<g id="([^"]+)">', add, svg)
 
 
 def compact(v: float) -> str:
