@@ -287,10 +287,10 @@ def _grid(blocks: Sequence[str | None], modules: Sequence[str | None]) -> _Grid:
     )
 
 
-def _heat_panel(g: _Grid, k: int, mat: list[list[float]], name: str, form: str) -> str:
-    """Panel k of the two side by side (as matplotlib lays out 1×2 subplots with wspace 0.15 and
-    a colorbar taking 10 % of each, 3 % apart, 80 % of its height): cells, labels, colour scale.
-    Only the first panel names its rows."""
+def _heat_panel(g: _Grid, k: int, mat: list[list[float]], name: str, form: str) -> tuple[str, str]:
+    """(panel, colour scale): panel k of the two side by side, as matplotlib lays out 1×2 subplots
+    with wspace 0.15, each giving 10 % of its width to a colorbar 3 % apart, 80 % of its height
+    at most and 20 times as tall as wide.  Only the first panel names its rows."""
     w, h = 8.0 * 72, g.height * 72
     left, right, top, bottom = g.left * w, 0.93 * w, 0.35 * 72, (1 - g.bottom) * h
     width = (right - left) / 2.15
@@ -306,10 +306,10 @@ def _heat_panel(g: _Grid, k: int, mat: list[list[float]], name: str, form: str) 
     ax.parts.append(cells(ax, mat, form if g.annotate else ""))
     ax.spines()
     ax.parts.append(text((ax.left + ax.right) / 2, top - 6, name, TITLE_FONT))
-    bar_h = 0.8 * (bottom - top)
-    lo, hi = colour_range(mat)
-    bar = colorbar(x0 + 0.9 * width, top + 0.1 * (bottom - top), min(0.1 * width, bar_h / 20), bar_h, lo, hi)
-    return ax.close() + bar
+    bar_w, bar_h = 0.1 * width, 0.8 * (bottom - top)
+    bar_w, bar_h = min(bar_w, bar_h / 20), min(bar_h, 20 * bar_w)
+    bar_top = (top + bottom - bar_h) / 2
+    return ax.close(), colorbar(x0 + 0.9 * width, bar_top, bar_w, bar_h, *colour_range(mat))
 
 
 def _heatmaps(layers: list[_Layer], tau: float) -> str:
@@ -323,13 +323,11 @@ def _heatmaps(layers: list[_Layer], tau: float) -> str:
         r, c = (_module(x), x.block) if g.transposed else (x.block, _module(x))
         util[row[r]][col[c]], kmat[row[r]][col[c]] = x.utilisation, x.k
     panels = [(util, "utilisation", "{:.2f}"), (kmat, f"k@{tau:g}", "{:.0f}")]
-    svg = document(
-        8.0,
-        g.height,
-        f"Utilisation and energy rank k@{tau:g} by block and module",
-        "heatmap",
-        [_heat_panel(g, k, *panel) for k, panel in enumerate(panels)],
-    )
+    (heat0, bar0), (heat1, bar1) = (_heat_panel(g, k, *panel) for k, panel in enumerate(panels))
+    # the colour scales last (as matplotlib draws them): a narrow first panel's scale labels reach
+    # into the second panel, whose background must not hide them
+    label = f"Utilisation and energy rank k@{tau:g} by block and module"
+    svg = document(8.0, g.height, label, "heatmap", [heat0, heat1, bar0, bar1])
     rows = [[x.block, _module(x), x.rank, x.utilisation, x.k] for x in layers]
     where = "module (rows) and block (columns)" if g.transposed else "block (rows) and module (columns)"
     caption = (
