@@ -6,16 +6,17 @@ the page is interactive in headless Chromium (the browser's Navigation Timing AP
 
 ADAPTER_DIR defaults to a fresh adapter from make_mistral_adapter.py (224 layers, r=64, bf16) in a
 temporary directory.  Each run is a whole process (`lorascope report ADAPTER -o page.html`: the
-audit on the fly, the plots, the page), page cache warm; wall time and peak RSS per run as
-GNU time reports them (%e, %U + %S, %M).  The browser part opens the page `--loads` times in
-one headless Chromium (tests/headless.py) and reports domInteractive / domContentLoadedEventEnd /
-loadEventEnd in milliseconds from navigation start.  Targets: ≤ 3 s, ≤ 300 MB, page ≤ 2 MB,
-interactive ≤ 1 s.
+audit on the fly, the plots, the page), page cache warm, bytecode caching on; wall time and peak
+RSS per run as GNU time reports them (%e, %U + %S, %M).  The browser part opens the page `--loads`
+times in one headless Chromium (tests/headless.py) and reports domInteractive /
+domContentLoadedEventEnd / loadEventEnd in milliseconds from navigation start.  Targets: ≤ 3 s,
+≤ 300 MB, page ≤ 2 MB, interactive ≤ 1 s.
 
 `--baseline OLD/src`: compare another checkout's code (e.g. a `git worktree add /tmp/base COMMIT`)
 with this one's, on the same adapter: `python -m lorascope` with PYTHONPATH set to either src,
-one untimed warm-up each, then interleaved old, new, old, new, … (a shared, noisy machine drifts
-between runs; interleaving spreads the drift over both); medians of wall and CPU time per side.
+one untimed warm-up each (it also writes the bytecode caches), then interleaved old, new, old,
+new, … (a shared, noisy machine drifts between runs; interleaving spreads the drift over both);
+medians of wall and CPU time per side.
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the DevTools client the browser tests use
 
 
-def timed(cmd: list[str]) -> dict:
+def child_env(pythonpath: str | None = None) -> dict[str, str]:
+    """The children's environment: bytecode caching allowed, as users run the command
+    (PYTHONDONTWRITEBYTECODE would recompile every lorascope module in every run)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return env
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Wall, user and system CPU seconds and peak RSS (MB) of one process, by GNU time."""
     with tempfile.NamedTemporaryFile("r") as out:
-        subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", out.name, *cmd], check=True)
+        gnu_time = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", out.name]
+        subprocess.run([*gnu_time, *cmd], check=True, env=env or child_env())
         wall, user, sys_, rss_kib = out.read().split()[-4:]
     return {"wall_s": float(wall), "cpu_s": float(user) + float(sys_), "peak_rss_mb": int(rss_kib) / 1024}
 
@@ -82,8 +93,8 @@ def compare(adapter: Path, baseline: str, repeats: int, tmp: str) -> dict:
         for side, src in sides.items():
             page.unlink(missing_ok=True)
             loads.append(load_average())
-            cmd = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "lorascope"]
-            run = timed([*cmd, "report", str(adapter), "-o", str(page), "-q"])
+            cmd = [sys.executable, "-m", "lorascope", "report", str(adapter), "-o", str(page), "-q"]
+            run = timed(cmd, child_env(src))
             if i:
                 runs[side].append(run)
     out: dict = {"sides": sides, "repeats": repeats, "load_average_1min": loads}
