@@ -43,7 +43,7 @@ VIRIDIS = (
 _ZEROS = re.compile(r"\.00(?!\d)|(?<=\.\d)0(?!\d)")  # "12.00" → "12", "12.50" → "12.5"
 
 
-def n(v: float) -> str:
+def pt(v: float) -> str:
     """A coordinate: two decimals at most (a hundredth of a point), no trailing zeros."""
     text = f"{v:.2f}".rstrip("0").rstrip(".")
     return "0" if text == "-0" else text
@@ -56,7 +56,7 @@ def text_width(text: str, size: float = MIN_FONT) -> float:
 def text(x: float, y: float, s: str, size: float = MIN_FONT, anchor: str = "middle", extra: str = "") -> str:
     """One line of text whose baseline starts at (x, y); `s` is escaped here."""
     return (
-        f'<text x="{n(x)}" y="{n(y)}" style="font-size:{size:g}px;{FONT};text-anchor:{anchor}"{extra}>'
+        f'<text x="{pt(x)}" y="{pt(y)}" style="font-size:{size:g}px;{FONT};text-anchor:{anchor}"{extra}>'
         f"{esc(s)}</text>"
     )
 
@@ -137,8 +137,8 @@ class Axes:
     def background(self) -> None:
         w, h = self.right - self.left, self.bottom - self.top
         self.parts.append(
-            f'<g class="axes"><g><rect x="{n(self.left)}" y="{n(self.top)}" width="{n(w)}" '
-            f'height="{n(h)}" fill="#ffffff"/></g>'
+            f'<g class="axes"><g><rect x="{pt(self.left)}" y="{pt(self.top)}" width="{pt(w)}" '
+            f'height="{pt(h)}" fill="#ffffff"/></g>'
         )
 
     def xaxis(
@@ -149,10 +149,10 @@ class Axes:
         out = ['<g class="axis">']
         for v, words in ticks:
             x, y = self.px(v), self.bottom
-            line = f'<path d="M{n(x)} {n(self.top)}V{n(y)}" {GRID}/>' if grid else ""
-            mark = f'<path d="M{n(x)} {n(y)}v{TICK}" {TICK_STROKE}/>'
+            line = f'<path d="M{pt(x)} {pt(self.top)}V{pt(y)}" {GRID}/>' if grid else ""
+            mark = f'<path d="M{pt(x)} {pt(y)}v{TICK}" {TICK_STROKE}/>'
             if rotate:
-                at = f' transform="translate({n(x)} {n(y + 2 * TICK)}) rotate(-90)"'
+                at = f' transform="translate({pt(x)} {pt(y + 2 * TICK)}) rotate(-90)"'
                 shown = text(0, 0.35 * MIN_FONT, words, anchor="end", extra=at)
             else:
                 shown = text(x, y + 2 * TICK + 0.76 * MIN_FONT, words)
@@ -173,24 +173,24 @@ class Axes:
         x, sign = (self.right, 1) if right else (self.left, -1)
         for v, words in ticks:
             y = self.py(v)
-            line = f'<path d="M{n(self.left)} {n(y)}H{n(self.right)}" {GRID}/>' if grid else ""
-            mark = f'<path d="M{n(x)} {n(y)}h{n(sign * TICK)}" {TICK_STROKE}/>'
+            line = f'<path d="M{pt(self.left)} {pt(y)}H{pt(self.right)}" {GRID}/>' if grid else ""
+            mark = f'<path d="M{pt(x)} {pt(y)}h{pt(sign * TICK)}" {TICK_STROKE}/>'
             shown = text(x + sign * 2 * TICK, y + 0.35 * MIN_FONT, words, anchor="start" if right else "end")
             out.append(f'<g class="ytick">{line}{mark}{shown if words else ""}</g>')
         if label:
             widest = max((text_width(w) for _, w in ticks), default=0.0)
             lx = x + sign * (2 * TICK + widest + 4 + 0.24 * LABEL_FONT)
             mid = (self.top + self.bottom) / 2
-            at = f' transform="rotate({90 if right else -90} {n(lx)} {n(mid)})"'
+            at = f' transform="rotate({90 if right else -90} {pt(lx)} {pt(mid)})"'
             out.append(text(lx, mid, label, LABEL_FONT, extra=at))
         self.parts.append("".join(out) + "</g>")
 
     def spines(self, sides: str = "lb") -> None:
         edges = {
-            "l": f"M{n(self.left)} {n(self.top)}V{n(self.bottom)}",
-            "b": f"M{n(self.left)} {n(self.bottom)}H{n(self.right)}",
-            "r": f"M{n(self.right)} {n(self.top)}V{n(self.bottom)}",
-            "t": f"M{n(self.left)} {n(self.top)}H{n(self.right)}",
+            "l": f"M{pt(self.left)} {pt(self.top)}V{pt(self.bottom)}",
+            "b": f"M{pt(self.left)} {pt(self.bottom)}H{pt(self.right)}",
+            "r": f"M{pt(self.right)} {pt(self.top)}V{pt(self.bottom)}",
+            "t": f"M{pt(self.left)} {pt(self.top)}H{pt(self.right)}",
         }
         d = "".join(edges[s] for s in sides)
         self.parts.append(
@@ -233,7 +233,7 @@ class Style:
 
     def stroke(self, width: float | None = None) -> str:
         w = self.width if width is None else width
-        dash = ",".join(n(d * w) for d in DASHES[self.line or "-"])
+        dash = ",".join(pt(d * w) for d in DASHES[self.line or "-"])
         dashed = f' stroke-dasharray="{dash}"' if dash else ""
         faded = f' stroke-opacity="{self.alpha:g}"' if self.alpha < 1 else ""
         return f'fill="none" stroke="{self.colour}" stroke-width="{w:g}"{faded}{dashed}'
@@ -245,12 +245,12 @@ def marker_path(points: Sequence[tuple[float, float]], style: Style) -> str:
     size, r = style.size, style.size / 2
     if style.marker == "o":
         d = "".join(
-            f"M{n(x - r)} {n(y)}a{n(r)} {n(r)} 0 1 0 {n(size)} 0a{n(r)} {n(r)} 0 1 0 {n(-size)} 0"
+            f"M{pt(x - r)} {pt(y)}a{pt(r)} {pt(r)} 0 1 0 {pt(size)} 0a{pt(r)} {pt(r)} 0 1 0 {pt(-size)} 0"
             for x, y in points
         )
     else:  # "x"
         d = "".join(
-            f"M{n(x - r)} {n(y - r)}l{n(size)} {n(size)}M{n(x - r)} {n(y + r)}l{n(size)} {n(-size)}"
+            f"M{pt(x - r)} {pt(y - r)}l{pt(size)} {pt(size)}M{pt(x - r)} {pt(y + r)}l{pt(size)} {pt(-size)}"
             for x, y in points
         )
     fill = style.colour if style.marker == "o" else "none"
@@ -269,7 +269,7 @@ def legend_above(ax: Axes, entries: Sequence[tuple[str, Style]]) -> None:
     out = ['<g class="legend">']
     for label, style in entries:
         if style.line:
-            out.append(f'<path d="M{n(x)} {n(y)}h16" {style.stroke(1.5 if style.width < 1.5 else None)}/>')
+            out.append(f'<path d="M{pt(x)} {pt(y)}h16" {style.stroke(1.5 if style.width < 1.5 else None)}/>')
         if style.marker:
             out.append(marker_path([(x + 8, y)], style))
         out.append(text(x + 16 + 3.2, y + 0.35 * MIN_FONT, label, anchor="start"))
@@ -303,7 +303,9 @@ def cells(ax: Axes, mat: Sequence[Sequence[float]], form: str = "") -> str:
                 continue
             x, y = ax.px(j) - w / 2, min(ax.py(i - 0.5), ax.py(i + 0.5))
             t = shade(v, lo, hi)
-            rects.append(f'<rect x="{n(x)}" y="{n(y)}" width="{n(w)}" height="{n(h)}" fill="{viridis(t)}"/>')
+            rects.append(
+                f'<rect x="{pt(x)}" y="{pt(y)}" width="{pt(w)}" height="{pt(h)}" fill="{viridis(t)}"/>'
+            )
             if form:
                 colour = "#000000" if t > 0.6 else "#ffffff"  # viridis is light at the top
                 words.append(
@@ -322,8 +324,8 @@ def colorbar(left: float, top: float, width: float, height: float, lo: float, hi
     ax.parts.append(
         '<g shape-rendering="crispEdges">'
         + "".join(
-            f'<rect x="{n(left)}" y="{n(top + height - (k + 1) * band)}" width="{n(width)}" '
-            f'height="{n(band + 0.05)}" fill="{viridis((k + 0.5) / steps)}"/>'
+            f'<rect x="{pt(left)}" y="{pt(top + height - (k + 1) * band)}" width="{pt(width)}" '
+            f'height="{pt(band + 0.05)}" fill="{viridis((k + 0.5) / steps)}"/>'
             for k in range(steps)
         )
         + "</g>"
@@ -341,7 +343,7 @@ def document(width_in: float, height_in: float, label: str, css_class: str, body
     head = (
         f'<svg role="img" aria-label="{esc(label)}" class="{css_class}" '
         f'style="min-width:{min_width(width_in)}px" '
-        f'viewBox="0 0 {n(w)} {n(h)}" xmlns="http://www.w3.org/2000/svg" version="1.1">'
-        f'<title>{esc(label)}</title><rect width="{n(w)}" height="{n(h)}" fill="#ffffff"/>'
+        f'viewBox="0 0 {pt(w)} {pt(h)}" xmlns="http://www.w3.org/2000/svg" version="1.1">'
+        f'<title>{esc(label)}</title><rect width="{pt(w)}" height="{pt(h)}" fill="#ffffff"/>'
     )
     return head + "".join(body) + "</svg>"
