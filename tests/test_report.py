@@ -305,6 +305,21 @@ def test_report_help_does_not_import_matplotlib():
     assert "lorascope.report" in loaded and "matplotlib" not in loaded
 
 
+def test_an_adapters_report_does_not_import_matplotlib(tmp_path):
+    """The audit's figures are written as SVG text: matplotlib's import alone took longer than
+    the audit of a 224-layer adapter."""
+    import subprocess
+
+    f = _write(tmp_path / "audit.json", json.dumps(audit_doc(n_blocks=2, r=8)))
+    code = (
+        "import sys\nfrom lorascope.report import build_report\n"
+        f"page = build_report([{str(f)!r}]).html\n"
+        "print(page.count('<svg'), 'matplotlib' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["3", "False"]
+
+
 def test_python_api_is_public():
     import lorascope
 

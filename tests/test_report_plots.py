@@ -10,6 +10,7 @@ test_report_browser.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -223,3 +224,54 @@ def test_success_prints_the_path_and_size_unless_quiet(tmp_path, capsys):
     assert (code, stdout, err) == (0, "", f"wrote {out} ({size / 1000:.1f} kB)\n")
     code, stdout, err = report_cli(capsys, gid, "-o", tmp_path / "q.html", "-q")
     assert (code, stdout, err) == (0, "", "") and (tmp_path / "q.html").exists()
+
+
+# The audit's figures are SVG written by lorascope.report.svg: a tick is a <g class="xtick"> (or
+# ytick) holding its grid line, its mark (`M x y v3.5` down from the x axis, `M x y h-3.5` left of
+# the y axis) and its label.
+XMARK = re.compile(r'<g class="xtick">(?:<path d="M[^"]*V[^"]*"[^>]*/>)?<path d="M(\S+) \S+v3\.5"[^>]*/>'
+                   r"<text[^>]*>([^<]*)</text>")  # fmt: skip
+YMARK = re.compile(r'<g class="ytick">(?:<path d="M[^"]*H[^"]*"[^>]*/>)?<path d="M\S+ (\S+)h-3\.5"[^>]*/>'
+                   r"<text[^>]*>([^<]*)</text>")  # fmt: skip
+
+
+def axis_map(marks: list[tuple[str, str]], log: bool = False):
+    """value(position): the inverse of an axis' scale, fitted on its first and last tick marks."""
+    (p0, v0), (p1, v1) = [(float(p), float(v.replace("−", "-"))) for p, v in (marks[0], marks[-1])]
+    f = math.log10 if log else (lambda v: v)
+    slope = (f(v1) - f(v0)) / (p1 - p0)
+    return lambda p: 10 ** (f(v0) + (p - p0) * slope) if log else f(v0) + (p - p0) * slope
+
+
+def test_spectra_lines_are_the_jsons_normalised_singular_values(tmp_path):
+    doc = audit_doc(n_blocks=2, r=32)
+    page = build_report([_write(tmp_path, "a.json", doc)]).html
+    spectra = svgs(page)["spectra"][0]
+    x_of, y_of = axis_map(XMARK.findall(spectra)), axis_map(YMARK.findall(spectra), log=True)
+    lines = re.findall(r'<g id="sv\d+"><title>([^ ]+) [^<]*</title><path d="M([^"]+)"', spectra)
+    layers = {x["name"]: x["singular_values"] for x in doc["layers"]}
+    assert sorted(name for name, _ in lines) == sorted(layers) and len(lines) == 14
+    for name, d in lines:
+        coords = [float(c) for c in d.split()]
+        points = [(x_of(x), y_of(y)) for x, y in zip(coords[::2], coords[1::2], strict=True)]
+        sv = layers[name]
+        assert [round(i) for i, _ in points] == list(range(1, 33))
+        assert [v for _, v in points] == pytest.approx([s / sv[0] for s in sv], rel=3e-3)
+
+
+def test_rank_markers_are_the_tables_ranks_one_element_per_series(tmp_path):
+    page = build_report([_write(tmp_path, "a.json", audit_doc(n_blocks=32, r=64))]).html
+    ranks, spectra = svgs(page)["ranks"][0], svgs(page)["spectra"][0]
+    # 224 layers: one <path> per marker series (matplotlib wrote one <use> per point), one per line
+    assert "<use" not in ranks and ranks.count("<path") < 60 and ranks.count("<") < 150
+    assert spectra.count('<g id="sv') == 224 and spectra.count("<path") < 224 + 60
+    x_of, y_of = axis_map(XMARK.findall(ranks)), axis_map(YMARK.findall(ranks))
+    circles = re.findall(r'<path d="(M[^"]+)" fill="#0072B2"', ranks)[0]  # suggested rank (●)
+    crosses = re.findall(r'<path d="(M[^"]+)" fill="none" stroke="#D55E00"', ranks)[0]  # k@0.9 (×)
+    centres_o = [(float(x) + 1.5, float(y)) for x, y in re.findall(r"M(\S+) (\S+?)a", circles)]
+    centres_x = [(float(x) + 1.5, float(y) + 1.5) for x, y in re.findall(r"M(\S+) (\S+?)l", crosses)[::2]]
+    table = Tables(page).tables["Ranks per layer"]  # [#, layer, allocated r, k@0.9, suggested]
+    assert len(centres_o) == len(centres_x) == len(table) == 224
+    for row, (xo, yo), (xx, yx) in zip(table, centres_o, centres_x, strict=True):
+        assert round(x_of(xo)) == round(x_of(xx)) == int(row[0])
+        assert round(y_of(yo)) == int(row[4]) and round(y_of(yx)) == int(row[3])

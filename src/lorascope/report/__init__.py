@@ -11,7 +11,8 @@ anything is written; an input that cannot be read raises the error the command t
 raises, prefixed with its position when there are several ("input 2 of 3: …").
 
 Modules: base.py (what a section is), sections.py (the registry), one `*_section.py` per kind,
-fields.py (typed JSON access with key-naming errors), plot.py (matplotlib → inline SVG), html.py
+fields.py (typed JSON access with key-naming errors), plot.py (matplotlib → inline SVG), svg.py
+(the audit's figures written as SVG text: an adapter's report never imports matplotlib), html.py
 (escaping, tables, figures), page.py (the document, its CSS, CSP and embedded JSON).
 Deliberately left out: JavaScript plotting (the SVGs are static; hover highlighting is CSS), and
 any fetch at view time.

@@ -8,7 +8,6 @@ the page; definitions are the audit's (docs/metrics.md).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,18 +17,23 @@ from ..errors import UnknownFormatError
 from ..order import natural_key, natural_sorted
 from .base import Built, SectionKind
 from .fields import Doc
-from .html import Percent, figure, table, text_list
+from .html import Percent, esc, figure, table, text_list
 from .inputs import REPORT_HINT
-from .plot import (
-    MIN_FONT,
-    MODULE_STYLE,
-    integer_axis,
+from .plot import MARGINS, MIN_FONT, MODULE_STYLE, compact, log_ticks
+from .svg import (
+    TITLE_FONT,
+    Axes,
+    Scale,
+    Style,
+    cells,
+    colorbar,
+    colour_range,
+    document,
     legend_above,
-    log_axis,
-    new_figure,
-    safe,
-    titled_groups,
-    to_svg,
+    markers,
+    nice_ticks,
+    padded,
+    text,
 )
 
 NO_LAYERS = '<p class="missing">No LoRA layers in this audit.</p>'
@@ -41,8 +45,9 @@ def build(path: str, doc: Any) -> Built:
     if doc is None:  # an adapter: audit it with the defaults `lorascope audit` uses
         from ..audit import audit_adapter
 
-        try:
-            doc = json.loads(audit_adapter(path).to_json())
+        try:  # the dict `audit --json` writes (plain lists, ints, floats, strings: equal to its
+            # JSON read back, without the 50 ms of writing and parsing 0.4 MB of text)
+            doc = audit_adapter(path).to_dict()
         except UnknownFormatError as e:  # audit's message; its hint (--format) is not report's
             raise UnknownFormatError(e.message, path=e.path, hint=REPORT_HINT) from None
     d = Doc(doc, path)
@@ -125,24 +130,7 @@ def _spectra(live: list[_Layer]) -> str:
     stride = -(-len(with_sv) // MAX_LINES)  # ceil: every layer up to MAX_LINES layers
     if stride > 1:
         caption += f"; one layer in {stride} of {len(with_sv)} drawn (the table lists them all)"
-    fig, ax = new_figure(8.0, 3.8, margins={"left": 0.11, "top": 0.88})
-    titles = {}
-    for i, x in enumerate(with_sv[::stride]):
-        colour, style, _ = MODULE_STYLE.get(x.type, MODULE_STYLE["other"])
-        sv = x.sv or []
-        ys = [max(s / sv[0], 1e-12) for s in sv]  # log axis: exact zeros drawn at 1e-12
-        gid = f"sv{i}"
-        titles[gid] = f"{x.name} (r={x.rank}, {x.type})"
-        ax.plot(range(1, len(ys) + 1), ys, color=colour, ls=style, lw=0.8, alpha=0.55, gid=gid)
-    for t, (colour, style, _) in MODULE_STYLE.items():
-        if any(x.type == t for x in with_sv):
-            ax.plot([], [], color=colour, ls=style, label=t)
-    log_axis(ax)
-    integer_axis(ax, "x")
-    ax.set_xlabel("index i of σᵢ")
-    ax.set_ylabel("σᵢ / σ₁")
-    legend_above(ax)
-    svg = titled_groups(to_svg(fig, "Normalised singular-value spectra", "spectra"), titles)
+    svg = _spectra_svg(with_sv[::stride], {x.type for x in with_sv})
     rows = [
         [
             x.name,
@@ -157,6 +145,70 @@ def _spectra(live: list[_Layer]) -> str:
     ]
     head = ["layer", "module type", "r", "σ₁", "stable rank", "effective rank", "utilisation"]
     return figure(svg, caption, table(head, rows, "Spectrum summary per layer", collapsed=True))
+
+
+def _frame(width_in: float, height_in: float, margins: dict[str, float]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a plotting area in points, from figure fractions."""
+    w, h = width_in * 72, height_in * 72
+    return margins["left"] * w, (1 - margins["top"]) * h, margins["right"] * w, (1 - margins["bottom"]) * h
+
+
+def _y_ticks(values: list[float]) -> tuple[Scale, list[tuple[float, str]]]:
+    """A log scale with plot.log_ticks' ticks over the values, or a linear one where they span
+    less than a factor of 10."""
+    lo, hi = min(values), max(values)
+    scale = log_ticks(lo, hi)
+    if scale is None:
+        lin = padded(lo, hi)
+        return lin, [(t, compact(t)) for t in nice_ticks(lin, nbins=5)]
+    return Scale(scale[0], scale[1], log=True), [(t, compact(t)) for t in scale[2]]
+
+
+def _spectra_svg(drawn: list[_Layer], present: set[str]) -> str:
+    """One line per layer (σᵢ/σ₁ against i, log y), each a group with the layer's name as its
+    title (hover highlights it: the page's CSS), styled by module type; a legend of the types."""
+    series = [[max(s / x.sv[0], 1e-12) for s in x.sv] for x in drawn if x.sv]  # log: zeros at 1e-12
+    y, yticks = _y_ticks([v for ys in series for v in ys])
+    x = padded(1, max(len(ys) for ys in series))
+    ax = Axes(*_frame(8.0, 3.8, {**MARGINS, "left": 0.11, "top": 0.88}), x, y)
+    ax.background()
+    ax.xaxis([(t, f"{t:.0f}") for t in nice_ticks(x, integer=True)], "index i of σᵢ")
+    ax.yaxis(yticks, "σᵢ / σ₁")
+    for i, (layer, ys) in enumerate(zip(drawn, series, strict=True)):
+        colour, line, _ = MODULE_STYLE.get(layer.type, MODULE_STYLE["other"])
+        style = Style(colour, line, width=0.8, alpha=0.55)
+        d = ax.path_data(range(1, len(ys) + 1), ys)
+        title = f"{layer.name} (r={layer.rank}, {layer.type})"
+        ax.parts.append(f'<g id="sv{i}"><title>{esc(title)}</title><path d="{d}" {style.stroke()}/></g>')
+    ax.spines()
+    types = [(t, Style(c, line)) for t, (c, line, _) in MODULE_STYLE.items() if t in present]
+    legend_above(ax, types)
+    return document(8.0, 3.8, "Normalised singular-value spectra", "spectra", [ax.close()])
+
+
+def _ranks_svg(layers: list[_Layer], tau: float) -> str:
+    """Allocated rank as a step line, the suggested rank (●) and k@τ (×) per layer, y from 0."""
+    xs = list(range(len(layers)))
+    series = [[x.rank for x in layers], [x.suggested for x in layers], [x.k for x in layers]]
+    x = padded(0, len(layers) - 1)
+    y = Scale(0, padded(min(min(v) for v in series), max(max(v) for v in series)).hi)
+    ax = Axes(*_frame(8.0, 3.4, {**MARGINS, "top": 0.86}), x, y)
+    ax.background()
+    ax.xaxis(
+        [(t, f"{t:.0f}") for t in nice_ticks(x, integer=True)],
+        "layer # (natural order of the names; the table lists them)",
+    )
+    ax.yaxis([(t, f"{t:.0f}") for t in nice_ticks(y, integer=True)], "rank")
+    allocated = Style("#555555", "-", width=1.2)
+    mid = [v for i in xs[1:] for v in (i - 0.5, i - 0.5)]  # a step at each midpoint
+    step_x = [xs[0], *mid, xs[-1]]
+    step_y = [v for r in series[0] for v in (r, r)]
+    ax.parts.append(f'<path d="{ax.path_data(step_x, step_y)}" {allocated.stroke()}/>')
+    suggested, energy = Style("#0072B2", marker="o"), Style("#D55E00", marker="x")
+    ax.parts.append(markers(ax, xs, series[1], suggested) + markers(ax, xs, series[2], energy))
+    ax.spines()
+    legend_above(ax, [("allocated r", allocated), ("suggested rank", suggested), (f"k@{tau:g}", energy)])
+    return document(8.0, 3.4, "Allocated and suggested rank per layer", "ranks", [ax.close()])
 
 
 def _block_key(block: str | None) -> tuple[int, tuple[tuple[int, int | str], ...]]:
@@ -179,7 +231,7 @@ MAX_HEIGHT = 16.0  # inches
 
 def _label(text: str | None) -> str:
     text = "(no block)" if text is None else text
-    return safe(text if len(text) <= MAX_LABEL else "…" + text[-(MAX_LABEL - 1) :])
+    return text if len(text) <= MAX_LABEL else "…" + text[-(MAX_LABEL - 1) :]
 
 
 def _stride(n: int, room_pt: float, need_pt: float) -> int:
@@ -235,15 +287,29 @@ def _grid(blocks: Sequence[str | None], modules: Sequence[str | None]) -> _Grid:
     )
 
 
-def _annotate(ax: Any, img: Any, mat: list[list[float]], form: str) -> None:
-    """The numbers on the cells: readable without colour (the table has them all)."""
-    lo, hi = img.get_clim()
-    for i, r in enumerate(mat):
-        for j, v in enumerate(r):
-            if not math.isnan(v):
-                dark = hi > lo and (v - lo) / (hi - lo) > 0.6  # viridis is light at the top
-                colour = "k" if dark else "w"
-                ax.text(j, i, form.format(v), ha="center", va="center", fontsize=MIN_FONT, color=colour)
+def _heat_panel(g: _Grid, k: int, mat: list[list[float]], name: str, form: str) -> tuple[str, str]:
+    """(panel, colour scale): panel k of the two side by side, as matplotlib lays out 1×2 subplots
+    with wspace 0.15, each giving 10 % of its width to a colorbar 3 % apart, 80 % of its height
+    at most and 20 times as tall as wide.  Only the first panel names its rows."""
+    w, h = 8.0 * 72, g.height * 72
+    left, right, top, bottom = g.left * w, 0.93 * w, 0.35 * 72, (1 - g.bottom) * h
+    width = (right - left) / 2.15
+    x0 = left + k * 1.15 * width
+    ax = Axes(
+        x0, top, x0 + 0.87 * width, bottom, Scale(-0.5, len(g.cols) - 0.5), Scale(len(g.rows) - 0.5, -0.5)
+    )
+    ax.background()
+    cols = range(0, len(g.cols), g.col_stride)
+    ax.xaxis([(j, _label(g.cols[j])) for j in cols], grid=False, rotate=g.col_rotation == 90)
+    rows = range(0, len(g.rows), g.row_stride)
+    ax.yaxis([(i, _label(g.rows[i]) if k == 0 else "") for i in rows], grid=False)
+    ax.parts.append(cells(ax, mat, form if g.annotate else ""))
+    ax.spines()
+    ax.parts.append(text((ax.left + ax.right) / 2, top - 6, name, TITLE_FONT))
+    bar_w, bar_h = 0.1 * width, 0.8 * (bottom - top)
+    bar_w, bar_h = min(bar_w, bar_h / 20), min(bar_h, 20 * bar_w)
+    bar_top = (top + bottom - bar_h) / 2
+    return ax.close(), colorbar(x0 + 0.9 * width, bar_top, bar_w, bar_h, *colour_range(mat))
 
 
 def _heatmaps(layers: list[_Layer], tau: float) -> str:
@@ -256,23 +322,12 @@ def _heatmaps(layers: list[_Layer], tau: float) -> str:
     for x in layers:
         r, c = (_module(x), x.block) if g.transposed else (x.block, _module(x))
         util[row[r]][col[c]], kmat[row[r]][col[c]] = x.utilisation, x.k
-    margins = {"left": g.left, "right": 0.93, "bottom": g.bottom, "top": 1 - 0.35 / g.height, "wspace": 0.15}
-    fig, axes = new_figure(8.0, g.height, 1, 2, margins=margins)
-    for ax, mat, name, form in (
-        (axes[0], util, "utilisation", "{:.2f}"),
-        (axes[1], kmat, f"k@{tau:g}", "{:.0f}"),
-    ):
-        img = ax.imshow(mat, aspect="auto", cmap="viridis", interpolation="nearest")
-        fig.colorbar(img, ax=ax, shrink=0.8, fraction=0.1, pad=0.03)
-        ax.set_title(name)
-        xs = range(0, len(g.cols), g.col_stride)
-        ax.set_xticks(list(xs), [_label(g.cols[j]) for j in xs], rotation=g.col_rotation)
-        ys = range(0, len(g.rows), g.row_stride)
-        ax.set_yticks(list(ys), [_label(g.rows[i]) for i in ys] if ax is axes[0] else [])
-        ax.grid(False)
-        if g.annotate:
-            _annotate(ax, img, mat, form)
-    svg = to_svg(fig, f"Utilisation and energy rank k@{tau:g} by block and module", "heatmap")
+    panels = [(util, "utilisation", "{:.2f}"), (kmat, f"k@{tau:g}", "{:.0f}")]
+    (heat0, bar0), (heat1, bar1) = (_heat_panel(g, k, *panel) for k, panel in enumerate(panels))
+    # the colour scales last (as matplotlib draws them): a narrow first panel's scale labels reach
+    # into the second panel, whose background must not hide them
+    label = f"Utilisation and energy rank k@{tau:g} by block and module"
+    svg = document(8.0, g.height, label, "heatmap", [heat0, heat1, bar0, bar1])
     rows = [[x.block, _module(x), x.rank, x.utilisation, x.k] for x in layers]
     where = "module (rows) and block (columns)" if g.transposed else "block (rows) and module (columns)"
     caption = (
@@ -291,18 +346,7 @@ def _heatmaps(layers: list[_Layer], tau: float) -> str:
 
 
 def _ranks(layers: list[_Layer], tau: float) -> str:
-    fig, ax = new_figure(8.0, 3.4, margins={"top": 0.86})
-    xs = list(range(len(layers)))
-    ax.step(xs, [x.rank for x in layers], where="mid", color="#555555", lw=1.2, label="allocated r")
-    ax.plot(xs, [x.suggested for x in layers], "o", ms=3, color="#0072B2", label="suggested rank")
-    ax.plot(xs, [x.k for x in layers], "x", ms=3, color="#D55E00", label=f"k@{tau:g}")
-    ax.set_xlabel("layer # (natural order of the names; the table lists them)")
-    integer_axis(ax, "x")
-    integer_axis(ax, "y")
-    ax.set_ylabel("rank")
-    ax.set_ylim(bottom=0)
-    legend_above(ax)
-    svg = to_svg(fig, "Allocated and suggested rank per layer", "ranks")
+    svg = _ranks_svg(layers, tau)
     rows = [[i, x.name, x.rank, x.k, x.suggested] for i, x in enumerate(layers)]
     tab = table(
         ["#", "layer", "allocated r", f"k@{tau:g}", "suggested"], rows, "Ranks per layer", collapsed=True

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gid.report import STARVED_FACTOR
 from ..order import natural_key
 from .base import Built, SectionKind
 from .fields import Doc
@@ -20,15 +19,17 @@ from .html import figure, table
 from .inputs import doc_in
 from .plot import integer_axis, legend_above, legend_patch, log_axis, new_figure, to_svg
 
-DEFAULT_FACTOR = STARVED_FACTOR  # `lorascope gid`'s rule: starved when GID ≥ 4·r
-
 
 def build(path: str, doc: Any) -> Built:
+    # `lorascope gid`'s rule (starved when GID ≥ 4·r); imported here, not at the top: lorascope.gid
+    # costs ≈ 50 ms that every report without a gid.json would pay
+    from ..gid.report import STARVED_FACTOR
+
     doc = doc_in(path, doc, "gid.json")
     d = Doc(doc, path)
     top_key = d.first("lora_rank", "r", "rank")
     top_r = d.num(top_key) if top_key else None
-    factor = d.num("starved_factor", optional=True) or DEFAULT_FACTOR
+    factor = d.num("starved_factor", optional=True) or STARVED_FACTOR
     layers = []
     for x in d.objs("layers"):
         gk, rk = x.first("gid", "erank", "effective_rank"), x.first("lora_rank", "r", "rank")

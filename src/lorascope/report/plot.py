@@ -1,4 +1,6 @@
 """Plots as inline SVG, drawn with matplotlib (object API only: no pyplot, no global figure state).
+The audit's figures, drawn for every adapter, are written as SVG text instead (svg.py: the same
+look and structure, without matplotlib's ≈ 2 s of import and drawing).
 
 Why matplotlib and SVG: the page must open offline, print, and stay small.  An SVG is text inside
 the HTML (no script, no network, no canvas to size), scales to any window width, prints as
@@ -132,6 +134,12 @@ _META = re.compile(r"\s*<metadata>.*?</metadata>|\s*xmlns:(?:dc|cc|rdf)=\"[^\"]*
 _FONTS = re.compile(r"font-family: 'DejaVu Sans'[^;\"]*")  # matplotlib's whole fallback list, per label
 
 
+def min_width(width_in: float) -> int:
+    """The narrowest rendering (CSS pixels) of a figure `width_in` inches wide at which MIN_FONT
+    (user units = points) is still MIN_PX pixels, with 8 px to spare for rounding."""
+    return math.ceil(width_in * 72 * MIN_PX / MIN_FONT) + 8
+
+
 def to_svg(fig: Any, label: str, css_class: str = "") -> str:
     """The figure as an inline <svg>: no XML prolog, no fixed size (CSS scales it), a <title>
     for screen readers, role=img."""
@@ -145,11 +153,10 @@ def to_svg(fig: Any, label: str, css_class: str = "") -> str:
     svg = _FONTS.sub("font-family: 'DejaVu Sans', Verdana, sans-serif", svg)
     svg = _unique_ids(svg)
     cls = f' class="{css_class}"' if css_class else ""
-    # the narrowest rendering at which MIN_FONT (user units = points) are still MIN_PX pixels,
-    # with 8 px to spare for rounding
-    min_width = math.ceil(fig.get_figwidth() * 72 * MIN_PX / MIN_FONT) + 8
     svg = svg.replace(
-        "<svg", f'<svg role="img" aria-label="{esc(label)}"{cls} style="min-width:{min_width}px"', 1
+        "<svg",
+        f'<svg role="img" aria-label="{esc(label)}"{cls} style="min-width:{min_width(fig.get_figwidth())}px"',
+        1,
     )
     head_end = svg.index(">") + 1
     return svg[:head_end] + f"<title>{esc(label)}</title>" + svg[head_end:]
@@ -184,17 +191,6 @@ def _unique_ids(svg: str) -> str:
 
     svg = _ID.sub(rename_id, svg)
     return _REF.sub(lambda m: f"{m.group(1)}{prefix}{m.group(2)}", svg)
-
-
-def titled_groups(svg: str, titles: dict[str, str]) -> str:
-    """Give the <g id=ID> groups matplotlib wrote for artists with gid=ID a <title> (a tooltip on
-    hover, a name for screen readers)."""
-
-    def add(m: re.Match[str]) -> str:
-        gid = m.group(1)
-        return f"{m.group(0)}<title>{esc(titles[gid])}</title>" if gid in titles else m.group(0)
-
-    return re.sub(r'<g id="([^"]+)">', add, svg)
 
 
 def compact(v: float) -> str:
@@ -235,11 +231,24 @@ def log_axis(ax: Any, which: str = "y", base: float = 10, values: Any = None) ->
     else:
         lo, hi = ax.dataLim.intervaly if which == "y" else ax.dataLim.intervalx
     label = FuncFormatter(lambda v, _: compact(v))
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi / lo < base:
+    scale = log_ticks(lo, hi, base)
+    if scale is None:
         axis.set_major_locator(MaxNLocator(nbins=5))
         axis.set_major_formatter(label)
         return
     (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=base)
+    (ax.set_ylim if which == "y" else ax.set_xlim)(scale[0], scale[1])
+    axis.set_major_locator(FixedLocator(scale[2]))
+    axis.set_major_formatter(label)
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def log_ticks(lo: float, hi: float, base: float = 10) -> tuple[float, float, list[float]] | None:
+    """(low limit, high limit, ticks) of a log axis over data from lo to hi, or None where the
+    axis should stay linear (see log_axis: less than one factor of `base`, or no positive data)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi / lo < base:
+        return None
     first, last = math.floor(math.log(lo, base)), math.ceil(math.log(hi, base))
     decades = [base**k for k in range(first, last + 1)]
     if math.log(hi / lo, base) <= 2.5 and base == 10:
@@ -248,8 +257,4 @@ def log_axis(ax: Any, which: str = "y", base: float = 10, values: Any = None) ->
         step = -(-len(decades) // 8)  # at most 8 labelled powers
         ticks = decades[::step]
     pad = (hi / lo) ** 0.04  # the points at the ends are not cut by the axes
-    (ax.set_ylim if which == "y" else ax.set_xlim)(lo / pad, hi * pad)
-    axis.set_major_locator(FixedLocator([t for t in ticks if lo / pad <= t <= hi * pad]))
-    axis.set_major_formatter(label)
-    axis.set_minor_locator(NullLocator())
-    axis.set_minor_formatter(NullFormatter())
+    return lo / pad, hi * pad, [t for t in ticks if lo / pad <= t <= hi * pad]
