@@ -1,9 +1,11 @@
 """`convert`: rewrite a plain LoRA adapter in another format with ΔW preserved exactly.
 
 Each layer's factors are copied unchanged (LoCon Tucker layers are folded into an exact float64
-down factor first) and its scale is carried as alpha = scale·r in the target's own convention
-(PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`, diffusers `lora_adapter_metadata`),
-so ΔW = scale·up@down is the same matrix on both sides up to the last bit of scale·r/r.
+down factor first; factors read from a .safetensors file are copied as their stored bytes, never
+decoded and encoded again: `formats.stored_delta`) and its scale is carried as alpha = scale·r in
+the target's own convention (PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`,
+diffusers `lora_adapter_metadata`), so ΔW = scale·up@down is the same matrix on both sides up
+to the last bit of scale·r/r.
 
 Everything format-specific comes from the registry (`formats.FORMATS`): the target's `SPEC` and
 `write`, the source's `model_path`.  Names: within one format they are kept.  Across formats a
@@ -25,8 +27,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgumentError, UnsupportedError
-from .formats import COMPONENTS, FORMATS, NAMES_KEY, check_dest, check_writable, load, output_path, save, spec
-from .passes import check_factors
+from .formats import (
+    COMPONENTS,
+    FORMATS,
+    NAMES_KEY,
+    check_dest,
+    check_writable,
+    load,
+    output_path,
+    save,
+    spec,
+    stored_delta,
+)
+from .passes import check_factors, nonfinite_error
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
 
@@ -91,8 +104,15 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
         raise InvalidArgumentError(f"no layers of component {component!r} in the adapter", path=adapter.path)
 
     def loader(info: LayerInfo) -> LoraDelta:
-        delta = adapter.loader(origin[info.name])
-        check_factors(delta, adapter.path)  # copied unchanged, NaN/Inf would be too: refused instead
+        first = origin[info.name]
+        stored = stored_delta(adapter, first)  # the bytes as stored: written back without decoding
+        if stored is not None:
+            which = stored.nonfinite()  # copied unchanged, NaN/Inf would be too: refused instead
+            if which is not None:
+                raise nonfinite_error(first, which, adapter.path)
+            return stored.relabel(info)
+        delta = adapter.loader(first)
+        check_factors(delta, adapter.path)
         return LoraDelta(info, delta.down, delta.up)
 
     out = Adapter(
