@@ -32,8 +32,13 @@ from ..types import Adapter, LayerInfo, LoraDelta
 
 # Exponent bits of each storage dtype: all ones means Inf or NaN.
 _EXPONENT = {"bf16": 0x7F80, "fp16": 0x7C00, "fp32": 0x7F800000, "fp64": 0x7FF0000000000000}
-_BITS = {"bf16": np.dtype("<u2"), "fp16": np.dtype("<u2"), "fp32": np.dtype("<u4"), "fp64": np.dtype("<u8")}
-_FLOAT = {
+_BITS: dict[str, np.dtype] = {
+    "bf16": np.dtype("<u2"),
+    "fp16": np.dtype("<u2"),
+    "fp32": np.dtype("<u4"),
+    "fp64": np.dtype("<u8"),
+}
+_FLOAT: dict[str, np.dtype] = {
     "bf16": np.dtype(np.float32),
     "fp16": np.dtype("<f2"),
     "fp32": np.dtype("<f4"),
