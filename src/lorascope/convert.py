@@ -39,6 +39,7 @@ from .formats import (
     spec,
     stored_delta,
 )
+from .parallel import ordered_map
 from .passes import check_factors, nonfinite_error
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
@@ -76,7 +77,10 @@ def convert_file(
     # again against the adapter as read: a PEFT directory may have been given by its weights file
     check_dest(dest, [adapter.path], overwrite=overwrite, replace_flag="--force")
     neutral = retarget(adapter, to, component)
-    written = save(neutral, dest, format=to, source=adapter, overwrite=overwrite)
+    # Layers are read and checked ahead on worker threads while the writer writes the previous
+    # ones (positional reads, the NaN/Inf check and writes release the GIL); a few in flight.
+    ahead = replace(neutral, stream=lambda: ordered_map(neutral.loader, neutral.layers))
+    written = save(ahead, dest, format=to, source=adapter, overwrite=overwrite)
     notes = tuple(n for n in adapter.notes if n.startswith("--lora-only"))
     return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers), notes)
 
