@@ -87,7 +87,8 @@ def convert_file(
 
 def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter:
     """The adapter with the names and clean LayerInfos format `to`'s writer needs, checked writable;
-    factors still load lazily (compress --to uses it to truncate and convert in one pass)."""
+    factors still load lazily (compress --to uses it to truncate and convert in one pass), as their
+    stored bytes where the source has them (`formats.StoredDelta`: decoded when first used)."""
     infos: list[LayerInfo] = []
     origin: dict[str, LayerInfo] = {}
     if to != adapter.format and not spec(to).components:  # one model: one component at most
@@ -108,14 +109,14 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
         raise InvalidArgumentError(f"no layers of component {component!r} in the adapter", path=adapter.path)
 
     def loader(info: LayerInfo) -> LoraDelta:
-        first = origin[info.name]
-        stored = stored_delta(adapter, first)  # the bytes as stored: written back without decoding
+        read_as = origin[info.name]  # the layer as the source names it
+        stored = stored_delta(adapter, read_as)  # the bytes as stored: written back without decoding
         if stored is not None:
             which = stored.nonfinite()  # copied unchanged, NaN/Inf would be too: refused instead
             if which is not None:
-                raise nonfinite_error(first, which, adapter.path)
+                raise nonfinite_error(read_as, which, adapter.path)
             return stored.relabel(info)
-        delta = adapter.loader(first)
+        delta = adapter.loader(read_as)
         check_factors(delta, adapter.path)
         return LoraDelta(info, delta.down, delta.up)
 
