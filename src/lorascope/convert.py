@@ -1,9 +1,11 @@
 """`convert`: rewrite a plain LoRA adapter in another format with ΔW preserved exactly.
 
 Each layer's factors are copied unchanged (LoCon Tucker layers are folded into an exact float64
-down factor first) and its scale is carried as alpha = scale·r in the target's own convention
-(PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`, diffusers `lora_adapter_metadata`),
-so ΔW = scale·up@down is the same matrix on both sides up to the last bit of scale·r/r.
+down factor first; factors read from a .safetensors file are copied as their stored bytes, never
+decoded and encoded again: `formats.stored_delta`) and its scale is carried as alpha = scale·r in
+the target's own convention (PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`,
+diffusers `lora_adapter_metadata`), so ΔW = scale·up@down is the same matrix on both sides up
+to the last bit of scale·r/r.
 
 Everything format-specific comes from the registry (`formats.FORMATS`): the target's `SPEC` and
 `write`, the source's `model_path`.  Names: within one format they are kept.  Across formats a
@@ -25,8 +27,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgumentError, UnsupportedError
-from .formats import COMPONENTS, FORMATS, NAMES_KEY, check_dest, check_writable, load, output_path, save, spec
-from .passes import check_factors
+from .formats import (
+    COMPONENTS,
+    FORMATS,
+    NAMES_KEY,
+    check_dest,
+    check_writable,
+    load,
+    output_path,
+    save,
+    spec,
+    stored_delta,
+)
+from .parallel import ordered_map
+from .passes import check_factors, nonfinite_error
 from .types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 
 
@@ -63,14 +77,18 @@ def convert_file(
     # again against the adapter as read: a PEFT directory may have been given by its weights file
     check_dest(dest, [adapter.path], overwrite=overwrite, replace_flag="--force")
     neutral = retarget(adapter, to, component)
-    written = save(neutral, dest, format=to, source=adapter, overwrite=overwrite)
+    # Layers are read and checked ahead on worker threads while the writer writes the previous
+    # ones (positional reads, the NaN/Inf check and writes release the GIL); a few in flight.
+    ahead = replace(neutral, stream=lambda: ordered_map(neutral.loader, neutral.layers))
+    written = save(ahead, dest, format=to, source=adapter, overwrite=overwrite)
     notes = tuple(n for n in adapter.notes if n.startswith("--lora-only"))
     return ConvertResult(str(src), adapter.format, str(written), to, len(neutral.layers), notes)
 
 
 def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter:
     """The adapter with the names and clean LayerInfos format `to`'s writer needs, checked writable;
-    factors still load lazily (compress --to uses it to truncate and convert in one pass)."""
+    factors still load lazily (compress --to uses it to truncate and convert in one pass), as their
+    stored bytes where the source has them (`formats.StoredDelta`: decoded when first used)."""
     infos: list[LayerInfo] = []
     origin: dict[str, LayerInfo] = {}
     if to != adapter.format and not spec(to).components:  # one model: one component at most
@@ -91,8 +109,15 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
         raise InvalidArgumentError(f"no layers of component {component!r} in the adapter", path=adapter.path)
 
     def loader(info: LayerInfo) -> LoraDelta:
-        delta = adapter.loader(origin[info.name])
-        check_factors(delta, adapter.path)  # copied unchanged, NaN/Inf would be too: refused instead
+        read_as = origin[info.name]  # the layer as the source names it
+        stored = stored_delta(adapter, read_as)  # the bytes as stored: written back without decoding
+        if stored is not None:
+            which = stored.nonfinite()  # copied unchanged, NaN/Inf would be too: refused instead
+            if which is not None:
+                raise nonfinite_error(read_as, which, adapter.path)
+            return stored.relabel(info)
+        delta = adapter.loader(read_as)
+        check_factors(delta, adapter.path)
         return LoraDelta(info, delta.down, delta.up)
 
     out = Adapter(

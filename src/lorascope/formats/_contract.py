@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..files import check_destination, resolved
 from ..types import DTYPE_BYTES, LayerInfo, LoraDelta
+from ._stored import StoredDelta
 
 
 @dataclass(frozen=True)
@@ -125,33 +126,37 @@ def refusal(info: LayerInfo, spec: FormatSpec) -> str | None:
 
 _NP_NAMES = {np.dtype(np.float16): "fp16", np.dtype(np.float32): "fp32", np.dtype(np.float64): "fp64"}
 
-Stored = tuple[np.ndarray, str]  # (array, dtype to store it in), as SafetensorsWriter.add takes them
+Stored = tuple[Any, str]  # (array or StoredFactor, dtype to store it in), as SafetensorsWriter.add takes them
 
 
-def storage_dtype(arr: np.ndarray, dtype: str) -> str:
+def storage_dtype(arr: Any, dtype: str) -> str:
     """The layer's dtype, unless the array is a wider float: never narrows (a LoCon Tucker layer's
     folded down factor is exact float64 beside fp16 storage).  bf16 layers arrive as float32
-    holding bf16 values and are stored as bf16."""
+    holding bf16 values and are stored as bf16.  `arr`: anything with a numpy `dtype`."""
     own = _NP_NAMES.get(np.dtype(arr.dtype), "fp64")
     if dtype == "bf16" and own == "fp32":
         return "bf16"
     return own if DTYPE_BYTES[own] > DTYPE_BYTES.get(dtype, 0) else dtype
 
 
-def stored_factors(delta: LoraDelta, spec: FormatSpec, path: str | None) -> tuple[Stored, Stored]:
+def stored_factors(
+    delta: LoraDelta, spec: FormatSpec, path: str | None, *, keep_stored: bool = False
+) -> tuple[Stored, Stored]:
     """(down, dtype), (up, dtype) in their stored shapes: (r, in) / (out, r), or for conv with a known
     weight shape (r, c_in, kh, kw) / (out, r, 1, 1).  Refuses a layer the format cannot hold and
     factors whose shapes disagree with `delta.info` (a LoHa/LoKr layer's factors have more columns
-    than its rank)."""
+    than its rank).  `keep_stored`: a `StoredDelta`'s factors stay `StoredFactor`s (undecoded), for
+    a writer that hands them straight to `SafetensorsWriter.add`; the dtype is the one its decoded
+    array would get, so the bytes written are the same either way."""
     info = delta.info
     why = refusal(info, spec)
     r = info.rank
-    fits = delta.down.shape == (r, info.in_features) and delta.up.shape == (info.out_features, r)
+    down, up = delta.stored if keep_stored and isinstance(delta, StoredDelta) else (delta.down, delta.up)
+    fits = down.shape == (r, info.in_features) and up.shape == (info.out_features, r)
     if why is None and not fits:
-        why = f"factors {list(delta.down.shape)} / {list(delta.up.shape)} do not have rank {r}"
+        why = f"factors {list(down.shape)} / {list(up.shape)} do not have rank {r}"
     if why:
         raise UnsupportedError(f"layer {info.name}: cannot write it ({why})", path=path)
-    down, up = delta.down, delta.up
     if info.kind == "conv" and info.weight_shape:
         ones = (1,) * (len(info.weight_shape) - 2)
         down, up = down.reshape(r, *info.weight_shape[1:]), up.reshape(info.out_features, r, *ones)

@@ -9,8 +9,10 @@ tensor at a time as a numpy array.  Two sources exist:
   tensor is read with positional reads of its exact byte range (never through a memory map: a file
   truncated under one kills the process with SIGBUS).  A short read is "file changed or truncated
   while reading".  numpy has no bfloat16, so `get` widens BF16 tensors to float32 exactly (a bf16 is
-  the top 16 bits of a float32); `get_bits` gives their stored 16-bit patterns instead, which the
-  plain-LoRA readers hand on (`types.Bf16Delta`) so that the Gram products widen them block by block.
+  the top 16 bits of a float32).  `stored(key)` reads the same byte range without decoding it
+  (`_stored.StoredFactor`), for writers that copy a tensor unchanged; `get_bits(key)` is a BF16
+  tensor's stored 16-bit patterns, which the plain-LoRA readers hand on (`types.Bf16Delta`) so
+  that the Gram products widen them block by block.
 * `DictSource`: tensors already in memory (PyTorch ``adapter_model.bin``, tests).
 
 Writing lives in `_write.py` (its names are re-exported here for existing callers).
@@ -29,6 +31,7 @@ import numpy as np
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ._header import check_with_library, open_fd, parse_header, pread
+from ._stored import StoredFactor
 from ._write import (  # noqa: F401  (the tensor-writing names, importable from here too)
     SafetensorsWriter,
     bf16_bits,
@@ -66,10 +69,18 @@ class TensorSource:
     def get(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
-    def get_bits(self, key: str) -> np.ndarray | None:
-        """A BF16 tensor's stored 16-bit patterns (uint16, its shape), or None where the source
-        has no such tensor as stored bits (then `get` gives its values)."""
+    def stored(self, key: str) -> StoredFactor | None:
+        """The tensor's bytes as stored, undecoded (`_stored.StoredFactor`); None where the source
+        keeps no file bytes (tensors already in memory)."""
         return None
+
+    def get_bits(self, key: str) -> np.ndarray | None:
+        """A BF16 tensor's stored 16-bit patterns (uint16, its shape), or None where the tensor is
+        not BF16 or the source keeps no file bytes (then `get` gives its values)."""
+        if self.dtype(key) != "bf16":
+            return None
+        factor = self.stored(key)
+        return None if factor is None else factor.bits.reshape(factor.shape)
 
 
 class SafetensorsSource(TensorSource):
@@ -107,6 +118,29 @@ class SafetensorsSource(TensorSource):
         return _DTYPES[tag][0] if tag in _DTYPES else tag.lower()
 
     def get(self, key: str) -> np.ndarray:
+        tag, start, end = self._readable(key)
+        kind = _DTYPES[tag][1]
+        if kind is None:  # BF16
+            raw = _scratch_u2((end - start) // 2)  # (count,) reused per thread: no fresh pages per tensor
+            self._read_into(key, raw, start)
+            # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
+            wide = np.left_shift(raw, 16, dtype=np.uint32)  # (count,) one pass: widen and shift
+            return wide.view(np.float32).reshape(self._entries[key]["shape"])
+        stored = np.dtype(kind).newbyteorder("<")  # safetensors data are little-endian
+        arr = np.empty((end - start) // stored.itemsize, dtype=stored)  # (count,)
+        self._read_into(key, arr, start)
+        return arr.reshape(self._entries[key]["shape"])
+
+    def stored(self, key: str) -> StoredFactor:
+        """The tensor's exact byte range, read by the same checked positional reads as `get`."""
+        tag, start, end = self._readable(key)
+        kind = _DTYPES[tag][0]
+        bits = np.empty((end - start) // StoredFactor.bit_dtype(kind).itemsize, StoredFactor.bit_dtype(kind))
+        self._read_into(key, bits, start)  # (count,)
+        return StoredFactor(bits, kind, self.shape(key))
+
+    def _readable(self, key: str) -> tuple[str, int, int]:
+        """(dtype tag, start, end) of a tensor lorascope reads; another dtype is refused."""
         entry = self._entries[key]
         tag = entry["dtype"]
         if tag not in _DTYPES:
@@ -114,26 +148,7 @@ class SafetensorsSource(TensorSource):
                 f"tensor {key!r} has dtype {tag}; lorascope reads F64, F32, F16 and BF16", path=self.path
             )
         start, end = entry["data_offsets"]
-        kind = _DTYPES[tag][1]
-        if kind is None:  # BF16
-            raw = _scratch_u2((end - start) // 2)  # (count,) reused per thread: no fresh pages per tensor
-            self._read_into(key, raw, start)
-            # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
-            wide = np.left_shift(raw, 16, dtype=np.uint32)  # (count,) one pass: widen and shift
-            return wide.view(np.float32).reshape(entry["shape"])
-        stored = np.dtype(kind).newbyteorder("<")  # safetensors data are little-endian
-        arr = np.empty((end - start) // stored.itemsize, dtype=stored)  # (count,)
-        self._read_into(key, arr, start)
-        return arr.reshape(entry["shape"])
-
-    def get_bits(self, key: str) -> np.ndarray | None:
-        entry = self._entries[key]
-        if entry["dtype"] != "BF16":
-            return None
-        start, end = entry["data_offsets"]
-        bits = np.empty((end - start) // 2, dtype="<u2")  # (count,) owned: the caller keeps it
-        self._read_into(key, bits, start)
-        return bits.reshape(entry["shape"])
+        return tag, start, end
 
     def _read_into(self, key: str, arr: np.ndarray, start: int) -> None:
         """Fill the contiguous `arr` with the tensor's bytes.  A short read, or a file whose size or

@@ -251,6 +251,15 @@ def load_factors(src: TensorSource, info: LayerInfo, dk: str, uk: str) -> LoraDe
     return LoraDelta(info, src.get(dk).reshape(shapes[0]), src.get(uk).reshape(shapes[1]))
 
 
+def kohya_stored_keys(info: LayerInfo) -> tuple[str, str] | None:
+    """(down, up) keys of a plain kohya / LyCORIS LoRA layer read as stored; None for the others
+    (a LoCon Tucker core is folded into down; LoHa / LoKr layers are built from their sides)."""
+    roles = info.extras["roles"]
+    if info.extras.get("algo", "lora") != "lora" or "mid" in roles:
+        return None
+    return roles["down"], roles["up"]
+
+
 def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
     roles = info.extras["roles"]
     if "mid" not in roles:
@@ -400,7 +409,8 @@ def write_lora_keys(
     with SafetensorsWriter(dest, reserve=header_room(adapter.names)) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
-            down, up = stored_factors(delta, spec, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            # down (r, in | c_in, kh, kw), up (out, r[, 1, 1]); a StoredDelta's as StoredFactors
+            down, up = stored_factors(delta, spec, adapter.path, keep_stored=True)
             k = spell(info)
             if k in seen:
                 both = f"layers {seen[k]} and {info.name}"

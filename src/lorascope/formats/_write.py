@@ -2,7 +2,8 @@
 """Writing tensor files, through the public atomic-output core (`lorascope.files`: every output
 appears complete or not at all, is created exclusively, and no temporary survives an error).
 
-* `SafetensorsWriter` streams tensors one at a time (memory: one tensor): without a reserved
+* `SafetensorsWriter` streams tensors one at a time (memory: one tensor), numpy arrays or
+  `StoredFactor`s (a tensor's bytes as read, copied without decoding): without a reserved
   header room it writes sorted keys and an 8-byte padded header (layout in its docstring); with
   one (what the format writers pass) the tensors stay in the order added and nothing is copied.
 * `write_safetensors`: a whole dict of fp16/fp32/fp64 arrays, by the safetensors library.
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedError
 from ..files import atomic_path, publish_file, temp_beside, writing
+from ._stored import StoredFactor
 
 _NUMPY = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float16}
 # safetensors tag each short dtype name is written as; bf16 arrives as float32 holding bf16 values.
@@ -46,10 +48,15 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return carry.astype("<u2")
 
 
-def _raw(key: str, arr: np.ndarray, dtype: str, dest) -> np.ndarray:
-    """One tensor as a C-contiguous little-endian array in its stored dtype (written without a copy)."""
+def _raw(key: str, arr: np.ndarray | StoredFactor, dtype: str, dest) -> np.ndarray:
+    """One tensor as a C-contiguous little-endian array in its stored dtype (written without a copy).
+    A `StoredFactor` of that dtype is its stored bits, as they are: nothing decoded or rounded."""
     if dtype not in _TAG_OF:
         raise UnsupportedError(f"cannot write tensor {key!r} as {dtype}", path=dest)
+    if isinstance(arr, StoredFactor):
+        if arr.kind == dtype:
+            return arr.bits
+        arr = arr.decode()  # another dtype: converted like any array
     if dtype == "bf16":
         return bf16_bits(arr)
     return np.ascontiguousarray(arr, dtype=np.dtype(_NUMPY[dtype]).newbyteorder("<"))
@@ -124,11 +131,13 @@ class SafetensorsWriter:
             self.abort()
             raise
 
-    def add(self, key: str, arr: np.ndarray, dtype: str) -> None:
+    def add(self, key: str, arr: np.ndarray | StoredFactor, dtype: str) -> None:
+        """Append one tensor: an array, or a `StoredFactor` (its bits copied when `dtype` is its own)."""
         raw = _raw(key, arr, dtype, self.dest)
         with writing(self.dest):
             self._data.write(raw.data.cast("B"))
-        self._entries[key] = (_TAG_OF[dtype], list(np.shape(arr)), self._size, raw.nbytes)
+        shape = list(arr.shape) if isinstance(arr, StoredFactor) else list(np.shape(arr))
+        self._entries[key] = (_TAG_OF[dtype], shape, self._size, raw.nbytes)
         self._size += raw.nbytes
 
     def close(self, metadata=None) -> None:

@@ -52,6 +52,7 @@ from ._keys import (
 )
 from ._patterns import rank_patterns
 from ._peft_config import Scaling, check_lora_fields
+from ._stored import SourceLoader
 from ._write import SafetensorsWriter, header_room
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -171,7 +172,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="diffusers",
         layers=tuple(layers),
-        loader=lambda info: _load(src, info),
+        loader=SourceLoader(src, _load, lambda info: info.extras["keys"]),
         path=str(weights),
         config=frozen_mapping(
             {
@@ -270,7 +271,8 @@ def write(adapter: Adapter, dest: str | Path, *, source: Adapter | None = None) 
     with SafetensorsWriter(dest, reserve=header_room(adapter.names)) as out:
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
-            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            # down (r, in | c_in, kh, kw), up (out, r[, 1, 1]); a StoredDelta's as StoredFactors
+            down, up = stored_factors(delta, SPEC, adapter.path, keep_stored=True)
             full = info.extras.get("dotted_name", info.name)
             if full.split(".", 1)[0] not in COMPONENTS:
                 full = f"{DEFAULT_COMPONENT}.{full}"

@@ -54,6 +54,7 @@ from ._keys import (
     group_keys,
     header_keys,
     kohya_lora_layer,
+    kohya_stored_keys,
     load_kohya_lora,
     match_spelling,
     missing_pair,
@@ -64,6 +65,7 @@ from ._keys import (
     tucker_down,
     write_lora_keys,
 )
+from ._stored import SourceLoader
 
 SPEC = FormatSpec(
     name="lycoris",
@@ -111,7 +113,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="lycoris",
         layers=tuple(layers),
-        loader=lambda info: _load(src, info),
+        loader=SourceLoader(src, _load, kohya_stored_keys),
         path=str(path),
         config=frozen_mapping(read_peft_fields(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),

@@ -39,6 +39,7 @@ from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fie
     load_config,
     saved_module_names,
 )
+from ._stored import SourceLoader
 
 SPEC = FormatSpec(
     name="peft",
@@ -161,7 +162,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="peft",
         layers=tuple(layers),
-        loader=lambda info: _load(src, info),
+        loader=SourceLoader(src, _load, lambda info: info.extras["keys"]),
         path=str(files.config.parent),
         config=frozen_mapping(cfg),
         metadata=frozen_mapping(src.metadata),
@@ -249,11 +250,12 @@ def _tensor_keys(info: LayerInfo) -> tuple[str, str]:
     return f"{PREFIX}{info.name}.lora_A.weight", f"{PREFIX}{info.name}.lora_B.weight"
 
 
-def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
+def passthrough_tensors(adapter: Adapter, *, stored: bool = False) -> dict[str, tuple[Any, str]]:
     """Tensors of a PEFT adapter on disk that are not LoRA factors (DoRA magnitudes, lora_bias, and
     the full weights of the modules `adapter.modules_to_save` still lists: none after
     `formats.load(..., lora_only=True)`): {key: (array, dtype)}, copied unchanged into a rewritten
-    adapter."""
+    adapter.  `stored`: a .safetensors file's tensors as their stored bytes (`StoredFactor`, nothing
+    decoded), for the writer to copy."""
     if adapter.format != "peft" or not adapter.path:
         return {}
     files = locate(adapter.path)
@@ -273,7 +275,8 @@ def passthrough_tensors(adapter: Adapter) -> dict[str, tuple[Any, str]]:
         module = full_weight_module(key.removeprefix(PREFIX), names, layers)
         return key not in used and (module is None or module in kept)
 
-    return {k: (src.get(k), src.dtype(k)) for k in src.keys() if copied(k)}
+    read = (lambda k: src.stored(k) or src.get(k)) if stored else src.get
+    return {k: (read(k), src.dtype(k)) for k in src.keys() if copied(k)}
 
 
 def model_path(info: LayerInfo) -> str | None:
@@ -311,14 +314,15 @@ def _write_tensors(adapter: Adapter, source: Adapter, weights: Path) -> list[tup
     """Stream the pass-through tensors and every layer's factors; (name, rank, scale) per layer."""
     from ._write import SafetensorsWriter, header_room
 
-    carried = passthrough_tensors(source)
+    carried = passthrough_tensors(source, stored=True)
     rows = []
     with SafetensorsWriter(weights, reserve=header_room([*adapter.names, *carried])) as out:
         for key, (arr, dt) in carried.items():
             out.add(key, arr, dt)
         for delta in adapter.iter_deltas():  # one layer's factors alive at a time
             info = delta.info
-            down, up = stored_factors(delta, SPEC, adapter.path)  # (r, in | c_in, kh, kw), (out, r[, 1, 1])
+            # down (r, in | c_in, kh, kw), up (out, r[, 1, 1]); a StoredDelta's as StoredFactors
+            down, up = stored_factors(delta, SPEC, adapter.path, keep_stored=True)
             if info.dora and not carried:
                 raise UnsupportedError(
                     f"layer {info.name}: DoRA magnitude vectors are copied from a PEFT source on disk; "

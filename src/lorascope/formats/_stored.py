@@ -1,0 +1,166 @@
+"""Factors kept as their stored bytes, so that a conversion that changes no value copies them.
+
+A PEFT → kohya conversion renames keys and carries the scale as alpha; the factors themselves are
+written back unchanged.  Decoding them (bf16 widened to float32) only to encode them again (rounded
+back to bf16) is pure memory traffic, so for that case a reader hands out the bytes as stored:
+
+* `StoredFactor`: one tensor's little-endian bit patterns (one unsigned integer per element),
+  its dtype and shape.  `reshape` is free; `decode()` gives the numpy array `TensorSource.get`
+  would; `nonfinite()` finds NaN/Inf from the exponent bits without decoding.
+* `StoredDelta`: a `LoraDelta` whose `down`/`up` are decoded only when first asked for; the
+  writers (`_contract.stored_factors(..., keep_stored=True)` → `SafetensorsWriter.add`) copy the
+  stored bits when the output dtype is the stored one, and decode and encode otherwise.
+* `SourceLoader`: a reader's `Adapter.loader` that can also give a layer as a `StoredDelta`
+  (`stored_delta`), where its factors are two tensors of a .safetensors file read unchanged.
+  The ordinary call still decodes (audit and the other passes read into a reused buffer).
+
+The bytes written are the bytes the decode → encode path writes: decoding is exact (bf16 is the
+top half of a float32), and encoding a decoded value in its own dtype is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ..types import Adapter, LayerInfo, LoraDelta
+
+# Exponent bits of each storage dtype: all ones means Inf or NaN.
+_EXPONENT = {"bf16": 0x7F80, "fp16": 0x7C00, "fp32": 0x7F800000, "fp64": 0x7FF0000000000000}
+_BITS: dict[str, np.dtype] = {
+    "bf16": np.dtype("<u2"),
+    "fp16": np.dtype("<u2"),
+    "fp32": np.dtype("<u4"),
+    "fp64": np.dtype("<u8"),
+}
+_FLOAT: dict[str, np.dtype] = {
+    "bf16": np.dtype(np.float32),
+    "fp16": np.dtype("<f2"),
+    "fp32": np.dtype("<f4"),
+    "fp64": np.dtype("<f8"),
+}
+_CHUNK = 1 << 17  # elements per finiteness check step: the scratch stays in cache
+
+
+@dataclass(frozen=True)
+class StoredFactor:
+    """One tensor exactly as stored: `bits` (count,) unsigned integers of the storage width."""
+
+    bits: np.ndarray  # (count,) little-endian bit patterns, uint16 for bf16 / fp16
+    kind: str  # storage dtype: bf16, fp16, fp32, fp64
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def bit_dtype(kind: str) -> np.dtype:
+        """The unsigned integer dtype holding one element of `kind`."""
+        return _BITS[kind]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype `decode()` returns (float32 for bf16, as `TensorSource.get`)."""
+        return _FLOAT[self.kind]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+    def reshape(self, *shape: int) -> StoredFactor:
+        """The same bytes under another shape (one -1 is inferred), like `ndarray.reshape`."""
+        if -1 in shape:
+            known = math.prod(s for s in shape if s != -1)
+            shape = tuple(self.bits.size // known if s == -1 else s for s in shape) if known else shape
+        if math.prod(shape) != self.bits.size or any(s < 0 for s in shape):
+            raise ValueError(f"cannot reshape {self.bits.size} elements into {list(shape)}")
+        return StoredFactor(self.bits, self.kind, tuple(shape))
+
+    def decode(self) -> np.ndarray:
+        """The values as numpy floats; bf16 → float32 exactly (the 16 bits are its high half)."""
+        if self.kind == "bf16":
+            return np.left_shift(self.bits, 16, dtype=np.uint32).view(np.float32).reshape(self.shape)
+        return self.bits.view(_FLOAT[self.kind]).reshape(self.shape)
+
+    def nonfinite(self) -> bool:
+        """True when an element is NaN or Inf: its exponent bits are all ones.  Shifting the sign
+        bit out leaves one comparison: (bits << 1) ≥ (exponent << 1)."""
+        bits = self.bits
+        limit = bits.dtype.type((_EXPONENT[self.kind] << 1) & ((1 << 8 * bits.itemsize) - 1))
+        scratch = np.empty(min(bits.size, _CHUNK), dtype=bits.dtype)
+        for i in range(0, bits.size, _CHUNK):
+            part = bits[i : i + _CHUNK]
+            shifted = scratch[: part.size]
+            np.left_shift(part, 1, out=shifted)
+            if shifted.max() >= limit:
+                return True
+        return False
+
+
+class StoredDelta(LoraDelta):
+    """A layer's factors as stored: `stored` = (down (r, in), up (out, r)) as `StoredFactor`s;
+    `down` and `up` are the decoded arrays, built only when first asked for."""
+
+    stored: tuple[StoredFactor, StoredFactor]
+
+    def __init__(self, info: LayerInfo, down: StoredFactor, up: StoredFactor) -> None:
+        object.__setattr__(self, "info", info)
+        object.__setattr__(self, "stored", (down, up))
+
+    @cached_property
+    def down(self) -> np.ndarray:
+        return self.stored[0].decode()  # (r, in)
+
+    @cached_property
+    def up(self) -> np.ndarray:
+        return self.stored[1].decode()  # (out, r)
+
+    def nonfinite(self) -> str | None:
+        """The first factor holding NaN/Inf ("down", then "up"), found from the bits; None if none."""
+        for which, factor in zip(("down", "up"), self.stored, strict=True):
+            if factor.nonfinite():
+                return which
+        return None
+
+    def relabel(self, info: LayerInfo) -> StoredDelta:
+        """The same stored factors described by `info` (a converted layer's name, alpha, ...)."""
+        return StoredDelta(info, *self.stored)
+
+
+class SourceLoader:
+    """A reader's `Adapter.loader`: `loader(info)` decodes the layer (`load(source, info)`);
+    `stored(info)` gives it as a `StoredDelta` where `keys(info)` names its (down, up) tensors,
+    read as stored and reshaped to (r, in) / (out, r); None where the layer is computed from its
+    tensors (a LoCon Tucker core folded in) or the source keeps no bytes (a PyTorch .bin)."""
+
+    def __init__(
+        self,
+        source: Any,
+        load: Callable[[Any, LayerInfo], LoraDelta],
+        keys: Callable[[LayerInfo], tuple[str, str] | None],
+    ) -> None:
+        self.source = source  # a TensorSource
+        self._load = load
+        self._keys = keys
+
+    def __call__(self, info: LayerInfo) -> LoraDelta:
+        return self._load(self.source, info)
+
+    def stored(self, info: LayerInfo) -> StoredDelta | None:
+        keys = self._keys(info)
+        if keys is None:
+            return None
+        down, up = (self.source.stored(k) for k in keys)
+        if down is None or up is None:
+            return None
+        return StoredDelta(info, down.reshape(info.rank, -1), up.reshape(info.out_features, info.rank))
+
+
+def stored_delta(adapter: Adapter, info: LayerInfo) -> StoredDelta | None:
+    """Layer `info` of `adapter` with its factors as stored (nothing decoded), or None where its
+    reader computes them (then `adapter.loader(info)` is the way to read it).  A file changed or
+    truncated while reading is the same FormatError as for `adapter.loader`."""
+    loader = adapter.loader
+    return loader.stored(info) if isinstance(loader, SourceLoader) else None
