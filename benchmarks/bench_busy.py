@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,17 @@ def stop_busy(loops: list[subprocess.Popen]) -> None:
         p.wait()
 
 
+def _remove_outputs(out: Path) -> None:
+    """Delete what one run wrote (OUT, OUT.safetensors, OUT.html, OUT.json; a file or a folder)."""
+    for path in out.parent.glob(out.name + "*"):
+        if path.suffix == ".stderr":
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def measure(name: str, inputs: Inputs, repeats: int, busy: int, warmup: int) -> dict[str, object]:
     env = child_env()
     runs: dict[str, list[tuple[float, float]]] = {"quiet": [], "busy": []}
@@ -169,6 +181,7 @@ def measure(name: str, inputs: Inputs, repeats: int, busy: int, warmup: int) -> 
             result = run_once(argv, env, inputs.root / "out" / f"{name}-{n}.stderr")
         finally:
             stop_busy(loops)
+        _remove_outputs(out)  # no gigabytes of dirty page cache left to be written back during later runs
         if mode:
             runs[mode].append(result)
 
