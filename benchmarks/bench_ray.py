@@ -31,6 +31,10 @@ Measured per run:
   when their raylet stops stay in its tree and are reaped here; `linger_s` is how long after the
   command exited the last of them exited.  `cpu_tree_sampled` splits the sum into the command, the
   Ray workers (the task processes) and Ray's daemons.  Null without psutil.
+* `cores_used` = cpu_tree_s / wall_s: how many of the machine's cores the run got on average.
+* `ready_to_first_step_s`: from the driver's being ready (bench_config.json written, after its
+  imports, task data and tokenizer) to the first probe's first telemetry event: about 1 s locally;
+  for Ray also `ray.init` and each worker's own start-up (imports, task data, tokenizer).
 * the bench's own `timing` (bench_aggregate.json: training, evaluation and the rest, from process
   start; a Ray run sums its tasks' training and evaluation, which overlap in time).
 
@@ -227,13 +231,24 @@ def run_bench(executor: str, cfg: Path, out: Path, env: dict[str, str], sample: 
         "wall_s": round(wall, 3),
         "cpu_cmd_s": round(usage.ru_utime + usage.ru_stime, 3),
         "cpu_tree_s": tree["all"] if tree else None,
+        "cores_used": round(tree["all"] / wall, 3) if tree else None,
         "cpu_tree_sampled": tree,
+        "ready_to_first_step_s": ready_to_first_step(out),
         "linger_s": round(linger, 3),
         "stopped_after_linger": stopped,
         "load_avg_1min_before": round(load, 2),
         "bench_timing": {k: timing[k] for k in ("wall_s", "train_s", "eval_s", "overhead_s", "stages_run")},
         "stderr_lines": [line for line in log.read_text().splitlines() if line.strip()][:20],
     }
+
+
+def ready_to_first_step(out: Path) -> float:
+    """Seconds from the driver's being ready (bench_config.json written, after its imports, data
+    and tokenizer) to the first probe's `run_start` event: about 1 s for the local run; for the Ray
+    run, also `ray.init` and each worker's own start-up (imports, task data, tokenizer)."""
+    ready = (out / "bench_config.json").stat().st_mtime
+    starts = [json.loads(p.read_text().splitlines()[0])["ts"] for p in out.glob("seed_*/probe/run.jsonl")]
+    return round(min(starts) - ready, 3)
 
 
 # --- comparing two output folders ----------------------------------------------------------------
@@ -336,25 +351,26 @@ def median_of(rounds: list[dict], executor: str, key: str) -> float | None:
     return None if None in values else round(statistics.median(values), 3)
 
 
+MEDIAN_KEYS = ("wall_s", "cpu_cmd_s", "cpu_tree_s", "cores_used", "ready_to_first_step_s")
+
+
 def summary(rounds: list[dict]) -> dict:
-    med = {
-        ex: {k: median_of(rounds, ex, k) for k in ("wall_s", "cpu_cmd_s", "cpu_tree_s")} for ex in EXECUTORS
-    }
+    med = {ex: {k: median_of(rounds, ex, k) for k in MEDIAN_KEYS} for ex in EXECUTORS}
     ratios = [r["runs"]["local"]["wall_s"] / r["runs"]["ray"]["wall_s"] for r in rounds]
     return {
         "median": med,
-        "speedup_local_over_ray_of_medians": round(med["local"]["wall_s"] / med["ray"]["wall_s"], 3),
-        "speedup_per_round": [round(x, 3) for x in ratios],
+        "speedup_of_ray_medians": round(med["local"]["wall_s"] / med["ray"]["wall_s"], 3),
+        "speedup_of_ray_per_round": [round(x, 3) for x in ratios],
         "all_rounds_equal": all(r["comparison"]["equal"] for r in rounds),
     }
 
 
-HEADER = f"{'round':>5} {'executor':8} {'wall s':>7} {'cpu cmd s':>9} {'cpu tree s':>10} {'linger s':>8} "
-HEADER += f"{'load':>5} {'train s':>7} {'eval s':>6} {'other s':>7}  outputs"
+HEADER = f"{'round':>5} {'executor':8} {'wall s':>7} {'cpu cmd s':>9} {'cpu tree s':>10} {'cores':>5} "
+HEADER += f"{'1st step s':>10} {'linger s':>8} {'load':>5} {'train s':>7} {'other s':>7}  outputs"
 
 
-def fmt(x: float | None, width: int) -> str:
-    return f"{'-':>{width}}" if x is None else f"{x:>{width}.1f}"
+def fmt(x: float | None, width: int, digits: int = 1) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
 
 
 def print_round(rnd: dict) -> None:
@@ -366,9 +382,9 @@ def print_round(rnd: dict) -> None:
         verdict = "" if ex == "local" else ("equal" if c["equal"] else f"DIFFER ({len(c['differences'])})")
         print(
             f"{rnd['round']:>5} {ex:8} {fmt(r['wall_s'], 7)} {fmt(r['cpu_cmd_s'], 9)} "
-            f"{fmt(r['cpu_tree_s'], 10)} "
+            f"{fmt(r['cpu_tree_s'], 10)} {fmt(r['cores_used'], 5, 2)} {fmt(r['ready_to_first_step_s'], 10)} "
             f"{fmt(r['linger_s'], 8)} {r['load_avg_1min_before']:>5.1f} {fmt(t['train_s'], 7)} "
-            f"{fmt(t['eval_s'], 6)} {fmt(t['overhead_s'], 7)}  {verdict}",
+            f"{fmt(t['overhead_s'], 7)}  {verdict}",
             flush=True,
         )
     for line in c["differences"]:
@@ -380,7 +396,9 @@ def print_summary(s: dict, rounds: list[dict]) -> None:
     for ex in EXECUTORS:
         print(
             f"median {ex:5}: wall {m[ex]['wall_s']:.1f} s, cpu cmd {m[ex]['cpu_cmd_s']:.1f} s, "
-            f"cpu tree {fmt(m[ex]['cpu_tree_s'], 0).strip()} s"
+            f"cpu tree {fmt(m[ex]['cpu_tree_s'], 0).strip()} s, "
+            f"cores {fmt(m[ex]['cores_used'], 0, 2).strip()}, "
+            f"first step {m[ex]['ready_to_first_step_s']:.1f} s after the driver was ready"
         )
     split = [r["runs"]["ray"]["cpu_tree_sampled"] for r in rounds]
     if None not in split:
@@ -389,8 +407,8 @@ def print_summary(s: dict, rounds: list[dict]) -> None:
         print("ray cpu tree split (medians): " + ", ".join(f"{k} {v:.1f} s" for k, v in med.items()))
     c = rounds[-1]["comparison"]
     print(
-        f"local wall / ray wall = {s['speedup_local_over_ray_of_medians']:.2f} (medians; per round "
-        f"{', '.join(f'{x:.2f}' for x in s['speedup_per_round'])}); outputs "
+        f"speed-up of ray = local wall / ray wall = {s['speedup_of_ray_medians']:.2f} (medians; per round "
+        f"{', '.join(f'{x:.2f}' for x in s['speedup_of_ray_per_round'])}); outputs "
         f"{'equal in every round' if s['all_rounds_equal'] else 'DIFFER'} ({c['files_compared']} files, "
         f"{c['adapters_byte_identical']} adapters byte-identical, "
         f"{c['files_differing_only_in_target_modules_order']} differing only in target_modules order)"
