@@ -142,6 +142,23 @@ def test_ray_executor_matches_local(many, tmp_path):
     _same_study(local, remote)
 
 
+@pytest.mark.slow  # ≈ 25 s: Ray's start
+def test_ray_started_by_the_study_is_a_new_local_one_of_the_workers_size(many, tmp_path, monkeypatch, capfd):
+    """Without RAY_ADDRESS and without a Ray already started, the study starts a new local Ray of
+    `workers` CPUs (never one left running by `ray start`), and says nothing on stderr about it."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(SRC))  # the workers import this checkout
+    assert not ray.is_initialized()
+    try:
+        result = run_study([str(many)], tmp_path / "ray", StudyOptions(workers=2, executor="ray"))
+        assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2
+    finally:
+        ray.shutdown()
+    assert result.n_adapters == 24 and result.n_failed == 1
+    assert "Started a local Ray instance" not in capfd.readouterr().err
+
+
 def test_workers_die_with_a_killed_driver(tmp_path):
     """SIGKILL to the study alone (not its process group): its pool workers must not outlive it.
     A stand-in huggingface_hub whose download never returns keeps both workers busy on two

@@ -11,7 +11,9 @@ running.  A task whose worker dies is retried (twice); its partial folder is rem
 Resources: one GPU per task when the bench runs on CUDA (`num_gpus=1`), else `train.threads` CPUs
 (1 when unset).  Each worker builds its task data and tokenizer once and keeps them for its later
 tasks.  Where: a running Ray instance if this process already called `ray.init`, else the cluster
-named by RAY_ADDRESS, else a new local Ray on this machine's cores.
+named by RAY_ADDRESS, else a new local Ray on the cores this process may use (`parallel.cores`:
+CPU affinity, LORASCOPE_THREADS) — never a cluster left running by `ray start` unless RAY_ADDRESS
+names it.
 
 Every stage depends only on the config, its seed and (controls) the probe's adapter, and Runtime
 sets the torch thread count from `train.threads`: with `threads` set, a Ray run's numbers and files
@@ -20,11 +22,13 @@ equal the local run's.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import LorascopeError, MissingDependencyError
+from ..parallel import cores
 from .config import BenchConfig, config_hash
 from .results import TrainedRecord
 from .setup import BenchOptions
@@ -47,8 +51,15 @@ def _ray():
     except ImportError:
         raise MissingDependencyError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")  # None: a new local Ray
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        address = os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray `ray start`
+        cpus = cores() if address == "local" else None  # a cluster brings its own CPUs
+        ray.init(
+            address=address,
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,  # no "Started a local Ray instance" line under -q
+        )
     return ray
 
 

@@ -24,6 +24,7 @@ much slower than the ones after it can leave workers idle once the window behind
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
@@ -172,9 +173,15 @@ def _ray(work: Iterator[Batch], workers: int, task: Task) -> Iterator[list[Outco
     except ImportError:
         raise MissingDependencyError("--executor ray needs Ray: pip install 'lorascope[study]'") from None
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        cpus = None if address else workers  # a cluster brings its own CPUs
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        address = os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray `ray start`
+        cpus = workers if address == "local" else None  # a cluster brings its own CPUs
+        ray.init(
+            address=address,
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     remote = ray.remote(num_cpus=1, max_retries=0)(run_batch)
     ahead = 4 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
     queue = deque((remote.remote(task, b), b) for b in islice(work, ahead))
