@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .types import widen_bf16
+from .types import factor_values
 
 GRAM_MIN_RATIO = 1e-6
 _CHOL_MIN_RATIO = 1e-5  # Cholesky root of G_A when its diagonal spans < 1e5 (cond(G_A) ≲ 1e10)
@@ -142,13 +142,8 @@ def _widen_into(dest: np.ndarray, x: np.ndarray, wide: np.ndarray | None) -> Non
     np.copyto(dest, word.view(np.float32))
 
 
-def _values(x: np.ndarray) -> np.ndarray:
-    """x's values: a uint16 x holds bf16 bit patterns (types.Bf16Delta), widened to float32."""
-    return widen_bf16(x) if x.dtype == np.uint16 else x
-
-
 def _f64(x: np.ndarray) -> np.ndarray:
-    return np.asarray(_values(x), dtype=np.float64)
+    return np.asarray(factor_values(x), dtype=np.float64)
 
 
 def check_finite(ga: np.ndarray, gb: np.ndarray, ranks: tuple[int, ...] = ()) -> None:
@@ -224,7 +219,10 @@ class Core:
 
     def _vectors(self, down, up, p: np.ndarray, r: np.ndarray, work) -> tuple[np.ndarray, np.ndarray]:
         """(U (m, k), Vᵀ (k, n)) = (B·p, r·A) for the core's form (see `form`), as thin products."""
-        dn, u = np.asarray(_values(down), dtype=work), np.asarray(_values(up), dtype=work)  # (r0, n), (m, r0)
+        dn, u = (
+            np.asarray(factor_values(down), dtype=work),
+            np.asarray(factor_values(up), dtype=work),
+        )  # (r0, n), (m, r0)
         p, r = p.astype(work), r.astype(work)
         if self.form == "rows":  # A = up@down (m, n), B = I_m
             return p, (r @ u) @ dn
@@ -318,7 +316,7 @@ def _ldexp(x: float, e: int) -> float:  # x·2^e, inf on overflow (math.ldexp ra
 
 def _peak(x: np.ndarray, which: str) -> int:
     """The binary exponent e of max|x| (max|x| < 2^e), 0 for a zero x; NonFiniteError on NaN/Inf."""
-    x = _values(x)
+    x = factor_values(x)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if not np.isfinite(peak):
         raise NonFiniteError(which)
@@ -329,7 +327,7 @@ def _normalised(g: np.ndarray, x: np.ndarray, which: str, *, rows: bool) -> tupl
     """(Ĝ, s): Ĝ = Gram of 2^-s·x with trace in [¼, 1), exact (powers of two).  A Gram whose
     accumulation over- or underflowed (|x| ≳ 1e154) is rebuilt from 2^-e·x; NaN/Inf → NonFiniteError."""
     t, e = float(np.trace(g)), 0
-    if t == 0 and not np.any(_values(x)):  # a zero factor (an untrained B): nothing to rescale
+    if t == 0 and not np.any(factor_values(x)):  # a zero factor (an untrained B): nothing to rescale
         return g, 0
     if not (np.isfinite(t) and _TRACE_RANGE[0] < t < _TRACE_RANGE[1]):  # also t = 0: underflow
         e = _peak(x, which)

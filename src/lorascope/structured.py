@@ -78,12 +78,14 @@ def compact(delta):
     sides = getattr(delta, "sides", None)
     if sides is not None:
         inner = math.prod(u.shape[1] for u, _ in sides)
-        parts = [("up", u) for u, _ in sides] + [("down", d) for _, d in sides]
-    else:
-        inner = factor_arrays(delta)[0].shape[0]  # a bf16 layer's factors stay unwidened here
-        parts = [("down", delta.down), ("up", delta.up)] if inner > min(m, n) else []
+    else:  # read off the stored arrays: a bf16 layer's factors stay unwidened when it is returned
+        inner = factor_arrays(delta)[0].shape[0]
     if inner <= min(m, n):
         return delta
+    if sides is not None:
+        parts = [("up", u) for u, _ in sides] + [("down", d) for _, d in sides]
+    else:
+        parts = [("down", delta.down), ("up", delta.up)]
     for which, x in parts:
         if not np.isfinite(x).all():
             raise NonFiniteError(which)

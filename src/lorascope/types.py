@@ -119,6 +119,12 @@ def widen_bf16(bits: np.ndarray) -> np.ndarray:
     return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
 
 
+def factor_values(x: np.ndarray) -> np.ndarray:
+    """A factor array's values: a uint16 array holds bf16 bit patterns (`Bf16Delta.bits`) and is
+    widened to float32; any float array is returned as it is."""
+    return widen_bf16(x) if x.dtype == np.uint16 else x
+
+
 class Bf16Delta(LoraDelta):
     """A layer stored in bf16, read as its 16-bit patterns: `bits` = (down (r, in), up (out, r)),
     uint16.  `down` and `up` are their exact float32 widenings, formed only when first asked for:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ..types import widen_bf16
 from ._header import check_with_library, open_fd, parse_header, pread
 from ._stored import StoredFactor
 from ._write import (  # noqa: F401  (the tensor-writing names, importable from here too)
@@ -124,8 +125,7 @@ class SafetensorsSource(TensorSource):
             raw = _scratch_u2((end - start) // 2)  # (count,) reused per thread: no fresh pages per tensor
             self._read_into(key, raw, start)
             # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
-            wide = np.left_shift(raw, 16, dtype=np.uint32)  # (count,) one pass: widen and shift
-            return wide.view(np.float32).reshape(self._entries[key]["shape"])
+            return widen_bf16(raw).reshape(self._entries[key]["shape"])  # one pass: widen and shift
         stored = np.dtype(kind).newbyteorder("<")  # safetensors data are little-endian
         arr = np.empty((end - start) // stored.itemsize, dtype=stored)  # (count,)
         self._read_into(key, arr, start)

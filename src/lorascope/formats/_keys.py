@@ -264,9 +264,8 @@ def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
     roles = info.extras["roles"]
     if "mid" not in roles:
         return load_factors(src, info, roles["down"], roles["up"])
-    down = src.get(roles["down"])  # (r, in) / (r, c_in, kh, kw) / (r, c_in, 1, 1)
-    if "mid" in roles:
-        down = tucker_down(src.get(roles["mid"]), down.reshape(down.shape[0], -1))  # (r, c_in·kh·kw)
+    down = src.get(roles["down"])  # (r, c_in, 1, 1) beside a Tucker core (r, r, kh, kw)
+    down = tucker_down(src.get(roles["mid"]), down.reshape(down.shape[0], -1))  # (r, c_in·kh·kw)
     up = src.get(roles["up"]).reshape(info.out_features, -1)  # (out, r)
     return LoraDelta(info, down.reshape(down.shape[0], -1), up)
 

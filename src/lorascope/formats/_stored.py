@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import Adapter, LayerInfo, LoraDelta
+from ..types import Adapter, LayerInfo, LoraDelta, widen_bf16
 
 # Exponent bits of each storage dtype: all ones means Inf or NaN.
 _EXPONENT = {"bf16": 0x7F80, "fp16": 0x7C00, "fp32": 0x7F800000, "fp64": 0x7FF0000000000000}
@@ -81,7 +81,7 @@ class StoredFactor:
     def decode(self) -> np.ndarray:
         """The values as numpy floats; bf16 → float32 exactly (the 16 bits are its high half)."""
         if self.kind == "bf16":
-            return np.left_shift(self.bits, 16, dtype=np.uint32).view(np.float32).reshape(self.shape)
+            return widen_bf16(self.bits).reshape(self.shape)
         return self.bits.view(_FLOAT[self.kind]).reshape(self.shape)
 
     def nonfinite(self) -> bool:

@@ -54,7 +54,8 @@ from ..spectral import (
     lora_svd,
 )
 from ..structured import factor_arrays
-from ..types import LoraDelta, widen_bf16
+from ..types import LoraDelta, factor_values
+from .methods import stacked_svd
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def weighted_sigma(
     |w₂|‖ΔW₂‖_F, every σᵢ ≥ 1e-3·N is exact to ≤ 1e-9 relative and every σᵢ to ≲ 1e-8·N absolute
     (tests check 1e-6 and 1e-7 against a dense SVD); a sum that nearly cancels (σ₁ ≪ N) is only
     that exact.  A side whose Gram traces are near the ends of float64 takes the stacked
-    Householder QR route (spectral.lora_svd)."""
+    Householder QR route (`methods.stacked_svd`)."""
     g = grams if grams is not None else stacked_grams(d1, d2)
     r, r1 = g.ga.shape[0], g.r1
     c = (weights[0] * d1.scale, weights[1] * d2.scale)
@@ -200,9 +201,7 @@ _GRAM_RANGE = (1e-270, 1e270)  # a Gram trace outside this may have lost digits 
 def _stacked_qr_sigma(d1: LoraDelta, d2: LoraDelta, c: tuple[float, float], r: int) -> np.ndarray:
     """σ of c₁B₁A₁ + c₂B₂A₂ by Householder QR of the stacked factors, padded with zeros to r."""
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        downs = np.concatenate([_f64(d1.down), _f64(d2.down)])  # (r₁+r₂, n)
-        ups = np.concatenate([_f64(d1.up) * c[0], _f64(d2.up) * c[1]], axis=1)  # (m, r₁+r₂)
-        s = lora_svd(downs, ups, 1.0).s
+        s = stacked_svd([(d1.down, d1.up, c[0]), (d2.down, d2.up, c[1])]).s
     return np.concatenate([s, np.zeros(r - s.size)])
 
 
@@ -267,11 +266,6 @@ def _shape(d: LoraDelta) -> tuple[int, int, int]:
     """(inner size, m, n) of a layer's factors, read without widening a bf16 layer's bits."""
     down, up = factor_arrays(d)
     return down.shape[0], up.shape[0], down.shape[1]
-
-
-def _values(x: np.ndarray) -> np.ndarray:
-    """x's values: a uint16 x holds bf16 bit patterns (`factor_arrays`), widened to float32."""
-    return widen_bf16(x) if x.dtype == np.uint16 else x
 
 
 def _usable(core: Core, k: int) -> bool:
@@ -368,8 +362,8 @@ def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float
 
 def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
     down, up = factor_arrays(d)  # a bf16 layer's bits: only the sampled rows and columns are widened
-    b = np.asarray(_values(up[rows]), dtype=dtype)  # (m′, r)
-    a = np.asarray(_values(down[:, cols]), dtype=dtype)  # (r, n′)
+    b = np.asarray(factor_values(up[rows]), dtype=dtype)  # (m′, r)
+    a = np.asarray(factor_values(down[:, cols]), dtype=dtype)  # (r, n′)
     out = b @ a  # (m′, n′)
     out *= dtype(d.scale)
     return out
