@@ -18,6 +18,7 @@ OPENBLAS_NUM_THREADS, which only work before numpy is imported, are not used.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections import deque
@@ -153,3 +154,20 @@ def ordered_map(
             finally:  # an error or an abandoned loop: items not yet started never run
                 for future in pending:
                     future.cancel()
+
+
+def connect_ray(ray, local_cpus: int) -> None:
+    """Connect the imported `ray` module unless this process already has: to the cluster named by
+    RAY_ADDRESS (`auto`: the one `ray start` left on this machine), else a new local Ray of
+    `local_cpus` CPUs, never a stray cluster; no dashboard, no worker logs or INFO lines on the
+    driver's stderr.  The one rule bench and study share."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(
+        address=address,
+        num_cpus=local_cpus if address == "local" else None,  # a cluster brings its own CPUs
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )

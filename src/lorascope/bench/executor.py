@@ -22,13 +22,11 @@ equal the local run's.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import LorascopeError, MissingDependencyError
-from ..parallel import cores
+from ..parallel import connect_ray, cores
 from .config import BenchConfig, config_hash
 from .results import TrainedRecord
 from .setup import BenchOptions
@@ -50,16 +48,7 @@ def _ray():
         import ray
     except ImportError:
         raise MissingDependencyError("--executor ray needs Ray: pip install 'ray>=2.9'") from None
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray `ray start`
-        cpus = cores() if address == "local" else None  # a cluster brings its own CPUs
-        ray.init(
-            address=address,
-            num_cpus=cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,  # no "Started a local Ray instance" line under -q
-        )
+    connect_ray(ray, cores())
     return ray
 
 

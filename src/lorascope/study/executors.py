@@ -24,7 +24,6 @@ much slower than the ones after it can leave workers idle once the window behind
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
 import sys
@@ -39,6 +38,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ..errors import MissingDependencyError
+from ..parallel import connect_ray
 from .failure import crashed, failure
 from .sources import Job, adapter_bytes
 from .worker import Outcome, audit_one
@@ -172,16 +172,7 @@ def _ray(work: Iterator[Batch], workers: int, task: Task) -> Iterator[list[Outco
         import ray
     except ImportError:
         raise MissingDependencyError("--executor ray needs Ray: pip install 'lorascope[study]'") from None
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray `ray start`
-        cpus = workers if address == "local" else None  # a cluster brings its own CPUs
-        ray.init(
-            address=address,
-            num_cpus=cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+    connect_ray(ray, workers)
     remote = ray.remote(num_cpus=1, max_retries=0)(run_batch)
     ahead = 4 * max(workers, int(ray.cluster_resources().get("CPU", workers)))
     queue = deque((remote.remote(task, b), b) for b in islice(work, ahead))
