@@ -12,7 +12,8 @@ back to bf16) is pure memory traffic, so for that case a reader hands out the by
   stored bits when the output dtype is the stored one, and decode and encode otherwise.
 * `SourceLoader`: a reader's `Adapter.loader` that can also give a layer as a `StoredDelta`
   (`stored_delta`), where its factors are two tensors of a .safetensors file read unchanged.
-  The ordinary call still decodes (audit and the other passes read into a reused buffer).
+  The ordinary call gives the layer as the passes read it (bf16 as `types.Bf16Delta`, bit
+  patterns the Gram products widen block by block; other dtypes decoded).
 
 The bytes written are the bytes the decode → encode path writes: decoding is exact (bf16 is the
 top half of a float32), and encoding a decoded value in its own dtype is the identity.
