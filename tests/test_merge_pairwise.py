@@ -211,20 +211,25 @@ def test_options_are_validated():
 @given(
     st.integers(1, 5000),
     st.integers(0, 2**31 - 1),
-    st.sampled_from(["normal", "ties", "zeros", "sorted"]),
+    st.sampled_from(["normal", "ties", "zeros", "sorted", "extremes"]),
+    st.sampled_from([np.float32, np.float64]),
     st.floats(0.0, 1.0),
 )
-def test_kth_largest_is_a_full_partition(n, seed, kind, share):
-    """The two-stage selection equals np.partition's k-th largest for every k, ties and zeros included
-    (sizes above 1,024 take the sampled bound; "sorted" puts every large value past the sample)."""
+def test_kth_largest_is_a_full_partition(n, seed, kind, dtype, share):
+    """The selection on bit patterns equals np.partition's k-th largest of the floats for every k:
+    ties, zeros, sorted input, subnormals, +inf and the largest finite value included."""
     rng = np.random.default_rng(seed)
-    x = np.abs(rng.standard_normal(n)).astype(np.float32)
+    x = np.abs(rng.standard_normal(n)).astype(dtype)
     if kind == "ties":
         x = np.round(x * 2) / 2
     elif kind == "zeros":
         x[rng.random(n) < 0.9] = 0
     elif kind == "sorted":
         x = np.sort(x)
+    elif kind == "extremes":
+        info = np.finfo(dtype)
+        picks = np.array([0.0, info.smallest_subnormal, info.tiny, info.max, np.inf], dtype=dtype)
+        x = np.where(rng.random(n) < 0.5, picks[rng.integers(0, picks.size, n)], x)
     k = min(n, 1 + int(share * n))
     assert kth_largest(x, k) == np.partition(x, n - k)[n - k]
 

@@ -27,7 +27,6 @@ from ..rounding import Rounding
 from ..spectral import Core
 from ..types import Adapter, LayerInfo, LoraDelta
 from . import groups, policies, suggest
-from .base import measure, open_base, ratios
 
 SCHEMA = "lorascope.audit/v1"
 EFFECTIVE_RANK_DEFINITION = (
@@ -112,7 +111,7 @@ class LayerReport:
             d["policies"] = dict(self.policies)
         if self.base is not None:
             d.update(self.base)
-        d["singular_values"] = [float(x) for x in self.sigma]
+        d["singular_values"] = np.asarray(self.sigma, dtype=np.float64).tolist()  # Python floats, one C call
         return d
 
 
@@ -230,6 +229,8 @@ def _with_base(
     adapter: Adapter, layers: list[LayerReport], path: str, progress: Any, notes: list[str]
 ) -> tuple[list[LayerReport], dict[str, Any], dict[str, Any]]:
     """Layers with their update-to-base ratios, the base model's source entry, the udr summary."""
+    from .base import measure, open_base, ratios  # only with a base model: start-up time of the rest
+
     base = open_base(path)
     module = FORMATS.get(adapter.format)
     names = [(module.model_path(x.info) if module else None) or x.name for x in layers]

