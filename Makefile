@@ -30,7 +30,7 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
-# test-fast: the developers' lane, tests marked slow skipped (≈ 1.5 min on 2 cores, the full suite ≈ 8.5); CI runs `make test`.
+# test-fast: the developers' lane, tests marked slow skipped (≈ 2 min on 2 cores, the full suite ≈ 8.5); CI runs `make test`.
 test-fast: $(VENV)/.test
 	$(BIN)/python -m pytest -m "not slow"
 

@@ -192,3 +192,16 @@ def test_truncated_factors_place_s_and_divide(rng, monkeypatch, split, scale, ro
             np.testing.assert_allclose(norms**2, np.linalg.svd(dense, compute_uv=False)[:k], rtol=1e-9)
     with pytest.raises(ValueError, match="unknown split"):
         spectral.truncated_factors(a, b, scale, 2, "left")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(-1200, 1200))
+def test_times_pow2_equals_ldexp_bit_for_bit(seed, e):
+    """The product with an exact power of two rounds as np.ldexp does: normal, subnormal and
+    overflowing results, zeros of both signs and infinities (which the rescaled cores rely on)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(64) * 2.0 ** rng.integers(-1070, 1020, 64)
+    x[:4] = [0.0, -0.0, np.inf, 5e-324]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        got, want = spectral.times_pow2(x, e), np.ldexp(x, e)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))

@@ -231,7 +231,7 @@ class Core:
         sig = np.sqrt(self.s2[:k])  # (k,)
         sa, sb = self.shift
         p, r = lk / sig[None, :], (lk.T @ self.gb) / self.s2[:k, None]
-        return (np.ldexp(p, -sb), np.ldexp(r, -sa)) if sa or sb else (p, r)
+        return (times_pow2(p, -sb), times_pow2(r, -sa)) if sa or sb else (p, r)
 
     def _vectors(self, down, up, p: np.ndarray, r: np.ndarray, work) -> tuple[np.ndarray, np.ndarray]:
         """(U (m, k), Vᵀ (k, n)) = (B·p, r·A) for the core's form (see `form`), as thin products."""
@@ -303,7 +303,7 @@ def gram_core(
     h = root.T @ gb @ root  # (r, r)
     h = 0.5 * (h + h.T)
     s2, w = np.linalg.eigh(h) if vectors else (np.linalg.eigvalsh(h), None)  # ascending
-    return Core(root, gb, np.clip(s2[::-1], 0.0, None), None if w is None else w[:, ::-1], scale, shift, form)
+    return Core(root, gb, np.maximum(s2[::-1], 0.0), None if w is None else w[:, ::-1], scale, shift, form)
 
 
 def layer_core(down: np.ndarray, up: np.ndarray, scale: float = 1.0, *, vectors: bool = False) -> Core:
@@ -323,6 +323,16 @@ class SpectrumOverflowError(ValueError):
 
 
 _TRACE_RANGE = (2.0**-900, 2.0**900)  # a Gram trace outside this may have lost digits to under/overflow
+
+
+def times_pow2(x: np.ndarray, e: int) -> np.ndarray:
+    """x·2^e, exactly as np.ldexp(x, e) rounds it (one correctly rounded product with an exact
+    power of two), ~10× faster on the r×r cores, where np.ldexp's integer exponent array dominates."""
+    if e == 0:
+        return x
+    if -1074 <= e <= 1023:  # 2^e is a float64 (subnormal below -1022): x * 2^e is one rounding
+        return x * math.ldexp(1.0, e)
+    return np.ldexp(x, e)
 
 
 def _ldexp(x: float, e: int) -> float:  # x·2^e, inf on overflow (math.ldexp raises instead)
@@ -351,7 +361,7 @@ def _normalised(g: np.ndarray, x: np.ndarray, which: str, *, rows: bool) -> tupl
         g = y @ y.T if rows else y.T @ y  # (r, r)
         t = float(np.trace(g))
     s = math.frexp(t)[1] // 2  # 0 for t = 0 (all entries underflowed: nothing left to scale)
-    return np.ldexp(g, -2 * s), e + s
+    return times_pow2(g, -2 * s), e + s
 
 
 def checked_core(core: Core) -> Core:  # the core, or SpectrumOverflowError when σ₁ > float64 max
