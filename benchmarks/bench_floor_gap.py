@@ -7,7 +7,7 @@ Rungs (every one a fresh process, interleaved round by round, medians of wall an
 
     audit
       floor        `_minimal.py audit A`: read, widen, Grams, Cholesky, eigenvalues; no output
-      start        `import numpy, json, struct, concurrent.futures`: the floor's own start-up
+      start        the floor's own start-up: its imports (numpy, json, struct, concurrent.futures)
       imports      the CLI's start-up: lorascope's modules, threadpoolctl and argparse, no work
       pass         imports + load A (header, keys, validation) + the spectral pass, results dropped
       report       pass + the audit report (per-layer metrics, summaries, suggestions), not written
@@ -46,7 +46,8 @@ def rung_command(group: str, rung: str, a: Path, b: Path) -> list[str]:
     if rung == "floor":
         return [*py, str(HERE / "_minimal.py"), group, str(a), *([str(b)] if group == "merge-audit" else [])]
     if rung == "start":
-        return [*py, "-c", "import numpy, json, struct, concurrent.futures"]
+        setup = "import os; os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')"  # as _minimal.py
+        return [*py, "-c", f"{setup}; import numpy, json, struct, concurrent.futures"]
     if group == "audit" and rung == "command":
         return [*py, "-m", "lorascope", "audit", str(a), "--json"]
     if group == "merge-audit" and rung == "command":
@@ -69,11 +70,22 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor gave to other guests (all CPUs, /proc/stat), 0 where unknown: a
+    run with much of it measured a machine shared with someone else, not lorascope."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def ladder(group: str, a: Path, b: Path, repeats: int) -> dict:
     cmds = {r: rung_command(group, r, a, b) for r in RUNGS[group]}
     for cmd in cmds.values():  # warm-up: bytecode written, page cache warm
         timed(cmd)
     runs: dict[str, list[tuple[float, float]]] = {r: [] for r in cmds}
+    steal0, t0 = steal_s(), time.perf_counter()
     for _ in range(repeats):
         for r, cmd in cmds.items():
             runs[r].append(timed(cmd))
@@ -84,8 +96,12 @@ def ladder(group: str, a: Path, b: Path, repeats: int) -> dict:
             "cpu_s": statistics.median(c for _, c in values),
             "walls_s": [round(w, 4) for w, _ in values],
         }
+    stolen = (steal_s() - steal0) / (time.perf_counter() - t0) / len(os.sched_getaffinity(0))
+    out["steal_share"] = {"value": round(stolen, 3)}  # of the CPUs' time during the ladder
+    if stolen > 0.05:
+        print(f"warning: {stolen:.0%} of the CPU time went to other guests: the numbers are unreliable")
     floor = out["floor"]["wall_s"]
-    for r in out:
+    for r in cmds:
         out[r]["over_floor"] = out[r]["wall_s"] / floor
     return out
 
@@ -131,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = ladder(group, a, b, args.repeats)
         results["ladders"][group] = rows
         print(f"{group}:")
-        for r, row in rows.items():
+        for r in RUNGS[group]:
+            row = rows[r]
             wall, cpu, ratio = row["wall_s"], row["cpu_s"], row["over_floor"]
             print(f"  {r:<9} {wall:.3f} s wall  {cpu:.3f} s CPU  {ratio:.2f}× floor")
+        print(f"  (the CPUs' time taken by other guests meanwhile: {rows['steal_share']['value']:.0%})")
         results["ladders"][group + "_pieces"] = pieces = decompose(group, rows)
         for piece, (wall, cpu) in pieces.items():
             print(f"    {piece:<46} {wall:+.3f} s wall  {cpu:+.3f} s CPU")
