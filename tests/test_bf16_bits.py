@@ -8,11 +8,11 @@ import pytest
 from conftest import dense_sigma, from_bf16_bits, random_factors, to_bf16_bits, write_peft
 
 from lorascope.audit import audit_adapter
-from lorascope.formats import load
+from lorascope.formats import StoredDelta, load
 from lorascope.merge.audit import merge_audit
 from lorascope.merge.pairwise import pair_metrics
 from lorascope.spectral import NonFiniteError, factor_grams, layer_core
-from lorascope.types import Bf16Delta, LayerInfo, LoraDelta
+from lorascope.types import LoraDelta
 
 
 def bits_and_values(rng, out, inn, r):
@@ -68,7 +68,7 @@ def bf16_pair(tmp_path, rng):
 def test_peft_bf16_layers_load_as_bits_and_audit_without_widening(bf16_pair, monkeypatch):
     adapter = load(bf16_pair[0])
     delta = adapter.delta(adapter.names[0])
-    assert isinstance(delta, Bf16Delta)
+    assert isinstance(delta, StoredDelta) and delta.bits is not None
     floats = LoraDelta(delta.info, delta.down.copy(), delta.up.copy())  # widened: the reader's values
     assert floats.down.dtype == np.float32
     np.testing.assert_array_equal(floats.down, from_bf16_bits(delta.bits[0]))
@@ -77,8 +77,8 @@ def test_peft_bf16_layers_load_as_bits_and_audit_without_widening(bf16_pair, mon
     def refuse(self):
         raise AssertionError("a whole factor was widened")
 
-    monkeypatch.setattr(Bf16Delta, "down", property(refuse))
-    monkeypatch.setattr(Bf16Delta, "up", property(refuse))
+    monkeypatch.setattr(StoredDelta, "down", property(refuse))
+    monkeypatch.setattr(StoredDelta, "up", property(refuse))
     assert audit_adapter(load(bf16_pair[0])).to_dict() == want
     report = merge_audit(load(bf16_pair[0]), load(bf16_pair[1]))  # Grams and the sign grid from the bits
     assert len(report.layers) == 4
@@ -95,22 +95,32 @@ def test_pair_metrics_from_bits_equal_those_from_values(bf16_pair):
         np.testing.assert_array_equal(got.sigma1, want.sigma1)
 
 
-def test_bf16_delta_refuses_non_bit_arrays():
-    info = LayerInfo("x", "linear", 2, 3, 4, 1.0, "bf16")
-    with pytest.raises(ValueError, match="uint16"):
-        Bf16Delta(info, np.zeros((2, 4), np.float32), np.zeros((3, 2), np.uint16))
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_other_dtypes_load_as_stored_values_without_bits(rng, tmp_path, dtype):
+    """A layer stored in fp16 / fp32 comes as stored too, with no bit patterns for the Gram
+    products: its `down` / `up` are the values the source reads, in the stored dtype."""
+    a, b = random_factors(rng, 24, 40, 3)
+    adapter = load(write_peft(tmp_path / "a", {"model.layers.0.self_attn.q_proj": (a, b)}, dtype=dtype))
+    delta = adapter.delta(adapter.names[0])
+    assert isinstance(delta, StoredDelta) and delta.bits is None
+    src = adapter.loader.source
+    dk, uk = delta.info.extras["keys"]
+    for got, key in ((delta.down, dk), (delta.up, uk)):
+        want = src.get(key).reshape(got.shape)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_kohya_and_diffusers_bf16_layers_load_as_bits(bf16_pair, tmp_path, fmt):
     """The other plain-LoRA readers take the same route: converted from the bf16 PEFT adapter,
-    every layer is a Bf16Delta with the same bits and the same spectrum."""
+    every layer is a StoredDelta with bf16 bits and the same spectrum."""
     from lorascope.convert import convert_file
 
     peft = load(bf16_pair[0])
     written = convert_file(bf16_pair[0], tmp_path / f"out-{fmt}.safetensors", to=fmt).dest
     other = load(written)
-    assert all(isinstance(other.delta(n), Bf16Delta) for n in other.names)
+    assert all(other.delta(n).bits is not None for n in other.names)
     for name, theirs in zip(peft.names, other.names, strict=True):
         d, e = peft.delta(name), other.delta(theirs)
         np.testing.assert_allclose(e.dense(), d.dense(), rtol=1e-6, atol=1e-9)  # ΔW kept by the conversion

@@ -76,7 +76,7 @@ def factor_grams(a, b) -> tuple[np.ndarray, np.ndarray]:
     factors, which makes the pass memory-bound).  `a` and `b` may be tuples (A₁, A₂, …),
     (B₁, B₂, …): the Grams of the row-stacked [A₁; A₂; …] and column-stacked [B₁ B₂ …], whose
     off-diagonal blocks are the cross Grams merge-audit needs, computed without forming the stacks.
-    A uint16 array holds bf16 bit patterns (`types.Bf16Delta.bits`): it is widened in the same
+    A uint16 array holds bf16 bit patterns (`formats.StoredDelta.bits`): it is widened in the same
     blocks, so a bf16 factor is never copied whole to float32 (every function here takes them)."""
     xa = a if isinstance(a, tuple) else (a,)
     xb = b if isinstance(b, tuple) else (b,)
@@ -147,7 +147,7 @@ def _bits_buffer(xs: tuple[np.ndarray, ...], size: int) -> np.ndarray | None:
 
 
 def _widen_into(dest: np.ndarray, x: np.ndarray, wide: np.ndarray | None) -> None:
-    """dest[...] = x's values in float64; a uint16 x holds bf16 bit patterns (types.Bf16Delta),
+    """dest[...] = x's values in float64; a uint16 x holds bf16 bit patterns (formats.StoredDelta.bits),
     shifted into the high half of a 32-bit word in the cache-sized scratch block `wide` first."""
     if x.dtype != np.uint16:
         np.copyto(dest, x)

@@ -62,7 +62,7 @@ def delta_core(delta, *, vectors: bool = False) -> Core:
 
 def factor_arrays(delta) -> tuple[np.ndarray, np.ndarray]:
     """(down, up) as the spectral functions take them: a bf16 layer's stored bit patterns
-    (`types.Bf16Delta.bits`, widened block by block inside the Gram products), else the factors."""
+    (`formats.StoredDelta.bits`, widened block by block inside the Gram products), else the factors."""
     bits = getattr(delta, "bits", None)
     return bits if bits is not None else (delta.down, delta.up)
 

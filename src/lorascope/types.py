@@ -120,32 +120,9 @@ def widen_bf16(bits: np.ndarray) -> np.ndarray:
 
 
 def factor_values(x: np.ndarray) -> np.ndarray:
-    """A factor array's values: a uint16 array holds bf16 bit patterns (`Bf16Delta.bits`) and is
+    """A factor array's values: a uint16 array holds bf16 bit patterns (`formats.StoredDelta.bits`) and is
     widened to float32; any float array is returned as it is."""
     return widen_bf16(x) if x.dtype == np.uint16 else x
-
-
-class Bf16Delta(LoraDelta):
-    """A layer stored in bf16, read as its 16-bit patterns: `bits` = (down (r, in), up (out, r)),
-    uint16.  `down` and `up` are their exact float32 widenings, formed only when first asked for:
-    the Gram products (spectral) widen the bits one cache-sized block at a time, so an audit or a
-    merge-audit never forms a whole float32 copy of a factor."""
-
-    bits: tuple[np.ndarray, np.ndarray]
-
-    def __init__(self, info: LayerInfo, down_bits: np.ndarray, up_bits: np.ndarray) -> None:
-        if down_bits.dtype != np.uint16 or up_bits.dtype != np.uint16:
-            raise ValueError("bf16 bit patterns must be uint16 arrays")
-        object.__setattr__(self, "info", info)
-        object.__setattr__(self, "bits", (down_bits, up_bits))
-
-    @cached_property
-    def down(self) -> np.ndarray:
-        return widen_bf16(self.bits[0])
-
-    @cached_property
-    def up(self) -> np.ndarray:
-        return widen_bf16(self.bits[1])
 
 
 Loader = Callable[[LayerInfo], LoraDelta]

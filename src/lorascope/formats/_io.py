@@ -10,9 +10,8 @@ tensor at a time as a numpy array.  Two sources exist:
   truncated under one kills the process with SIGBUS).  A short read is "file changed or truncated
   while reading".  numpy has no bfloat16, so `get` widens BF16 tensors to float32 exactly (a bf16 is
   the top 16 bits of a float32).  `stored(key)` reads the same byte range without decoding it
-  (`_stored.StoredFactor`), for writers that copy a tensor unchanged; `get_bits(key)` is a BF16
-  tensor's stored 16-bit patterns, which the plain-LoRA readers hand on (`types.Bf16Delta`) so
-  that the Gram products widen them block by block.
+  (`_stored.StoredFactor`): the plain-LoRA readers hand layers on that way, so that writers copy
+  a tensor unchanged and the Gram products widen a bf16 tensor's bit patterns block by block.
 * `DictSource`: tensors already in memory (PyTorch ``adapter_model.bin``, tests).
 
 Writing lives in `_write.py` (its names are re-exported here for existing callers).
@@ -74,14 +73,6 @@ class TensorSource:
         """The tensor's bytes as stored, undecoded (`_stored.StoredFactor`); None where the source
         keeps no file bytes (tensors already in memory)."""
         return None
-
-    def get_bits(self, key: str) -> np.ndarray | None:
-        """A BF16 tensor's stored 16-bit patterns (uint16, its shape), or None where the tensor is
-        not BF16 or the source keeps no file bytes (then `get` gives its values)."""
-        if self.dtype(key) != "bf16":
-            return None
-        factor = self.stored(key)
-        return None if factor is None else factor.bits.reshape(factor.shape)
 
 
 class SafetensorsSource(TensorSource):

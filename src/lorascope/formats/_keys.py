@@ -20,11 +20,12 @@ import numpy as np
 
 from ..errors import FormatError, LorascopeError
 from ..files import json_loads
-from ..types import Adapter, Bf16Delta, LayerInfo, LoraDelta, frozen_mapping
+from ..types import Adapter, LayerInfo, LoraDelta, frozen_mapping
 from ._checks import ALPHA_RULE, factor_dims, finite_alpha
 from ._contract import FormatSpec, stored_factors
 from ._header import read_header, short_repr
 from ._io import TensorSource
+from ._stored import read_stored
 from ._write import SafetensorsWriter, header_room
 
 # Pipeline components: the first dotted part of a diffusers layer name ("unet.down_blocks.0…").
@@ -241,14 +242,14 @@ def tucker_down(mid: np.ndarray, down: np.ndarray) -> np.ndarray:
 
 
 def load_factors(src: TensorSource, info: LayerInfo, dk: str, uk: str) -> LoraDelta:
-    """One plain layer's factors, down (r, in) and up (out, r) (conv flattened): a bf16 layer as
-    its stored bit patterns (`types.Bf16Delta`: widened block by block in the Gram products, or
-    whole when a caller asks for `down` / `up`), any other dtype as read."""
-    shapes = (info.rank, -1), (info.out_features, info.rank)
-    bits = (src.get_bits(dk), src.get_bits(uk))
-    if bits[0] is not None and bits[1] is not None:
-        return Bf16Delta(info, bits[0].reshape(shapes[0]), bits[1].reshape(shapes[1]))
-    return LoraDelta(info, src.get(dk).reshape(shapes[0]), src.get(uk).reshape(shapes[1]))
+    """One plain layer's factors, down (r, in) and up (out, r) (conv flattened): from a .safetensors
+    file as stored (`_stored.StoredDelta`: decoded only when asked for; a bf16 layer's bit
+    patterns go to the Gram products, which widen them block by block), else as read."""
+    stored = read_stored(src, info, (dk, uk))
+    if stored is not None:
+        return stored
+    down, up = src.get(dk).reshape(info.rank, -1), src.get(uk).reshape(info.out_features, info.rank)
+    return LoraDelta(info, down, up)
 
 
 def kohya_stored_keys(info: LayerInfo) -> tuple[str, str] | None:

@@ -7,13 +7,16 @@ back to bf16) is pure memory traffic, so for that case a reader hands out the by
 * `StoredFactor`: one tensor's little-endian bit patterns (one unsigned integer per element),
   its dtype and shape.  `reshape` is free; `decode()` gives the numpy array `TensorSource.get`
   would; `nonfinite()` finds NaN/Inf from the exponent bits without decoding.
-* `StoredDelta`: a `LoraDelta` whose `down`/`up` are decoded only when first asked for; the
-  writers (`_contract.stored_factors(..., keep_stored=True)` → `SafetensorsWriter.add`) copy the
-  stored bits when the output dtype is the stored one, and decode and encode otherwise.
-* `SourceLoader`: a reader's `Adapter.loader` that can also give a layer as a `StoredDelta`
-  (`stored_delta`), where its factors are two tensors of a .safetensors file read unchanged.
-  The ordinary call gives the layer as the passes read it (bf16 as `types.Bf16Delta`, bit
-  patterns the Gram products widen block by block; other dtypes decoded).
+* `StoredDelta`: a `LoraDelta` whose `down`/`up` are decoded only when first asked for.  The
+  plain-LoRA readers give every layer of a .safetensors file this way (`read_stored`): the
+  spectral passes take a bf16 layer's bit patterns (`bits`) and widen them one cache-sized block
+  at a time inside the Gram products, so an audit or a merge-audit never forms a whole float32
+  copy of a factor; the writers (`_contract.stored_factors(..., keep_stored=True)` →
+  `SafetensorsWriter.add`) copy the stored bits when the output dtype is the stored one, and
+  decode and encode otherwise.
+* `SourceLoader`: a reader's `Adapter.loader`; `stored_delta` asks it for a layer as a
+  `StoredDelta` where its factors are two tensors of a .safetensors file read unchanged, and
+  None where the reader computes them (a LoCon Tucker core folded in).
 
 The bytes written are the bytes the decode → encode path writes: decoding is exact (bf16 is the
 top half of a float32), and encoding a decoded value in its own dtype is the identity.
@@ -118,6 +121,16 @@ class StoredDelta(LoraDelta):
     def up(self) -> np.ndarray:
         return self.stored[1].decode()  # (out, r)
 
+    @cached_property
+    def bits(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(down (r, in), up (out, r)) as bf16 bit patterns (uint16) when both factors are stored in
+        bf16, for the spectral functions (`structured.factor_arrays`), which widen them block by
+        block; None for any other dtype (then `down` and `up` are the values)."""
+        down, up = self.stored
+        if down.kind != "bf16" or up.kind != "bf16":
+            return None
+        return down.bits.reshape(down.shape), up.bits.reshape(up.shape)
+
     def nonfinite(self) -> str | None:
         """The first factor holding NaN/Inf ("down", then "up"), found from the bits; None if none."""
         for which, factor in zip(("down", "up"), self.stored, strict=True):
@@ -151,12 +164,16 @@ class SourceLoader:
 
     def stored(self, info: LayerInfo) -> StoredDelta | None:
         keys = self._keys(info)
-        if keys is None:
-            return None
-        down, up = (self.source.stored(k) for k in keys)
-        if down is None or up is None:
-            return None
-        return StoredDelta(info, down.reshape(info.rank, -1), up.reshape(info.out_features, info.rank))
+        return None if keys is None else read_stored(self.source, info, keys)
+
+
+def read_stored(source: Any, info: LayerInfo, keys: tuple[str, str]) -> StoredDelta | None:
+    """Layer `info`'s (down, up) tensors `keys` of `source` (a TensorSource) as stored, reshaped to
+    (r, in) / (out, r) (a conv kernel flattened); None where the source keeps no file bytes."""
+    down, up = (source.stored(k) for k in keys)
+    if down is None or up is None:
+        return None
+    return StoredDelta(info, down.reshape(info.rank, -1), up.reshape(info.out_features, info.rank))
 
 
 def stored_delta(adapter: Adapter, info: LayerInfo) -> StoredDelta | None:
