@@ -20,6 +20,24 @@ class ChildFailed(SystemExit):
     its one-line message (a SystemExit); callers that can go on without the command catch it."""
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor gave to other guests so far (all CPUs, /proc/stat), 0 where unknown.
+    A benchmark reads it before and after its timed runs (`steal_share`): much of it means the
+    machine was shared with someone else, and the times measure that, not the code."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def steal_share(since: float, t0: float) -> float:
+    """The share of the CPUs' time since (`steal_s()`, `time.perf_counter()`) = (since, t0) that
+    went to other guests."""
+    elapsed = time.perf_counter() - t0
+    return (steal_s() - since) / elapsed / len(os.sched_getaffinity(0)) if elapsed > 0 else 0.0
+
+
 def warm_cache(weights: Path) -> None:
     with open(weights, "rb") as f:
         while f.read(1 << 24):

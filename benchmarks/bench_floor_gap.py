@@ -34,6 +34,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _child import steal_s, steal_share  # noqa: E402
+
 SRC = HERE.parent / "src"
 RUNGS = {
     "audit": ("floor", "start", "imports", "pass", "report", "command"),
@@ -70,16 +74,6 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def steal_s() -> float:
-    """CPU time the hypervisor gave to other guests (all CPUs, /proc/stat), 0 where unknown: a
-    run with much of it measured a machine shared with someone else, not lorascope."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def ladder(group: str, a: Path, b: Path, repeats: int) -> dict:
     cmds = {r: rung_command(group, r, a, b) for r in RUNGS[group]}
     for cmd in cmds.values():  # warm-up: bytecode written, page cache warm
@@ -96,7 +90,7 @@ def ladder(group: str, a: Path, b: Path, repeats: int) -> dict:
             "cpu_s": statistics.median(c for _, c in values),
             "walls_s": [round(w, 4) for w, _ in values],
         }
-    stolen = (steal_s() - steal0) / (time.perf_counter() - t0) / len(os.sched_getaffinity(0))
+    stolen = steal_share(steal0, t0)
     out["steal_share"] = {"value": round(stolen, 3)}  # of the CPUs' time during the ladder
     if stolen > 0.05:
         print(f"warning: {stolen:.0%} of the CPU time went to other guests: the numbers are unreliable")
@@ -138,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path("/tmp/lorascope-bench-merge"))
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(HERE))
     from bench_merge_audit import ensure_pair
 
     a, b = ensure_pair(args.cache, 32, quick=False)

@@ -20,6 +20,9 @@ machine at that moment; lorascope ÷ minimal is what lorascope's own checks, met
 | compress    | `lorascope compress A -o OUT --rank 16`    | `gradience truncate --peft-dir A --rank 16 --out-dir OUT --dtype bf16` |
 | merge-audit | `lorascope merge-audit A B --json -q`      | `gradience merge-audit --adapter-a A --adapter-b B --json` |
 
+Other guests: each row records the share of the CPUs' time the hypervisor gave other guests while
+it ran (`steal_share`, from /proc/stat); above 5 % the line says the row is unreliable.
+
 Unavoidable share: the part of lorascope's wall time that no implementation can skip, measured
 in this process on the same data: reading every tensor's bytes from the page cache and the
 float64 Gram products of the r×r core (`syrk`, the O((m+n)·r²) flops; for merge-audit the
@@ -52,7 +55,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _child import ChildFailed, lorascope_cmd, run_child, warm_cache  # noqa: E402
+from _child import ChildFailed, lorascope_cmd, run_child, steal_s, steal_share, warm_cache  # noqa: E402
 from bench_merge_audit import DEFAULT_CACHE, ensure_pair  # noqa: E402
 
 DEFAULT_GRADIENCE = Path(tempfile.gettempdir()) / "gradience-venv" / "bin" / "gradience"
@@ -108,12 +111,14 @@ def interleaved(name: str, a: Path, b: Path, gradience: Path | None, repeats: in
     ours_cmd, theirs_cmd = commands(name, a, b, out, gradience or Path("gradience"))
     least_cmd = minimal_cmd(name, a, b, out)
     ours, least, theirs = [], [], []
+    steal0, t0 = steal_s(), time.perf_counter()
     for _ in range(repeats):
         ours.append(timed(ours_cmd, out, 600))
         least.append(timed(least_cmd, out, 600))
         if gradience is not None:
             theirs.append(timed(theirs_cmd, out, 600))
     row = {"lorascope": summary(ours), "minimal": summary(least)}
+    row["steal_share"] = steal_share(steal0, t0)  # other guests' share of the CPUs meanwhile
     row["overhead_vs_minimal"] = row["lorascope"]["median_s"] / row["minimal"]["median_s"]
     if theirs:
         row["gradience"] = summary(theirs)
@@ -261,6 +266,9 @@ def line(name: str, row: dict) -> str:
     text += f"  unavoidable {100 * row['unavoidable_share']:.0f} %"
     if "busy" in row:
         text += f"  busy/quiet {row['busy']['ratio']:.2f}"
+    text += f"  other guests {100 * row['steal_share']:.0f} % of the CPUs"
+    if row["steal_share"] > 0.05:
+        text += " (unreliable)"
     return text
 
 
