@@ -8,7 +8,7 @@ import pytest
 from conftest import dense_sigma, from_bf16_bits, random_factors, to_bf16_bits, write_peft
 
 from lorascope.audit import audit_adapter
-from lorascope.formats import StoredDelta, load
+from lorascope.formats import SafetensorsSource, StoredDelta, load
 from lorascope.merge.audit import merge_audit
 from lorascope.merge.pairwise import pair_metrics
 from lorascope.spectral import NonFiniteError, factor_grams, layer_core
@@ -103,7 +103,7 @@ def test_other_dtypes_load_as_stored_values_without_bits(rng, tmp_path, dtype):
     adapter = load(write_peft(tmp_path / "a", {"model.layers.0.self_attn.q_proj": (a, b)}, dtype=dtype))
     delta = adapter.delta(adapter.names[0])
     assert isinstance(delta, StoredDelta) and delta.bits is None
-    src = adapter.loader.source
+    src = SafetensorsSource(adapter.path + "/adapter_model.safetensors")  # the same file, read by `get`
     dk, uk = delta.info.extras["keys"]
     for got, key in ((delta.down, dk), (delta.up, uk)):
         want = src.get(key).reshape(got.shape)

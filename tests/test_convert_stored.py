@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import lorascope.convert as convert_mod
 from lorascope.cli.main import main
 from lorascope.convert import convert_file
-from lorascope.formats import StoredFactor, load, stored_delta
+from lorascope.formats import StoredDelta, StoredFactor, load
 from lorascope.formats import _write as write_mod
 from lorascope.formats._io import SafetensorsSource
 
@@ -182,15 +182,17 @@ def test_source_truncated_while_converting_is_one_line_and_writes_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
-def test_stored_delta_decodes_to_what_the_loader_reads_and_is_none_for_a_tucker_layer(tmp_path, rng):
+def test_stored_layers_decode_to_what_the_source_reads_and_a_tucker_layer_is_decoded(tmp_path, rng):
     src, _ = _source(tmp_path, rng)
     adapter = load(src)
+    source = SafetensorsSource(adapter.path + "/adapter_model.safetensors")  # the decoding read, `get`
     for info in adapter.layers:
-        stored, read = stored_delta(adapter, info), adapter.loader(info)
-        assert stored is not None and stored.nonfinite() is None
-        assert stored.down.dtype == read.down.dtype == np.float32
-        np.testing.assert_array_equal(stored.down, read.down)
-        np.testing.assert_array_equal(stored.up, read.up)
+        stored = adapter.loader(info)
+        assert isinstance(stored, StoredDelta) and stored.nonfinite() is None
+        down, up = (source.get(k) for k in info.extras["keys"])
+        assert stored.down.dtype == down.dtype == np.float32
+        np.testing.assert_array_equal(stored.down, down.reshape(stored.down.shape))
+        np.testing.assert_array_equal(stored.up, up.reshape(stored.up.shape))
     t = {
         "lora_unet_c.lora_down.weight": (rng.standard_normal((2, 3, 1, 1)), "fp32"),
         "lora_unet_c.lora_mid.weight": (rng.standard_normal((2, 2, 3, 3)), "fp32"),
@@ -198,7 +200,7 @@ def test_stored_delta_decodes_to_what_the_loader_reads_and_is_none_for_a_tucker_
     }
     write_safetensors_raw(tmp_path / "t.safetensors", t)
     tucker = load(tmp_path / "t.safetensors")
-    assert stored_delta(tucker, tucker.layers[0]) is None
+    assert not isinstance(tucker.loader(tucker.layers[0]), StoredDelta)  # folded: computed, not stored
 
 
 SPECIAL = {  # bit patterns around the exponent boundary of each dtype (sign bit both ways)

@@ -2,7 +2,7 @@
 
 Each layer's factors are copied unchanged (LoCon Tucker layers are folded into an exact float64
 down factor first; factors read from a .safetensors file are copied as their stored bytes, never
-decoded and encoded again: `formats.stored_delta`) and its scale is carried as alpha = scale·r in
+decoded and encoded again: `formats.StoredDelta`) and its scale is carried as alpha = scale·r in
 the target's own convention (PEFT rank/alpha patterns, kohya / LyCORIS per-module `alpha`,
 diffusers `lora_adapter_metadata`), so ΔW = scale·up@down is the same matrix on both sides up
 to the last bit of scale·r/r.
@@ -31,13 +31,13 @@ from .formats import (
     COMPONENTS,
     FORMATS,
     NAMES_KEY,
+    StoredDelta,
     check_dest,
     check_writable,
     load,
     output_path,
     save,
     spec,
-    stored_delta,
 )
 from .parallel import ordered_map
 from .passes import check_factors, nonfinite_error
@@ -110,13 +110,12 @@ def retarget(adapter: Adapter, to: str, component: str | None = None) -> Adapter
 
     def loader(info: LayerInfo) -> LoraDelta:
         read_as = origin[info.name]  # the layer as the source names it
-        stored = stored_delta(adapter, read_as)  # the bytes as stored: written back without decoding
-        if stored is not None:
-            which = stored.nonfinite()  # copied unchanged, NaN/Inf would be too: refused instead
+        delta = adapter.loader(read_as)
+        if isinstance(delta, StoredDelta):  # the bytes as stored: written back without decoding
+            which = delta.nonfinite()  # copied unchanged, NaN/Inf would be too: refused instead
             if which is not None:
                 raise nonfinite_error(read_as, which, adapter.path)
-            return stored.relabel(info)
-        delta = adapter.loader(read_as)
+            return delta.relabel(info)
         check_factors(delta, adapter.path)
         return LoraDelta(info, delta.down, delta.up)
 

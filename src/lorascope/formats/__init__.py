@@ -12,9 +12,9 @@ format is one module plus one line here.  Callers go through this registry only:
   `output_path(format, dest)`, after `check_writable`.
 * `check_dest` (an output must not be, hold or lie inside an input, nor exist non-empty) is shared
   by convert, compress and merge.
-* `stored_delta(adapter, info)` gives a layer whose factors are two tensors of a .safetensors file
-  as their stored bytes (`StoredDelta`); every writer copies those bytes unchanged where the
-  output dtype is the stored one, instead of decoding and encoding them (convert).
+* A layer whose factors are two tensors of a .safetensors file is read as their stored bytes
+  (`StoredDelta`); every writer copies those bytes unchanged where the output dtype is the stored
+  one, instead of decoding and encoding them (convert).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ._contract import FormatSpec, check_dest, refusal
 from ._io import SafetensorsSource, TensorSource, open_safetensors, write_safetensors_typed
 from ._keys import COMPONENTS, NAMES_KEY, header_error, match_spelling
 from ._peft_config import TASK_HEADS
-from ._stored import StoredDelta, StoredFactor, stored_delta
+from ._stored import StoredDelta, StoredFactor
 
 __all__ = [
     "COMPONENTS",
@@ -52,7 +52,6 @@ __all__ = [
     "output_path",
     "save",
     "spec",
-    "stored_delta",
     "without_full_weights",
     "write_safetensors_typed",
 ]

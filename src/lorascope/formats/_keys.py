@@ -252,15 +252,6 @@ def load_factors(src: TensorSource, info: LayerInfo, dk: str, uk: str) -> LoraDe
     return LoraDelta(info, down, up)
 
 
-def kohya_stored_keys(info: LayerInfo) -> tuple[str, str] | None:
-    """(down, up) keys of a plain kohya / LyCORIS LoRA layer read as stored; None for the others
-    (a LoCon Tucker core is folded into down; LoHa / LoKr layers are built from their sides)."""
-    roles = info.extras["roles"]
-    if info.extras.get("algo", "lora") != "lora" or "mid" in roles:
-        return None
-    return roles["down"], roles["up"]
-
-
 def load_kohya_lora(src: TensorSource, info: LayerInfo) -> LoraDelta:
     roles = info.extras["roles"]
     if "mid" not in roles:

@@ -14,9 +14,8 @@ back to bf16) is pure memory traffic, so for that case a reader hands out the by
   copy of a factor; the writers (`_contract.stored_factors(..., keep_stored=True)` →
   `SafetensorsWriter.add`) copy the stored bits when the output dtype is the stored one, and
   decode and encode otherwise.
-* `SourceLoader`: a reader's `Adapter.loader`; `stored_delta` asks it for a layer as a
-  `StoredDelta` where its factors are two tensors of a .safetensors file read unchanged, and
-  None where the reader computes them (a LoCon Tucker core folded in).
+  A layer whose factors a reader computes (a LoCon Tucker core folded in, LoHa / LoKr sides) or
+  reads from memory (a PyTorch .bin) comes as a plain decoded `LoraDelta` instead.
 
 The bytes written are the bytes the decode → encode path writes: decoding is exact (bf16 is the
 top half of a float32), and encoding a decoded value in its own dtype is the identity.
@@ -25,14 +24,13 @@ top half of a float32), and encoding a decoded value in its own dtype is the ide
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from ..types import Adapter, LayerInfo, LoraDelta, widen_bf16
+from ..types import LayerInfo, LoraDelta, widen_bf16
 
 # Exponent bits of each storage dtype: all ones means Inf or NaN.
 _EXPONENT = {"bf16": 0x7F80, "fp16": 0x7C00, "fp32": 0x7F800000, "fp64": 0x7FF0000000000000}
@@ -143,30 +141,6 @@ class StoredDelta(LoraDelta):
         return StoredDelta(info, *self.stored)
 
 
-class SourceLoader:
-    """A reader's `Adapter.loader`: `loader(info)` decodes the layer (`load(source, info)`);
-    `stored(info)` gives it as a `StoredDelta` where `keys(info)` names its (down, up) tensors,
-    read as stored and reshaped to (r, in) / (out, r); None where the layer is computed from its
-    tensors (a LoCon Tucker core folded in) or the source keeps no bytes (a PyTorch .bin)."""
-
-    def __init__(
-        self,
-        source: Any,
-        load: Callable[[Any, LayerInfo], LoraDelta],
-        keys: Callable[[LayerInfo], tuple[str, str] | None],
-    ) -> None:
-        self.source = source  # a TensorSource
-        self._load = load
-        self._keys = keys
-
-    def __call__(self, info: LayerInfo) -> LoraDelta:
-        return self._load(self.source, info)
-
-    def stored(self, info: LayerInfo) -> StoredDelta | None:
-        keys = self._keys(info)
-        return None if keys is None else read_stored(self.source, info, keys)
-
-
 def read_stored(source: Any, info: LayerInfo, keys: tuple[str, str]) -> StoredDelta | None:
     """Layer `info`'s (down, up) tensors `keys` of `source` (a TensorSource) as stored, reshaped to
     (r, in) / (out, r) (a conv kernel flattened); None where the source keeps no file bytes."""
@@ -174,11 +148,3 @@ def read_stored(source: Any, info: LayerInfo, keys: tuple[str, str]) -> StoredDe
     if down is None or up is None:
         return None
     return StoredDelta(info, down.reshape(info.rank, -1), up.reshape(info.out_features, info.rank))
-
-
-def stored_delta(adapter: Adapter, info: LayerInfo) -> StoredDelta | None:
-    """Layer `info` of `adapter` with its factors as stored (nothing decoded), or None where its
-    reader computes them (then `adapter.loader(info)` is the way to read it).  A file changed or
-    truncated while reading is the same FormatError as for `adapter.loader`."""
-    loader = adapter.loader
-    return loader.stored(info) if isinstance(loader, SourceLoader) else None

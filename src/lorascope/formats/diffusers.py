@@ -52,7 +52,6 @@ from ._keys import (
 )
 from ._patterns import rank_patterns
 from ._peft_config import Scaling, check_lora_fields
-from ._stored import SourceLoader
 from ._write import SafetensorsWriter, header_room
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -172,7 +171,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="diffusers",
         layers=tuple(layers),
-        loader=SourceLoader(src, _load, lambda info: info.extras["keys"]),
+        loader=lambda info: _load(src, info),
         path=str(weights),
         config=frozen_mapping(
             {

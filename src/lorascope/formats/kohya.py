@@ -45,7 +45,6 @@ from ._keys import (
     header_keys,
     kohya_lora_layer,
     kohya_name,
-    kohya_stored_keys,
     load_kohya_lora,
     match_spelling,
     read_name_map,
@@ -53,7 +52,6 @@ from ._keys import (
     training_metadata,
     write_lora_keys,
 )
-from ._stored import SourceLoader
 
 SPEC = FormatSpec(
     name="kohya",
@@ -91,7 +89,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="kohya",
         layers=tuple(layers),
-        loader=SourceLoader(src, load_kohya_lora, kohya_stored_keys),
+        loader=lambda info: load_kohya_lora(src, info),
         path=str(path),
         config=frozen_mapping(_config(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),

@@ -54,7 +54,6 @@ from ._keys import (
     group_keys,
     header_keys,
     kohya_lora_layer,
-    kohya_stored_keys,
     load_kohya_lora,
     match_spelling,
     missing_pair,
@@ -65,7 +64,6 @@ from ._keys import (
     tucker_down,
     write_lora_keys,
 )
-from ._stored import SourceLoader
 
 SPEC = FormatSpec(
     name="lycoris",
@@ -113,7 +111,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="lycoris",
         layers=tuple(layers),
-        loader=SourceLoader(src, _load, kohya_stored_keys),
+        loader=lambda info: _load(src, info),
         path=str(path),
         config=frozen_mapping(read_peft_fields(src.metadata, src.path)),
         metadata=frozen_mapping(src.metadata),

@@ -39,7 +39,6 @@ from ._peft_config import (  # noqa: F401  (load_config, Scaling, check_lora_fie
     load_config,
     saved_module_names,
 )
-from ._stored import SourceLoader
 
 SPEC = FormatSpec(
     name="peft",
@@ -162,7 +161,7 @@ def read(path: str | Path, **options: Any) -> Adapter:
     return Adapter(
         format="peft",
         layers=tuple(layers),
-        loader=SourceLoader(src, _load, lambda info: info.extras["keys"]),
+        loader=lambda info: _load(src, info),
         path=str(files.config.parent),
         config=frozen_mapping(cfg),
         metadata=frozen_mapping(src.metadata),
