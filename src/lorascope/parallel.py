@@ -18,7 +18,6 @@ OPENBLAS_NUM_THREADS, which only work before numpy is imported, are not used.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections import deque
@@ -163,6 +162,8 @@ def connect_ray(ray, local_cpus: int) -> None:
     driver's stderr.  The one rule bench and study share."""
     if ray.is_initialized():
         return
+    import logging  # here, not at the top: every command imports this module before its work
+
     address = os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
         address=address,
