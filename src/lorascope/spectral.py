@@ -32,11 +32,11 @@ non-finite and is refused.  Size: r > min(m, n) takes the product's min(m, n) co
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .scratch import thread_scratch
 from .types import factor_values
 
 GRAM_MIN_RATIO = 1e-6
@@ -93,7 +93,7 @@ def _gram_rows(xs: tuple[np.ndarray, ...]) -> np.ndarray:
     r, n = sum(x.shape[0] for x in xs), xs[0].shape[1]
     width = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
     g = np.zeros((r, r))  # (r, r)
-    buf = _scratch("f8", r * min(n, width), np.float64)  # flat: every block view is C-contiguous
+    buf = thread_scratch("f8", r * min(n, width), np.float64)  # flat: every block view is C-contiguous
     wide = _bits_buffer(xs, r * min(n, width))
     for j in range(0, n, width):
         w = min(width, n - j)
@@ -113,7 +113,7 @@ def _gram_cols(xs: tuple[np.ndarray, ...]) -> np.ndarray:
     r, m = sum(x.shape[1] for x in xs), xs[0].shape[0]
     height = max(64, _BLOCK_BYTES // (8 * max(r, 1)))
     g = np.zeros((r, r))  # (r, r)
-    buf = _scratch("f8", min(m, height) * r, np.float64)
+    buf = thread_scratch("f8", min(m, height) * r, np.float64)
     wide = _bits_buffer(xs, min(m, height) * r)
     for i in range(0, m, height):
         h = min(height, m - i)
@@ -126,24 +126,9 @@ def _gram_cols(xs: tuple[np.ndarray, ...]) -> np.ndarray:
     return g
 
 
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, size: int, dtype) -> np.ndarray:
-    """This thread's work array `name` of `size` elements (grown, never shrunk).  The Gram blocks of
-    every layer reuse the same pages: a fresh 1.5 MiB per layer is handed back to the kernel by
-    malloc's heap trimming when the factors read beside it are freed, and faulted in again, page by
-    page (≈ 400 minor faults and 2 ms a layer: a third of the pass for a Mistral-sized adapter)."""
-    buf = getattr(_SCRATCH, name, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
-        setattr(_SCRATCH, name, buf)
-    return buf[:size]
-
-
 def _bits_buffer(xs: tuple[np.ndarray, ...], size: int) -> np.ndarray | None:
     """A uint32 scratch block for widening bf16 bit patterns, when any of `xs` holds them."""
-    return _scratch("u4", size, np.uint32) if any(x.dtype == np.uint16 for x in xs) else None
+    return thread_scratch("u4", size, np.uint32) if any(x.dtype == np.uint16 for x in xs) else None
 
 
 def _widen_into(dest: np.ndarray, x: np.ndarray, wide: np.ndarray | None) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import threading
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ..scratch import thread_scratch
 from ..types import widen_bf16
 from ._header import check_with_library, open_fd, parse_header, pread
 from ._stored import StoredFactor
@@ -113,7 +113,7 @@ class SafetensorsSource(TensorSource):
         tag, start, end = self._readable(key)
         kind = _DTYPES[tag][1]
         if kind is None:  # BF16
-            raw = _scratch_u2((end - start) // 2)  # (count,) reused per thread: no fresh pages per tensor
+            raw = thread_scratch("u2", (end - start) // 2, "<u2")  # (count,) reused per thread
             self._read_into(key, raw, start)
             # bf16 -> fp32 is exact: place the 16 stored bits in the high half of a 32-bit word.
             return widen_bf16(raw).reshape(self._entries[key]["shape"])  # one pass: widen and shift
@@ -174,17 +174,6 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
             break
         done += got
     return done
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch_u2(count: int) -> np.ndarray:
-    """A per-thread uint16 read buffer of at least `count` elements (grown, never shrunk)."""
-    buf = getattr(_SCRATCH, "u2", None)
-    if buf is None or buf.size < count:
-        buf = _SCRATCH.u2 = np.empty(count, dtype="<u2")
-    return buf[:count]
 
 
 class DictSource(TensorSource):
