@@ -29,6 +29,7 @@ LAYERS = {
         "validate",
         "order",
         "hfquiet",
+        "scratch",
     },
     1: {"spectral", "structured", "metrics", "parallel"},
     2: {"formats", "passes"},
